@@ -1,0 +1,279 @@
+//! The resolved job: what a job file means once its template is merged in, its defaults are
+//! filled and every check has passed.
+//!
+//! A `JobSpec` is what the daemon writes to `state/jobs/<id>/job.yaml` and what the worker
+//! renders from. Every field is present, so the file on disk says exactly what will run, with
+//! no dependence on the template or the defaults of the version that accepted it. The defaults
+//! live here, in the `Default` impls, and nowhere else.
+
+mod scalars;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+pub use scalars::{NumClip, Offload, Size, SizeParseError};
+
+/// One render job, fully resolved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub name: String,
+    /// The template the job file named, kept for the record; its values are already merged.
+    #[serde(default)]
+    pub template: Option<String>,
+    /// Higher runs first.
+    pub priority: i32,
+    pub inputs: Inputs,
+    pub render: RenderSettings,
+    pub engine: EngineSpec,
+    pub output: OutputSpec,
+    pub notify: NotifySpec,
+    pub retry: RetryPolicy,
+}
+
+/// What the video is made from. Paths are the canonical paths that were checked against the
+/// allowed roots, so a symlink swapped after intake cannot redirect the job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Inputs {
+    /// The reference portrait.
+    pub image: PathBuf,
+    /// The speech track that drives the mouth and sets the length.
+    pub audio: PathBuf,
+    pub prompt: String,
+}
+
+/// The diffusion settings, named after the Live Avatar options they mirror.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenderSettings {
+    pub size: Size,
+    pub num_clip: NumClip,
+    /// Frames per clip; memory grows with it.
+    pub infer_frames: u32,
+    pub sample_steps: u32,
+    pub guide_scale: f32,
+    pub seed: u64,
+    /// Decode and encode each clip as soon as it is denoised, keeping memory flat.
+    pub online_decode: bool,
+    pub offload: Offload,
+    /// Frames per second of the output video.
+    pub fps: u32,
+}
+
+impl Default for RenderSettings {
+    fn default() -> RenderSettings {
+        RenderSettings {
+            size: Size::new(720, 400),
+            num_clip: NumClip::Auto,
+            infer_frames: 48,
+            sample_steps: 4,
+            guide_scale: 0.0,
+            seed: 42,
+            online_decode: true,
+            offload: Offload::Auto,
+            fps: 16,
+        }
+    }
+}
+
+/// Which engine renders the clips, and with which weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineSpec {
+    pub kind: EngineKind,
+    /// `builtin:<name>` for the seeded demo models, or an absolute checkpoint directory.
+    pub model: String,
+    /// A named engine profile (memory/speed trade-offs), when the operator defines some.
+    #[serde(default)]
+    pub profile: Option<String>,
+}
+
+impl Default for EngineSpec {
+    fn default() -> EngineSpec {
+        EngineSpec {
+            kind: EngineKind::Native,
+            model: "builtin:tiny".to_string(),
+            profile: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// The Burn model inside the worker.
+    Native,
+    /// An external program driven by the worker.
+    Command,
+}
+
+/// Where the finished video goes and how it is encoded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    pub path: PathBuf,
+    pub codec: Codec,
+    /// Constant rate factor: lower is better quality and larger files.
+    pub crf: u8,
+}
+
+/// Default encoding settings, for an output whose path the job file gives.
+pub const DEFAULT_CODEC: Codec = Codec::H264;
+/// 18 is visually lossless for most content with x264 and x265.
+pub const DEFAULT_CRF: u8 = 18;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Codec {
+    H264,
+    Hevc,
+}
+
+/// Who hears about the job, and when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifySpec {
+    pub email: Vec<String>,
+    pub webhook: Vec<WebhookSpec>,
+    pub on: Vec<NoticeEvent>,
+    /// Send a `progress` notice every this many clips (when `on` has `progress`).
+    #[serde(default)]
+    pub progress_every: Option<u32>,
+}
+
+impl Default for NotifySpec {
+    fn default() -> NotifySpec {
+        NotifySpec {
+            email: Vec::new(),
+            webhook: Vec::new(),
+            on: vec![NoticeEvent::Done, NoticeEvent::Failed],
+            progress_every: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSpec {
+    pub url: String,
+    /// The environment variable (of the daemon) that holds the signing secret; the secret
+    /// itself never appears in a job file.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    #[serde(default)]
+    pub format: WebhookFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    /// Our own JSON body.
+    #[default]
+    Json,
+    /// A Slack incoming-webhook message.
+    Slack,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NoticeEvent {
+    Started,
+    Progress,
+    Done,
+    Failed,
+    Cancelled,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first one included.
+    pub max_attempts: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> RetryPolicy {
+        RetryPolicy { max_attempts: 3 }
+    }
+}
+
+impl JobSpec {
+    /// The resolved job as YAML, in the form `serde_yaml::from_str::<JobSpec>` reads back.
+    ///
+    /// # Panics
+    /// If a path is not valid UTF-8. Specs made by the parser never have such paths (it
+    /// rejects them), so this only catches a spec built by hand with one.
+    pub fn to_yaml(&self) -> String {
+        serde_yaml::to_string(self)
+            .expect("a JobSpec serializes to YAML when its paths are UTF-8, as parsed specs are")
+    }
+
+    /// A hex SHA-256 of everything that decides the rendered pixels: input paths and prompt,
+    /// the render settings (all but `online_decode`, which changes memory, not pixels), the
+    /// engine kind and model. Name, priority, notices, retries and the output encoding are left
+    /// out, so editing them keeps a checkpoint usable; changing anything else invalidates it.
+    ///
+    /// Each field goes in as a name and a length-prefixed value, so no two different specs can
+    /// produce the same byte stream. The leading version tag changes if the recipe ever does.
+    pub fn render_fingerprint(&self) -> String {
+        let mut hash = Sha256::new();
+        let mut put = |name: &str, value: &[u8]| {
+            hash.update(name.as_bytes());
+            hash.update((value.len() as u64).to_le_bytes());
+            hash.update(value);
+        };
+        let render = &self.render;
+        put("fingerprint", b"reelspool-render-v1");
+        put("inputs.image", path_bytes(&self.inputs.image));
+        put("inputs.audio", path_bytes(&self.inputs.audio));
+        put("inputs.prompt", self.inputs.prompt.as_bytes());
+        put("render.size", render.size.to_string().as_bytes());
+        let num_clip = match render.num_clip {
+            NumClip::Auto => "auto".to_string(),
+            NumClip::Count(n) => n.to_string(),
+        };
+        put("render.num_clip", num_clip.as_bytes());
+        put("render.infer_frames", &render.infer_frames.to_le_bytes());
+        put("render.sample_steps", &render.sample_steps.to_le_bytes());
+        put(
+            "render.guide_scale",
+            &render.guide_scale.to_bits().to_le_bytes(),
+        );
+        put("render.seed", &render.seed.to_le_bytes());
+        let offload: &[u8] = match render.offload {
+            Offload::Auto => b"auto",
+            Offload::On => b"on",
+            Offload::Off => b"off",
+        };
+        put("render.offload", offload);
+        put("render.fps", &render.fps.to_le_bytes());
+        let kind: &[u8] = match self.engine.kind {
+            EngineKind::Native => b"native",
+            EngineKind::Command => b"command",
+        };
+        put("engine.kind", kind);
+        put("engine.model", self.engine.model.as_bytes());
+        hex(&hash.finalize())
+    }
+}
+
+fn path_bytes(path: &Path) -> &[u8] {
+    use std::os::unix::ffi::OsStrExt;
+    path.as_os_str().as_bytes()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+            // Writing into a String cannot fail.
+            let _ = write!(out, "{b:02x}");
+            out
+        })
+}
+
+#[cfg(test)]
+mod tests;
