@@ -1,0 +1,379 @@
+//! The client commands: they read the config and the state directory and never talk to the
+//! daemon's memory. A job's files on disk are the whole truth (see `jobs::state`).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use jobs::state::{self, JobDir, JobEvent, JobState, Phase};
+
+use crate::config::{self, DaemonConfig};
+use crate::daemon;
+
+/// Loads the config, or, when none was named and the default is absent, returns `None` so that
+/// commands that can work without one (validate, submit --spool) still do.
+fn optional_config(flag: Option<&Path>) -> Result<Option<DaemonConfig>> {
+    let path = config::config_path(flag);
+    if flag.is_none() && !path.exists() {
+        return Ok(None);
+    }
+    Ok(Some(DaemonConfig::load(&path)?))
+}
+
+fn required_config(flag: Option<&Path>) -> Result<DaemonConfig> {
+    let path = config::config_path(flag);
+    Ok(DaemonConfig::load(&path)?)
+}
+
+/// Parses job files the way the daemon will; without a config, path roots are not enforced.
+fn check_job_file(config: Option<&DaemonConfig>, file: &Path) -> Result<jobs::JobSpec, String> {
+    let (templates_dir, roots) = match config {
+        Some(config) => (config.templates_dir(), config.roots()),
+        None => (
+            config::default_templates_dir(),
+            jobs::Roots {
+                inputs: vec![PathBuf::from("/")],
+                outputs: vec![PathBuf::from("/")],
+            },
+        ),
+    };
+    let context = jobs::ParseContext {
+        templates_dir: Some(&templates_dir),
+        roots: &roots,
+    };
+    jobs::load_job_file(file, &context).map_err(|err| err.to_string())
+}
+
+pub fn validate(config_flag: Option<&Path>, files: &[PathBuf]) -> Result<ExitCode> {
+    let config = optional_config(config_flag)?;
+    if config.is_none() {
+        eprintln!(
+            "note: no config at {}; checking without allowed_roots (pass --config FILE to check them)",
+            config::DEFAULT_CONFIG_PATH
+        );
+    }
+    let mut invalid = 0;
+    for file in files {
+        match check_job_file(config.as_ref(), file) {
+            Ok(spec) => println!("ok: {} (job `{}`)", file.display(), spec.name),
+            Err(report) => {
+                invalid += 1;
+                eprintln!("{}", report.trim_end());
+            }
+        }
+    }
+    if invalid > 0 {
+        eprintln!("{invalid} of {} job file(s) invalid", files.len());
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn submit(config_flag: Option<&Path>, file: &Path, spool: Option<&Path>) -> Result<ExitCode> {
+    let config = optional_config(config_flag)?;
+    if let Err(report) = check_job_file(config.as_ref(), file) {
+        eprintln!("{}", report.trim_end());
+        return Ok(ExitCode::from(1));
+    }
+    let spool_dir = match (spool, &config) {
+        (Some(dir), _) => dir.to_path_buf(),
+        (None, Some(config)) => config.spool_dir.clone(),
+        (None, None) => bail!(
+            "no spool to submit to: pass --spool DIR or --config FILE (no config at {})",
+            config::DEFAULT_CONFIG_PATH
+        ),
+    };
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let written = deliver_to_spool(&spool_dir, file, &bytes)?;
+    println!("{}", written.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes into `tmp/`, then renames into `incoming/` without replacing a file already waiting
+/// there under the same name (a `-2`, `-3`, ... suffix is added instead).
+pub fn deliver_to_spool(spool_dir: &Path, file: &Path, bytes: &[u8]) -> Result<PathBuf> {
+    let tmp_dir = spool_dir.join("tmp");
+    let incoming = spool_dir.join("incoming");
+    if !incoming.is_dir() {
+        bail!(
+            "{} is not a spool (no incoming/ directory); is the daemon configured with this spool_dir?",
+            spool_dir.display()
+        );
+    }
+    std::fs::create_dir_all(&tmp_dir)
+        .with_context(|| format!("cannot create {}", tmp_dir.display()))?;
+    let stem = file
+        .file_stem()
+        .and_then(|stem| stem.to_str())
+        .filter(|stem| !stem.is_empty() && !stem.starts_with('.'))
+        .unwrap_or("job");
+    let tmp_path = tmp_dir.join(format!("{stem}.{}.tmp", std::process::id()));
+    {
+        let mut out = std::fs::File::create(&tmp_path)
+            .with_context(|| format!("cannot write {}", tmp_path.display()))?;
+        out.write_all(bytes)?;
+        out.sync_all()?;
+    }
+    for attempt in 1..1000u32 {
+        let name = if attempt == 1 {
+            format!("{stem}.yaml")
+        } else {
+            format!("{stem}-{attempt}.yaml")
+        };
+        let target = incoming.join(&name);
+        match rename_no_replace(&tmp_path, &target) {
+            Ok(()) => {
+                state::fsync_dir(&incoming)?;
+                return Ok(target);
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(err) => {
+                let _ = std::fs::remove_file(&tmp_path);
+                return Err(err).with_context(|| format!("cannot move job into {}", incoming.display()));
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&tmp_path);
+    bail!("too many files named {stem}*.yaml waiting in {}", incoming.display())
+}
+
+fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let from_c = CString::new(from.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    let to_c = CString::new(to.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: both pointers are valid NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from_c.as_ptr(),
+            libc::AT_FDCWD,
+            to_c.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+pub fn check_config(config_flag: Option<&Path>) -> Result<ExitCode> {
+    let path = config::config_path(config_flag);
+    match DaemonConfig::load(&path) {
+        Ok(config) => {
+            println!("ok: {}", path.display());
+            println!("  spool_dir: {}", config.spool_dir.display());
+            println!("  state_dir: {}", config.state_dir.display());
+            println!("  templates: {}", config.templates_dir().display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(err) => {
+            eprintln!("{err}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+/// Finds a job by id or unique id prefix.
+fn find_job(jobs_dir: &Path, wanted: &str) -> Result<JobState> {
+    let all = state::list_jobs(jobs_dir)?;
+    let matches: Vec<JobState> = all
+        .into_iter()
+        .filter(|job| job.id.to_string().starts_with(wanted) || job.name == wanted)
+        .collect();
+    match matches.len() {
+        0 => bail!("no job `{wanted}` in {}", jobs_dir.display()),
+        1 => Ok(matches.into_iter().next().expect("one match was just counted")),
+        n => bail!("`{wanted}` matches {n} jobs; give more of the id"),
+    }
+}
+
+pub fn status(config_flag: Option<&Path>, id: Option<&str>, json: bool) -> Result<ExitCode> {
+    let config = required_config(config_flag)?;
+    let jobs_dir = config.state_dir.join("jobs");
+    if let Some(wanted) = id {
+        let job = find_job(&jobs_dir, wanted)?;
+        let dir = JobDir::new(jobs_dir.join(job.id.to_string()));
+        let events = dir.read_events().unwrap_or_default();
+        if json {
+            let value = serde_json::json!({ "job": job, "events": events });
+            println!("{}", serde_json::to_string_pretty(&value)?);
+        } else {
+            print_job_details(&job, &events);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let all = if jobs_dir.is_dir() {
+        state::list_jobs(&jobs_dir)?
+    } else {
+        Vec::new()
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+    } else {
+        print_table(&all);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn phase_name(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Queued => "queued",
+        Phase::Running => "running",
+        Phase::Done => "done",
+        Phase::Failed => "failed",
+        Phase::Cancelled => "cancelled",
+    }
+}
+
+fn clip_progress(job: &JobState) -> String {
+    match job.clips_total {
+        Some(total) => format!("{}/{}", job.clips_done, total),
+        None if job.clips_done > 0 => format!("{}/?", job.clips_done),
+        None => "-".to_string(),
+    }
+}
+
+/// Seconds as "1h02m", "3m05s" or "42s".
+pub fn human_secs(secs: f64) -> String {
+    let total = secs.max(0.0).round() as u64;
+    let (hours, minutes, seconds) = (total / 3600, (total / 60) % 60, total % 60);
+    if hours > 0 {
+        format!("{hours}h{minutes:02}m")
+    } else if minutes > 0 {
+        format!("{minutes}m{seconds:02}s")
+    } else {
+        format!("{seconds}s")
+    }
+}
+
+fn print_table(all: &[JobState]) {
+    if all.is_empty() {
+        println!("no jobs");
+        return;
+    }
+    let now = state::now_ms();
+    println!(
+        "{:<26} {:<24} {:<9} {:>5} {:<20} {:>9} {:>7} {:>7}",
+        "ID", "NAME", "STATE", "PRIO", "GPU", "CLIP", "ETA", "AGE"
+    );
+    for job in all {
+        let eta = match (job.phase, job.eta_secs) {
+            (Phase::Running, Some(eta)) => human_secs(eta),
+            _ => "-".to_string(),
+        };
+        let age = human_secs(now.saturating_sub(job.submitted_at_ms) as f64 / 1000.0);
+        let mut name = job.name.clone();
+        if name.chars().count() > 24 {
+            name = name.chars().take(23).collect::<String>() + "…";
+        }
+        println!(
+            "{:<26} {:<24} {:<9} {:>5} {:<20} {:>9} {:>7} {:>7}",
+            job.id.to_string(),
+            name,
+            phase_name(job.phase),
+            job.priority,
+            job.gpu.as_deref().unwrap_or("-"),
+            clip_progress(job),
+            eta,
+            age
+        );
+    }
+}
+
+fn print_job_details(job: &JobState, events: &[JobEvent]) {
+    println!("id:        {}", job.id);
+    println!("name:      {}", job.name);
+    println!("state:     {}", phase_name(job.phase));
+    println!("priority:  {}", job.priority);
+    println!("source:    {}", job.source_file);
+    println!("gpu:       {}", job.gpu.as_deref().unwrap_or("-"));
+    println!("clips:     {}", clip_progress(job));
+    println!("attempts:  {}", job.attempts);
+    if let Some(eta) = job.eta_secs {
+        println!("eta:       {}", human_secs(eta));
+    }
+    if let Some(bytes) = job.vram_estimate_bytes {
+        println!("vram est.: {:.1} GB", bytes as f64 / 1e9);
+    }
+    if let Some(output) = &job.output {
+        println!("output:    {}", output.display());
+    }
+    if let Some(error) = &job.error {
+        println!("error:     {error}");
+    }
+    println!("events (last 20):");
+    let skip = events.len().saturating_sub(20);
+    for event in &events[skip..] {
+        let fields = serde_json::Value::Object(event.fields.clone());
+        println!("  {} {:<16} {}", event.ts_ms, event.event, fields);
+    }
+}
+
+pub fn cancel(config_flag: Option<&Path>, wanted: &str, wait_secs: u64) -> Result<ExitCode> {
+    let config = required_config(config_flag)?;
+    let jobs_dir = config.state_dir.join("jobs");
+    let job = find_job(&jobs_dir, wanted)?;
+    if job.phase.is_terminal() {
+        println!("job {} is already {}", job.id, phase_name(job.phase));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let dir = JobDir::new(jobs_dir.join(job.id.to_string()));
+    state::write_atomic(&dir.cancel_request(), b"cancel\n")
+        .with_context(|| format!("cannot write {}", dir.cancel_request().display()))?;
+    // Without a daemon nobody else touches the job: cancel it here.
+    if let Some(_lock) = daemon::try_lock_state(&config.state_dir)? {
+        daemon::mark_cancelled(&dir, "cancelled while the daemon was not running")?;
+        println!("job {} cancelled", job.id);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let deadline = Instant::now() + Duration::from_secs(wait_secs);
+    loop {
+        let current = dir.load_state()?;
+        if current.phase.is_terminal() {
+            println!("job {} {}", job.id, phase_name(current.phase));
+            return Ok(ExitCode::SUCCESS);
+        }
+        if Instant::now() >= deadline {
+            println!(
+                "cancel of job {} requested; the daemon has not confirmed it yet",
+                job.id
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_secs_picks_the_largest_useful_unit() {
+        assert_eq!(human_secs(42.4), "42s");
+        assert_eq!(human_secs(185.0), "3m05s");
+        assert_eq!(human_secs(3720.0), "1h02m");
+    }
+
+    #[test]
+    fn delivery_never_replaces_a_waiting_file() {
+        let spool = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir_all(spool.path().join("incoming")).expect("incoming");
+        let first = deliver_to_spool(spool.path(), Path::new("/x/job.yaml"), b"a: 1\n")
+            .expect("first delivery");
+        let second = deliver_to_spool(spool.path(), Path::new("/x/job.yaml"), b"a: 2\n")
+            .expect("second delivery");
+        assert_ne!(first, second);
+        assert_eq!(std::fs::read(&first).expect("first file"), b"a: 1\n");
+        assert_eq!(std::fs::read(&second).expect("second file"), b"a: 2\n");
+        let leftovers = std::fs::read_dir(spool.path().join("tmp"))
+            .expect("tmp dir")
+            .count();
+        assert_eq!(leftovers, 0, "tmp/ must be empty after delivery");
+    }
+}

@@ -1,0 +1,230 @@
+//! The daemon's configuration file.
+//!
+//! One YAML file (`/etc/reelspool/reelspool.yaml` unless `--config` or `REELSPOOL_CONFIG` says
+//! otherwise) names every directory the daemon may touch. It is checked with the same care as a
+//! job file: unknown keys are errors, every error names file:line:col, and relative paths are
+//! refused because the daemon runs with `/` as its working directory under systemd.
+
+use std::path::{Path, PathBuf};
+
+use jobs::diag::{self, Diagnostic};
+use serde::{Deserialize, Serialize};
+
+/// Where the config lives when neither `--config` nor `REELSPOOL_CONFIG` names one.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/reelspool/reelspool.yaml";
+
+/// The directories a job's paths may point into.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AllowedRoots {
+    /// Images and audio may only be read from under these directories.
+    #[serde(default)]
+    pub inputs: Vec<PathBuf>,
+    /// Videos may only be written under these directories.
+    #[serde(default)]
+    pub outputs: Vec<PathBuf>,
+}
+
+/// How the daemon supervises its worker processes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// A worker that prints nothing for this long is presumed hung and killed.
+    pub heartbeat_timeout_secs: u64,
+    /// How long a worker may take to checkpoint and exit after SIGTERM before it is killed.
+    pub stop_timeout_secs: u64,
+    /// The program started as the worker; empty means this very binary.
+    pub program: Option<PathBuf>,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            heartbeat_timeout_secs: 300,
+            stop_timeout_secs: 60,
+            program: None,
+        }
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// Holds `tmp/`, `incoming/`, `processing/` and `rejected/`.
+    pub spool_dir: PathBuf,
+    /// Holds `jobs/<id>/`, the lease table and the notice outbox.
+    pub state_dir: PathBuf,
+    /// Daily rolling log files.
+    pub log_dir: PathBuf,
+    /// Where job inputs and outputs may live.
+    #[serde(default)]
+    pub allowed_roots: AllowedRoots,
+    /// Job presets; defaults to the templates shipped beside the binary.
+    #[serde(default)]
+    pub templates_dir: Option<PathBuf>,
+    /// Where generated model weights (`builtin:tiny`) are cached; defaults to `<state_dir>/models`.
+    #[serde(default)]
+    pub model_cache_dir: Option<PathBuf>,
+    /// The GPUs (or CPU slots) jobs run on.
+    #[serde(default)]
+    pub gpu_pool: gpu_pool::config::PoolConfig,
+    /// Worker supervision.
+    #[serde(default)]
+    pub worker: WorkerConfig,
+    /// Accept and queue jobs but start none (maintenance, or tests of intake alone).
+    #[serde(default)]
+    pub hold_queue: bool,
+    /// Email and webhook delivery.
+    #[serde(default)]
+    pub notices: notices::NoticeConfig,
+}
+
+/// A configuration file that cannot be used, with a message that says what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}\n  = help: pass another file with --config FILE or set REELSPOOL_CONFIG")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(Box<Diagnostic>),
+}
+
+impl DaemonConfig {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<DaemonConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        DaemonConfig::parse(&path.display().to_string(), &text)
+    }
+
+    /// Parses config text; `file` is only used in messages.
+    pub fn parse(file: &str, text: &str) -> Result<DaemonConfig, ConfigError> {
+        let config: DaemonConfig = serde_yaml::from_str(text).map_err(|err| {
+            ConfigError::Invalid(Box::new(diag::from_yaml_error(
+                file,
+                text,
+                &err,
+                Some(
+                    "see README.md, section \"Configuration\", for every key and its default"
+                        .to_string(),
+                ),
+            )))
+        })?;
+        config.check_paths(file, text)?;
+        Ok(config)
+    }
+
+    fn check_paths(&self, file: &str, text: &str) -> Result<(), ConfigError> {
+        let mut named: Vec<(Vec<&str>, &Path)> = vec![
+            (vec!["spool_dir"], self.spool_dir.as_path()),
+            (vec!["state_dir"], self.state_dir.as_path()),
+            (vec!["log_dir"], self.log_dir.as_path()),
+        ];
+        for root in &self.allowed_roots.inputs {
+            named.push((vec!["allowed_roots", "inputs"], root.as_path()));
+        }
+        for root in &self.allowed_roots.outputs {
+            named.push((vec!["allowed_roots", "outputs"], root.as_path()));
+        }
+        if let Some(dir) = &self.templates_dir {
+            named.push((vec!["templates_dir"], dir.as_path()));
+        }
+        if let Some(dir) = &self.model_cache_dir {
+            named.push((vec!["model_cache_dir"], dir.as_path()));
+        }
+        for (key, path) in named {
+            if !path.is_absolute() {
+                let (line, column) = diag::locate_key(text, &key).unwrap_or((1, 1));
+                return Err(ConfigError::Invalid(Box::new(Diagnostic::at(
+                    file,
+                    text,
+                    line,
+                    column,
+                    format!("`{}` must be an absolute path, got `{}`", key.join("."), path.display()),
+                    Some("the daemon runs from `/`; write the full path, e.g. /srv/media".to_string()),
+                ))));
+            }
+        }
+        Ok(())
+    }
+
+    /// The job presets directory: the configured one, or the `templates/` shipped with the
+    /// binary (installed under /usr/share, or the source tree during development).
+    pub fn templates_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.templates_dir {
+            return dir.clone();
+        }
+        default_templates_dir()
+    }
+
+    /// Where generated model weights are cached.
+    pub fn model_cache_dir(&self) -> PathBuf {
+        self.model_cache_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("models"))
+    }
+
+    /// The allowed roots in the form the job parser wants.
+    pub fn roots(&self) -> jobs::Roots {
+        jobs::Roots {
+            inputs: self.allowed_roots.inputs.clone(),
+            outputs: self.allowed_roots.outputs.clone(),
+        }
+    }
+}
+
+/// The templates that came with this binary.
+pub fn default_templates_dir() -> PathBuf {
+    let installed = PathBuf::from("/usr/share/reelspool/templates");
+    let source_tree = Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates");
+    if source_tree.is_dir() {
+        source_tree
+    } else {
+        installed
+    }
+}
+
+/// Picks the config path: the flag, then `REELSPOOL_CONFIG`, then the default.
+/// (clap already folds the environment variable into the flag.)
+pub fn config_path(flag: Option<&Path>) -> PathBuf {
+    flag.map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "spool_dir: /tmp/s\nstate_dir: /tmp/st\nlog_dir: /tmp/l\n";
+
+    #[test]
+    fn accepts_minimal_config_with_defaults() {
+        let config = DaemonConfig::parse("c.yaml", GOOD).expect("minimal config is valid");
+        assert_eq!(config.spool_dir, PathBuf::from("/tmp/s"));
+        assert_eq!(config.model_cache_dir(), PathBuf::from("/tmp/st/models"));
+        assert!(config.allowed_roots.inputs.is_empty());
+    }
+
+    #[test]
+    fn rejects_unknown_key_with_line_number() {
+        let text = format!("{GOOD}spool_dri: /x\n");
+        let err = DaemonConfig::parse("c.yaml", &text).expect_err("unknown key must fail");
+        let shown = err.to_string();
+        assert!(shown.contains("c.yaml:4:"), "{shown}");
+        assert!(shown.contains("spool_dri"), "{shown}");
+    }
+
+    #[test]
+    fn rejects_relative_state_dir_naming_its_line() {
+        let text = "spool_dir: /tmp/s\nstate_dir: var/lib\nlog_dir: /tmp/l\n";
+        let err = DaemonConfig::parse("c.yaml", text).expect_err("relative path must fail");
+        let shown = err.to_string();
+        assert!(shown.contains("c.yaml:2:"), "{shown}");
+        assert!(shown.contains("absolute"), "{shown}");
+    }
+}

@@ -1,0 +1,459 @@
+//! Where a job file becomes a job.
+//!
+//! The watcher turns inotify events on `spool/incoming/` into [`IntakeSignal`]s; the intake task
+//! collects them into batches and hands each batch to [`process_batch`] on a blocking thread.
+//! A file is only looked at once it is complete: renamed in (`IN_MOVED_TO`), or closed after
+//! writing (`IN_CLOSE_WRITE`). A file created in place is remembered as "being written" and
+//! skipped by rescans until its writer closes it.
+
+use std::collections::{BTreeSet, HashSet};
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use jobs::state::{now_ms, JobDir, JobEvent, JobId, JobState};
+use jobs::JobSpec;
+use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::spool::{self, Layout};
+
+/// The largest number of files handled in one durable batch.
+const BATCH_LIMIT: usize = 512;
+
+/// What the watcher tells the intake task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IntakeSignal {
+    /// A complete file with this name is in `incoming/`.
+    Ready(String),
+    /// A file with this name is being written in place; wait for its close.
+    Writing(String),
+    /// Events were lost (queue overflow): list the directory again.
+    Rescan,
+}
+
+/// Decides whether a valid job can run on this daemon's pool at all (placement by memory).
+pub trait Admission: Send + Sync {
+    /// `Ok(vram estimate in bytes)` or the refusal to show the user.
+    fn admit(&self, spec: &JobSpec) -> Result<Option<u64>, String>;
+}
+
+/// Everything intake needs to turn a file into a job.
+pub struct IntakeContext {
+    pub layout: Layout,
+    pub templates_dir: PathBuf,
+    pub roots: jobs::Roots,
+    pub admission: Box<dyn Admission>,
+}
+
+/// What one batch produced.
+#[derive(Debug, Default)]
+pub struct BatchOutcome {
+    pub accepted: Vec<JobId>,
+    pub rejected: Vec<String>,
+}
+
+/// Starts inotify on `incoming/`. The returned watcher must be kept alive.
+pub fn start_watcher(
+    incoming: &Path,
+    signals: mpsc::UnboundedSender<IntakeSignal>,
+) -> notify::Result<RecommendedWatcher> {
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let event = match event {
+            Ok(event) => event,
+            Err(err) => {
+                warn!(error = %err, "file watcher error; rescanning incoming/");
+                let _ = signals.send(IntakeSignal::Rescan);
+                return;
+            }
+        };
+        for signal in signals_for(&event) {
+            // The receiver only goes away at shutdown; losing signals then is harmless
+            // because the next start rescans.
+            let _ = signals.send(signal);
+        }
+    })?;
+    watcher.watch(incoming, RecursiveMode::NonRecursive)?;
+    Ok(watcher)
+}
+
+/// Maps one inotify event to intake signals.
+fn signals_for(event: &notify::Event) -> Vec<IntakeSignal> {
+    if event.need_rescan() {
+        return vec![IntakeSignal::Rescan];
+    }
+    let name_of = |path: &PathBuf| {
+        path.file_name()
+            .and_then(|name| name.to_str())
+            .filter(|name| spool::is_candidate_name(name))
+            .map(str::to_string)
+    };
+    match event.kind {
+        EventKind::Create(CreateKind::File) | EventKind::Modify(ModifyKind::Data(_)) => event
+            .paths
+            .iter()
+            .filter_map(name_of)
+            .map(IntakeSignal::Writing)
+            .collect(),
+        EventKind::Access(AccessKind::Close(AccessMode::Write))
+        | EventKind::Modify(ModifyKind::Name(RenameMode::To)) => event
+            .paths
+            .iter()
+            .filter_map(name_of)
+            .map(IntakeSignal::Ready)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Names of the complete-looking files now in `incoming/`, oldest name first.
+pub fn list_incoming(incoming: &Path) -> std::io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(incoming)? {
+        let entry = entry?;
+        let Ok(name) = entry.file_name().into_string() else {
+            // A name that is not UTF-8 cannot be shown in an error file name either; move it
+            // aside under a readable name so it does not sit there forever.
+            let lossy = entry.file_name().to_string_lossy().into_owned();
+            warn!(file = %lossy, "file name in incoming/ is not UTF-8; ignoring it");
+            continue;
+        };
+        if !spool::is_candidate_name(&name) {
+            continue;
+        }
+        if entry.file_type()?.is_dir() {
+            continue;
+        }
+        names.push(name);
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// The intake task: waits for signals, batches them and processes each batch off the runtime.
+pub async fn run(
+    context: Arc<IntakeContext>,
+    mut signals: mpsc::UnboundedReceiver<IntakeSignal>,
+    accepted: mpsc::UnboundedSender<JobId>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut being_written: HashSet<String> = HashSet::new();
+    // Startup: everything already in incoming/ counts as dropped while we were down.
+    let mut pending: BTreeSet<String> = BTreeSet::new();
+    let mut rescan = true;
+    loop {
+        if rescan {
+            rescan = false;
+            let incoming = context.layout.incoming.clone();
+            match tokio::task::spawn_blocking(move || list_incoming(&incoming)).await {
+                Ok(Ok(names)) => pending.extend(
+                    names
+                        .into_iter()
+                        .filter(|name| !being_written.contains(name)),
+                ),
+                Ok(Err(err)) => warn!(error = %err, "cannot list incoming/"),
+                Err(err) => warn!(error = %err, "rescan task failed"),
+            }
+        }
+        while !pending.is_empty() {
+            let batch: Vec<String> = {
+                let take: Vec<String> = pending.iter().take(BATCH_LIMIT).cloned().collect();
+                for name in &take {
+                    pending.remove(name);
+                }
+                take
+            };
+            let ctx = Arc::clone(&context);
+            match tokio::task::spawn_blocking(move || process_batch(&ctx, batch)).await {
+                Ok(outcome) => {
+                    for id in outcome.accepted {
+                        let _ = accepted.send(id);
+                    }
+                }
+                Err(err) => warn!(error = %err, "intake batch panicked; its files stay claimed and are retried at restart"),
+            }
+            // Pick up whatever arrived meanwhile before the next batch, so `Writing` marks
+            // are seen before a rescan could pick up a half-written file.
+            while let Ok(signal) = signals.try_recv() {
+                absorb(signal, &mut being_written, &mut pending, &mut rescan);
+            }
+            if rescan {
+                break;
+            }
+        }
+        if rescan {
+            continue;
+        }
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            signal = signals.recv() => {
+                let Some(signal) = signal else { break };
+                absorb(signal, &mut being_written, &mut pending, &mut rescan);
+                while let Ok(signal) = signals.try_recv() {
+                    absorb(signal, &mut being_written, &mut pending, &mut rescan);
+                }
+            }
+        }
+        if *shutdown.borrow() {
+            break;
+        }
+    }
+    debug!("intake stopped");
+}
+
+fn absorb(
+    signal: IntakeSignal,
+    being_written: &mut HashSet<String>,
+    pending: &mut BTreeSet<String>,
+    rescan: &mut bool,
+) {
+    match signal {
+        IntakeSignal::Writing(name) => {
+            pending.remove(&name);
+            being_written.insert(name);
+        }
+        IntakeSignal::Ready(name) => {
+            being_written.remove(&name);
+            pending.insert(name);
+        }
+        IntakeSignal::Rescan => *rescan = true,
+    }
+}
+
+/// Claims, validates and files a batch of names from `incoming/`, durably.
+pub fn process_batch(context: &IntakeContext, names: Vec<String>) -> BatchOutcome {
+    let mut claims = Vec::with_capacity(names.len());
+    for name in names {
+        let id = JobId::generate();
+        let from = context.layout.incoming.join(&name);
+        let to = context.layout.claim_path(&id.to_string(), &name);
+        match std::fs::rename(&from, &to) {
+            Ok(()) => claims.push((id, name)),
+            // Already taken by an earlier batch (a rescan and an event can both name a file).
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => warn!(file = %from.display(), error = %err, "cannot claim job file"),
+        }
+    }
+    process_claims(context, claims)
+}
+
+/// Finishes claims already in `processing/` (new ones, or ones left by a crash).
+pub fn process_claims(context: &IntakeContext, claims: Vec<(JobId, String)>) -> BatchOutcome {
+    let layout = &context.layout;
+    let mut outcome = BatchOutcome::default();
+    let mut staged: Vec<(JobId, String, PathBuf)> = Vec::new();
+    for (id, name) in claims {
+        let claim = layout.claim_path(&id.to_string(), &name);
+        let shown_path = layout.incoming.join(&name);
+        match accept_one(context, &id, &name, &claim, &shown_path) {
+            Ok(()) => staged.push((id, name, claim)),
+            Err(report) => {
+                reject(layout, &id, &name, &claim, &report);
+                outcome.rejected.push(name);
+            }
+        }
+    }
+    if staged.is_empty() {
+        return outcome;
+    }
+    // One flush for the whole batch, then make the jobs visible, then sync the renames.
+    for dir in [&layout.state_dir, &layout.processing] {
+        if let Err(err) = spool::sync_filesystem(dir) {
+            warn!(dir = %dir.display(), error = %err, "syncfs failed");
+        }
+    }
+    let mut published_claims = Vec::with_capacity(staged.len());
+    for (id, name, claim) in staged {
+        let id_text = id.to_string();
+        let staging = layout.staging_dir(&id_text);
+        let final_dir = layout.job_dir(&id_text);
+        if let Err(err) = std::fs::rename(&staging, &final_dir) {
+            warn!(job = %id_text, error = %err, "cannot publish job directory; it will be retried at restart");
+            continue;
+        }
+        info!(job = %id_text, file = %name, "job queued");
+        outcome.accepted.push(id);
+        published_claims.push(claim);
+    }
+    if let Err(err) = jobs::state::fsync_dir(&layout.jobs) {
+        warn!(error = %err, "cannot sync the jobs directory");
+    }
+    // The jobs are durable; their claims are no longer needed. A crash before this loop leaves
+    // claims whose jobs exist, which the next start drops.
+    for claim in published_claims {
+        if let Err(err) = std::fs::remove_file(&claim) {
+            warn!(file = %claim.display(), error = %err, "cannot remove finished claim");
+        }
+    }
+    outcome
+}
+
+/// Reads a claimed file without following symlinks and without blocking on FIFOs or devices.
+fn read_claim(claim: &Path, shown_path: &Path) -> Result<Vec<u8>, String> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(claim)
+        .map_err(|err| {
+            if err.raw_os_error() == Some(libc::ELOOP) {
+                format!(
+                    "error: {} is a symbolic link\n  = help: copy the job file into the spool instead of linking it",
+                    shown_path.display()
+                )
+            } else {
+                format!("error: cannot read {}: {err}", shown_path.display())
+            }
+        })?;
+    let metadata = file
+        .metadata()
+        .map_err(|err| format!("error: cannot read {}: {err}", shown_path.display()))?;
+    if !metadata.is_file() {
+        return Err(format!(
+            "error: {} is not a regular file\n  = help: drop plain YAML files into incoming/",
+            shown_path.display()
+        ));
+    }
+    if metadata.len() > jobs::MAX_JOB_FILE_BYTES {
+        return Err(format!(
+            "error: {} is {} bytes; job files may be at most {} bytes\n  = help: a job file only names its inputs; keep media in separate files",
+            shown_path.display(),
+            metadata.len(),
+            jobs::MAX_JOB_FILE_BYTES
+        ));
+    }
+    let mut bytes = Vec::with_capacity(metadata.len() as usize);
+    file.take(jobs::MAX_JOB_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|err| format!("error: cannot read {}: {err}", shown_path.display()))?;
+    Ok(bytes)
+}
+
+/// Validates one claimed file and assembles its job directory under a staging name.
+fn accept_one(
+    context: &IntakeContext,
+    id: &JobId,
+    name: &str,
+    claim: &Path,
+    shown_path: &Path,
+) -> Result<(), String> {
+    let bytes = read_claim(claim, shown_path)?;
+    let default_name = Path::new(name)
+        .file_stem()
+        .and_then(|stem| stem.to_str())
+        .unwrap_or(name)
+        .to_string();
+    let parse_context = jobs::ParseContext {
+        templates_dir: Some(&context.templates_dir),
+        roots: &context.roots,
+    };
+    let spec = jobs::parse_job_bytes(
+        &shown_path.display().to_string(),
+        &bytes,
+        &default_name,
+        &parse_context,
+    )
+    .map_err(|err| err.to_string())?;
+    let vram_estimate = context
+        .admission
+        .admit(&spec)
+        .map_err(|refusal| format!("error: {}: {refusal}", shown_path.display()))?;
+    let id_text = id.to_string();
+    let staging = context.layout.staging_dir(&id_text);
+    stage_job(&staging, id, name, &bytes, &spec, vram_estimate)
+        .map_err(|err| format!("error: cannot file job {}: {err}", shown_path.display()))
+}
+
+fn stage_job(
+    staging: &Path,
+    id: &JobId,
+    name: &str,
+    source: &[u8],
+    spec: &JobSpec,
+    vram_estimate: Option<u64>,
+) -> std::io::Result<()> {
+    if staging.exists() {
+        std::fs::remove_dir_all(staging)?;
+    }
+    std::fs::create_dir_all(staging.join("work"))?;
+    std::fs::write(staging.join("source.yaml"), source)?;
+    std::fs::write(staging.join("job.yaml"), spec.to_yaml())?;
+    let submitted_at_ms = now_ms();
+    let mut state = JobState::queued(id.clone(), spec, name, submitted_at_ms);
+    state.output = Some(spec.output.path.clone());
+    state.vram_estimate_bytes = vram_estimate;
+    let state_json = serde_json::to_vec_pretty(&state).map_err(std::io::Error::other)?;
+    std::fs::write(staging.join("state.json"), state_json)?;
+    let mut fields = serde_json::Map::new();
+    fields.insert("source".into(), name.into());
+    let event = JobEvent {
+        ts_ms: submitted_at_ms,
+        event: "queued".into(),
+        fields,
+    };
+    let mut line = serde_json::to_vec(&event).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    std::fs::write(staging.join("events.jsonl"), line)?;
+    // Keep JobDir's idea of the layout and ours in step.
+    debug_assert_eq!(
+        JobDir::new(staging.to_path_buf()).state_json(),
+        staging.join("state.json")
+    );
+    Ok(())
+}
+
+/// Moves a claim to `rejected/` beside its `.error` file.
+fn reject(layout: &Layout, id: &JobId, name: &str, claim: &Path, report: &str) {
+    let mut target = layout.rejected.join(name);
+    if target.exists() {
+        target = layout.rejected.join(format!("{name}.{id}"));
+    }
+    let error_path = PathBuf::from(format!("{}.error", target.display()));
+    let mut text = report.trim_end().to_string();
+    text.push('\n');
+    if let Err(err) = jobs::state::write_atomic(&error_path, text.as_bytes()) {
+        warn!(file = %error_path.display(), error = %err, "cannot write error file");
+    }
+    match std::fs::rename(claim, &target) {
+        Ok(()) => info!(file = %name, error_file = %error_path.display(), "job file rejected"),
+        Err(err) => warn!(file = %claim.display(), error = %err, "cannot move rejected file"),
+    }
+}
+
+/// Cleans up after a crash: half-assembled job directories are removed, and claims are either
+/// dropped (their job exists) or processed again under the id they already carry.
+pub fn recover(context: &IntakeContext) -> std::io::Result<BatchOutcome> {
+    let layout = &context.layout;
+    for entry in std::fs::read_dir(&layout.jobs)? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+            std::fs::remove_dir_all(entry.path())?;
+        }
+    }
+    let mut unfinished = Vec::new();
+    for entry in std::fs::read_dir(&layout.processing)? {
+        let entry = entry?;
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        let Some((id_text, original)) = spool::parse_claim_name(&file_name) else {
+            warn!(file = %file_name, "unexpected file in processing/; leaving it");
+            continue;
+        };
+        if layout.job_dir(id_text).is_dir() {
+            std::fs::remove_file(entry.path())?;
+            continue;
+        }
+        match id_text.parse::<JobId>() {
+            Ok(id) => unfinished.push((id, original.to_string())),
+            Err(_) => warn!(file = %file_name, "claim with a malformed id; leaving it"),
+        }
+    }
+    if !unfinished.is_empty() {
+        info!(
+            count = unfinished.len(),
+            "finishing job files claimed before a crash"
+        );
+    }
+    Ok(process_claims(context, unfinished))
+}

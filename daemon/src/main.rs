@@ -1,0 +1,109 @@
+//! `reelspool`: the render farm daemon and its command line.
+//!
+//! This file only parses arguments and maps results to exit codes (0 ok, 1 error, 2 usage);
+//! every command lives in its own module.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cli;
+mod config;
+mod daemon;
+mod demo;
+mod intake;
+mod logging;
+mod notify_glue;
+mod placement;
+mod scheduler;
+mod spool;
+mod supervisor;
+
+/// Render farm daemon for audio-driven talking-avatar video models.
+///
+/// Drop a YAML job file into the spool; reelspool places it on one GPU, renders it clip by clip
+/// with a checkpoint after every clip, and tells you when it is done.
+#[derive(Debug, Parser)]
+#[command(name = "reelspool", version, propagate_version = true)]
+struct Cli {
+    /// Configuration file [default: /etc/reelspool/reelspool.yaml]
+    #[arg(long, global = true, env = "REELSPOOL_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon: watch the spool, schedule jobs, supervise workers.
+    Daemon,
+    /// Check job files without a daemon; prints errors like a compiler, exit 1 if any is invalid.
+    Validate {
+        /// Job files to check.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+    /// Validate a job file, then hand it to the daemon through the spool (atomic rename).
+    Submit {
+        /// The job file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Spool directory to submit into [default: the config's spool_dir]
+        #[arg(long, value_name = "DIR")]
+        spool: Option<PathBuf>,
+    },
+    /// Show jobs: a table of all, or the details and recent events of one.
+    Status {
+        /// Job id (or a unique prefix of it).
+        id: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a queued or running job.
+    Cancel {
+        /// Job id (or a unique prefix of it).
+        id: String,
+        /// How long to wait for the daemon to confirm, in seconds.
+        #[arg(long, default_value_t = 30, value_name = "SECS")]
+        wait_secs: u64,
+    },
+    /// Check the configuration file the same way job files are checked.
+    CheckConfig,
+    /// Render examples/hello.yaml end to end on the CPU with the built-in model.
+    Demo {
+        /// Keep the demo's spool and state here instead of a temporary directory.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Render one job directory (started by the daemon, one process per running job).
+    #[command(hide = true)]
+    Worker {
+        /// The job's directory under the state dir.
+        job_dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config_flag = cli.config.as_deref();
+    let result = match cli.command {
+        Command::Daemon => daemon::run_from_cli(config_flag),
+        Command::Validate { files } => cli::validate(config_flag, &files),
+        Command::Submit { file, spool } => cli::submit(config_flag, &file, spool.as_deref()),
+        Command::Status { id, json } => cli::status(config_flag, id.as_deref(), json),
+        Command::Cancel { id, wait_secs } => cli::cancel(config_flag, &id, wait_secs),
+        Command::CheckConfig => cli::check_config(config_flag),
+        Command::Demo { dir } => demo::run(dir.as_deref()),
+        Command::Worker { job_dir } => supervisor::worker_main(&job_dir),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("reelspool: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,486 @@
+//! The scheduler task: the one writer of job state while the daemon runs.
+//!
+//! It owns the queue and the pool's placement state, starts a supervisor for every job it
+//! places, and turns the supervisors' reports into state transitions, events and notices.
+//! Keeping every state write in this one task means two updates of the same `state.json` can
+//! never race.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use jobs::state::{now_ms, JobDir, JobEvent, JobId, JobState, Phase};
+use jobs::JobSpec;
+use notices::{DeliveryOutcome, DeliveryReport, NoticeKind};
+use render::protocol::{FailureKind, WorkerMessage};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use crate::config::DaemonConfig;
+use crate::intake::Admission;
+use crate::notify_glue::{self, Notices};
+use crate::placement::{Placement, PlacementDecision};
+use crate::spool::Layout;
+use crate::supervisor::{self, StopRequest, WorkerEnd, WorkerLaunch, WorkerReport};
+
+/// How often queued and running jobs are checked for cancel requests.
+const CONTROL_TICK: Duration = Duration::from_millis(250);
+
+struct RunningJob {
+    stop: watch::Sender<StopRequest>,
+    card: String,
+    clip_secs: Vec<f64>,
+    clips_total: Option<u32>,
+}
+
+/// The scheduler's state; see the module docs.
+pub struct Scheduler {
+    config: Arc<DaemonConfig>,
+    layout: Layout,
+    placement: Placement,
+    running: HashMap<JobId, RunningJob>,
+    supervisors: JoinSet<()>,
+    reports_tx: mpsc::UnboundedSender<(JobId, WorkerReport)>,
+    reports_rx: mpsc::UnboundedReceiver<(JobId, WorkerReport)>,
+    notices: Notices,
+    stopping: bool,
+}
+
+impl Scheduler {
+    /// Builds the pool and re-queues every job that was queued or running when the daemon
+    /// last stopped.
+    pub fn start_up(config: Arc<DaemonConfig>, layout: Layout, notices: Notices) -> Result<Scheduler> {
+        let placement = Placement::start(&config).context("cannot set up the GPU pool")?;
+        let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+        let mut scheduler = Scheduler {
+            config,
+            layout,
+            placement,
+            running: HashMap::new(),
+            supervisors: JoinSet::new(),
+            reports_tx,
+            reports_rx,
+            notices,
+            stopping: false,
+        };
+        let jobs = jobs::state::list_jobs(&scheduler.layout.jobs)
+            .context("cannot read the jobs directory")?;
+        let mut resumed = 0;
+        for state in jobs {
+            if state.phase.is_terminal() {
+                continue;
+            }
+            if state.phase == Phase::Running {
+                resumed += 1;
+                let dir = scheduler.job_dir(&state.id);
+                let _ = dir.append_event(&event("requeued", [("reason", "daemon restarted while the job was running".into())]));
+            }
+            scheduler.enqueue(state.id);
+        }
+        if resumed > 0 {
+            info!(count = resumed, "jobs interrupted by the last stop will resume");
+        }
+        Ok(scheduler)
+    }
+
+    /// The intake-side check that a job can run on this pool at all.
+    pub fn admission(&self) -> Box<dyn Admission> {
+        Box::new(self.placement.admission())
+    }
+
+    fn job_dir(&self, id: &JobId) -> JobDir {
+        JobDir::new(self.layout.job_dir(&id.to_string()))
+    }
+
+    fn enqueue(&mut self, id: JobId) {
+        let dir = self.job_dir(&id);
+        let (state, spec) = match (dir.load_state(), dir.load_spec()) {
+            (Ok(state), Ok(spec)) => (state, spec),
+            (Err(err), _) => {
+                warn!(job = %id, error = %err, "cannot read job state; skipping it");
+                return;
+            }
+            (_, Err(err)) => {
+                warn!(job = %id, error = %err, "cannot read job.yaml; failing the job");
+                self.finish(&id, Phase::Failed, Some(format!("cannot read job.yaml: {err}")), None);
+                return;
+            }
+        };
+        let mut state = state;
+        if state.phase != Phase::Queued {
+            state.phase = Phase::Queued;
+            state.gpu = None;
+            state.eta_secs = None;
+            self.save(&dir, &state);
+        }
+        self.placement.enqueue(&id, &state, &spec);
+    }
+
+    fn save(&self, dir: &JobDir, state: &JobState) {
+        if let Err(err) = dir.save_state(state) {
+            warn!(job = %state.id, error = %err, "cannot write state.json");
+        }
+    }
+
+    /// Starts workers for every job the pool can place now.
+    fn place(&mut self) {
+        if self.stopping {
+            return;
+        }
+        for decision in self.placement.next_placements() {
+            self.start_worker(decision);
+        }
+    }
+
+    fn start_worker(&mut self, decision: PlacementDecision) {
+        let id = decision.job_id.clone();
+        let dir = self.job_dir(&id);
+        let mut state = match dir.load_state() {
+            Ok(state) => state,
+            Err(err) => {
+                warn!(job = %id, error = %err, "cannot read state; not starting it");
+                self.placement.release(&id, false);
+                return;
+            }
+        };
+        state.phase = Phase::Running;
+        state.attempts += 1;
+        state.gpu = Some(decision.card_label.clone());
+        state.started_at_ms.get_or_insert(now_ms());
+        state.error = None;
+        self.save(&dir, &state);
+        let _ = dir.append_event(&event(
+            "running",
+            [
+                ("gpu", decision.card_label.clone().into()),
+                ("attempt", state.attempts.into()),
+                ("offload", decision.offload.into()),
+            ],
+        ));
+        let program = self
+            .config
+            .worker
+            .program
+            .clone()
+            .or_else(|| std::env::current_exe().ok())
+            .unwrap_or_else(|| PathBuf::from("reelspool"));
+        let launch = WorkerLaunch {
+            job_id: id.clone(),
+            job_dir: dir.root().to_path_buf(),
+            program,
+            env: {
+                let mut env = decision.env.clone();
+                env.push(("REELSPOOL_OFFLOAD".into(), if decision.offload { "1" } else { "0" }.into()));
+                env
+            },
+            model_cache_dir: self.config.model_cache_dir(),
+            heartbeat_timeout: Duration::from_secs(self.config.worker.heartbeat_timeout_secs),
+            stop_timeout: Duration::from_secs(self.config.worker.stop_timeout_secs),
+        };
+        let (stop_tx, stop_rx) = watch::channel(StopRequest::None);
+        self.supervisors
+            .spawn(supervisor::supervise(launch, self.reports_tx.clone(), stop_rx));
+        info!(job = %id, gpu = %decision.card_label, "job running");
+        self.running.insert(
+            id,
+            RunningJob {
+                stop: stop_tx,
+                card: decision.card_label,
+                clip_secs: Vec::new(),
+                clips_total: state.clips_total,
+            },
+        );
+    }
+
+    fn handle_report(&mut self, id: JobId, report: WorkerReport) {
+        let dir = self.job_dir(&id);
+        match report {
+            WorkerReport::Message(message) => self.handle_message(&id, &dir, message),
+            WorkerReport::Ended { end, stderr_tail } => self.handle_end(&id, &dir, end, stderr_tail),
+        }
+    }
+
+    fn handle_message(&mut self, id: &JobId, dir: &JobDir, message: WorkerMessage) {
+        let Ok(mut state) = dir.load_state() else {
+            return;
+        };
+        match &message {
+            WorkerMessage::Started { clips_total, next_clip, fresh_reason } => {
+                state.clips_total = Some(*clips_total);
+                state.clips_done = *next_clip;
+                if let Some(running) = self.running.get_mut(id) {
+                    running.clips_total = Some(*clips_total);
+                }
+                let mut fields = vec![("clips_total", (*clips_total).into()), ("next_clip", (*next_clip).into())];
+                if let Some(reason) = fresh_reason {
+                    fields.push(("fresh_reason", reason.clone().into()));
+                }
+                let _ = dir.append_event(&event(if *next_clip > 0 { "resumed" } else { "started" }, fields));
+                if *next_clip == 0 {
+                    let spec = dir.load_spec().ok();
+                    self.notices.announce(dir, &state, spec.as_ref(), NoticeKind::Started);
+                }
+            }
+            WorkerMessage::ClipDone { index, frames, secs } => {
+                state.clips_done = index + 1;
+                if let Some(running) = self.running.get_mut(id) {
+                    running.clip_secs.push(*secs);
+                    if let Some(total) = running.clips_total {
+                        let mean = running.clip_secs.iter().sum::<f64>() / running.clip_secs.len() as f64;
+                        state.eta_secs = Some(mean * f64::from(total.saturating_sub(index + 1)));
+                    }
+                }
+                let _ = dir.append_event(&event(
+                    "clip_done",
+                    [("index", (*index).into()), ("frames", (*frames).into()), ("secs", (*secs).into())],
+                ));
+                let spec = dir.load_spec().ok();
+                self.notices.announce(dir, &state, spec.as_ref(), NoticeKind::Progress);
+            }
+            WorkerMessage::Finished { output, duration_secs, frames, clips } => {
+                state.details.insert("duration_secs".into(), (*duration_secs).into());
+                state.details.insert("frames".into(), (*frames).into());
+                state.details.insert("clips".into(), (*clips).into());
+                state.output = Some(PathBuf::from(output));
+            }
+            WorkerMessage::Interrupted { .. } | WorkerMessage::Heartbeat | WorkerMessage::Error { .. } => return,
+        }
+        self.save(dir, &state);
+    }
+
+    fn handle_end(&mut self, id: &JobId, dir: &JobDir, end: WorkerEnd, stderr_tail: Vec<String>) {
+        let cancel_requested = dir.cancel_request().exists();
+        let running = self.running.remove(id);
+        let card = running.as_ref().map(|job| job.card.clone()).unwrap_or_default();
+        let failed_on_card = matches!(end, WorkerEnd::Crashed { .. } | WorkerEnd::HeartbeatLost);
+        let out_of_memory = matches!(
+            end,
+            WorkerEnd::Failed {
+                kind: FailureKind::OutOfMemory,
+                ..
+            }
+        );
+        // An OOM frees the card through `record_oom`, which also picks the fallback.
+        if !out_of_memory {
+            self.placement.release(id, failed_on_card);
+        }
+        let mut fields = vec![("end", format!("{end:?}").into()), ("gpu", card.into())];
+        if !stderr_tail.is_empty() && !matches!(end, WorkerEnd::Finished | WorkerEnd::Interrupted { .. }) {
+            fields.push(("stderr_tail", stderr_tail.clone().into()));
+        }
+        let _ = dir.append_event(&event("worker_exit", fields));
+        let spec = dir.load_spec().ok();
+        let attempts = dir.load_state().map(|state| state.attempts).unwrap_or(0);
+        let max_attempts = spec.as_ref().map(|spec| spec.retry.max_attempts).unwrap_or(1);
+        match end {
+            WorkerEnd::Finished => self.finish(id, Phase::Done, None, spec.as_ref()),
+            _ if cancel_requested => self.finish(id, Phase::Cancelled, Some("cancelled by request".into()), spec.as_ref()),
+            WorkerEnd::Interrupted { .. } if self.stopping => {
+                // Stays resumable: back to queued, picked up at the next start.
+                if let Ok(mut state) = dir.load_state() {
+                    state.phase = Phase::Queued;
+                    state.gpu = None;
+                    state.eta_secs = None;
+                    self.save(dir, &state);
+                }
+                let _ = dir.append_event(&event("interrupted", [("reason", "daemon stopping".into())]));
+            }
+            WorkerEnd::Failed { kind: FailureKind::Input | FailureKind::Engine, message } => {
+                self.finish(id, Phase::Failed, Some(message), spec.as_ref())
+            }
+            WorkerEnd::Failed { kind: FailureKind::OutOfMemory, message } => {
+                let requeued = self.placement.record_oom(id);
+                if requeued && attempts < max_attempts && !self.stopping {
+                    // Back in line at its old place, to run with offload this time.
+                    if let Ok(mut state) = dir.load_state() {
+                        state.phase = Phase::Queued;
+                        state.gpu = None;
+                        state.eta_secs = None;
+                        self.save(dir, &state);
+                    }
+                    let _ = dir.append_event(&event(
+                        "retry",
+                        [("reason", format!("out of memory: {message}").into()), ("fallback", "offload".into())],
+                    ));
+                } else {
+                    if requeued {
+                        self.placement.remove_queued(id);
+                    }
+                    self.finish(id, Phase::Failed, Some(format!("out of memory: {message}")), spec.as_ref());
+                }
+            }
+            other => {
+                let message = match &other {
+                    WorkerEnd::Failed { message, .. } => message.clone(),
+                    WorkerEnd::Crashed { status } => format!("worker crashed: {status}"),
+                    WorkerEnd::HeartbeatLost => "worker stopped responding".to_string(),
+                    WorkerEnd::Interrupted { .. } => "worker stopped before the job was done".to_string(),
+                    WorkerEnd::Finished => unreachable!("handled above"),
+                };
+                if attempts < max_attempts && !self.stopping {
+                    let _ = dir.append_event(&event(
+                        "retry",
+                        [("reason", message.into()), ("attempt", attempts.into()), ("max_attempts", max_attempts.into())],
+                    ));
+                    self.enqueue(id.clone());
+                } else if self.stopping {
+                    let _ = dir.append_event(&event("interrupted", [("reason", message.into())]));
+                } else {
+                    self.finish(id, Phase::Failed, Some(message), spec.as_ref());
+                }
+            }
+        }
+    }
+
+    /// Moves a job to a terminal phase and queues its notices.
+    fn finish(&mut self, id: &JobId, phase: Phase, error: Option<String>, spec: Option<&JobSpec>) {
+        let dir = self.job_dir(id);
+        let Ok(mut state) = dir.load_state() else {
+            return;
+        };
+        state.phase = phase;
+        state.finished_at_ms = Some(now_ms());
+        state.eta_secs = None;
+        state.error = error.clone();
+        let mut fields = Vec::new();
+        if let Some(error) = &error {
+            fields.push(("error", error.clone().into()));
+        }
+        // The outbox is written before the state: a job never shows as finished without its
+        // notices being durable.
+        if let Some(kind) = notify_glue::terminal_kind(phase) {
+            self.notices.announce(&dir, &state, spec, kind);
+        }
+        self.save(&dir, &state);
+        let name = match phase {
+            Phase::Done => "done",
+            Phase::Failed => "failed",
+            Phase::Cancelled => "cancelled",
+            Phase::Queued | Phase::Running => "state",
+        };
+        let _ = dir.append_event(&event(name, fields));
+        info!(job = %id, state = name, "job finished");
+    }
+
+    /// Records what happened to a notice in its job's events (the scheduler is the only writer
+    /// of job files, so the dispatcher's reports come through here).
+    fn handle_delivery(&self, report: DeliveryReport) {
+        let Ok(id) = report.job_id.parse::<JobId>() else {
+            return;
+        };
+        let dir = self.job_dir(&id);
+        let base = [
+            ("kind", report.event.as_str().into()),
+            ("channel", format!("{:?}", report.channel).to_lowercase().into()),
+            ("target", report.target.clone().into()),
+            ("delivery", report.delivery_id.as_str().into()),
+        ];
+        let recorded = match report.outcome {
+            DeliveryOutcome::Delivered { attempts } => {
+                let mut fields = base.to_vec();
+                fields.push(("attempts", attempts.into()));
+                event("notice_delivered", fields)
+            }
+            DeliveryOutcome::PermanentFailure { reason, .. } => {
+                let mut fields = base.to_vec();
+                fields.push(("reason", reason.into()));
+                warn!(job = %id, target = %report.target, "notice failed permanently");
+                event("notice_failed", fields)
+            }
+            other => {
+                let mut fields = base.to_vec();
+                fields.push(("outcome", format!("{other:?}").into()));
+                event("notice_retrying", fields)
+            }
+        };
+        let _ = dir.append_event(&recorded);
+    }
+
+    /// Acts on `cancel.request` files of queued and running jobs.
+    fn check_cancel_requests(&mut self) {
+        for id in self.placement.queued_ids() {
+            if self.job_dir(&id).cancel_request().exists() {
+                self.placement.remove_queued(&id);
+                self.finish(&id, Phase::Cancelled, Some("cancelled by request".into()), None);
+            }
+        }
+        for (id, running) in &self.running {
+            if *running.stop.borrow() == StopRequest::None
+                && self.job_dir(id).cancel_request().exists()
+            {
+                let _ = running.stop.send(StopRequest::Cancel);
+            }
+        }
+    }
+}
+
+/// Builds an event with a few fields.
+pub fn event(
+    name: &str,
+    fields: impl IntoIterator<Item = (&'static str, serde_json::Value)>,
+) -> JobEvent {
+    JobEvent {
+        ts_ms: now_ms(),
+        event: name.to_string(),
+        fields: fields.into_iter().map(|(key, value)| (key.to_string(), value)).collect(),
+    }
+}
+
+/// Runs the scheduler until shutdown, then stops every worker and waits for it.
+pub async fn run(
+    mut scheduler: Scheduler,
+    mut accepted: mpsc::UnboundedReceiver<JobId>,
+    mut deliveries: mpsc::Receiver<DeliveryReport>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    blocking(|| scheduler.place());
+    let mut tick = tokio::time::interval(CONTROL_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            id = accepted.recv() => match id {
+                Some(id) => blocking(|| {
+                    scheduler.enqueue(id);
+                    while let Ok(id) = accepted.try_recv() {
+                        scheduler.enqueue(id);
+                    }
+                    scheduler.place();
+                }),
+                None => break,
+            },
+            Some((id, report)) = scheduler.reports_rx.recv() => blocking(|| {
+                scheduler.handle_report(id, report);
+                scheduler.place();
+            }),
+            Some(report) = deliveries.recv() => blocking(|| scheduler.handle_delivery(report)),
+            _ = tick.tick() => blocking(|| {
+                scheduler.check_cancel_requests();
+                scheduler.place();
+            }),
+            Some(_) = scheduler.supervisors.join_next(), if !scheduler.supervisors.is_empty() => {}
+        }
+    }
+    scheduler.stopping = true;
+    for running in scheduler.running.values() {
+        let _ = running.stop.send(StopRequest::Shutdown);
+    }
+    while !scheduler.running.is_empty() {
+        match scheduler.reports_rx.recv().await {
+            Some((id, report)) => blocking(|| scheduler.handle_report(id, report)),
+            None => break,
+        }
+    }
+    while scheduler.supervisors.join_next().await.is_some() {}
+    blocking(|| scheduler.placement.persist());
+    Ok(())
+}
+
+/// Runs state writes (each one fsyncs) without stalling the runtime's other tasks: tokio moves
+/// them to another thread while this one blocks.
+fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(work)
+}

@@ -1,0 +1,97 @@
+//! Durable file writes and content hashes for checkpoints (and the model cache).
+//!
+//! A checkpoint is only worth something if a power cut at any instant leaves either the old
+//! file or the new one, never a torn mix: write a temporary file in the same directory, fsync
+//! it, rename it over the target, fsync the directory so the rename itself is on disk.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+/// Suffix of the temporary files [`write_atomic`] creates; [`super::CheckpointStore::resume`]
+/// removes leftovers of a crash.
+pub(crate) const TEMP_SUFFIX: &str = ".tmp";
+
+/// Replaces `path` with `bytes` atomically and durably (see the module docs).
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?
+        .to_string_lossy();
+    let mut temp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(TEMP_SUFFIX)
+        .tempfile_in(dir)?;
+    temp.write_all(bytes)?;
+    temp.as_file().sync_all()?;
+    temp.persist(path).map_err(|e| e.error)?;
+    sync_dir(dir)
+}
+
+/// Makes renames and deletions in `dir` durable.
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Size in bytes and lowercase hex SHA-256 of a file, read in chunks.
+pub(crate) fn size_and_sha256(path: &Path) -> io::Result<(u64, String)> {
+    let mut file = File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 16];
+    let mut size = 0u64;
+    loop {
+        let read = file.read(&mut buffer)?;
+        if read == 0 {
+            break;
+        }
+        hasher.update(&buffer[..read]);
+        size += read as u64;
+    }
+    Ok((size, hex(&hasher.finalize())))
+}
+
+/// Lowercase hex SHA-256 of bytes in memory.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_atomic_replaces_the_file_and_leaves_no_temporary_behind() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("state.json");
+        write_atomic(&path, b"old").expect("first write");
+        write_atomic(&path, b"new").expect("second write");
+        assert_eq!(std::fs::read(&path).expect("readable"), b"new");
+        let entries = std::fs::read_dir(dir.path()).expect("listable").count();
+        assert_eq!(entries, 1);
+    }
+
+    #[test]
+    fn sha256_of_a_file_matches_the_known_digest_of_abc() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("abc");
+        std::fs::write(&path, b"abc").expect("write");
+        let (size, digest) = size_and_sha256(&path).expect("hashes");
+        assert_eq!(size, 3);
+        // FIPS 180-2 test vector for "abc".
+        assert_eq!(
+            digest,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(sha256_hex(b"abc"), digest);
+    }
+}

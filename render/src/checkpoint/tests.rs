@@ -1,0 +1,275 @@
+use super::*;
+use crate::engine::test_support::small_settings;
+
+const JOB: &str = "fingerprint-of-job-a";
+
+/// A work directory with a store, and a way to "render" clips: write a segment, then save.
+struct Job {
+    _dir: tempfile::TempDir,
+    store: CheckpointStore,
+}
+
+impl Job {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = CheckpointStore::new(dir.path());
+        Job { _dir: dir, store }
+    }
+
+    fn carry_after(clip: u32) -> Carry {
+        let mut carry = Carry::initial(&small_settings(5));
+        carry.next_clip = clip + 1;
+        for (i, v) in carry.motion.data.iter_mut().enumerate() {
+            *v = (clip as f32) + i as f32 * 0.001;
+        }
+        carry
+    }
+
+    fn finish_clip(&self, clip: u32) {
+        let segment = self.store.segment_path(ClipIndex(clip));
+        std::fs::create_dir_all(segment.parent().expect("segments have a parent"))
+            .expect("clips dir");
+        std::fs::write(
+            &segment,
+            format!("segment {clip} ").repeat(clip as usize + 3),
+        )
+        .expect("segment");
+        self.store
+            .save(ClipIndex(clip), &Self::carry_after(clip), JOB, &segment)
+            .expect("checkpoint saves");
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.store.work_dir().join(name)
+    }
+
+    fn resume(&self) -> ResumePoint {
+        self.store.resume(JOB).expect("resume reads the work dir")
+    }
+}
+
+fn resumed_after(point: &ResumePoint) -> u32 {
+    match point {
+        ResumePoint::After { last_clip, carry } => {
+            assert_eq!(carry.next_clip().0, last_clip.0 + 1);
+            assert_eq!(carry, &Job::carry_after(last_clip.0));
+            last_clip.0
+        }
+        ResumePoint::Fresh { reason } => panic!("expected a resume point, got fresh: {reason:?}"),
+    }
+}
+
+#[test]
+fn empty_work_dir_starts_fresh_without_a_reason() {
+    let job = Job::new();
+    assert_eq!(job.resume(), ResumePoint::Fresh { reason: None });
+}
+
+#[test]
+fn resume_continues_after_the_last_saved_clip_with_its_carry() {
+    let job = Job::new();
+    for clip in 0..4 {
+        job.finish_clip(clip);
+    }
+    assert_eq!(resumed_after(&job.resume()), 3);
+}
+
+#[test]
+fn checkpoint_records_every_segment_with_size_and_hash() {
+    let job = Job::new();
+    job.finish_clip(0);
+    job.finish_clip(1);
+    let cp: Checkpoint =
+        serde_json::from_slice(&std::fs::read(job.path(CHECKPOINT_FILE)).expect("exists"))
+            .expect("parses");
+    assert_eq!(cp.last_clip, 1);
+    assert_eq!(cp.job_fingerprint, JOB);
+    assert_eq!(cp.carry.file, "carry-1.safetensors");
+    let files: Vec<_> = cp
+        .segments
+        .iter()
+        .map(|s| (s.clip, s.file.file.as_str()))
+        .collect();
+    assert_eq!(files, vec![(0, "clips/0.mkv"), (1, "clips/1.mkv")]);
+    let segment_1 = std::fs::metadata(job.path("clips/1.mkv")).expect("segment exists");
+    assert_eq!(cp.segments[1].file.size_bytes, segment_1.len());
+    assert_eq!(cp.segments[1].file.sha256.len(), 64);
+}
+
+#[test]
+fn changed_job_starts_fresh_and_clears_old_work() {
+    let job = Job::new();
+    job.finish_clip(0);
+    job.finish_clip(1);
+    let point = job
+        .store
+        .resume("fingerprint-of-edited-job")
+        .expect("resume");
+    assert_eq!(
+        point,
+        ResumePoint::Fresh {
+            reason: Some("job changed since checkpoint".to_string())
+        }
+    );
+    assert!(!job.path(CHECKPOINT_FILE).exists());
+    assert!(!job.path("clips/0.mkv").exists());
+    assert!(!job.path("carry-1.safetensors").exists());
+}
+
+#[test]
+fn damaged_checkpoint_json_falls_back_to_the_previous_one() {
+    let job = Job::new();
+    for clip in 0..3 {
+        job.finish_clip(clip);
+    }
+    std::fs::write(
+        job.path(CHECKPOINT_FILE),
+        b"{\"format_version\": 1, \"last_cl",
+    )
+    .expect("tear it");
+    assert_eq!(resumed_after(&job.resume()), 1);
+    // The newer clip's files were strays of the unusable checkpoint and are gone.
+    assert!(!job.path("clips/2.mkv").exists());
+    assert!(!job.path("carry-2.safetensors").exists());
+}
+
+#[test]
+fn damaged_carry_falls_back_to_the_previous_checkpoint() {
+    let job = Job::new();
+    for clip in 0..3 {
+        job.finish_clip(clip);
+    }
+    let carry = job.path("carry-2.safetensors");
+    let mut bytes = std::fs::read(&carry).expect("carry exists");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&carry, bytes).expect("corrupt carry");
+    assert_eq!(resumed_after(&job.resume()), 1);
+}
+
+#[test]
+fn missing_segment_falls_back_to_the_previous_checkpoint() {
+    let job = Job::new();
+    for clip in 0..3 {
+        job.finish_clip(clip);
+    }
+    std::fs::remove_file(job.path("clips/2.mkv")).expect("remove segment");
+    assert_eq!(resumed_after(&job.resume()), 1);
+}
+
+#[test]
+fn truncated_older_segment_makes_both_checkpoints_unusable() {
+    let job = Job::new();
+    for clip in 0..3 {
+        job.finish_clip(clip);
+    }
+    std::fs::write(job.path("clips/0.mkv"), b"short").expect("truncate segment 0");
+    match job.resume() {
+        ResumePoint::Fresh {
+            reason: Some(reason),
+        } => assert!(reason.contains("clips/0.mkv"), "{reason}"),
+        other => panic!("expected a fresh start with a reason, got {other:?}"),
+    }
+    assert!(!job.path("clips/1.mkv").exists());
+}
+
+#[test]
+fn crash_between_keeping_previous_and_writing_latest_resumes_from_previous() {
+    let job = Job::new();
+    job.finish_clip(0);
+    job.finish_clip(1);
+    // What save(2) leaves if it dies right after moving checkpoint.json aside.
+    std::fs::rename(
+        job.path(CHECKPOINT_FILE),
+        job.path(PREVIOUS_CHECKPOINT_FILE),
+    )
+    .expect("rename");
+    assert_eq!(resumed_after(&job.resume()), 1);
+}
+
+#[test]
+fn stray_segments_and_carries_beyond_the_checkpoint_are_removed() {
+    let job = Job::new();
+    job.finish_clip(0);
+    job.finish_clip(1);
+    std::fs::write(job.path("clips/2.mkv"), b"half a clip").expect("stray segment");
+    std::fs::write(job.path("carry-2.safetensors"), b"stray carry").expect("stray carry");
+    std::fs::write(job.path(".checkpoint.json.abc123.tmp"), b"torn").expect("stray temp");
+    std::fs::write(job.path("clips/notes.txt"), b"not ours").expect("unrelated file");
+    assert_eq!(resumed_after(&job.resume()), 1);
+    assert!(!job.path("clips/2.mkv").exists());
+    assert!(!job.path("carry-2.safetensors").exists());
+    assert!(!job.path(".checkpoint.json.abc123.tmp").exists());
+    assert!(job.path("clips/notes.txt").exists());
+    assert!(job.path("clips/1.mkv").exists());
+}
+
+#[test]
+fn carries_older_than_the_previous_checkpoint_are_deleted() {
+    let job = Job::new();
+    for clip in 0..4 {
+        job.finish_clip(clip);
+    }
+    assert!(!job.path("carry-0.safetensors").exists());
+    assert!(!job.path("carry-1.safetensors").exists());
+    assert!(
+        job.path("carry-2.safetensors").exists(),
+        "the previous checkpoint needs it"
+    );
+    assert!(job.path("carry-3.safetensors").exists());
+}
+
+#[test]
+fn saving_continues_correctly_after_a_fallback() {
+    let job = Job::new();
+    for clip in 0..3 {
+        job.finish_clip(clip);
+    }
+    std::fs::write(job.path(CHECKPOINT_FILE), b"garbage").expect("damage");
+    assert_eq!(resumed_after(&job.resume()), 1);
+    job.finish_clip(2);
+    job.finish_clip(3);
+    assert_eq!(resumed_after(&job.resume()), 3);
+    std::fs::write(job.path(CHECKPOINT_FILE), b"garbage").expect("damage again");
+    assert_eq!(resumed_after(&job.resume()), 2);
+}
+
+#[test]
+fn saving_a_clip_without_its_predecessor_is_refused() {
+    let job = Job::new();
+    job.finish_clip(0);
+    let segment = job.store.segment_path(ClipIndex(2));
+    std::fs::write(&segment, b"x").expect("segment");
+    let err = job
+        .store
+        .save(ClipIndex(2), &Job::carry_after(2), JOB, &segment)
+        .unwrap_err();
+    assert!(matches!(err, CheckpointError::OutOfOrder { .. }), "{err}");
+}
+
+#[test]
+fn saving_with_a_carry_for_another_clip_is_refused() {
+    let job = Job::new();
+    let segment = job.store.segment_path(ClipIndex(0));
+    std::fs::create_dir_all(segment.parent().expect("parent")).expect("clips dir");
+    std::fs::write(&segment, b"x").expect("segment");
+    let err = job
+        .store
+        .save(ClipIndex(0), &Job::carry_after(4), JOB, &segment)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("carry continues into clip 5"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_segment_file_is_an_error_naming_it() {
+    let job = Job::new();
+    let segment = job.store.segment_path(ClipIndex(0));
+    let err = job
+        .store
+        .save(ClipIndex(0), &Job::carry_after(0), JOB, &segment)
+        .unwrap_err();
+    assert!(err.to_string().contains("clips/0.mkv"), "{err}");
+}

@@ -1,0 +1,300 @@
+//! Engines: load a model once, then turn one clip index plus the previous clip's [`Carry`] into
+//! that clip's latents, and latents into frames.
+//!
+//! Denoising ([`Engine::render_clip`]) and decoding ([`Engine::decode`]) are separate calls so
+//! the worker decides when latents become frames. With online decode it decodes, encodes and
+//! drops each clip at once and memory stays flat; without it, it keeps every clip's
+//! [`ClipLatents`] and decodes at the end, which is what makes the original grow ~0.15 GB/clip.
+//!
+//! The only engine so far is the native Burn one. Its backend is [`EngineBackend`]: the CPU
+//! `ndarray` backend by default, `burn-cuda` under the crate feature `cuda`.
+//!
+//! Determinism: a resumed job must produce the frames an uninterrupted one would, so every
+//! random draw comes from our own generator keyed by (seed, clip index), never from a stream
+//! that depends on how many clips this process rendered before. On the CPU backend the
+//! workspace builds `burn-ndarray` without its `multi-threads` feature, so every matmul is one
+//! sequential sgemm and every reduction runs in a fixed order: same inputs, same bits.
+
+mod architecture;
+mod carry;
+mod features;
+mod rng;
+mod tiny;
+mod weights;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use carry::{Carry, ClipLatents};
+pub use features::AUDIO_SAMPLE_RATE_HZ;
+pub use weights::BUILTIN_TINY;
+
+/// The Burn backend engines run on in this build.
+#[cfg(not(feature = "cuda"))]
+pub type EngineBackend = burn::backend::NdArray<f32>;
+/// The Burn backend engines run on in this build.
+#[cfg(feature = "cuda")]
+pub type EngineBackend = burn_cuda::Cuda<f32, i32>;
+
+/// Index of a clip within a job, from 0. Clip *k* covers output frames `[k*F, (k+1)*F)` where
+/// `F` is [`Engine::frames_per_clip`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ClipIndex(pub u32);
+
+impl fmt::Display for ClipIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "clip {}", self.0)
+    }
+}
+
+/// The render settings an engine needs; the worker maps the job's `JobSpec` into this so the
+/// engine does not depend on the job file format.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineSettings {
+    /// Output width in pixels (a multiple of 16).
+    pub width: u32,
+    /// Output height in pixels (a multiple of 16).
+    pub height: u32,
+    /// Frames per clip (a multiple of 4: the latent video is 4× compressed in time).
+    pub infer_frames: u32,
+    /// Euler flow-matching steps per clip.
+    pub sample_steps: u32,
+    /// Classifier-free guidance scale; 0 turns guidance (and its second pass) off.
+    pub guide_scale: f32,
+    /// Seed of every random draw of the job.
+    pub seed: u64,
+    /// Output frame rate: it decides which audio samples belong to which frame.
+    pub fps: u32,
+    /// `builtin:tiny` or a checkpoint directory holding `config.json` and `model.safetensors`.
+    pub model: String,
+}
+
+/// What a job conditions on, already prepared by the media side.
+#[derive(Debug, Clone)]
+pub struct Conditioning {
+    /// The reference portrait as RGB24, `width * height * 3` bytes, already scaled and cropped
+    /// to the output size.
+    pub reference_rgb: Vec<u8>,
+    /// The whole speech track, mono, at [`AUDIO_SAMPLE_RATE_HZ`].
+    pub audio_16k_mono: Vec<f32>,
+    /// The text prompt.
+    pub prompt: String,
+}
+
+/// Decoded video frames of one clip.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frames {
+    pub width: u32,
+    pub height: u32,
+    /// One RGB24 buffer of `width * height * 3` bytes per frame, in display order.
+    pub rgb: Vec<Vec<u8>>,
+}
+
+/// A loaded model bound to one job's settings and conditioning.
+pub trait Engine: Send {
+    /// Denoises clip `index` from the state `carry` left by the previous clip; returns its
+    /// latents and the carry for the next clip. `index` must equal `carry.next_clip()`.
+    fn render_clip(
+        &mut self,
+        index: ClipIndex,
+        carry: &Carry,
+    ) -> Result<(ClipLatents, Carry), EngineError>;
+
+    /// Decodes latents from [`Engine::render_clip`] into [`Engine::frames_per_clip`] frames.
+    fn decode(&mut self, latents: &ClipLatents) -> Result<Frames, EngineError>;
+
+    /// Output frames per clip (`infer_frames`).
+    fn frames_per_clip(&self) -> u32;
+}
+
+/// Why an engine could not load or render. Every variant says what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("unknown built-in model `{name}`: the only built-in model is `{BUILTIN_TINY}`")]
+    UnknownBuiltin { name: String },
+    #[error(
+        "model `{model}` is neither `{BUILTIN_TINY}` nor a readable checkpoint directory \
+         ({path}: {reason}); set `engine.model` to `{BUILTIN_TINY}` or to a directory holding \
+         config.json and model.safetensors"
+    )]
+    ModelNotFound {
+        model: String,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("model file {path} is invalid: {detail}")]
+    ModelFormat { path: PathBuf, detail: String },
+    #[error("cannot write model cache file {path}: {source}; check that the model cache directory is writable")]
+    CacheWrite {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("unsupported render settings: {detail}")]
+    UnsupportedSettings { detail: String },
+    #[error("bad conditioning input: {detail}")]
+    BadConditioning { detail: String },
+    #[error("carry is not a valid reelspool carry: {detail}")]
+    CarryFormat { detail: String },
+    #[error("carry does not fit this job: {detail}")]
+    CarryMismatch { detail: String },
+    #[error("latents do not fit this engine: {detail}")]
+    LatentsMismatch { detail: String },
+    #[error("compute backend failed: {detail}")]
+    Backend { detail: String },
+}
+
+/// Loads the model named by `settings.model` for one job on [`EngineBackend`]'s default device.
+///
+/// `builtin:tiny` weights are generated once into `model_cache_dir/builtin-tiny/` and then read
+/// back through the same loader that reads a checkpoint directory.
+pub fn load_engine(
+    settings: &EngineSettings,
+    cond: Conditioning,
+    model_cache_dir: &Path,
+) -> Result<Box<dyn Engine>, EngineError> {
+    let device = Default::default();
+    let engine = tiny::TinyEngine::<EngineBackend>::load(settings, cond, model_cache_dir, &device)?;
+    Ok(Box::new(engine))
+}
+
+fn divides(divisor: u32, n: u32) -> bool {
+    n / divisor * divisor == n
+}
+
+/// Checks what the tiny architecture can represent; the messages name the setting to change.
+fn validate_settings(settings: &EngineSettings) -> Result<(), EngineError> {
+    let cell = carry::SPATIAL_DOWNSCALE;
+    let unsupported = |detail: String| Err(EngineError::UnsupportedSettings { detail });
+    if settings.width == 0
+        || settings.height == 0
+        || !divides(cell, settings.width)
+        || !divides(cell, settings.height)
+    {
+        return unsupported(format!(
+            "size {}*{} must be positive multiples of {cell} (try {}*{})",
+            settings.width,
+            settings.height,
+            (settings.width / cell).max(1) * cell,
+            (settings.height / cell).max(1) * cell
+        ));
+    }
+    let step = carry::TEMPORAL_DOWNSCALE;
+    if settings.infer_frames == 0 || !divides(step, settings.infer_frames) {
+        return unsupported(format!(
+            "infer_frames {} must be a positive multiple of {step}",
+            settings.infer_frames
+        ));
+    }
+    if settings.sample_steps == 0 {
+        return unsupported("sample_steps must be at least 1".to_string());
+    }
+    if settings.fps == 0 {
+        return unsupported("fps must be at least 1".to_string());
+    }
+    if !settings.guide_scale.is_finite() || settings.guide_scale < 0.0 {
+        return unsupported(format!(
+            "guide_scale {} must be a finite number >= 0",
+            settings.guide_scale
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    //! Small inputs shared by the engine tests: fast enough to render many clips.
+
+    use super::*;
+
+    pub(crate) fn small_settings(seed: u64) -> EngineSettings {
+        EngineSettings {
+            width: 64,
+            height: 48,
+            infer_frames: 8,
+            sample_steps: 2,
+            guide_scale: 0.0,
+            seed,
+            fps: 25,
+            model: BUILTIN_TINY.to_string(),
+        }
+    }
+
+    /// A portrait-like test card: a light oval "face" on a dark background, with a darker
+    /// band where a mouth would be.
+    pub(crate) fn portrait(width: u32, height: u32) -> Vec<u8> {
+        let (w, h) = (width as f32, height as f32);
+        let mut rgb = Vec::with_capacity((width * height * 3) as usize);
+        for y in 0..height {
+            for x in 0..width {
+                let u = (x as f32 + 0.5) / w - 0.5;
+                let v = (y as f32 + 0.5) / h - 0.45;
+                let inside = (u / 0.28).powi(2) + (v / 0.38).powi(2) < 1.0;
+                let mouth = (u / 0.08).powi(2) + ((v - 0.17) / 0.02).powi(2) < 1.0;
+                let px = match (inside, mouth) {
+                    (_, true) => [120, 40, 50],
+                    (true, false) => [225, 180, 150],
+                    (false, false) => [30 + (x % 7) as u8, 40, 70 + (y % 5) as u8],
+                };
+                rgb.extend_from_slice(&px);
+            }
+        }
+        rgb
+    }
+
+    /// Speech-like audio: a voiced tone whose loudness pulses at ~4 syllables per second.
+    pub(crate) fn speech(seconds: f32) -> Vec<f32> {
+        let n = (seconds * AUDIO_SAMPLE_RATE_HZ as f32) as usize;
+        (0..n)
+            .map(|i| {
+                let t = i as f32 / AUDIO_SAMPLE_RATE_HZ as f32;
+                let envelope = (t * std::f32::consts::TAU * 4.0).sin().max(0.0);
+                0.6 * envelope * (t * std::f32::consts::TAU * 180.0).sin()
+            })
+            .collect()
+    }
+
+    pub(crate) fn conditioning(settings: &EngineSettings) -> Conditioning {
+        Conditioning {
+            reference_rgb: portrait(settings.width, settings.height),
+            audio_16k_mono: speech(3.0),
+            prompt: "A presenter in a modern studio".to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::small_settings;
+    use super::*;
+
+    #[test]
+    fn size_that_is_not_a_multiple_of_sixteen_is_rejected_with_a_suggestion() {
+        let mut settings = small_settings(1);
+        settings.width = 100;
+        let err = validate_settings(&settings).unwrap_err();
+        assert!(err.to_string().contains("try 96*48"), "{err}");
+    }
+
+    #[test]
+    fn frames_that_are_not_a_multiple_of_four_are_rejected() {
+        let mut settings = small_settings(1);
+        settings.infer_frames = 30;
+        assert!(matches!(
+            validate_settings(&settings),
+            Err(EngineError::UnsupportedSettings { .. })
+        ));
+    }
+
+    #[test]
+    fn negative_guide_scale_is_rejected() {
+        let mut settings = small_settings(1);
+        settings.guide_scale = -1.0;
+        assert!(validate_settings(&settings).is_err());
+    }
+
+    #[test]
+    fn small_test_settings_are_valid() {
+        assert!(validate_settings(&small_settings(1)).is_ok());
+    }
+}

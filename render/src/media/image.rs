@@ -1,0 +1,167 @@
+//! The reference image: decoded, turned upright, and fitted to the render size.
+//!
+//! The model needs exactly `width`x`height` RGB pixels of an upright face. Portraits arrive
+//! in every shape, so the picture is scaled to *cover* the target and the overflow cropped
+//! evenly from both sides: the subject, usually centred, keeps its proportions and no black
+//! bars are invented for the model to animate.
+
+use std::path::Path;
+
+use ffmpeg_next as ffmpeg;
+use ffmpeg_next::format::Pixel;
+use ffmpeg_next::software::scaling::Flags;
+use ffmpeg_next::util::color::Range;
+use ffmpeg_next::{codec, frame, media};
+
+use super::orientation::Orientation;
+use super::scale::{fill_rgb_frame, rgb_image_from_frame, Layout, RgbImage, Scaler};
+use super::{ensure_init, ffmpeg_url, MediaError};
+
+/// Pictures above this many pixels are refused rather than decoded into gigabytes of RGB.
+const MAX_SOURCE_PIXELS: u64 = 100_000_000;
+
+/// Loads the picture at `path` as `width`x`height` packed RGB24 (`width * height * 3` bytes).
+///
+/// Reads whatever FFmpeg decodes (PNG, JPEG, WebP, BMP, ...), including grayscale, palette,
+/// RGBA (alpha dropped) and CMYK JPEGs; applies the EXIF orientation; scales to cover the
+/// target and centre-crops.
+pub fn load_reference_image(path: &Path, width: u32, height: u32) -> Result<Vec<u8>, MediaError> {
+    if width == 0 || height == 0 {
+        return Err(MediaError::ImageSize {
+            path: path.to_path_buf(),
+            width,
+            height,
+        });
+    }
+    ensure_init()?;
+    let fail = |reason: String| MediaError::ImageDecode {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let picture = decode_first_picture(path)?;
+    let pixels = u64::from(picture.width()) * u64::from(picture.height());
+    if pixels > MAX_SOURCE_PIXELS {
+        return Err(fail(format!(
+            "it is {}x{} pixels, more than the {MAX_SOURCE_PIXELS} allowed; scale it down",
+            picture.width(),
+            picture.height()
+        )));
+    }
+    let rgb = to_rgb(&picture).map_err(|e| {
+        fail(format!(
+            "cannot convert its {:?} pixels to RGB: {e}",
+            picture.format()
+        ))
+    })?;
+    let upright = Orientation::of_frame(&picture).apply(rgb);
+    cover_and_crop(&upright, width, height)
+        .map_err(|e| fail(format!("cannot scale it to {width}x{height}: {e}")))
+}
+
+/// Decodes the first picture of the first video stream (an image file is a one-frame video
+/// to FFmpeg).
+fn decode_first_picture(path: &Path) -> Result<frame::Video, MediaError> {
+    let fail = |reason: String| MediaError::ImageDecode {
+        path: path.to_path_buf(),
+        reason,
+    };
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.len() == 0 => return Err(fail("the file is empty".to_string())),
+        Ok(_) => {}
+        Err(e) => return Err(fail(e.to_string())),
+    }
+    let mut input = ffmpeg::format::input(&ffmpeg_url(path)?).map_err(|e| fail(e.to_string()))?;
+    let stream = input
+        .streams()
+        .best(media::Type::Video)
+        .ok_or_else(|| fail("it holds no picture".to_string()))?;
+    let index = stream.index();
+    let mut decoder = codec::Context::from_parameters(stream.parameters())
+        .and_then(|c| c.decoder().video())
+        .map_err(|e| fail(e.to_string()))?;
+
+    let mut picture = frame::Video::empty();
+    let mut last_error = None;
+    for (stream, packet) in input.packets() {
+        if stream.index() != index {
+            continue;
+        }
+        if let Err(e) = decoder.send_packet(&packet) {
+            last_error = Some(e);
+            continue;
+        }
+        if decoder.receive_frame(&mut picture).is_ok() {
+            return Ok(picture);
+        }
+    }
+    // Decoders with a delay hold the picture until told the input has ended.
+    if decoder.send_eof().is_ok() && decoder.receive_frame(&mut picture).is_ok() {
+        return Ok(picture);
+    }
+    Err(fail(match last_error {
+        Some(e) => e.to_string(),
+        None => "no picture could be decoded from it".to_string(),
+    }))
+}
+
+/// Converts a decoded picture of any pixel format to RGB24 at its own size.
+fn to_rgb(picture: &frame::Video) -> Result<RgbImage, ffmpeg::Error> {
+    let (w, h) = (picture.width(), picture.height());
+    let mut scaler = Scaler::new(
+        Layout::new(picture.format(), w, h),
+        picture.color_range() == Range::JPEG,
+        Layout::new(Pixel::RGB24, w, h),
+        Flags::BICUBIC | Flags::ACCURATE_RND | Flags::FULL_CHR_H_INT,
+    )?;
+    let mut rgb = frame::Video::empty();
+    scaler.run(picture, &mut rgb)?;
+    Ok(rgb_image_from_frame(&rgb))
+}
+
+/// The region of a `src_w`x`src_h` picture that has the target's aspect ratio and is as
+/// large as possible, centred: `(x, y, width, height)`.
+fn centre_crop(src_w: u32, src_h: u32, width: u32, height: u32) -> (u32, u32, u32, u32) {
+    let (sw, sh, w, h) = (
+        u64::from(src_w),
+        u64::from(src_h),
+        u64::from(width),
+        u64::from(height),
+    );
+    if sw * h > w * sh {
+        // Wider than the target: keep the full height, trim the sides.
+        let crop_w = ((sh * w + h / 2) / h).clamp(1, sw) as u32;
+        ((src_w - crop_w) / 2, 0, crop_w, src_h)
+    } else {
+        // Taller (or the same shape): keep the full width, trim top and bottom.
+        let crop_h = ((sw * h + w / 2) / w).clamp(1, sh) as u32;
+        (0, (src_h - crop_h) / 2, src_w, crop_h)
+    }
+}
+
+/// Scales `image` to cover `width`x`height` and crops the centre.
+fn cover_and_crop(image: &RgbImage, width: u32, height: u32) -> Result<Vec<u8>, ffmpeg::Error> {
+    let (x, y, crop_w, crop_h) = centre_crop(image.width, image.height, width, height);
+    let mut cropped = Vec::with_capacity(crop_w as usize * crop_h as usize * 3);
+    for row in y..y + crop_h {
+        let start = x as usize * 3;
+        cropped.extend_from_slice(&image.row(row)[start..start + crop_w as usize * 3]);
+    }
+    if (crop_w, crop_h) == (width, height) {
+        return Ok(cropped);
+    }
+    let mut source = frame::Video::new(Pixel::RGB24, crop_w, crop_h);
+    fill_rgb_frame(&mut source, &cropped);
+    let mut scaler = Scaler::new(
+        Layout::new(Pixel::RGB24, crop_w, crop_h),
+        false,
+        Layout::new(Pixel::RGB24, width, height),
+        Flags::BICUBIC | Flags::ACCURATE_RND,
+    )?;
+    let mut scaled = frame::Video::empty();
+    scaler.run(&source, &mut scaled)?;
+    Ok(rgb_image_from_frame(&scaled).pixels)
+}
+
+#[cfg(test)]
+#[path = "image_tests.rs"]
+mod tests;

@@ -1,0 +1,104 @@
+//! What a worker tells the daemon: one JSON object per line on stdout.
+//!
+//! stdout carries nothing else (logs go to stderr), so the daemon can parse every line. A line
+//! that does not parse is kept as a log line, never treated as a message.
+
+use serde::{Deserialize, Serialize};
+
+/// Exit status of a worker that finished or was interrupted cleanly.
+pub const EXIT_OK: i32 = 0;
+/// Exit status of a worker whose job can never succeed as written (bad input, bad model).
+pub const EXIT_JOB_FAILED: i32 = 3;
+/// Exit status of a worker that ran out of (GPU) memory.
+pub const EXIT_OUT_OF_MEMORY: i32 = 4;
+/// Exit status of a worker that could not take the job's lock (another worker has the job).
+pub const EXIT_BUSY: i32 = 5;
+
+/// Why a job failed, so the daemon can decide whether a retry can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// An input file cannot be read or decoded: retrying will not help.
+    Input,
+    /// The model cannot be loaded or run.
+    Engine,
+    /// Out of memory: retry with offload or fewer frames.
+    OutOfMemory,
+    /// Disk full, permissions, encoder trouble: may be transient.
+    Io,
+}
+
+/// One message from the worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum WorkerMessage {
+    /// The job is loaded; rendering starts at `next_clip` of `clips_total`.
+    Started {
+        clips_total: u32,
+        next_clip: u32,
+        /// Why an existing checkpoint was not used, if one was discarded.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fresh_reason: Option<String>,
+    },
+    /// Clip `index` is encoded and checkpointed.
+    ClipDone { index: u32, frames: u32, secs: f64 },
+    /// Still alive, inside a long clip.
+    Heartbeat,
+    /// The final video is in place.
+    Finished {
+        output: String,
+        duration_secs: f64,
+        frames: u64,
+        clips: u32,
+    },
+    /// Stopped on request after a checkpoint; `next_clip` is where a resume starts.
+    Interrupted { next_clip: u32 },
+    /// The job failed; the exit status says the same.
+    Error { kind: FailureKind, message: String },
+}
+
+impl WorkerMessage {
+    /// The message as one line (without the newline).
+    pub fn to_line(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|err| {
+            format!(r#"{{"event":"error","kind":"io","message":"cannot encode message: {err}"}}"#)
+        })
+    }
+
+    /// Parses one line; `None` for anything that is not a message.
+    pub fn from_line(line: &str) -> Option<WorkerMessage> {
+        serde_json::from_str(line.trim()).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clip_done_line_names_its_event() {
+        let line = WorkerMessage::ClipDone { index: 3, frames: 32, secs: 1.5 }.to_line();
+        let value: serde_json::Value = serde_json::from_str(&line).expect("valid JSON");
+        assert_eq!(value["event"], "clip_done");
+        assert_eq!(value["index"], 3);
+    }
+
+    #[test]
+    fn messages_survive_a_round_trip() {
+        let messages = [
+            WorkerMessage::Started { clips_total: 5, next_clip: 2, fresh_reason: None },
+            WorkerMessage::Heartbeat,
+            WorkerMessage::Interrupted { next_clip: 4 },
+            WorkerMessage::Error { kind: FailureKind::OutOfMemory, message: "CUDA out of memory".into() },
+        ];
+        for message in messages {
+            assert_eq!(WorkerMessage::from_line(&message.to_line()), Some(message));
+        }
+    }
+
+    #[test]
+    fn log_noise_is_not_a_message() {
+        assert_eq!(WorkerMessage::from_line("loading weights..."), None);
+        assert_eq!(WorkerMessage::from_line(r#"{"event":"unknown"}"#), None);
+    }
+}

@@ -1,0 +1,435 @@
+//! The worker process: renders one job directory clip by clip.
+//!
+//! Order of work for clip *k* (DESIGN.md §5): denoise → decode → encode `work/clips/k.mkv`
+//! (atomic) → `work/carry-k.safetensors` → `work/checkpoint.json`. A SIGKILL at any point loses
+//! at most clip *k*: on restart the checkpoint names the last clip whose three files are all
+//! durable, and rendering continues from its carry. Because every random draw is derived from the
+//! job's seed and the clip index, the resumed video is identical to an uninterrupted one.
+//!
+//! Inputs are decoded before the model is loaded, so a corrupt image or audio file fails the job
+//! before any GPU time is spent.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use jobs::spec::{Codec, JobSpec, NumClip};
+use jobs::state::JobDir;
+use tracing::{info, warn};
+
+use crate::checkpoint::{CheckpointStore, ResumePoint};
+use crate::engine::{self, Carry, ClipIndex, ClipLatents, Conditioning, EngineSettings};
+use crate::media;
+use crate::protocol::{self, FailureKind, WorkerMessage};
+
+/// How often a worker inside a long clip tells the daemon it is alive.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+/// How long a worker waits for a previous worker of the same job to let go of it.
+const LOCK_WAIT: Duration = Duration::from_secs(120);
+
+/// Why a job failed, with what the daemon needs to decide about retries.
+#[derive(Debug)]
+struct Failure {
+    kind: FailureKind,
+    message: String,
+}
+
+impl Failure {
+    fn new(kind: FailureKind, message: impl Into<String>) -> Failure {
+        Failure {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// Writes protocol lines to stdout; shared with the heartbeat thread, so one line is never
+/// interleaved with another.
+#[derive(Clone)]
+struct Reporter {
+    out: Arc<Mutex<std::io::Stdout>>,
+}
+
+impl Reporter {
+    fn send(&self, message: &WorkerMessage) {
+        if let Ok(mut out) = self.out.lock() {
+            let _ = writeln!(out, "{}", message.to_line());
+            let _ = out.flush();
+        }
+    }
+}
+
+/// Runs the worker for `job_dir`; returns the process exit status (see [`protocol`]).
+pub fn run(job_dir: &Path, model_cache_dir: &Path) -> i32 {
+    let reporter = Reporter {
+        out: Arc::new(Mutex::new(std::io::stdout())),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [libc_sigterm(), libc_sigint()] {
+        if let Err(err) = signal_hook::flag::register(signal, Arc::clone(&stop)) {
+            warn!(error = %err, "cannot install the stop signal handler");
+        }
+    }
+    let dir = JobDir::new(job_dir.to_path_buf());
+    let _lock = match lock_job(&dir, &stop) {
+        Ok(lock) => lock,
+        Err(message) => {
+            reporter.send(&WorkerMessage::Error {
+                kind: FailureKind::Io,
+                message: message.clone(),
+            });
+            return protocol::EXIT_BUSY;
+        }
+    };
+    let heartbeat_stop = Arc::new(AtomicBool::new(false));
+    let heartbeat = spawn_heartbeat(reporter.clone(), Arc::clone(&heartbeat_stop));
+    let result = render_job(&dir, model_cache_dir, &reporter, &stop);
+    heartbeat_stop.store(true, Ordering::Relaxed);
+    let _ = heartbeat.join();
+    match result {
+        Ok(message) => {
+            reporter.send(&message);
+            protocol::EXIT_OK
+        }
+        Err(failure) => {
+            warn!(kind = ?failure.kind, "{}", failure.message);
+            reporter.send(&WorkerMessage::Error {
+                kind: failure.kind,
+                message: failure.message,
+            });
+            match failure.kind {
+                FailureKind::OutOfMemory => protocol::EXIT_OUT_OF_MEMORY,
+                FailureKind::Input | FailureKind::Engine => protocol::EXIT_JOB_FAILED,
+                FailureKind::Io => 1,
+            }
+        }
+    }
+}
+
+fn libc_sigterm() -> i32 {
+    signal_hook::consts::SIGTERM
+}
+
+fn libc_sigint() -> i32 {
+    signal_hook::consts::SIGINT
+}
+
+/// Takes `work/worker.lock` so two workers never render the same job (for example an orphan of
+/// a killed daemon next to the worker its successor starts).
+fn lock_job(dir: &JobDir, stop: &AtomicBool) -> Result<std::fs::File, String> {
+    use std::os::fd::AsRawFd;
+    let work = dir.work_dir();
+    std::fs::create_dir_all(&work)
+        .map_err(|err| format!("cannot create {}: {err}", work.display()))?;
+    let path = work.join("worker.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|err| format!("cannot open {}: {err}", path.display()))?;
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        // SAFETY: flock only reads the descriptor, which `file` keeps open.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(file);
+        }
+        if Instant::now() >= deadline || stop.load(Ordering::Relaxed) {
+            return Err(format!(
+                "another worker still holds {}; not starting a second one",
+                path.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn spawn_heartbeat(reporter: Reporter, done: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut last = Instant::now();
+        while !done.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(100));
+            if last.elapsed() >= HEARTBEAT_EVERY {
+                reporter.send(&WorkerMessage::Heartbeat);
+                last = Instant::now();
+            }
+        }
+    })
+}
+
+/// The clip plan of a job: how many clips, and how many frames the video has in all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClipPlan {
+    pub clips: u32,
+    pub frames_per_clip: u32,
+    pub total_frames: u64,
+}
+
+impl ClipPlan {
+    /// `auto`: enough clips to cover the audio at the output rate, the last one trimmed so the
+    /// video ends with the speech. A count: exactly that many full clips.
+    pub fn new(num_clip: NumClip, frames_per_clip: u32, fps: u32, audio: Duration) -> ClipPlan {
+        match num_clip {
+            NumClip::Count(clips) => ClipPlan {
+                clips,
+                frames_per_clip,
+                total_frames: u64::from(clips) * u64::from(frames_per_clip),
+            },
+            NumClip::Auto => {
+                let frames = (audio.as_secs_f64() * f64::from(fps)).round().max(1.0) as u64;
+                let per_clip = u64::from(frames_per_clip.max(1));
+                ClipPlan {
+                    clips: frames.div_ceil(per_clip) as u32,
+                    frames_per_clip,
+                    total_frames: frames,
+                }
+            }
+        }
+    }
+
+    /// Frames of clip `index` that belong in the video.
+    pub fn frames_in_clip(&self, index: u32) -> u32 {
+        let start = u64::from(index) * u64::from(self.frames_per_clip);
+        self.total_frames
+            .saturating_sub(start)
+            .min(u64::from(self.frames_per_clip)) as u32
+    }
+}
+
+fn engine_settings(spec: &JobSpec) -> EngineSettings {
+    EngineSettings {
+        width: spec.render.size.width,
+        height: spec.render.size.height,
+        infer_frames: spec.render.infer_frames,
+        sample_steps: spec.render.sample_steps,
+        guide_scale: spec.render.guide_scale,
+        seed: spec.render.seed,
+        fps: spec.render.fps,
+        model: spec.engine.model.clone(),
+    }
+}
+
+fn encode_settings(spec: &JobSpec) -> media::EncodeSettings {
+    let codec = match spec.output.codec {
+        Codec::H264 => media::VideoCodec::H264,
+        Codec::Hevc => media::VideoCodec::Hevc,
+    };
+    media::EncodeSettings::new(
+        spec.render.size.width,
+        spec.render.size.height,
+        spec.render.fps,
+        codec,
+        spec.output.crf,
+    )
+}
+
+/// The fingerprint that ties a checkpoint to its job: the render-relevant settings plus the
+/// bytes of the inputs, so replacing the audio file restarts the render instead of splicing
+/// two different speeches together.
+fn job_fingerprint(spec: &JobSpec, image: &[u8], audio: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(spec.render_fingerprint().as_bytes());
+    hasher.update(Sha256::digest(image));
+    hasher.update(Sha256::digest(audio));
+    format!("{:x}", hasher.finalize())
+}
+
+fn segment_path(work: &Path, index: u32) -> PathBuf {
+    work.join("clips").join(format!("{index}.mkv"))
+}
+
+fn latents_path(work: &Path, index: u32) -> PathBuf {
+    work.join("latents").join(format!("{index}.safetensors"))
+}
+
+fn render_job(
+    dir: &JobDir,
+    model_cache_dir: &Path,
+    reporter: &Reporter,
+    stop: &AtomicBool,
+) -> Result<WorkerMessage, Failure> {
+    let spec = dir
+        .load_spec()
+        .map_err(|err| Failure::new(FailureKind::Input, format!("cannot read job.yaml: {err}")))?;
+    let work = dir.work_dir();
+    for sub in ["clips", "latents"] {
+        std::fs::create_dir_all(work.join(sub)).map_err(|err| {
+            Failure::new(FailureKind::Io, format!("cannot create {}: {err}", work.display()))
+        })?;
+    }
+
+    // Inputs first: a bad file must fail before the model is loaded.
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|err| {
+            Failure::new(FailureKind::Input, format!("cannot read {}: {err}", path.display()))
+        })
+    };
+    let image_bytes = read(&spec.inputs.image)?;
+    let audio_bytes = read(&spec.inputs.audio)?;
+    let (width, height) = (spec.render.size.width, spec.render.size.height);
+    let reference_rgb = media::load_reference_image(&spec.inputs.image, width, height)
+        .map_err(|err| Failure::new(FailureKind::Input, err.to_string()))?;
+    let audio = media::load_audio(&spec.inputs.audio)
+        .map_err(|err| Failure::new(FailureKind::Input, err.to_string()))?;
+    let plan = ClipPlan::new(
+        spec.render.num_clip,
+        spec.render.infer_frames,
+        spec.render.fps,
+        audio.duration,
+    );
+    let fingerprint = job_fingerprint(&spec, &image_bytes, &audio_bytes);
+    drop((image_bytes, audio_bytes));
+
+    let settings = engine_settings(&spec);
+    let conditioning = Conditioning {
+        reference_rgb,
+        audio_16k_mono: audio.samples_16k_mono,
+        prompt: spec.inputs.prompt.clone(),
+    };
+    let mut engine = engine::load_engine(&settings, conditioning, model_cache_dir)
+        .map_err(|err| Failure::new(FailureKind::Engine, err.to_string()))?;
+
+    let store = CheckpointStore::new(work.clone());
+    let (mut carry, next_clip, fresh_reason) = match store
+        .resume(&fingerprint)
+        .map_err(|err| Failure::new(FailureKind::Io, err.to_string()))?
+    {
+        ResumePoint::Fresh { reason } => (Carry::initial(&settings), 0, reason),
+        ResumePoint::After { last_clip, carry } => (carry, last_clip.0 + 1, None),
+    };
+    info!(clips = plan.clips, next_clip, "rendering");
+    reporter.send(&WorkerMessage::Started {
+        clips_total: plan.clips,
+        next_clip,
+        fresh_reason,
+    });
+
+    let encode = encode_settings(&spec);
+    let mut kept_latents: Vec<(u32, ClipLatents)> = Vec::new();
+    if !spec.render.online_decode {
+        for index in 0..next_clip {
+            let path = latents_path(&work, index);
+            let latents = std::fs::read(&path)
+                .map_err(|err| err.to_string())
+                .and_then(|bytes| ClipLatents::from_safetensors_bytes(&bytes).map_err(|err| err.to_string()))
+                .map_err(|err| {
+                    Failure::new(FailureKind::Io, format!("cannot reload {}: {err}", path.display()))
+                })?;
+            kept_latents.push((index, latents));
+        }
+    }
+    for index in next_clip..plan.clips {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(WorkerMessage::Interrupted { next_clip: index });
+        }
+        let started = Instant::now();
+        let (latents, next_carry) = engine
+            .render_clip(ClipIndex(index), &carry)
+            .map_err(|err| Failure::new(FailureKind::Engine, err.to_string()))?;
+        let durable = if spec.render.online_decode {
+            let frames = engine
+                .decode(&latents)
+                .map_err(|err| Failure::new(FailureKind::Engine, err.to_string()))?;
+            drop(latents);
+            let segment = segment_path(&work, index);
+            write_segment(&segment, &encode, &frames.rgb, plan.frames_in_clip(index))?;
+            segment
+        } else {
+            // The original's behaviour: latents pile up in memory and are decoded at the end.
+            // They also go to disk, so that a crash still costs one clip, not the job.
+            let path = latents_path(&work, index);
+            let bytes = latents
+                .to_safetensors_bytes()
+                .map_err(|err| Failure::new(FailureKind::Engine, err.to_string()))?;
+            jobs::state::write_atomic(&path, &bytes).map_err(|err| {
+                Failure::new(FailureKind::Io, format!("cannot write {}: {err}", path.display()))
+            })?;
+            kept_latents.push((index, latents));
+            path
+        };
+        store
+            .save(ClipIndex(index), &next_carry, &fingerprint, &durable)
+            .map_err(|err| Failure::new(FailureKind::Io, err.to_string()))?;
+        carry = next_carry;
+        reporter.send(&WorkerMessage::ClipDone {
+            index,
+            frames: plan.frames_in_clip(index),
+            secs: started.elapsed().as_secs_f64(),
+        });
+    }
+    for (index, latents) in kept_latents {
+        let frames = engine
+            .decode(&latents)
+            .map_err(|err| Failure::new(FailureKind::Engine, err.to_string()))?;
+        write_segment(&segment_path(&work, index), &encode, &frames.rgb, plan.frames_in_clip(index))?;
+    }
+    if stop.load(Ordering::Relaxed) {
+        return Ok(WorkerMessage::Interrupted { next_clip: plan.clips });
+    }
+
+    let segments: Vec<PathBuf> = (0..plan.clips).map(|k| segment_path(&work, k)).collect();
+    if let Some(parent) = spec.output.path.parent() {
+        std::fs::create_dir_all(parent).map_err(|err| {
+            Failure::new(FailureKind::Io, format!("cannot create {}: {err}", parent.display()))
+        })?;
+    }
+    let assemble = media::AssemblePlan {
+        total_frames: plan.total_frames,
+        fps: spec.render.fps,
+    };
+    let output = media::assemble_output(&segments, &spec.inputs.audio, &assemble, &spec.output.path)
+        .map_err(|err| Failure::new(FailureKind::Io, err.to_string()))?;
+    Ok(WorkerMessage::Finished {
+        output: spec.output.path.display().to_string(),
+        duration_secs: output.duration.as_secs_f64(),
+        frames: output.frames,
+        clips: plan.clips,
+    })
+}
+
+fn write_segment(
+    path: &Path,
+    settings: &media::EncodeSettings,
+    frames: &[Vec<u8>],
+    keep: u32,
+) -> Result<(), Failure> {
+    let mut encoder = media::ClipEncoder::create(path, settings)
+        .map_err(|err| Failure::new(FailureKind::Io, err.to_string()))?;
+    for frame in frames.iter().take(keep as usize) {
+        encoder
+            .push_frame(frame)
+            .map_err(|err| Failure::new(FailureKind::Io, err.to_string()))?;
+    }
+    encoder
+        .finish()
+        .map_err(|err| Failure::new(FailureKind::Io, err.to_string()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_plan_covers_the_audio_and_trims_the_last_clip() {
+        let plan = ClipPlan::new(NumClip::Auto, 16, 16, Duration::from_millis(5030));
+        assert_eq!(plan.total_frames, 80);
+        assert_eq!(plan.clips, 5);
+        assert_eq!(plan.frames_in_clip(4), 16);
+        let plan = ClipPlan::new(NumClip::Auto, 16, 16, Duration::from_millis(4500));
+        assert_eq!(plan.total_frames, 72);
+        assert_eq!(plan.clips, 5);
+        assert_eq!(plan.frames_in_clip(4), 8);
+    }
+
+    #[test]
+    fn counted_plan_renders_full_clips_whatever_the_audio() {
+        let plan = ClipPlan::new(NumClip::Count(3), 32, 16, Duration::from_secs(60));
+        assert_eq!(plan.total_frames, 96);
+        assert_eq!(plan.frames_in_clip(2), 32);
+    }
+}

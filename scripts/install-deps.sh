@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs the system packages reelspool needs to build, test and run its demo on Debian 12.
+# Safe to run again; uses sudo when not root.
+set -euo pipefail
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+PACKAGES=(
+  # FFmpeg libraries for ffmpeg-next, and what bindgen needs to read their headers
+  libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev
+  libavfilter-dev libavdevice-dev libclang-dev clang pkg-config
+  # ffprobe/ffmpeg: tests check every video we write with the real ffprobe
+  ffmpeg openssl
+)
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  $SUDO apt-get update
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y "${missing[@]}"
+fi
+if ! python3 -c 'import aiosmtpd' 2>/dev/null; then
+  python3 -m pip install --quiet aiosmtpd || $SUDO python3 -m pip install --quiet --break-system-packages aiosmtpd
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+  cargo install --locked cargo-nextest
+fi
