@@ -79,7 +79,10 @@ fn main() {
             break;
         }
         if start.elapsed() > Duration::from_secs(120) {
-            panic!("burst not filed within 120 s ({} of {burst})", count_jobs(&farm) - base);
+            panic!(
+                "burst not filed within 120 s ({} of {burst})",
+                count_jobs(&farm) - base
+            );
         }
         std::thread::sleep(Duration::from_millis(5));
     }

@@ -131,12 +131,16 @@ pub fn deliver_to_spool(spool_dir: &Path, file: &Path, bytes: &[u8]) -> Result<P
             Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(err) => {
                 let _ = std::fs::remove_file(&tmp_path);
-                return Err(err).with_context(|| format!("cannot move job into {}", incoming.display()));
+                return Err(err)
+                    .with_context(|| format!("cannot move job into {}", incoming.display()));
             }
         }
     }
     let _ = std::fs::remove_file(&tmp_path);
-    bail!("too many files named {stem}*.yaml waiting in {}", incoming.display())
+    bail!(
+        "too many files named {stem}*.yaml waiting in {}",
+        incoming.display()
+    )
 }
 
 fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
@@ -187,7 +191,10 @@ fn find_job(jobs_dir: &Path, wanted: &str) -> Result<JobState> {
         .collect();
     match matches.len() {
         0 => bail!("no job `{wanted}` in {}", jobs_dir.display()),
-        1 => Ok(matches.into_iter().next().expect("one match was just counted")),
+        1 => Ok(matches
+            .into_iter()
+            .next()
+            .expect("one match was just counted")),
         n => bail!("`{wanted}` matches {n} jobs; give more of the id"),
     }
 }

@@ -145,8 +145,15 @@ impl DaemonConfig {
                     text,
                     line,
                     column,
-                    format!("`{}` must be an absolute path, got `{}`", key.join("."), path.display()),
-                    Some("the daemon runs from `/`; write the full path, e.g. /srv/media".to_string()),
+                    format!(
+                        "`{}` must be an absolute path, got `{}`",
+                        key.join("."),
+                        path.display()
+                    ),
+                    Some(
+                        "the daemon runs from `/`; write the full path, e.g. /srv/media"
+                            .to_string(),
+                    ),
                 ))));
             }
         }

@@ -95,16 +95,25 @@ pub fn run_from_cli(config_flag: Option<&Path>) -> Result<ExitCode> {
         .thread_name("reelspool")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(run(config, wait_for_stop_signal()))?;
+    runtime.block_on(async {
+        // Handlers go in before anything else, so a SIGTERM that arrives during start-up
+        // stops the daemon cleanly instead of killing it.
+        let stop = stop_signal().context("cannot install signal handlers")?;
+        run(config, stop).await
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// Runs the daemon until `stop` completes (SIGTERM or SIGINT for the real daemon).
 pub async fn run(config: DaemonConfig, stop: impl std::future::Future<Output = ()>) -> Result<()> {
     let layout = Layout::new(&config.spool_dir, &config.state_dir);
-    layout
-        .create()
-        .with_context(|| format!("cannot create spool/state directories under {} and {}", config.spool_dir.display(), config.state_dir.display()))?;
+    layout.create().with_context(|| {
+        format!(
+            "cannot create spool/state directories under {} and {}",
+            config.spool_dir.display(),
+            config.state_dir.display()
+        )
+    })?;
     let Some(_lock) = try_lock_state(&config.state_dir)? else {
         anyhow::bail!(
             "another reelspool daemon is already using {}; stop it first",
@@ -211,17 +220,15 @@ async fn flush_notices(outbox_dir: &Path) {
     info!("notices still pending at stop stay in the outbox for the next start");
 }
 
-pub async fn wait_for_stop_signal() {
+/// Installs the SIGTERM and SIGINT handlers now; the returned future completes on either.
+pub fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut terminate), Ok(mut interrupt)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
-        error!("cannot install signal handlers; stop the daemon with SIGKILL");
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
-    }
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    })
 }

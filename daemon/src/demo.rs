@@ -94,11 +94,8 @@ pub fn run(dir: Option<&Path>) -> Result<ExitCode> {
     };
     println!("reelspool demo in {}", root.display());
     let (config, job_path) = prepare(&root)?;
-    let submitted = cli::deliver_to_spool(
-        &config.spool_dir,
-        &job_path,
-        &std::fs::read(&job_path)?,
-    )?;
+    let submitted =
+        cli::deliver_to_spool(&config.spool_dir, &job_path, &std::fs::read(&job_path)?)?;
     println!("submitted {}", submitted.display());
 
     let jobs_dir = config.state_dir.join("jobs");
@@ -132,7 +129,11 @@ pub fn run(dir: Option<&Path>) -> Result<ExitCode> {
             println!();
             println!("done in {:.1} s", started.elapsed().as_secs_f64());
             println!("  video:    {}", output.display());
-            if let Some(duration) = outcome.details.get("duration_secs").and_then(|v| v.as_f64()) {
+            if let Some(duration) = outcome
+                .details
+                .get("duration_secs")
+                .and_then(|v| v.as_f64())
+            {
                 println!("  duration: {duration:.2} s");
             }
             if let Some(frames) = outcome.details.get("frames") {
@@ -155,11 +156,17 @@ pub fn run(dir: Option<&Path>) -> Result<ExitCode> {
 }
 
 /// Waits for the demo's single job to end, drawing a progress bar of its clips.
-async fn watch_job(jobs_dir: &Path, rejected_dir: &Path, started: Instant) -> Result<state::JobState> {
+async fn watch_job(
+    jobs_dir: &Path,
+    rejected_dir: &Path,
+    started: Instant,
+) -> Result<state::JobState> {
     let bar = indicatif::ProgressBar::new(1);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} {msg} [{bar:30}] clip {pos}/{len} {elapsed}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {msg} [{bar:30}] clip {pos}/{len} {elapsed}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar.set_message("queued");
     loop {

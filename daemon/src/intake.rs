@@ -173,7 +173,9 @@ pub async fn run(
                         let _ = accepted.send(id);
                     }
                 }
-                Err(err) => warn!(error = %err, "intake batch panicked; its files stay claimed and are retried at restart"),
+                Err(err) => {
+                    warn!(error = %err, "intake batch panicked; its files stay claimed and are retried at restart")
+                }
             }
             // Pick up whatever arrived meanwhile before the next batch, so `Writing` marks
             // are seen before a rescan could pick up a half-written file.

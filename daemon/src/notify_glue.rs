@@ -5,7 +5,9 @@
 use jobs::spec::{NoticeEvent, WebhookFormat};
 use jobs::state::{JobDir, JobState, Phase};
 use jobs::JobSpec;
-use notices::{DispatcherHandle, JobSummary, NoticeKind, NoticePolicy, Outbox, Recipients, WebhookTarget};
+use notices::{
+    DispatcherHandle, JobSummary, NoticeKind, NoticePolicy, Outbox, Recipients, WebhookTarget,
+};
 use tracing::warn;
 
 use crate::scheduler::event;
@@ -69,11 +71,13 @@ fn log_tail(dir: &JobDir) -> Vec<String> {
     let Ok(events) = dir.read_events() else {
         return Vec::new();
     };
-    let Some(lines) = events
-        .iter()
-        .rev()
-        .find_map(|event| event.fields.get("stderr_tail").and_then(|v| v.as_array()).cloned())
-    else {
+    let Some(lines) = events.iter().rev().find_map(|event| {
+        event
+            .fields
+            .get("stderr_tail")
+            .and_then(|v| v.as_array())
+            .cloned()
+    }) else {
         return Vec::new();
     };
     let skip = lines.len().saturating_sub(LOG_TAIL_IN_NOTICE);
@@ -111,7 +115,13 @@ impl Notices {
     /// Queues the notices a job wants for `kind`, durably, before the caller records the state
     /// change: a crash in between repeats the notice (same idempotency key per event) rather
     /// than losing it.
-    pub fn announce(&self, dir: &JobDir, state: &JobState, spec: Option<&JobSpec>, kind: NoticeKind) {
+    pub fn announce(
+        &self,
+        dir: &JobDir,
+        state: &JobState,
+        spec: Option<&JobSpec>,
+        kind: NoticeKind,
+    ) {
         let Some(spec) = spec else {
             return;
         };
@@ -126,7 +136,10 @@ impl Notices {
             Ok(ids) => {
                 let _ = dir.append_event(&event(
                     "notice_queued",
-                    [("kind", kind.as_str().into()), ("deliveries", ids.len().into())],
+                    [
+                        ("kind", kind.as_str().into()),
+                        ("deliveries", ids.len().into()),
+                    ],
                 ));
                 self.handle.wake();
             }
@@ -134,7 +147,10 @@ impl Notices {
                 warn!(job = %state.id, error = %err, "cannot queue notice");
                 let _ = dir.append_event(&event(
                     "notice_error",
-                    [("kind", kind.as_str().into()), ("error", err.to_string().into())],
+                    [
+                        ("kind", kind.as_str().into()),
+                        ("error", err.to_string().into()),
+                    ],
                 ));
             }
         }

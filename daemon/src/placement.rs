@@ -69,7 +69,9 @@ fn clip_count(spec: &JobSpec) -> u32 {
         NumClip::Auto => match render::media::probe_audio_duration(&spec.inputs.audio) {
             Ok(duration) => {
                 let frames = (duration.as_secs_f64() * f64::from(spec.render.fps)).ceil();
-                (frames / f64::from(spec.render.infer_frames.max(1))).ceil().max(1.0) as u32
+                (frames / f64::from(spec.render.infer_frames.max(1)))
+                    .ceil()
+                    .max(1.0) as u32
             }
             Err(_) => FALLBACK_CLIPS,
         },
@@ -97,7 +99,11 @@ impl Admission for PoolAdmission {
                 .then_some(job.with_offload.map(|d| d.vram_bytes))
                 .flatten(),
         ];
-        let least = modes.into_iter().flatten().min().unwrap_or(job.no_offload.vram_bytes);
+        let least = modes
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(job.no_offload.vram_bytes);
         if least <= self.largest_card_bytes {
             return Ok(Some(least));
         }
@@ -131,8 +137,12 @@ impl Placement {
     pub fn start(config: &DaemonConfig) -> Result<Placement> {
         let devices = gpu_pool::discover(&config.gpu_pool)?;
         let profiles_dir = config.templates_dir().join("profiles");
-        let profiles = gpu_pool::load_profiles(&profiles_dir)
-            .with_context(|| format!("cannot load memory profiles from {}", profiles_dir.display()))?;
+        let profiles = gpu_pool::load_profiles(&profiles_dir).with_context(|| {
+            format!(
+                "cannot load memory profiles from {}",
+                profiles_dir.display()
+            )
+        })?;
         let cards: Vec<CardState> = devices.iter().map(CardState::from_device).collect();
         for device in &devices {
             info!(

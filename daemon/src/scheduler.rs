@@ -52,7 +52,11 @@ pub struct Scheduler {
 impl Scheduler {
     /// Builds the pool and re-queues every job that was queued or running when the daemon
     /// last stopped.
-    pub fn start_up(config: Arc<DaemonConfig>, layout: Layout, notices: Notices) -> Result<Scheduler> {
+    pub fn start_up(
+        config: Arc<DaemonConfig>,
+        layout: Layout,
+        notices: Notices,
+    ) -> Result<Scheduler> {
         let placement = Placement::start(&config).context("cannot set up the GPU pool")?;
         let (reports_tx, reports_rx) = mpsc::unbounded_channel();
         let mut scheduler = Scheduler {
@@ -76,12 +80,21 @@ impl Scheduler {
             if state.phase == Phase::Running {
                 resumed += 1;
                 let dir = scheduler.job_dir(&state.id);
-                let _ = dir.append_event(&event("requeued", [("reason", "daemon restarted while the job was running".into())]));
+                let _ = dir.append_event(&event(
+                    "requeued",
+                    [(
+                        "reason",
+                        "daemon restarted while the job was running".into(),
+                    )],
+                ));
             }
             scheduler.enqueue(state.id);
         }
         if resumed > 0 {
-            info!(count = resumed, "jobs interrupted by the last stop will resume");
+            info!(
+                count = resumed,
+                "jobs interrupted by the last stop will resume"
+            );
         }
         Ok(scheduler)
     }
@@ -105,7 +118,12 @@ impl Scheduler {
             }
             (_, Err(err)) => {
                 warn!(job = %id, error = %err, "cannot read job.yaml; failing the job");
-                self.finish(&id, Phase::Failed, Some(format!("cannot read job.yaml: {err}")), None);
+                self.finish(
+                    &id,
+                    Phase::Failed,
+                    Some(format!("cannot read job.yaml: {err}")),
+                    None,
+                );
                 return;
             }
         };
@@ -173,7 +191,10 @@ impl Scheduler {
             program,
             env: {
                 let mut env = decision.env.clone();
-                env.push(("REELSPOOL_OFFLOAD".into(), if decision.offload { "1" } else { "0" }.into()));
+                env.push((
+                    "REELSPOOL_OFFLOAD".into(),
+                    if decision.offload { "1" } else { "0" }.into(),
+                ));
                 env
             },
             model_cache_dir: self.config.model_cache_dir(),
@@ -181,8 +202,11 @@ impl Scheduler {
             stop_timeout: Duration::from_secs(self.config.worker.stop_timeout_secs),
         };
         let (stop_tx, stop_rx) = watch::channel(StopRequest::None);
-        self.supervisors
-            .spawn(supervisor::supervise(launch, self.reports_tx.clone(), stop_rx));
+        self.supervisors.spawn(supervisor::supervise(
+            launch,
+            self.reports_tx.clone(),
+            stop_rx,
+        ));
         info!(job = %id, gpu = %decision.card_label, "job running");
         self.running.insert(
             id,
@@ -199,7 +223,9 @@ impl Scheduler {
         let dir = self.job_dir(&id);
         match report {
             WorkerReport::Message(message) => self.handle_message(&id, &dir, message),
-            WorkerReport::Ended { end, stderr_tail } => self.handle_end(&id, &dir, end, stderr_tail),
+            WorkerReport::Ended { end, stderr_tail } => {
+                self.handle_end(&id, &dir, end, stderr_tail)
+            }
         }
     }
 
@@ -208,45 +234,75 @@ impl Scheduler {
             return;
         };
         match &message {
-            WorkerMessage::Started { clips_total, next_clip, fresh_reason } => {
+            WorkerMessage::Started {
+                clips_total,
+                next_clip,
+                fresh_reason,
+            } => {
                 state.clips_total = Some(*clips_total);
                 state.clips_done = *next_clip;
                 if let Some(running) = self.running.get_mut(id) {
                     running.clips_total = Some(*clips_total);
                 }
-                let mut fields = vec![("clips_total", (*clips_total).into()), ("next_clip", (*next_clip).into())];
+                let mut fields = vec![
+                    ("clips_total", (*clips_total).into()),
+                    ("next_clip", (*next_clip).into()),
+                ];
                 if let Some(reason) = fresh_reason {
                     fields.push(("fresh_reason", reason.clone().into()));
                 }
-                let _ = dir.append_event(&event(if *next_clip > 0 { "resumed" } else { "started" }, fields));
+                let _ = dir.append_event(&event(
+                    if *next_clip > 0 { "resumed" } else { "started" },
+                    fields,
+                ));
                 if *next_clip == 0 {
                     let spec = dir.load_spec().ok();
-                    self.notices.announce(dir, &state, spec.as_ref(), NoticeKind::Started);
+                    self.notices
+                        .announce(dir, &state, spec.as_ref(), NoticeKind::Started);
                 }
             }
-            WorkerMessage::ClipDone { index, frames, secs } => {
+            WorkerMessage::ClipDone {
+                index,
+                frames,
+                secs,
+            } => {
                 state.clips_done = index + 1;
                 if let Some(running) = self.running.get_mut(id) {
                     running.clip_secs.push(*secs);
                     if let Some(total) = running.clips_total {
-                        let mean = running.clip_secs.iter().sum::<f64>() / running.clip_secs.len() as f64;
+                        let mean =
+                            running.clip_secs.iter().sum::<f64>() / running.clip_secs.len() as f64;
                         state.eta_secs = Some(mean * f64::from(total.saturating_sub(index + 1)));
                     }
                 }
                 let _ = dir.append_event(&event(
                     "clip_done",
-                    [("index", (*index).into()), ("frames", (*frames).into()), ("secs", (*secs).into())],
+                    [
+                        ("index", (*index).into()),
+                        ("frames", (*frames).into()),
+                        ("secs", (*secs).into()),
+                    ],
                 ));
                 let spec = dir.load_spec().ok();
-                self.notices.announce(dir, &state, spec.as_ref(), NoticeKind::Progress);
+                self.notices
+                    .announce(dir, &state, spec.as_ref(), NoticeKind::Progress);
             }
-            WorkerMessage::Finished { output, duration_secs, frames, clips } => {
-                state.details.insert("duration_secs".into(), (*duration_secs).into());
+            WorkerMessage::Finished {
+                output,
+                duration_secs,
+                frames,
+                clips,
+            } => {
+                state
+                    .details
+                    .insert("duration_secs".into(), (*duration_secs).into());
                 state.details.insert("frames".into(), (*frames).into());
                 state.details.insert("clips".into(), (*clips).into());
                 state.output = Some(PathBuf::from(output));
             }
-            WorkerMessage::Interrupted { .. } | WorkerMessage::Heartbeat | WorkerMessage::Error { .. } => return,
+            WorkerMessage::Interrupted { .. }
+            | WorkerMessage::Heartbeat
+            | WorkerMessage::Error { .. } => return,
         }
         self.save(dir, &state);
     }
@@ -254,7 +310,10 @@ impl Scheduler {
     fn handle_end(&mut self, id: &JobId, dir: &JobDir, end: WorkerEnd, stderr_tail: Vec<String>) {
         let cancel_requested = dir.cancel_request().exists();
         let running = self.running.remove(id);
-        let card = running.as_ref().map(|job| job.card.clone()).unwrap_or_default();
+        let card = running
+            .as_ref()
+            .map(|job| job.card.clone())
+            .unwrap_or_default();
         let failed_on_card = matches!(end, WorkerEnd::Crashed { .. } | WorkerEnd::HeartbeatLost);
         let out_of_memory = matches!(
             end,
@@ -268,16 +327,26 @@ impl Scheduler {
             self.placement.release(id, failed_on_card);
         }
         let mut fields = vec![("end", format!("{end:?}").into()), ("gpu", card.into())];
-        if !stderr_tail.is_empty() && !matches!(end, WorkerEnd::Finished | WorkerEnd::Interrupted { .. }) {
+        if !stderr_tail.is_empty()
+            && !matches!(end, WorkerEnd::Finished | WorkerEnd::Interrupted { .. })
+        {
             fields.push(("stderr_tail", stderr_tail.clone().into()));
         }
         let _ = dir.append_event(&event("worker_exit", fields));
         let spec = dir.load_spec().ok();
         let attempts = dir.load_state().map(|state| state.attempts).unwrap_or(0);
-        let max_attempts = spec.as_ref().map(|spec| spec.retry.max_attempts).unwrap_or(1);
+        let max_attempts = spec
+            .as_ref()
+            .map(|spec| spec.retry.max_attempts)
+            .unwrap_or(1);
         match end {
             WorkerEnd::Finished => self.finish(id, Phase::Done, None, spec.as_ref()),
-            _ if cancel_requested => self.finish(id, Phase::Cancelled, Some("cancelled by request".into()), spec.as_ref()),
+            _ if cancel_requested => self.finish(
+                id,
+                Phase::Cancelled,
+                Some("cancelled by request".into()),
+                spec.as_ref(),
+            ),
             WorkerEnd::Interrupted { .. } if self.stopping => {
                 // Stays resumable: back to queued, picked up at the next start.
                 if let Ok(mut state) = dir.load_state() {
@@ -286,12 +355,19 @@ impl Scheduler {
                     state.eta_secs = None;
                     self.save(dir, &state);
                 }
-                let _ = dir.append_event(&event("interrupted", [("reason", "daemon stopping".into())]));
+                let _ = dir.append_event(&event(
+                    "interrupted",
+                    [("reason", "daemon stopping".into())],
+                ));
             }
-            WorkerEnd::Failed { kind: FailureKind::Input | FailureKind::Engine, message } => {
-                self.finish(id, Phase::Failed, Some(message), spec.as_ref())
-            }
-            WorkerEnd::Failed { kind: FailureKind::OutOfMemory, message } => {
+            WorkerEnd::Failed {
+                kind: FailureKind::Input | FailureKind::Engine,
+                message,
+            } => self.finish(id, Phase::Failed, Some(message), spec.as_ref()),
+            WorkerEnd::Failed {
+                kind: FailureKind::OutOfMemory,
+                message,
+            } => {
                 let requeued = self.placement.record_oom(id);
                 if requeued && attempts < max_attempts && !self.stopping {
                     // Back in line at its old place, to run with offload this time.
@@ -303,13 +379,21 @@ impl Scheduler {
                     }
                     let _ = dir.append_event(&event(
                         "retry",
-                        [("reason", format!("out of memory: {message}").into()), ("fallback", "offload".into())],
+                        [
+                            ("reason", format!("out of memory: {message}").into()),
+                            ("fallback", "offload".into()),
+                        ],
                     ));
                 } else {
                     if requeued {
                         self.placement.remove_queued(id);
                     }
-                    self.finish(id, Phase::Failed, Some(format!("out of memory: {message}")), spec.as_ref());
+                    self.finish(
+                        id,
+                        Phase::Failed,
+                        Some(format!("out of memory: {message}")),
+                        spec.as_ref(),
+                    );
                 }
             }
             other => {
@@ -317,13 +401,19 @@ impl Scheduler {
                     WorkerEnd::Failed { message, .. } => message.clone(),
                     WorkerEnd::Crashed { status } => format!("worker crashed: {status}"),
                     WorkerEnd::HeartbeatLost => "worker stopped responding".to_string(),
-                    WorkerEnd::Interrupted { .. } => "worker stopped before the job was done".to_string(),
+                    WorkerEnd::Interrupted { .. } => {
+                        "worker stopped before the job was done".to_string()
+                    }
                     WorkerEnd::Finished => unreachable!("handled above"),
                 };
                 if attempts < max_attempts && !self.stopping {
                     let _ = dir.append_event(&event(
                         "retry",
-                        [("reason", message.into()), ("attempt", attempts.into()), ("max_attempts", max_attempts.into())],
+                        [
+                            ("reason", message.into()),
+                            ("attempt", attempts.into()),
+                            ("max_attempts", max_attempts.into()),
+                        ],
                     ));
                     self.enqueue(id.clone());
                 } else if self.stopping {
@@ -374,7 +464,10 @@ impl Scheduler {
         let dir = self.job_dir(&id);
         let base = [
             ("kind", report.event.as_str().into()),
-            ("channel", format!("{:?}", report.channel).to_lowercase().into()),
+            (
+                "channel",
+                format!("{:?}", report.channel).to_lowercase().into(),
+            ),
             ("target", report.target.clone().into()),
             ("delivery", report.delivery_id.as_str().into()),
         ];
@@ -404,7 +497,12 @@ impl Scheduler {
         for id in self.placement.queued_ids() {
             if self.job_dir(&id).cancel_request().exists() {
                 self.placement.remove_queued(&id);
-                self.finish(&id, Phase::Cancelled, Some("cancelled by request".into()), None);
+                self.finish(
+                    &id,
+                    Phase::Cancelled,
+                    Some("cancelled by request".into()),
+                    None,
+                );
             }
         }
         for (id, running) in &self.running {
@@ -425,7 +523,10 @@ pub fn event(
     JobEvent {
         ts_ms: now_ms(),
         event: name.to_string(),
-        fields: fields.into_iter().map(|(key, value)| (key.to_string(), value)).collect(),
+        fields: fields
+            .into_iter()
+            .map(|(key, value)| (key.to_string(), value))
+            .collect(),
     }
 }
 

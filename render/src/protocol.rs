@@ -77,7 +77,12 @@ mod tests {
 
     #[test]
     fn clip_done_line_names_its_event() {
-        let line = WorkerMessage::ClipDone { index: 3, frames: 32, secs: 1.5 }.to_line();
+        let line = WorkerMessage::ClipDone {
+            index: 3,
+            frames: 32,
+            secs: 1.5,
+        }
+        .to_line();
         let value: serde_json::Value = serde_json::from_str(&line).expect("valid JSON");
         assert_eq!(value["event"], "clip_done");
         assert_eq!(value["index"], 3);
@@ -86,10 +91,17 @@ mod tests {
     #[test]
     fn messages_survive_a_round_trip() {
         let messages = [
-            WorkerMessage::Started { clips_total: 5, next_clip: 2, fresh_reason: None },
+            WorkerMessage::Started {
+                clips_total: 5,
+                next_clip: 2,
+                fresh_reason: None,
+            },
             WorkerMessage::Heartbeat,
             WorkerMessage::Interrupted { next_clip: 4 },
-            WorkerMessage::Error { kind: FailureKind::OutOfMemory, message: "CUDA out of memory".into() },
+            WorkerMessage::Error {
+                kind: FailureKind::OutOfMemory,
+                message: "CUDA out of memory".into(),
+            },
         ];
         for message in messages {
             assert_eq!(WorkerMessage::from_line(&message.to_line()), Some(message));

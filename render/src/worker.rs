@@ -258,14 +258,20 @@ fn render_job(
     let work = dir.work_dir();
     for sub in ["clips", "latents"] {
         std::fs::create_dir_all(work.join(sub)).map_err(|err| {
-            Failure::new(FailureKind::Io, format!("cannot create {}: {err}", work.display()))
+            Failure::new(
+                FailureKind::Io,
+                format!("cannot create {}: {err}", work.display()),
+            )
         })?;
     }
 
     // Inputs first: a bad file must fail before the model is loaded.
     let read = |path: &Path| {
         std::fs::read(path).map_err(|err| {
-            Failure::new(FailureKind::Input, format!("cannot read {}: {err}", path.display()))
+            Failure::new(
+                FailureKind::Input,
+                format!("cannot read {}: {err}", path.display()),
+            )
         })
     };
     let image_bytes = read(&spec.inputs.image)?;
@@ -315,9 +321,14 @@ fn render_job(
             let path = latents_path(&work, index);
             let latents = std::fs::read(&path)
                 .map_err(|err| err.to_string())
-                .and_then(|bytes| ClipLatents::from_safetensors_bytes(&bytes).map_err(|err| err.to_string()))
+                .and_then(|bytes| {
+                    ClipLatents::from_safetensors_bytes(&bytes).map_err(|err| err.to_string())
+                })
                 .map_err(|err| {
-                    Failure::new(FailureKind::Io, format!("cannot reload {}: {err}", path.display()))
+                    Failure::new(
+                        FailureKind::Io,
+                        format!("cannot reload {}: {err}", path.display()),
+                    )
                 })?;
             kept_latents.push((index, latents));
         }
@@ -346,7 +357,10 @@ fn render_job(
                 .to_safetensors_bytes()
                 .map_err(|err| Failure::new(FailureKind::Engine, err.to_string()))?;
             jobs::state::write_atomic(&path, &bytes).map_err(|err| {
-                Failure::new(FailureKind::Io, format!("cannot write {}: {err}", path.display()))
+                Failure::new(
+                    FailureKind::Io,
+                    format!("cannot write {}: {err}", path.display()),
+                )
             })?;
             kept_latents.push((index, latents));
             path
@@ -365,24 +379,35 @@ fn render_job(
         let frames = engine
             .decode(&latents)
             .map_err(|err| Failure::new(FailureKind::Engine, err.to_string()))?;
-        write_segment(&segment_path(&work, index), &encode, &frames.rgb, plan.frames_in_clip(index))?;
+        write_segment(
+            &segment_path(&work, index),
+            &encode,
+            &frames.rgb,
+            plan.frames_in_clip(index),
+        )?;
     }
     if stop.load(Ordering::Relaxed) {
-        return Ok(WorkerMessage::Interrupted { next_clip: plan.clips });
+        return Ok(WorkerMessage::Interrupted {
+            next_clip: plan.clips,
+        });
     }
 
     let segments: Vec<PathBuf> = (0..plan.clips).map(|k| segment_path(&work, k)).collect();
     if let Some(parent) = spec.output.path.parent() {
         std::fs::create_dir_all(parent).map_err(|err| {
-            Failure::new(FailureKind::Io, format!("cannot create {}: {err}", parent.display()))
+            Failure::new(
+                FailureKind::Io,
+                format!("cannot create {}: {err}", parent.display()),
+            )
         })?;
     }
     let assemble = media::AssemblePlan {
         total_frames: plan.total_frames,
         fps: spec.render.fps,
     };
-    let output = media::assemble_output(&segments, &spec.inputs.audio, &assemble, &spec.output.path)
-        .map_err(|err| Failure::new(FailureKind::Io, err.to_string()))?;
+    let output =
+        media::assemble_output(&segments, &spec.inputs.audio, &assemble, &spec.output.path)
+            .map_err(|err| Failure::new(FailureKind::Io, err.to_string()))?;
     Ok(WorkerMessage::Finished {
         output: spec.output.path.display().to_string(),
         duration_secs: output.duration.as_secs_f64(),

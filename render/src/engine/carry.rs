@@ -350,7 +350,10 @@ mod tests {
         let latents = ClipLatents {
             clip: ClipIndex(4),
             latents: LatentBlock {
-                shape: LatentShape { frames: 3, ..carry.motion.shape },
+                shape: LatentShape {
+                    frames: 3,
+                    ..carry.motion.shape
+                },
                 data: (0..3 * carry.motion.shape.cells() * carry.motion.shape.channels)
                     .map(|i| i as f32 * 0.5)
                     .collect(),
@@ -358,8 +361,14 @@ mod tests {
             motion: carry.motion.clone(),
         };
         let bytes = latents.to_safetensors_bytes().expect("serialises");
-        assert_eq!(ClipLatents::from_safetensors_bytes(&bytes).expect("parses"), latents);
-        assert!(ClipLatents::from_safetensors_bytes(&carry.to_safetensors_bytes().expect("carry")).is_err());
+        assert_eq!(
+            ClipLatents::from_safetensors_bytes(&bytes).expect("parses"),
+            latents
+        );
+        assert!(
+            ClipLatents::from_safetensors_bytes(&carry.to_safetensors_bytes().expect("carry"))
+                .is_err()
+        );
     }
 
     #[test]

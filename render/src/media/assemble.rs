@@ -279,13 +279,14 @@ impl StreamShape {
         index: usize,
         path: &Path,
     ) -> Result<StreamShape, MediaError> {
-        let parameters = input
-            .stream(index)
-            .map(|s| s.parameters())
-            .ok_or_else(|| MediaError::Segment {
-                path: path.to_path_buf(),
-                reason: "its video stream vanished".to_string(),
-            })?;
+        let parameters =
+            input
+                .stream(index)
+                .map(|s| s.parameters())
+                .ok_or_else(|| MediaError::Segment {
+                    path: path.to_path_buf(),
+                    reason: "its video stream vanished".to_string(),
+                })?;
         // SAFETY: `parameters` points at the live stream's codec parameters; extradata is
         // `extradata_size` bytes long whenever it is non-null.
         let (width, height, format, extradata) = unsafe {
@@ -312,7 +313,10 @@ impl StreamShape {
             return Some(format!("it is {:?}, another codec", other.id));
         }
         if (self.width, self.height) != (other.width, other.height) {
-            return Some(format!("it is {}x{}, another size", other.width, other.height));
+            return Some(format!(
+                "it is {}x{}, another size",
+                other.width, other.height
+            ));
         }
         if self.format != other.format {
             return Some("it has another pixel format".to_string());

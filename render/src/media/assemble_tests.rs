@@ -17,7 +17,9 @@ fn segments(dir: &Path, lengths: &[u32], codec: VideoCodec) -> Vec<PathBuf> {
             let path = dir.join(format!("{k}.mkv"));
             let mut encoder = ClipEncoder::create(&path, &settings).unwrap();
             for _ in 0..frames {
-                encoder.push_frame(&gradient_frame(64, 48, next_frame)).unwrap();
+                encoder
+                    .push_frame(&gradient_frame(64, 48, next_frame))
+                    .unwrap();
                 next_frame += 1;
             }
             encoder.finish().unwrap();
@@ -53,7 +55,11 @@ fn top_level_boxes(path: &Path) -> Vec<String> {
             1 => u64::from_be_bytes(bytes[at + 8..at + 16].try_into().unwrap()) as usize,
             n => n,
         };
-        assert!(size >= 8, "box {} at {at} has size {size}", boxes.last().unwrap());
+        assert!(
+            size >= 8,
+            "box {} at {at} has size {size}",
+            boxes.last().unwrap()
+        );
         at += size;
     }
     boxes
@@ -69,25 +75,37 @@ fn plan(total_frames: u64) -> AssemblePlan {
 /// Checks the common promises of an assembled MP4 of `frames` frames.
 fn assert_output_is_sound(path: &Path, frames: u64, audio_channels: u64) {
     let probe = ffprobe(path);
-    assert!(probe["format"]["format_name"].as_str().unwrap().contains("mp4"));
+    assert!(probe["format"]["format_name"]
+        .as_str()
+        .unwrap()
+        .contains("mp4"));
     let expected_s = frames as f64 / f64::from(FPS);
     let frame_s = 1.0 / f64::from(FPS);
     let format_s = number(&probe["format"]["duration"]);
-    assert!((format_s - expected_s).abs() <= frame_s, "format lasts {format_s}s, want {expected_s}s");
+    assert!(
+        (format_s - expected_s).abs() <= frame_s,
+        "format lasts {format_s}s, want {expected_s}s"
+    );
 
     let video = stream(&probe, "video");
     assert_eq!(video["codec_name"], "h264");
     assert_eq!(video["nb_read_frames"], frames.to_string().as_str());
     assert_eq!(video["avg_frame_rate"], "16/1");
     let video_s = number(&video["duration"]);
-    assert!((video_s - expected_s).abs() <= frame_s, "video lasts {video_s}s");
+    assert!(
+        (video_s - expected_s).abs() <= frame_s,
+        "video lasts {video_s}s"
+    );
 
     let audio = stream(&probe, "audio");
     assert_eq!(audio["codec_name"], "aac");
     assert_eq!(audio["sample_rate"], "48000");
     assert_eq!(audio["channels"].as_u64(), Some(audio_channels));
     let audio_s = number(&audio["duration"]);
-    assert!((audio_s - expected_s).abs() <= frame_s, "audio lasts {audio_s}s, want {expected_s}s");
+    assert!(
+        (audio_s - expected_s).abs() <= frame_s,
+        "audio lasts {audio_s}s, want {expected_s}s"
+    );
 
     let boxes = top_level_boxes(path);
     let moov = boxes.iter().position(|b| b == "moov").expect("a moov box");
@@ -179,8 +197,13 @@ fn segment_of_another_size_is_named_in_the_error() {
     }
     encoder.finish().unwrap();
     parts.push(odd.clone());
-    let err = assemble_output(&parts, &tone(dir.path(), 1.0, 1), &plan(8), &dir.path().join("o.mp4"))
-        .unwrap_err();
+    let err = assemble_output(
+        &parts,
+        &tone(dir.path(), 1.0, 1),
+        &plan(8),
+        &dir.path().join("o.mp4"),
+    )
+    .unwrap_err();
     assert!(matches!(err, MediaError::Segment { .. }), "{err}");
     assert!(err.to_string().contains(odd.to_str().unwrap()), "{err}");
 }
@@ -192,8 +215,13 @@ fn damaged_segment_is_named_in_the_error() {
     let broken = dir.path().join("1.mkv");
     std::fs::write(&broken, b"definitely not matroska").unwrap();
     parts.push(broken.clone());
-    let err = assemble_output(&parts, &tone(dir.path(), 1.0, 1), &plan(8), &dir.path().join("o.mp4"))
-        .unwrap_err();
+    let err = assemble_output(
+        &parts,
+        &tone(dir.path(), 1.0, 1),
+        &plan(8),
+        &dir.path().join("o.mp4"),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains(broken.to_str().unwrap()), "{err}");
 }
 

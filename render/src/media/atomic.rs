@@ -54,10 +54,7 @@ impl PartialFile {
         };
         let file = File::open(&self.partial).map_err(io("open", &self.partial))?;
         file.sync_all().map_err(io("fsync", &self.partial))?;
-        let bytes = file
-            .metadata()
-            .map_err(io("stat", &self.partial))?
-            .len();
+        let bytes = file.metadata().map_err(io("stat", &self.partial))?.len();
         drop(file);
         std::fs::rename(&self.partial, &self.target).map_err(io("rename into", &self.target))?;
         self.committed = true;

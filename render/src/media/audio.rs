@@ -54,12 +54,13 @@ pub fn probe_audio_duration(path: &Path) -> Result<Duration, MediaError> {
         }
     }
     let mut input = ffmpeg::format::input(&ffmpeg_url(path)?).map_err(|e| fail(e.to_string()))?;
-    let stream = input
-        .streams()
-        .best(media::Type::Audio)
-        .ok_or_else(|| MediaError::NoAudioStream {
-            path: path.to_path_buf(),
-        })?;
+    let stream =
+        input
+            .streams()
+            .best(media::Type::Audio)
+            .ok_or_else(|| MediaError::NoAudioStream {
+                path: path.to_path_buf(),
+            })?;
     let (index, time_base) = (stream.index(), stream.time_base());
     if let Some(d) = timestamp_to_duration(stream.duration(), time_base) {
         return Ok(d);

@@ -60,12 +60,13 @@ impl AudioSource {
             }
         }
         let input = ffmpeg::format::input(&ffmpeg_url(path)?).map_err(|e| fail(e.to_string()))?;
-        let stream = input
-            .streams()
-            .best(media::Type::Audio)
-            .ok_or_else(|| MediaError::NoAudioStream {
-                path: path.to_path_buf(),
-            })?;
+        let stream =
+            input
+                .streams()
+                .best(media::Type::Audio)
+                .ok_or_else(|| MediaError::NoAudioStream {
+                    path: path.to_path_buf(),
+                })?;
         let stream_index = stream.index();
         let decoder = codec::Context::from_parameters(stream.parameters())
             .and_then(|c| c.decoder().audio())
@@ -115,7 +116,9 @@ impl AudioSource {
         }
         if self.state == State::Draining {
             if let Some(resampler) = self.resampler.as_mut() {
-                resampler.flush(out).map_err(|e| decode_error(&self.path, e))?;
+                resampler
+                    .flush(out)
+                    .map_err(|e| decode_error(&self.path, e))?;
             }
             self.state = State::Done;
             return Ok(());
@@ -162,7 +165,8 @@ impl AudioSource {
             if let Some(mut old) = self.resampler.take() {
                 old.flush(out).map_err(|e| decode_error(&self.path, e))?;
             }
-            let fresh = Resampler::new(input, self.output).map_err(|e| decode_error(&self.path, e))?;
+            let fresh =
+                Resampler::new(input, self.output).map_err(|e| decode_error(&self.path, e))?;
             self.resampler = Some(fresh);
         }
         let resampler = self
@@ -191,7 +195,6 @@ impl AudioSource {
             },
         })
     }
-
 }
 
 fn decode_error(path: &Path, error: ffmpeg::Error) -> MediaError {

@@ -43,12 +43,20 @@ fn assert_tone_decodes(path: &Path, seconds: f64, length_tolerance_s: f64) {
         track.duration
     );
     let hz = measured_hz(&track.samples_16k_mono);
-    assert!((hz - 440.0).abs() < 5.0, "{}: measured {hz} Hz", path.display());
+    assert!(
+        (hz - 440.0).abs() < 5.0,
+        "{}: measured {hz} Hz",
+        path.display()
+    );
     let peak = track
         .samples_16k_mono
         .iter()
         .fold(0.0f32, |m, s| m.max(s.abs()));
-    assert!((0.10..0.16).contains(&peak), "{}: peak {peak}", path.display());
+    assert!(
+        (0.10..0.16).contains(&peak),
+        "{}: peak {peak}",
+        path.display()
+    );
 }
 
 #[test]
@@ -75,7 +83,14 @@ fn narrowband_8k_wav_is_upsampled() {
 #[test]
 fn mp3_decodes_to_its_length_and_pitch() {
     let dir = tempfile::tempdir().unwrap();
-    let mp3 = tone(dir.path(), "a.mp3", 440, 2.0, 44_100, &["-c:a", "libmp3lame"]);
+    let mp3 = tone(
+        dir.path(),
+        "a.mp3",
+        440,
+        2.0,
+        44_100,
+        &["-c:a", "libmp3lame"],
+    );
     assert_tone_decodes(&mp3, 2.0, 0.03);
 }
 
@@ -96,7 +111,14 @@ fn m4a_aac_decodes_to_its_length_and_pitch() {
 #[test]
 fn ogg_vorbis_decodes_to_its_length_and_pitch() {
     let dir = tempfile::tempdir().unwrap();
-    let ogg = tone(dir.path(), "a.ogg", 440, 2.0, 44_100, &["-c:a", "libvorbis"]);
+    let ogg = tone(
+        dir.path(),
+        "a.ogg",
+        440,
+        2.0,
+        44_100,
+        &["-c:a", "libvorbis"],
+    );
     assert_tone_decodes(&ogg, 2.0, 0.03);
 }
 

@@ -22,13 +22,14 @@ pub fn decode_video_frame_digests(path: &Path) -> Result<Vec<String>, MediaError
         reason: e.to_string(),
     };
     let mut input = ffmpeg::format::input(&ffmpeg_url(path)?).map_err(fail)?;
-    let stream = input
-        .streams()
-        .best(media::Type::Video)
-        .ok_or_else(|| MediaError::VideoDecode {
-            path: path.to_path_buf(),
-            reason: "it has no video stream".to_string(),
-        })?;
+    let stream =
+        input
+            .streams()
+            .best(media::Type::Video)
+            .ok_or_else(|| MediaError::VideoDecode {
+                path: path.to_path_buf(),
+                reason: "it has no video stream".to_string(),
+            })?;
     let index = stream.index();
     let mut decoder = codec::Context::from_parameters(stream.parameters())
         .and_then(|c| c.decoder().video())
@@ -52,11 +53,20 @@ pub fn decode_video_frame_digests(path: &Path) -> Result<Vec<String>, MediaError
 
 fn frame_digest(picture: &frame::Video) -> Result<String, ffmpeg::Error> {
     let mut hasher = Sha256::new();
-    hasher.update(format!("{:?} {}x{}", picture.format(), picture.width(), picture.height()));
+    hasher.update(format!(
+        "{:?} {}x{}",
+        picture.format(),
+        picture.width(),
+        picture.height()
+    ));
     for plane in 0..picture.planes() {
         // SAFETY: a pure function of the pixel format and width.
         let row_bytes = unsafe {
-            ffi::av_image_get_linesize(picture.format().into(), picture.width() as i32, plane as i32)
+            ffi::av_image_get_linesize(
+                picture.format().into(),
+                picture.width() as i32,
+                plane as i32,
+            )
         };
         let row_bytes = usize::try_from(row_bytes).map_err(|_| ffmpeg::Error::InvalidData)?;
         let stride = picture.stride(plane);
@@ -92,7 +102,15 @@ mod tests {
             "ffv1",
             a.to_str().unwrap(),
         ]);
-        ffmpeg(&["-i", a.to_str().unwrap(), "-c", "copy", "-f", "nut", b.to_str().unwrap()]);
+        ffmpeg(&[
+            "-i",
+            a.to_str().unwrap(),
+            "-c",
+            "copy",
+            "-f",
+            "nut",
+            b.to_str().unwrap(),
+        ]);
         let da = decode_video_frame_digests(&a).unwrap();
         let db = decode_video_frame_digests(&b).unwrap();
         assert_eq!(da.len(), 10);

@@ -103,7 +103,10 @@ impl EncodeSettings {
             return fail(format!("{} fps is outside 1..=1000", self.fps));
         }
         if self.crf > 51 {
-            return fail(format!("crf {} is outside 0..=51; fix output.crf", self.crf));
+            return fail(format!(
+                "crf {} is outside 0..=51; fix output.crf",
+                self.crf
+            ));
         }
         if self.preset.is_empty() || !self.preset.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return fail(format!("{:?} is not an encoder preset name", self.preset));
@@ -216,8 +219,9 @@ impl ClipEncoder {
             reason,
         };
         let partial = PartialFile::beside(path)?;
-        let mut output = ffmpeg::format::output_as(&ffmpeg_url(partial.partial_path())?, "matroska")
-            .map_err(|e| fail(e.to_string()))?;
+        let mut output =
+            ffmpeg::format::output_as(&ffmpeg_url(partial.partial_path())?, "matroska")
+                .map_err(|e| fail(e.to_string()))?;
 
         let name = settings.codec.encoder_name();
         let codec = encoder::find_by_name(name).ok_or_else(|| MediaError::EncoderMissing {

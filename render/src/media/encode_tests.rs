@@ -28,11 +28,17 @@ fn segment_is_h264_yuv420p_with_the_right_size_count_and_rate() {
     assert_eq!(info.bytes, std::fs::metadata(&path).unwrap().len());
 
     let probe = ffprobe(&path);
-    assert!(probe["format"]["format_name"].as_str().unwrap().contains("matroska"));
+    assert!(probe["format"]["format_name"]
+        .as_str()
+        .unwrap()
+        .contains("matroska"));
     let video = stream(&probe, "video");
     assert_eq!(video["codec_name"], "h264");
     assert_eq!(video["pix_fmt"], "yuv420p");
-    assert_eq!((video["width"].as_u64(), video["height"].as_u64()), (Some(64), Some(48)));
+    assert_eq!(
+        (video["width"].as_u64(), video["height"].as_u64()),
+        (Some(64), Some(48))
+    );
     assert_eq!(video["nb_read_frames"], "20");
     assert_eq!(video["r_frame_rate"], "16/1");
     assert_eq!(video["avg_frame_rate"], "16/1");
@@ -44,21 +50,22 @@ fn same_frames_encode_to_identical_bytes() {
     // Several encodes in a row in one process: an encoder that reads memory it never wrote
     // (x264's AVX-512 code does) differs from run to run only once freed memory is reused.
     let dir = tempfile::tempdir().unwrap();
-    for threads in [1, 2] {
-        let settings = EncodeSettings {
-            threads,
-            ..EncodeSettings::new(128, 96, 16, VideoCodec::H264, 23)
-        };
-        let first = dir.path().join(format!("{threads}-0.mkv"));
-        encode_gradient(&first, 24, &settings);
-        let first = std::fs::read(first).unwrap();
-        for run in 1..4 {
-            let path = dir.path().join(format!("{threads}-{run}.mkv"));
-            encode_gradient(&path, 24, &settings);
-            assert!(
-                std::fs::read(&path).unwrap() == first,
-                "{threads} thread(s), run {run}: the same frames encoded differently"
-            );
+    for (width, height) in [(64, 48), (704, 384)] {
+        for threads in [1, 2] {
+            let settings = EncodeSettings {
+                threads,
+                ..EncodeSettings::new(width, height, 16, VideoCodec::H264, 23)
+            };
+            let name = |run: u32| dir.path().join(format!("{width}-{threads}-{run}.mkv"));
+            encode_gradient(&name(0), 24, &settings);
+            let first = std::fs::read(name(0)).unwrap();
+            for run in 1..4 {
+                encode_gradient(&name(run), 24, &settings);
+                assert!(
+                    std::fs::read(name(run)).unwrap() == first,
+                    "{width}x{height}, {threads} thread(s), run {run}: the same frames encoded differently"
+                );
+            }
         }
     }
 }
@@ -186,4 +193,21 @@ fn finishing_an_empty_segment_is_an_error() {
     let encoder = ClipEncoder::create(&path, &small(VideoCodec::H264)).unwrap();
     assert!(encoder.finish().is_err());
     assert!(!path.exists());
+}
+
+#[test]
+fn encoder_can_be_finished_on_another_thread() {
+    // The worker may hand a clip's encoder to an encoding thread while the engine moves on.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("0.mkv");
+    let mut encoder = ClipEncoder::create(&path, &small(VideoCodec::H264)).unwrap();
+    encoder.push_frame(&gradient_frame(64, 48, 0)).unwrap();
+    let info = std::thread::spawn(move || {
+        encoder.push_frame(&gradient_frame(64, 48, 1)).unwrap();
+        encoder.finish().unwrap()
+    })
+    .join()
+    .unwrap();
+    assert_eq!(info.frames, 2);
+    assert_eq!(stream(&ffprobe(&path), "video")["nb_read_frames"], "2");
 }

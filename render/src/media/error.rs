@@ -10,12 +10,16 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum MediaError {
     /// FFmpeg's libraries could not be initialised at all.
-    #[error("cannot initialise FFmpeg: {reason}; check that the FFmpeg shared libraries are installed")]
+    #[error(
+        "cannot initialise FFmpeg: {reason}; check that the FFmpeg shared libraries are installed"
+    )]
     Init { reason: String },
 
     /// FFmpeg takes file names as C strings: a name that is not UTF-8 or holds a NUL byte
     /// cannot be handed to it.
-    #[error("cannot use {path:?}: FFmpeg needs a UTF-8 file name without NUL bytes; rename the file")]
+    #[error(
+        "cannot use {path:?}: FFmpeg needs a UTF-8 file name without NUL bytes; rename the file"
+    )]
     UnusablePath { path: PathBuf },
 
     /// The reference image is missing, empty, corrupt or of a kind FFmpeg cannot decode.

@@ -23,7 +23,7 @@ const MAX_SOURCE_PIXELS: u64 = 100_000_000;
 /// Loads the picture at `path` as `width`x`height` packed RGB24 (`width * height * 3` bytes).
 ///
 /// Reads whatever FFmpeg decodes (PNG, JPEG, WebP, BMP, ...), including grayscale, palette,
-/// RGBA (alpha dropped) and CMYK JPEGs; applies the EXIF orientation; scales to cover the
+/// RGBA (laid over white) and CMYK JPEGs; applies the EXIF orientation; scales to cover the
 /// target and centre-crops.
 pub fn load_reference_image(path: &Path, width: u32, height: u32) -> Result<Vec<u8>, MediaError> {
     if width == 0 || height == 0 {
@@ -105,17 +105,46 @@ fn decode_first_picture(path: &Path) -> Result<frame::Video, MediaError> {
 }
 
 /// Converts a decoded picture of any pixel format to RGB24 at its own size.
+///
+/// Transparent pictures are laid over white, as image viewers show them: dropping the alpha
+/// channel instead would reveal whatever colour the transparent pixels happen to hold
+/// (often black), and the model would animate a portrait against it.
 fn to_rgb(picture: &frame::Video) -> Result<RgbImage, ffmpeg::Error> {
     let (w, h) = (picture.width(), picture.height());
+    let has_alpha = picture.format().descriptor().is_some_and(|d| {
+        // SAFETY: descriptors are static tables inside libavutil.
+        let flags = unsafe { (*d.as_ptr()).flags };
+        flags & ffmpeg::ffi::AV_PIX_FMT_FLAG_ALPHA as u64 != 0
+    });
+    let target = if has_alpha { Pixel::RGBA } else { Pixel::RGB24 };
     let mut scaler = Scaler::new(
         Layout::new(picture.format(), w, h),
         picture.color_range() == Range::JPEG,
-        Layout::new(Pixel::RGB24, w, h),
+        Layout::new(target, w, h),
         Flags::BICUBIC | Flags::ACCURATE_RND | Flags::FULL_CHR_H_INT,
     )?;
-    let mut rgb = frame::Video::empty();
-    scaler.run(picture, &mut rgb)?;
-    Ok(rgb_image_from_frame(&rgb))
+    let mut converted = frame::Video::empty();
+    scaler.run(picture, &mut converted)?;
+    if !has_alpha {
+        return Ok(rgb_image_from_frame(&converted));
+    }
+    let stride = converted.stride(0);
+    let data = converted.data(0);
+    let mut pixels = Vec::with_capacity(w as usize * h as usize * 3);
+    for y in 0..h as usize {
+        for rgba in data[y * stride..y * stride + w as usize * 4].chunks_exact(4) {
+            let alpha = u32::from(rgba[3]);
+            for &channel in &rgba[..3] {
+                let over_white = (u32::from(channel) * alpha + 255 * (255 - alpha) + 127) / 255;
+                pixels.push(over_white as u8);
+            }
+        }
+    }
+    Ok(RgbImage {
+        width: w,
+        height: h,
+        pixels,
+    })
 }
 
 /// The region of a `src_w`x`src_h` picture that has the target's aspect ratio and is as

@@ -87,7 +87,14 @@ fn wide_png_is_cropped_to_its_centre_not_squashed() {
 #[test]
 fn tall_png_is_cropped_top_and_bottom() {
     let dir = tempfile::tempdir().unwrap();
-    let png = make_image(dir.path(), "tall.png", 100, 400, |x, y| four_stripes(y, x), &[]);
+    let png = make_image(
+        dir.path(),
+        "tall.png",
+        100,
+        400,
+        |x, y| four_stripes(y, x),
+        &[],
+    );
     let rgb = load_reference_image(&png, 50, 100).unwrap();
     assert_close(at(&rgb, 50, 25, 0), GREEN, 2, "top edge");
     assert_close(at(&rgb, 50, 25, 25), GREEN, 2, "upper half");
@@ -227,6 +234,30 @@ fn rgba_png_keeps_its_colours() {
 }
 
 #[test]
+fn transparent_pixels_are_laid_over_white() {
+    let dir = tempfile::tempdir().unwrap();
+    // Left half: opaque red. Right half: fully transparent, hiding a blue colour value.
+    // ffmpeg makes the alpha from a PPM of the mask with alphamerge.
+    let colour = dir.path().join("colour.ppm");
+    write_ppm(&colour, 32, 16, |x, _| if x < 16 { RED } else { BLUE });
+    let mask = dir.path().join("mask.ppm");
+    write_ppm(&mask, 32, 16, |x, _| if x < 16 { [255; 3] } else { [0; 3] });
+    let png = dir.path().join("cutout.png");
+    ffmpeg(&[
+        "-i",
+        colour.to_str().unwrap(),
+        "-i",
+        mask.to_str().unwrap(),
+        "-filter_complex",
+        "[1:v]format=gray[a];[0:v][a]alphamerge,format=rgba",
+        png.to_str().unwrap(),
+    ]);
+    let rgb = load_reference_image(&png, 32, 16).unwrap();
+    assert_close(at(&rgb, 32, 4, 8), RED, 2, "opaque half");
+    assert_close(at(&rgb, 32, 28, 8), WHITE, 2, "transparent half");
+}
+
+#[test]
 fn lossless_webp_decodes_to_its_colours() {
     let dir = tempfile::tempdir().unwrap();
     let webp = make_image(
@@ -261,9 +292,7 @@ fn empty_file_is_an_error_saying_so() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("face.jpg");
     std::fs::write(&path, b"").unwrap();
-    let message = load_reference_image(&path, 64, 64)
-        .unwrap_err()
-        .to_string();
+    let message = load_reference_image(&path, 64, 64).unwrap_err().to_string();
     assert!(message.contains("empty"), "{message}");
     assert!(message.contains(path.to_str().unwrap()), "{message}");
 }
@@ -272,7 +301,10 @@ fn empty_file_is_an_error_saying_so() {
 fn missing_file_is_an_error_naming_the_file() {
     let path = Path::new("/nonexistent/reelspool/face.png");
     let message = load_reference_image(path, 64, 64).unwrap_err().to_string();
-    assert!(message.contains("/nonexistent/reelspool/face.png"), "{message}");
+    assert!(
+        message.contains("/nonexistent/reelspool/face.png"),
+        "{message}"
+    );
 }
 
 #[test]

@@ -70,8 +70,8 @@ impl Scaler {
         flags: Flags,
     ) -> Result<Scaler, ffmpeg::Error> {
         let (src_format, jpeg_range) = without_jpeg_alias(src.format);
-        let dims = [src.width, src.height, dst.width, dst.height]
-            .map(|d| i32::try_from(d).unwrap_or(-1));
+        let dims =
+            [src.width, src.height, dst.width, dst.height].map(|d| i32::try_from(d).unwrap_or(-1));
         if dims.iter().any(|&d| d <= 0) {
             return Err(ffmpeg::Error::InvalidData);
         }

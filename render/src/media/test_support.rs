@@ -87,7 +87,11 @@ pub(crate) fn gradient_frame(width: u32, height: u32, index: u32) -> Vec<u8> {
     for y in 0..height {
         for x in 0..width {
             let t = x + y + index * 3;
-            rgb.extend_from_slice(&[(t % 256) as u8, ((x * 2) % 256) as u8, ((y * 2) % 256) as u8]);
+            rgb.extend_from_slice(&[
+                (t % 256) as u8,
+                ((x * 2) % 256) as u8,
+                ((y * 2) % 256) as u8,
+            ]);
         }
     }
     rgb
