@@ -206,11 +206,13 @@ pub fn status(config_flag: Option<&Path>, id: Option<&str>, json: bool) -> Resul
         let job = find_job(&jobs_dir, wanted)?;
         let dir = JobDir::new(jobs_dir.join(job.id.to_string()));
         let events = dir.read_events().unwrap_or_default();
+        let notices = notice_statuses(&config.state_dir, &job.id.to_string());
         if json {
-            let value = serde_json::json!({ "job": job, "events": events });
+            let value = serde_json::json!({ "job": job, "events": events, "notices": notices });
             println!("{}", serde_json::to_string_pretty(&value)?);
         } else {
             print_job_details(&job, &events);
+            print_notices(&notices);
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -227,6 +229,44 @@ pub fn status(config_flag: Option<&Path>, id: Option<&str>, json: bool) -> Resul
     Ok(ExitCode::SUCCESS)
 }
 
+/// The job's notice deliveries, read from the outbox without touching the daemon.
+fn notice_statuses(state_dir: &Path, job_id: &str) -> Vec<notices::DeliveryStatus> {
+    let outbox_dir = state_dir.join("outbox");
+    if !outbox_dir.is_dir() {
+        return Vec::new();
+    }
+    notices::Outbox::open(&outbox_dir)
+        .and_then(|outbox| outbox.status_for_job(job_id))
+        .unwrap_or_default()
+}
+
+fn print_notices(statuses: &[notices::DeliveryStatus]) {
+    if statuses.is_empty() {
+        return;
+    }
+    println!("notices:");
+    for status in statuses {
+        let state = match status.state {
+            notices::DeliveryState::Pending => "pending",
+            notices::DeliveryState::Delivered => "delivered",
+            notices::DeliveryState::PermanentFailure => "FAILED PERMANENTLY",
+        };
+        let channel = format!("{:?}", status.channel).to_lowercase();
+        print!(
+            "  {:<9} {:<7} {:<40} {} (attempts: {})",
+            status.event.as_str(),
+            channel,
+            status.target,
+            state,
+            status.attempts
+        );
+        match &status.last_error {
+            Some(error) => println!(": {error}"),
+            None => println!(),
+        }
+    }
+}
+
 fn phase_name(phase: Phase) -> &'static str {
     match phase {
         Phase::Queued => "queued",
@@ -234,6 +274,20 @@ fn phase_name(phase: Phase) -> &'static str {
         Phase::Done => "done",
         Phase::Failed => "failed",
         Phase::Cancelled => "cancelled",
+    }
+}
+
+/// The state column: the phase, flagged when a notice about the job failed for good.
+fn state_label(job: &JobState) -> String {
+    let notice_failures = job
+        .details
+        .get("notice_failures")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0);
+    if notice_failures > 0 {
+        format!("{}!", phase_name(job.phase))
+    } else {
+        phase_name(job.phase).to_string()
     }
 }
 
@@ -265,9 +319,13 @@ fn print_table(all: &[JobState]) {
     }
     let now = state::now_ms();
     println!(
-        "{:<26} {:<24} {:<9} {:>5} {:<20} {:>9} {:>7} {:>7}",
+        "{:<26} {:<24} {:<10} {:>5} {:<20} {:>9} {:>7} {:>7}",
         "ID", "NAME", "STATE", "PRIO", "GPU", "CLIP", "ETA", "AGE"
     );
+    let flagged = all
+        .iter()
+        .filter(|job| state_label(job).ends_with('!'))
+        .count();
     for job in all {
         let eta = match (job.phase, job.eta_secs) {
             (Phase::Running, Some(eta)) => human_secs(eta),
@@ -279,16 +337,19 @@ fn print_table(all: &[JobState]) {
             name = name.chars().take(23).collect::<String>() + "…";
         }
         println!(
-            "{:<26} {:<24} {:<9} {:>5} {:<20} {:>9} {:>7} {:>7}",
+            "{:<26} {:<24} {:<10} {:>5} {:<20} {:>9} {:>7} {:>7}",
             job.id.to_string(),
             name,
-            phase_name(job.phase),
+            state_label(job),
             job.priority,
             job.gpu.as_deref().unwrap_or("-"),
             clip_progress(job),
             eta,
             age
         );
+    }
+    if flagged > 0 {
+        println!("! = a notice about the job failed permanently; `reelspool status ID` shows why");
     }
 }
 

@@ -481,6 +481,18 @@ impl Scheduler {
                 let mut fields = base.to_vec();
                 fields.push(("reason", reason.into()));
                 warn!(job = %id, target = %report.target, "notice failed permanently");
+                // Counted in the state too, so `reelspool status` can flag it in its table.
+                if let Ok(mut state) = dir.load_state() {
+                    let failures = state
+                        .details
+                        .get("notice_failures")
+                        .and_then(|v| v.as_u64())
+                        .unwrap_or(0);
+                    state
+                        .details
+                        .insert("notice_failures".into(), (failures + 1).into());
+                    self.save(&dir, &state);
+                }
                 event("notice_failed", fields)
             }
             other => {

@@ -87,7 +87,9 @@ impl Farm {
     pub fn daemon_logs(&self) -> String {
         let mut all = String::new();
         for n in 0..16 {
-            if let Ok(text) = std::fs::read_to_string(self.root.path().join(format!("daemon-{n}.log"))) {
+            if let Ok(text) =
+                std::fs::read_to_string(self.root.path().join(format!("daemon-{n}.log")))
+            {
                 all.push_str(&text);
             }
         }
@@ -108,6 +110,11 @@ impl Farm {
 
     /// Starts the daemon and waits until its spool exists and it has begun watching.
     pub fn start_daemon(&self) -> Daemon {
+        self.start_daemon_with_env(&[])
+    }
+
+    /// [`Farm::start_daemon`] with extra environment variables for the daemon (and its workers).
+    pub fn start_daemon_with_env(&self, env: &[(&str, &str)]) -> Daemon {
         static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = std::fs::File::create(self.root.path().join(format!("daemon-{n}.log")))
@@ -117,6 +124,7 @@ impl Farm {
             .arg(&self.config)
             .arg("daemon")
             .env("REELSPOOL_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -172,7 +180,12 @@ impl Farm {
 
     /// The `.error` text for a rejected file, once it exists.
     pub fn rejection(&self, file_name: &str) -> Option<String> {
-        std::fs::read_to_string(self.spool.join("rejected").join(format!("{file_name}.error"))).ok()
+        std::fs::read_to_string(
+            self.spool
+                .join("rejected")
+                .join(format!("{file_name}.error")),
+        )
+        .ok()
     }
 }
 
