@@ -17,7 +17,9 @@ fn good_job_is_queued_with_resolved_job_file() {
     let farm = Farm::new(HOLD);
     let _daemon = farm.start_daemon();
     farm.drop_job("first.yaml", &farm.job_yaml("first", ""));
-    let state = wait_for("first.yaml to be queued", WAIT, || farm.job_by_source("first.yaml"));
+    let state = wait_for("first.yaml to be queued", WAIT, || {
+        farm.job_by_source("first.yaml")
+    });
     assert_eq!(state["phase"], "queued");
     assert_eq!(state["name"], "first");
     let id = state["id"].as_str().expect("id is a string");
@@ -85,6 +87,21 @@ fn bad_inputs(farm: &Farm) -> Vec<(&'static str, String, Option<usize>, &'static
         ),
         ("empty.yaml", String::new(), None, "empty"),
         (
+            "dotdot.yaml",
+            good.replace(
+                &format!("{}/portrait.png", farm.media.display()),
+                &format!("{}/../../../../etc/hostname", farm.media.display()),
+            ),
+            Some(3),
+            "allowed",
+        ),
+        (
+            "unknown-template.yaml",
+            format!("{good}template: no-such-preset\n"),
+            Some(12),
+            "lowmem-24g",
+        ),
+        (
             "bad-email.yaml",
             format!("{good}notify:\n  email: [not-an-address]\n"),
             Some(13),
@@ -120,7 +137,9 @@ fn each_class_of_bad_input_is_rejected_with_its_line_and_the_daemon_keeps_runnin
     farm.drop_job("huge.yaml", &huge);
 
     for (file, _, line, needle) in &cases {
-        let report = wait_for(&format!("{file} to be rejected"), WAIT, || farm.rejection(file));
+        let report = wait_for(&format!("{file} to be rejected"), WAIT, || {
+            farm.rejection(file)
+        });
         let incoming_path = farm.incoming().join(file);
         assert!(
             report.contains(&incoming_path.display().to_string()),
@@ -128,16 +147,27 @@ fn each_class_of_bad_input_is_rejected_with_its_line_and_the_daemon_keeps_runnin
         );
         if let Some(line) = line {
             let at = format!("{}:{line}:", incoming_path.display());
-            assert!(report.contains(&at), "{file}: expected `{at}` in:\n{report}");
-            assert!(report.contains('^'), "{file}: expected a caret under the line:\n{report}");
+            assert!(
+                report.contains(&at),
+                "{file}: expected `{at}` in:\n{report}"
+            );
+            assert!(
+                report.contains('^'),
+                "{file}: expected a caret under the line:\n{report}"
+            );
         }
         assert!(
             report.to_lowercase().contains(&needle.to_lowercase()),
             "{file}: expected `{needle}` in:\n{report}"
         );
-        assert!(farm.spool.join("rejected").join(file).exists(), "{file} moved aside");
+        assert!(
+            farm.spool.join("rejected").join(file).exists(),
+            "{file} moved aside"
+        );
     }
-    let report = wait_for("binary.yaml rejection", WAIT, || farm.rejection("binary.yaml"));
+    let report = wait_for("binary.yaml rejection", WAIT, || {
+        farm.rejection("binary.yaml")
+    });
     assert!(report.contains(":1:7"), "non-UTF-8 position:\n{report}");
     let report = wait_for("huge.yaml rejection", WAIT, || farm.rejection("huge.yaml"));
     assert!(report.contains("bytes"), "{report}");
@@ -146,7 +176,9 @@ fn each_class_of_bad_input_is_rejected_with_its_line_and_the_daemon_keeps_runnin
     assert!(farm.job_states().is_empty(), "no bad file may become a job");
     assert!(daemon.is_running());
     farm.drop_job("after.yaml", &farm.job_yaml("after", ""));
-    wait_for("a good job after the bad ones", WAIT, || farm.job_by_source("after.yaml"));
+    wait_for("a good job after the bad ones", WAIT, || {
+        farm.job_by_source("after.yaml")
+    });
 }
 
 #[test]
@@ -164,10 +196,15 @@ fn file_written_slowly_in_place_is_read_only_once_complete() {
     farm.drop_job("marker.yaml", &farm.job_yaml("marker", ""));
     wait_for("marker job", WAIT, || farm.job_by_source("marker.yaml"));
     assert!(path.exists(), "a half-written file must stay in incoming/");
-    assert!(farm.rejection("slow.yaml").is_none(), "a half-written file must not be judged");
+    assert!(
+        farm.rejection("slow.yaml").is_none(),
+        "a half-written file must not be judged"
+    );
     file.write_all(tail.as_bytes()).expect("second chunk");
     drop(file);
-    let state = wait_for("slow job after close", WAIT, || farm.job_by_source("slow.yaml"));
+    let state = wait_for("slow job after close", WAIT, || {
+        farm.job_by_source("slow.yaml")
+    });
     assert_eq!(state["name"], "slow");
 }
 
@@ -176,9 +213,15 @@ fn files_dropped_while_the_daemon_is_down_are_picked_up_at_start() {
     let farm = Farm::new(HOLD);
     let mut daemon = farm.start_daemon();
     let status = daemon.terminate(WAIT);
-    assert!(status.success(), "daemon must exit 0 on SIGTERM, got {status}");
+    assert!(
+        status.success(),
+        "daemon must exit 0 on SIGTERM, got {status}"
+    );
     for n in 0..5 {
-        farm.drop_job(&format!("offline-{n}.yaml"), &farm.job_yaml(&format!("offline-{n}"), ""));
+        farm.drop_job(
+            &format!("offline-{n}.yaml"),
+            &farm.job_yaml(&format!("offline-{n}"), ""),
+        );
     }
     let _daemon = farm.start_daemon();
     wait_for("all five offline drops queued", WAIT, || {
@@ -197,7 +240,8 @@ fn kill_9_during_a_burst_loses_and_duplicates_nothing() {
             let name = format!("burst-{n:05}");
             // Every tenth file is invalid, so rejections are part of the accounting.
             let text = if n % 10 == 0 {
-                farm.job_yaml(&name, "").replace("size: 64*64", "size: 65*64")
+                farm.job_yaml(&name, "")
+                    .replace("size: 64*64", "size: 65*64")
             } else {
                 farm.job_yaml(&name, "")
             };
@@ -218,17 +262,21 @@ fn kill_9_during_a_burst_loses_and_duplicates_nothing() {
     let filed_at_kill = farm.job_states().len();
     let _daemon = farm.start_daemon();
     let expected_jobs = BURST - BURST / 10;
-    wait_for("the whole burst to be accounted for", Duration::from_secs(120), || {
-        let rejected = std::fs::read_dir(farm.spool.join("rejected"))
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .filter(|e| e.path().extension().is_some_and(|x| x == "error"))
-                    .count()
-            })
-            .unwrap_or(0);
-        (farm.job_states().len() >= expected_jobs && rejected >= BURST / 10).then_some(())
-    });
+    wait_for(
+        "the whole burst to be accounted for",
+        Duration::from_secs(120),
+        || {
+            let rejected = std::fs::read_dir(farm.spool.join("rejected"))
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .filter(|e| e.path().extension().is_some_and(|x| x == "error"))
+                        .count()
+                })
+                .unwrap_or(0);
+            (farm.job_states().len() >= expected_jobs && rejected >= BURST / 10).then_some(())
+        },
+    );
     let states = farm.job_states();
     let mut sources: Vec<String> = states
         .iter()
@@ -238,10 +286,17 @@ fn kill_9_during_a_burst_loses_and_duplicates_nothing() {
     let before = sources.len();
     sources.dedup();
     assert_eq!(before, sources.len(), "a file became two jobs");
-    assert_eq!(sources.len(), expected_jobs, "jobs lost (filed before kill: {filed_at_kill})");
+    assert_eq!(
+        sources.len(),
+        expected_jobs,
+        "jobs lost (filed before kill: {filed_at_kill})"
+    );
     for (file, _) in texts.iter().step_by(10) {
         assert!(farm.rejection(file).is_some(), "{file} should be rejected");
-        assert!(farm.job_by_source(file).is_none(), "{file} must not be a job");
+        assert!(
+            farm.job_by_source(file).is_none(),
+            "{file} must not be a job"
+        );
     }
     let leftovers: Vec<_> = std::fs::read_dir(farm.incoming())
         .expect("incoming")
@@ -259,10 +314,19 @@ fn cli_submit_status_and_cancel_work_against_the_daemon() {
     let job_file = farm.root.path().join("cli-job.yaml");
     std::fs::write(&job_file, farm.job_yaml("cli-job", "")).expect("write job");
     let submit = farm.cli(&["submit", job_file.to_str().expect("utf-8 path")]);
-    assert!(submit.status.success(), "submit: {}", String::from_utf8_lossy(&submit.stderr));
+    assert!(
+        submit.status.success(),
+        "submit: {}",
+        String::from_utf8_lossy(&submit.stderr)
+    );
     let written = String::from_utf8_lossy(&submit.stdout).trim().to_string();
-    assert!(written.ends_with("incoming/cli-job.yaml"), "submit prints the file: {written}");
-    let state = wait_for("submitted job queued", WAIT, || farm.job_by_source("cli-job.yaml"));
+    assert!(
+        written.ends_with("incoming/cli-job.yaml"),
+        "submit prints the file: {written}"
+    );
+    let state = wait_for("submitted job queued", WAIT, || {
+        farm.job_by_source("cli-job.yaml")
+    });
     let id = state["id"].as_str().expect("id").to_string();
 
     let status = farm.cli(&["status", "--json"]);
@@ -274,16 +338,25 @@ fn cli_submit_status_and_cancel_work_against_the_daemon() {
     assert!(table.contains(&id) && table.contains("queued"), "{table}");
 
     let cancel = farm.cli(&["cancel", &id]);
-    assert!(cancel.status.success(), "cancel: {}", String::from_utf8_lossy(&cancel.stderr));
+    assert!(
+        cancel.status.success(),
+        "cancel: {}",
+        String::from_utf8_lossy(&cancel.stderr)
+    );
     let state = wait_for("job cancelled", WAIT, || {
-        farm.job_by_source("cli-job.yaml").filter(|s| s["phase"] == "cancelled")
+        farm.job_by_source("cli-job.yaml")
+            .filter(|s| s["phase"] == "cancelled")
     });
     assert_eq!(state["id"], id.as_str());
 
     let invalid = farm.root.path().join("invalid.yaml");
     std::fs::write(&invalid, "name: [\n").expect("write invalid");
     let validate = farm.cli(&["validate", invalid.to_str().expect("utf-8 path")]);
-    assert_eq!(validate.status.code(), Some(1), "validate exits 1 on invalid files");
+    assert_eq!(
+        validate.status.code(),
+        Some(1),
+        "validate exits 1 on invalid files"
+    );
     let usage = farm.cli(&["status", "--no-such-flag"]);
     assert_eq!(usage.status.code(), Some(2), "usage errors exit 2");
 }

@@ -83,11 +83,8 @@ pub struct DaemonConfig {
 /// A configuration file that cannot be used, with a message that says what to change.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}\n  = help: pass another file with --config FILE or set REELSPOOL_CONFIG")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("cannot read config file {path}: {error}\n  = help: pass another file with --config FILE or set REELSPOOL_CONFIG")]
+    Read { path: PathBuf, error: std::io::Error },
     #[error("{0}")]
     Invalid(Box<Diagnostic>),
 }
@@ -95,9 +92,9 @@ pub enum ConfigError {
 impl DaemonConfig {
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<DaemonConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         DaemonConfig::parse(&path.display().to_string(), &text)
     }
