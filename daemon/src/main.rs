@@ -12,13 +12,17 @@ mod cli;
 mod config;
 mod daemon;
 mod demo;
+mod gpus;
 mod intake;
 mod logging;
+mod logs;
 mod notify_glue;
 mod placement;
+mod reload;
 mod scheduler;
 mod spool;
 mod supervisor;
+mod systemd;
 
 /// Render farm daemon for audio-driven talking-avatar video models.
 ///
@@ -70,6 +74,22 @@ enum Command {
         #[arg(long, default_value_t = 30, value_name = "SECS")]
         wait_secs: u64,
     },
+    /// Print what a job's worker wrote to stderr (every attempt), from `<job-dir>/worker.log`.
+    Logs {
+        /// Job id (or a unique prefix of it).
+        id: String,
+        /// Keep printing new lines until the job is done, failed or cancelled.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// List the GPUs (UUID, name, memory, health, drain state, job), or drain/undrain one.
+    Gpus {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        action: Option<gpus::GpusAction>,
+    },
     /// Check the configuration file the same way job files are checked.
     CheckConfig,
     /// Render examples/hello.yaml end to end on the CPU with the built-in model.
@@ -95,6 +115,8 @@ fn main() -> ExitCode {
         Command::Submit { file, spool } => cli::submit(config_flag, &file, spool.as_deref()),
         Command::Status { id, json } => cli::status(config_flag, id.as_deref(), json),
         Command::Cancel { id, wait_secs } => cli::cancel(config_flag, &id, wait_secs),
+        Command::Logs { id, follow } => logs::run(config_flag, &id, follow),
+        Command::Gpus { json, action } => gpus::run(config_flag, action, json),
         Command::CheckConfig => cli::check_config(config_flag),
         Command::Demo { dir } => demo::run(dir.as_deref()),
         Command::Worker { job_dir } => supervisor::worker_main(&job_dir),

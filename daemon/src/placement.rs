@@ -1,28 +1,37 @@
 //! The daemon's view of the GPU pool: it maps jobs into `gpu_pool`'s plain types, keeps the
-//! lease table on disk, and gives intake a thread-safe admission check.
+//! pool's files in the state directory (leases, drained cards, observed peaks, `gpus.json`),
+//! and gives intake a thread-safe admission check.
+//!
+//! One running job per card is `gpu_pool::Scheduler`'s rule; this module adds what needs the
+//! daemon: a job interrupted by a stop keeps its lease on disk so it goes back to the same
+//! card after the restart, a worker that ran out of memory raises its profile's estimate, and
+//! cards change state on operator requests and NVML readings (see [`cards`]).
+
+mod admission;
+mod cards;
+mod health;
+pub mod pool_files;
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use gpu_pool::{
-    CardState, EstimateRequest, GpuInfo, GpuLease, LeaseTable, OffloadChoice, OomFallback,
+    CardState, EstimateRequest, GpuInfo, GpuKind, GpuLease, LeaseTable, OffloadChoice, OomFallback,
     ProfileSet, QueuedJob, RunOutcome, SchedulerPolicy,
 };
-use jobs::spec::{NumClip, Offload};
 use jobs::state::{JobId, JobState};
 use jobs::JobSpec;
 use tracing::{info, warn};
 
 use crate::config::DaemonConfig;
-use crate::intake::Admission;
-
-/// The profile used for models that name none and are not built in.
-const DEFAULT_PROFILE: &str = "liveavatar-14b";
-/// Clips assumed for the running-time estimate when the audio cannot be probed.
-const FALLBACK_CLIPS: u32 = 10;
+use crate::supervisor::WorkerEnd;
+use admission::{clip_count, estimate_request, read_profiles};
+pub use admission::{profile_name, PoolAdmission};
+pub use cards::discover_cards;
+use health::{CardVerdict, PoolWatch};
+use pool_files::{DrainedCards, PoolPaths};
 
 /// Start this job on this card.
 #[derive(Debug, Clone)]
@@ -30,166 +39,178 @@ pub struct PlacementDecision {
     pub job_id: JobId,
     /// What people see: the card's name and index, or "cpu-0".
     pub card_label: String,
+    /// The card's UUID, as the worker's `CUDA_VISIBLE_DEVICES` names it.
+    pub card_uuid: String,
     pub offload: bool,
     pub env: Vec<(String, String)>,
 }
 
-/// The memory profile a job is planned with.
-pub fn profile_name(spec: &JobSpec) -> String {
-    if let Some(profile) = &spec.engine.profile {
-        return profile.clone();
-    }
-    match spec.engine.model.as_str() {
-        "builtin:tiny" => "builtin-tiny".to_string(),
-        _ => DEFAULT_PROFILE.to_string(),
-    }
+/// How a run ended, as far as its card and its lease are concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    /// The job is done: the card works, its failure count starts over.
+    Finished,
+    /// The worker crashed or hung: counts toward draining the card.
+    CardFailure,
+    /// Cancelled, bad input, disk trouble: says nothing about the card.
+    NotTheCard,
+    /// The daemon is stopping: the job resumes at the next start and keeps its lease, so it
+    /// goes back to the same card when that card is free.
+    DaemonStopping,
 }
 
-fn offload_choice(offload: Offload) -> OffloadChoice {
-    match offload {
-        Offload::Auto => OffloadChoice::Auto,
-        Offload::On => OffloadChoice::On,
-        Offload::Off => OffloadChoice::Off,
-    }
-}
-
-fn estimate_request(spec: &JobSpec) -> EstimateRequest {
-    EstimateRequest {
-        width: spec.render.size.width,
-        height: spec.render.size.height,
-        frames: spec.render.infer_frames,
-        offload: offload_choice(spec.render.offload),
+/// Reads a worker's end for the pool. Engine errors are not held against the card: a broken
+/// model path fails every job on every card alike, and draining cards would not help.
+pub fn run_end(end: &WorkerEnd, daemon_stopping: bool) -> RunEnd {
+    match end {
+        WorkerEnd::Finished => RunEnd::Finished,
+        _ if daemon_stopping => RunEnd::DaemonStopping,
+        WorkerEnd::Crashed { .. } | WorkerEnd::HeartbeatLost => RunEnd::CardFailure,
+        // An out-of-memory exit never gets here: `record_oom` frees its card.
+        WorkerEnd::Failed { .. } | WorkerEnd::Interrupted { .. } => RunEnd::NotTheCard,
     }
 }
 
-/// Clips of a job, probing the audio for `num_clip: auto`.
-fn clip_count(spec: &JobSpec) -> u32 {
-    match spec.render.num_clip {
-        NumClip::Count(clips) => clips,
-        NumClip::Auto => match render::media::probe_audio_duration(&spec.inputs.audio) {
-            Ok(duration) => {
-                let frames = (duration.as_secs_f64() * f64::from(spec.render.fps)).ceil();
-                (frames / f64::from(spec.render.infer_frames.max(1)))
-                    .ceil()
-                    .max(1.0) as u32
-            }
-            Err(_) => FALLBACK_CLIPS,
-        },
-    }
+/// What an observed peak of a job is recorded against.
+#[derive(Debug, Clone)]
+struct JobPlan {
+    profile: String,
+    width: u32,
+    height: u32,
+    frames: u32,
 }
 
-/// The intake-side check: does the job fit any card of the pool in some allowed mode?
-pub struct PoolAdmission {
-    profiles: Arc<ProfileSet>,
-    largest_card_bytes: u64,
-}
-
-impl Admission for PoolAdmission {
-    fn admit(&self, spec: &JobSpec) -> Result<Option<u64>, String> {
-        let name = profile_name(spec);
-        let profile = self.profiles.get(&name).map_err(|err| {
-            format!("{err}\n  = help: set `engine.profile:` to one of the profiles in templates/profiles/")
-        })?;
-        let req = estimate_request(spec);
-        let job = QueuedJob::from_profile("admission", spec.priority, 0, profile, &req, 1);
-        let modes = [
-            (req.offload != OffloadChoice::On || job.with_offload.is_none())
-                .then_some(job.no_offload.vram_bytes),
-            (req.offload != OffloadChoice::Off)
-                .then_some(job.with_offload.map(|d| d.vram_bytes))
-                .flatten(),
-        ];
-        let least = modes
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(job.no_offload.vram_bytes);
-        if least <= self.largest_card_bytes {
-            return Ok(Some(least));
+impl JobPlan {
+    /// The estimate request of the mode the job ran in.
+    fn ran_as(&self, offload_used: bool) -> EstimateRequest {
+        EstimateRequest {
+            width: self.width,
+            height: self.height,
+            frames: self.frames,
+            offload: if offload_used {
+                OffloadChoice::On
+            } else {
+                OffloadChoice::Off
+            },
         }
-        let refusal = gpu_pool::Refusal {
-            estimate_bytes: least,
-            largest_card_bytes: self.largest_card_bytes,
-            suggestion: String::new(),
-        }
-        .with_profile_hint(profile, &req);
-        Err(format!(
-            "this job fits no GPU of the pool (profile `{name}`, size {}, {} frames per clip): {refusal}",
-            spec.render.size, spec.render.infer_frames
-        ))
     }
+}
+
+/// A job on a card.
+#[derive(Debug, Clone)]
+struct RunRecord {
+    card_uuid: String,
+    offload_used: bool,
+    /// The most GPU memory the job's processes held in any NVML reading.
+    peak_vram_bytes: Option<u64>,
 }
 
 /// The pool, the queue and the leases.
 pub struct Placement {
     scheduler: gpu_pool::Scheduler,
     devices: HashMap<String, GpuInfo>,
-    profiles: Arc<ProfileSet>,
+    profiles: Arc<RwLock<ProfileSet>>,
     leases: LeaseTable,
-    lease_path: PathBuf,
+    paths: PoolPaths,
+    drained: DrainedCards,
+    verdicts: HashMap<String, CardVerdict>,
+    threshold_bytes: Option<u64>,
+    watch: Option<PoolWatch>,
+    plans: HashMap<String, JobPlan>,
+    running: HashMap<String, RunRecord>,
     queued: BTreeSet<JobId>,
     hold: bool,
     epoch: Instant,
     next_seq: u64,
+    /// Leases of jobs that are neither queued nor running are dropped once, after start-up
+    /// has re-queued every unfinished job.
+    leases_pruned: bool,
+    snapshot_dirty: bool,
+    snapshot_written_at: Option<Instant>,
 }
 
 impl Placement {
     pub fn start(config: &DaemonConfig) -> Result<Placement> {
+        let paths = PoolPaths::new(&config.state_dir);
         let devices = gpu_pool::discover(&config.gpu_pool)?;
         let profiles_dir = config.templates_dir().join("profiles");
-        let profiles = gpu_pool::load_profiles(&profiles_dir).with_context(|| {
+        let mut profiles = gpu_pool::load_profiles(&profiles_dir).with_context(|| {
             format!(
                 "cannot load memory profiles from {}",
                 profiles_dir.display()
             )
         })?;
-        let cards: Vec<CardState> = devices.iter().map(CardState::from_device).collect();
+        if let Err(err) = profiles.load_observations(&paths.observations) {
+            warn!(error = %err, "cannot read observed peaks; estimates start from the profiles alone");
+        }
+        let threshold_bytes = config.gpu_pool.external_use_threshold_bytes();
+        let own_pids = health::own_pids();
+        let mut verdicts = HashMap::new();
+        let mut cards = Vec::with_capacity(devices.len());
         for device in &devices {
+            let verdict = health::judge_card(device, &own_pids, threshold_bytes);
             info!(
                 uuid = %device.uuid,
                 name = %device.name,
                 memory_gib = device.memory_total_bytes as f64 / gpu_pool::GIB as f64,
-                healthy = device.healthy,
+                usable = verdict.usable,
+                note = verdict.note.as_deref().unwrap_or(""),
                 "device in pool"
             );
+            let mut card = CardState::from_device(device);
+            card.healthy = verdict.usable;
+            cards.push(card);
+            verdicts.insert(device.uuid.clone(), verdict);
         }
         let policy = SchedulerPolicy {
             failure_drain_threshold: config.gpu_pool.failure_drain_threshold,
             ..SchedulerPolicy::default()
         };
-        let scheduler = gpu_pool::Scheduler::new(cards, policy)?;
-        let lease_path = config.state_dir.join("leases.json");
-        let leases = if lease_path.exists() {
-            LeaseTable::load(&lease_path).unwrap_or_else(|err| {
-                warn!(error = %err, "cannot read the lease table; starting without it");
-                LeaseTable::default()
-            })
-        } else {
+        let mut scheduler = gpu_pool::Scheduler::new(cards, policy)?;
+        let drained = DrainedCards::load(&paths.drained)?;
+        for (uuid, record) in &drained.cards {
+            match scheduler.drain(uuid) {
+                Ok(()) => info!(gpu = %uuid, reason = %record.reason, "card stays drained"),
+                Err(_) => {
+                    info!(gpu = %uuid, "a drained card is not in the pool; it stays drained if it returns")
+                }
+            }
+        }
+        let leases = LeaseTable::load(&paths.leases).unwrap_or_else(|err| {
+            warn!(error = %err, "cannot read the lease table; starting without it");
             LeaseTable::default()
-        };
-        Ok(Placement {
+        });
+        let mut placement = Placement {
             scheduler,
             devices: devices.into_iter().map(|d| (d.uuid.clone(), d)).collect(),
-            profiles: Arc::new(profiles),
+            profiles: Arc::new(RwLock::new(profiles)),
             leases,
-            lease_path,
+            paths,
+            drained,
+            verdicts,
+            threshold_bytes,
+            watch: PoolWatch::start(&config.gpu_pool),
+            plans: HashMap::new(),
+            running: HashMap::new(),
             queued: BTreeSet::new(),
             hold: config.hold_queue,
             epoch: Instant::now(),
             next_seq: 0,
-        })
+            leases_pruned: false,
+            snapshot_dirty: true,
+            snapshot_written_at: None,
+        };
+        placement.write_snapshot();
+        Ok(placement)
     }
 
+    /// The admission check for intake. The largest card counts even when drained or
+    /// unhealthy, as in `gpu_pool::Scheduler::admit`: such a card may come back, and a job
+    /// refused now could never be submitted again without a change.
     pub fn admission(&self) -> PoolAdmission {
         PoolAdmission {
             profiles: Arc::clone(&self.profiles),
-            largest_card_bytes: self
-                .devices
-                .values()
-                .filter(|d| d.healthy)
-                .map(|d| d.memory_total_bytes)
-                .max()
-                .unwrap_or(0),
+            largest_card_bytes: self.scheduler.largest_card_bytes(),
         }
     }
 
@@ -201,30 +222,54 @@ impl Placement {
     /// re-queued after a restart keeps its place.
     pub fn enqueue(&mut self, id: &JobId, state: &JobState, spec: &JobSpec) {
         let name = profile_name(spec);
-        let Ok(profile) = self.profiles.get(&name) else {
-            warn!(job = %id, profile = %name, "unknown memory profile; the job cannot be placed");
-            return;
-        };
         let req = estimate_request(spec);
+        let key = id.to_string();
         self.next_seq += 1;
-        let mut job = QueuedJob::from_profile(
-            &id.to_string(),
-            state.priority,
-            self.next_seq,
-            profile,
-            &req,
-            clip_count(spec),
-        );
-        job.preferred_card = self.leases.card_of(&id.to_string()).map(str::to_string);
+        let mut job = {
+            let profiles = read_profiles(&self.profiles);
+            let Ok(profile) = profiles.get(&name) else {
+                warn!(job = %id, profile = %name, "unknown memory profile; the job cannot be placed");
+                return;
+            };
+            QueuedJob::from_profile(
+                &key,
+                state.priority,
+                self.next_seq,
+                profile,
+                &req,
+                clip_count(spec),
+            )
+        };
+        job.preferred_card = self.leases.card_of(&key).map(str::to_string);
         match self.scheduler.enqueue(job, self.now()) {
             Ok(()) => {
                 self.queued.insert(id.clone());
+                // `gpus.json` is rewritten on the next tick, after this job's first placement
+                // pass: its `updated_at_ms` tells a reader the pass has happened.
+                self.snapshot_dirty = true;
+                self.plans.insert(
+                    key,
+                    JobPlan {
+                        profile: name,
+                        width: req.width,
+                        height: req.height,
+                        frames: req.frames,
+                    },
+                );
             }
             Err(err) => warn!(job = %id, error = %err, "cannot queue job"),
         }
     }
 
+    /// Holds the queue (start nothing) or releases it; a config reload changes `hold_queue`.
+    pub fn set_hold(&mut self, hold: bool) {
+        self.hold = hold;
+    }
+
     pub fn next_placements(&mut self) -> Vec<PlacementDecision> {
+        if !self.leases_pruned {
+            self.prune_leases();
+        }
         if self.hold {
             return Vec::new();
         }
@@ -236,6 +281,14 @@ impl Placement {
             };
             self.queued.remove(&id);
             self.leases.insert(&placement.job_id, &placement.card_uuid);
+            self.running.insert(
+                placement.job_id.clone(),
+                RunRecord {
+                    card_uuid: placement.card_uuid.clone(),
+                    offload_used: placement.offload_used,
+                    peak_vram_bytes: None,
+                },
+            );
             let (label, env) = match self.devices.get(&placement.card_uuid) {
                 Some(device) => (
                     format!("{}#{}", device.name, device.index),
@@ -246,39 +299,83 @@ impl Placement {
             decisions.push(PlacementDecision {
                 job_id: id,
                 card_label: label,
+                card_uuid: placement.card_uuid,
                 offload: placement.offload_used,
                 env,
             });
         }
         if !decisions.is_empty() {
-            self.persist();
+            self.persist_leases();
+            self.snapshot_dirty = true;
         }
         decisions
     }
 
-    /// Frees a job's card. `failed` counts toward draining the card.
-    pub fn release(&mut self, id: &JobId, failed: bool) {
-        let outcome = if failed {
-            RunOutcome::Failed
-        } else {
-            RunOutcome::Finished
+    /// Drops the leases of jobs that will not run again (finished or cancelled while the
+    /// daemon was down), keeping those of re-queued jobs as their card preference.
+    fn prune_leases(&mut self) {
+        self.leases_pruned = true;
+        let stale: Vec<String> = self
+            .leases
+            .iter()
+            .map(|(job, _)| job.to_string())
+            .filter(|job| !self.plans.contains_key(job) && !self.running.contains_key(job))
+            .collect();
+        for job in &stale {
+            self.leases.remove(job);
+        }
+        if !stale.is_empty() {
+            self.persist_leases();
+        }
+    }
+
+    /// Frees a job's card. Returns the job's observed GPU memory peak, where NVML measured one.
+    pub fn release(&mut self, id: &JobId, end: RunEnd) -> Option<u64> {
+        let key = id.to_string();
+        let outcome = match end {
+            RunEnd::Finished => RunOutcome::Finished,
+            RunEnd::CardFailure => RunOutcome::Failed,
+            RunEnd::NotTheCard | RunEnd::DaemonStopping => RunOutcome::Interrupted,
         };
-        match self.scheduler.release(&id.to_string(), outcome) {
-            Ok(released) if released.drained_now => warn!(
-                gpu = %released.card_uuid,
-                failures = released.consecutive_failures,
-                "card drained after repeated failures; `reelspool gpus undrain` to use it again"
-            ),
+        match self.scheduler.release(&key, outcome) {
+            Ok(released) if released.drained_now => self.note_failure_drain(&released),
             Ok(_) => {}
             Err(err) => warn!(job = %id, error = %err, "release of an unknown lease"),
         }
-        self.leases.remove(&id.to_string());
-        self.persist();
+        let run = self.running.remove(&key);
+        let peak = run.as_ref().and_then(|run| run.peak_vram_bytes);
+        if let (Some(run), Some(peak)) = (&run, peak) {
+            info!(job = %id, gpu = %run.card_uuid, peak_vram_bytes = peak, "observed GPU memory peak");
+            self.record_observation(&key, run.offload_used, peak);
+        }
+        self.plans.remove(&key);
+        if end != RunEnd::DaemonStopping {
+            self.leases.remove(&key);
+        }
+        self.persist_leases();
+        self.snapshot_dirty = true;
+        peak
     }
 
-    /// After an out-of-memory exit: whether the job was re-queued with a fallback.
+    /// After an out-of-memory exit: raises the profile's estimate for the mode that ran out
+    /// (the job needed more than its card has), and says whether the job was re-queued with
+    /// a fallback.
     pub fn record_oom(&mut self, id: &JobId) -> bool {
-        let requeued = match self.scheduler.record_oom(&id.to_string()) {
+        let key = id.to_string();
+        if let Some(run) = self.running.remove(&key) {
+            // The card's size is a lower bound of what the job needed (other users are kept
+            // under `external_use_threshold_mb`). CPU slots have no real size to learn from.
+            let lower_bound = self
+                .devices
+                .get(&run.card_uuid)
+                .filter(|device| device.kind != GpuKind::Cpu)
+                .map(|device| device.memory_total_bytes);
+            let observed = lower_bound.max(run.peak_vram_bytes);
+            if let Some(observed) = observed {
+                self.record_observation(&key, run.offload_used, observed);
+            }
+        }
+        let requeued = match self.scheduler.record_oom(&key) {
             Ok(OomFallback::OffloadOn) => {
                 self.queued.insert(id.clone());
                 true
@@ -289,9 +386,41 @@ impl Placement {
                 false
             }
         };
-        self.leases.remove(&id.to_string());
-        self.persist();
+        if !requeued {
+            self.plans.remove(&key);
+        }
+        self.leases.remove(&key);
+        self.persist_leases();
+        self.snapshot_dirty = true;
         requeued
+    }
+
+    /// Adds a measured peak to the job's profile and saves every observation.
+    fn record_observation(&mut self, job: &str, offload_used: bool, peak_vram_bytes: u64) {
+        let Some(plan) = self.plans.get(job) else {
+            return;
+        };
+        let req = plan.ran_as(offload_used);
+        let mut profiles = self
+            .profiles
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match profiles.record_observed_peak(&plan.profile, &req, peak_vram_bytes) {
+            Ok(raised) => {
+                if raised {
+                    warn!(
+                        job,
+                        profile = %plan.profile,
+                        observed_vram_bytes = peak_vram_bytes,
+                        "the job needed more GPU memory than its profile estimated; estimates raised"
+                    );
+                }
+                if let Err(err) = profiles.save_observations(&self.paths.observations) {
+                    warn!(error = %err, "cannot save observed peaks");
+                }
+            }
+            Err(err) => warn!(job, error = %err, "cannot record an observed peak"),
+        }
     }
 
     pub fn queued_ids(&self) -> Vec<JobId> {
@@ -299,13 +428,71 @@ impl Placement {
     }
 
     pub fn remove_queued(&mut self, id: &JobId) {
-        self.scheduler.cancel(&id.to_string());
+        let key = id.to_string();
+        self.scheduler.cancel(&key);
         self.queued.remove(id);
+        self.plans.remove(&key);
+        if self.leases.remove(&key).is_some() {
+            self.persist_leases();
+        }
     }
 
-    pub fn persist(&self) {
-        if let Err(err) = self.leases.save(&self.lease_path) {
-            warn!(path = %self.lease_path.display(), error = %err, "cannot save the lease table");
+    /// Saves what must outlive the daemon and refreshes `gpus.json` (called at stop).
+    pub fn persist(&mut self) {
+        self.persist_leases();
+        self.snapshot_dirty = true;
+        self.write_snapshot();
+    }
+
+    fn persist_leases(&self) {
+        if let Err(err) = self.leases.save(&self.paths.leases) {
+            warn!(path = %self.paths.leases.display(), error = %err, "cannot save the lease table");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use render::protocol::FailureKind;
+
+    #[test]
+    fn a_stop_keeps_the_lease_whatever_the_worker_said() {
+        for end in [
+            WorkerEnd::Interrupted { next_clip: Some(2) },
+            WorkerEnd::Crashed {
+                status: "killed by signal 15".into(),
+            },
+        ] {
+            assert_eq!(run_end(&end, true), RunEnd::DaemonStopping, "{end:?}");
+        }
+    }
+
+    #[test]
+    fn crashes_and_hangs_count_against_the_card() {
+        let crashed = WorkerEnd::Crashed {
+            status: "exit status 139".into(),
+        };
+        assert_eq!(run_end(&crashed, false), RunEnd::CardFailure);
+        assert_eq!(
+            run_end(&WorkerEnd::HeartbeatLost, false),
+            RunEnd::CardFailure
+        );
+    }
+
+    #[test]
+    fn bad_input_and_cancel_say_nothing_about_the_card() {
+        let input = WorkerEnd::Failed {
+            kind: FailureKind::Input,
+            message: "cannot decode audio".into(),
+        };
+        assert_eq!(run_end(&input, false), RunEnd::NotTheCard);
+        let cancelled = WorkerEnd::Interrupted { next_clip: None };
+        assert_eq!(run_end(&cancelled, false), RunEnd::NotTheCard);
+    }
+
+    #[test]
+    fn a_job_that_finishes_during_a_stop_is_finished() {
+        assert_eq!(run_end(&WorkerEnd::Finished, true), RunEnd::Finished);
     }
 }

@@ -22,11 +22,14 @@ use tracing::{info, warn};
 use crate::config::DaemonConfig;
 use crate::intake::Admission;
 use crate::notify_glue::{self, Notices};
-use crate::placement::{Placement, PlacementDecision};
+use crate::placement::{self, Placement, PlacementDecision, RunEnd};
+use crate::reload::Reconfigure;
 use crate::spool::Layout;
 use crate::supervisor::{self, StopRequest, WorkerEnd, WorkerLaunch, WorkerReport};
+use crate::systemd::SchedulerVitals;
 
-/// How often queued and running jobs are checked for cancel requests.
+/// How often queued and running jobs are checked for cancel requests, and how often the loop
+/// proves it is alive to the systemd watchdog (see `systemd::SchedulerVitals`).
 const CONTROL_TICK: Duration = Duration::from_millis(250);
 
 struct RunningJob {
@@ -160,7 +163,7 @@ impl Scheduler {
             Ok(state) => state,
             Err(err) => {
                 warn!(job = %id, error = %err, "cannot read state; not starting it");
-                self.placement.release(&id, false);
+                self.placement.release(&id, RunEnd::NotTheCard);
                 return;
             }
         };
@@ -174,6 +177,7 @@ impl Scheduler {
             "running",
             [
                 ("gpu", decision.card_label.clone().into()),
+                ("gpu_uuid", decision.card_uuid.clone().into()),
                 ("attempt", state.attempts.into()),
                 ("offload", decision.offload.into()),
             ],
@@ -268,6 +272,7 @@ impl Scheduler {
             } => {
                 state.clips_done = index + 1;
                 if let Some(running) = self.running.get_mut(id) {
+                    info!(job = %id, gpu = %running.card, clip = index, secs, "clip done");
                     running.clip_secs.push(*secs);
                     if let Some(total) = running.clips_total {
                         let mean =
@@ -314,7 +319,6 @@ impl Scheduler {
             .as_ref()
             .map(|job| job.card.clone())
             .unwrap_or_default();
-        let failed_on_card = matches!(end, WorkerEnd::Crashed { .. } | WorkerEnd::HeartbeatLost);
         let out_of_memory = matches!(
             end,
             WorkerEnd::Failed {
@@ -323,10 +327,16 @@ impl Scheduler {
             }
         );
         // An OOM frees the card through `record_oom`, which also picks the fallback.
-        if !out_of_memory {
-            self.placement.release(id, failed_on_card);
-        }
+        let peak_vram_bytes = if out_of_memory {
+            None
+        } else {
+            self.placement
+                .release(id, placement::run_end(&end, self.stopping))
+        };
         let mut fields = vec![("end", format!("{end:?}").into()), ("gpu", card.into())];
+        if let Some(peak) = peak_vram_bytes {
+            fields.push(("peak_vram_bytes", peak.into()));
+        }
         if !stderr_tail.is_empty()
             && !matches!(end, WorkerEnd::Finished | WorkerEnd::Interrupted { .. })
         {
@@ -504,6 +514,29 @@ impl Scheduler {
         let _ = dir.append_event(&recorded);
     }
 
+    /// Counts for systemd's status line, stamped with this tick.
+    fn vitals(&self) -> SchedulerVitals {
+        let gpus: std::collections::BTreeSet<&str> =
+            self.running.values().map(|job| job.card.as_str()).collect();
+        SchedulerVitals {
+            queued: self.placement.queued_ids().len(),
+            running: self.running.len(),
+            gpus_in_use: gpus.into_iter().map(str::to_string).collect(),
+            ticked_at: std::time::Instant::now(),
+        }
+    }
+
+    /// Takes a reloaded config (SIGHUP): `hold_queue` applies at once, worker settings to
+    /// workers started from now on, notices go to the restarted dispatcher.
+    fn reconfigure(&mut self, update: Reconfigure) {
+        self.placement.set_hold(update.config.hold_queue);
+        self.notices.default_email = update.config.notices.default_email.clone();
+        if let Some(handle) = update.dispatcher {
+            self.notices.handle = handle;
+        }
+        self.config = update.config;
+    }
+
     /// Acts on `cancel.request` files of queued and running jobs.
     fn check_cancel_requests(&mut self) {
         for id in self.placement.queued_ids() {
@@ -548,6 +581,8 @@ pub async fn run(
     mut accepted: mpsc::UnboundedReceiver<JobId>,
     mut deliveries: mpsc::Receiver<DeliveryReport>,
     mut shutdown: watch::Receiver<bool>,
+    vitals: watch::Sender<SchedulerVitals>,
+    mut reconfigure: mpsc::UnboundedReceiver<Reconfigure>,
 ) -> Result<()> {
     blocking(|| scheduler.place());
     let mut tick = tokio::time::interval(CONTROL_TICK);
@@ -570,8 +605,16 @@ pub async fn run(
                 scheduler.place();
             }),
             Some(report) = deliveries.recv() => blocking(|| scheduler.handle_delivery(report)),
-            _ = tick.tick() => blocking(|| {
-                scheduler.check_cancel_requests();
+            _ = tick.tick() => {
+                blocking(|| {
+                    scheduler.check_cancel_requests();
+                    scheduler.placement.on_tick();
+                    scheduler.place();
+                });
+                vitals.send_replace(scheduler.vitals());
+            }
+            Some(update) = reconfigure.recv() => blocking(|| {
+                scheduler.reconfigure(update);
                 scheduler.place();
             }),
             Some(_) = scheduler.supervisors.join_next(), if !scheduler.supervisors.is_empty() => {}
