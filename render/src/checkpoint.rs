@@ -186,6 +186,7 @@ impl CheckpointStore {
         let carry_name = Self::carry_name(clip.0);
         let carry_path = self.work_dir.join(&carry_name);
         write_atomic(&carry_path, &carry_bytes).map_err(io_err("write carry", &carry_path))?;
+        crate::worker::crash_point::reached("after_carry", clip.0);
 
         let checkpoint = Checkpoint {
             format_version: FORMAT_VERSION,
@@ -209,6 +210,7 @@ impl CheckpointStore {
             let previous = self.work_dir.join(PREVIOUS_CHECKPOINT_FILE);
             std::fs::rename(&current, &previous)
                 .map_err(io_err("keep previous checkpoint", &previous))?;
+            crate::worker::crash_point::reached("mid_checkpoint", clip.0);
         }
         write_atomic(&current, &json).map_err(io_err("write checkpoint", &current))?;
         // Carries older than the previous checkpoint's are no longer reachable.
@@ -392,7 +394,9 @@ impl CheckpointStore {
         let clips = self.work_dir.join(CLIPS_DIR);
         for entry in list_dir(&clips)? {
             let stem = entry.split('.').next().unwrap_or_default();
-            if stem.parse::<u32>().is_ok_and(beyond) {
+            // `.<k>.mkv.partial`: a segment whose encoder was killed; it never became `k.mkv`.
+            let torn_segment = entry.starts_with('.') && entry.ends_with(".partial");
+            if torn_segment || stem.parse::<u32>().is_ok_and(beyond) {
                 remove_if_present(&clips.join(&entry))?;
             }
         }

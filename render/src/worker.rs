@@ -6,6 +6,9 @@
 //! durable, and rendering continues from its carry. Because every random draw is derived from the
 //! job's seed and the clip index, the resumed video is identical to an uninterrupted one.
 //!
+//! The tests prove the "at any moment" part by making the worker SIGKILL itself at exact points
+//! of this order ([`crash_point`], armed only by a test environment variable).
+//!
 //! Inputs are decoded before the model is loaded, so a corrupt image or audio file fails the job
 //! before any GPU time is spent.
 
@@ -23,6 +26,8 @@ use crate::checkpoint::{CheckpointStore, ResumePoint};
 use crate::engine::{self, Carry, ClipIndex, ClipLatents, Conditioning, EngineSettings};
 use crate::media;
 use crate::protocol::{self, FailureKind, WorkerMessage};
+
+pub mod crash_point;
 
 /// How often a worker inside a long clip tells the daemon it is alive.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
@@ -299,6 +304,7 @@ fn render_job(
     let mut engine = engine::load_engine(&settings, conditioning, model_cache_dir)
         .map_err(|err| Failure::new(FailureKind::Engine, err.to_string()))?;
 
+    crash_point::arm(&work);
     let store = CheckpointStore::new(work.clone());
     let (mut carry, next_clip, fresh_reason) = match store
         .resume(&fingerprint)
@@ -341,13 +347,21 @@ fn render_job(
         let (latents, next_carry) = engine
             .render_clip(ClipIndex(index), &carry)
             .map_err(|err| Failure::new(FailureKind::Engine, err.to_string()))?;
+        crash_point::reached("after_denoise", index);
         let durable = if spec.render.online_decode {
             let frames = engine
                 .decode(&latents)
                 .map_err(|err| Failure::new(FailureKind::Engine, err.to_string()))?;
             drop(latents);
             let segment = segment_path(&work, index);
-            write_segment(&segment, &encode, &frames.rgb, plan.frames_in_clip(index))?;
+            write_segment(
+                index,
+                &segment,
+                &encode,
+                &frames.rgb,
+                plan.frames_in_clip(index),
+            )?;
+            crash_point::reached("after_segment", index);
             segment
         } else {
             // The original's behaviour: latents pile up in memory and are decoded at the end.
@@ -368,6 +382,7 @@ fn render_job(
         store
             .save(ClipIndex(index), &next_carry, &fingerprint, &durable)
             .map_err(|err| Failure::new(FailureKind::Io, err.to_string()))?;
+        crash_point::reached("after_checkpoint", index);
         carry = next_carry;
         reporter.send(&WorkerMessage::ClipDone {
             index,
@@ -376,15 +391,24 @@ fn render_job(
         });
     }
     for (index, latents) in kept_latents {
+        // Decoding a long job's latents can take far longer than the daemon waits after
+        // SIGTERM; stop between clips, and the next start decodes them all again.
+        if stop.load(Ordering::Relaxed) {
+            return Ok(WorkerMessage::Interrupted {
+                next_clip: plan.clips,
+            });
+        }
         let frames = engine
             .decode(&latents)
             .map_err(|err| Failure::new(FailureKind::Engine, err.to_string()))?;
         write_segment(
+            index,
             &segment_path(&work, index),
             &encode,
             &frames.rgb,
             plan.frames_in_clip(index),
         )?;
+        crash_point::reached("after_segment", index);
     }
     if stop.load(Ordering::Relaxed) {
         return Ok(WorkerMessage::Interrupted {
@@ -392,6 +416,7 @@ fn render_job(
         });
     }
 
+    crash_point::reached("before_assemble", plan.clips);
     let segments: Vec<PathBuf> = (0..plan.clips).map(|k| segment_path(&work, k)).collect();
     if let Some(parent) = spec.output.path.parent() {
         std::fs::create_dir_all(parent).map_err(|err| {
@@ -417,6 +442,7 @@ fn render_job(
 }
 
 fn write_segment(
+    clip: u32,
     path: &Path,
     settings: &media::EncodeSettings,
     frames: &[Vec<u8>],
@@ -424,10 +450,13 @@ fn write_segment(
 ) -> Result<(), Failure> {
     let mut encoder = media::ClipEncoder::create(path, settings)
         .map_err(|err| Failure::new(FailureKind::Io, err.to_string()))?;
-    for frame in frames.iter().take(keep as usize) {
+    for (pushed, frame) in frames.iter().take(keep as usize).enumerate() {
         encoder
             .push_frame(frame)
             .map_err(|err| Failure::new(FailureKind::Io, err.to_string()))?;
+        if pushed + 1 == (keep as usize).div_ceil(2) {
+            crash_point::reached("mid_encode", clip);
+        }
     }
     encoder
         .finish()

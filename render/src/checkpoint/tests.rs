@@ -205,6 +205,16 @@ fn stray_segments_and_carries_beyond_the_checkpoint_are_removed() {
 }
 
 #[test]
+fn partial_segment_of_a_killed_encoder_is_removed_on_resume() {
+    let job = Job::new();
+    job.finish_clip(0);
+    std::fs::write(job.path("clips/.1.mkv.partial"), b"half encoded").expect("torn segment");
+    assert_eq!(resumed_after(&job.resume()), 0);
+    assert!(!job.path("clips/.1.mkv.partial").exists());
+    assert!(job.path("clips/0.mkv").exists());
+}
+
+#[test]
 fn carries_older_than_the_previous_checkpoint_are_deleted() {
     let job = Job::new();
     for clip in 0..4 {

@@ -1,0 +1,441 @@
+//! The render worker's numbers from DESIGN.md §6, measured on the real worker code.
+//!
+//! ```text
+//! cargo bench -p render --bench worker                # everything (several minutes on 2 cores)
+//! cargo bench -p render --bench worker -- rss 10 200  # one section, with its own clip counts
+//! ```
+//! Sections (`rss`, `encode`, `phases`, `resume`; all when none is named):
+//! - `rss`: peak resident memory of a worker process rendering a small and a large job
+//!   (default 10 and 200 clips at 256*256, 16 frames, 2 steps), online decode on and off. The
+//!   worker is this very binary re-started as `worker <job-dir>`, which calls
+//!   `render::worker::run` exactly as `reelspool worker` does; the peak comes from the
+//!   kernel's accounting of the child (`wait4` → `ru_maxrss`).
+//! - `encode`: H.264 frames per second at 704x384 with one encoder thread, the process pinned
+//!   to one CPU, on frames the tiny model rendered at that size.
+//! - `phases`: per clip, time to denoise, decode, encode and checkpoint (carry +
+//!   checkpoint.json, each fsynced), at 256*256 / 16 frames / 2 steps.
+//! - `resume`: a worker is stopped with SIGTERM halfway through a job; the time from starting
+//!   the next worker to its first new clip, against the same for a fresh start.
+
+use std::error::Error;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use jobs::spec::{
+    Codec, EngineSpec, Inputs, NotifySpec, NumClip, OutputSpec, RenderSettings, RetryPolicy, Size,
+};
+use jobs::state::JobDir;
+use jobs::JobSpec;
+use render::checkpoint::CheckpointStore;
+use render::engine::{self, Carry, ClipIndex, Conditioning, EngineSettings};
+use render::media::{self, ClipEncoder, EncodeSettings, VideoCodec};
+use render::protocol::WorkerMessage;
+
+type Result<T> = std::result::Result<T, Box<dyn Error>>;
+
+/// The size, frames and steps the memory, phase and resume sections render at: realistic
+/// shapes for a CPU, a few tenths of a second per clip.
+const BENCH_SIZE: (u32, u32) = (256, 256);
+const BENCH_FRAMES: u32 = 16;
+const BENCH_STEPS: u32 = 2;
+const FPS: u32 = 16;
+
+fn main() -> Result<()> {
+    // `cargo bench` passes `--bench`; everything else is ours.
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    if args.first().map(String::as_str) == Some("worker") {
+        let (Some(job_dir), Some(cache)) = (args.get(1), args.get(2)) else {
+            return Err("usage: worker <job-dir> <model-cache>".into());
+        };
+        std::process::exit(render::worker::run(Path::new(job_dir), Path::new(cache)));
+    }
+    let section = args.first().cloned();
+    let numbers: Vec<u32> = args.iter().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let root = tempfile::Builder::new()
+        .prefix("reelspool-worker-bench-")
+        .tempdir()?;
+    let bench = Bench {
+        root: root.path().to_path_buf(),
+        cache: root.path().join("models"),
+    };
+    let wants = |name: &str| section.as_deref().is_none_or(|s| s == name);
+    println!("# render worker benchmark ({} CPUs)", num_cpus());
+    if wants("rss") {
+        let small = numbers.first().copied().unwrap_or(10);
+        let large = numbers.get(1).copied().unwrap_or(200);
+        bench.peak_memory(small, large)?;
+    }
+    if wants("encode") {
+        bench.encode_speed(numbers.first().copied().unwrap_or(6))?;
+    }
+    if wants("phases") {
+        bench.clip_phases(numbers.first().copied().unwrap_or(40))?;
+    }
+    if wants("resume") {
+        bench.resume_latency(numbers.first().copied().unwrap_or(40))?;
+    }
+    Ok(())
+}
+
+struct Bench {
+    root: PathBuf,
+    cache: PathBuf,
+}
+
+/// What one worker process did.
+struct WorkerRun {
+    peak_rss_kib: u64,
+    wall: Duration,
+    /// From spawn to the first `clip_done` line.
+    first_clip: Option<Duration>,
+    clips_done: u32,
+    last_message: Option<WorkerMessage>,
+    exit_code: Option<i32>,
+}
+
+impl Bench {
+    fn examples() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+    }
+
+    /// Writes a job directory for `clips` clips at the bench shape.
+    fn job(&self, name: &str, clips: u32, online_decode: bool) -> Result<PathBuf> {
+        let dir = self.root.join("jobs").join(name);
+        std::fs::create_dir_all(&dir)?;
+        let spec = JobSpec {
+            name: name.to_string(),
+            template: None,
+            priority: 0,
+            inputs: Inputs {
+                image: Self::examples().join("portrait.png").canonicalize()?,
+                audio: Self::examples().join("hello.wav").canonicalize()?,
+                prompt: "A presenter looks into the camera".to_string(),
+            },
+            render: RenderSettings {
+                size: Size {
+                    width: BENCH_SIZE.0,
+                    height: BENCH_SIZE.1,
+                },
+                num_clip: NumClip::Count(clips),
+                infer_frames: BENCH_FRAMES,
+                sample_steps: BENCH_STEPS,
+                online_decode,
+                fps: FPS,
+                ..RenderSettings::default()
+            },
+            engine: EngineSpec::default(),
+            output: OutputSpec {
+                path: self.root.join("out").join(format!("{name}.mp4")),
+                codec: Codec::H264,
+                crf: 18,
+            },
+            notify: NotifySpec::default(),
+            retry: RetryPolicy::default(),
+        };
+        JobDir::new(&dir).save_spec(&spec)?;
+        Ok(dir)
+    }
+
+    /// Starts a worker process on `job_dir`.
+    fn spawn_worker(&self, job_dir: &Path) -> Result<Child> {
+        Ok(Command::new(std::env::current_exe()?)
+            .arg("worker")
+            .arg(job_dir)
+            .arg(&self.cache)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?)
+    }
+
+    /// Runs a worker to its end; with `stop_after`, sends it SIGTERM once that clip is done.
+    fn run_worker(&self, job_dir: &Path, stop_after: Option<u32>) -> Result<WorkerRun> {
+        let started = Instant::now();
+        let mut child = self.spawn_worker(job_dir)?;
+        let pid = child.id() as libc::pid_t;
+        let stdout = child.stdout.take().ok_or("worker stdout is piped")?;
+        let mut first_clip = None;
+        let mut clips_done = 0;
+        let mut last_message = None;
+        for line in BufReader::new(stdout).lines() {
+            let Some(message) = WorkerMessage::from_line(&line?) else {
+                continue;
+            };
+            if let WorkerMessage::ClipDone { index, .. } = message {
+                first_clip.get_or_insert(started.elapsed());
+                clips_done += 1;
+                if stop_after == Some(index) {
+                    // SAFETY: kill() on our own child, not yet reaped.
+                    unsafe { libc::kill(pid, libc::SIGTERM) };
+                }
+            }
+            if !matches!(message, WorkerMessage::Heartbeat) {
+                last_message = Some(message);
+            }
+        }
+        let (exit_code, peak_rss_kib) = wait_with_peak_rss(pid)?;
+        // The child is reaped; forget it without waiting a second time.
+        std::mem::forget(child);
+        Ok(WorkerRun {
+            peak_rss_kib,
+            wall: started.elapsed(),
+            first_clip,
+            clips_done,
+            last_message,
+            exit_code,
+        })
+    }
+
+    fn peak_memory(&self, small: u32, large: u32) -> Result<()> {
+        println!("\n## worker peak RSS, {}", shape());
+        // One throwaway run so the tiny model's weights are in the cache for every measured run.
+        self.run_worker(&self.job("warm-up", 1, true)?, None)?;
+        println!("| online decode | {small} clips | {large} clips | ratio |\n|---|---|---|---|");
+        for online in [true, false] {
+            let mut peaks = Vec::new();
+            for clips in [small, large] {
+                let name = format!("rss-{clips}-{}", if online { "online" } else { "offline" });
+                let run = self.run_worker(&self.job(&name, clips, online)?, None)?;
+                check_finished(&run, &name)?;
+                peaks.push(run.peak_rss_kib);
+                eprintln!(
+                    "{name}: {} KiB in {:.1} s",
+                    run.peak_rss_kib,
+                    run.wall.as_secs_f64()
+                );
+            }
+            println!(
+                "| {} | {:.1} MiB | {:.1} MiB | {:.3}x |",
+                if online { "on" } else { "off" },
+                peaks[0] as f64 / 1024.0,
+                peaks[1] as f64 / 1024.0,
+                peaks[1] as f64 / peaks[0] as f64
+            );
+        }
+        Ok(())
+    }
+
+    fn encode_speed(&self, clips: u32) -> Result<()> {
+        let (width, height, frames) = (704, 384, 16);
+        println!("\n## H.264 encode at {width}x{height}, one thread, pinned to one CPU");
+        let settings = engine_settings(width, height, frames, BENCH_STEPS);
+        let mut engine = engine::load_engine(&settings, conditioning(width, height)?, &self.cache)?;
+        let mut carry = Carry::initial(&settings);
+        let mut pictures = Vec::new();
+        for k in 0..clips {
+            let (latents, next) = engine.render_clip(ClipIndex(k), &carry)?;
+            pictures.extend(engine.decode(&latents)?.rgb);
+            carry = next;
+        }
+        drop(engine);
+        let all_cpus = pin_to_one_cpu()?;
+        let mut best = f64::MAX;
+        for round in 0..3 {
+            let path = self.root.join(format!("encode-{round}.mkv"));
+            let start = Instant::now();
+            let mut encoder = ClipEncoder::create(
+                &path,
+                &EncodeSettings::new(width, height, FPS, VideoCodec::H264, 18),
+            )?;
+            for frame in &pictures {
+                encoder.push_frame(frame)?;
+            }
+            encoder.finish()?;
+            best = best.min(start.elapsed().as_secs_f64());
+        }
+        set_affinity(&all_cpus)?;
+        let fps = pictures.len() as f64 / best;
+        println!(
+            "{} rendered frames (tiny model, {clips} clips of {frames}), preset {}, crf 18: best of 3 {:.3} s = {fps:.0} fps = {:.1}x real time at {FPS} fps (target >= 10x)",
+            pictures.len(),
+            media::DEFAULT_PRESET,
+            best,
+            fps / f64::from(FPS)
+        );
+        Ok(())
+    }
+
+    fn clip_phases(&self, clips: u32) -> Result<()> {
+        let (width, height) = BENCH_SIZE;
+        println!(
+            "\n## time per clip by phase, {} ({clips} clips, in process)",
+            shape()
+        );
+        let settings = engine_settings(width, height, BENCH_FRAMES, BENCH_STEPS);
+        let mut engine = engine::load_engine(&settings, conditioning(width, height)?, &self.cache)?;
+        let work = self.root.join("phases");
+        let store = CheckpointStore::new(&work);
+        std::fs::create_dir_all(work.join("clips"))?;
+        let encode = EncodeSettings::new(width, height, FPS, VideoCodec::H264, 18);
+        let mut carry = Carry::initial(&settings);
+        let mut totals = [Duration::ZERO; 4];
+        let mut checkpoint_ms = Vec::new();
+        for k in 0..clips {
+            let t0 = Instant::now();
+            let (latents, next) = engine.render_clip(ClipIndex(k), &carry)?;
+            let t1 = Instant::now();
+            let frames = engine.decode(&latents)?;
+            let t2 = Instant::now();
+            let segment = store.segment_path(ClipIndex(k));
+            let mut encoder = ClipEncoder::create(&segment, &encode)?;
+            for frame in &frames.rgb {
+                encoder.push_frame(frame)?;
+            }
+            encoder.finish()?;
+            let t3 = Instant::now();
+            store.save(ClipIndex(k), &next, "bench", &segment)?;
+            let t4 = Instant::now();
+            carry = next;
+            for (total, span) in totals.iter_mut().zip([t1 - t0, t2 - t1, t3 - t2, t4 - t3]) {
+                *total += span;
+            }
+            checkpoint_ms.push((t4 - t3).as_secs_f64() * 1e3);
+        }
+        let clip: Duration = totals.iter().sum();
+        let per = |d: Duration| d.as_secs_f64() * 1e3 / f64::from(clips);
+        println!("| phase | ms per clip | share of clip time |\n|---|---|---|");
+        for (name, total) in [
+            "denoise",
+            "decode",
+            "encode (segment, fsynced)",
+            "checkpoint (carry + checkpoint.json, fsynced)",
+        ]
+        .iter()
+        .zip(totals)
+        {
+            println!(
+                "| {name} | {:.1} | {:.1}% |",
+                per(total),
+                100.0 * total.as_secs_f64() / clip.as_secs_f64()
+            );
+        }
+        let head = mean(&checkpoint_ms[..checkpoint_ms.len().min(5)]);
+        let tail = mean(&checkpoint_ms[checkpoint_ms.len().saturating_sub(5)..]);
+        println!(
+            "clip total {:.1} ms; checkpoint of the first 5 clips {head:.1} ms, of the last 5 {tail:.1} ms",
+            per(clip)
+        );
+        Ok(())
+    }
+
+    fn resume_latency(&self, clips: u32) -> Result<()> {
+        println!("\n## resume to first new clip, {} ({clips} clips)", shape());
+        let dir = self.job("resume", clips, true)?;
+        let half = clips / 2;
+        let first = self.run_worker(&dir, Some(half))?;
+        let Some(WorkerMessage::Interrupted { next_clip }) = first.last_message else {
+            return Err(format!(
+                "SIGTERM did not interrupt the worker: {:?}",
+                first.last_message
+            )
+            .into());
+        };
+        let resumed = self.run_worker(&dir, None)?;
+        check_finished(&resumed, "resume")?;
+        let fresh = first.first_clip.ok_or("the first run finished no clip")?;
+        let again = resumed
+            .first_clip
+            .ok_or("the resumed run finished no clip")?;
+        println!(
+            "fresh start to first clip: {:.0} ms; stopped after clip {half} (resumes at {next_clip}); resume to first new clip: {:.0} ms; resumed run rendered {} clips",
+            fresh.as_secs_f64() * 1e3,
+            again.as_secs_f64() * 1e3,
+            resumed.clips_done
+        );
+        Ok(())
+    }
+}
+
+fn shape() -> String {
+    format!(
+        "{}*{}, {BENCH_FRAMES} frames/clip, {BENCH_STEPS} steps, tiny model on the CPU",
+        BENCH_SIZE.0, BENCH_SIZE.1
+    )
+}
+
+fn check_finished(run: &WorkerRun, name: &str) -> Result<()> {
+    match (&run.last_message, run.exit_code) {
+        (Some(WorkerMessage::Finished { .. }), Some(0)) => Ok(()),
+        (message, code) => {
+            Err(format!("{name}: worker ended with {code:?} after {message:?}").into())
+        }
+    }
+}
+
+fn engine_settings(width: u32, height: u32, frames: u32, steps: u32) -> EngineSettings {
+    EngineSettings {
+        width,
+        height,
+        infer_frames: frames,
+        sample_steps: steps,
+        guide_scale: 0.0,
+        seed: 42,
+        fps: FPS,
+        model: engine::BUILTIN_TINY.to_string(),
+    }
+}
+
+fn conditioning(width: u32, height: u32) -> Result<Conditioning> {
+    let examples = Bench::examples();
+    Ok(Conditioning {
+        reference_rgb: media::load_reference_image(&examples.join("portrait.png"), width, height)?,
+        audio_16k_mono: media::load_audio(&examples.join("hello.wav"))?.samples_16k_mono,
+        prompt: "A presenter looks into the camera".to_string(),
+    })
+}
+
+fn mean(values: &[f64]) -> f64 {
+    values.iter().sum::<f64>() / values.len().max(1) as f64
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Reaps `pid` and returns its exit code and peak resident set in KiB, from the kernel's
+/// accounting of that one child.
+fn wait_with_peak_rss(pid: libc::pid_t) -> Result<(Option<i32>, u64)> {
+    let mut status = 0;
+    // SAFETY: rusage is plain data; wait4 fills it for our own child `pid`.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; `status` and `usage` outlive the call.
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    if rc != pid {
+        return Err(format!("wait4({pid}): {}", std::io::Error::last_os_error()).into());
+    }
+    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+    Ok((code, usage.ru_maxrss.max(0) as u64))
+}
+
+/// Restricts this process to the first CPU it may run on; returns the mask to restore.
+fn pin_to_one_cpu() -> Result<libc::cpu_set_t> {
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: cpu_set_t is plain data; the calls only read and write sets we own.
+    unsafe {
+        let mut previous: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, size, &mut previous) != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        let first = (0..libc::CPU_SETSIZE as usize)
+            .find(|&cpu| libc::CPU_ISSET(cpu, &previous))
+            .ok_or("no CPU in the affinity mask")?;
+        let mut one: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(first, &mut one);
+        set_affinity(&one)?;
+        Ok(previous)
+    }
+}
+
+fn set_affinity(set: &libc::cpu_set_t) -> Result<()> {
+    // SAFETY: sched_setaffinity only reads `set`.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(())
+}

@@ -1,0 +1,102 @@
+//! A test hook that makes the worker SIGKILL itself at a named point of its clip loop.
+//!
+//! DESIGN.md §5 promises that a SIGKILL *at any moment* loses at most the clip in progress.
+//! Killing a worker from outside lands wherever the scheduler of the host happens to be, which
+//! mostly means "somewhere in the denoiser"; the narrow windows that matter most (segment
+//! written but carry not, carry written but checkpoint not, old checkpoint moved aside but the
+//! new one not yet written) are microseconds wide and would almost never be hit. This hook hits
+//! them exactly, so the end-to-end tests can prove each one.
+//!
+//! It is off unless the environment variable [`CRASH_AT_ENV`] is set, which only the tests do:
+//! `REELSPOOL_TEST_CRASH_AT=after_segment@3,mid_encode@5` kills the worker once after clip 3's
+//! segment is durable and once halfway through encoding clip 5. Each point fires once per job:
+//! before killing itself the worker leaves `work/crash-point-<name>@<clip>` behind, so the
+//! attempt the daemon starts next runs past it. The daemon passes its environment on to its
+//! workers, so setting the variable on a test daemon is enough.
+//!
+//! Points, in the order a clip reaches them: `after_denoise`, `mid_encode` (half the clip's
+//! frames handed to the encoder), `after_segment`, `after_carry`, `mid_checkpoint` (previous
+//! checkpoint moved aside, new one not written), `after_checkpoint` (before `clip_done` is
+//! sent); `before_assemble@<clips>` fires once every clip is done.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// The environment variable that arms the hook; see the module docs.
+pub const CRASH_AT_ENV: &str = "REELSPOOL_TEST_CRASH_AT";
+
+/// The armed points and where to record that one fired.
+struct Armed {
+    points: Vec<(String, u32)>,
+    work_dir: PathBuf,
+}
+
+static ARMED: OnceLock<Option<Armed>> = OnceLock::new();
+
+/// Reads [`CRASH_AT_ENV`] once; call before the clip loop so later points know the work dir.
+pub(crate) fn arm(work_dir: &Path) {
+    ARMED.get_or_init(|| {
+        let spec = std::env::var(CRASH_AT_ENV).ok()?;
+        let points = parse(&spec);
+        if points.is_empty() {
+            tracing::warn!(value = %spec, "{CRASH_AT_ENV} names no point (want name@clip,...)");
+            return None;
+        }
+        tracing::warn!(value = %spec, "test crash points armed");
+        Some(Armed {
+            points,
+            work_dir: work_dir.to_path_buf(),
+        })
+    });
+}
+
+fn parse(spec: &str) -> Vec<(String, u32)> {
+    spec.split(',')
+        .filter_map(|item| {
+            let (name, clip) = item.trim().split_once('@')?;
+            Some((name.to_string(), clip.parse().ok()?))
+        })
+        .collect()
+}
+
+/// SIGKILLs this process if `point@clip` is armed and has not fired yet for this job.
+pub(crate) fn reached(point: &str, clip: u32) {
+    let Some(Some(armed)) = ARMED.get() else {
+        return;
+    };
+    if !armed.points.iter().any(|(p, c)| p == point && *c == clip) {
+        return;
+    }
+    let marker = armed.work_dir.join(format!("crash-point-{point}@{clip}"));
+    if marker.exists() {
+        return;
+    }
+    // A SIGKILL loses nothing the kernel already has, so a plain write is enough for the
+    // marker to outlive this process.
+    if let Err(err) = std::fs::write(&marker, b"") {
+        tracing::warn!(error = %err, "cannot record crash point; not crashing");
+        return;
+    }
+    tracing::warn!(point, clip, "test crash point reached: SIGKILL");
+    // SAFETY: kill() on our own pid; SIGKILL cannot be caught, so this does not return.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGKILL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_reads_named_points_and_skips_malformed_items() {
+        let points = parse("after_segment@3, mid_encode@5,bogus,after_carry@x");
+        assert_eq!(
+            points,
+            vec![
+                ("after_segment".to_string(), 3),
+                ("mid_encode".to_string(), 5)
+            ]
+        );
+    }
+}
