@@ -332,10 +332,19 @@ impl Placement {
     /// Frees a job's card. Returns the job's observed GPU memory peak, where NVML measured one.
     pub fn release(&mut self, id: &JobId, end: RunEnd) -> Option<u64> {
         let key = id.to_string();
+        // A CPU slot is not hardware that can go bad: a crash there says nothing about the
+        // slot, and draining the only slot of a CPU pool would stall its queue for good.
+        let on_cpu_slot = self
+            .running
+            .get(&key)
+            .and_then(|run| self.devices.get(&run.card_uuid))
+            .is_some_and(|device| device.kind == gpu_pool::GpuKind::Cpu);
         let outcome = match end {
             RunEnd::Finished => RunOutcome::Finished,
-            RunEnd::CardFailure => RunOutcome::Failed,
-            RunEnd::NotTheCard | RunEnd::DaemonStopping => RunOutcome::Interrupted,
+            RunEnd::CardFailure if !on_cpu_slot => RunOutcome::Failed,
+            RunEnd::CardFailure | RunEnd::NotTheCard | RunEnd::DaemonStopping => {
+                RunOutcome::Interrupted
+            }
         };
         match self.scheduler.release(&key, outcome) {
             Ok(released) if released.drained_now => self.note_failure_drain(&released),

@@ -242,6 +242,8 @@ impl Scheduler {
                 clips_total,
                 next_clip,
                 fresh_reason,
+                device,
+                offload,
             } => {
                 state.clips_total = Some(*clips_total);
                 state.clips_done = *next_clip;
@@ -255,6 +257,10 @@ impl Scheduler {
                 if let Some(reason) = fresh_reason {
                     fields.push(("fresh_reason", reason.clone().into()));
                 }
+                if let Some(device) = device {
+                    fields.push(("device", device.clone().into()));
+                }
+                fields.push(("offload", (*offload).into()));
                 let _ = dir.append_event(&event(
                     if *next_clip > 0 { "resumed" } else { "started" },
                     fields,
@@ -624,10 +630,17 @@ pub async fn run(
     for running in scheduler.running.values() {
         let _ = running.stop.send(StopRequest::Shutdown);
     }
+    // Still ticking while workers checkpoint: systemd keeps hearing the watchdog and sees the
+    // running count go down.
     while !scheduler.running.is_empty() {
-        match scheduler.reports_rx.recv().await {
-            Some((id, report)) => blocking(|| scheduler.handle_report(id, report)),
-            None => break,
+        tokio::select! {
+            report = scheduler.reports_rx.recv() => match report {
+                Some((id, report)) => blocking(|| scheduler.handle_report(id, report)),
+                None => break,
+            },
+            _ = tick.tick() => {
+                vitals.send_replace(scheduler.vitals());
+            }
         }
     }
     while scheduler.supervisors.join_next().await.is_some() {}

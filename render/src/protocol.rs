@@ -39,6 +39,13 @@ pub enum WorkerMessage {
         /// Why an existing checkpoint was not used, if one was discarded.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         fresh_reason: Option<String>,
+        /// The device the worker was given (`CUDA_VISIBLE_DEVICES`; empty for a CPU slot),
+        /// as the worker itself sees it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device: Option<String>,
+        /// Whether the lease asked for offload (`REELSPOOL_OFFLOAD=1`).
+        #[serde(default)]
+        offload: bool,
     },
     /// Clip `index` is encoded and checkpointed.
     ClipDone { index: u32, frames: u32, secs: f64 },

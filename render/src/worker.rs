@@ -314,10 +314,18 @@ fn render_job(
         ResumePoint::After { last_clip, carry } => (carry, last_clip.0 + 1, None),
     };
     info!(clips = plan.clips, next_clip, "rendering");
+    let offload = std::env::var("REELSPOOL_OFFLOAD").is_ok_and(|value| value == "1");
+    if offload {
+        // The built-in model is small enough to stay resident; offload only changes where
+        // a real model's weights live.
+        info!("lease asks for weight offload; the native engine keeps its weights resident");
+    }
     reporter.send(&WorkerMessage::Started {
         clips_total: plan.clips,
         next_clip,
         fresh_reason,
+        device: std::env::var("CUDA_VISIBLE_DEVICES").ok(),
+        offload,
     });
 
     let encode = encode_settings(&spec);
