@@ -102,6 +102,8 @@ mod tests {
                 clips_total: 5,
                 next_clip: 2,
                 fresh_reason: None,
+                device: Some("GPU-1".into()),
+                offload: true,
             },
             WorkerMessage::Heartbeat,
             WorkerMessage::Interrupted { next_clip: 4 },
