@@ -183,7 +183,7 @@ pub fn check_config(config_flag: Option<&Path>) -> Result<ExitCode> {
 }
 
 /// Finds a job by id or unique id prefix.
-fn find_job(jobs_dir: &Path, wanted: &str) -> Result<JobState> {
+pub(crate) fn find_job(jobs_dir: &Path, wanted: &str) -> Result<JobState> {
     let all = state::list_jobs(jobs_dir)?;
     let matches: Vec<JobState> = all
         .into_iter()

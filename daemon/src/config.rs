@@ -84,7 +84,10 @@ pub struct DaemonConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {error}\n  = help: pass another file with --config FILE or set REELSPOOL_CONFIG")]
-    Read { path: PathBuf, error: std::io::Error },
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error("{0}")]
     Invalid(Box<Diagnostic>),
 }

@@ -45,7 +45,8 @@ pub trait Admission: Send + Sync {
 pub struct IntakeContext {
     pub layout: Layout,
     pub templates_dir: PathBuf,
-    pub roots: jobs::Roots,
+    /// Behind a lock because a config reload (SIGHUP) replaces them for files not yet read.
+    pub roots: std::sync::RwLock<jobs::Roots>,
     pub admission: Box<dyn Admission>,
 }
 
@@ -146,6 +147,12 @@ pub async fn run(
     let mut rescan = true;
     loop {
         if rescan {
+            // Events already queued go first: a file announced as being written (by its
+            // creation event, e.g. during start-up) must not be taken for complete by the
+            // listing. A queued Rescan is the one about to happen.
+            while let Ok(signal) = signals.try_recv() {
+                absorb(signal, &mut being_written, &mut pending, &mut rescan);
+            }
             rescan = false;
             let incoming = context.layout.incoming.clone();
             match tokio::task::spawn_blocking(move || list_incoming(&incoming)).await {
@@ -347,9 +354,13 @@ fn accept_one(
         .and_then(|stem| stem.to_str())
         .unwrap_or(name)
         .to_string();
+    let roots = context
+        .roots
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let parse_context = jobs::ParseContext {
         templates_dir: Some(&context.templates_dir),
-        roots: &context.roots,
+        roots: &roots,
     };
     let spec = jobs::parse_job_bytes(
         &shown_path.display().to_string(),

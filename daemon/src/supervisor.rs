@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Result;
 use jobs::state::JobId;
 use render::protocol::{self, FailureKind, WorkerMessage};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
@@ -118,7 +118,8 @@ pub async fn supervise(
         });
         return;
     };
-    let stderr_task = tokio::spawn(collect_stderr(job.clone(), stderr));
+    let worker_log = launch.job_dir.join(crate::logs::WORKER_LOG);
+    let stderr_task = tokio::spawn(collect_stderr(job.clone(), stderr, worker_log));
     let mut lines = BufReader::new(stdout).lines();
     let mut last_message: Option<WorkerMessage> = None;
     let mut stop_sent_at: Option<tokio::time::Instant> = None;
@@ -219,15 +220,42 @@ fn classify_end(
     }
 }
 
-async fn collect_stderr(job: JobId, stderr: tokio::process::ChildStderr) -> Vec<String> {
+/// Keeps the last lines for the job's events and appends every line to `<job-dir>/worker.log`
+/// (what `reelspool logs` shows). A log that cannot be written costs the log, never the job.
+async fn collect_stderr(
+    job: JobId,
+    stderr: tokio::process::ChildStderr,
+    log_path: PathBuf,
+) -> Vec<String> {
     let mut tail = VecDeque::with_capacity(STDERR_TAIL_LINES);
     let mut lines = BufReader::new(stderr).lines();
+    let mut log = match tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .await
+    {
+        Ok(file) => Some(file),
+        Err(err) => {
+            warn!(job = %job, path = %log_path.display(), error = %err, "cannot open the worker log");
+            None
+        }
+    };
     while let Ok(Some(line)) = lines.next_line().await {
         debug!(job = %job, "worker: {line}");
+        if let Some(file) = log.as_mut() {
+            if let Err(err) = file.write_all(format!("{line}\n").as_bytes()).await {
+                warn!(job = %job, path = %log_path.display(), error = %err, "cannot write the worker log");
+                log = None;
+            }
+        }
         if tail.len() == STDERR_TAIL_LINES {
             tail.pop_front();
         }
         tail.push_back(line);
+    }
+    if let Some(mut file) = log {
+        let _ = file.flush().await;
     }
     tail.into_iter().collect()
 }

@@ -62,8 +62,7 @@ pub fn parse_job_bytes(
     default_name: &str,
     ctx: &ParseContext,
 ) -> Result<JobSpec, JobFileError> {
-    let text =
-        decode_utf8(source_name, bytes.to_vec()).map_err(|d| JobsError::Invalid(vec![d]))?;
+    let text = decode_utf8(source_name, bytes.to_vec()).map_err(|d| JobsError::Invalid(vec![d]))?;
     parse_job(source_name, &text, default_name, ctx)
 }
 
