@@ -21,6 +21,7 @@ for path in \
     ./etc/reelspool/reelspool.yaml \
     ./usr/share/reelspool/templates/jobs/lowmem-24g.yaml \
     ./usr/share/reelspool/templates/profiles/liveavatar-14b.yaml \
+    ./usr/share/reelspool/examples/hello.yaml \
     ./usr/share/doc/reelspool/README.md; do
     if ! grep -q " ${path}\$" <<<"$listing"; then
         echo "missing from the package: $path" >&2

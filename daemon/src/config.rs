@@ -185,11 +185,15 @@ impl DaemonConfig {
     }
 }
 
-/// The templates that came with this binary.
+/// The templates that came with this binary: /usr/share/reelspool/templates for an installed
+/// binary (one that lives under /usr), the source tree's `templates/` for a development build.
 pub fn default_templates_dir() -> PathBuf {
     let installed = PathBuf::from("/usr/share/reelspool/templates");
+    let installed_binary = std::env::current_exe()
+        .map(|exe| exe.starts_with("/usr/"))
+        .unwrap_or(false);
     let source_tree = Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates");
-    if source_tree.is_dir() {
+    if !installed_binary && source_tree.is_dir() {
         source_tree
     } else {
         installed

@@ -23,7 +23,15 @@ const DEMO_TIMEOUT: Duration = Duration::from_secs(900);
 fn examples_dir() -> Result<PathBuf> {
     let source_tree = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let installed = PathBuf::from("/usr/share/reelspool/examples");
-    for dir in [source_tree, installed] {
+    let installed_binary = std::env::current_exe()
+        .map(|exe| exe.starts_with("/usr/"))
+        .unwrap_or(false);
+    let order = if installed_binary {
+        [installed, source_tree]
+    } else {
+        [source_tree, installed]
+    };
+    for dir in order {
         if dir.join("hello.yaml").is_file() {
             return dir
                 .canonicalize()
