@@ -70,6 +70,18 @@ impl SecretSource {
     /// Resolves a webhook's `secret_env`: the environment variable of that
     /// name if set, else the systemd credential of that name.
     pub(crate) async fn webhook_secret(&self, name: &str) -> Result<Secret, String> {
+        let secret = self.webhook_secret_any(name).await?;
+        if secret.expose().is_empty() {
+            // Signing with an empty key would look signed and prove nothing (the service unit
+            // ships empty placeholder credential files); retry until a real key is set.
+            return Err(format!(
+                "webhook secret {name:?} is empty; put the key in it, or remove secret_env to send unsigned"
+            ));
+        }
+        Ok(secret)
+    }
+
+    async fn webhook_secret_any(&self, name: &str) -> Result<Secret, String> {
         if let Some(value) = std::env::var_os(name) {
             return Ok(Secret(value.into_encoded_bytes()));
         }
@@ -167,5 +179,19 @@ mod tests {
             .await
             .expect_err("nothing provides this secret");
         assert!(err.contains("remove secret_env"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn empty_webhook_secret_is_refused_not_used() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("empty-hook-key"), b"\n").expect("write credential");
+        let source = SecretSource {
+            credentials_dir: Some(dir.path().to_path_buf()),
+        };
+        let err = source
+            .webhook_secret("empty-hook-key")
+            .await
+            .expect_err("an empty key must not sign");
+        assert!(err.contains("empty"), "{err}");
     }
 }
