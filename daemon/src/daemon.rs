@@ -382,8 +382,17 @@ async fn flush_notices(outbox_dir: &Path) {
         return;
     };
     while tokio::time::Instant::now() < deadline {
+        // Only deliveries due before the deadline are worth waiting for; one whose next
+        // retry is hours away would only make every stop slower.
+        let flush_until_ms = now_ms() + NOTICE_FLUSH.as_millis() as u64;
         match outbox.pending() {
-            Ok(pending) if pending.is_empty() => return,
+            Ok(pending)
+                if pending
+                    .iter()
+                    .all(|delivery| delivery.next_attempt_at_ms > flush_until_ms) =>
+            {
+                return
+            }
             Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             Err(_) => return,
         }
