@@ -65,15 +65,7 @@ impl AacTrack {
         context.set_format(Sample::F32(sample::Type::Planar));
         context.set_bit_rate(BITS_PER_SECOND_PER_CHANNEL * channels);
         context.set_time_base(Rational::new(1, AAC_RATE_HZ as i32));
-        let mut flags = codec::Flags::BITEXACT;
-        if output
-            .format()
-            .flags()
-            .contains(ffmpeg::format::Flags::GLOBAL_HEADER)
-        {
-            flags |= codec::Flags::GLOBAL_HEADER;
-        }
-        context.set_flags(flags);
+        context.set_flags(super::encoder_flags(output));
         let encoder = context
             .open_as(codec)
             .map_err(|e| fail(format!("cannot open the AAC encoder: {e}")))?;

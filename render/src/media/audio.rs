@@ -10,7 +10,7 @@ use ffmpeg_next as ffmpeg;
 use ffmpeg_next::{media, Packet, Rational};
 
 use super::audio_source::AudioSource;
-use super::{ensure_init, ffmpeg_url, MediaError};
+use super::MediaError;
 
 /// The sample rate the model's audio encoder expects.
 pub const AUDIO_SAMPLE_RATE_HZ: u32 = 16_000;
@@ -43,17 +43,11 @@ pub fn load_audio(path: &Path) -> Result<AudioTrack, MediaError> {
 /// Uses the duration the container declares; where it declares none (raw ADTS, some Ogg
 /// files) the packets are read, not decoded, and their timestamps give the end.
 pub fn probe_audio_duration(path: &Path) -> Result<Duration, MediaError> {
-    ensure_init()?;
     let fail = |reason: String| MediaError::AudioDecode {
         path: path.to_path_buf(),
         reason,
     };
-    if let Ok(meta) = std::fs::metadata(path) {
-        if meta.len() == 0 {
-            return Err(fail("the file is empty".to_string()));
-        }
-    }
-    let mut input = ffmpeg::format::input(&ffmpeg_url(path)?).map_err(|e| fail(e.to_string()))?;
+    let mut input = super::open_audio_input(path)?;
     let stream =
         input
             .streams()

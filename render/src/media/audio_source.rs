@@ -12,7 +12,7 @@ use ffmpeg_next::format::{sample, Sample};
 use ffmpeg_next::software::resampling;
 use ffmpeg_next::{codec, frame, media, ChannelLayout, Packet};
 
-use super::{ensure_init, ffmpeg_url, MediaError};
+use super::MediaError;
 
 /// The sample layout an [`AudioSource`] delivers: packed f32, interleaved by channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,17 +49,11 @@ impl AudioSource {
     /// Opens the best audio stream of `path`. `max_channels` caps the output channel count
     /// (1 downmixes to mono); the output keeps fewer channels when the source has fewer.
     pub(crate) fn open(path: &Path, rate_hz: u32, max_channels: u16) -> Result<Self, MediaError> {
-        ensure_init()?;
         let fail = |reason: String| MediaError::AudioDecode {
             path: path.to_path_buf(),
             reason,
         };
-        if let Ok(meta) = std::fs::metadata(path) {
-            if meta.len() == 0 {
-                return Err(fail("the file is empty".to_string()));
-            }
-        }
-        let input = ffmpeg::format::input(&ffmpeg_url(path)?).map_err(|e| fail(e.to_string()))?;
+        let input = super::open_audio_input(path)?;
         let stream =
             input
                 .streams()

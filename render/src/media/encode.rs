@@ -246,15 +246,7 @@ impl ClipEncoder {
             count: settings.threads.max(1),
             ..Default::default()
         });
-        let mut flags = codec::Flags::BITEXACT;
-        if output
-            .format()
-            .flags()
-            .contains(ffmpeg::format::Flags::GLOBAL_HEADER)
-        {
-            flags |= codec::Flags::GLOBAL_HEADER;
-        }
-        video.set_flags(flags);
+        video.set_flags(super::encoder_flags(&output));
         let encoder = video
             .open_as_with(codec, settings.encoder_options())
             .map_err(|e| MediaError::EncodeSettings {

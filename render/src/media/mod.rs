@@ -56,6 +56,35 @@ fn ensure_init() -> Result<(), MediaError> {
     .map_err(|reason| MediaError::Init { reason })
 }
 
+/// Encoder flags for a stream of `output`: bit-exact always (a resumed job must write the same
+/// bytes), plus global headers where the container wants them (MP4, Matroska).
+fn encoder_flags(output: &ffmpeg::format::context::Output) -> ffmpeg::codec::Flags {
+    let mut flags = ffmpeg::codec::Flags::BITEXACT;
+    if output
+        .format()
+        .flags()
+        .contains(ffmpeg::format::Flags::GLOBAL_HEADER)
+    {
+        flags |= ffmpeg::codec::Flags::GLOBAL_HEADER;
+    }
+    flags
+}
+
+/// Opens an audio file for reading, refusing an empty file with a message that says so.
+fn open_audio_input(path: &Path) -> Result<ffmpeg::format::context::Input, MediaError> {
+    ensure_init()?;
+    let fail = |reason: String| MediaError::AudioDecode {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.len() == 0 {
+            return Err(fail("the file is empty".to_string()));
+        }
+    }
+    ffmpeg::format::input(&ffmpeg_url(path)?).map_err(|e| fail(e.to_string()))
+}
+
 /// The name under which FFmpeg should open `path`.
 ///
 /// FFmpeg reads a name's prefix up to a colon as a protocol (`http:`, `concat:`, `pipe:`),
