@@ -37,6 +37,8 @@ struct RunningJob {
     card: String,
     clip_secs: Vec<f64>,
     clips_total: Option<u32>,
+    /// The resolved job, read once at start rather than on every worker message.
+    spec: Option<JobSpec>,
 }
 
 /// The scheduler's state; see the module docs.
@@ -219,6 +221,7 @@ impl Scheduler {
                 card: decision.card_label,
                 clip_secs: Vec::new(),
                 clips_total: state.clips_total,
+                spec: dir.load_spec().ok(),
             },
         );
     }
@@ -266,9 +269,9 @@ impl Scheduler {
                     fields,
                 ));
                 if *next_clip == 0 {
-                    let spec = dir.load_spec().ok();
+                    let spec = self.running.get(id).and_then(|job| job.spec.as_ref());
                     self.notices
-                        .announce(dir, &state, spec.as_ref(), NoticeKind::Started);
+                        .announce(dir, &state, spec, NoticeKind::Started);
                 }
             }
             WorkerMessage::ClipDone {
@@ -294,9 +297,9 @@ impl Scheduler {
                         ("secs", (*secs).into()),
                     ],
                 ));
-                let spec = dir.load_spec().ok();
+                let spec = self.running.get(id).and_then(|job| job.spec.as_ref());
                 self.notices
-                    .announce(dir, &state, spec.as_ref(), NoticeKind::Progress);
+                    .announce(dir, &state, spec, NoticeKind::Progress);
             }
             WorkerMessage::Finished {
                 output,
@@ -349,7 +352,9 @@ impl Scheduler {
             fields.push(("stderr_tail", stderr_tail.clone().into()));
         }
         let _ = dir.append_event(&event("worker_exit", fields));
-        let spec = dir.load_spec().ok();
+        let spec = running
+            .and_then(|job| job.spec)
+            .or_else(|| dir.load_spec().ok());
         let attempts = dir.load_state().map(|state| state.attempts).unwrap_or(0);
         let max_attempts = spec
             .as_ref()
