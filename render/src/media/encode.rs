@@ -363,12 +363,9 @@ impl ClipEncoder {
     fn write_ready_packets(&mut self) -> Result<(), MediaError> {
         let mut packet = Packet::empty();
         loop {
-            match self.encoder.receive_packet(&mut packet) {
-                Ok(()) => {}
-                Err(ffmpeg::Error::Eof) => return Ok(()),
-                Err(ffmpeg::Error::Other { errno }) if errno == ffmpeg::util::error::EAGAIN => {
-                    return Ok(())
-                }
+            match super::receive_ready_packet(&mut self.encoder, &mut packet) {
+                Ok(true) => {}
+                Ok(false) => return Ok(()),
                 Err(e) => return Err(self.write_error(e)),
             }
             packet.set_stream(0);

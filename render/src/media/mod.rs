@@ -70,6 +70,20 @@ fn encoder_flags(output: &ffmpeg::format::context::Output) -> ffmpeg::codec::Fla
     flags
 }
 
+/// Takes the next packet the encoder has ready: `Ok(true)` when `packet` holds one, `Ok(false)`
+/// when the encoder needs more input (EAGAIN) or is drained (EOF).
+fn receive_ready_packet(
+    encoder: &mut ffmpeg::encoder::Encoder,
+    packet: &mut ffmpeg::Packet,
+) -> Result<bool, ffmpeg::Error> {
+    match encoder.receive_packet(packet) {
+        Ok(()) => Ok(true),
+        Err(ffmpeg::Error::Eof) => Ok(false),
+        Err(ffmpeg::Error::Other { errno }) if errno == ffmpeg::util::error::EAGAIN => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Opens an audio file for reading, refusing an empty file with a message that says so.
 fn open_audio_input(path: &Path) -> Result<ffmpeg::format::context::Input, MediaError> {
     ensure_init()?;
