@@ -12,6 +12,11 @@ use std::path::{Path, PathBuf};
 pub(crate) struct Secret(Vec<u8>);
 
 impl Secret {
+    /// Wraps secret bytes as they are.
+    pub(crate) fn new(bytes: Vec<u8>) -> Secret {
+        Secret(bytes)
+    }
+
     /// Wraps secret bytes, dropping one trailing newline (files written
     /// with `echo` or an editor end with one; nobody means it).
     pub(crate) fn from_file_bytes(mut bytes: Vec<u8>) -> Secret {
@@ -35,6 +40,21 @@ impl fmt::Debug for Secret {
         f.write_str("Secret([redacted])")
     }
 }
+
+/// What a webhook's `secret_env` resolves to: its secret and, while a
+/// rotation is under way, the secret it replaces (from the name with
+/// [`PREVIOUS_SUFFIX`] appended).
+#[derive(Debug, Clone)]
+pub(crate) struct WebhookSecrets {
+    /// The secret named by `secret_env`.
+    pub(crate) current: Secret,
+    /// The secret named `<secret_env>_PREVIOUS`, when set and not empty.
+    pub(crate) previous: Option<Secret>,
+}
+
+/// Appended to a webhook's `secret_env` to name the secret it replaces
+/// during a rotation: both sign each delivery until the old one is removed.
+pub(crate) const PREVIOUS_SUFFIX: &str = "_PREVIOUS";
 
 /// Where secrets are looked up: the process environment and the systemd
 /// credentials directory.
@@ -81,17 +101,38 @@ impl SecretSource {
         Ok(secret)
     }
 
+    /// Resolves a webhook's `secret_env` and, for a rotation, the secret
+    /// named `<secret_env>_PREVIOUS`. The previous one is optional: unset or
+    /// empty (how a rotation is ended with a credential file) means none.
+    pub(crate) async fn webhook_secrets(&self, name: &str) -> Result<WebhookSecrets, String> {
+        let current = self.webhook_secret(name).await?;
+        let previous_name = format!("{name}{PREVIOUS_SUFFIX}");
+        let previous = self
+            .find_webhook_secret(&previous_name)
+            .await?
+            .filter(|previous| !previous.expose().is_empty() && *previous != current);
+        Ok(WebhookSecrets { current, previous })
+    }
+
     async fn webhook_secret_any(&self, name: &str) -> Result<Secret, String> {
+        self.find_webhook_secret(name).await?.ok_or_else(|| {
+            format!(
+                "webhook secret {name:?} is neither an environment variable nor a systemd credential; set it, or remove secret_env to send unsigned"
+            )
+        })
+    }
+
+    /// The environment variable `name`, else the systemd credential `name`;
+    /// `None` when neither exists, an error when the credential is unreadable.
+    async fn find_webhook_secret(&self, name: &str) -> Result<Option<Secret>, String> {
         if let Some(value) = std::env::var_os(name) {
-            return Ok(Secret(value.into_encoded_bytes()));
+            return Ok(Some(Secret(value.into_encoded_bytes())));
         }
         match &self.credentials_dir {
             Some(dir) if check_credential_name(name).is_ok() && dir.join(name).is_file() => {
-                read_secret_file(&dir.join(name)).await
+                read_secret_file(&dir.join(name)).await.map(Some)
             }
-            _ => Err(format!(
-                "webhook secret {name:?} is neither an environment variable nor a systemd credential; set it, or remove secret_env to send unsigned"
-            )),
+            _ => Ok(None),
         }
     }
 }
@@ -179,6 +220,31 @@ mod tests {
             .await
             .expect_err("nothing provides this secret");
         assert!(err.contains("remove secret_env"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn previous_secret_is_found_under_the_suffixed_name() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("rot-hook"), "new-key\n").expect("write credential");
+        let source = SecretSource {
+            credentials_dir: Some(dir.path().to_path_buf()),
+        };
+        let alone = source.webhook_secrets("rot-hook").await.expect("resolves");
+        assert_eq!(alone.current.expose(), b"new-key");
+        assert!(alone.previous.is_none(), "no rotation configured");
+
+        std::fs::write(dir.path().join("rot-hook_PREVIOUS"), "old-key\n").expect("write");
+        let rotating = source.webhook_secrets("rot-hook").await.expect("resolves");
+        assert_eq!(rotating.current.expose(), b"new-key");
+        assert_eq!(
+            rotating.previous.as_ref().map(Secret::expose),
+            Some(&b"old-key"[..])
+        );
+
+        // Emptying the old credential file ends the rotation.
+        std::fs::write(dir.path().join("rot-hook_PREVIOUS"), "\n").expect("write");
+        let ended = source.webhook_secrets("rot-hook").await.expect("resolves");
+        assert!(ended.previous.is_none());
     }
 
     #[tokio::test]

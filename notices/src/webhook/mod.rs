@@ -12,6 +12,7 @@
 //!   and URLs in messages are cut to scheme, host and port.
 
 mod payload;
+mod standard;
 
 use std::time::Duration;
 
@@ -22,6 +23,10 @@ pub(crate) use payload::hex;
 pub use payload::{
     signature, PayloadTimings, WebhookPayload, HEADER_DELIVERY, HEADER_EVENT,
     HEADER_IDEMPOTENCY_KEY, HEADER_SIGNATURE, HEADER_TIMESTAMP, PAYLOAD_VERSION,
+};
+pub use standard::{
+    standard_signature, HEADER_WEBHOOK_ID, HEADER_WEBHOOK_SIGNATURE, HEADER_WEBHOOK_TIMESTAMP,
+    SECRET_PREFIX,
 };
 
 use crate::attempt::{error_chain, AttemptOutcome};
@@ -147,17 +152,19 @@ impl WebhookSender {
         put(HEADER_IDEMPOTENCY_KEY, id);
         let timestamp_secs = crate::clock::now_ms() / 1000;
         put(HEADER_TIMESTAMP, &timestamp_secs.to_string());
+        // Standard Webhooks: the same id and time under the spec's names.
+        put(HEADER_WEBHOOK_ID, id);
+        put(HEADER_WEBHOOK_TIMESTAMP, &timestamp_secs.to_string());
         if let Some(name) = &target.secret_env {
-            match secrets.webhook_secret(name).await {
-                Ok(secret) => put(
-                    HEADER_SIGNATURE,
-                    &signature(secret.expose(), timestamp_secs, &body),
-                ),
-                // Never send unsigned what the receiver expects signed; wait
-                // for the operator to provide the secret (a restart keeps
-                // the notice pending).
+            // Never send unsigned what the receiver expects signed; wait
+            // for the operator to provide (or repair) the secret (a restart
+            // keeps the notice pending).
+            let signatures = match signatures(secrets, name, id, timestamp_secs, &body).await {
+                Ok(signatures) => signatures,
                 Err(reason) => return AttemptOutcome::transient(reason),
-            }
+            };
+            put(HEADER_SIGNATURE, &signatures.reelspool);
+            put(HEADER_WEBHOOK_SIGNATURE, &signatures.standard);
         }
 
         let sent = self
@@ -199,6 +206,35 @@ impl WebhookSender {
             }
         }
     }
+}
+
+/// The two signature header values of one attempt.
+struct Signatures {
+    /// `X-Reelspool-Signature`: keyed with the current secret exactly as
+    /// configured (a `whsec_` secret included), as before Standard Webhooks.
+    reelspool: String,
+    /// `webhook-signature`: one `v1,` entry per secret (current, then the
+    /// previous one during a rotation), keyed as [`standard`] describes.
+    standard: String,
+}
+
+async fn signatures(
+    secrets: &SecretSource,
+    name: &str,
+    id: &str,
+    timestamp_secs: u64,
+    body: &[u8],
+) -> Result<Signatures, String> {
+    let resolved = secrets.webhook_secrets(name).await?;
+    let mut keys = vec![standard::signing_key(&resolved.current, name)?];
+    if let Some(previous) = &resolved.previous {
+        let previous_name = format!("{name}{}", crate::secret::PREVIOUS_SUFFIX);
+        keys.push(standard::signing_key(previous, &previous_name)?);
+    }
+    Ok(Signatures {
+        reelspool: signature(resolved.current.expose(), timestamp_secs, body),
+        standard: standard::signature_header(&keys, id, timestamp_secs, body),
+    })
 }
 
 /// 4xx means "this request will never work", except 408 (timeout) and 429

@@ -119,6 +119,120 @@ async fn signature_verifies_against_an_independent_hmac_of_timestamp_and_body() 
     );
 }
 
+/// `v1,` and the base64 HMAC-SHA256 of `"<id>.<timestamp>.<body>"`, computed here with the
+/// hmac and base64 crates directly.
+fn independent_v1(key: &[u8], id: &str, timestamp: &str, body: &[u8]) -> String {
+    use base64::Engine;
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("any key length");
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(body);
+    let digest = mac.finalize().into_bytes();
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(digest)
+    )
+}
+
+#[tokio::test]
+async fn standard_webhooks_headers_carry_the_delivery_id_and_time_without_a_secret() {
+    let receiver = WebhookReceiver::answering(200).await;
+    let target = target(receiver.url("/plain"));
+    assert_eq!(deliver(&target).await, AttemptOutcome::Delivered);
+    assert_eq!(deliver(&target).await, AttemptOutcome::Delivered);
+    let requests = receiver.wait_for(2).await;
+    let delivery = sample_delivery(Destination::Webhook(target.clone()));
+    for request in &requests {
+        // The same id on every attempt of the same delivery.
+        assert_eq!(
+            request.header("webhook-id"),
+            Some(delivery.delivery_id.as_str())
+        );
+        assert_eq!(
+            request.header("webhook-timestamp"),
+            request.header("x-reelspool-timestamp")
+        );
+        assert_eq!(request.header("webhook-signature"), None, "no secret");
+    }
+}
+
+#[tokio::test]
+async fn rotation_signs_with_the_whsec_key_and_the_previous_plain_one() {
+    let credentials = tempfile::tempdir().expect("temp dir");
+    // whsec_ form: the key is the decoded bytes 0..=23.
+    let key: Vec<u8> = (0u8..24).collect();
+    std::fs::write(
+        credentials.path().join("rot-hook"),
+        "whsec_AAECAwQFBgcICQoLDA0ODxAREhMUFRYX\n",
+    )
+    .expect("write credential");
+    std::fs::write(credentials.path().join("rot-hook_PREVIOUS"), "old-plain\n")
+        .expect("write credential");
+    let secrets = SecretSource {
+        credentials_dir: Some(credentials.path().to_path_buf()),
+    };
+    let receiver = WebhookReceiver::answering(200).await;
+    let target = WebhookTarget {
+        url: receiver.url("/rotating"),
+        secret_env: Some("rot-hook".into()),
+        slack: false,
+    };
+    assert_eq!(
+        deliver_with(&NoticeConfig::default(), &target, &secrets).await,
+        AttemptOutcome::Delivered
+    );
+    let request = receiver.wait_for(1).await.remove(0);
+    let id = request.header("webhook-id").expect("id header");
+    let timestamp = request.header("webhook-timestamp").expect("timestamp");
+    let signatures: Vec<&str> = request
+        .header("webhook-signature")
+        .expect("signature header")
+        .split(' ')
+        .collect();
+    assert_eq!(
+        signatures,
+        vec![
+            independent_v1(&key, id, timestamp, &request.body),
+            independent_v1(b"old-plain", id, timestamp, &request.body),
+        ]
+    );
+    // Our own header keeps its scheme: the current secret as written, one signature.
+    let mut mac = Hmac::<Sha256>::new_from_slice(b"whsec_AAECAwQFBgcICQoLDA0ODxAREhMUFRYX")
+        .expect("any key length");
+    mac.update(format!("{timestamp}.").as_bytes());
+    mac.update(&request.body);
+    let hex: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        request.header("x-reelspool-signature"),
+        Some(format!("sha256={hex}").as_str())
+    );
+}
+
+#[tokio::test]
+async fn malformed_whsec_secret_sends_nothing_and_retries_later() {
+    let credentials = tempfile::tempdir().expect("temp dir");
+    std::fs::write(credentials.path().join("bad-hook"), "whsec_%%%\n").expect("write");
+    let secrets = SecretSource {
+        credentials_dir: Some(credentials.path().to_path_buf()),
+    };
+    let receiver = WebhookReceiver::answering(200).await;
+    let target = WebhookTarget {
+        url: receiver.url("/signed"),
+        secret_env: Some("bad-hook".into()),
+        slack: false,
+    };
+    let outcome = deliver_with(&NoticeConfig::default(), &target, &secrets).await;
+    let AttemptOutcome::Transient { reason, .. } = outcome else {
+        panic!("a broken secret is for the operator to fix, got {outcome:?}");
+    };
+    assert!(reason.contains("not base64"), "{reason}");
+    assert!(receiver.requests().is_empty());
+}
+
 #[tokio::test]
 async fn missing_secret_sends_nothing_and_retries_later() {
     let receiver = WebhookReceiver::answering(200).await;
