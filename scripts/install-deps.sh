@@ -22,6 +22,12 @@ fi
 if ! python3 -c 'import aiosmtpd' 2>/dev/null; then
   python3 -m pip install --quiet aiosmtpd || $SUDO python3 -m pip install --quiet --break-system-packages aiosmtpd
 fi
+# standardwebhooks: the e2e notice tests verify our webhooks with the reference Python library.
+STANDARDWEBHOOKS="standardwebhooks==1.1.0"
+if ! python3 -c 'import standardwebhooks' 2>/dev/null; then
+  python3 -m pip install --quiet "$STANDARDWEBHOOKS" \
+    || $SUDO python3 -m pip install --quiet --break-system-packages "$STANDARDWEBHOOKS"
+fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
