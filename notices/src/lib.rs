@@ -17,7 +17,8 @@
 //!   program, as `multipart/alternative` plain text and HTML rendered from
 //!   the templates in `templates/notices/` ([`NoticeTemplates`]);
 //! - webhooks: a versioned JSON payload ([`webhook::WebhookPayload`]),
-//!   HMAC-signed with a timestamp against replay, with an idempotency key;
+//!   HMAC-signed with a timestamp against replay, with an idempotency key,
+//!   and carrying the Standard Webhooks headers too ([`webhook`] docs);
 //!   or a Slack/Mattermost `{"text": ...}` body.
 //!
 //! Secrets never enter the outbox or the logs: records store the *name* of

@@ -141,7 +141,9 @@ pub struct WebhookTarget {
     /// An `http://` or `https://` URL.
     pub url: String,
     /// Name of the environment variable or systemd credential holding the
-    /// HMAC secret; no signature headers when absent.
+    /// HMAC secret (as it is, or `whsec_<base64>`); no signature headers
+    /// when absent. During a rotation, `<name>_PREVIOUS` holds the old
+    /// secret, which signs too.
     #[serde(default)]
     pub secret_env: Option<String>,
     /// Send a Slack/Mattermost incoming-webhook body (`{"text": ...}`)

@@ -1,5 +1,12 @@
 //! Webhook delivery: a signed JSON `POST` (or a Slack-style `{"text"}`).
 //!
+//! Each request carries our `X-Reelspool-*` headers and the Standard
+//! Webhooks ones ([`HEADER_WEBHOOK_ID`], [`HEADER_WEBHOOK_TIMESTAMP`],
+//! [`HEADER_WEBHOOK_SIGNATURE`]), so stock `standardwebhooks` libraries
+//! verify it. A secret may be given as `whsec_<base64>` ([`SECRET_PREFIX`]);
+//! during a rotation the secret named `<secret_env>_PREVIOUS` signs as well,
+//! and `webhook-signature` holds both signatures.
+//!
 //! Safety rules, because the URL comes from a job file that anyone with
 //! spool access can write:
 //! - only `http` and `https` URLs;

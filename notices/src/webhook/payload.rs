@@ -48,6 +48,11 @@
 //! recomputes the HMAC over the header's timestamp and the body exactly as
 //! received, compares in constant time, and rejects timestamps more than a
 //! few minutes away from its clock.
+//!
+//! The same delivery id, time and (with a secret) an HMAC over
+//! `"<id>.<timestamp>.<body>"` are also sent as the Standard Webhooks
+//! headers `webhook-id`, `webhook-timestamp` and `webhook-signature`; see
+//! the `standard` module beside this one.
 
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};

@@ -64,7 +64,8 @@ pub(crate) fn signing_key(secret: &Secret, name: &str) -> Result<Secret, String>
 }
 
 /// One `v1,<base64>` signature of `body` sent as delivery `id` at
-/// `timestamp_secs`, keyed with `key` (already decoded, see [`signing_key`]).
+/// `timestamp_secs`, keyed with `key`: a plain secret's bytes, or the bytes
+/// a `whsec_<base64>` secret decodes to.
 pub fn standard_signature(key: &[u8], id: &str, timestamp_secs: u64, body: &[u8]) -> String {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
         .expect("invariant: HMAC accepts keys of any length");
