@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 mod cli;
 mod config;
 mod daemon;
+mod death;
 mod demo;
 mod gpus;
 mod intake;

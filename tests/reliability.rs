@@ -1,0 +1,291 @@
+//! End to end, the promises of README's "Reliability" section: retries count attempts that
+//! make no progress rather than crashes, a full disk loses nothing, and a storm of SIGKILLs
+//! to workers and daemon still ends with every job done, once, frame for frame identical to
+//! an uninterrupted run. Real daemon, real workers, real signals, real tmpfs mounts.
+
+mod common;
+#[path = "render/support.rs"]
+#[allow(dead_code)]
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::Farm;
+use support::*;
+
+/// 64x64, 4 frames, 1 step: a few tens of milliseconds a clip.
+fn tiny_job(farm: &Farm, name: &str, render: &str, retry: Option<u32>) -> String {
+    let mut text = farm.job_yaml(name, render);
+    if let Some(max) = retry {
+        text.push_str(&format!("retry:\n  max_attempts: {max}\n"));
+    }
+    text
+}
+
+fn worker_exits(evs: &[serde_json::Value]) -> Vec<&serde_json::Value> {
+    evs.iter().filter(|e| e["event"] == "worker_exit").collect()
+}
+
+/// Default retries (3 attempts in a row without progress), and a SIGKILL after every clip's
+/// checkpoint, before the worker can report the clip: each attempt made one clip durable, so
+/// the job finishes however many kills it takes, and says so attempt by attempt.
+#[test]
+fn a_job_killed_after_every_clip_finishes_under_default_retries() {
+    const CLIPS: u32 = 101;
+    let render = format!("  num_clip: {CLIPS}\n");
+    let reference = reference_digests(|farm| tiny_job(farm, "many", &render, None));
+    let farm = Farm::new(POOL);
+    let points: Vec<String> = (0..CLIPS - 1)
+        .map(|clip| format!("after_checkpoint@{clip}"))
+        .collect();
+    let _daemon = farm.start_daemon_with_env(&[("REELSPOOL_TEST_CRASH_AT", &points.join(","))]);
+    farm.drop_job("many.yaml", &tiny_job(&farm, "many", &render, None));
+    let state = wait_finished(&farm, "many.yaml");
+    assert_eq!(state["phase"], "done", "{state}");
+    let kills = points.len() as u64;
+    assert_eq!(state["attempts"], kills + 1, "{state}");
+    assert_eq!(state["stalled_attempts"], 0, "{state}");
+
+    let evs = events(&farm, &state);
+    let exits = worker_exits(&evs);
+    assert_eq!(exits.len() as u64, kills + 1);
+    for (n, exit) in exits.iter().enumerate() {
+        assert_eq!(exit["attempt"], n as u64 + 1, "{exit}");
+        assert_eq!(exit["progressed"], true, "{exit}");
+    }
+    for exit in &exits[..exits.len() - 1] {
+        let end = exit["end"].as_str().unwrap_or_default();
+        // Sent by the test, not by the daemon and not by the kernel's OOM killer.
+        assert!(end.contains("SIGKILL (9)"), "{end}");
+        assert!(end.contains("not sent by the daemon"), "{end}");
+        assert!(!end.contains("out of memory"), "{end}");
+    }
+    // Every attempt after the first resumed one clip further than the one before.
+    let expected: Vec<u64> = (0..u64::from(CLIPS)).collect();
+    assert_eq!(start_points(&evs), expected);
+    let retries: Vec<_> = evs.iter().filter(|e| e["event"] == "retry").collect();
+    assert_eq!(retries.len() as u64, kills);
+    assert!(
+        retries
+            .iter()
+            .all(|r| r["progressed"] == true && r["backoff_secs"] == 0.0),
+        "no backoff after progress: {retries:?}"
+    );
+
+    let id = state["id"].as_str().expect("id");
+    let status = farm.cli(&["status", id]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("attempts:  {} (0 in a row", kills + 1)),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("attempt ends (last 10 of {})", kills + 1)),
+        "{text}"
+    );
+    assert!(text.contains("progressed"), "{text}");
+    assert_eq!(
+        frame_digests(Path::new(state["output"].as_str().expect("output"))),
+        reference
+    );
+}
+
+/// Attempts that make no clip durable are bounded by `retry.max_attempts`, with a backoff
+/// before each further one; an attempt with progress in between starts the count again.
+#[test]
+fn attempts_in_a_row_without_progress_fail_the_job_after_a_backoff() {
+    let farm = Farm::new(POOL);
+    // Attempt 1 checkpoints clip 0 and dies in clip 1 (progress); attempts 2 and 3 die in
+    // clip 1 before its checkpoint (no progress).
+    let _daemon = farm.start_daemon_with_env(&[(
+        "REELSPOOL_TEST_CRASH_AT",
+        "after_denoise@1,after_segment@1,mid_checkpoint@1",
+    )]);
+    farm.drop_job(
+        "stall.yaml",
+        &tiny_job(&farm, "stall", "  num_clip: 4\n", Some(2)),
+    );
+    let state = wait_finished(&farm, "stall.yaml");
+    assert_eq!(state["phase"], "failed", "{state}");
+    assert_eq!(state["attempts"], 3, "{state}");
+    assert_eq!(state["stalled_attempts"], 2, "{state}");
+    let error = state["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("2 attempts in a row made no new clip durable"),
+        "{error}"
+    );
+    assert!(error.contains("SIGKILL (9)"), "{error}");
+    assert!(!farm.out.join("stall.mp4").exists());
+
+    let evs = events(&farm, &state);
+    let progressed: Vec<_> = worker_exits(&evs)
+        .iter()
+        .map(|e| e["progressed"].clone())
+        .collect();
+    assert_eq!(progressed, [true, false, false]);
+    let retries: Vec<_> = evs.iter().filter(|e| e["event"] == "retry").collect();
+    assert_eq!(retries.len(), 2, "{retries:?}");
+    assert_eq!(retries[0]["backoff_secs"], 0.0);
+    assert_eq!(retries[1]["backoff_secs"], 2.0);
+    // The third attempt started no sooner than the backoff allowed.
+    let retried_at = retries[1]["ts_ms"].as_u64().expect("ts");
+    let third = evs
+        .iter()
+        .filter(|e| e["event"] == "running")
+        .nth(2)
+        .expect("a third attempt");
+    assert!(
+        third["ts_ms"].as_u64().expect("ts") >= retried_at + 2000,
+        "{third} came before the 2 s backoff after {}",
+        retries[1]
+    );
+}
+
+/// Live `reelspool worker` processes of any job under `jobs_dir`.
+fn storm_workers(jobs_dir: &Path) -> Vec<i32> {
+    let prefix = jobs_dir.as_os_str().as_encoded_bytes();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let is_worker = args
+                .windows(2)
+                .any(|w| w[0] == b"worker" && w[1].starts_with(prefix));
+            let status = std::fs::read_to_string(entry.path().join("status")).ok()?;
+            let zombie = status
+                .lines()
+                .any(|l| l.starts_with("State:") && l.contains('Z'));
+            (is_worker && !zombie).then_some(pid)
+        })
+        .collect()
+}
+
+/// The names of the plain entries of a folder (dot files included).
+fn entries(dir: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// 30 jobs on 2 CPU slots; every second each live worker gets SIGKILL, every 5 s the daemon
+/// gets SIGKILL and a new one starts. Every job must end done with exactly one output whose
+/// frames match an uninterrupted run, and every job directory must exist exactly once.
+#[test]
+fn kill_storm_loses_nothing_and_changes_no_frame() {
+    const JOBS: usize = 30;
+    const STORM_POOL: &str = "gpu_pool: { kind: cpu, slots: 2, failure_drain_threshold: 100000 }\n";
+    let render = "  num_clip: 16\n";
+    let reference = reference_digests(|farm| tiny_job(farm, "ref", render, None));
+    let farm = Farm::new(STORM_POOL);
+    let mut daemon = farm.start_daemon();
+    let names: Vec<String> = (0..JOBS).map(|n| format!("storm-{n:02}")).collect();
+    for name in &names {
+        farm.drop_job(
+            &format!("{name}.yaml"),
+            &tiny_job(&farm, name, render, None),
+        );
+    }
+    let finished = |farm: &Farm| {
+        farm.job_states()
+            .iter()
+            .filter(|s| matches!(s["phase"].as_str(), Some("done" | "failed" | "cancelled")))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let mut last_daemon_kill = Instant::now();
+    let (mut worker_kills, mut daemon_kills) = (0, 0);
+    while finished(&farm) < JOBS {
+        assert!(
+            Instant::now() < deadline,
+            "storm: {} of {JOBS} jobs finished after {worker_kills} worker and {daemon_kills} \
+             daemon kills\n{}",
+            finished(&farm),
+            farm.daemon_logs()
+        );
+        // The storm's own pace, not a wait for a condition.
+        std::thread::sleep(Duration::from_secs(1));
+        for pid in storm_workers(&farm.jobs_dir()) {
+            // SAFETY: kill() on a worker pid read from /proc.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            worker_kills += 1;
+        }
+        if last_daemon_kill.elapsed() >= Duration::from_secs(5) {
+            daemon.kill9();
+            daemon_kills += 1;
+            daemon = farm.start_daemon();
+            last_daemon_kill = Instant::now();
+        }
+    }
+    eprintln!("storm over: {worker_kills} worker kills, {daemon_kills} daemon kills");
+    assert!(
+        worker_kills >= 10 && daemon_kills >= 2,
+        "too calm a storm to prove anything: {worker_kills} worker, {daemon_kills} daemon kills"
+    );
+    drop(daemon);
+
+    let states = farm.job_states();
+    assert_eq!(states.len(), JOBS, "one job per file");
+    let sources: BTreeSet<String> = states
+        .iter()
+        .map(|s| s["source_file"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let expected: BTreeSet<String> = names.iter().map(|n| format!("{n}.yaml")).collect();
+    assert_eq!(sources, expected);
+    let dirs: BTreeSet<String> = entries(&farm.jobs_dir())
+        .into_iter()
+        .filter(|name| !name.starts_with('.'))
+        .collect();
+    let ids: BTreeSet<String> = states
+        .iter()
+        .map(|s| s["id"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(dirs, ids, "no job directory lost or duplicated");
+    assert_eq!(entries(&farm.incoming()), BTreeSet::new());
+    assert_eq!(entries(&farm.spool.join("rejected")), BTreeSet::new());
+    let outputs: BTreeSet<String> = names.iter().map(|n| format!("{n}.mp4")).collect();
+    assert_eq!(
+        entries(&farm.out),
+        outputs,
+        "exactly one output each, nothing else"
+    );
+    // The storm hit the jobs themselves: attempts killed mid-job and jobs re-queued by a
+    // restarted daemon.
+    let all_events: Vec<serde_json::Value> = states.iter().flat_map(|s| events(&farm, s)).collect();
+    let killed = all_events
+        .iter()
+        .filter(|e| {
+            e["event"] == "worker_exit" && e["end"].as_str().is_some_and(|s| s.contains("SIGKILL"))
+        })
+        .count();
+    let requeued = all_events
+        .iter()
+        .filter(|e| e["event"] == "requeued")
+        .count();
+    let most_attempts = states.iter().filter_map(|s| s["attempts"].as_u64()).max();
+    eprintln!(
+        "{killed} attempts ended by SIGKILL, {requeued} re-queued at a daemon start, \
+         at most {most_attempts:?} attempts for one job"
+    );
+    assert!(
+        killed >= 5 && requeued >= 2,
+        "{killed} killed, {requeued} re-queued"
+    );
+    for state in &states {
+        assert_eq!(state["phase"], "done", "{state}");
+        let output = PathBuf::from(state["output"].as_str().expect("output"));
+        assert_eq!(frame_digests(&output), reference, "{}", output.display());
+    }
+}
