@@ -289,3 +289,177 @@ fn kill_storm_loses_nothing_and_changes_no_frame() {
         assert_eq!(frame_digests(&output), reference, "{}", output.display());
     }
 }
+
+/// A small tmpfs mounted over a folder for one test; unmounted (lazily) when dropped.
+struct Tmpfs {
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (as `mount -o size=` takes it) on `path`, or says why not.
+    fn mount(path: &Path, size: &str) -> Result<Tmpfs, String> {
+        use std::os::unix::ffi::OsStrExt;
+        std::fs::create_dir_all(path).map_err(|e| format!("mkdir {}: {e}", path.display()))?;
+        let target =
+            std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+        let options =
+            std::ffi::CString::new(format!("size={size},mode=0755")).map_err(|e| e.to_string())?;
+        // SAFETY: plain mount(2) with valid C strings; the folder belongs to this test.
+        let rc = unsafe {
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                target.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                options.as_ptr().cast(),
+            )
+        };
+        if rc != 0 {
+            return Err(format!(
+                "cannot mount a tmpfs on {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(Tmpfs {
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Fills the file system to the last byte with `filler`; returns its path.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let filler = self.path.join("filler");
+        let mut file = std::fs::File::create(&filler).expect("create filler");
+        let chunk = vec![0x5a_u8; 64 << 10];
+        loop {
+            match file.write(&chunk) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(err) if err.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(err) => panic!("filling {}: {err}", filler.display()),
+            }
+        }
+        // The last bytes: whatever a smaller write still fits.
+        while matches!(file.write(&[0x5a_u8; 512]), Ok(n) if n > 0) {}
+        filler
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let Ok(target) = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(
+            self.path.as_os_str(),
+        )) else {
+            return;
+        };
+        // SAFETY: umount2 of the tmpfs this guard mounted.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// Mounts 16 MiB tmpfs on the farm's state, output and spool folders, or explains why the
+/// test cannot run here (CI runs as root, where it always can).
+fn small_disks(farm: &Farm) -> Option<[Tmpfs; 3]> {
+    let mounts = [&farm.state, &farm.out, &farm.spool].map(|path| Tmpfs::mount(path, "16m"));
+    match mounts {
+        [Ok(state), Ok(out), Ok(spool)] => Some([state, out, spool]),
+        [a, b, c] => {
+            let why: Vec<String> = [a, b, c].into_iter().filter_map(Result::err).collect();
+            eprintln!(
+                "SKIPPED: this disk-full test needs root to mount tmpfs (CI runs it as root): {}",
+                why.join("; ")
+            );
+            None
+        }
+    }
+}
+
+/// Every state and checkpoint file of the job parses, and every line of its event log.
+fn assert_job_files_whole(dir: &Path) {
+    for file in [
+        "state.json",
+        "work/checkpoint.json",
+        "work/checkpoint.prev.json",
+    ] {
+        let path = dir.join(file);
+        if let Ok(bytes) = std::fs::read(&path) {
+            assert!(
+                serde_json::from_slice::<serde_json::Value>(&bytes).is_ok(),
+                "{} is not whole: {:?}",
+                path.display(),
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+    }
+    let yaml = std::fs::read_to_string(dir.join("job.yaml")).expect("job.yaml");
+    assert!(yaml.contains("output:"), "job.yaml is not whole: {yaml}");
+}
+
+const FULL_DISK_RENDER: &str = "  num_clip: 30\n";
+
+/// Fills `which` folder of the farm once clip 2 is done; the job must wait (not fail), keep its
+/// files whole, and finish by itself with the right frames once the filler is removed.
+fn job_waits_out_a_full_disk(which: fn(&[Tmpfs; 3]) -> &Tmpfs, file: &str) -> Farm {
+    let reference = reference_digests(|farm| tiny_job(farm, "full", FULL_DISK_RENDER, None));
+    let farm = Farm::new(POOL);
+    let Some(disks) = small_disks(&farm) else {
+        return farm;
+    };
+    let _daemon = farm.start_daemon();
+    farm.drop_job(file, &tiny_job(&farm, "full", FULL_DISK_RENDER, None));
+    wait_event(&farm, file, "clip 2 done", |e| {
+        e["event"] == "clip_done" && e["index"].as_u64() >= Some(2)
+    });
+    let state = farm.job_by_source(file).expect("job");
+    let dir = job_dir(&farm, &state);
+    let filler = which(&disks).fill();
+    // The worker stops on the full disk and the daemon says the job waits.
+    common::wait_for("the daemon to report the full disk", RUN, || {
+        farm.daemon_logs()
+            .contains("disk full: the job waits for disk space")
+            .then_some(())
+    });
+    common::wait_for("the worker to stop", RUN, || {
+        worker_pids(&dir).is_empty().then_some(())
+    });
+    let state = farm.job_by_source(file).expect("job");
+    assert!(
+        matches!(state["phase"].as_str(), Some("queued" | "running")),
+        "a full disk must not end the job: {state}"
+    );
+    assert_job_files_whole(&dir);
+
+    std::fs::remove_file(&filler).expect("free the space");
+    let state = wait_finished(&farm, file);
+    assert_eq!(state["phase"], "done", "{state}");
+    assert_eq!(state["stalled_attempts"], 0, "{state}");
+    assert_job_files_whole(&dir);
+    let evs = events(&farm, &state);
+    assert!(
+        evs.iter().any(|e| e["event"] == "space_available"),
+        "{evs:?}"
+    );
+    // Resumed where the checkpoints left off, not from the start.
+    let starts = start_points(&evs);
+    assert!(starts.len() >= 2 && starts[1] >= 3, "{starts:?}");
+    let output = PathBuf::from(state["output"].as_str().expect("output"));
+    assert_eq!(frame_digests(&output), reference);
+    assert_eq!(
+        entries(&farm.out),
+        BTreeSet::from(["full.mp4".to_string()]),
+        "no partial output left beside the video"
+    );
+    drop(_daemon);
+    farm
+}
+
+#[test]
+fn a_full_state_disk_makes_the_job_wait_and_it_resumes_when_space_is_freed() {
+    job_waits_out_a_full_disk(|disks| &disks[0], "state-full.yaml");
+}
+
+#[test]
+fn a_full_output_disk_makes_the_job_wait_and_it_resumes_when_space_is_freed() {
+    job_waits_out_a_full_disk(|disks| &disks[1], "out-full.yaml");
+}

@@ -381,6 +381,14 @@ fn print_job_details(job: &JobState, events: &[JobEvent]) {
     if let Some(error) = &job.error {
         println!("error:     {error}");
     }
+    if let Some(wait) = job
+        .details
+        .get("waiting_for_space")
+        .and_then(|v| v.as_str())
+        .filter(|_| job.phase == Phase::Queued)
+    {
+        println!("waiting:   disk full: {wait}");
+    }
     print_attempt_ends(events);
     println!("events (last 20):");
     let skip = events.len().saturating_sub(20);

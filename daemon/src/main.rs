@@ -21,6 +21,7 @@ mod notify_glue;
 mod placement;
 mod reload;
 mod scheduler;
+mod space;
 mod spool;
 mod supervisor;
 mod systemd;

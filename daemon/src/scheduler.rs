@@ -24,6 +24,7 @@ use crate::intake::Admission;
 use crate::notify_glue::{self, Notices};
 use crate::placement::{self, Placement, PlacementDecision, RunEnd};
 use crate::reload::Reconfigure;
+use crate::space::{self, SpaceWait};
 use crate::spool::Layout;
 use crate::supervisor::{self, StopRequest, WorkerEnd, WorkerLaunch, WorkerReport};
 use crate::systemd::SchedulerVitals;
@@ -82,6 +83,8 @@ pub struct Scheduler {
     running: HashMap<JobId, RunningJob>,
     /// Queued jobs waiting out a retry backoff, with the time (ms) they may run again.
     backing_off: HashMap<JobId, u64>,
+    /// Queued jobs whose worker stopped on a full disk, until there is room again.
+    waiting_for_space: HashMap<JobId, SpaceWait>,
     supervisors: JoinSet<()>,
     reports_tx: mpsc::UnboundedSender<(JobId, WorkerReport)>,
     reports_rx: mpsc::UnboundedReceiver<(JobId, WorkerReport)>,
@@ -105,6 +108,7 @@ impl Scheduler {
             placement,
             running: HashMap::new(),
             backing_off: HashMap::new(),
+            waiting_for_space: HashMap::new(),
             supervisors: JoinSet::new(),
             reports_tx,
             reports_rx,
@@ -216,6 +220,7 @@ impl Scheduler {
         state.started_at_ms.get_or_insert(now_ms());
         state.error = None;
         state.retry_at_ms = None;
+        state.details.remove("waiting_for_space");
         let durable_at_start = durable_clips(&dir);
         self.save(&dir, &state);
         let _ = dir.append_event(&event(
@@ -405,10 +410,16 @@ impl Scheduler {
             .map_or(durable_after, |job| job.durable_at_start);
         let progressed = durable_after > durable_before;
         let attempt = running.as_ref().map_or(0, |job| job.attempt);
+        let out_of_space = !cancel_requested
+            && !self.stopping
+            && matches!(&end, WorkerEnd::Failed { kind: FailureKind::Io, message }
+                if space::is_out_of_space(message));
         // Ends that decide about a retry move the count of stalled attempts; a finished,
-        // cancelled or daemon-stopped attempt leaves it alone.
-        let decides_retry =
-            !matches!(end, WorkerEnd::Finished) && !cancel_requested && !self.stopping;
+        // cancelled or daemon-stopped attempt leaves it alone, and so does a full disk.
+        let decides_retry = !matches!(end, WorkerEnd::Finished)
+            && !cancel_requested
+            && !self.stopping
+            && !out_of_space;
         let mut stalled = 0;
         if let Ok(mut state) = dir.load_state() {
             if decides_retry {
@@ -438,6 +449,14 @@ impl Scheduler {
             fields.push(("stderr_tail", stderr_tail.clone().into()));
         }
         let _ = dir.append_event(&event("worker_exit", fields));
+        if out_of_space {
+            let mut folders = vec![dir.root().to_path_buf()];
+            if let Some(parent) = spec.as_ref().and_then(|spec| spec.output.path.parent()) {
+                folders.push(parent.to_path_buf());
+            }
+            self.wait_for_space(id, &folders, &end);
+            return;
+        }
         match end {
             WorkerEnd::Finished => self.finish(id, Phase::Done, None, spec.as_ref()),
             _ if cancel_requested => self.finish(
@@ -552,6 +571,67 @@ impl Scheduler {
         self.backing_off.insert(id.clone(), at);
     }
 
+    /// Parks a job whose worker stopped on a full disk until its folders have room again.
+    fn wait_for_space(&mut self, id: &JobId, folders: &[PathBuf], end: &WorkerEnd) {
+        let dir = self.job_dir(id);
+        let wait = SpaceWait::new(folders);
+        let reason = match end {
+            WorkerEnd::Failed { message, .. } => message.clone(),
+            other => format!("{other:?}"),
+        };
+        let short: Vec<String> = wait
+            .needs
+            .iter()
+            .map(|(folder, need)| format!("{} ({} bytes free wanted)", folder.display(), need))
+            .collect();
+        warn!(job = %id, reason = %reason, "disk full: the job waits for disk space before it goes on");
+        if let Ok(mut state) = dir.load_state() {
+            state.phase = Phase::Queued;
+            state.gpu = None;
+            state.eta_secs = None;
+            state.details.insert(
+                "waiting_for_space".into(),
+                format!("{reason}; waiting for room in {}", short.join(", ")).into(),
+            );
+            self.save(&dir, &state);
+        }
+        let _ = dir.append_event(&event(
+            "waiting_for_space",
+            [("reason", reason.into()), ("folders", short.into())],
+        ));
+        self.waiting_for_space.insert(id.clone(), wait);
+    }
+
+    /// Queues the jobs that waited for disk space once their folders have room again.
+    fn release_space_waits(&mut self) {
+        let ready: Vec<JobId> = self
+            .waiting_for_space
+            .iter()
+            .filter(|(_, wait)| wait.over())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ready {
+            let Some(wait) = self.waiting_for_space.remove(&id) else {
+                continue;
+            };
+            let dir = self.job_dir(&id);
+            let waited = wait.since.elapsed().as_secs_f64();
+            info!(job = %id, waited_secs = waited, "disk space is back; the job goes on");
+            if let Ok(mut state) = dir.load_state() {
+                state.details.remove("waiting_for_space");
+                self.save(&dir, &state);
+            }
+            let _ = dir.append_event(&event(
+                "space_available",
+                [
+                    ("waited_secs", waited.into()),
+                    ("timed_out", wait.short().is_some().into()),
+                ],
+            ));
+            self.enqueue(id);
+        }
+    }
+
     /// Queues the jobs whose retry backoff is over.
     fn release_backoffs(&mut self) {
         let now = now_ms();
@@ -651,7 +731,9 @@ impl Scheduler {
         let gpus: std::collections::BTreeSet<&str> =
             self.running.values().map(|job| job.card.as_str()).collect();
         SchedulerVitals {
-            queued: self.placement.queued_ids().len() + self.backing_off.len(),
+            queued: self.placement.queued_ids().len()
+                + self.backing_off.len()
+                + self.waiting_for_space.len(),
             running: self.running.len(),
             gpus_in_use: gpus.into_iter().map(str::to_string).collect(),
             ticked_at: std::time::Instant::now(),
@@ -671,10 +753,16 @@ impl Scheduler {
 
     /// Acts on `cancel.request` files of queued and running jobs.
     fn check_cancel_requests(&mut self) {
-        let waiting: Vec<JobId> = self.backing_off.keys().cloned().collect();
+        let waiting: Vec<JobId> = self
+            .backing_off
+            .keys()
+            .chain(self.waiting_for_space.keys())
+            .cloned()
+            .collect();
         for id in waiting {
             if self.job_dir(&id).cancel_request().exists() {
                 self.backing_off.remove(&id);
+                self.waiting_for_space.remove(&id);
                 self.finish(
                     &id,
                     Phase::Cancelled,
@@ -753,6 +841,7 @@ pub async fn run(
                 blocking(|| {
                     scheduler.check_cancel_requests();
                     scheduler.release_backoffs();
+                    scheduler.release_space_waits();
                     scheduler.placement.on_tick();
                     scheduler.place();
                 });
