@@ -435,6 +435,14 @@ fn job_waits_out_a_full_disk(which: fn(&[Tmpfs; 3]) -> &Tmpfs, file: &str) -> Fa
     assert_eq!(state["phase"], "done", "{state}");
     assert_eq!(state["stalled_attempts"], 0, "{state}");
     assert_job_files_whole(&dir);
+    // A line the full disk cut short was cut off before the next append.
+    let log = std::fs::read_to_string(dir.join("events.jsonl")).expect("events.jsonl");
+    for line in log.lines() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "torn event line: {line:?}"
+        );
+    }
     let evs = events(&farm, &state);
     assert!(
         evs.iter().any(|e| e["event"] == "space_available"),
@@ -462,4 +470,59 @@ fn a_full_state_disk_makes_the_job_wait_and_it_resumes_when_space_is_freed() {
 #[test]
 fn a_full_output_disk_makes_the_job_wait_and_it_resumes_when_space_is_freed() {
     job_waits_out_a_full_disk(|disks| &disks[1], "out-full.yaml");
+}
+
+/// New jobs while a disk is full: `submit` to a full spool fails saying why and leaves nothing
+/// behind; a job file filed while the state disk is full gets a rejection that says so; the
+/// daemon keeps running and takes jobs again, unaided, once there is room.
+#[test]
+fn new_jobs_on_full_disks_get_a_clear_answer_and_the_daemon_goes_on() {
+    let farm = Farm::new(POOL);
+    let Some(disks) = small_disks(&farm) else {
+        return;
+    };
+    let mut daemon = farm.start_daemon();
+    let source = farm.media.join("late.yaml");
+    std::fs::write(&source, tiny_job(&farm, "late", "", None)).expect("write job file");
+    let enospc = std::io::Error::from_raw_os_error(libc::ENOSPC).to_string();
+    let enospc = enospc
+        .split(" (os error")
+        .next()
+        .unwrap_or_default()
+        .to_string();
+
+    let filler = disks[2].fill();
+    let submit = farm.cli(&["submit", source.to_str().expect("utf-8 path")]);
+    let stderr = String::from_utf8_lossy(&submit.stderr);
+    assert!(!submit.status.success(), "submit to a full spool: {stderr}");
+    assert!(stderr.contains(&enospc), "{stderr}");
+    assert!(stderr.contains("nothing was submitted"), "{stderr}");
+    assert_eq!(entries(&farm.spool.join("tmp")), BTreeSet::new());
+    assert_eq!(entries(&farm.incoming()), BTreeSet::new());
+    assert!(source.exists(), "the user's file stays where it was");
+    std::fs::remove_file(&filler).expect("free the spool");
+
+    let filler = disks[0].fill();
+    farm.drop_job("late.yaml", &tiny_job(&farm, "late", "", None));
+    let error = common::wait_for("the rejection", RUN, || farm.rejection("late.yaml"));
+    assert!(error.contains(&enospc), "{error}");
+    assert!(error.contains("late.yaml"), "{error}");
+    assert!(
+        farm.spool.join("rejected/late.yaml").exists(),
+        "the job file is kept beside its .error"
+    );
+    assert!(daemon.is_running(), "{}", farm.daemon_logs());
+    std::fs::remove_file(&filler).expect("free the state disk");
+
+    let again = farm.media.join("again.yaml");
+    std::fs::copy(&source, &again).expect("copy job file");
+    let submit = farm.cli(&["submit", again.to_str().expect("utf-8 path")]);
+    assert!(
+        submit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&submit.stderr)
+    );
+    let state = wait_finished(&farm, "again.yaml");
+    assert_eq!(state["phase"], "done", "{state}");
+    assert!(daemon.is_running());
 }

@@ -110,11 +110,19 @@ pub fn deliver_to_spool(spool_dir: &Path, file: &Path, bytes: &[u8]) -> Result<P
         .filter(|stem| !stem.is_empty() && !stem.starts_with('.'))
         .unwrap_or("job");
     let tmp_path = tmp_dir.join(format!("{stem}.{}.tmp", std::process::id()));
-    {
-        let mut out = std::fs::File::create(&tmp_path)
-            .with_context(|| format!("cannot write {}", tmp_path.display()))?;
+    let written = std::fs::File::create(&tmp_path).and_then(|mut out| {
         out.write_all(bytes)?;
-        out.sync_all()?;
+        out.sync_all()
+    });
+    if let Err(err) = written {
+        // Nothing half-written stays in the spool (a full disk is the usual reason).
+        let _ = std::fs::remove_file(&tmp_path);
+        return Err(err).with_context(|| {
+            format!(
+                "cannot write the job into the spool at {}; nothing was submitted",
+                tmp_path.display()
+            )
+        });
     }
     for attempt in 1..1000u32 {
         let name = if attempt == 1 {
