@@ -39,7 +39,10 @@ pub fn free_bytes(path: &Path) -> Option<u64> {
     if rc != 0 {
         return None;
     }
-    Some(u64::from(stat.f_bavail).saturating_mul(u64::from(stat.f_frsize)))
+    // The field types differ between targets (u32 on some 32-bit ones).
+    #[allow(clippy::useless_conversion)]
+    let (blocks, block_size) = (u64::from(stat.f_bavail), u64::from(stat.f_frsize));
+    Some(blocks.saturating_mul(block_size))
 }
 
 /// A job waiting for space.
@@ -113,7 +116,7 @@ mod tests {
         // An unreadable folder counts as full: it is the one waited on.
         let wait = SpaceWait::new(&[dir.path().to_path_buf(), PathBuf::from("")]);
         assert_eq!(wait.needs, vec![(PathBuf::from(""), MIN_FREE_BYTES)]);
-        let wait = SpaceWait::new(&[missing.clone()]);
+        let wait = SpaceWait::new(std::slice::from_ref(&missing));
         let (folder, need) = &wait.needs[0];
         assert_eq!(folder, &missing);
         let free = free_bytes(&missing).expect("statvfs");
