@@ -881,3 +881,44 @@ pub async fn run(
 fn blocking<T>(work: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(work)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_none_after_progress_then_doubles_up_to_a_minute() {
+        let secs: Vec<u64> = (0..9).map(|n| retry_backoff(n).as_secs()).collect();
+        assert_eq!(secs, [0, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(retry_backoff(u32::MAX), RETRY_BACKOFF_MAX);
+    }
+
+    #[test]
+    fn durable_clips_come_from_the_newer_of_the_two_checkpoints() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let dir = JobDir::new(root.path());
+        std::fs::create_dir_all(dir.work_dir()).expect("work dir");
+        assert_eq!(durable_clips(&dir), 0, "no checkpoint yet");
+        let checkpoint = |last_clip: u32| {
+            serde_json::json!({
+                "format_version": 1,
+                "last_clip": last_clip,
+                "job_fingerprint": "f",
+                "carry": {"file": "carry", "size_bytes": 1, "sha256": "00"},
+                "segments": [],
+                "written_at_unix_ms": 1,
+            })
+            .to_string()
+        };
+        let work = dir.work_dir();
+        std::fs::write(work.join("checkpoint.prev.json"), checkpoint(3)).expect("write");
+        std::fs::write(work.join("checkpoint.json"), b"{\"torn").expect("write");
+        assert_eq!(
+            durable_clips(&dir),
+            4,
+            "a torn latest falls back to the previous"
+        );
+        std::fs::write(work.join("checkpoint.json"), checkpoint(4)).expect("write");
+        assert_eq!(durable_clips(&dir), 5);
+    }
+}
