@@ -545,3 +545,84 @@ fn new_jobs_on_full_disks_get_a_clear_answer_and_the_daemon_goes_on() {
     assert_eq!(state["phase"], "done", "{state}");
     assert!(daemon.is_running());
 }
+
+/// A memory cgroup with a tight limit, made for one test and removed when dropped.
+struct MemoryCgroup {
+    dir: PathBuf,
+}
+
+impl MemoryCgroup {
+    /// Creates it (cgroup v2 where the unified tree is at /sys/fs/cgroup, v1 otherwise) with a
+    /// limit of `bytes`, or says why not.
+    fn create(name: &str, bytes: u64) -> Result<MemoryCgroup, String> {
+        let root = Path::new("/sys/fs/cgroup");
+        let (dir, limit) = if root.join("cgroup.controllers").is_file() {
+            (root.join(name), "memory.max")
+        } else {
+            (root.join("memory").join(name), "memory.limit_in_bytes")
+        };
+        std::fs::create_dir(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+        let group = MemoryCgroup { dir };
+        std::fs::write(group.dir.join(limit), bytes.to_string())
+            .map_err(|e| format!("{limit} of {}: {e}", group.dir.display()))?;
+        Ok(group)
+    }
+
+    fn adopt(&self, pid: i32) -> Result<(), String> {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string())
+            .map_err(|e| format!("moving {pid} into {}: {e}", self.dir.display()))
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        // Whatever still lives in it goes back to the parent group first.
+        if let (Ok(procs), Some(parent)) = (
+            std::fs::read_to_string(self.dir.join("cgroup.procs")),
+            self.dir.parent(),
+        ) {
+            for pid in procs.lines() {
+                let _ = std::fs::write(parent.join("cgroup.procs"), pid);
+            }
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// The kernel's OOM killer kills a worker (the daemon runs in a memory cgroup too small for
+/// its workers): the job's events say "out of memory" with the kernel's evidence. (The
+/// SIGKILLs sent by the tests above are never called out of memory.)
+#[test]
+fn an_oom_kill_by_the_kernel_is_reported_as_out_of_memory() {
+    let farm = Farm::new(POOL);
+    let daemon = farm.start_daemon();
+    let group =
+        match MemoryCgroup::create(&format!("reelspool-test-oom-{}", daemon.pid()), 24 << 20) {
+            Ok(group) => group,
+            Err(why) => {
+                eprintln!("SKIPPED: this test needs root and a writable memory cgroup: {why}");
+                return;
+            }
+        };
+    // The kernel is to pick the worker, not the daemon. Where lowering the score is not
+    // allowed (some sandboxes), the worker is still by far the bigger process in the group.
+    let _ = std::fs::write(format!("/proc/{}/oom_score_adj", daemon.pid()), "-1000");
+    if let Err(why) = group.adopt(daemon.pid()) {
+        eprintln!("SKIPPED: cannot move the daemon into a memory cgroup: {why}");
+        return;
+    }
+    let big = "  size: 256*256\n  infer_frames: 16\n  sample_steps: 2\n  num_clip: 4\n";
+    let text = job(&farm, "oom", big).replace("max_attempts: 40", "max_attempts: 2");
+    farm.drop_job("oom.yaml", &text);
+    let state = wait_finished(&farm, "oom.yaml");
+    let evs = events(&farm, &state);
+    let exits = worker_exits(&evs);
+    let first = exits.first().expect("a worker exit");
+    let end = first["end"].as_str().unwrap_or_default();
+    eprintln!("first attempt: {end}");
+    assert!(end.contains("SIGKILL (9)"), "{first}\n{state}");
+    assert!(end.contains("out of memory"), "{first}");
+    assert_eq!(state["phase"], "failed", "{state}");
+    drop(daemon);
+    drop(group);
+}

@@ -2,8 +2,9 @@
 //!
 //! A SIGKILL alone says nothing about who sent it: an operator, a test, a service manager or
 //! the kernel's OOM killer. So "out of memory" is only written when the kernel says so: the
-//! kernel log names the killed pid (`Killed process <pid>`), or the `oom_kill` counter in
-//! `memory.events` of the worker's cgroup went up while the worker ran.
+//! kernel log names the killed pid (`Killed process <pid>`), or the `oom_kill` counter of the
+//! worker's memory cgroup (`memory.events`, or `memory.oom_control` with cgroup v1) went up
+//! while the worker ran.
 
 use std::path::{Path, PathBuf};
 
@@ -42,14 +43,10 @@ pub struct OomWatch {
 }
 
 impl OomWatch {
-    /// Reads the counter of the cgroup `pid` is in (cgroup v2 with the memory controller;
-    /// without it only the kernel log can tell).
+    /// Reads the counter of the memory cgroup `pid` is in (`memory.events` with cgroup v2,
+    /// `memory.oom_control` with v1; without either only the kernel log can tell).
     pub fn start(pid: u32) -> OomWatch {
-        let events = cgroup_of(pid).map(|group| {
-            Path::new("/sys/fs/cgroup")
-                .join(group.trim_start_matches('/'))
-                .join("memory.events")
-        });
+        let events = oom_counter_file(pid);
         let oom_kills_at_start = events.as_deref().and_then(read_oom_kills);
         OomWatch {
             pid,
@@ -78,13 +75,25 @@ impl OomWatch {
     }
 }
 
-/// The cgroup v2 path of `pid` (`0::/system.slice/reelspool.service` gives the part after
-/// `0::`).
-fn cgroup_of(pid: u32) -> Option<String> {
+/// The file with the `oom_kill` counter of the memory cgroup of `pid`, read from
+/// `/proc/<pid>/cgroup`: `0::/a/b` (v2) or `4:memory:/a/b` (v1).
+fn oom_counter_file(pid: u32) -> Option<PathBuf> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let root = Path::new("/sys/fs/cgroup");
     text.lines()
-        .find_map(|line| line.strip_prefix("0::"))
-        .map(str::to_string)
+        .filter_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            let path = path.trim_start_matches('/');
+            if controllers.is_empty() {
+                Some(root.join(path).join("memory.events"))
+            } else if controllers.split(',').any(|c| c == "memory") {
+                Some(root.join("memory").join(path).join("memory.oom_control"))
+            } else {
+                None
+            }
+        })
+        .find(|file| file.is_file())
 }
 
 fn read_oom_kills(path: &Path) -> Option<u64> {
@@ -149,6 +158,9 @@ mod tests {
     fn oom_kill_counter_is_read_from_memory_events() {
         let text = "low 0\nhigh 0\nmax 12\noom 3\noom_kill 2\noom_group_kill 0\n";
         assert_eq!(parse_oom_kills(text), Some(2));
+        // cgroup v1's memory.oom_control.
+        let v1 = "oom_kill_disable 0\nunder_oom 0\noom_kill 5\n";
+        assert_eq!(parse_oom_kills(v1), Some(5));
         assert_eq!(parse_oom_kills("low 0\nhigh 4\n"), None);
         assert_eq!(parse_oom_kills("oom_kill x\n"), None);
     }
