@@ -294,6 +294,11 @@ fn kill_storm_loses_nothing_and_changes_no_frame() {
         .filter(|e| e["event"] == "requeued")
         .count();
     let most_attempts = states.iter().filter_map(|s| s["attempts"].as_u64()).max();
+    let longest_stall = all_events
+        .iter()
+        .filter_map(|e| e["stalled_attempts"].as_u64())
+        .max();
+    eprintln!("longest run of attempts without progress: {longest_stall:?}");
     eprintln!(
         "{killed} attempts ended by SIGKILL, {requeued} re-queued at a daemon start, \
          at most {most_attempts:?} attempts for one job"
