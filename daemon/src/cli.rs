@@ -110,11 +110,19 @@ pub fn deliver_to_spool(spool_dir: &Path, file: &Path, bytes: &[u8]) -> Result<P
         .filter(|stem| !stem.is_empty() && !stem.starts_with('.'))
         .unwrap_or("job");
     let tmp_path = tmp_dir.join(format!("{stem}.{}.tmp", std::process::id()));
-    {
-        let mut out = std::fs::File::create(&tmp_path)
-            .with_context(|| format!("cannot write {}", tmp_path.display()))?;
+    let written = std::fs::File::create(&tmp_path).and_then(|mut out| {
         out.write_all(bytes)?;
-        out.sync_all()?;
+        out.sync_all()
+    });
+    if let Err(err) = written {
+        // Nothing half-written stays in the spool (a full disk is the usual reason).
+        let _ = std::fs::remove_file(&tmp_path);
+        return Err(err).with_context(|| {
+            format!(
+                "cannot write the job into the spool at {}; nothing was submitted",
+                tmp_path.display()
+            )
+        });
     }
     for attempt in 1..1000u32 {
         let name = if attempt == 1 {
@@ -361,7 +369,14 @@ fn print_job_details(job: &JobState, events: &[JobEvent]) {
     println!("source:    {}", job.source_file);
     println!("gpu:       {}", job.gpu.as_deref().unwrap_or("-"));
     println!("clips:     {}", clip_progress(job));
-    println!("attempts:  {}", job.attempts);
+    println!(
+        "attempts:  {} ({} in a row without a new clip)",
+        job.attempts, job.stalled_attempts
+    );
+    if let Some(at) = job.retry_at_ms.filter(|_| job.phase == Phase::Queued) {
+        let wait = at.saturating_sub(state::now_ms()) as f64 / 1000.0;
+        println!("retry in:  {}", human_secs(wait));
+    }
     if let Some(eta) = job.eta_secs {
         println!("eta:       {}", human_secs(eta));
     }
@@ -374,11 +389,45 @@ fn print_job_details(job: &JobState, events: &[JobEvent]) {
     if let Some(error) = &job.error {
         println!("error:     {error}");
     }
+    if let Some(wait) = job
+        .details
+        .get("waiting_for_space")
+        .and_then(|v| v.as_str())
+        .filter(|_| job.phase == Phase::Queued)
+    {
+        println!("waiting:   disk full: {wait}");
+    }
+    print_attempt_ends(events);
     println!("events (last 20):");
     let skip = events.len().saturating_sub(20);
     for event in &events[skip..] {
         let fields = serde_json::Value::Object(event.fields.clone());
         println!("  {} {:<16} {}", event.ts_ms, event.event, fields);
+    }
+}
+
+/// One line per finished attempt (the last 10), from the `worker_exit` events: how it ended
+/// and whether it made a new clip durable.
+fn print_attempt_ends(events: &[JobEvent]) {
+    let ends: Vec<&JobEvent> = events
+        .iter()
+        .filter(|event| event.event == "worker_exit")
+        .collect();
+    if ends.is_empty() {
+        return;
+    }
+    println!("attempt ends (last 10 of {}):", ends.len());
+    for event in &ends[ends.len().saturating_sub(10)..] {
+        let field = |key: &str| event.fields.get(key);
+        let attempt = field("attempt").and_then(|v| v.as_u64()).unwrap_or(0);
+        let progress = match field("progressed").and_then(|v| v.as_bool()) {
+            Some(true) => "progressed",
+            Some(false) => "no progress",
+            None => "progress unknown",
+        };
+        let durable = field("durable_clips").and_then(|v| v.as_u64()).unwrap_or(0);
+        let end = field("end").and_then(|v| v.as_str()).unwrap_or("?");
+        println!("  #{attempt:<4} {progress:<16} {durable:>5} clips durable  {end}");
     }
 }
 

@@ -24,6 +24,7 @@ use crate::intake::Admission;
 use crate::notify_glue::{self, Notices};
 use crate::placement::{self, Placement, PlacementDecision, RunEnd};
 use crate::reload::Reconfigure;
+use crate::space::{self, SpaceWait};
 use crate::spool::Layout;
 use crate::supervisor::{self, StopRequest, WorkerEnd, WorkerLaunch, WorkerReport};
 use crate::systemd::SchedulerVitals;
@@ -32,6 +33,36 @@ use crate::systemd::SchedulerVitals;
 /// proves it is alive to the systemd watchdog (see `systemd::SchedulerVitals`).
 const CONTROL_TICK: Duration = Duration::from_millis(250);
 
+/// The wait before the second attempt in a row that made no progress; each further stalled
+/// attempt doubles it, up to [`RETRY_BACKOFF_MAX`].
+const RETRY_BACKOFF_FIRST: Duration = Duration::from_secs(2);
+const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// How long a job waits before its next attempt after `stalled` attempts in a row without
+/// progress: nothing after an attempt that made progress, then 2 s, 4 s, 8 s ... up to 60 s.
+pub fn retry_backoff(stalled: u32) -> Duration {
+    if stalled == 0 {
+        return Duration::ZERO;
+    }
+    let factor = 1u32 << (stalled - 1).min(16);
+    RETRY_BACKOFF_FIRST
+        .saturating_mul(factor)
+        .min(RETRY_BACKOFF_MAX)
+}
+
+/// How many clips of the job are durable: one more than the last clip named by either of its
+/// checkpoints (the worker falls back to the previous one when the latest is damaged).
+fn durable_clips(dir: &JobDir) -> u32 {
+    use render::checkpoint::{Checkpoint, CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE};
+    [CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE]
+        .iter()
+        .filter_map(|file| std::fs::read(dir.work_dir().join(file)).ok())
+        .filter_map(|bytes| serde_json::from_slice::<Checkpoint>(&bytes).ok())
+        .map(|checkpoint| checkpoint.last_clip.saturating_add(1))
+        .max()
+        .unwrap_or(0)
+}
+
 struct RunningJob {
     stop: watch::Sender<StopRequest>,
     card: String,
@@ -39,6 +70,9 @@ struct RunningJob {
     clips_total: Option<u32>,
     /// The resolved job, read once at start rather than on every worker message.
     spec: Option<JobSpec>,
+    /// Durable clips when this attempt started: it made progress if it ends with more.
+    durable_at_start: u32,
+    attempt: u32,
 }
 
 /// The scheduler's state; see the module docs.
@@ -47,6 +81,10 @@ pub struct Scheduler {
     layout: Layout,
     placement: Placement,
     running: HashMap<JobId, RunningJob>,
+    /// Queued jobs waiting out a retry backoff, with the time (ms) they may run again.
+    backing_off: HashMap<JobId, u64>,
+    /// Queued jobs whose worker stopped on a full disk, until there is room again.
+    waiting_for_space: HashMap<JobId, SpaceWait>,
     supervisors: JoinSet<()>,
     reports_tx: mpsc::UnboundedSender<(JobId, WorkerReport)>,
     reports_rx: mpsc::UnboundedReceiver<(JobId, WorkerReport)>,
@@ -69,6 +107,8 @@ impl Scheduler {
             layout,
             placement,
             running: HashMap::new(),
+            backing_off: HashMap::new(),
+            waiting_for_space: HashMap::new(),
             supervisors: JoinSet::new(),
             reports_tx,
             reports_rx,
@@ -93,7 +133,12 @@ impl Scheduler {
                     )],
                 ));
             }
-            scheduler.enqueue(state.id);
+            match state.retry_at_ms {
+                Some(at) if at > now_ms() => {
+                    scheduler.backing_off.insert(state.id, at);
+                }
+                _ => scheduler.enqueue(state.id),
+            }
         }
         if resumed > 0 {
             info!(
@@ -174,6 +219,9 @@ impl Scheduler {
         state.gpu = Some(decision.card_label.clone());
         state.started_at_ms.get_or_insert(now_ms());
         state.error = None;
+        state.retry_at_ms = None;
+        state.details.remove("waiting_for_space");
+        let durable_at_start = durable_clips(&dir);
         self.save(&dir, &state);
         let _ = dir.append_event(&event(
             "running",
@@ -181,6 +229,8 @@ impl Scheduler {
                 ("gpu", decision.card_label.clone().into()),
                 ("gpu_uuid", decision.card_uuid.clone().into()),
                 ("attempt", state.attempts.into()),
+                ("stalled_before", state.stalled_attempts.into()),
+                ("durable_clips", durable_at_start.into()),
                 ("offload", decision.offload.into()),
             ],
         ));
@@ -222,6 +272,8 @@ impl Scheduler {
                 clip_secs: Vec::new(),
                 clips_total: state.clips_total,
                 spec: dir.load_spec().ok(),
+                durable_at_start,
+                attempt: state.attempts,
             },
         );
     }
@@ -342,7 +394,52 @@ impl Scheduler {
             self.placement
                 .release(id, placement::run_end(&end, self.stopping))
         };
-        let mut fields = vec![("end", format!("{end:?}").into()), ("gpu", card.into())];
+        let spec = running
+            .as_ref()
+            .and_then(|job| job.spec.clone())
+            .or_else(|| dir.load_spec().ok());
+        let max_attempts = spec
+            .as_ref()
+            .map(|spec| spec.retry.max_attempts)
+            .unwrap_or(1);
+        // Did this attempt make a new clip durable? Read off the checkpoints, so a clip
+        // checkpointed just before a kill counts even if the worker could not report it.
+        let durable_after = durable_clips(dir);
+        let durable_before = running
+            .as_ref()
+            .map_or(durable_after, |job| job.durable_at_start);
+        let progressed = durable_after > durable_before;
+        let attempt = running.as_ref().map_or(0, |job| job.attempt);
+        let out_of_space = !cancel_requested
+            && !self.stopping
+            && matches!(&end, WorkerEnd::Failed { kind: FailureKind::Io, message }
+                if space::is_out_of_space(message));
+        // Ends that decide about a retry move the count of stalled attempts; a finished,
+        // cancelled or daemon-stopped attempt leaves it alone, and so does a full disk.
+        let decides_retry = !matches!(end, WorkerEnd::Finished)
+            && !cancel_requested
+            && !self.stopping
+            && !out_of_space;
+        let mut stalled = 0;
+        if let Ok(mut state) = dir.load_state() {
+            if decides_retry {
+                state.stalled_attempts = if progressed {
+                    0
+                } else {
+                    state.stalled_attempts.saturating_add(1)
+                };
+                self.save(dir, &state);
+            }
+            stalled = state.stalled_attempts;
+        }
+        let mut fields = vec![
+            ("end", format!("{end:?}").into()),
+            ("gpu", card.into()),
+            ("attempt", attempt.into()),
+            ("progressed", progressed.into()),
+            ("durable_clips", durable_after.into()),
+            ("stalled_attempts", stalled.into()),
+        ];
         if let Some(peak) = peak_vram_bytes {
             fields.push(("peak_vram_bytes", peak.into()));
         }
@@ -352,14 +449,14 @@ impl Scheduler {
             fields.push(("stderr_tail", stderr_tail.clone().into()));
         }
         let _ = dir.append_event(&event("worker_exit", fields));
-        let spec = running
-            .and_then(|job| job.spec)
-            .or_else(|| dir.load_spec().ok());
-        let attempts = dir.load_state().map(|state| state.attempts).unwrap_or(0);
-        let max_attempts = spec
-            .as_ref()
-            .map(|spec| spec.retry.max_attempts)
-            .unwrap_or(1);
+        if out_of_space {
+            let mut folders = vec![dir.root().to_path_buf()];
+            if let Some(parent) = spec.as_ref().and_then(|spec| spec.output.path.parent()) {
+                folders.push(parent.to_path_buf());
+            }
+            self.wait_for_space(id, &folders, &end);
+            return;
+        }
         match end {
             WorkerEnd::Finished => self.finish(id, Phase::Done, None, spec.as_ref()),
             _ if cancel_requested => self.finish(
@@ -390,7 +487,7 @@ impl Scheduler {
                 message,
             } => {
                 let requeued = self.placement.record_oom(id);
-                if requeued && attempts < max_attempts && !self.stopping {
+                if requeued && stalled < max_attempts && !self.stopping {
                     // Back in line at its old place, to run with offload this time.
                     if let Ok(mut state) = dir.load_state() {
                         state.phase = Phase::Queued;
@@ -427,22 +524,126 @@ impl Scheduler {
                     }
                     WorkerEnd::Finished => unreachable!("handled above"),
                 };
-                if attempts < max_attempts && !self.stopping {
+                if stalled < max_attempts && !self.stopping {
+                    let backoff = retry_backoff(stalled);
                     let _ = dir.append_event(&event(
                         "retry",
                         [
                             ("reason", message.into()),
-                            ("attempt", attempts.into()),
+                            ("attempt", attempt.into()),
+                            ("progressed", progressed.into()),
+                            ("stalled_attempts", stalled.into()),
                             ("max_attempts", max_attempts.into()),
+                            ("backoff_secs", backoff.as_secs_f64().into()),
                         ],
                     ));
-                    self.enqueue(id.clone());
+                    self.requeue_after(id, backoff);
                 } else if self.stopping {
                     let _ = dir.append_event(&event("interrupted", [("reason", message.into())]));
                 } else {
+                    let message = format!(
+                        "{message} ({stalled} attempts in a row made no new clip durable; \
+                         retry.max_attempts is {max_attempts})"
+                    );
                     self.finish(id, Phase::Failed, Some(message), spec.as_ref());
                 }
             }
+        }
+    }
+
+    /// Puts a job back in line at once, or after `backoff` (kept in its state, so a restarted
+    /// daemon waits it out too).
+    fn requeue_after(&mut self, id: &JobId, backoff: Duration) {
+        if backoff.is_zero() {
+            self.enqueue(id.clone());
+            return;
+        }
+        let dir = self.job_dir(id);
+        let Ok(mut state) = dir.load_state() else {
+            return;
+        };
+        let at = now_ms().saturating_add(u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX));
+        state.phase = Phase::Queued;
+        state.gpu = None;
+        state.eta_secs = None;
+        state.retry_at_ms = Some(at);
+        self.save(&dir, &state);
+        self.backing_off.insert(id.clone(), at);
+    }
+
+    /// Parks a job whose worker stopped on a full disk until its folders have room again.
+    fn wait_for_space(&mut self, id: &JobId, folders: &[PathBuf], end: &WorkerEnd) {
+        let dir = self.job_dir(id);
+        let wait = SpaceWait::new(folders);
+        let reason = match end {
+            WorkerEnd::Failed { message, .. } => message.clone(),
+            other => format!("{other:?}"),
+        };
+        let short: Vec<String> = wait
+            .needs
+            .iter()
+            .map(|(folder, need)| format!("{} ({} bytes free wanted)", folder.display(), need))
+            .collect();
+        warn!(job = %id, reason = %reason, "disk full: the job waits for disk space before it goes on");
+        if let Ok(mut state) = dir.load_state() {
+            state.phase = Phase::Queued;
+            state.gpu = None;
+            state.eta_secs = None;
+            state.details.insert(
+                "waiting_for_space".into(),
+                format!("{reason}; waiting for room in {}", short.join(", ")).into(),
+            );
+            self.save(&dir, &state);
+        }
+        let _ = dir.append_event(&event(
+            "waiting_for_space",
+            [("reason", reason.into()), ("folders", short.into())],
+        ));
+        self.waiting_for_space.insert(id.clone(), wait);
+    }
+
+    /// Queues the jobs that waited for disk space once their folders have room again.
+    fn release_space_waits(&mut self) {
+        let ready: Vec<JobId> = self
+            .waiting_for_space
+            .iter()
+            .filter(|(_, wait)| wait.over())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ready {
+            let Some(wait) = self.waiting_for_space.remove(&id) else {
+                continue;
+            };
+            let dir = self.job_dir(&id);
+            let waited = wait.since.elapsed().as_secs_f64();
+            info!(job = %id, waited_secs = waited, "disk space is back; the job goes on");
+            if let Ok(mut state) = dir.load_state() {
+                state.details.remove("waiting_for_space");
+                self.save(&dir, &state);
+            }
+            let _ = dir.append_event(&event(
+                "space_available",
+                [
+                    ("waited_secs", waited.into()),
+                    ("timed_out", wait.short().is_some().into()),
+                ],
+            ));
+            self.enqueue(id);
+        }
+    }
+
+    /// Queues the jobs whose retry backoff is over.
+    fn release_backoffs(&mut self) {
+        let now = now_ms();
+        let due: Vec<JobId> = self
+            .backing_off
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            self.backing_off.remove(&id);
+            self.enqueue(id);
         }
     }
 
@@ -530,7 +731,9 @@ impl Scheduler {
         let gpus: std::collections::BTreeSet<&str> =
             self.running.values().map(|job| job.card.as_str()).collect();
         SchedulerVitals {
-            queued: self.placement.queued_ids().len(),
+            queued: self.placement.queued_ids().len()
+                + self.backing_off.len()
+                + self.waiting_for_space.len(),
             running: self.running.len(),
             gpus_in_use: gpus.into_iter().map(str::to_string).collect(),
             ticked_at: std::time::Instant::now(),
@@ -550,6 +753,24 @@ impl Scheduler {
 
     /// Acts on `cancel.request` files of queued and running jobs.
     fn check_cancel_requests(&mut self) {
+        let waiting: Vec<JobId> = self
+            .backing_off
+            .keys()
+            .chain(self.waiting_for_space.keys())
+            .cloned()
+            .collect();
+        for id in waiting {
+            if self.job_dir(&id).cancel_request().exists() {
+                self.backing_off.remove(&id);
+                self.waiting_for_space.remove(&id);
+                self.finish(
+                    &id,
+                    Phase::Cancelled,
+                    Some("cancelled by request".into()),
+                    None,
+                );
+            }
+        }
         for id in self.placement.queued_ids() {
             if self.job_dir(&id).cancel_request().exists() {
                 self.placement.remove_queued(&id);
@@ -619,6 +840,8 @@ pub async fn run(
             _ = tick.tick() => {
                 blocking(|| {
                     scheduler.check_cancel_requests();
+                    scheduler.release_backoffs();
+                    scheduler.release_space_waits();
                     scheduler.placement.on_tick();
                     scheduler.place();
                 });
@@ -657,4 +880,45 @@ pub async fn run(
 /// them to another thread while this one blocks.
 fn blocking<T>(work: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(work)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_none_after_progress_then_doubles_up_to_a_minute() {
+        let secs: Vec<u64> = (0..9).map(|n| retry_backoff(n).as_secs()).collect();
+        assert_eq!(secs, [0, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(retry_backoff(u32::MAX), RETRY_BACKOFF_MAX);
+    }
+
+    #[test]
+    fn durable_clips_come_from_the_newer_of_the_two_checkpoints() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let dir = JobDir::new(root.path());
+        std::fs::create_dir_all(dir.work_dir()).expect("work dir");
+        assert_eq!(durable_clips(&dir), 0, "no checkpoint yet");
+        let checkpoint = |last_clip: u32| {
+            serde_json::json!({
+                "format_version": 1,
+                "last_clip": last_clip,
+                "job_fingerprint": "f",
+                "carry": {"file": "carry", "size_bytes": 1, "sha256": "00"},
+                "segments": [],
+                "written_at_unix_ms": 1,
+            })
+            .to_string()
+        };
+        let work = dir.work_dir();
+        std::fs::write(work.join("checkpoint.prev.json"), checkpoint(3)).expect("write");
+        std::fs::write(work.join("checkpoint.json"), b"{\"torn").expect("write");
+        assert_eq!(
+            durable_clips(&dir),
+            4,
+            "a torn latest falls back to the previous"
+        );
+        std::fs::write(work.join("checkpoint.json"), checkpoint(4)).expect("write");
+        assert_eq!(durable_clips(&dir), 5);
+    }
 }

@@ -108,6 +108,7 @@ pub async fn supervise(
         }
     };
     info!(job = %job, pid = child.id(), "worker started");
+    let oom_watch = child.id().map(crate::death::OomWatch::start);
     let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
         let _ = child.start_kill();
         send(WorkerReport::Ended {
@@ -124,6 +125,7 @@ pub async fn supervise(
     let mut last_message: Option<WorkerMessage> = None;
     let mut stop_sent_at: Option<tokio::time::Instant> = None;
     let mut heartbeat_lost = false;
+    let mut killed_after_stop = false;
     loop {
         let deadline = match stop_sent_at {
             Some(sent) => sent + launch.stop_timeout,
@@ -153,6 +155,7 @@ pub async fn supervise(
                     heartbeat_lost = true;
                 } else {
                     warn!(job = %job, "worker did not stop within {:?}; killing it", launch.stop_timeout);
+                    killed_after_stop = true;
                 }
                 let _ = child.start_kill();
                 break;
@@ -161,7 +164,12 @@ pub async fn supervise(
     }
     let status = child.wait().await;
     let stderr_tail = stderr_task.await.unwrap_or_default();
-    let end = classify_end(status, last_message, heartbeat_lost);
+    let killer = if killed_after_stop {
+        Killer::DaemonAfterStop(launch.stop_timeout)
+    } else {
+        Killer::Unknown(oom_watch)
+    };
+    let end = classify_end(status, last_message, heartbeat_lost, killer);
     info!(job = %job, end = ?end, "worker ended");
     send(WorkerReport::Ended { end, stderr_tail });
 }
@@ -175,10 +183,19 @@ fn signal_child(child: &tokio::process::Child, signal: i32) {
     }
 }
 
+/// Who is known to have sent a deadly signal.
+enum Killer {
+    /// The supervisor, because the worker outlived its stop timeout.
+    DaemonAfterStop(Duration),
+    /// Not the daemon; the kernel may say whether its OOM killer did.
+    Unknown(Option<crate::death::OomWatch>),
+}
+
 fn classify_end(
     status: std::io::Result<std::process::ExitStatus>,
     last_message: Option<WorkerMessage>,
     heartbeat_lost: bool,
+    killer: Killer,
 ) -> WorkerEnd {
     use std::os::unix::process::ExitStatusExt;
     if heartbeat_lost {
@@ -211,10 +228,21 @@ fn classify_end(
             status: format!("exit status {code}"),
         },
         (None, _) => WorkerEnd::Crashed {
-            status: match status.signal() {
-                Some(libc::SIGKILL) => "killed by SIGKILL (out of host memory?)".to_string(),
-                Some(signal) => format!("killed by signal {signal}"),
-                None => "ended without a status".to_string(),
+            status: match (status.signal(), killer) {
+                (Some(signal), Killer::DaemonAfterStop(timeout)) => format!(
+                    "killed by {} from the daemon: it did not stop within {timeout:?}",
+                    crate::death::signal_name(signal)
+                ),
+                (Some(libc::SIGKILL), Killer::Unknown(watch)) => {
+                    match watch.and_then(|watch| watch.evidence()) {
+                        Some(evidence) => format!("killed by SIGKILL (9): {evidence}"),
+                        None => "killed by SIGKILL (9), not sent by the daemon; \
+                                 the kernel reports no OOM kill of it"
+                            .to_string(),
+                    }
+                }
+                (Some(signal), _) => format!("killed by {}", crate::death::signal_name(signal)),
+                (None, _) => "ended without a status".to_string(),
             },
         },
     }

@@ -189,7 +189,8 @@ pub enum NoticeEvent {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryPolicy {
-    /// Attempts in all, the first one included.
+    /// Attempts in a row that end without making a new clip durable, the first one included;
+    /// an attempt that checkpoints a new clip starts the count again.
     pub max_attempts: u32,
 }
 

@@ -88,8 +88,17 @@ pub struct JobState {
     /// Known once the audio length is known (for `num_clip: auto`).
     #[serde(default)]
     pub clips_total: Option<u32>,
+    /// Attempts started so far, the first included.
     #[serde(default)]
     pub attempts: u32,
+    /// How many attempts in a row ended without making a new clip durable: an attempt that
+    /// checkpointed a new clip resets it to 0, and `retry.max_attempts` bounds it.
+    #[serde(default)]
+    pub stalled_attempts: u32,
+    /// A queued job waiting out its retry backoff starts no earlier than this (ms since the
+    /// epoch); `None` when it may run at once.
+    #[serde(default)]
+    pub retry_at_ms: Option<u64>,
     /// The finished video.
     #[serde(default)]
     pub output: Option<PathBuf>,
@@ -121,6 +130,8 @@ impl JobState {
             clips_done: 0,
             clips_total: None,
             attempts: 0,
+            stalled_attempts: 0,
+            retry_at_ms: None,
             output: None,
             error: None,
             eta_secs: None,

@@ -46,7 +46,9 @@ pub(crate) fn field_hint(key: &str) -> Option<&'static str> {
         "output.crf" => "lower is better quality and bigger files; 18 looks lossless, 23 is the x264 default",
         "notify.on" => "list any of: started, progress, done, failed, cancelled",
         "notify.progress_every" => "a number of clips between progress notices, 1 or more",
-        "retry.max_attempts" => "attempts in all, the first included; 3 is the default",
+        "retry.max_attempts" => {
+            "attempts in a row that make no new clip durable, the first included; 3 is the default"
+        }
         _ if key.starts_with("notify.email") => "write plain addresses such as ops@example.com",
         _ if key.starts_with("notify.webhook") => {
             "each webhook needs `url: https://...`; optional: `secret_env: VAR`, `format: json|slack`"
