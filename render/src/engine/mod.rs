@@ -17,6 +17,7 @@
 
 mod architecture;
 mod carry;
+pub mod external;
 mod features;
 mod rng;
 mod tiny;
