@@ -12,6 +12,7 @@ mod cli;
 mod config;
 mod daemon;
 mod demo;
+mod engines;
 mod gpus;
 mod intake;
 mod logging;
