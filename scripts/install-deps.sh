@@ -22,6 +22,10 @@ fi
 if ! python3 -c 'import aiosmtpd' 2>/dev/null; then
   python3 -m pip install --quiet aiosmtpd || $SUDO python3 -m pip install --quiet --break-system-packages aiosmtpd
 fi
+# numpy: the example command engine (engines/python/example_engine.py) and its tests
+if ! python3 -c 'import numpy' 2>/dev/null; then
+  python3 -m pip install --quiet numpy || $SUDO python3 -m pip install --quiet --break-system-packages numpy
+fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi

@@ -1,0 +1,289 @@
+//! End to end: command engines. The real daemon runs jobs through a real Python engine process
+//! (engines/python/example_engine.py, or tests/engines/chaos_engine.py: the same engine with
+//! faults on order), kills workers and engines with SIGKILL, and checks the videos with the
+//! real `ffprobe`/`ffmpeg` and the outcomes in the job's state and events.
+
+mod common;
+#[path = "render/support.rs"]
+#[allow(dead_code)]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{wait_for, Farm};
+use support::*;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .expect("repository root")
+}
+
+/// One `engines:` entry running `script` with `python3`.
+fn engine_entry(name: &str, script: &Path, env: &[(&str, String)], timeout_secs: u64) -> String {
+    let mut text = format!(
+        "  {name}:\n    command: [python3, {}]\n    profile: example-engine\n    heartbeat_timeout_secs: {timeout_secs}\n",
+        script.display()
+    );
+    if !env.is_empty() {
+        text.push_str("    env:\n");
+        for (key, value) in env {
+            text.push_str(&format!("      {key}: \"{value}\"\n"));
+        }
+    }
+    text
+}
+
+fn example_script() -> PathBuf {
+    repo().join("engines/python/example_engine.py")
+}
+
+fn chaos_script() -> PathBuf {
+    repo().join("tests/engines/chaos_engine.py")
+}
+
+/// A farm whose config declares `engines` (already formatted entries).
+fn farm_with(engines: &[String]) -> Farm {
+    let mut extra = format!("{POOL}engines:\n");
+    for entry in engines {
+        extra.push_str(entry);
+    }
+    Farm::new(&extra)
+}
+
+/// A 64x64 job of `clips` clips of 4 frames through engine `engine`.
+fn engine_job(farm: &Farm, name: &str, engine: &str, clips: u32, attempts: u32) -> String {
+    format!(
+        "name: {name}\ninputs:\n  image: {m}/portrait.png\n  audio: {m}/hello.wav\n  prompt: \"a test\"\n\
+         render:\n  size: 64*64\n  infer_frames: 4\n  num_clip: {clips}\n  seed: 7\n\
+         engine:\n  kind: command\n  name: {engine}\n  model: demo\n\
+         output:\n  path: {o}/{name}.mp4\nretry:\n  max_attempts: {attempts}\n",
+        m = farm.media.display(),
+        o = farm.out.display(),
+    )
+}
+
+fn output(state: &serde_json::Value) -> PathBuf {
+    PathBuf::from(
+        state["output"]
+            .as_str()
+            .expect("a done job names its output"),
+    )
+}
+
+fn error_of(state: &serde_json::Value) -> String {
+    state["error"].as_str().unwrap_or_default().to_string()
+}
+
+/// The frames of an uninterrupted run of the example engine.
+fn reference_frames(clips: u32) -> Vec<String> {
+    let farm = farm_with(&[engine_entry("numpy-example", &example_script(), &[], 30)]);
+    let _daemon = farm.start_daemon();
+    farm.drop_job(
+        "reference.yaml",
+        &engine_job(&farm, "reference", "numpy-example", clips, 1),
+    );
+    let state = wait_finished(&farm, "reference.yaml");
+    assert_eq!(state["phase"], "done", "reference run: {state}");
+    assert_eq!(
+        start_points(&events(&farm, &state)),
+        vec![0],
+        "reference ran in one go"
+    );
+    frame_digests(&output(&state))
+}
+
+#[test]
+fn example_engine_renders_a_job() {
+    let farm = farm_with(&[engine_entry("numpy-example", &example_script(), &[], 30)]);
+    let _daemon = farm.start_daemon();
+    farm.drop_job(
+        "hello.yaml",
+        &engine_job(&farm, "hello", "numpy-example", 3, 1),
+    );
+    let state = wait_finished(&farm, "hello.yaml");
+    assert_eq!(state["phase"], "done", "{state}");
+    let video = probe(&output(&state));
+    assert_eq!(
+        (video.video_codec.as_str(), video.audio_codec.as_str()),
+        ("h264", "aac")
+    );
+    assert_eq!(
+        (video.width, video.height, video.video_frames),
+        (64, 64, 12)
+    );
+    // The engine's frames, not a still: loudness, grain and the carried band move them.
+    let digests = frame_digests(&output(&state));
+    let distinct: std::collections::BTreeSet<_> = digests.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        digests.len(),
+        "every frame differs: {digests:?}"
+    );
+    // Intake stored the operator's declaration with the job; the job file never named it.
+    let resolved = std::fs::read_to_string(job_dir(&farm, &state).join("engine.json"))
+        .expect("engine.json in the job dir");
+    assert!(resolved.contains("example_engine.py"), "{resolved}");
+    assert_eq!(clips_done(&events(&farm, &state)), vec![0, 1, 2]);
+}
+
+#[test]
+fn killed_worker_and_engine_resume_to_identical_frames() {
+    const CLIPS: u32 = 5;
+    let reference = reference_frames(CLIPS);
+    assert_eq!(reference.len(), (CLIPS * 4) as usize);
+
+    // The chaos engine remembers fired kills in its working directory, the job's engine
+    // scratch dir, which outlives attempts.
+    let farm = farm_with(&[engine_entry(
+        "numpy-example",
+        &chaos_script(),
+        &[("CHAOS", "kill@load,kill@mid:1,kill@frames:2".to_string())],
+        30,
+    )]);
+    // The worker SIGKILLs itself at exact points of the clip loop (render/src/worker/crash_point.rs).
+    let _daemon = farm.start_daemon_with_env(&[(
+        "REELSPOOL_TEST_CRASH_AT",
+        "after_denoise@0,mid_encode@1,after_carry@3,mid_checkpoint@3,after_segment@4",
+    )]);
+    farm.drop_job(
+        "chaos.yaml",
+        &engine_job(&farm, "chaos", "numpy-example", CLIPS, 40),
+    );
+    let state = wait_finished(&farm, "chaos.yaml");
+    assert_eq!(state["phase"], "done", "{state}");
+    let evs = events(&farm, &state);
+    let starts = start_points(&evs);
+    // Three engine kills and five worker kills: nine attempts in all.
+    assert_eq!(starts.len(), 9, "every kill cost an attempt: starts {starts:?}");
+    assert!(
+        starts.iter().any(|&k| k > 0),
+        "some attempt resumed from a checkpoint: {starts:?}"
+    );
+    assert_eq!(
+        frame_digests(&output(&state)),
+        reference,
+        "resumed video differs from an uninterrupted one"
+    );
+}
+
+#[test]
+fn misbehaving_engines_get_their_documented_outcome_and_the_daemon_lives() {
+    let chaos = |name: &str, fault: &str, timeout: u64| {
+        engine_entry(
+            name,
+            &chaos_script(),
+            &[("CHAOS", fault.to_string())],
+            timeout,
+        )
+    };
+    let farm = farm_with(&[
+        chaos("crashes", "crash@1", 30),
+        chaos("hangs", "hang@1", 2),
+        chaos("garbage", "garbage@1", 30),
+        chaos("short", "short@1", 30),
+        chaos("oom", "oom", 30),
+    ]);
+    let mut daemon = farm.start_daemon();
+    for name in ["crashes", "hangs", "garbage", "short", "oom"] {
+        farm.drop_job(
+            &format!("{name}.yaml"),
+            &engine_job(&farm, name, name, 2, 2),
+        );
+    }
+    let crashed = wait_finished(&farm, "crashes.yaml");
+    let hung = wait_finished(&farm, "hangs.yaml");
+    let garbage = wait_finished(&farm, "garbage.yaml");
+    let short = wait_finished(&farm, "short.yaml");
+    let oom = wait_finished(&farm, "oom.yaml");
+
+    // A crash may be transient: retried, then failed with the engine's exit status.
+    assert_eq!(crashed["phase"], "failed", "{crashed}");
+    assert!(
+        error_of(&crashed).contains("engine `crashes` exited during render_clip 1 (exit status 3)"),
+        "{crashed}"
+    );
+    assert!(
+        events(&farm, &crashed)
+            .iter()
+            .any(|e| e["event"] == "retry"),
+        "crash was retried"
+    );
+    // A hang is killed after the heartbeat timeout, then handled like a crash.
+    assert_eq!(hung["phase"], "failed", "{hung}");
+    assert!(
+        error_of(&hung).contains("engine `hangs` sent nothing for 2 s during render_clip 1"),
+        "{hung}"
+    );
+    // A line that is not a message is a broken engine: the job fails at once.
+    assert_eq!(garbage["phase"], "failed", "{garbage}");
+    assert!(
+        error_of(&garbage).contains("engine `garbage` broke the protocol"),
+        "{garbage}"
+    );
+    assert!(
+        error_of(&garbage).contains("4/4 [00:01<00:00]"),
+        "the bad line is quoted: {garbage}"
+    );
+    assert!(
+        !events(&farm, &garbage)
+            .iter()
+            .any(|e| e["event"] == "retry"),
+        "no retry for a protocol error"
+    );
+    // Too few frames: the job fails, saying how many came and how many were asked for.
+    assert_eq!(short["phase"], "failed", "{short}");
+    assert!(
+        error_of(&short).contains(
+            "engine `short`: clip 1: the engine says it wrote 3 frames; render_clip asked for 4"
+        ),
+        "{short}"
+    );
+    // `oom` takes the out-of-memory path: requeued with offload, and then it renders.
+    assert_eq!(oom["phase"], "done", "{oom}");
+    let oom_events = events(&farm, &oom);
+    assert!(
+        oom_events
+            .iter()
+            .any(|e| e["event"] == "retry" && e["fallback"] == "offload"),
+        "{oom_events:?}"
+    );
+    assert_eq!(probe(&output(&oom)).video_frames, 8);
+
+    assert!(
+        daemon.is_running(),
+        "the daemon outlived every misbehaving engine"
+    );
+    // And it still takes work.
+    farm.drop_job("after.yaml", &engine_job(&farm, "after", "oom", 1, 2));
+    let after = wait_finished(&farm, "after.yaml");
+    assert_eq!(after["phase"], "done", "{after}");
+}
+
+#[test]
+fn a_job_naming_an_unconfigured_engine_is_rejected_at_intake() {
+    let farm = farm_with(&[engine_entry("numpy-example", &example_script(), &[], 30)]);
+    let mut daemon = farm.start_daemon();
+    farm.drop_job(
+        "torch.yaml",
+        &engine_job(&farm, "torch", "liveavatar-torch", 1, 1),
+    );
+    let error = wait_for("torch.yaml to be rejected", Duration::from_secs(30), || {
+        farm.rejection("torch.yaml")
+    });
+    assert!(
+        error.contains("engine `liveavatar-torch` is not configured"),
+        "{error}"
+    );
+    assert!(
+        error.contains("configured engines: numpy-example"),
+        "{error}"
+    );
+    assert!(
+        farm.job_by_source("torch.yaml").is_none(),
+        "no job was created"
+    );
+    assert!(daemon.is_running());
+}
