@@ -128,7 +128,7 @@ pub enum ExternalError {
     },
     #[error("engine `{engine}` speaks protocol {got}; this worker speaks {PROTOCOL_VERSION}")]
     Version { engine: String, got: u32 },
-    #[error("engine `{engine}` reported {kind:?} during {during}: {message}")]
+    #[error("engine `{engine}` reported {kind} during {during}: {message}")]
     Reported {
         engine: String,
         during: String,

@@ -107,6 +107,16 @@ pub enum ErrorKind {
     Internal,
 }
 
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ErrorKind::Oom => "oom",
+            ErrorKind::BadInput => "bad_input",
+            ErrorKind::Internal => "internal",
+        })
+    }
+}
+
 /// A message from the engine to the worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -195,5 +205,6 @@ mod tests {
         assert!(Reply::from_line("Loading checkpoint shards: 100%").is_err());
         assert!(Reply::from_line(r#"{"type":"done"}"#).is_err());
         assert!(Reply::from_line(r#"{"type":"error","kind":"segfault","message":"x"}"#).is_err());
+        assert!(Reply::from_line(r#"{"type":"ok","frames":4,"extra":1}"#).is_err());
     }
 }
