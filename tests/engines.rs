@@ -157,7 +157,11 @@ fn killed_worker_and_engine_resume_to_identical_frames() {
     let evs = events(&farm, &state);
     let starts = start_points(&evs);
     // Three engine kills and five worker kills: nine attempts in all.
-    assert_eq!(starts.len(), 9, "every kill cost an attempt: starts {starts:?}");
+    assert_eq!(
+        starts.len(),
+        9,
+        "every kill cost an attempt: starts {starts:?}"
+    );
     assert!(
         starts.iter().any(|&k| k > 0),
         "some attempt resumed from a checkpoint: {starts:?}"
@@ -286,4 +290,50 @@ fn a_job_naming_an_unconfigured_engine_is_rejected_at_intake() {
         "no job was created"
     );
     assert!(daemon.is_running());
+}
+
+/// The `yaml` code blocks of README.md's "Bring your own model" section, in order.
+fn readme_yaml_blocks() -> Vec<String> {
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("read README.md");
+    let start = readme
+        .find("\n## Bring your own model\n")
+        .expect("README has a \"Bring your own model\" section");
+    let section = &readme[start + 1..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |n| n + 3)];
+    section
+        .split("```yaml\n")
+        .skip(1)
+        .map(|block| block.split("```").next().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn readme_bring_your_own_model_example_works_as_written() {
+    let blocks = readme_yaml_blocks();
+    assert_eq!(
+        blocks.len(),
+        2,
+        "a config block and a job block: {blocks:?}"
+    );
+    // Only the installed locations change: the engine from the source tree, the media and
+    // the renders in this test's farm.
+    let config = blocks[0].replace(
+        "/usr/share/reelspool/engines/python/",
+        &format!("{}/", repo().join("engines/python").display()),
+    );
+    let farm = Farm::new(&format!("{POOL}{config}"));
+    let job = blocks[1]
+        .replace("/srv/media/", &format!("{}/", farm.media.display()))
+        .replace("/srv/renders/", &format!("{}/", farm.out.display()));
+    let _daemon = farm.start_daemon();
+    farm.drop_job("byo-hello.yaml", &job);
+    let state = wait_finished(&farm, "byo-hello.yaml");
+    assert_eq!(state["phase"], "done", "{state}");
+    let video = probe(&output(&state));
+    assert_eq!((video.width, video.height), (256, 256));
+    let speech = input_secs(&farm.media.join("hello.wav"));
+    assert!(
+        (video.video_secs - speech).abs() <= 1.0 / 16.0,
+        "{video:?} vs {speech} s of speech"
+    );
 }
