@@ -171,6 +171,28 @@ fn killed_worker_and_engine_resume_to_identical_frames() {
         reference,
         "resumed video differs from an uninterrupted one"
     );
+    // Every engine died with its worker or was shut down: none is left running in the farm.
+    wait_for("no engine process left", Duration::from_secs(10), || {
+        engine_processes_under(farm.root.path())
+            .is_empty()
+            .then_some(())
+    });
+}
+
+/// Pids of processes whose working directory lies under `root` (engines run in their job's
+/// scratch directory).
+fn engine_processes_under(root: &Path) -> Vec<i32> {
+    let root = root.canonicalize().expect("canonical farm root");
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(&root))
+        })
+        .collect()
 }
 
 #[test]
@@ -188,10 +210,11 @@ fn misbehaving_engines_get_their_documented_outcome_and_the_daemon_lives() {
         chaos("hangs", "hang@1", 2),
         chaos("garbage", "garbage@1", 30),
         chaos("short", "short@1", 30),
+        chaos("badsize", "badsize@0", 30),
         chaos("oom", "oom", 30),
     ]);
     let mut daemon = farm.start_daemon();
-    for name in ["crashes", "hangs", "garbage", "short", "oom"] {
+    for name in ["crashes", "hangs", "garbage", "short", "badsize", "oom"] {
         farm.drop_job(
             &format!("{name}.yaml"),
             &engine_job(&farm, name, name, 2, 2),
@@ -201,6 +224,7 @@ fn misbehaving_engines_get_their_documented_outcome_and_the_daemon_lives() {
     let hung = wait_finished(&farm, "hangs.yaml");
     let garbage = wait_finished(&farm, "garbage.yaml");
     let short = wait_finished(&farm, "short.yaml");
+    let badsize = wait_finished(&farm, "badsize.yaml");
     let oom = wait_finished(&farm, "oom.yaml");
 
     // A crash may be transient: retried, then failed with the engine's exit status.
@@ -244,6 +268,14 @@ fn misbehaving_engines_get_their_documented_outcome_and_the_daemon_lives() {
             "engine `short`: clip 1: the engine says it wrote 3 frames; render_clip asked for 4"
         ),
         "{short}"
+    );
+    // A frames file of the wrong size: the same.
+    assert_eq!(badsize["phase"], "failed", "{badsize}");
+    assert!(
+        error_of(&badsize).contains("engine `badsize`: clip 0:")
+            && error_of(&badsize)
+                .contains("holds 49153 bytes; 4 frames of 64x64 RGB24 are 49152 bytes"),
+        "{badsize}"
     );
     // `oom` takes the out-of-memory path: requeued with offload, and then it renders.
     assert_eq!(oom["phase"], "done", "{oom}");
@@ -336,4 +368,81 @@ fn readme_bring_your_own_model_example_works_as_written() {
         (video.video_secs - speech).abs() <= 1.0 / 16.0,
         "{video:?} vs {speech} s of speech"
     );
+}
+
+/// SIGTERM to the worker: the clip in progress finishes and is checkpointed, then the engine
+/// is asked to shut down and exits; the job resumes and comes out as if never stopped.
+#[test]
+fn sigterm_shuts_the_engine_down_after_the_clip_checkpoint() {
+    const CLIPS: u32 = 16;
+    let reference = reference_frames(CLIPS);
+    let farm = farm_with(&[engine_entry(
+        "numpy-example",
+        &chaos_script(),
+        &[("CHAOS", "slow".to_string())],
+        30,
+    )]);
+    let _daemon = farm.start_daemon();
+    farm.drop_job(
+        "term.yaml",
+        &engine_job(&farm, "term", "numpy-example", CLIPS, 3),
+    );
+    wait_event(&farm, "term.yaml", "clip 3 done", |e| {
+        e["event"] == "clip_done" && e["index"].as_u64() >= Some(3)
+    });
+    let state = farm.job_by_source("term.yaml").expect("job");
+    wait_gone(signal_worker(&job_dir(&farm, &state), libc::SIGTERM));
+    let state = wait_finished(&farm, "term.yaml");
+    assert_eq!(state["phase"], "done", "{state}");
+    let evs = events(&farm, &state);
+    let exit = evs
+        .iter()
+        .find(|e| e["event"] == "worker_exit")
+        .expect("a worker exit");
+    assert!(
+        exit["end"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("Interrupted")),
+        "{exit}"
+    );
+    let starts = start_points(&evs);
+    assert!(starts.len() == 2 && starts[1] >= 4, "{starts:?}");
+    let log =
+        std::fs::read_to_string(job_dir(&farm, &state).join("worker.log")).expect("worker log");
+    assert!(
+        log.matches("shutdown requested").count() == 2,
+        "the engine was shut down after the interruption and at the end:\n{log}"
+    );
+    assert_eq!(frame_digests(&output(&state)), reference);
+}
+
+/// SIGKILL of the worker while its engine is busy: the engine dies with it.
+#[test]
+fn engine_dies_with_a_killed_worker() {
+    let farm = farm_with(&[engine_entry(
+        "numpy-example",
+        &chaos_script(),
+        &[("CHAOS", "hang@1".to_string())],
+        600,
+    )]);
+    let _daemon = farm.start_daemon();
+    farm.drop_job(
+        "orphan.yaml",
+        &engine_job(&farm, "orphan", "numpy-example", 3, 1),
+    );
+    wait_event(&farm, "orphan.yaml", "clip 0 done", |e| {
+        e["event"] == "clip_done" && e["index"] == 0
+    });
+    let state = farm.job_by_source("orphan.yaml").expect("job");
+    let engines = wait_for("the engine process", RUN, || {
+        let pids = engine_processes_under(farm.root.path());
+        (!pids.is_empty()).then_some(pids)
+    });
+    wait_gone(signal_worker(&job_dir(&farm, &state), libc::SIGKILL));
+    for pid in engines {
+        wait_gone(pid);
+    }
+    let state = wait_finished(&farm, "orphan.yaml");
+    assert_eq!(state["phase"], "failed", "one attempt only: {state}");
+    assert!(engine_processes_under(farm.root.path()).is_empty());
 }

@@ -241,6 +241,7 @@ def run(load, render_clip, name=None, capabilities=(), load_heartbeat_secs=5.0):
             )
             continue
         if kind == "shutdown":
+            print("reelspool_engine: shutdown requested; exiting", file=sys.stderr, flush=True)
             break
         try:
             if kind == "load":

@@ -9,7 +9,9 @@ CHAOS (from the engine's `env:` in the test daemon's config) lists faults, comma
   hang@K           stop answering at the start of clip K
   garbage@K        print a line that is not a message at the start of clip K
   short@K          return one frame too few for clip K
+  badsize@K        write clip K's frames file one byte too long (and claim the full count)
   oom              report `oom` from load unless the lease asked for offload
+  slow             sleep 0.15 s before each clip (frames unchanged)
 Kills fire once per job (a marker file in CHAOS_MARKS, by default the working directory, which
 is the job's engine scratch directory, remembers), so the retried attempt runs past them; the
 other faults fire every time.
@@ -50,6 +52,8 @@ def load(job):
 
 def render_clip(loaded, job, clip):
     k = clip.index
+    if "slow" in FAULTS:
+        time.sleep(0.15)
     if "crash@%d" % k in FAULTS:
         print("chaos: crashing at clip %d" % k, file=sys.stderr, flush=True)
         os._exit(3)
@@ -69,6 +73,10 @@ def render_clip(loaded, job, clip):
     frames = example_engine.render_clip(loaded, job, clip)
     if "short@%d" % k in FAULTS:
         frames = frames[:-1]
+    if "badsize@%d" % k in FAULTS:
+        with open(clip.frames_path, "wb") as f:
+            f.write(frames.tobytes() + b"\0")
+        return None  # the helper counts whole frames in the file: all of them
     if "kill@frames:%d" % k in FAULTS:
         with open(clip.frames_path, "wb") as f:
             f.write(frames.tobytes())

@@ -44,7 +44,7 @@ fn heartbeats_and_progress_are_skipped_until_the_reply() {
 
 #[test]
 fn a_line_that_is_not_a_message_fails_naming_the_engine() {
-    let script = format!("echo '{HELLO}'; read line; echo 'Loading shards 50%'; sleep 30");
+    let script = format!("echo '{HELLO}'; read line; echo 'Loading shards 50%'; exec sleep 30");
     let mut engine = start(&script, 5).expect("engine starts");
     let err = engine.render_clip(&clip_request()).unwrap_err();
     assert!(matches!(err, ExternalError::Malformed { .. }), "{err}");
@@ -65,7 +65,7 @@ fn an_engine_that_exits_mid_clip_reports_its_status() {
 
 #[test]
 fn a_silent_engine_is_killed_after_the_heartbeat_timeout() {
-    let script = format!("echo '{HELLO}'; read line; sleep 60");
+    let script = format!("echo '{HELLO}'; read line; exec sleep 60");
     let mut engine = start(&script, 1).expect("engine starts");
     let err = engine.render_clip(&clip_request()).unwrap_err();
     assert!(
@@ -86,7 +86,7 @@ fn a_reported_oom_keeps_its_kind() {
 
 #[test]
 fn another_protocol_version_is_refused() {
-    let err = start(r#"echo '{"type":"hello","protocol":99}'; sleep 5"#, 5)
+    let err = start(r#"echo '{"type":"hello","protocol":99}'; exec sleep 5"#, 5)
         .err()
         .expect("version 99 must be refused");
     assert!(
