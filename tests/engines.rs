@@ -446,3 +446,26 @@ fn engine_dies_with_a_killed_worker() {
     assert_eq!(state["phase"], "failed", "one attempt only: {state}");
     assert!(engine_processes_under(farm.root.path()).is_empty());
 }
+
+/// An engine written from docs/engine-protocol.md alone (no helper, no numpy) renders a job,
+/// and a worker killed at several points resumes it to the frames of an uninterrupted run.
+#[test]
+fn an_engine_written_from_the_protocol_document_survives_worker_kills() {
+    let plain = repo().join("tests/engines/plain_engine.py");
+    let run = |crash_at: &str| {
+        let farm = farm_with(&[engine_entry("plain", &plain, &[], 30)]);
+        let _daemon = farm.start_daemon_with_env(&[("REELSPOOL_TEST_CRASH_AT", crash_at)]);
+        farm.drop_job("plain.yaml", &engine_job(&farm, "plain", "plain", 4, 10));
+        let state = wait_finished(&farm, "plain.yaml");
+        assert_eq!(state["phase"], "done", "{state}");
+        (
+            start_points(&events(&farm, &state)),
+            frame_digests(&output(&state)),
+        )
+    };
+    let (starts, reference) = run("");
+    assert_eq!(starts, vec![0]);
+    let (starts, resumed) = run("mid_encode@1,after_carry@2,after_checkpoint@2");
+    assert_eq!(starts.len(), 4, "three kills: {starts:?}");
+    assert_eq!(resumed, reference);
+}
