@@ -207,7 +207,7 @@ fn misbehaving_engines_get_their_documented_outcome_and_the_daemon_lives() {
     };
     let farm = farm_with(&[
         chaos("crashes", "crash@1", 30),
-        chaos("hangs", "hang@1", 2),
+        chaos("hangs", "hang@1", 3),
         chaos("garbage", "garbage@1", 30),
         chaos("short", "short@1", 30),
         chaos("badsize", "badsize@0", 30),
@@ -242,7 +242,7 @@ fn misbehaving_engines_get_their_documented_outcome_and_the_daemon_lives() {
     // A hang is killed after the heartbeat timeout, then handled like a crash.
     assert_eq!(hung["phase"], "failed", "{hung}");
     assert!(
-        error_of(&hung).contains("engine `hangs` sent nothing for 2 s during render_clip 1"),
+        error_of(&hung).contains("engine `hangs` sent nothing for 3 s during render_clip 1"),
         "{hung}"
     );
     // A line that is not a message is a broken engine: the job fails at once.

@@ -127,6 +127,7 @@ class Job:
         self.inputs = _Inputs(raw["inputs"])
         self.device = _Device(raw["device"])
         self.scratch_dir = raw["scratch_dir"]
+        self.heartbeat_timeout_secs = raw.get("heartbeat_timeout_secs", 120)
 
     @property
     def frame_bytes(self):
@@ -211,7 +212,7 @@ def _write_frames(path, frames, frame_bytes):
     return len(data) // frame_bytes
 
 
-def run(load, render_clip, name=None, capabilities=(), load_heartbeat_secs=5.0):
+def run(load, render_clip, name=None, capabilities=()):
     """Serves the protocol until `shutdown` or the end of stdin; never returns normally.
 
     `render_clip` returns the clip's frames (bytes, bytearray, memoryview or a contiguous
@@ -248,7 +249,8 @@ def run(load, render_clip, name=None, capabilities=(), load_heartbeat_secs=5.0):
                 if request.get("protocol") != PROTOCOL_VERSION:
                     raise EngineError("worker speaks protocol %r" % request.get("protocol"))
                 job = Job(request)
-                with _Beat(channel, load_heartbeat_secs):
+                # Four beats per timeout: one late beat never costs the job.
+                with _Beat(channel, max(job.heartbeat_timeout_secs / 4.0, 0.05)):
                     model = load(job)
                 channel.send({"type": "ok"})
             elif kind == "render_clip":

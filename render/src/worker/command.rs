@@ -177,6 +177,7 @@ pub(super) fn render_clips(
                 offload,
             },
             scratch_dir: paths.scratch(),
+            heartbeat_timeout_secs: engine.heartbeat_timeout().as_secs(),
         })
         .map_err(engine_failure)?;
 

@@ -270,6 +270,11 @@ impl CommandEngine {
         &self.name
     }
 
+    /// How long the engine may stay silent before it is killed.
+    pub fn heartbeat_timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Sends `load` and waits for its `ok`.
     pub fn load(&mut self, request: &Request) -> Result<(), ExternalError> {
         self.send(request)?;
@@ -280,7 +285,7 @@ impl CommandEngine {
     }
 
     /// Sends `render_clip` and waits for its `ok`; returns the frame count the engine claims.
-    /// `on_progress` runs for every heartbeat or progress line.
+    /// Heartbeat and progress lines on the way only reset the timeout.
     pub fn render_clip(&mut self, request: &Request) -> Result<u32, ExternalError> {
         let Request::RenderClip { index, .. } = request else {
             panic!("render_clip called with a {} request", request.name());

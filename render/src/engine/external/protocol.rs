@@ -62,6 +62,8 @@ pub enum Request {
         device: LoadDevice,
         /// The engine's scratch directory inside the job; it survives restarts of the job.
         scratch_dir: PathBuf,
+        /// The engine is killed after this long without a line from it (§5 of the protocol).
+        heartbeat_timeout_secs: u64,
     },
     RenderClip {
         index: u32,
