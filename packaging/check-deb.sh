@@ -22,6 +22,8 @@ for path in \
     ./usr/share/reelspool/templates/jobs/lowmem-24g.yaml \
     ./usr/share/reelspool/templates/profiles/liveavatar-14b.yaml \
     ./usr/share/reelspool/examples/hello.yaml \
+    ./usr/share/reelspool/engines/python/reelspool_engine.py \
+    ./usr/share/reelspool/engines/python/example_engine.py \
     ./usr/share/doc/reelspool/README.md; do
     if ! grep -q " ${path}\$" <<<"$listing"; then
         echo "missing from the package: $path" >&2

@@ -28,6 +28,10 @@ if ! python3 -c 'import standardwebhooks' 2>/dev/null; then
   python3 -m pip install --quiet "$STANDARDWEBHOOKS" \
     || $SUDO python3 -m pip install --quiet --break-system-packages "$STANDARDWEBHOOKS"
 fi
+# numpy: the example command engine (engines/python/example_engine.py) and its tests
+if ! python3 -c 'import numpy' 2>/dev/null; then
+  python3 -m pip install --quiet numpy || $SUDO python3 -m pip install --quiet --break-system-packages numpy
+fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi

@@ -78,6 +78,10 @@ pub struct DaemonConfig {
     /// Email and webhook delivery.
     #[serde(default)]
     pub notices: notices::NoticeConfig,
+    /// External model programs jobs may use with `engine: {kind: command, name: NAME}`.
+    /// Only the operator declares programs; a job file can only name one of these.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub engines: std::collections::BTreeMap<String, render::engine::external::EngineDeclaration>,
 }
 
 /// A configuration file that cannot be used, with a message that says what to change.
@@ -116,7 +120,35 @@ impl DaemonConfig {
             )))
         })?;
         config.check_paths(file, text)?;
+        config.check_engines(file, text)?;
         Ok(config)
+    }
+
+    fn check_engines(&self, file: &str, text: &str) -> Result<(), ConfigError> {
+        for (name, declaration) in &self.engines {
+            let problem = jobs::check_engine_name(name)
+                .err()
+                .map(|why| format!("engine name `{name}` {why}"))
+                .or_else(|| {
+                    declaration
+                        .problem()
+                        .map(|why| format!("engine `{name}`: {why}"))
+                });
+            if let Some(message) = problem {
+                let (line, column) = diag::locate_key(text, &["engines", name]).unwrap_or((1, 1));
+                return Err(ConfigError::Invalid(Box::new(Diagnostic::at(
+                    file,
+                    text,
+                    line,
+                    column,
+                    message,
+                    Some(
+                        "see docs/engine-protocol.md, section \"Declaring an engine\"".to_string(),
+                    ),
+                ))));
+            }
+        }
+        Ok(())
     }
 
     fn check_paths(&self, file: &str, text: &str) -> Result<(), ConfigError> {
@@ -237,5 +269,28 @@ mod tests {
         let shown = err.to_string();
         assert!(shown.contains("c.yaml:2:"), "{shown}");
         assert!(shown.contains("absolute"), "{shown}");
+    }
+
+    #[test]
+    fn engines_are_read_with_their_defaults() {
+        let text = "spool_dir: /s\nstate_dir: /st\nlog_dir: /l\nengines:\n  numpy-demo:\n    command: [python3, /usr/share/reelspool/engines/example_engine.py]\n    profile: builtin-tiny\n";
+        let config = DaemonConfig::parse("c.yaml", text).expect("valid config");
+        let engine = &config.engines["numpy-demo"];
+        assert_eq!(engine.command[0], "python3");
+        assert_eq!(
+            engine.heartbeat_timeout_secs,
+            render::engine::external::DEFAULT_HEARTBEAT_TIMEOUT_SECS
+        );
+    }
+
+    #[test]
+    fn engine_with_an_empty_command_is_refused_at_its_line() {
+        let text =
+            "spool_dir: /s\nstate_dir: /st\nlog_dir: /l\nengines:\n  broken:\n    command: []\n";
+        let err = DaemonConfig::parse("c.yaml", text).unwrap_err().to_string();
+        assert!(
+            err.contains("engine `broken`") && err.contains("c.yaml:5"),
+            "{err}"
+        );
     }
 }

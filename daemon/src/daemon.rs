@@ -222,6 +222,7 @@ async fn serve(
         templates_dir: config.templates_dir(),
         roots: RwLock::new(config.roots()),
         admission: scheduler.admission(),
+        engines: RwLock::new(config.engines.clone()),
     });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -355,6 +356,11 @@ async fn reload(path: &Path, live: &mut LiveParts) {
         .roots
         .write()
         .unwrap_or_else(PoisonError::into_inner) = config.roots();
+    *live
+        .intake
+        .engines
+        .write()
+        .unwrap_or_else(PoisonError::into_inner) = config.engines.clone();
     let handle = match dispatcher {
         Some(dispatcher) => {
             if let Some(old) = live.notices.take() {

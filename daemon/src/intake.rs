@@ -48,6 +48,8 @@ pub struct IntakeContext {
     /// Behind a lock because a config reload (SIGHUP) replaces them for files not yet read.
     pub roots: std::sync::RwLock<jobs::Roots>,
     pub admission: Box<dyn Admission>,
+    /// The operator's command engines; replaced by a config reload like `roots`.
+    pub engines: std::sync::RwLock<crate::engines::EngineTable>,
 }
 
 /// What one batch produced.
@@ -369,6 +371,14 @@ fn accept_one(
         &parse_context,
     )
     .map_err(|err| err.to_string())?;
+    let (spec, engine) = crate::engines::resolve(
+        &context
+            .engines
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+        spec,
+    )
+    .map_err(|refusal| format!("error: {}: {refusal}", shown_path.display()))?;
     let vram_estimate = context
         .admission
         .admit(&spec)
@@ -376,6 +386,7 @@ fn accept_one(
     let id_text = id.to_string();
     let staging = context.layout.staging_dir(&id_text);
     stage_job(&staging, id, name, &bytes, &spec, vram_estimate)
+        .and_then(|()| crate::engines::write_resolved(&staging, engine.as_ref()))
         .map_err(|err| format!("error: cannot file job {}: {err}", shown_path.display()))
 }
 

@@ -13,6 +13,7 @@ mod config;
 mod daemon;
 mod death;
 mod demo;
+mod engines;
 mod gpus;
 mod intake;
 mod logging;

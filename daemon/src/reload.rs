@@ -1,7 +1,7 @@
 //! SIGHUP: read the config file again without dropping a job.
 //!
-//! Some settings only matter for what happens next (which paths a new job may use, whether the
-//! queue is held, where notices go, how workers started from now on are supervised): those take
+//! Some settings only matter for what happens next (which paths a new job may use, which
+//! engines it may name, whether the queue is held, where notices go, how workers started from now on are supervised): those take
 //! effect at once. Others are baked into what the daemon built at start (the spool it watches,
 //! the state dir it locked, the log files it writes, the GPU pool it placed jobs on): changing
 //! them under running jobs would strand those jobs, so a changed value is logged as "restart
@@ -45,7 +45,7 @@ fn differs<T: Serialize>(old: &T, new: &T) -> bool {
 pub fn plan(old: &DaemonConfig, new: DaemonConfig) -> ReloadPlan {
     let mut applied = Vec::new();
     let mut restart_needed = Vec::new();
-    let live: [(&'static str, bool); 4] = [
+    let live: [(&'static str, bool); 5] = [
         (
             "allowed_roots",
             differs(&old.allowed_roots, &new.allowed_roots),
@@ -53,6 +53,7 @@ pub fn plan(old: &DaemonConfig, new: DaemonConfig) -> ReloadPlan {
         ("hold_queue", old.hold_queue != new.hold_queue),
         ("notices", differs(&old.notices, &new.notices)),
         ("worker", differs(&old.worker, &new.worker)),
+        ("engines", differs(&old.engines, &new.engines)),
     ];
     for (key, changed) in live {
         if changed {
@@ -83,6 +84,8 @@ pub fn plan(old: &DaemonConfig, new: DaemonConfig) -> ReloadPlan {
     effective.hold_queue = new.hold_queue;
     effective.notices = new.notices;
     effective.worker = new.worker;
+    // Only for jobs accepted from now on: a job keeps the declaration it was accepted with.
+    effective.engines = new.engines;
     ReloadPlan {
         effective,
         applied,

@@ -53,6 +53,7 @@ pub(crate) struct RenderFile {
 #[serde(deny_unknown_fields)]
 pub(crate) struct EngineFile {
     pub kind: Option<EngineKind>,
+    pub name: Option<String>,
     pub model: Option<String>,
     pub profile: Option<String>,
 }
@@ -122,6 +123,7 @@ impl JobFile {
             }),
             engine: merge(self.engine, under.engine, |o, u| EngineFile {
                 kind: o.kind.or(u.kind),
+                name: o.name.or(u.name),
                 model: o.model.or(u.model),
                 profile: o.profile.or(u.profile),
             }),
@@ -186,7 +188,7 @@ const RENDER_KEYS: &[Key] = &[
     leaf("offload"),
     leaf("fps"),
 ];
-const ENGINE_KEYS: &[Key] = &[leaf("kind"), leaf("model"), leaf("profile")];
+const ENGINE_KEYS: &[Key] = &[leaf("kind"), leaf("name"), leaf("model"), leaf("profile")];
 const OUTPUT_KEYS: &[Key] = &[leaf("path"), leaf("codec"), leaf("crf")];
 const WEBHOOK_KEYS: &[Key] = &[leaf("url"), leaf("secret_env"), leaf("format")];
 const WEBHOOK_ITEM: Shape = Shape::Map(WEBHOOK_KEYS);

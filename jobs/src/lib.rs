@@ -56,3 +56,9 @@ pub use spec::JobSpec;
 pub use template::{available_templates, job_templates_dir};
 pub use text::MAX_JOB_FILE_BYTES;
 pub use validate::MAX_PROMPT_CHARS;
+
+/// Checks a name an operator gives an engine in the daemon config, with the rule job files
+/// follow for `engine.name`, so every declared engine can be named by a job.
+pub fn check_engine_name(name: &str) -> Result<(), String> {
+    rules::check_name(name)
+}

@@ -18,8 +18,8 @@ use crate::paths::{CanonicalRoots, Roots};
 use crate::rules::check_name;
 use crate::source::Source;
 use crate::spec::{
-    EngineSpec, Inputs, JobSpec, NotifySpec, OutputSpec, RenderSettings, RetryPolicy, WebhookSpec,
-    DEFAULT_CODEC, DEFAULT_CRF,
+    EngineKind, EngineSpec, Inputs, JobSpec, NotifySpec, OutputSpec, RenderSettings, RetryPolicy,
+    WebhookSpec, DEFAULT_CODEC, DEFAULT_CRF,
 };
 use crate::template::read_template;
 use crate::text::{check_text, decode_utf8, read_text_file, ReadFailure};
@@ -210,6 +210,21 @@ fn resolve(doc: JobFile, default_name: &str, job: &Source) -> Result<JobSpec, Ve
             ),
         );
     }
+    if let Some(engine) = &doc.engine {
+        match (engine.kind, &engine.name) {
+            (Some(EngineKind::Command), None) => problems.push(job.at_value(
+                &["engine", "kind"],
+                "`engine.kind: command` needs `engine.name`: the name of an engine the operator declared".to_string(),
+                Some("add `name: <engine>` under `engine:`; the daemon config's `engines:` lists the names".to_string()),
+            )),
+            (kind, Some(name)) if kind != Some(EngineKind::Command) => problems.push(job.at_value(
+                &["engine", "name"],
+                format!("`engine.name: {name}` only applies to `engine.kind: command`"),
+                Some("add `kind: command` under `engine:`, or remove `name:`".to_string()),
+            )),
+            _ => {}
+        }
+    }
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -218,6 +233,7 @@ fn resolve(doc: JobFile, default_name: &str, job: &Source) -> Result<JobSpec, Ve
     let d = RenderSettings::default();
     let engine = doc.engine.unwrap_or_default();
     let engine_default = EngineSpec::default();
+    let engine_kind = engine.kind.unwrap_or(engine_default.kind);
     let notify = doc.notify.unwrap_or_default();
     let notify_default = NotifySpec::default();
     Ok(JobSpec {
@@ -241,8 +257,12 @@ fn resolve(doc: JobFile, default_name: &str, job: &Source) -> Result<JobSpec, Ve
             fps: render.fps.unwrap_or(d.fps),
         },
         engine: EngineSpec {
-            kind: engine.kind.unwrap_or(engine_default.kind),
-            model: engine.model.unwrap_or(engine_default.model),
+            kind: engine_kind,
+            name: engine.name,
+            model: engine.model.unwrap_or_else(|| match engine_kind {
+                EngineKind::Native => engine_default.model,
+                EngineKind::Command => String::new(),
+            }),
             profile: engine.profile.or(engine_default.profile),
         },
         output: OutputSpec {

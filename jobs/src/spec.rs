@@ -83,7 +83,13 @@ impl Default for RenderSettings {
 #[serde(deny_unknown_fields)]
 pub struct EngineSpec {
     pub kind: EngineKind,
-    /// `builtin:<name>` for the seeded demo models, or an absolute checkpoint directory.
+    /// For `kind: command`: the name of an engine the operator declared in the daemon config
+    /// (`engines:`). A job names an engine, never a program.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `builtin:<name>` for the seeded demo models, or an absolute checkpoint directory. For a
+    /// command engine, whatever that engine understands (a directory or a model id); empty
+    /// means the engine's own default.
     pub model: String,
     /// A named engine profile (memory/speed trade-offs), when the operator defines some.
     #[serde(default)]
@@ -94,6 +100,7 @@ impl Default for EngineSpec {
     fn default() -> EngineSpec {
         EngineSpec {
             kind: EngineKind::Native,
+            name: None,
             model: "builtin:tiny".to_string(),
             profile: None,
         }
@@ -255,6 +262,10 @@ impl JobSpec {
             EngineKind::Command => b"command",
         };
         put("engine.kind", kind);
+        // Only present for command engines, so native fingerprints are unchanged.
+        if let Some(name) = &self.engine.name {
+            put("engine.name", name.as_bytes());
+        }
         put("engine.model", self.engine.model.as_bytes());
         hex(&hash.finalize())
     }

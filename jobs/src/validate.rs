@@ -14,6 +14,8 @@ use std::fmt::Display;
 
 /// Longest prompt, in characters; the text encoder reads far less than this.
 pub const MAX_PROMPT_CHARS: usize = 4000;
+/// Longest `engine.model` of a command engine, in characters.
+const MAX_COMMAND_MODEL_CHARS: usize = 4096;
 
 /// The advice shown with a problem in `key` (a dotted path such as `render.size`).
 pub(crate) fn field_hint(key: &str) -> Option<&'static str> {
@@ -39,7 +41,8 @@ pub(crate) fn field_hint(key: &str) -> Option<&'static str> {
         "render.online_decode" => "write true (memory stays flat) or false",
         "render.offload" => "write auto, true (fits smaller cards, about 4x slower) or false",
         "render.fps" => "the model's native rate is 16; 25 and 30 suit broadcast and web delivery",
-        "engine.kind" => "write native (the built-in engine) or command (an external program)",
+        "engine.kind" => "write native (the built-in engine) or command (an engine the operator declared in the daemon config)",
+        "engine.name" => "the name of an engine under `engines:` in the daemon config; `reelspool check-config` lists them",
         "engine.model" => "write builtin:tiny for the demo model, or the absolute path of a checkpoint folder",
         "engine.profile" => "a profile name uses letters, digits, `.`, `_` and `-`",
         "output.codec" => "write h264 (plays everywhere) or hevc (smaller files)",
@@ -152,7 +155,16 @@ pub(crate) fn check_document(
     }
     if let Some(engine) = &doc.engine {
         if let Some(model) = &engine.model {
-            check_model(&mut c, model);
+            if engine.kind == Some(crate::spec::EngineKind::Command) {
+                check_command_model(&mut c, model);
+            } else {
+                check_model(&mut c, model);
+            }
+        }
+        if let Some(name) = &engine.name {
+            if let Err(why) = check_name(name) {
+                c.value(&["engine", "name"], format!("engine name `{name}` {why}"));
+            }
         }
         if let Some(profile) = &engine.profile {
             if let Err(why) = check_name(profile) {
@@ -210,6 +222,25 @@ fn check_model(c: &mut Checker, model: &str) {
             format!("model must be `builtin:<name>` or an absolute checkpoint path, got `{model}`"),
             "the file moves once accepted; write an absolute path (or builtin:tiny for the demo model)"
                 .to_string(),
+        );
+    }
+}
+
+/// A command engine's model is passed to that engine as written: a directory or a model id.
+fn check_command_model(c: &mut Checker, model: &str) {
+    let path = ["engine", "model"];
+    if model.chars().count() > MAX_COMMAND_MODEL_CHARS {
+        c.value(
+            &path,
+            format!("model is longer than {MAX_COMMAND_MODEL_CHARS} characters"),
+        );
+    } else if let Some(bad) = model.chars().find(|ch| ch.is_control()) {
+        c.value(
+            &path,
+            format!(
+                "model contains the control character `{}`",
+                bad.escape_debug()
+            ),
         );
     }
 }

@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Carry, ClipIndex, EngineError};
+use crate::engine::{Carry, ClipIndex};
 pub(crate) use files::write_atomic;
 use files::{sha256_hex, size_and_sha256, sync_dir, TEMP_SUFFIX};
 
@@ -64,15 +64,51 @@ pub struct SegmentRecord {
     pub file: FileRecord,
 }
 
+/// What a checkpoint can carry from one clip to the next: the native engine's [`Carry`], or a
+/// command engine's packed carry directory. The store only needs its bytes and the clip it
+/// continues into.
+pub trait CheckpointCarry: Sized {
+    /// The clip this carry continues into.
+    fn continues_into(&self) -> ClipIndex;
+    /// The bytes written as `carry-<k>.safetensors`.
+    fn to_checkpoint_bytes(&self) -> Result<Vec<u8>, String>;
+    /// Parses what [`CheckpointCarry::to_checkpoint_bytes`] wrote.
+    fn from_checkpoint_bytes(bytes: &[u8]) -> Result<Self, String>;
+}
+
+impl CheckpointCarry for Carry {
+    fn continues_into(&self) -> ClipIndex {
+        self.next_clip()
+    }
+    fn to_checkpoint_bytes(&self) -> Result<Vec<u8>, String> {
+        self.to_safetensors_bytes().map_err(|e| e.to_string())
+    }
+    fn from_checkpoint_bytes(bytes: &[u8]) -> Result<Self, String> {
+        Carry::from_safetensors_bytes(bytes).map_err(|e| e.to_string())
+    }
+}
+
+impl CheckpointCarry for crate::engine::external::PackedCarry {
+    fn continues_into(&self) -> ClipIndex {
+        self.next_clip()
+    }
+    fn to_checkpoint_bytes(&self) -> Result<Vec<u8>, String> {
+        self.to_bytes().map_err(|e| e.to_string())
+    }
+    fn from_checkpoint_bytes(bytes: &[u8]) -> Result<Self, String> {
+        Self::from_bytes(bytes).map_err(|e| e.to_string())
+    }
+}
+
 /// Where a job starts.
 #[derive(Debug, Clone, PartialEq)]
-pub enum ResumePoint {
+pub enum ResumePoint<C = Carry> {
     /// From clip 0. `reason` says why an existing checkpoint was not used (`None`: there was
     /// none). Everything the old checkpoints named has been removed.
     Fresh { reason: Option<String> },
     /// Clips `0..=last_clip` are done; continue with `carry` (its `next_clip()` is
     /// `last_clip + 1`).
-    After { last_clip: ClipIndex, carry: Carry },
+    After { last_clip: ClipIndex, carry: C },
 }
 
 /// Why a checkpoint could not be written or read.
@@ -85,12 +121,8 @@ pub enum CheckpointError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot serialise the carry for {clip}: {source}")]
-    Carry {
-        clip: ClipIndex,
-        #[source]
-        source: EngineError,
-    },
+    #[error("cannot serialise the carry for {clip}: {detail}")]
+    Carry { clip: ClipIndex, detail: String },
     #[error("cannot checkpoint {clip}: {detail}")]
     OutOfOrder { clip: ClipIndex, detail: String },
 }
@@ -158,12 +190,23 @@ impl CheckpointStore {
         fingerprint: &str,
         segment: &Path,
     ) -> Result<(), CheckpointError> {
-        if carry.next_clip().0 != clip.0 + 1 {
+        self.save_carry(clip, carry, fingerprint, segment)
+    }
+
+    /// [`CheckpointStore::save`] for any kind of carry.
+    pub fn save_carry<C: CheckpointCarry>(
+        &self,
+        clip: ClipIndex,
+        carry: &C,
+        fingerprint: &str,
+        segment: &Path,
+    ) -> Result<(), CheckpointError> {
+        if carry.continues_into().0 != clip.0 + 1 {
             return Err(CheckpointError::OutOfOrder {
                 clip,
                 detail: format!(
                     "the carry continues into {}, not clip {}",
-                    carry.next_clip(),
+                    carry.continues_into(),
                     clip.0 + 1
                 ),
             });
@@ -181,8 +224,8 @@ impl CheckpointStore {
         });
 
         let carry_bytes = carry
-            .to_safetensors_bytes()
-            .map_err(|source| CheckpointError::Carry { clip, source })?;
+            .to_checkpoint_bytes()
+            .map_err(|detail| CheckpointError::Carry { clip, detail })?;
         let carry_name = Self::carry_name(clip.0);
         let carry_path = self.work_dir.join(&carry_name);
         write_atomic(&carry_path, &carry_bytes).map_err(io_err("write carry", &carry_path))?;
@@ -257,7 +300,11 @@ impl CheckpointStore {
     }
 
     /// Checks everything `cp` depends on and returns its carry.
-    fn verify(&self, cp: &Checkpoint, fingerprint: &str) -> Result<Carry, Unusable> {
+    fn verify<C: CheckpointCarry>(
+        &self,
+        cp: &Checkpoint,
+        fingerprint: &str,
+    ) -> Result<C, Unusable> {
         if cp.job_fingerprint != fingerprint {
             return Err(Unusable::JobChanged);
         }
@@ -279,11 +326,11 @@ impl CheckpointStore {
                 carry_path.display()
             )));
         }
-        let carry = Carry::from_safetensors_bytes(&bytes).map_err(|e| damaged(e.to_string()))?;
-        if carry.next_clip().0 != cp.last_clip + 1 {
+        let carry = C::from_checkpoint_bytes(&bytes).map_err(damaged)?;
+        if carry.continues_into().0 != cp.last_clip + 1 {
             return Err(damaged(format!(
                 "carry continues into {}",
-                carry.next_clip()
+                carry.continues_into()
             )));
         }
         let in_order = cp.segments.len() as u64 == u64::from(cp.last_clip) + 1
@@ -331,6 +378,14 @@ impl CheckpointStore {
     /// Decides where the job with `fingerprint` starts, repairing the work directory so that
     /// it holds exactly what that start point needs (see [`ResumePoint`]).
     pub fn resume(&self, fingerprint: &str) -> Result<ResumePoint, CheckpointError> {
+        self.resume_carry(fingerprint)
+    }
+
+    /// [`CheckpointStore::resume`] for any kind of carry.
+    pub fn resume_carry<C: CheckpointCarry>(
+        &self,
+        fingerprint: &str,
+    ) -> Result<ResumePoint<C>, CheckpointError> {
         let mut reasons = Vec::new();
         for name in [CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE] {
             let cp = match self.read(name) {

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use jobs::spec::{Codec, JobSpec, NumClip};
+use jobs::spec::{Codec, EngineKind, JobSpec, NumClip};
 use jobs::state::JobDir;
 use tracing::{info, warn};
 
@@ -27,6 +27,7 @@ use crate::engine::{self, Carry, ClipIndex, ClipLatents, Conditioning, EngineSet
 use crate::media;
 use crate::protocol::{self, FailureKind, WorkerMessage};
 
+mod command;
 pub mod crash_point;
 
 /// How often a worker inside a long clip tells the daemon it is alive.
@@ -295,6 +296,24 @@ fn render_job(
     let fingerprint = job_fingerprint(&spec, &image_bytes, &audio_bytes);
     drop((image_bytes, audio_bytes));
 
+    if spec.engine.kind == EngineKind::Command {
+        let inputs = command::PreparedInputs {
+            reference_rgb,
+            audio_16k_mono: audio.samples_16k_mono,
+        };
+        if let Some(interrupted) =
+            command::render_clips(dir, &spec, &plan, &fingerprint, inputs, reporter, stop)?
+        {
+            return Ok(interrupted);
+        }
+        if stop.load(Ordering::Relaxed) {
+            return Ok(WorkerMessage::Interrupted {
+                next_clip: plan.clips,
+            });
+        }
+        return assemble(&spec, &work, &plan);
+    }
+
     let settings = engine_settings(&spec);
     let conditioning = Conditioning {
         reference_rgb,
@@ -424,8 +443,13 @@ fn render_job(
         });
     }
 
+    assemble(&spec, &work, &plan)
+}
+
+/// Concatenates the segments, muxes the audio in and moves the video into place.
+fn assemble(spec: &JobSpec, work: &Path, plan: &ClipPlan) -> Result<WorkerMessage, Failure> {
     crash_point::reached("before_assemble", plan.clips);
-    let segments: Vec<PathBuf> = (0..plan.clips).map(|k| segment_path(&work, k)).collect();
+    let segments: Vec<PathBuf> = (0..plan.clips).map(|k| segment_path(work, k)).collect();
     if let Some(parent) = spec.output.path.parent() {
         std::fs::create_dir_all(parent).map_err(|err| {
             Failure::new(
@@ -434,12 +458,12 @@ fn render_job(
             )
         })?;
     }
-    let assemble = media::AssemblePlan {
+    let assembly = media::AssemblePlan {
         total_frames: plan.total_frames,
         fps: spec.render.fps,
     };
     let output =
-        media::assemble_output(&segments, &spec.inputs.audio, &assemble, &spec.output.path)
+        media::assemble_output(&segments, &spec.inputs.audio, &assembly, &spec.output.path)
             .map_err(|err| Failure::new(FailureKind::Io, err.to_string()))?;
     Ok(WorkerMessage::Finished {
         output: spec.output.path.display().to_string(),

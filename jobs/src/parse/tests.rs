@@ -393,3 +393,49 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn command_engine_names_a_declared_engine_and_passes_its_model_as_written() {
+    let fx = fixture();
+    let text = format!(
+        "{}engine:\n  kind: command\n  name: liveavatar-torch\n  model: Quark/LiveAvatar-14B\n",
+        base(&fx)
+    );
+    let spec = parse(&fx, &text).expect("valid command-engine job");
+    assert_eq!(spec.engine.kind, EngineKind::Command);
+    assert_eq!(spec.engine.name.as_deref(), Some("liveavatar-torch"));
+    assert_eq!(spec.engine.model, "Quark/LiveAvatar-14B");
+}
+
+#[test]
+fn command_engine_without_a_name_is_rejected_at_its_kind() {
+    let fx = fixture();
+    let text = format!("{}engine:\n  kind: command\n", base(&fx));
+    let diagnostics = rejected(&fx, &text);
+    let d = only(&diagnostics);
+    assert!(d.message.contains("needs `engine.name`"), "{}", d.message);
+    assert_eq!(d.line, 8, "{}", d.message);
+}
+
+#[test]
+fn engine_name_on_the_native_engine_is_rejected() {
+    let fx = fixture();
+    let text = format!("{}engine:\n  name: mine\n", base(&fx));
+    let d = only(&rejected(&fx, &text)).clone();
+    assert!(
+        d.message.contains("only applies to `engine.kind: command`"),
+        "{}",
+        d.message
+    );
+}
+
+#[test]
+fn engine_name_that_could_be_a_path_is_rejected() {
+    let fx = fixture();
+    let text = format!(
+        "{}engine:\n  kind: command\n  name: /usr/bin/python3\n",
+        base(&fx)
+    );
+    let d = only(&rejected(&fx, &text)).clone();
+    assert!(d.message.contains("engine name"), "{}", d.message);
+}

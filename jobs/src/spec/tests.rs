@@ -222,6 +222,7 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
                     render,
                     engine: EngineSpec {
                         kind,
+                        name: None,
                         model,
                         profile,
                     },

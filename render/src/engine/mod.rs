@@ -6,8 +6,10 @@
 //! drops each clip at once and memory stays flat; without it, it keeps every clip's
 //! [`ClipLatents`] and decodes at the end, which is what makes the original grow ~0.15 GB/clip.
 //!
-//! The only engine so far is the native Burn one. Its backend is [`EngineBackend`]: the CPU
-//! `ndarray` backend by default, `burn-cuda` under the crate feature `cuda`.
+//! The native engine is the Burn one. Its backend is [`EngineBackend`]: the CPU `ndarray`
+//! backend by default, `burn-cuda` under the crate feature `cuda`. Command engines
+//! ([`external`]) are other programs: they hand over decoded frames, not latents, so the worker
+//! drives them with its own clip loop (`worker/command.rs`) instead of this trait.
 //!
 //! Determinism: a resumed job must produce the frames an uninterrupted one would, so every
 //! random draw comes from our own generator keyed by (seed, clip index), never from a stream
@@ -17,6 +19,7 @@
 
 mod architecture;
 mod carry;
+pub mod external;
 mod features;
 mod rng;
 mod tiny;

@@ -1,0 +1,492 @@
+//! Command engines: a model program the operator declared in the daemon config (`engines:`),
+//! driven by the worker over JSON lines on its stdin/stdout (docs/engine-protocol.md).
+//!
+//! The worker keeps everything the program does not do: the clip plan, encoding, checkpoints
+//! (the engine's carry is an opaque directory, packed by [`carry_dir`]), the final mux. This
+//! module only starts the program, speaks the protocol, and turns every way it can misbehave
+//! (exit, silence past the heartbeat timeout, a line that is not a message, the wrong number
+//! of frames) into an [`ExternalError`] that names the engine.
+//!
+//! A job never names a program: intake resolves the job's `engine.name` against the daemon
+//! config and writes the declaration into the job directory ([`RESOLVED_ENGINE_FILE`]), where
+//! only the daemon writes. The worker reads it from there.
+
+pub mod carry_dir;
+pub mod protocol;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+pub use carry_dir::{CarryDirError, PackedCarry};
+use protocol::{ErrorKind, Reply, Request, PROTOCOL_VERSION};
+
+/// The resolved engine declaration in a job directory.
+pub const RESOLVED_ENGINE_FILE: &str = "engine.json";
+/// Default for [`EngineDeclaration::heartbeat_timeout_secs`].
+pub const DEFAULT_HEARTBEAT_TIMEOUT_SECS: u64 = 120;
+/// How long an engine may take to exit after `shutdown` before it gets SIGTERM, then SIGKILL.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Longest line an engine may send.
+const MAX_LINE_BYTES: usize = 1 << 20;
+
+fn default_heartbeat_timeout_secs() -> u64 {
+    DEFAULT_HEARTBEAT_TIMEOUT_SECS
+}
+
+/// One entry of the daemon config's `engines:`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineDeclaration {
+    /// Program and arguments; the program is looked up in `PATH` unless it has a `/`.
+    pub command: Vec<String>,
+    /// Extra environment for the engine process.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// The memory profile placement plans the engine's jobs with (templates/profiles/).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// The engine's working directory (default: the job's engine scratch directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<PathBuf>,
+    /// The engine must send some line (a heartbeat, progress, a reply) at least this often.
+    #[serde(default = "default_heartbeat_timeout_secs")]
+    pub heartbeat_timeout_secs: u64,
+}
+
+impl EngineDeclaration {
+    /// What is wrong with the declaration, for the config check.
+    pub fn problem(&self) -> Option<String> {
+        match self.command.first() {
+            None => Some("`command` is empty; give the program and its arguments".into()),
+            Some(program) if program.is_empty() => Some("the program name is empty".into()),
+            _ if self.heartbeat_timeout_secs == 0 => {
+                Some("`heartbeat_timeout_secs` must be at least 1".into())
+            }
+            _ => self
+                .working_dir
+                .as_ref()
+                .filter(|dir| !dir.is_absolute())
+                .map(|dir| format!("working_dir {} must be absolute", dir.display())),
+        }
+    }
+}
+
+/// What intake writes into a job directory for a command-engine job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolvedEngine {
+    pub name: String,
+    pub declaration: EngineDeclaration,
+}
+
+impl ResolvedEngine {
+    /// Reads [`RESOLVED_ENGINE_FILE`] from a job directory.
+    pub fn load(job_dir: &Path) -> Result<ResolvedEngine, String> {
+        let path = job_dir.join(RESOLVED_ENGINE_FILE);
+        let bytes =
+            std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        serde_json::from_slice(&bytes).map_err(|e| format!("{} is damaged: {e}", path.display()))
+    }
+}
+
+/// How a command engine failed. Every message names the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum ExternalError {
+    #[error("engine `{engine}`: cannot start {program}: {source}")]
+    Spawn {
+        engine: String,
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "engine `{engine}` exited during {during} ({status}); its log is in the job's worker log"
+    )]
+    Exited {
+        engine: String,
+        during: String,
+        status: String,
+    },
+    #[error("engine `{engine}` sent nothing for {secs} s during {during} (heartbeat_timeout_secs); killed it")]
+    Silent {
+        engine: String,
+        during: String,
+        secs: u64,
+    },
+    #[error("engine `{engine}` broke the protocol during {during}: {detail}; line: {line:?} (logs belong on stderr)")]
+    Malformed {
+        engine: String,
+        during: String,
+        line: String,
+        detail: String,
+    },
+    #[error("engine `{engine}` speaks protocol {got}; this worker speaks {PROTOCOL_VERSION}")]
+    Version { engine: String, got: u32 },
+    #[error("engine `{engine}` reported {kind} during {during}: {message}")]
+    Reported {
+        engine: String,
+        during: String,
+        kind: ErrorKind,
+        message: String,
+    },
+    #[error("engine `{engine}`: clip {clip}: {detail}")]
+    Frames {
+        engine: String,
+        clip: u32,
+        detail: String,
+    },
+    #[error("engine `{engine}`: cannot write to it: {source}")]
+    Pipe {
+        engine: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ExternalError {
+    /// The engine's own error kind, when it reported one.
+    pub fn reported_kind(&self) -> Option<ErrorKind> {
+        match self {
+            ExternalError::Reported { kind, .. } => Some(*kind),
+            _ => None,
+        }
+    }
+
+    /// Whether another attempt may succeed: the process died or hung (a crash, the kernel's
+    /// OOM killer, a stuck driver), as opposed to an engine that answered wrongly.
+    pub fn may_be_transient(&self) -> bool {
+        matches!(
+            self,
+            ExternalError::Exited { .. }
+                | ExternalError::Silent { .. }
+                | ExternalError::Pipe { .. }
+        )
+    }
+}
+
+enum Line {
+    Text(String),
+    TooLong,
+}
+
+/// A running engine process.
+pub struct CommandEngine {
+    name: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<Line>,
+    timeout: Duration,
+    /// The engine's `hello`.
+    pub capabilities: Vec<String>,
+}
+
+impl CommandEngine {
+    /// Starts the engine and waits for its `hello`. Its stderr goes where the worker's goes
+    /// (the job's worker log); it dies with the worker, even when the worker is SIGKILLed.
+    pub fn start(
+        resolved: &ResolvedEngine,
+        default_dir: &Path,
+        extra_env: &[(String, String)],
+    ) -> Result<CommandEngine, ExternalError> {
+        let declaration = &resolved.declaration;
+        let name = resolved.name.clone();
+        let Some((program, args)) = declaration.command.split_first() else {
+            return Err(ExternalError::Spawn {
+                engine: name,
+                program: String::new(),
+                source: std::io::Error::other("the declaration's command is empty"),
+            });
+        };
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .current_dir(declaration.working_dir.as_deref().unwrap_or(default_dir))
+            .envs(&declaration.env)
+            .envs(extra_env.iter().map(|(k, v)| (k, v)))
+            .env("REELSPOOL_ENGINE_NAME", &name)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        // SAFETY: runs in the child between fork and exec and only calls prctl, which is
+        // async-signal-safe. The engine stays in the worker's process group (so a signal to
+        // the group reaches both) and gets SIGKILL when the worker dies, however it dies.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().map_err(|source| ExternalError::Spawn {
+            engine: name.clone(),
+            program: program.clone(),
+            source,
+        })?;
+        tracing::info!(engine = %name, pid = child.id(), "engine started");
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take();
+        let (tx, lines) = mpsc::channel();
+        if let Some(stdout) = stdout {
+            std::thread::spawn(move || read_lines(stdout, tx));
+        }
+        let mut engine = CommandEngine {
+            name,
+            child,
+            stdin,
+            lines,
+            timeout: Duration::from_secs(declaration.heartbeat_timeout_secs.max(1)),
+            capabilities: Vec::new(),
+        };
+        match engine.next_reply("hello")? {
+            Reply::Hello {
+                protocol,
+                capabilities,
+                ..
+            } => {
+                if protocol != PROTOCOL_VERSION {
+                    engine.kill();
+                    return Err(ExternalError::Version {
+                        engine: engine.name.clone(),
+                        got: protocol,
+                    });
+                }
+                engine.capabilities = capabilities;
+                Ok(engine)
+            }
+            other => Err(engine.unexpected("hello", &other)),
+        }
+    }
+
+    /// The engine's name from the daemon config.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// How long the engine may stay silent before it is killed.
+    pub fn heartbeat_timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Sends `load` and waits for its `ok`.
+    pub fn load(&mut self, request: &Request) -> Result<(), ExternalError> {
+        self.send(request)?;
+        match self.final_reply("load")? {
+            Reply::Ok { .. } => Ok(()),
+            other => Err(self.unexpected("load", &other)),
+        }
+    }
+
+    /// Sends `render_clip` and waits for its `ok`; returns the frame count the engine claims.
+    /// Heartbeat and progress lines on the way only reset the timeout.
+    pub fn render_clip(&mut self, request: &Request) -> Result<u32, ExternalError> {
+        let Request::RenderClip { index, .. } = request else {
+            panic!("render_clip called with a {} request", request.name());
+        };
+        let during = format!("render_clip {index}");
+        self.send(request)?;
+        match self.final_reply(&during)? {
+            Reply::Ok { frames: Some(n) } => Ok(n),
+            Reply::Ok { frames: None } => Err(ExternalError::Malformed {
+                engine: self.name.clone(),
+                during,
+                line: "{\"type\":\"ok\"}".into(),
+                detail: "the reply to render_clip must say how many frames it wrote".into(),
+            }),
+            other => Err(self.unexpected(&during, &other)),
+        }
+    }
+
+    /// Asks the engine to exit, then makes sure it does (SIGTERM, then SIGKILL).
+    pub fn shutdown(mut self) {
+        let _ = self.send(&Request::Shutdown);
+        self.stdin = None; // EOF on its stdin as well
+        if self.wait_for_exit(SHUTDOWN_GRACE).is_none() {
+            tracing::warn!(engine = %self.name, "engine ignored shutdown; sending SIGTERM");
+            // SAFETY: kill() with the pid of a child we have not reaped yet.
+            unsafe {
+                libc::kill(self.child.id() as i32, libc::SIGTERM);
+            }
+            if self.wait_for_exit(SHUTDOWN_GRACE).is_none() {
+                self.kill();
+            }
+        }
+    }
+
+    fn wait_for_exit(&mut self, grace: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + grace;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn send(&mut self, request: &Request) -> Result<(), ExternalError> {
+        let line = request.to_line();
+        let result = match self.stdin.as_mut() {
+            Some(stdin) => stdin
+                .write_all(line.as_bytes())
+                .and_then(|()| stdin.flush()),
+            None => Err(std::io::Error::other("stdin is closed")),
+        };
+        result.map_err(|source| {
+            // A broken pipe usually means the engine died: report that if it did.
+            match self.wait_for_exit(Duration::from_millis(500)) {
+                Some(status) => self.exited(request.name(), status),
+                None => ExternalError::Pipe {
+                    engine: self.name.clone(),
+                    source,
+                },
+            }
+        })
+    }
+
+    /// The next reply that is not a heartbeat or progress line.
+    fn final_reply(&mut self, during: &str) -> Result<Reply, ExternalError> {
+        loop {
+            match self.next_reply(during)? {
+                Reply::Heartbeat => {}
+                Reply::Progress {
+                    step,
+                    total,
+                    message,
+                } => {
+                    tracing::debug!(engine = %self.name, during, ?step, ?total, ?message, "engine progress")
+                }
+                Reply::Error { kind, message } => {
+                    return Err(ExternalError::Reported {
+                        engine: self.name.clone(),
+                        during: during.to_string(),
+                        kind,
+                        message,
+                    })
+                }
+                reply => return Ok(reply),
+            }
+        }
+    }
+
+    fn next_reply(&mut self, during: &str) -> Result<Reply, ExternalError> {
+        match self.lines.recv_timeout(self.timeout) {
+            Ok(Line::Text(line)) => Reply::from_line(&line).map_err(|detail| {
+                self.kill();
+                ExternalError::Malformed {
+                    engine: self.name.clone(),
+                    during: during.to_string(),
+                    line: line.chars().take(200).collect(),
+                    detail,
+                }
+            }),
+            Ok(Line::TooLong) => {
+                self.kill();
+                Err(ExternalError::Malformed {
+                    engine: self.name.clone(),
+                    during: during.to_string(),
+                    line: String::new(),
+                    detail: format!("a line longer than {MAX_LINE_BYTES} bytes"),
+                })
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                self.kill();
+                Err(ExternalError::Silent {
+                    engine: self.name.clone(),
+                    during: during.to_string(),
+                    secs: self.timeout.as_secs(),
+                })
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                // stdout closed: the engine is exiting or gone.
+                let status = match self.wait_for_exit(Duration::from_secs(5)) {
+                    Some(status) => status,
+                    None => {
+                        self.kill();
+                        return Err(ExternalError::Exited {
+                            engine: self.name.clone(),
+                            during: during.to_string(),
+                            status: "closed its stdout".into(),
+                        });
+                    }
+                };
+                Err(self.exited(during, status))
+            }
+        }
+    }
+
+    fn exited(&self, during: &str, status: ExitStatus) -> ExternalError {
+        use std::os::unix::process::ExitStatusExt;
+        let status = match (status.code(), status.signal()) {
+            (Some(code), _) => format!("exit status {code}"),
+            (None, Some(signal)) => format!("killed by signal {signal}"),
+            _ => status.to_string(),
+        };
+        ExternalError::Exited {
+            engine: self.name.clone(),
+            during: during.to_string(),
+            status,
+        }
+    }
+
+    fn unexpected(&mut self, during: &str, reply: &Reply) -> ExternalError {
+        self.kill();
+        ExternalError::Malformed {
+            engine: self.name.clone(),
+            during: during.to_string(),
+            line: serde_json::to_string(reply).unwrap_or_default(),
+            detail: "this reply does not answer the request".into(),
+        }
+    }
+}
+
+impl Drop for CommandEngine {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.kill();
+        }
+    }
+}
+
+fn read_lines(stdout: std::process::ChildStdout, tx: mpsc::Sender<Line>) {
+    let mut reader = BufReader::new(stdout);
+    loop {
+        let mut buffer = Vec::new();
+        let read = Read::by_ref(&mut reader)
+            .take(MAX_LINE_BYTES as u64 + 1)
+            .read_until(b'\n', &mut buffer);
+        match read {
+            Ok(0) | Err(_) => return,
+            Ok(_) if buffer.len() > MAX_LINE_BYTES => {
+                let _ = tx.send(Line::TooLong);
+                return;
+            }
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&buffer).into_owned();
+                if text.trim().is_empty() {
+                    continue;
+                }
+                if tx.send(Line::Text(text)).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
