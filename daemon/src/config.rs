@@ -78,6 +78,13 @@ pub struct DaemonConfig {
     /// Email and webhook delivery.
     #[serde(default)]
     pub notices: notices::NoticeConfig,
+    /// The group whose members may submit jobs (besides root and the service user).
+    #[serde(default = "default_submit_group")]
+    pub submit_group: String,
+}
+
+fn default_submit_group() -> String {
+    "reelspool-submit".to_string()
 }
 
 /// A configuration file that cannot be used, with a message that says what to change.

@@ -222,6 +222,7 @@ async fn serve(
         templates_dir: config.templates_dir(),
         roots: RwLock::new(config.roots()),
         admission: scheduler.admission(),
+        owners: crate::owner::Policy::new(&config.submit_group),
     });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

@@ -17,6 +17,7 @@ mod intake;
 mod logging;
 mod logs;
 mod notify_glue;
+mod owner;
 mod placement;
 mod reload;
 mod scheduler;
