@@ -226,6 +226,16 @@ async fn serve(
     });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let control_listener = crate::control::listen(&config.spool_dir)?;
+    let control_task = tokio::spawn(crate::control::serve(
+        control_listener,
+        Arc::new(crate::control::ControlContext {
+            jobs_dir: layout.jobs.clone(),
+            state_dir: config.state_dir.clone(),
+            policy: crate::owner::Policy::new(&config.submit_group),
+        }),
+        shutdown_rx.clone(),
+    ));
     let (accepted_tx, accepted_rx) = mpsc::unbounded_channel();
     let recover_context = Arc::clone(&context);
     let recovered = tokio::task::spawn_blocking(move || intake::recover(&recover_context))
@@ -294,6 +304,7 @@ async fn serve(
     let status = format!("stopping: {running} running job(s) checkpoint their current clip");
     manager.notify(&[NotifyState::Stopping, NotifyState::Status(&status)]);
     let _ = shutdown_tx.send(true);
+    let _ = control_task.await;
     if let Err(err) = intake_task.await {
         error!(error = %err, "intake task failed");
     }

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 mod config;
+mod control;
 mod daemon;
 mod demo;
 mod gpus;

@@ -341,9 +341,11 @@ pub fn read_acl(path: &Path) -> io::Result<Option<Vec<AclEntry>>> {
     }
 }
 
-/// Leaves a finished file readable by `owner` though the service, not they, created it: mode
-/// 0640 (group: whatever the file got, the directory's own group when that is setgid) and an
-/// ACL entry `user:<owner>:r--`. Where the file system keeps no ACLs, the mode becomes 0644.
+/// Leaves a finished file readable by `owner` though the service, not they, created it: the
+/// ACL `user::rw-, user:<owner>:r--, group::---, mask::r--, other::---` (shown by `ls -l` as
+/// 0640+), so the owner and the service may read it and nobody else. Where the file system
+/// keeps no ACLs the mode becomes 0640: then the file's group (the directory's own group
+/// when the directory is setgid) may read it too.
 pub fn leave_readable_by(path: &Path, owner: &Person) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(path)?;
@@ -364,7 +366,7 @@ pub fn leave_readable_by(path: &Path, owner: &Person) -> io::Result<()> {
         },
         AclEntry {
             tag: AclTag::GroupObj,
-            perm: 4,
+            perm: 0,
             id: ACL_UNDEFINED_ID,
         },
         AclEntry {
@@ -396,7 +398,7 @@ pub fn leave_readable_by(path: &Path, owner: &Person) -> io::Result<()> {
     }
     let err = io::Error::last_os_error();
     if err.raw_os_error() == Some(libc::EOPNOTSUPP) {
-        return std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644));
+        return Ok(());
     }
     Err(err)
 }

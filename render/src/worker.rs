@@ -270,6 +270,16 @@ fn render_job(
         })?;
     }
 
+    // The job acts with its owner's rights: check again, the files may have changed since
+    // intake.
+    let owner = dir.load_state().ok().and_then(|state| state.owner);
+    if let Some(owner) = &owner {
+        for path in [&spec.inputs.image, &spec.inputs.audio] {
+            jobs::access::check_read(owner, path)
+                .map_err(|err| Failure::new(FailureKind::Input, err.to_string()))?;
+        }
+    }
+
     // Inputs first: a bad file must fail before the model is loaded.
     let read = |path: &Path| {
         std::fs::read(path).map_err(|err| {
@@ -441,6 +451,13 @@ fn render_job(
     let output =
         media::assemble_output(&segments, &spec.inputs.audio, &assemble, &spec.output.path)
             .map_err(|err| Failure::new(FailureKind::Io, err.to_string()))?;
+    if let Some(owner) = &owner {
+        // The service wrote the video; its owner must be able to read it (mode 0640 and an
+        // ACL entry for them; see README "Several users").
+        if let Err(err) = jobs::access::leave_readable_by(&spec.output.path, owner) {
+            warn!(path = %spec.output.path.display(), error = %err, "cannot make the video readable by its owner");
+        }
+    }
     Ok(WorkerMessage::Finished {
         output: spec.output.path.display().to_string(),
         duration_secs: output.duration.as_secs_f64(),
