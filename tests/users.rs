@@ -211,9 +211,10 @@ fn jobs_act_with_their_owners_rights() {
     let _daemon = farm.start_daemon();
 
     // Bob submits a job with his own private media: accepted, and owned by him.
-    let bob_text = farm
-        .job_yaml("bobs", "")
-        .replace(&format!("{}/", farm.media.display()), &format!("{}/", private.display()));
+    let bob_text = farm.job_yaml("bobs", "").replace(
+        &format!("{}/", farm.media.display()),
+        &format!("{}/", private.display()),
+    );
     let bob_file = job_file(&farm, "bobs-job", &bob_text);
     let out = cli_as(&farm, &people.bob, &["submit", &bob_file]);
     assert!(out.status.success(), "bob's submit: {}", text(&out));
@@ -252,12 +253,22 @@ fn jobs_act_with_their_owners_rights() {
     );
 
     // Alice's own job, with media she may read, is accepted as hers.
-    drop_as(&farm, &people.alice, "alice-own", &farm.job_yaml("alices", ""));
+    drop_as(
+        &farm,
+        &people.alice,
+        "alice-own",
+        &farm.job_yaml("alices", ""),
+    );
     let alice_job = wait_job(&farm, "alice-own.yaml");
     assert_eq!(alice_job["owner"]["name"], people.alice.as_str());
 
     // Mallory is not in the submit group: refused with the group named.
-    drop_as(&farm, &people.mallory, "mallory", &farm.job_yaml("mallorys", ""));
+    drop_as(
+        &farm,
+        &people.mallory,
+        "mallory",
+        &farm.job_yaml("mallorys", ""),
+    );
     let refusal = wait_rejection(&farm, "mallory.yaml");
     assert!(refusal.contains(&people.mallory), "{refusal}");
     assert!(refusal.contains(&people.group), "{refusal}");
@@ -278,18 +289,29 @@ fn jobs_act_with_their_owners_rights() {
     let bob_dir = farm.jobs_dir().join(&bob_id);
     let log = bob_dir.join("worker.log");
     std::fs::write(&log, "bob's worker said this\n").expect("seed worker log");
-    let out = as_user(&people.alice, Path::new("/bin/cat"), &[&log.display().to_string()]);
+    let out = as_user(
+        &people.alice,
+        Path::new("/bin/cat"),
+        &[&log.display().to_string()],
+    );
     assert!(!out.status.success(), "cat as alice: {}", text(&out));
     // Nor through the daemon: refused with the path and the right.
     let out = cli_as(&farm, &people.alice, &["logs", &bob_id]);
     assert!(!out.status.success(), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("may not read"), "{}", text(&out));
-    assert!(stderr.contains(&log.display().to_string()), "{}", text(&out));
+    assert!(
+        stderr.contains(&log.display().to_string()),
+        "{}",
+        text(&out)
+    );
     // Bob reads his own log through the daemon.
     let out = cli_as(&farm, &people.bob, &["logs", &bob_id]);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "bob's worker said this\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "bob's worker said this\n"
+    );
 
     // Alice's list shows Bob's job by name and state, but details only of her own.
     let out = cli_as(&farm, &people.alice, &["status", "--json"]);
@@ -311,7 +333,11 @@ fn jobs_act_with_their_owners_rights() {
     assert!(alices["output"].is_string(), "{alices}");
     let out = cli_as(&farm, &people.alice, &["status", &bob_id]);
     assert!(!out.status.success(), "{}", text(&out));
-    let out = cli_as(&farm, &people.alice, &["status", alice_job["id"].as_str().expect("id")]);
+    let out = cli_as(
+        &farm,
+        &people.alice,
+        &["status", alice_job["id"].as_str().expect("id")],
+    );
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains(&format!("owner:     {}", people.alice)),
@@ -320,14 +346,25 @@ fn jobs_act_with_their_owners_rights() {
     );
 
     // Alice cannot cancel Bob's job; Bob can.
-    let out = cli_as(&farm, &people.alice, &["cancel", &bob_id, "--wait-secs", "5"]);
+    let out = cli_as(
+        &farm,
+        &people.alice,
+        &["cancel", &bob_id, "--wait-secs", "5"],
+    );
     assert!(!out.status.success(), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("may not cancel"), "{}", text(&out));
     assert!(stderr.contains(&people.bob), "{}", text(&out));
     let still = farm.job_by_source("bobs-job.yaml").expect("bob's job");
-    assert_eq!(still["phase"], "queued", "alice's cancel must change nothing");
-    let out = cli_as(&farm, &people.bob, &["cancel", &bob_id, "--wait-secs", "30"]);
+    assert_eq!(
+        still["phase"], "queued",
+        "alice's cancel must change nothing"
+    );
+    let out = cli_as(
+        &farm,
+        &people.bob,
+        &["cancel", &bob_id, "--wait-secs", "30"],
+    );
     assert!(out.status.success(), "{}", text(&out));
     wait_for("bob's job to be cancelled", Duration::from_secs(30), || {
         farm.job_by_source("bobs-job.yaml")
@@ -357,9 +394,17 @@ fn the_finished_video_is_readable_by_its_owner_only() {
     let video = farm.out.join("alices.mp4").display().to_string();
     let head = Path::new("/usr/bin/head");
     let out = as_user(&people.alice, head, &["-c", "8", &video]);
-    assert!(out.status.success(), "alice reads her video: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "alice reads her video: {}",
+        text(&out)
+    );
     assert_eq!(out.stdout.len(), 8);
-    let mode = std::fs::metadata(&video).expect("video").permissions().mode() & 0o777;
+    let mode = std::fs::metadata(&video)
+        .expect("video")
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o640, "{video}");
     // Bob is in the output directory's group but the ACL gives that group nothing.
     let acl = jobs_acl_present(&video);

@@ -67,11 +67,30 @@ pub fn listen(spool_dir: &Path) -> Result<UnixListener> {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
         Err(err) => return Err(err).with_context(|| format!("cannot remove {}", path.display())),
     }
-    let listener =
-        UnixListener::bind(&path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    let listener = UnixListener::bind(&path)
+        .with_context(|| format!("cannot listen on {}", path.display()))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))
         .with_context(|| format!("cannot open {} to members", path.display()))?;
     Ok(listener)
+}
+
+/// Closes job directories left open by an older reelspool (0755) to the service alone.
+pub fn close_job_dirs(jobs_dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(entries) = std::fs::read_dir(jobs_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Ok(meta) = entry.metadata() else { continue };
+        if meta.is_dir() && meta.permissions().mode() & 0o077 != 0 {
+            let path = entry.path();
+            if let Err(err) =
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))
+            {
+                warn!(dir = %path.display(), error = %err, "cannot close a job directory to others");
+            }
+        }
+    }
 }
 
 /// Answers requests until shutdown.
@@ -169,7 +188,13 @@ fn respond(context: &ControlContext, person: &Person, request: Request) -> Resul
         Request::Status { job } => {
             let job = crate::cli::find_job(jobs_dir, &job)?;
             let dir = JobDir::new(jobs_dir.join(job.id.to_string()));
-            authorize(context, person, &job, "see the details of", dir.state_json())?;
+            authorize(
+                context,
+                person,
+                &job,
+                "see the details of",
+                dir.state_json(),
+            )?;
             let events = dir.read_events().unwrap_or_default();
             let notices = crate::cli::notice_statuses(&context.state_dir, &job.id.to_string());
             Ok(json!({ "job": job, "events": events, "notices": notices }))

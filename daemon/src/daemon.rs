@@ -226,16 +226,24 @@ async fn serve(
     });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let control_listener = crate::control::listen(&config.spool_dir)?;
-    let control_task = tokio::spawn(crate::control::serve(
-        control_listener,
-        Arc::new(crate::control::ControlContext {
-            jobs_dir: layout.jobs.clone(),
-            state_dir: config.state_dir.clone(),
-            policy: crate::owner::Policy::new(&config.submit_group),
-        }),
-        shutdown_rx.clone(),
-    ));
+    crate::control::close_job_dirs(&layout.jobs);
+    // Without the socket, members cannot follow their jobs, but root and the service user still
+    // can and every job still runs: a warning, not a failed start.
+    let control_task = match crate::control::listen(&config.spool_dir) {
+        Ok(listener) => Some(tokio::spawn(crate::control::serve(
+            listener,
+            Arc::new(crate::control::ControlContext {
+                jobs_dir: layout.jobs.clone(),
+                state_dir: config.state_dir.clone(),
+                policy: crate::owner::Policy::new(&config.submit_group),
+            }),
+            shutdown_rx.clone(),
+        ))),
+        Err(err) => {
+            warn!(error = %format!("{err:#}"), "no control socket: members cannot see or cancel their jobs");
+            None
+        }
+    };
     let (accepted_tx, accepted_rx) = mpsc::unbounded_channel();
     let recover_context = Arc::clone(&context);
     let recovered = tokio::task::spawn_blocking(move || intake::recover(&recover_context))
@@ -304,7 +312,9 @@ async fn serve(
     let status = format!("stopping: {running} running job(s) checkpoint their current clip");
     manager.notify(&[NotifyState::Stopping, NotifyState::Status(&status)]);
     let _ = shutdown_tx.send(true);
-    let _ = control_task.await;
+    if let Some(task) = control_task {
+        let _ = task.await;
+    }
     if let Err(err) = intake_task.await {
         error!(error = %err, "intake task failed");
     }

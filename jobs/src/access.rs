@@ -100,7 +100,9 @@ impl AccessError {
 
 /// Whether `person` may read the file `path` (and pass through every directory above it).
 pub fn check_read(person: &Person, path: &Path) -> Result<(), AccessError> {
-    let real = path.canonicalize().map_err(|err| AccessError::io(path, err))?;
+    let real = path
+        .canonicalize()
+        .map_err(|err| AccessError::io(path, err))?;
     check_dirs_above(person, &real)?;
     require(person, &real, Right::Read)
 }
@@ -157,7 +159,14 @@ fn require(person: &Person, path: &Path, right: Right) -> Result<(), AccessError
     }
     let meta = std::fs::metadata(path).map_err(|err| AccessError::io(path, err))?;
     let acl = read_acl(path).map_err(|err| AccessError::io(path, err))?;
-    if allows(person, meta.uid(), meta.gid(), meta.mode(), acl.as_deref(), right) {
+    if allows(
+        person,
+        meta.uid(),
+        meta.gid(),
+        meta.mode(),
+        acl.as_deref(),
+        right,
+    ) {
         Ok(())
     } else {
         Err(AccessError::Denied {

@@ -60,7 +60,14 @@ fn named_group_entry_grants_and_a_matching_group_without_the_right_denies() {
         entry(AclTag::Mask, 4, ACL_UNDEFINED_ID),
         entry(AclTag::Other, 4, ACL_UNDEFINED_ID),
     ];
-    assert!(!allows(&alice(), 7, 500, 0o604, Some(&denying), Right::Read));
+    assert!(!allows(
+        &alice(),
+        7,
+        500,
+        0o604,
+        Some(&denying),
+        Right::Read
+    ));
     assert!(allows(&alice(), 7, 600, 0o604, Some(&denying), Right::Read));
 }
 
@@ -105,7 +112,10 @@ fn a_closed_directory_on_the_way_denies_search_with_its_path() {
     let err = check_read(&alice(), &file).expect_err("the directory is closed to her");
     let text = err.to_string();
     assert!(text.contains("search (x)"), "{text}");
-    assert!(text.contains(&*private.canonicalize().expect("real").to_string_lossy()), "{text}");
+    assert!(
+        text.contains(&*private.canonicalize().expect("real").to_string_lossy()),
+        "{text}"
+    );
     chmod(&private, 0o711);
     check_read(&alice(), &file).expect("x on the directory is enough");
     chmod(&file, 0o600);
@@ -148,9 +158,30 @@ fn leave_readable_by_grants_the_owner_read_and_nobody_else() {
     assert_eq!(meta.mode() & 0o777, 0o640);
     match acl {
         Some(acl) => {
-            assert!(allows(&owner, meta.uid(), meta.gid(), meta.mode(), Some(&acl), Right::Read));
-            assert!(!allows(&owner, meta.uid(), meta.gid(), meta.mode(), Some(&acl), Right::Write));
-            assert!(!allows(&stranger, meta.uid(), meta.gid(), meta.mode(), Some(&acl), Right::Read));
+            assert!(allows(
+                &owner,
+                meta.uid(),
+                meta.gid(),
+                meta.mode(),
+                Some(&acl),
+                Right::Read
+            ));
+            assert!(!allows(
+                &owner,
+                meta.uid(),
+                meta.gid(),
+                meta.mode(),
+                Some(&acl),
+                Right::Write
+            ));
+            assert!(!allows(
+                &stranger,
+                meta.uid(),
+                meta.gid(),
+                meta.mode(),
+                Some(&acl),
+                Right::Read
+            ));
         }
         // A file system without ACLs: the documented fallback, 0640 alone.
         None => eprintln!("note: this file system keeps no ACLs"),
