@@ -173,6 +173,16 @@ fn text_of(out: &Output) -> String {
     text(out)
 }
 
+/// Starts the daemon and waits for its control socket, which members' commands go through.
+fn start(farm: &Farm) -> common::Daemon {
+    let daemon = farm.start_daemon();
+    let socket = farm.spool.join("control.sock");
+    wait_for("the control socket", Duration::from_secs(30), || {
+        socket.exists().then_some(())
+    });
+    daemon
+}
+
 fn wait_rejection(farm: &Farm, file: &str) -> String {
     wait_for(
         &format!("{file} to be rejected"),
@@ -208,7 +218,7 @@ fn jobs_act_with_their_owners_rights() {
         chown(&private.join(file), &people.bob);
         chmod(&private.join(file), 0o600);
     }
-    let _daemon = farm.start_daemon();
+    let _daemon = start(&farm);
 
     // Bob submits a job with his own private media: accepted, and owned by him.
     let bob_text = farm.job_yaml("bobs", "").replace(
@@ -381,7 +391,7 @@ fn the_finished_video_is_readable_by_its_owner_only() {
         &people,
         "gpu_pool: { kind: cpu, slots: 1, failure_drain_threshold: 1000 }\n",
     );
-    let _daemon = farm.start_daemon();
+    let _daemon = start(&farm);
     drop_as(&farm, &people.alice, "alice", &farm.job_yaml("alices", ""));
     let job = wait_for("alice's job to finish", Duration::from_secs(120), || {
         if let Some(error) = farm.rejection("alice.yaml") {

@@ -173,16 +173,16 @@ fn respond(context: &ControlContext, person: &Person, request: Request) -> Resul
             } else {
                 Vec::new()
             };
-            let shown: Vec<JobState> = all
-                .into_iter()
+            let shown = all
+                .iter()
                 .map(|job| {
                     if context.policy.may_act_on(person, job.owner.as_ref()) {
-                        job
+                        serde_json::to_value(job)
                     } else {
-                        name_and_state(job)
+                        Ok(name_and_state(job))
                     }
                 })
-                .collect();
+                .collect::<Result<Vec<Value>, _>>()?;
             Ok(json!({ "jobs": shown }))
         }
         Request::Status { job } => {
@@ -227,31 +227,17 @@ fn respond(context: &ControlContext, person: &Person, request: Request) -> Resul
     }
 }
 
-/// What everyone may see of someone else's job.
-fn name_and_state(job: JobState) -> JobState {
-    JobState {
-        id: job.id,
-        name: job.name,
-        phase: job.phase,
-        priority: job.priority,
-        source_file: String::new(),
-        submitted_at_ms: job.submitted_at_ms,
-        started_at_ms: None,
-        finished_at_ms: None,
-        gpu: None,
-        clips_done: 0,
-        clips_total: None,
-        attempts: 0,
-        output: None,
-        error: None,
-        eta_secs: None,
-        vram_estimate_bytes: None,
-        owner: job.owner.map(|owner| Person {
-            gids: Vec::new(),
-            ..owner
-        }),
-        details: serde_json::Map::new(),
-    }
+/// What everyone may see of someone else's job: id, name, state, priority, age and owner,
+/// and nothing else (a field added to `JobState` later stays private unless named here).
+fn name_and_state(job: &JobState) -> Value {
+    json!({
+        "id": job.id,
+        "name": job.name,
+        "phase": job.phase,
+        "priority": job.priority,
+        "submitted_at_ms": job.submitted_at_ms,
+        "owner": job.owner.as_ref().map(|owner| json!({ "uid": owner.uid, "name": owner.name })),
+    })
 }
 
 fn authorize(
@@ -427,5 +413,75 @@ pub fn cancel(spool_dir: &Path, wanted: &str, wait_secs: u64) -> Result<()> {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jobs::state::{JobId, Phase};
+
+    fn job_of(owner: Person) -> JobState {
+        let text = r#"{"id":"20261126-101500-000-0001","name":"portrait","phase":"running",
+            "priority":3,"source_file":"ben.yaml","submitted_at_ms":5,
+            "output":"/srv/renders/ben.mp4","error":"secret detail","gpu":"GPU-1"}"#;
+        let mut job: JobState = serde_json::from_str(text).expect("state parses");
+        job.owner = Some(owner);
+        job
+    }
+
+    #[test]
+    fn others_see_only_name_state_and_owner() {
+        let ben = Person {
+            uid: 1002,
+            name: "ben".into(),
+            gids: vec![1002, 77],
+        };
+        let shown = name_and_state(&job_of(ben));
+        let back: JobState = serde_json::from_value(shown.clone()).expect("CLI can read it");
+        assert_eq!(back.name, "portrait");
+        assert_eq!(back.phase, Phase::Running);
+        assert_eq!(
+            back.id,
+            "20261126-101500-000-0001".parse::<JobId>().expect("id")
+        );
+        assert_eq!(back.output, None);
+        assert_eq!(back.error, None);
+        assert_eq!(back.gpu, None);
+        assert_eq!(back.source_file, "");
+        let owner = back.owner.expect("owner shown");
+        assert_eq!((owner.uid, owner.name.as_str()), (1002, "ben"));
+        assert!(owner.gids.is_empty(), "{shown}");
+    }
+
+    #[test]
+    fn an_asker_outside_the_group_is_refused_before_anything_is_read() {
+        let context = ControlContext {
+            jobs_dir: PathBuf::from("/nonexistent/jobs"),
+            state_dir: PathBuf::from("/nonexistent"),
+            policy: Policy::new("reelspool-no-such-group-y"),
+        };
+        let reply = answer(&context, 3_999_999_917, r#"{"op":"list"}"#);
+        let error = reply["error"].as_str().expect("a refusal");
+        assert!(error.contains("reelspool-no-such-group-y"), "{error}");
+        assert!(error.contains("3999999917"), "{error}");
+    }
+
+    #[test]
+    fn malformed_requests_get_an_error_not_a_crash() {
+        let context = ControlContext {
+            jobs_dir: PathBuf::from("/nonexistent/jobs"),
+            state_dir: PathBuf::from("/nonexistent"),
+            policy: Policy::new("root"),
+        };
+        // SAFETY: geteuid cannot fail.
+        let me = unsafe { libc::geteuid() };
+        let reply = answer(&context, me, r#"{"op":"format-disk"}"#);
+        assert!(
+            reply["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("malformed request")),
+            "{reply}"
+        );
     }
 }

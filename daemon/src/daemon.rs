@@ -226,24 +226,6 @@ async fn serve(
     });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    crate::control::close_job_dirs(&layout.jobs);
-    // Without the socket, members cannot follow their jobs, but root and the service user still
-    // can and every job still runs: a warning, not a failed start.
-    let control_task = match crate::control::listen(&config.spool_dir) {
-        Ok(listener) => Some(tokio::spawn(crate::control::serve(
-            listener,
-            Arc::new(crate::control::ControlContext {
-                jobs_dir: layout.jobs.clone(),
-                state_dir: config.state_dir.clone(),
-                policy: crate::owner::Policy::new(&config.submit_group),
-            }),
-            shutdown_rx.clone(),
-        ))),
-        Err(err) => {
-            warn!(error = %format!("{err:#}"), "no control socket: members cannot see or cancel their jobs");
-            None
-        }
-    };
     let (accepted_tx, accepted_rx) = mpsc::unbounded_channel();
     let recover_context = Arc::clone(&context);
     let recovered = tokio::task::spawn_blocking(move || intake::recover(&recover_context))
@@ -273,6 +255,25 @@ async fn serve(
         vitals_tx,
         reconfigure_rx,
     ));
+    // After intake and the scheduler are running: nothing here delays taking in jobs.
+    crate::control::close_job_dirs(&layout.jobs);
+    // Without the socket, members cannot follow their jobs, but root and the service user still
+    // can and every job still runs: a warning, not a failed start.
+    let control_task = match crate::control::listen(&config.spool_dir) {
+        Ok(listener) => Some(tokio::spawn(crate::control::serve(
+            listener,
+            Arc::new(crate::control::ControlContext {
+                jobs_dir: layout.jobs.clone(),
+                state_dir: config.state_dir.clone(),
+                policy: crate::owner::Policy::new(&config.submit_group),
+            }),
+            shutdown_rx.clone(),
+        ))),
+        Err(err) => {
+            warn!(error = %format!("{err:#}"), "no control socket: members cannot see or cancel their jobs");
+            None
+        }
+    };
     let (notifier_stop_tx, notifier_stop_rx) = watch::channel(false);
     let notifier_task = tokio::spawn(systemd::run_notifier(
         Arc::clone(&manager),

@@ -351,6 +351,8 @@ fn accept_one(
     shown_path: &Path,
 ) -> Result<(), String> {
     let bytes = read_claim(claim, shown_path)?;
+    // An outsider's file is refused whatever it holds.
+    let owner = crate::owner::owner_of(&context.owners, claim, shown_path)?;
     let default_name = Path::new(name)
         .file_stem()
         .and_then(|stem| stem.to_str())
@@ -371,7 +373,6 @@ fn accept_one(
         &parse_context,
     )
     .map_err(|err| err.to_string())?;
-    let owner = crate::owner::owner_of(&context.owners, claim, shown_path)?;
     crate::owner::check_paths(&owner, &spec, shown_path)?;
     let vram_estimate = context
         .admission
