@@ -427,3 +427,38 @@ fn the_finished_video_is_readable_by_its_owner_only() {
     let out = as_user(&people.mallory, head, &["-c", "8", &video]);
     assert!(!out.status.success(), "mallory may not: {}", text(&out));
 }
+
+#[test]
+fn the_worker_checks_the_inputs_again_before_opening_them() {
+    let Some(people) = People::create() else {
+        return;
+    };
+    let farm = shared_farm(
+        &people,
+        "gpu_pool: { kind: cpu, slots: 1, failure_drain_threshold: 1000 }\n",
+    );
+    let config = std::fs::read_to_string(&farm.config).expect("config");
+    std::fs::write(&farm.config, format!("{config}hold_queue: true\n")).expect("held config");
+    let daemon = start(&farm);
+    drop_as(&farm, &people.alice, "later", &farm.job_yaml("later", ""));
+    let job = wait_job(&farm, "later.yaml");
+    assert_eq!(job["phase"], "queued");
+    // Alice may read the speech at intake; then it is taken from her before the job runs.
+    let audio = farm.media.join("hello.wav");
+    chmod(&audio, 0o600);
+    std::fs::write(&farm.config, format!("{config}hold_queue: false\n")).expect("open config");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(daemon.pid(), libc::SIGHUP) };
+    let job = wait_for("the job to end", Duration::from_secs(120), || {
+        farm.job_by_source("later.yaml")
+            .filter(|job| matches!(job["phase"].as_str(), Some("done" | "failed" | "cancelled")))
+    });
+    assert_eq!(job["phase"], "failed", "{job}\n{}", farm.daemon_logs());
+    let error = job["error"].as_str().expect("a failed job says why");
+    assert!(error.contains(&audio.display().to_string()), "{error}");
+    assert!(error.contains("read (r)"), "{error}");
+    assert!(
+        !farm.out.join("later.mp4").exists(),
+        "nothing may be rendered"
+    );
+}
