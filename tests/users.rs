@@ -157,7 +157,7 @@ fn drop_as(farm: &Farm, user: &str, name: &str, text: &str) {
         Path::new("/bin/cp"),
         &[&source, &target.display().to_string()],
     );
-    assert!(out.status.success(), "cp as {user}: {}", text_of(&out));
+    assert!(out.status.success(), "cp as {user}: {}", text(&out));
 }
 
 /// Whether `path` carries a POSIX access ACL.
@@ -167,10 +167,6 @@ fn jobs_acl_present(path: &str) -> bool {
     // SAFETY: a size query: NUL-terminated names, no buffer.
     let len = unsafe { libc::getxattr(c_path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
     len > 0
-}
-
-fn text_of(out: &Output) -> String {
-    text(out)
 }
 
 /// Starts the daemon and waits for its control socket, which members' commands go through.

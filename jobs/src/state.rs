@@ -202,6 +202,7 @@ mod tests {
         assert_eq!(state.phase, Phase::Queued);
         assert_eq!(state.clips_done, 0);
         assert_eq!(state.gpu, None);
+        assert_eq!(state.owner, None, "state from before owners were recorded");
     }
 
     #[test]
