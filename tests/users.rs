@@ -149,8 +149,8 @@ fn job_file(farm: &Farm, name: &str, text: &str) -> String {
 }
 
 /// Drops a job file into incoming/ as `user` (written in place, as `cp` does).
-fn drop_as(farm: &Farm, user: &str, name: &str, text: &str) {
-    let source = job_file(farm, name, text);
+fn drop_as(farm: &Farm, user: &str, name: &str, content: &str) {
+    let source = job_file(farm, name, content);
     let target = farm.incoming().join(format!("{name}.yaml"));
     let out = as_user(
         user,
