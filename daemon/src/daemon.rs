@@ -256,7 +256,8 @@ async fn serve(
         reconfigure_rx,
     ));
     // After intake and the scheduler are running: nothing here delays taking in jobs.
-    crate::control::close_job_dirs(&layout.jobs);
+    let jobs_dir = layout.jobs.clone();
+    tokio::task::spawn_blocking(move || crate::control::close_job_dirs(&jobs_dir));
     // Without the socket, members cannot follow their jobs, but root and the service user still
     // can and every job still runs: a warning, not a failed start.
     let control_task = match crate::control::listen(&config.spool_dir) {

@@ -15,9 +15,11 @@ use std::fmt;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+
+use crate::JobsError;
 
 /// Someone whose rights are checked: a uid, a name for messages, and every group they are in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,33 +78,21 @@ impl fmt::Display for Right {
     }
 }
 
-/// Why a path may not be used on someone's behalf.
-#[derive(Debug, thiserror::Error)]
-pub enum AccessError {
-    #[error("{who} lacks {right} permission on {}", path.display())]
-    Denied {
-        who: String,
-        right: Right,
-        path: PathBuf,
-    },
-    #[error("cannot check {}: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
-}
+/// Why a path may not be used on someone's behalf: [`JobsError::AccessDenied`], or
+/// [`JobsError::Io`] when the path cannot be looked at.
+pub type AccessError = JobsError;
 
-impl AccessError {
-    fn io(path: &Path, source: io::Error) -> AccessError {
-        AccessError::Io {
-            path: path.to_path_buf(),
-            source,
-        }
+fn io_error(path: &Path, source: io::Error) -> JobsError {
+    JobsError::Io {
+        action: "check",
+        path: path.to_path_buf(),
+        source,
     }
 }
 
 /// Whether `person` may read the file `path` (and pass through every directory above it).
-pub fn check_read(person: &Person, path: &Path) -> Result<(), AccessError> {
-    let real = path
-        .canonicalize()
-        .map_err(|err| AccessError::io(path, err))?;
+pub fn check_read(person: &Person, path: &Path) -> Result<(), JobsError> {
+    let real = path.canonicalize().map_err(|err| io_error(path, err))?;
     check_dirs_above(person, &real)?;
     require(person, &real, Right::Read)
 }
@@ -111,16 +101,16 @@ pub fn check_read(person: &Person, path: &Path) -> Result<(), AccessError> {
 /// directory that exists and search on every one above it. A file already there may be
 /// replaced as the kernel would let them rename over it: in a sticky directory only when they
 /// own the file or the directory.
-pub fn check_write(person: &Person, path: &Path) -> Result<(), AccessError> {
+pub fn check_write(person: &Person, path: &Path) -> Result<(), JobsError> {
     if let Ok(real) = path.canonicalize() {
         check_dirs_above(person, &real)?;
         let parent = real.parent().unwrap_or(Path::new("/"));
         require(person, parent, Right::Write)?;
-        let dir = std::fs::metadata(parent).map_err(|err| AccessError::io(parent, err))?;
-        let file = std::fs::metadata(&real).map_err(|err| AccessError::io(&real, err))?;
+        let dir = std::fs::metadata(parent).map_err(|err| io_error(parent, err))?;
+        let file = std::fs::metadata(&real).map_err(|err| io_error(&real, err))?;
         let sticky = dir.mode() & 0o1000 != 0;
         if sticky && !person.is_root() && person.uid != dir.uid() && person.uid != file.uid() {
-            return Err(AccessError::Denied {
+            return Err(JobsError::AccessDenied {
                 who: person.to_string(),
                 right: Right::Write,
                 path: real,
@@ -137,14 +127,14 @@ pub fn check_write(person: &Person, path: &Path) -> Result<(), AccessError> {
         }
         existing = dir.parent();
     }
-    Err(AccessError::io(
+    Err(io_error(
         path,
         io::Error::new(io::ErrorKind::NotFound, "no directory of it exists"),
     ))
 }
 
 /// Search permission on every directory above `real` (an absolute, resolved path).
-fn check_dirs_above(person: &Person, real: &Path) -> Result<(), AccessError> {
+fn check_dirs_above(person: &Person, real: &Path) -> Result<(), JobsError> {
     let mut dirs: Vec<&Path> = real.ancestors().skip(1).collect();
     dirs.reverse();
     for dir in dirs {
@@ -153,12 +143,12 @@ fn check_dirs_above(person: &Person, real: &Path) -> Result<(), AccessError> {
     Ok(())
 }
 
-fn require(person: &Person, path: &Path, right: Right) -> Result<(), AccessError> {
+fn require(person: &Person, path: &Path, right: Right) -> Result<(), JobsError> {
     if person.is_root() {
         return Ok(());
     }
-    let meta = std::fs::metadata(path).map_err(|err| AccessError::io(path, err))?;
-    let acl = read_acl(path).map_err(|err| AccessError::io(path, err))?;
+    let meta = std::fs::metadata(path).map_err(|err| io_error(path, err))?;
+    let acl = read_acl(path).map_err(|err| io_error(path, err))?;
     if allows(
         person,
         meta.uid(),
@@ -169,7 +159,7 @@ fn require(person: &Person, path: &Path, right: Right) -> Result<(), AccessError
     ) {
         Ok(())
     } else {
-        Err(AccessError::Denied {
+        Err(JobsError::AccessDenied {
             who: person.to_string(),
             right,
             path: path.to_path_buf(),

@@ -187,3 +187,24 @@ fn leave_readable_by_grants_the_owner_read_and_nobody_else() {
         None => eprintln!("note: this file system keeps no ACLs"),
     }
 }
+
+proptest::proptest! {
+    #[test]
+    fn any_bytes_parse_or_fail_without_panicking(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..80)) {
+        let _ = parse_acl(&bytes);
+    }
+
+    #[test]
+    fn encoded_entries_parse_back(perms in proptest::collection::vec((0u32..8, 0u32..70000), 0..10)) {
+        let entries: Vec<AclEntry> = perms
+            .iter()
+            .map(|&(perm, id)| entry(AclTag::User, perm, id))
+            .collect();
+        let back = parse_acl(&encode_acl(&entries)).expect("own encoding parses");
+        let mut expected = entries.clone();
+        expected.sort_by_key(|entry| entry.id);
+        let back_ids: Vec<(u32, u32)> = back.iter().map(|e| (e.perm, e.id)).collect();
+        let expected_ids: Vec<(u32, u32)> = expected.iter().map(|e| (e.perm, e.id)).collect();
+        proptest::prop_assert_eq!(back_ids, expected_ids);
+    }
+}
