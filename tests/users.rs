@@ -73,16 +73,36 @@ impl Drop for People {
     }
 }
 
+/// Runs an admin command; `useradd` and friends refuse while another one holds the lock on
+/// /etc/passwd (tests run in parallel), so a lock refusal is waited out.
 fn run_ok(program: &str, args: &[&str]) {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|err| panic!("cannot run {program}: {err}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut last = String::new();
+    let done = wait_for_opt(Duration::from_secs(30), || {
+        let out = Command::new(program)
+            .args(args)
+            .output()
+            .unwrap_or_else(|err| panic!("cannot run {program}: {err}"));
+        if out.status.success() {
+            return Some(true);
+        }
+        last = String::from_utf8_lossy(&out.stderr).into_owned();
+        (!last.contains("lock")).then_some(false)
+    });
+    assert!(done == Some(true), "{program} {args:?} failed: {last}");
+}
+
+/// Like `wait_for`, but `None` at the deadline instead of a panic.
+fn wait_for_opt<T>(timeout: Duration, mut condition: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = condition() {
+            return Some(value);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn chmod(path: &Path, mode: u32) {
