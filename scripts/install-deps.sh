@@ -10,6 +10,8 @@ PACKAGES=(
   libavfilter-dev libavdevice-dev libclang-dev clang pkg-config
   # ffprobe/ffmpeg: tests check every video we write with the real ffprobe
   ffmpeg openssl
+  # useradd/groupadd and setpriv: tests/users.rs creates real users and runs commands as them
+  passwd util-linux
 )
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -209,6 +209,10 @@ pub(crate) fn find_job(jobs_dir: &Path, wanted: &str) -> Result<JobState> {
 
 pub fn status(config_flag: Option<&Path>, id: Option<&str>, json: bool) -> Result<ExitCode> {
     let config = required_config(config_flag)?;
+    if crate::control::must_ask_daemon(&config.state_dir) {
+        crate::control::status(&config.spool_dir, id, json)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let jobs_dir = config.state_dir.join("jobs");
     if let Some(wanted) = id {
         let job = find_job(&jobs_dir, wanted)?;
@@ -238,7 +242,7 @@ pub fn status(config_flag: Option<&Path>, id: Option<&str>, json: bool) -> Resul
 }
 
 /// The job's notice deliveries, read from the outbox without touching the daemon.
-fn notice_statuses(state_dir: &Path, job_id: &str) -> Vec<notices::DeliveryStatus> {
+pub(crate) fn notice_statuses(state_dir: &Path, job_id: &str) -> Vec<notices::DeliveryStatus> {
     let outbox_dir = state_dir.join("outbox");
     if !outbox_dir.is_dir() {
         return Vec::new();
@@ -248,7 +252,7 @@ fn notice_statuses(state_dir: &Path, job_id: &str) -> Vec<notices::DeliveryStatu
         .unwrap_or_default()
 }
 
-fn print_notices(statuses: &[notices::DeliveryStatus]) {
+pub(crate) fn print_notices(statuses: &[notices::DeliveryStatus]) {
     if statuses.is_empty() {
         return;
     }
@@ -320,14 +324,14 @@ pub fn human_secs(secs: f64) -> String {
     }
 }
 
-fn print_table(all: &[JobState]) {
+pub(crate) fn print_table(all: &[JobState]) {
     if all.is_empty() {
         println!("no jobs");
         return;
     }
     let now = state::now_ms();
     println!(
-        "{:<26} {:<24} {:<10} {:>5} {:<20} {:>9} {:>7} {:>7}",
+        "{:<26} {:<24} {:<10} {:>5} {:<20} {:>9} {:>7} {:>7} OWNER",
         "ID", "NAME", "STATE", "PRIO", "GPU", "CLIP", "ETA", "AGE"
     );
     let flagged = all
@@ -344,8 +348,12 @@ fn print_table(all: &[JobState]) {
         if name.chars().count() > 24 {
             name = name.chars().take(23).collect::<String>() + "…";
         }
+        let owner = job
+            .owner
+            .as_ref()
+            .map_or_else(|| "-".to_string(), |owner| owner.name.clone());
         println!(
-            "{:<26} {:<24} {:<10} {:>5} {:<20} {:>9} {:>7} {:>7}",
+            "{:<26} {:<24} {:<10} {:>5} {:<20} {:>9} {:>7} {:>7} {}",
             job.id.to_string(),
             name,
             state_label(job),
@@ -353,7 +361,8 @@ fn print_table(all: &[JobState]) {
             job.gpu.as_deref().unwrap_or("-"),
             clip_progress(job),
             eta,
-            age
+            age,
+            owner
         );
     }
     if flagged > 0 {
@@ -361,11 +370,14 @@ fn print_table(all: &[JobState]) {
     }
 }
 
-fn print_job_details(job: &JobState, events: &[JobEvent]) {
+pub(crate) fn print_job_details(job: &JobState, events: &[JobEvent]) {
     println!("id:        {}", job.id);
     println!("name:      {}", job.name);
     println!("state:     {}", phase_name(job.phase));
     println!("priority:  {}", job.priority);
+    if let Some(owner) = &job.owner {
+        println!("owner:     {owner}");
+    }
     println!("source:    {}", job.source_file);
     println!("gpu:       {}", job.gpu.as_deref().unwrap_or("-"));
     println!("clips:     {}", clip_progress(job));
@@ -433,6 +445,10 @@ fn print_attempt_ends(events: &[JobEvent]) {
 
 pub fn cancel(config_flag: Option<&Path>, wanted: &str, wait_secs: u64) -> Result<ExitCode> {
     let config = required_config(config_flag)?;
+    if crate::control::must_ask_daemon(&config.state_dir) {
+        crate::control::cancel(&config.spool_dir, wanted, wait_secs)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let jobs_dir = config.state_dir.join("jobs");
     let job = find_job(&jobs_dir, wanted)?;
     if job.phase.is_terminal() {

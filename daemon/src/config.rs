@@ -82,6 +82,13 @@ pub struct DaemonConfig {
     /// Only the operator declares programs; a job file can only name one of these.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub engines: std::collections::BTreeMap<String, render::engine::external::EngineDeclaration>,
+    /// The group whose members may submit jobs (besides root and the service user).
+    #[serde(default = "default_submit_group")]
+    pub submit_group: String,
+}
+
+fn default_submit_group() -> String {
+    "reelspool-submit".to_string()
 }
 
 /// A configuration file that cannot be used, with a message that says what to change.

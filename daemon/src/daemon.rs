@@ -223,6 +223,7 @@ async fn serve(
         roots: RwLock::new(config.roots()),
         admission: scheduler.admission(),
         engines: RwLock::new(config.engines.clone()),
+        owners: crate::owner::Policy::new(&config.submit_group),
     });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -255,6 +256,26 @@ async fn serve(
         vitals_tx,
         reconfigure_rx,
     ));
+    // After intake and the scheduler are running: nothing here delays taking in jobs.
+    let jobs_dir = layout.jobs.clone();
+    tokio::task::spawn_blocking(move || crate::control::close_job_dirs(&jobs_dir));
+    // Without the socket, members cannot follow their jobs, but root and the service user still
+    // can and every job still runs: a warning, not a failed start.
+    let control_task = match crate::control::listen(&config.spool_dir) {
+        Ok(listener) => Some(tokio::spawn(crate::control::serve(
+            listener,
+            Arc::new(crate::control::ControlContext {
+                jobs_dir: layout.jobs.clone(),
+                state_dir: config.state_dir.clone(),
+                policy: crate::owner::Policy::new(&config.submit_group),
+            }),
+            shutdown_rx.clone(),
+        ))),
+        Err(err) => {
+            warn!(error = %format!("{err:#}"), "no control socket: members cannot see or cancel their jobs");
+            None
+        }
+    };
     let (notifier_stop_tx, notifier_stop_rx) = watch::channel(false);
     let notifier_task = tokio::spawn(systemd::run_notifier(
         Arc::clone(&manager),
@@ -294,6 +315,9 @@ async fn serve(
     let status = format!("stopping: {running} running job(s) checkpoint their current clip");
     manager.notify(&[NotifyState::Stopping, NotifyState::Status(&status)]);
     let _ = shutdown_tx.send(true);
+    if let Some(task) = control_task {
+        let _ = task.await;
+    }
     if let Err(err) = intake_task.await {
         error!(error = %err, "intake task failed");
     }

@@ -50,6 +50,8 @@ pub struct IntakeContext {
     pub admission: Box<dyn Admission>,
     /// The operator's command engines; replaced by a config reload like `roots`.
     pub engines: std::sync::RwLock<crate::engines::EngineTable>,
+    /// Who may submit, and the user database behind job owners.
+    pub owners: crate::owner::Policy,
 }
 
 /// What one batch produced.
@@ -351,6 +353,8 @@ fn accept_one(
     shown_path: &Path,
 ) -> Result<(), String> {
     let bytes = read_claim(claim, shown_path)?;
+    // An outsider's file is refused whatever it holds.
+    let owner = crate::owner::owner_of(&context.owners, claim, shown_path)?;
     let default_name = Path::new(name)
         .file_stem()
         .and_then(|stem| stem.to_str())
@@ -371,6 +375,7 @@ fn accept_one(
         &parse_context,
     )
     .map_err(|err| err.to_string())?;
+    crate::owner::check_paths(&owner, &spec, shown_path)?;
     let (spec, engine) = crate::engines::resolve(
         &context
             .engines
@@ -385,7 +390,7 @@ fn accept_one(
         .map_err(|refusal| format!("error: {}: {refusal}", shown_path.display()))?;
     let id_text = id.to_string();
     let staging = context.layout.staging_dir(&id_text);
-    stage_job(&staging, id, name, &bytes, &spec, vram_estimate)
+    stage_job(&staging, id, name, &bytes, &spec, vram_estimate, owner)
         .and_then(|()| crate::engines::write_resolved(&staging, engine.as_ref()))
         .map_err(|err| format!("error: cannot file job {}: {err}", shown_path.display()))
 }
@@ -397,17 +402,21 @@ fn stage_job(
     source: &[u8],
     spec: &JobSpec,
     vram_estimate: Option<u64>,
+    owner: jobs::access::Person,
 ) -> std::io::Result<()> {
     if staging.exists() {
         std::fs::remove_dir_all(staging)?;
     }
     std::fs::create_dir_all(staging.join("work"))?;
+    // Only the service (and root) may enter: owners read their job through the daemon.
+    std::fs::set_permissions(staging, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
     std::fs::write(staging.join("source.yaml"), source)?;
     std::fs::write(staging.join("job.yaml"), spec.to_yaml())?;
     let submitted_at_ms = now_ms();
     let mut state = JobState::queued(id.clone(), spec, name, submitted_at_ms);
     state.output = Some(spec.output.path.clone());
     state.vram_estimate_bytes = vram_estimate;
+    state.owner = Some(owner);
     let state_json = serde_json::to_vec_pretty(&state).map_err(std::io::Error::other)?;
     std::fs::write(staging.join("state.json"), state_json)?;
     let mut fields = serde_json::Map::new();

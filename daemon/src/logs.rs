@@ -25,6 +25,14 @@ const FOLLOW_POLL: Duration = Duration::from_millis(200);
 
 pub fn run(config_flag: Option<&Path>, wanted: &str, follow: bool) -> Result<ExitCode> {
     let config = DaemonConfig::load(&config::config_path(config_flag))?;
+    if crate::control::must_ask_daemon(&config.state_dir) {
+        let mut out = std::io::stdout().lock();
+        return match crate::control::logs(&config.spool_dir, wanted, follow, &mut out) {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(err) if is_broken_pipe(&err) => Ok(ExitCode::SUCCESS),
+            Err(err) => Err(err),
+        };
+    }
     let jobs_dir = config.state_dir.join("jobs");
     let job = cli::find_job(&jobs_dir, wanted)?;
     let dir = JobDir::new(jobs_dir.join(job.id.to_string()));

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 mod config;
+mod control;
 mod daemon;
 mod death;
 mod demo;
@@ -19,6 +20,7 @@ mod intake;
 mod logging;
 mod logs;
 mod notify_glue;
+mod owner;
 mod placement;
 mod reload;
 mod scheduler;

@@ -18,6 +18,14 @@ pub enum JobsError {
     #[error("cannot read job file {}: {source}\n  = help: check that the file still exists and the daemon's user may read it", path.display())]
     ReadJobFile { path: PathBuf, source: io::Error },
 
+    /// A job's owner may not use a path the job names (see [`crate::access`]).
+    #[error("{who} lacks {right} permission on {}", path.display())]
+    AccessDenied {
+        who: String,
+        right: crate::access::Right,
+        path: PathBuf,
+    },
+
     #[error("cannot {action} {}: {source}", path.display())]
     Io {
         /// What was being done, as a verb phrase: "write", "read", "list", "create".

@@ -34,6 +34,7 @@
 //!   stages a file goes through, in order.
 //! - [`diag`]: diagnostics; [`state`]: on-disk state.
 
+pub mod access;
 pub mod diag;
 mod error;
 mod file;

@@ -109,6 +109,10 @@ pub struct JobState {
     pub eta_secs: Option<f64>,
     #[serde(default)]
     pub vram_estimate_bytes: Option<u64>,
+    /// Who dropped the job file (its owner at intake) and their groups then; the job reads
+    /// and writes only what they may. Absent in state written before owners were recorded.
+    #[serde(default)]
+    pub owner: Option<crate::access::Person>,
     /// Forward-compatible extras (per-clip timings, the video's duration, ...).
     #[serde(default)]
     pub details: Map<String, Value>,
@@ -136,6 +140,7 @@ impl JobState {
             error: None,
             eta_secs: None,
             vram_estimate_bytes: None,
+            owner: None,
             details: Map::new(),
         }
     }
@@ -208,6 +213,7 @@ mod tests {
         assert_eq!(state.phase, Phase::Queued);
         assert_eq!(state.clips_done, 0);
         assert_eq!(state.gpu, None);
+        assert_eq!(state.owner, None, "state from before owners were recorded");
     }
 
     #[test]

@@ -271,6 +271,16 @@ fn render_job(
         })?;
     }
 
+    // The job acts with its owner's rights: check again, the files may have changed since
+    // intake.
+    let owner = dir.load_state().ok().and_then(|state| state.owner);
+    if let Some(owner) = &owner {
+        for path in [&spec.inputs.image, &spec.inputs.audio] {
+            jobs::access::check_read(owner, path)
+                .map_err(|err| Failure::new(FailureKind::Input, err.to_string()))?;
+        }
+    }
+
     // Inputs first: a bad file must fail before the model is loaded.
     let read = |path: &Path| {
         std::fs::read(path).map_err(|err| {
@@ -311,7 +321,7 @@ fn render_job(
                 next_clip: plan.clips,
             });
         }
-        return assemble(&spec, &work, &plan);
+        return assemble(&spec, &work, &plan, owner.as_ref());
     }
 
     let settings = engine_settings(&spec);
@@ -443,11 +453,16 @@ fn render_job(
         });
     }
 
-    assemble(&spec, &work, &plan)
+    assemble(&spec, &work, &plan, owner.as_ref())
 }
 
 /// Concatenates the segments, muxes the audio in and moves the video into place.
-fn assemble(spec: &JobSpec, work: &Path, plan: &ClipPlan) -> Result<WorkerMessage, Failure> {
+fn assemble(
+    spec: &JobSpec,
+    work: &Path,
+    plan: &ClipPlan,
+    owner: Option<&jobs::access::Person>,
+) -> Result<WorkerMessage, Failure> {
     crash_point::reached("before_assemble", plan.clips);
     let segments: Vec<PathBuf> = (0..plan.clips).map(|k| segment_path(work, k)).collect();
     if let Some(parent) = spec.output.path.parent() {
@@ -465,6 +480,13 @@ fn assemble(spec: &JobSpec, work: &Path, plan: &ClipPlan) -> Result<WorkerMessag
     let output =
         media::assemble_output(&segments, &spec.inputs.audio, &assembly, &spec.output.path)
             .map_err(|err| Failure::new(FailureKind::Io, err.to_string()))?;
+    if let Some(owner) = owner {
+        // The service wrote the video; its owner must be able to read it (mode 0640 and an
+        // ACL entry for them; see README "Several users").
+        if let Err(err) = jobs::access::leave_readable_by(&spec.output.path, owner) {
+            warn!(path = %spec.output.path.display(), error = %err, "cannot make the video readable by its owner");
+        }
+    }
     Ok(WorkerMessage::Finished {
         output: spec.output.path.display().to_string(),
         duration_secs: output.duration.as_secs_f64(),
