@@ -93,7 +93,27 @@ fn signals_for(event: &notify::Event) -> Vec<IntakeSignal> {
             .map(str::to_string)
     };
     match event.kind {
-        EventKind::Create(CreateKind::File) | EventKind::Modify(ModifyKind::Data(_)) => event
+        // A directory, symlink, FIFO, socket or device node is complete the moment it exists
+        // (nobody will close it after writing), so it is judged at once: moved to rejected/
+        // with a word on what it is. `lstat` never follows the entry nor opens it.
+        EventKind::Create(CreateKind::Folder) => event
+            .paths
+            .iter()
+            .filter_map(name_of)
+            .map(IntakeSignal::Ready)
+            .collect(),
+        EventKind::Create(_) => event
+            .paths
+            .iter()
+            .filter_map(|path| {
+                let name = name_of(path)?;
+                match std::fs::symlink_metadata(path) {
+                    Ok(meta) if !meta.file_type().is_file() => Some(IntakeSignal::Ready(name)),
+                    _ => Some(IntakeSignal::Writing(name)),
+                }
+            })
+            .collect(),
+        EventKind::Modify(ModifyKind::Data(_)) => event
             .paths
             .iter()
             .filter_map(name_of)
@@ -119,13 +139,12 @@ pub fn list_incoming(incoming: &Path) -> std::io::Result<Vec<String>> {
             // A name that is not UTF-8 cannot be shown in an error file name either; move it
             // aside under a readable name so it does not sit there forever.
             let lossy = entry.file_name().to_string_lossy().into_owned();
-            warn!(file = %lossy, "file name in incoming/ is not UTF-8; ignoring it");
+            warn!(file = %jobs::escape_text(&lossy), "file name in incoming/ is not UTF-8; ignoring it");
             continue;
         };
+        // Directories, symlinks, FIFOs and the like are listed too: intake moves them to
+        // rejected/ with an explanation instead of leaving them unanswered.
         if !spool::is_candidate_name(&name) {
-            continue;
-        }
-        if entry.file_type()?.is_dir() {
             continue;
         }
         names.push(name);
@@ -243,7 +262,7 @@ pub fn process_batch(context: &IntakeContext, names: Vec<String>) -> BatchOutcom
             Ok(()) => claims.push((id, name)),
             // Already taken by an earlier batch (a rescan and an event can both name a file).
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => warn!(file = %from.display(), error = %err, "cannot claim job file"),
+            Err(err) => warn!(file = %shown(&from), error = %err, "cannot claim job file"),
         }
     }
     process_claims(context, claims)
@@ -283,7 +302,7 @@ pub fn process_claims(context: &IntakeContext, claims: Vec<(JobId, String)>) -> 
             warn!(job = %id_text, error = %err, "cannot publish job directory; it will be retried at restart");
             continue;
         }
-        info!(job = %id_text, file = %name, "job queued");
+        info!(job = %id_text, file = %jobs::escape_text(&name), "job queued");
         outcome.accepted.push(id);
         published_claims.push(claim);
     }
@@ -294,24 +313,82 @@ pub fn process_claims(context: &IntakeContext, claims: Vec<(JobId, String)>) -> 
     // claims whose jobs exist, which the next start drops.
     for claim in published_claims {
         if let Err(err) = std::fs::remove_file(&claim) {
-            warn!(file = %claim.display(), error = %err, "cannot remove finished claim");
+            warn!(file = %shown(&claim), error = %err, "cannot remove finished claim");
         }
     }
     outcome
 }
 
-/// Reads a claimed file without following symlinks and without blocking on FIFOs or devices.
+/// A path as it may appear in a log line: user-chosen file names escaped.
+fn shown(path: &Path) -> String {
+    jobs::escape_text(&path.display().to_string()).into_owned()
+}
+
+/// What a spool entry that is not a regular file is, in words, and what to do instead; `None`
+/// for a regular file.
+fn odd_entry_kind(file_type: &std::fs::FileType) -> Option<(&'static str, &'static str)> {
+    use std::os::unix::fs::FileTypeExt;
+    const COPY: &str =
+        "copy the job file itself into the spool (or use `reelspool submit FILE`); intake reads regular files only";
+    if file_type.is_file() {
+        None
+    } else if file_type.is_symlink() {
+        Some((
+            "a symbolic link",
+            "copy the job file into the spool instead of linking it; links are never followed",
+        ))
+    } else if file_type.is_dir() {
+        Some((
+            "a directory",
+            "drop the job files one by one; intake does not look inside directories",
+        ))
+    } else if file_type.is_fifo() {
+        Some(("a named pipe (FIFO)", "write the job to a regular file in spool/tmp/ and rename it into incoming/; pipes are never opened"))
+    } else if file_type.is_socket() {
+        Some(("a socket", COPY))
+    } else if file_type.is_block_device() {
+        Some(("a block device", COPY))
+    } else if file_type.is_char_device() {
+        Some(("a character device", COPY))
+    } else {
+        Some(("not a regular file", COPY))
+    }
+}
+
+/// The rejection text for an entry that is not a regular file.
+fn odd_entry_report(claim: &Path, shown_path: &Path, kind: &str, help: &str) -> String {
+    let mut text = format!("error: {} is {kind}, not a job file", shown_path.display());
+    if kind == "a symbolic link" {
+        if let Ok(target) = std::fs::read_link(claim) {
+            text.push_str(&format!(" (it points to {})", target.display()));
+        }
+    }
+    text.push_str(&format!(
+        "\n  = note: it was moved here as it is, never opened nor followed\n  = help: {help}"
+    ));
+    text
+}
+
+/// Reads a claimed file without following symlinks and without blocking on FIFOs or devices:
+/// the entry is looked at with `lstat` first, and only a regular file is opened (with
+/// `O_NOFOLLOW | O_NONBLOCK`, in case it was swapped meanwhile).
 fn read_claim(claim: &Path, shown_path: &Path) -> Result<Vec<u8>, String> {
+    let entry = std::fs::symlink_metadata(claim)
+        .map_err(|err| format!("error: cannot read {}: {err}", shown_path.display()))?;
+    if let Some((kind, help)) = odd_entry_kind(&entry.file_type()) {
+        return Err(odd_entry_report(claim, shown_path, kind, help));
+    }
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(claim)
         .map_err(|err| {
             if err.raw_os_error() == Some(libc::ELOOP) {
-                format!(
-                    "error: {} is a symbolic link\n  = help: copy the job file into the spool instead of linking it",
-                    shown_path.display()
-                )
+                let (kind, help) = odd_entry_kind(&entry.file_type()).unwrap_or((
+                    "a symbolic link",
+                    "copy the job file into the spool instead of linking it",
+                ));
+                odd_entry_report(claim, shown_path, kind, help)
             } else {
                 format!("error: cannot read {}: {err}", shown_path.display())
             }
@@ -319,11 +396,8 @@ fn read_claim(claim: &Path, shown_path: &Path) -> Result<Vec<u8>, String> {
     let metadata = file
         .metadata()
         .map_err(|err| format!("error: cannot read {}: {err}", shown_path.display()))?;
-    if !metadata.is_file() {
-        return Err(format!(
-            "error: {} is not a regular file\n  = help: drop plain YAML files into incoming/",
-            shown_path.display()
-        ));
+    if let Some((kind, help)) = odd_entry_kind(&metadata.file_type()) {
+        return Err(odd_entry_report(claim, shown_path, kind, help));
     }
     if metadata.len() > jobs::MAX_JOB_FILE_BYTES {
         return Err(format!(
@@ -417,21 +491,31 @@ fn stage_job(
     Ok(())
 }
 
-/// Moves a claim to `rejected/` beside its `.error` file.
+/// Moves a claim to `rejected/` beside its `.error` file. The claim is renamed, whatever it
+/// is (a symlink moves as the link, a directory with its contents), never opened. The report
+/// may quote the user's file name and contents, so every line of it is escaped.
 fn reject(layout: &Layout, id: &JobId, name: &str, claim: &Path, report: &str) {
     let mut target = layout.rejected.join(name);
-    if target.exists() {
+    if std::fs::symlink_metadata(&target).is_ok() {
         target = layout.rejected.join(format!("{name}.{id}"));
     }
     let error_path = PathBuf::from(format!("{}.error", target.display()));
-    let mut text = report.trim_end().to_string();
+    let mut text = jobs::escape_lines(report.trim_end());
     text.push('\n');
     if let Err(err) = jobs::state::write_atomic(&error_path, text.as_bytes()) {
-        warn!(file = %error_path.display(), error = %err, "cannot write error file");
+        warn!(file = %shown(&error_path), error = %err, "cannot write error file");
     }
     match std::fs::rename(claim, &target) {
-        Ok(()) => info!(file = %name, error_file = %error_path.display(), "job file rejected"),
-        Err(err) => warn!(file = %claim.display(), error = %err, "cannot move rejected file"),
+        Ok(()) => info!(
+            file = %jobs::escape_text(name),
+            error_file = %shown(&error_path),
+            "job file rejected"
+        ),
+        Err(err) => warn!(
+            file = %shown(claim),
+            error = %err,
+            "cannot move rejected file"
+        ),
     }
 }
 
@@ -450,7 +534,7 @@ pub fn recover(context: &IntakeContext) -> std::io::Result<BatchOutcome> {
         let entry = entry?;
         let file_name = entry.file_name().to_string_lossy().into_owned();
         let Some((id_text, original)) = spool::parse_claim_name(&file_name) else {
-            warn!(file = %file_name, "unexpected file in processing/; leaving it");
+            warn!(file = %jobs::escape_text(&file_name), "unexpected file in processing/; leaving it");
             continue;
         };
         if layout.job_dir(id_text).is_dir() {
@@ -459,7 +543,9 @@ pub fn recover(context: &IntakeContext) -> std::io::Result<BatchOutcome> {
         }
         match id_text.parse::<JobId>() {
             Ok(id) => unfinished.push((id, original.to_string())),
-            Err(_) => warn!(file = %file_name, "claim with a malformed id; leaving it"),
+            Err(_) => {
+                warn!(file = %jobs::escape_text(&file_name), "claim with a malformed id; leaving it")
+            }
         }
     }
     if !unfinished.is_empty() {
