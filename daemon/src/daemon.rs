@@ -222,6 +222,7 @@ async fn serve(
         templates_dir: config.templates_dir(),
         roots: RwLock::new(config.roots()),
         admission: scheduler.admission(),
+        outputs: std::sync::Mutex::new(None),
     });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

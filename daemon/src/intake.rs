@@ -48,6 +48,9 @@ pub struct IntakeContext {
     /// Behind a lock because a config reload (SIGHUP) replaces them for files not yet read.
     pub roots: std::sync::RwLock<jobs::Roots>,
     pub admission: Box<dyn Admission>,
+    /// Output paths of queued and running jobs, read from the state directory at the first
+    /// batch and kept up to date by intake itself (see [`ActiveOutputs`]).
+    pub outputs: std::sync::Mutex<Option<ActiveOutputs>>,
 }
 
 /// What one batch produced.
@@ -273,10 +276,18 @@ pub fn process_claims(context: &IntakeContext, claims: Vec<(JobId, String)>) -> 
     let layout = &context.layout;
     let mut outcome = BatchOutcome::default();
     let mut staged: Vec<(JobId, String, PathBuf)> = Vec::new();
+    if claims.is_empty() {
+        return outcome;
+    }
+    let mut outputs = context
+        .outputs
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let outputs = outputs.get_or_insert_with(|| ActiveOutputs::load(layout));
     for (id, name) in claims {
         let claim = layout.claim_path(&id.to_string(), &name);
         let shown_path = layout.incoming.join(&name);
-        match accept_one(context, &id, &name, &claim, &shown_path) {
+        match accept_one(context, outputs, &id, &name, &claim, &shown_path) {
             Ok(()) => staged.push((id, name, claim)),
             Err(report) => {
                 reject(layout, &id, &name, &claim, &report);
@@ -414,9 +425,95 @@ fn read_claim(claim: &Path, shown_path: &Path) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
+/// The output paths of the jobs that are queued or running, so that a second job cannot be
+/// accepted for the same file. Read from the state directory once; every job intake accepts
+/// is added. A job only ever moves on to done, failed or cancelled, so an entry can only go
+/// stale one way: a hit is checked against that job's state before it counts.
+pub struct ActiveOutputs {
+    layout: Layout,
+    by_path: std::collections::HashMap<PathBuf, String>,
+}
+
+impl ActiveOutputs {
+    fn load(layout: &Layout) -> ActiveOutputs {
+        let mut by_path = std::collections::HashMap::new();
+        match jobs::state::list_jobs(&layout.jobs) {
+            Ok(jobs) => {
+                for job in jobs {
+                    if job.phase.is_terminal() {
+                        continue;
+                    }
+                    if let Some(output) = job.output {
+                        by_path.insert(output, job.id.to_string());
+                    }
+                }
+            }
+            Err(err) => warn!(error = %err, "cannot list jobs to check output paths"),
+        }
+        ActiveOutputs {
+            layout: layout.clone(),
+            by_path,
+        }
+    }
+
+    /// The queued or running job that writes `output`, if any.
+    fn holder(&mut self, output: &Path) -> Option<String> {
+        let id = self.by_path.get(output)?.clone();
+        // A job accepted earlier in this batch is still in its staging directory.
+        let active = [self.layout.job_dir(&id), self.layout.staging_dir(&id)]
+            .into_iter()
+            .find_map(|dir| JobDir::new(dir).load_state().ok())
+            .is_some_and(|state| {
+                !state.phase.is_terminal() && state.output.as_deref() == Some(output)
+            });
+        if active {
+            Some(id)
+        } else {
+            self.by_path.remove(output);
+            None
+        }
+    }
+
+    /// Refuses `spec` if a queued or running job writes the same file, or if a file is already
+    /// there and the job does not say `output.overwrite: true`.
+    fn check(&mut self, spec: &JobSpec, shown_path: &Path) -> Result<(), String> {
+        let output = &spec.output.path;
+        if let Some(other) = self.holder(output) {
+            return Err(format!(
+                "error: output.path {} is already the output of job {other}, which is queued or running\n  --> {}\n  = help: give this job another output.path, or cancel job {other} first (`reelspool cancel {other}`)",
+                output.display(),
+                shown_path.display()
+            ));
+        }
+        if spec.output.overwrite {
+            return Ok(());
+        }
+        match std::fs::symlink_metadata(output) {
+            Ok(meta) => Err(format!(
+                "error: output.path {} already exists ({}) and would be replaced\n  --> {}\n  = help: move the existing file away, choose another output.path, or add `overwrite: true` under `output:` to replace it",
+                output.display(),
+                if meta.is_dir() { "a directory" } else { "a file" },
+                shown_path.display()
+            )),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(err) => Err(format!(
+                "error: cannot check output.path {}: {err}\n  --> {}",
+                output.display(),
+                shown_path.display()
+            )),
+        }
+    }
+
+    fn add(&mut self, spec: &JobSpec, id: &JobId) {
+        self.by_path
+            .insert(spec.output.path.clone(), id.to_string());
+    }
+}
+
 /// Validates one claimed file and assembles its job directory under a staging name.
 fn accept_one(
     context: &IntakeContext,
+    outputs: &mut ActiveOutputs,
     id: &JobId,
     name: &str,
     claim: &Path,
@@ -447,10 +544,13 @@ fn accept_one(
         .admission
         .admit(&spec)
         .map_err(|refusal| format!("error: {}: {refusal}", shown_path.display()))?;
+    outputs.check(&spec, shown_path)?;
     let id_text = id.to_string();
     let staging = context.layout.staging_dir(&id_text);
     stage_job(&staging, id, name, &bytes, &spec, vram_estimate)
-        .map_err(|err| format!("error: cannot file job {}: {err}", shown_path.display()))
+        .map_err(|err| format!("error: cannot file job {}: {err}", shown_path.display()))?;
+    outputs.add(&spec, id);
+    Ok(())
 }
 
 fn stage_job(
