@@ -7,6 +7,7 @@ mod common;
 #[path = "loopback/mod.rs"]
 mod loopback;
 #[path = "render/support.rs"]
+#[allow(dead_code)]
 mod support;
 
 use std::time::Duration;
