@@ -100,7 +100,8 @@ fn make_odd_entries(
 fn assert_answered(farm: &Farm, odd: &[Odd], target: &Path) {
     let rejected = farm.spool.join("rejected");
     for entry in odd {
-        // The `.error` is written just before the entry is renamed beside it: wait for both.
+        // The `.error` is written just before the entry is renamed beside it (so a crash
+        // cannot leave an entry without one): wait for both.
         let (error, moved) = wait_for(&format!("{} to be rejected", entry.name), WAIT, || {
             let error = farm.rejection(entry.name)?;
             let moved = std::fs::symlink_metadata(rejected.join(entry.name)).ok()?;
@@ -147,12 +148,45 @@ fn assert_answered(farm: &Farm, odd: &[Odd], target: &Path) {
     );
 }
 
+/// Writes a valid job file whose name is not UTF-8 (`<prefix>-\xff.yaml`) straight into
+/// incoming/, and says the readable name it must get in rejected/.
+fn drop_non_utf8_name(farm: &Farm, prefix: &str) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut raw = format!("{prefix}-").into_bytes();
+    raw.push(0xff);
+    raw.extend_from_slice(b".yaml");
+    let name = std::ffi::OsStr::from_bytes(&raw);
+    std::fs::write(farm.incoming().join(name), farm.job_yaml(prefix, "")).expect("write");
+    format!("{prefix}-\\xff.yaml")
+}
+
+fn assert_non_utf8_answered(farm: &Farm, readable: &str) {
+    let error = wait_for(&format!("{readable} to be rejected"), WAIT, || {
+        let error = farm.rejection(readable)?;
+        farm.spool
+            .join("rejected")
+            .join(readable)
+            .is_file()
+            .then_some(error)
+    });
+    assert!(error.contains("not valid UTF-8"), "{error}");
+    assert!(error.contains("= help:"), "{error}");
+    let left: Vec<_> = std::fs::read_dir(farm.incoming())
+        .expect("incoming")
+        .flatten()
+        .map(|entry| entry.file_name())
+        .collect();
+    assert!(left.is_empty(), "left in incoming/: {left:?}");
+}
+
 #[test]
 fn odd_entries_dropped_while_running_are_moved_aside_with_a_reason() {
     let farm = Farm::new(HOLD);
     let _daemon = farm.start_daemon();
     let (odd, _listener, target) = make_odd_entries(&farm, "live");
+    let readable = drop_non_utf8_name(&farm, "live");
     assert_answered(&farm, &odd, &target);
+    assert_non_utf8_answered(&farm, &readable);
     // Nothing blocked on the FIFO: intake still takes a good job.
     farm.drop_job("after.yaml", &farm.job_yaml("after", ""));
     wait_for("a good job after the odd ones", WAIT, || {
@@ -166,9 +200,11 @@ fn odd_entries_found_at_start_are_moved_aside_with_a_reason() {
     let mut daemon = farm.start_daemon();
     assert!(daemon.terminate(WAIT).success());
     let (odd, _listener, target) = make_odd_entries(&farm, "boot");
+    let readable = drop_non_utf8_name(&farm, "boot");
     farm.drop_job("good.yaml", &farm.job_yaml("good", ""));
     let _daemon = farm.start_daemon();
     assert_answered(&farm, &odd, &target);
+    assert_non_utf8_answered(&farm, &readable);
     wait_for("the good job beside them", WAIT, || {
         farm.job_by_source("good.yaml")
     });

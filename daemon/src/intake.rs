@@ -89,6 +89,22 @@ fn signals_for(event: &notify::Event) -> Vec<IntakeSignal> {
     if event.need_rescan() {
         return vec![IntakeSignal::Rescan];
     }
+    // A name that is not UTF-8 cannot travel as a signal; a rescan finds it and moves it
+    // aside (see `list_incoming`).
+    let completes = matches!(
+        event.kind,
+        EventKind::Create(_)
+            | EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Modify(ModifyKind::Name(RenameMode::To))
+    );
+    if completes
+        && event
+            .paths
+            .iter()
+            .any(|path| path.file_name().is_some_and(|name| name.to_str().is_none()))
+    {
+        return vec![IntakeSignal::Rescan];
+    }
     let name_of = |path: &PathBuf| {
         path.file_name()
             .and_then(|name| name.to_str())
@@ -134,15 +150,14 @@ fn signals_for(event: &notify::Event) -> Vec<IntakeSignal> {
 }
 
 /// Names of the complete-looking files now in `incoming/`, oldest name first.
-pub fn list_incoming(incoming: &Path) -> std::io::Result<Vec<String>> {
+pub fn list_incoming(layout: &Layout) -> std::io::Result<Vec<String>> {
     let mut names = Vec::new();
-    for entry in std::fs::read_dir(incoming)? {
+    for entry in std::fs::read_dir(&layout.incoming)? {
         let entry = entry?;
         let Ok(name) = entry.file_name().into_string() else {
-            // A name that is not UTF-8 cannot be shown in an error file name either; move it
-            // aside under a readable name so it does not sit there forever.
-            let lossy = entry.file_name().to_string_lossy().into_owned();
-            warn!(file = %jobs::escape_text(&lossy), "file name in incoming/ is not UTF-8; ignoring it");
+            // A name that is not UTF-8 cannot be carried through intake (nor shown as it is);
+            // move it aside under a readable name so it does not sit there forever.
+            reject_unreadable_name(layout, &entry.file_name());
             continue;
         };
         // Directories, symlinks, FIFOs and the like are listed too: intake moves them to
@@ -176,8 +191,8 @@ pub async fn run(
                 absorb(signal, &mut being_written, &mut pending, &mut rescan);
             }
             rescan = false;
-            let incoming = context.layout.incoming.clone();
-            match tokio::task::spawn_blocking(move || list_incoming(&incoming)).await {
+            let layout = context.layout.clone();
+            match tokio::task::spawn_blocking(move || list_incoming(&layout)).await {
                 Ok(Ok(names)) => pending.extend(
                     names
                         .into_iter()
@@ -616,6 +631,47 @@ fn reject(layout: &Layout, id: &JobId, name: &str, claim: &Path, report: &str) {
             error = %err,
             "cannot move rejected file"
         ),
+    }
+}
+
+/// `name` with valid UTF-8 kept (control characters escaped) and every other byte as `\xNN`.
+fn readable_name(name: &std::ffi::OsStr) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = String::new();
+    for chunk in name.as_bytes().utf8_chunks() {
+        out.push_str(&jobs::escape_text(chunk.valid()));
+        for byte in chunk.invalid() {
+            out.push_str(&format!("\\x{byte:02x}"));
+        }
+    }
+    out
+}
+
+/// Moves an entry of `incoming/` whose name is not UTF-8 to `rejected/` under a readable name
+/// (its odd bytes as `\xNN`), with an `.error` that says why.
+fn reject_unreadable_name(layout: &Layout, name: &std::ffi::OsStr) {
+    let readable = readable_name(name);
+    if !spool::is_candidate_name(&readable) {
+        return;
+    }
+    let mut target = layout.rejected.join(&readable);
+    if std::fs::symlink_metadata(&target).is_ok() {
+        target = layout
+            .rejected
+            .join(format!("{readable}.{}", JobId::generate()));
+    }
+    let error_path = PathBuf::from(format!("{}.error", target.display()));
+    let text = format!(
+        "error: the file name `{readable}` is not valid UTF-8 (its odd bytes are shown as \\xNN)\n  = note: it was moved here under that readable name, unopened\n  = help: give the job file a UTF-8 name and drop it into incoming/ again\n"
+    );
+    if let Err(err) = jobs::state::write_atomic(&error_path, text.as_bytes()) {
+        warn!(file = %shown(&error_path), error = %err, "cannot write error file");
+    }
+    match std::fs::rename(layout.incoming.join(name), &target) {
+        Ok(()) => info!(file = %readable, error_file = %shown(&error_path), "job file rejected"),
+        Err(err) => {
+            warn!(file = %readable, error = %err, "cannot move a file whose name is not UTF-8")
+        }
     }
 }
 
