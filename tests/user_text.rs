@@ -64,6 +64,16 @@ fn control_and_bidi_characters_are_escaped_everywhere_user_text_is_printed() {
     farm.drop_job(&bad_file, &bad_text);
     let error = wait_for("the bad file's .error", WAIT, || farm.rejection(&bad_file));
     assert_clean(".error file", &error, true);
+    // `reelspool validate` prints the same diagnostics on the operator's terminal.
+    let outside = farm.root.path().join(&bad_file);
+    std::fs::write(&outside, &bad_text).expect("write a copy to validate");
+    let validate = farm.cli(&["validate", outside.to_str().expect("UTF-8 path")]);
+    assert_eq!(validate.status.code(), Some(1), "{validate:?}");
+    assert_clean(
+        "validate",
+        &String::from_utf8(validate.stderr).expect("utf-8"),
+        true,
+    );
 
     // 2. An accepted job: file name, prompt and output path all carry the controls.
     let good_file = format!("good{EVIL}.yaml");
