@@ -137,8 +137,15 @@ fn each_class_of_bad_input_is_rejected_with_its_line_and_the_daemon_keeps_runnin
     farm.drop_job("huge.yaml", &huge);
 
     for (file, _, line, needle) in &cases {
+        // The `.error` is written first (so a crash cannot leave a rejected file without
+        // one), the file is moved beside it just after: wait for both.
         let report = wait_for(&format!("{file} to be rejected"), WAIT, || {
-            farm.rejection(file)
+            let report = farm.rejection(file)?;
+            farm.spool
+                .join("rejected")
+                .join(file)
+                .exists()
+                .then_some(report)
         });
         let incoming_path = farm.incoming().join(file);
         assert!(

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use jobs::escape_text;
 use jobs::state::{self, JobDir, JobEvent, JobState, Phase};
 
 use crate::config::{self, DaemonConfig};
@@ -57,10 +58,14 @@ pub fn validate(config_flag: Option<&Path>, files: &[PathBuf]) -> Result<ExitCod
     let mut invalid = 0;
     for file in files {
         match check_job_file(config.as_ref(), file) {
-            Ok(spec) => println!("ok: {} (job `{}`)", file.display(), spec.name),
+            Ok(spec) => println!(
+                "ok: {} (job `{}`)",
+                escape_text(&file.display().to_string()),
+                spec.name
+            ),
             Err(report) => {
                 invalid += 1;
-                eprintln!("{}", report.trim_end());
+                eprintln!("{}", jobs::escape_lines(report.trim_end()));
             }
         }
     }
@@ -74,7 +79,7 @@ pub fn validate(config_flag: Option<&Path>, files: &[PathBuf]) -> Result<ExitCod
 pub fn submit(config_flag: Option<&Path>, file: &Path, spool: Option<&Path>) -> Result<ExitCode> {
     let config = optional_config(config_flag)?;
     if let Err(report) = check_job_file(config.as_ref(), file) {
-        eprintln!("{}", report.trim_end());
+        eprintln!("{}", jobs::escape_lines(report.trim_end()));
         return Ok(ExitCode::from(1));
     }
     let spool_dir = match (spool, &config) {
@@ -87,7 +92,7 @@ pub fn submit(config_flag: Option<&Path>, file: &Path, spool: Option<&Path>) -> 
     };
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let written = deliver_to_spool(&spool_dir, file, &bytes)?;
-    println!("{}", written.display());
+    println!("{}", escape_text(&written.display().to_string()));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -268,12 +273,12 @@ pub(crate) fn print_notices(statuses: &[notices::DeliveryStatus]) {
             "  {:<9} {:<7} {:<40} {} (attempts: {})",
             status.event.as_str(),
             channel,
-            status.target,
+            escape_text(&status.target),
             state,
             status.attempts
         );
         match &status.last_error {
-            Some(error) => println!(": {error}"),
+            Some(error) => println!(": {}", escape_text(error)),
             None => println!(),
         }
     }
@@ -344,7 +349,7 @@ pub(crate) fn print_table(all: &[JobState]) {
             _ => "-".to_string(),
         };
         let age = human_secs(now.saturating_sub(job.submitted_at_ms) as f64 / 1000.0);
-        let mut name = job.name.clone();
+        let mut name = escape_text(&job.name).into_owned();
         if name.chars().count() > 24 {
             name = name.chars().take(23).collect::<String>() + "…";
         }
@@ -358,7 +363,7 @@ pub(crate) fn print_table(all: &[JobState]) {
             name,
             state_label(job),
             job.priority,
-            job.gpu.as_deref().unwrap_or("-"),
+            escape_text(job.gpu.as_deref().unwrap_or("-")),
             clip_progress(job),
             eta,
             age,
@@ -370,16 +375,22 @@ pub(crate) fn print_table(all: &[JobState]) {
     }
 }
 
+/// Everything printed here may hold user text (file names, paths, messages quoting them), so
+/// it goes through [`escape_text`]; event fields are JSON, whose escaping misses DEL, C1 and
+/// bidi controls, so the JSON text is escaped as well.
 pub(crate) fn print_job_details(job: &JobState, events: &[JobEvent]) {
     println!("id:        {}", job.id);
-    println!("name:      {}", job.name);
+    println!("name:      {}", escape_text(&job.name));
     println!("state:     {}", phase_name(job.phase));
     println!("priority:  {}", job.priority);
     if let Some(owner) = &job.owner {
-        println!("owner:     {owner}");
+        println!("owner:     {}", escape_text(&owner.to_string()));
     }
-    println!("source:    {}", job.source_file);
-    println!("gpu:       {}", job.gpu.as_deref().unwrap_or("-"));
+    println!("source:    {}", escape_text(&job.source_file));
+    println!(
+        "gpu:       {}",
+        escape_text(job.gpu.as_deref().unwrap_or("-"))
+    );
     println!("clips:     {}", clip_progress(job));
     println!(
         "attempts:  {} ({} in a row without a new clip)",
@@ -396,10 +407,10 @@ pub(crate) fn print_job_details(job: &JobState, events: &[JobEvent]) {
         println!("vram est.: {:.1} GB", bytes as f64 / 1e9);
     }
     if let Some(output) = &job.output {
-        println!("output:    {}", output.display());
+        println!("output:    {}", escape_text(&output.display().to_string()));
     }
     if let Some(error) = &job.error {
-        println!("error:     {error}");
+        println!("error:     {}", escape_text(error));
     }
     if let Some(wait) = job
         .details
@@ -414,7 +425,12 @@ pub(crate) fn print_job_details(job: &JobState, events: &[JobEvent]) {
     let skip = events.len().saturating_sub(20);
     for event in &events[skip..] {
         let fields = serde_json::Value::Object(event.fields.clone());
-        println!("  {} {:<16} {}", event.ts_ms, event.event, fields);
+        println!(
+            "  {} {:<16} {}",
+            event.ts_ms,
+            escape_text(&event.event),
+            escape_text(&fields.to_string())
+        );
     }
 }
 

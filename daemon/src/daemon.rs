@@ -193,18 +193,21 @@ async fn serve(
             config.state_dir.display()
         )
     })?;
+    // Watch before anything slow (the notice client, the GPU pool) and before the first scan,
+    // so a file dropped from now on is seen by one or the other. Events wait in the channel
+    // until intake runs. Watching comes before the lock too: whoever sees the lock taken may
+    // start writing a file in place, and its creation event must not be missed (the first
+    // scan would take the half-written file for a complete one). Watching changes nothing, so
+    // a daemon refused by the lock below has done no harm.
+    let (signal_tx, signal_rx) = mpsc::unbounded_channel();
+    let _watcher = intake::start_watcher(&layout.incoming, signal_tx)
+        .with_context(|| format!("cannot watch {}", layout.incoming.display()))?;
     let Some(_lock) = try_lock_state(&config.state_dir)? else {
         anyhow::bail!(
             "another reelspool daemon is already using {}; stop it first",
             config.state_dir.display()
         );
     };
-    // Watch before anything slow (the notice client, the GPU pool) and before the first scan,
-    // so a file dropped from now on is seen by one or the other. Events wait in the channel
-    // until intake runs.
-    let (signal_tx, signal_rx) = mpsc::unbounded_channel();
-    let _watcher = intake::start_watcher(&layout.incoming, signal_tx)
-        .with_context(|| format!("cannot watch {}", layout.incoming.display()))?;
     manager.notify(&[NotifyState::Status(
         "starting: recovering the spool and job state",
     )]);
@@ -224,6 +227,7 @@ async fn serve(
         admission: scheduler.admission(),
         engines: RwLock::new(config.engines.clone()),
         owners: crate::owner::Policy::new(&config.submit_group),
+        outputs: std::sync::Mutex::new(None),
     });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

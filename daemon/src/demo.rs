@@ -77,6 +77,10 @@ fn prepare(root: &Path) -> Result<(DaemonConfig, PathBuf)> {
     set(&mut job, "inputs", "image", examples.join("portrait.png"));
     set(&mut job, "inputs", "audio", examples.join("hello.wav"));
     set(&mut job, "output", "path", out_dir.join("hello.mp4"));
+    // Running the demo again in the same `--dir` replaces the video it made last time.
+    if let Some(output) = job.get_mut("output").and_then(|v| v.as_mapping_mut()) {
+        output.insert("overwrite".into(), true.into());
+    }
     let job_path = root.join("hello.yaml");
     std::fs::write(&job_path, serde_yaml::to_string(&job)?)
         .with_context(|| format!("cannot write {}", job_path.display()))?;

@@ -117,6 +117,8 @@ fn table(cards: &[CardView]) -> String {
                 .to_string(),
                 card.job.clone().unwrap_or_else(|| "-".into()),
             ]
+            // Card names come from the driver or the config, not from us: shown escaped.
+            .map(|cell| jobs::escape_text(&cell).into_owned())
         })
         .collect();
     let header = ["UUID", "NAME", "MEMORY", "HEALTH", "STATE", "JOB"].map(String::from);
@@ -140,10 +142,18 @@ fn table(cards: &[CardView]) -> String {
     }
     for card in cards {
         if let Some(note) = &card.health_note {
-            out.push_str(&format!("  {}: {note}\n", card.uuid));
+            out.push_str(&format!(
+                "  {}: {}\n",
+                jobs::escape_text(&card.uuid),
+                jobs::escape_text(note)
+            ));
         }
         if let Some(reason) = &card.drain_reason {
-            out.push_str(&format!("  {}: drained: {reason}\n", card.uuid));
+            out.push_str(&format!(
+                "  {}: drained: {}\n",
+                jobs::escape_text(&card.uuid),
+                jobs::escape_text(reason)
+            ));
         }
     }
     out

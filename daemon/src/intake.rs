@@ -52,6 +52,9 @@ pub struct IntakeContext {
     pub engines: std::sync::RwLock<crate::engines::EngineTable>,
     /// Who may submit, and the user database behind job owners.
     pub owners: crate::owner::Policy,
+    /// Output paths of queued and running jobs, read from the state directory at the first
+    /// batch and kept up to date by intake itself (see [`ActiveOutputs`]).
+    pub outputs: std::sync::Mutex<Option<ActiveOutputs>>,
 }
 
 /// What one batch produced.
@@ -90,6 +93,22 @@ fn signals_for(event: &notify::Event) -> Vec<IntakeSignal> {
     if event.need_rescan() {
         return vec![IntakeSignal::Rescan];
     }
+    // A name that is not UTF-8 cannot travel as a signal; a rescan finds it and moves it
+    // aside (see `list_incoming`).
+    let completes = matches!(
+        event.kind,
+        EventKind::Create(_)
+            | EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Modify(ModifyKind::Name(RenameMode::To))
+    );
+    if completes
+        && event
+            .paths
+            .iter()
+            .any(|path| path.file_name().is_some_and(|name| name.to_str().is_none()))
+    {
+        return vec![IntakeSignal::Rescan];
+    }
     let name_of = |path: &PathBuf| {
         path.file_name()
             .and_then(|name| name.to_str())
@@ -97,7 +116,27 @@ fn signals_for(event: &notify::Event) -> Vec<IntakeSignal> {
             .map(str::to_string)
     };
     match event.kind {
-        EventKind::Create(CreateKind::File) | EventKind::Modify(ModifyKind::Data(_)) => event
+        // A directory, symlink, FIFO, socket or device node is complete the moment it exists
+        // (nobody will close it after writing), so it is judged at once: moved to rejected/
+        // with a word on what it is. `lstat` never follows the entry nor opens it.
+        EventKind::Create(CreateKind::Folder) => event
+            .paths
+            .iter()
+            .filter_map(name_of)
+            .map(IntakeSignal::Ready)
+            .collect(),
+        EventKind::Create(_) => event
+            .paths
+            .iter()
+            .filter_map(|path| {
+                let name = name_of(path)?;
+                match std::fs::symlink_metadata(path) {
+                    Ok(meta) if !meta.file_type().is_file() => Some(IntakeSignal::Ready(name)),
+                    _ => Some(IntakeSignal::Writing(name)),
+                }
+            })
+            .collect(),
+        EventKind::Modify(ModifyKind::Data(_)) => event
             .paths
             .iter()
             .filter_map(name_of)
@@ -115,21 +154,19 @@ fn signals_for(event: &notify::Event) -> Vec<IntakeSignal> {
 }
 
 /// Names of the complete-looking files now in `incoming/`, oldest name first.
-pub fn list_incoming(incoming: &Path) -> std::io::Result<Vec<String>> {
+pub fn list_incoming(layout: &Layout) -> std::io::Result<Vec<String>> {
     let mut names = Vec::new();
-    for entry in std::fs::read_dir(incoming)? {
+    for entry in std::fs::read_dir(&layout.incoming)? {
         let entry = entry?;
         let Ok(name) = entry.file_name().into_string() else {
-            // A name that is not UTF-8 cannot be shown in an error file name either; move it
-            // aside under a readable name so it does not sit there forever.
-            let lossy = entry.file_name().to_string_lossy().into_owned();
-            warn!(file = %lossy, "file name in incoming/ is not UTF-8; ignoring it");
+            // A name that is not UTF-8 cannot be carried through intake (nor shown as it is);
+            // move it aside under a readable name so it does not sit there forever.
+            reject_unreadable_name(layout, &entry.file_name());
             continue;
         };
+        // Directories, symlinks, FIFOs and the like are listed too: intake moves them to
+        // rejected/ with an explanation instead of leaving them unanswered.
         if !spool::is_candidate_name(&name) {
-            continue;
-        }
-        if entry.file_type()?.is_dir() {
             continue;
         }
         names.push(name);
@@ -158,8 +195,8 @@ pub async fn run(
                 absorb(signal, &mut being_written, &mut pending, &mut rescan);
             }
             rescan = false;
-            let incoming = context.layout.incoming.clone();
-            match tokio::task::spawn_blocking(move || list_incoming(&incoming)).await {
+            let layout = context.layout.clone();
+            match tokio::task::spawn_blocking(move || list_incoming(&layout)).await {
                 Ok(Ok(names)) => pending.extend(
                     names
                         .into_iter()
@@ -247,7 +284,7 @@ pub fn process_batch(context: &IntakeContext, names: Vec<String>) -> BatchOutcom
             Ok(()) => claims.push((id, name)),
             // Already taken by an earlier batch (a rescan and an event can both name a file).
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => warn!(file = %from.display(), error = %err, "cannot claim job file"),
+            Err(err) => warn!(file = %shown(&from), error = %err, "cannot claim job file"),
         }
     }
     process_claims(context, claims)
@@ -258,10 +295,18 @@ pub fn process_claims(context: &IntakeContext, claims: Vec<(JobId, String)>) -> 
     let layout = &context.layout;
     let mut outcome = BatchOutcome::default();
     let mut staged: Vec<(JobId, String, PathBuf)> = Vec::new();
+    if claims.is_empty() {
+        return outcome;
+    }
+    let mut outputs = context
+        .outputs
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let outputs = outputs.get_or_insert_with(|| ActiveOutputs::load(layout));
     for (id, name) in claims {
         let claim = layout.claim_path(&id.to_string(), &name);
         let shown_path = layout.incoming.join(&name);
-        match accept_one(context, &id, &name, &claim, &shown_path) {
+        match accept_one(context, outputs, &id, &name, &claim, &shown_path) {
             Ok(()) => staged.push((id, name, claim)),
             Err(report) => {
                 reject(layout, &id, &name, &claim, &report);
@@ -287,7 +332,7 @@ pub fn process_claims(context: &IntakeContext, claims: Vec<(JobId, String)>) -> 
             warn!(job = %id_text, error = %err, "cannot publish job directory; it will be retried at restart");
             continue;
         }
-        info!(job = %id_text, file = %name, "job queued");
+        info!(job = %id_text, file = %jobs::escape_text(&name), "job queued");
         outcome.accepted.push(id);
         published_claims.push(claim);
     }
@@ -298,24 +343,82 @@ pub fn process_claims(context: &IntakeContext, claims: Vec<(JobId, String)>) -> 
     // claims whose jobs exist, which the next start drops.
     for claim in published_claims {
         if let Err(err) = std::fs::remove_file(&claim) {
-            warn!(file = %claim.display(), error = %err, "cannot remove finished claim");
+            warn!(file = %shown(&claim), error = %err, "cannot remove finished claim");
         }
     }
     outcome
 }
 
-/// Reads a claimed file without following symlinks and without blocking on FIFOs or devices.
+/// A path as it may appear in a log line: user-chosen file names escaped.
+fn shown(path: &Path) -> String {
+    jobs::escape_text(&path.display().to_string()).into_owned()
+}
+
+/// What a spool entry that is not a regular file is, in words, and what to do instead; `None`
+/// for a regular file.
+fn odd_entry_kind(file_type: &std::fs::FileType) -> Option<(&'static str, &'static str)> {
+    use std::os::unix::fs::FileTypeExt;
+    const COPY: &str =
+        "copy the job file itself into the spool (or use `reelspool submit FILE`); intake reads regular files only";
+    if file_type.is_file() {
+        None
+    } else if file_type.is_symlink() {
+        Some((
+            "a symbolic link",
+            "copy the job file into the spool instead of linking it; links are never followed",
+        ))
+    } else if file_type.is_dir() {
+        Some((
+            "a directory",
+            "drop the job files one by one; intake does not look inside directories",
+        ))
+    } else if file_type.is_fifo() {
+        Some(("a named pipe (FIFO)", "write the job to a regular file in spool/tmp/ and rename it into incoming/; pipes are never opened"))
+    } else if file_type.is_socket() {
+        Some(("a socket", COPY))
+    } else if file_type.is_block_device() {
+        Some(("a block device", COPY))
+    } else if file_type.is_char_device() {
+        Some(("a character device", COPY))
+    } else {
+        Some(("not a regular file", COPY))
+    }
+}
+
+/// The rejection text for an entry that is not a regular file.
+fn odd_entry_report(claim: &Path, shown_path: &Path, kind: &str, help: &str) -> String {
+    let mut text = format!("error: {} is {kind}, not a job file", shown_path.display());
+    if kind == "a symbolic link" {
+        if let Ok(target) = std::fs::read_link(claim) {
+            text.push_str(&format!(" (it points to {})", target.display()));
+        }
+    }
+    text.push_str(&format!(
+        "\n  = note: it was moved here as it is, never opened nor followed\n  = help: {help}"
+    ));
+    text
+}
+
+/// Reads a claimed file without following symlinks and without blocking on FIFOs or devices:
+/// the entry is looked at with `lstat` first, and only a regular file is opened (with
+/// `O_NOFOLLOW | O_NONBLOCK`, in case it was swapped meanwhile).
 fn read_claim(claim: &Path, shown_path: &Path) -> Result<Vec<u8>, String> {
+    let entry = std::fs::symlink_metadata(claim)
+        .map_err(|err| format!("error: cannot read {}: {err}", shown_path.display()))?;
+    if let Some((kind, help)) = odd_entry_kind(&entry.file_type()) {
+        return Err(odd_entry_report(claim, shown_path, kind, help));
+    }
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(claim)
         .map_err(|err| {
             if err.raw_os_error() == Some(libc::ELOOP) {
-                format!(
-                    "error: {} is a symbolic link\n  = help: copy the job file into the spool instead of linking it",
-                    shown_path.display()
-                )
+                let (kind, help) = odd_entry_kind(&entry.file_type()).unwrap_or((
+                    "a symbolic link",
+                    "copy the job file into the spool instead of linking it",
+                ));
+                odd_entry_report(claim, shown_path, kind, help)
             } else {
                 format!("error: cannot read {}: {err}", shown_path.display())
             }
@@ -323,11 +426,8 @@ fn read_claim(claim: &Path, shown_path: &Path) -> Result<Vec<u8>, String> {
     let metadata = file
         .metadata()
         .map_err(|err| format!("error: cannot read {}: {err}", shown_path.display()))?;
-    if !metadata.is_file() {
-        return Err(format!(
-            "error: {} is not a regular file\n  = help: drop plain YAML files into incoming/",
-            shown_path.display()
-        ));
+    if let Some((kind, help)) = odd_entry_kind(&metadata.file_type()) {
+        return Err(odd_entry_report(claim, shown_path, kind, help));
     }
     if metadata.len() > jobs::MAX_JOB_FILE_BYTES {
         return Err(format!(
@@ -344,9 +444,95 @@ fn read_claim(claim: &Path, shown_path: &Path) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
+/// The output paths of the jobs that are queued or running, so that a second job cannot be
+/// accepted for the same file. Read from the state directory once; every job intake accepts
+/// is added. A job only ever moves on to done, failed or cancelled, so an entry can only go
+/// stale one way: a hit is checked against that job's state before it counts.
+pub struct ActiveOutputs {
+    layout: Layout,
+    by_path: std::collections::HashMap<PathBuf, String>,
+}
+
+impl ActiveOutputs {
+    fn load(layout: &Layout) -> ActiveOutputs {
+        let mut by_path = std::collections::HashMap::new();
+        match jobs::state::list_jobs(&layout.jobs) {
+            Ok(jobs) => {
+                for job in jobs {
+                    if job.phase.is_terminal() {
+                        continue;
+                    }
+                    if let Some(output) = job.output {
+                        by_path.insert(output, job.id.to_string());
+                    }
+                }
+            }
+            Err(err) => warn!(error = %err, "cannot list jobs to check output paths"),
+        }
+        ActiveOutputs {
+            layout: layout.clone(),
+            by_path,
+        }
+    }
+
+    /// The queued or running job that writes `output`, if any.
+    fn holder(&mut self, output: &Path) -> Option<String> {
+        let id = self.by_path.get(output)?.clone();
+        // A job accepted earlier in this batch is still in its staging directory.
+        let active = [self.layout.job_dir(&id), self.layout.staging_dir(&id)]
+            .into_iter()
+            .find_map(|dir| JobDir::new(dir).load_state().ok())
+            .is_some_and(|state| {
+                !state.phase.is_terminal() && state.output.as_deref() == Some(output)
+            });
+        if active {
+            Some(id)
+        } else {
+            self.by_path.remove(output);
+            None
+        }
+    }
+
+    /// Refuses `spec` if a queued or running job writes the same file, or if a file is already
+    /// there and the job does not say `output.overwrite: true`.
+    fn check(&mut self, spec: &JobSpec, shown_path: &Path) -> Result<(), String> {
+        let output = &spec.output.path;
+        if let Some(other) = self.holder(output) {
+            return Err(format!(
+                "error: output.path {} is already the output of job {other}, which is queued or running\n  --> {}\n  = help: give this job another output.path, or cancel job {other} first (`reelspool cancel {other}`)",
+                output.display(),
+                shown_path.display()
+            ));
+        }
+        if spec.output.overwrite {
+            return Ok(());
+        }
+        match std::fs::symlink_metadata(output) {
+            Ok(meta) => Err(format!(
+                "error: output.path {} already exists ({}) and would be replaced\n  --> {}\n  = help: move the existing file away, choose another output.path, or add `overwrite: true` under `output:` to replace it",
+                output.display(),
+                if meta.is_dir() { "a directory" } else { "a file" },
+                shown_path.display()
+            )),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(err) => Err(format!(
+                "error: cannot check output.path {}: {err}\n  --> {}",
+                output.display(),
+                shown_path.display()
+            )),
+        }
+    }
+
+    fn add(&mut self, spec: &JobSpec, id: &JobId) {
+        self.by_path
+            .insert(spec.output.path.clone(), id.to_string());
+    }
+}
+
 /// Validates one claimed file and assembles its job directory under a staging name.
 fn accept_one(
     context: &IntakeContext,
+    outputs: &mut ActiveOutputs,
     id: &JobId,
     name: &str,
     claim: &Path,
@@ -388,11 +574,14 @@ fn accept_one(
         .admission
         .admit(&spec)
         .map_err(|refusal| format!("error: {}: {refusal}", shown_path.display()))?;
+    outputs.check(&spec, shown_path)?;
     let id_text = id.to_string();
     let staging = context.layout.staging_dir(&id_text);
     stage_job(&staging, id, name, &bytes, &spec, vram_estimate, owner)
         .and_then(|()| crate::engines::write_resolved(&staging, engine.as_ref()))
-        .map_err(|err| format!("error: cannot file job {}: {err}", shown_path.display()))
+        .map_err(|err| format!("error: cannot file job {}: {err}", shown_path.display()))?;
+    outputs.add(&spec, id);
+    Ok(())
 }
 
 fn stage_job(
@@ -437,21 +626,72 @@ fn stage_job(
     Ok(())
 }
 
-/// Moves a claim to `rejected/` beside its `.error` file.
+/// Moves a claim to `rejected/` beside its `.error` file. The claim is renamed, whatever it
+/// is (a symlink moves as the link, a directory with its contents), never opened. The report
+/// may quote the user's file name and contents, so every line of it is escaped.
 fn reject(layout: &Layout, id: &JobId, name: &str, claim: &Path, report: &str) {
     let mut target = layout.rejected.join(name);
-    if target.exists() {
+    if std::fs::symlink_metadata(&target).is_ok() {
         target = layout.rejected.join(format!("{name}.{id}"));
     }
     let error_path = PathBuf::from(format!("{}.error", target.display()));
-    let mut text = report.trim_end().to_string();
+    let mut text = jobs::escape_lines(report.trim_end());
     text.push('\n');
     if let Err(err) = jobs::state::write_atomic(&error_path, text.as_bytes()) {
-        warn!(file = %error_path.display(), error = %err, "cannot write error file");
+        warn!(file = %shown(&error_path), error = %err, "cannot write error file");
     }
     match std::fs::rename(claim, &target) {
-        Ok(()) => info!(file = %name, error_file = %error_path.display(), "job file rejected"),
-        Err(err) => warn!(file = %claim.display(), error = %err, "cannot move rejected file"),
+        Ok(()) => info!(
+            file = %jobs::escape_text(name),
+            error_file = %shown(&error_path),
+            "job file rejected"
+        ),
+        Err(err) => warn!(
+            file = %shown(claim),
+            error = %err,
+            "cannot move rejected file"
+        ),
+    }
+}
+
+/// `name` with valid UTF-8 kept (control characters escaped) and every other byte as `\xNN`.
+fn readable_name(name: &std::ffi::OsStr) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = String::new();
+    for chunk in name.as_bytes().utf8_chunks() {
+        out.push_str(&jobs::escape_text(chunk.valid()));
+        for byte in chunk.invalid() {
+            out.push_str(&format!("\\x{byte:02x}"));
+        }
+    }
+    out
+}
+
+/// Moves an entry of `incoming/` whose name is not UTF-8 to `rejected/` under a readable name
+/// (its odd bytes as `\xNN`), with an `.error` that says why.
+fn reject_unreadable_name(layout: &Layout, name: &std::ffi::OsStr) {
+    let readable = readable_name(name);
+    if !spool::is_candidate_name(&readable) {
+        return;
+    }
+    let mut target = layout.rejected.join(&readable);
+    if std::fs::symlink_metadata(&target).is_ok() {
+        target = layout
+            .rejected
+            .join(format!("{readable}.{}", JobId::generate()));
+    }
+    let error_path = PathBuf::from(format!("{}.error", target.display()));
+    let text = format!(
+        "error: the file name `{readable}` is not valid UTF-8 (its odd bytes are shown as \\xNN)\n  = note: it was moved here under that readable name, unopened\n  = help: give the job file a UTF-8 name and drop it into incoming/ again\n"
+    );
+    if let Err(err) = jobs::state::write_atomic(&error_path, text.as_bytes()) {
+        warn!(file = %shown(&error_path), error = %err, "cannot write error file");
+    }
+    match std::fs::rename(layout.incoming.join(name), &target) {
+        Ok(()) => info!(file = %readable, error_file = %shown(&error_path), "job file rejected"),
+        Err(err) => {
+            warn!(file = %readable, error = %err, "cannot move a file whose name is not UTF-8")
+        }
     }
 }
 
@@ -470,7 +710,7 @@ pub fn recover(context: &IntakeContext) -> std::io::Result<BatchOutcome> {
         let entry = entry?;
         let file_name = entry.file_name().to_string_lossy().into_owned();
         let Some((id_text, original)) = spool::parse_claim_name(&file_name) else {
-            warn!(file = %file_name, "unexpected file in processing/; leaving it");
+            warn!(file = %jobs::escape_text(&file_name), "unexpected file in processing/; leaving it");
             continue;
         };
         if layout.job_dir(id_text).is_dir() {
@@ -479,7 +719,9 @@ pub fn recover(context: &IntakeContext) -> std::io::Result<BatchOutcome> {
         }
         match id_text.parse::<JobId>() {
             Ok(id) => unfinished.push((id, original.to_string())),
-            Err(_) => warn!(file = %file_name, "claim with a malformed id; leaving it"),
+            Err(_) => {
+                warn!(file = %jobs::escape_text(&file_name), "claim with a malformed id; leaving it")
+            }
         }
     }
     if !unfinished.is_empty() {

@@ -87,9 +87,22 @@ fn copy_from(path: &Path, offset: u64, out: &mut impl Write) -> Result<u64> {
     let start = if len < offset { 0 } else { offset };
     file.seek(SeekFrom::Start(start))
         .with_context(|| format!("cannot read {}", path.display()))?;
-    let copied = std::io::copy(&mut (&mut file).take(len - start), out)?;
+    let mut bytes = Vec::new();
+    (&mut file)
+        .take(len - start)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    // A character cut in half by the writer is left for the next call.
+    let complete = match std::str::from_utf8(&bytes) {
+        Ok(_) => bytes.len(),
+        Err(err) if err.error_len().is_none() => err.valid_up_to(),
+        Err(_) => bytes.len(),
+    };
+    // The log holds whatever the worker printed, user text included: shown escaped.
+    let text = String::from_utf8_lossy(&bytes[..complete]);
+    out.write_all(jobs::escape_lines(&text).as_bytes())?;
     out.flush()?;
-    Ok(start + copied)
+    Ok(start + complete as u64)
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
@@ -119,6 +132,23 @@ mod tests {
         let offset = copy_from(&log, offset, &mut out).expect("second copy");
         assert_eq!(String::from_utf8(out).expect("utf-8"), "first\nsecond\n");
         assert_eq!(offset, 13);
+    }
+
+    #[test]
+    fn control_characters_in_the_log_are_shown_as_escapes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join(WORKER_LOG);
+        let mut raw = "path /out/\u{1b}[2J\u{202e}x\r\nnext\n".as_bytes().to_vec();
+        // Half of a two-byte character: held back until the rest is written.
+        raw.push(0xc3);
+        std::fs::write(&log, &raw).expect("write log");
+        let mut out = Vec::new();
+        let offset = copy_from(&log, 0, &mut out).expect("copy");
+        assert_eq!(offset, raw.len() as u64 - 1);
+        assert_eq!(
+            String::from_utf8(out).expect("utf-8"),
+            "path /out/\\x1b[2J\\u{202e}x\\r\nnext\n"
+        );
     }
 
     #[test]

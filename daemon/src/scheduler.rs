@@ -358,7 +358,31 @@ impl Scheduler {
                 duration_secs,
                 frames,
                 clips,
+                kept_existing,
             } => {
+                if let Some(wanted) = kept_existing {
+                    // Someone put a file at output.path while the job rendered: it was kept,
+                    // and the video is beside it. The event, the state and the notice carry
+                    // the path the video really has.
+                    warn!(
+                        job = %id,
+                        wanted = %jobs::escape_text(wanted),
+                        written = %jobs::escape_text(output),
+                        "output.path was taken meanwhile; the video was written beside it"
+                    );
+                    let _ = dir.append_event(&event(
+                        "output_renamed",
+                        [
+                            ("wanted", wanted.clone().into()),
+                            ("written", output.clone().into()),
+                            (
+                                "reason",
+                                "a file appeared at output.path while the job rendered; it was kept"
+                                    .into(),
+                            ),
+                        ],
+                    ));
+                }
                 state
                     .details
                     .insert("duration_secs".into(), (*duration_secs).into());

@@ -19,6 +19,8 @@
 
 use std::fmt;
 
+use crate::text::{escape_lines, escape_text};
+
 pub use crate::locate::{locate_key, locate_value};
 
 /// One problem in one file, positioned when a position is known.
@@ -86,8 +88,10 @@ fn nth_line(text: &str, line: usize) -> Option<&str> {
 }
 
 impl fmt::Display for Diagnostic {
+    /// Every piece of text here can quote the user's file (its name, a value, the line
+    /// itself), so each goes through [`escape_text`]: a rejection can be `cat` safely.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "error: {}", self.message)?;
+        writeln!(f, "error: {}", escape_lines(&self.message))?;
         // The gutter: the line number right-aligned one column in, as in the project's
         // examples (` 9 | ...`), and everything else indented to match.
         let number_width = if self.has_position() {
@@ -97,33 +101,37 @@ impl fmt::Display for Diagnostic {
         };
         let arrow_pad = " ".repeat(number_width);
         let blank = " ".repeat(number_width + 1);
+        let file = escape_text(&self.file);
         if self.has_position() {
-            writeln!(
-                f,
-                "{arrow_pad}--> {}:{}:{}",
-                self.file, self.line, self.column
-            )?;
+            writeln!(f, "{arrow_pad}--> {file}:{}:{}", self.line, self.column)?;
         } else {
-            writeln!(f, "{arrow_pad}--> {}", self.file)?;
+            writeln!(f, "{arrow_pad}--> {file}")?;
         }
         if let (true, Some(source)) = (self.has_position(), &self.source_line) {
             writeln!(f, "{blank}|")?;
-            writeln!(f, "{:>number_width$} | {source}", self.line)?;
+            writeln!(f, "{:>number_width$} | {}", self.line, escape_text(source))?;
             writeln!(f, "{blank}| {}^", caret_padding(source, self.column))?;
         }
         if let Some(hint) = &self.hint {
-            write!(f, "{blank}= help: {hint}")?;
+            write!(f, "{blank}= help: {}", escape_lines(hint))?;
         }
         Ok(())
     }
 }
 
-/// Spaces (and tabs where the source has tabs) that put a caret under character `column`.
+/// Spaces (and tabs where the source has tabs) that put a caret under character `column` of
+/// the source line as shown, escapes included.
 fn caret_padding(source: &str, column: usize) -> String {
     source
         .chars()
         .take(column.saturating_sub(1))
-        .map(|c| if c == '\t' { '\t' } else { ' ' })
+        .map(|c| {
+            if c == '\t' {
+                "\t".to_string()
+            } else {
+                " ".repeat(escape_text(c.encode_utf8(&mut [0; 4])).chars().count())
+            }
+        })
         .collect()
 }
 
@@ -271,6 +279,31 @@ mod tests {
     fn caret_follows_tabs_in_the_source_line() {
         let d = Diagnostic::at("f.yaml", "\tkey: v\n", 1, 3, "bad", None);
         assert!(d.to_string().contains("| \t ^"), "{d}");
+    }
+
+    #[test]
+    fn quoted_user_text_is_escaped_and_the_caret_still_lines_up() {
+        let d = Diagnostic::at(
+            "\u{1b}]0;x\u{7}.yaml",
+            "name: a\u{1b}[2Jb\u{202e}c\n",
+            1,
+            14,
+            "name `a\u{1b}[2Jb` is bad\r",
+            Some("rename\u{0}it".to_string()),
+        );
+        let shown = d.to_string();
+        assert!(
+            !shown.chars().any(|c| c != '\n' && crate::needs_escape(c)),
+            "{shown:?}"
+        );
+        assert!(shown.contains("--> \\x1b]0;x\\x07.yaml:1:14"), "{shown}");
+        assert!(shown.contains("| name: a\\x1b[2Jb\\u{202e}c"), "{shown}");
+        // Column 14 is the `c`, after the escaped ESC (4 wide) and bidi control (8 wide).
+        let caret_line = shown.lines().find(|l| l.ends_with('^')).expect("caret");
+        let source_line = shown.lines().find(|l| l.contains("name: a")).expect("src");
+        let caret_col = caret_line.chars().count() - 1;
+        assert_eq!(source_line.chars().nth(caret_col), Some('c'), "{shown}");
+        assert!(shown.contains("rename\\0it"), "{shown}");
     }
 
     #[test]

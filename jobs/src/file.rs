@@ -64,6 +64,7 @@ pub(crate) struct OutputFile {
     pub path: Option<PathBuf>,
     pub codec: Option<Codec>,
     pub crf: Option<u8>,
+    pub overwrite: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Deserialize)]
@@ -131,6 +132,7 @@ impl JobFile {
                 path: o.path.or(u.path),
                 codec: o.codec.or(u.codec),
                 crf: o.crf.or(u.crf),
+                overwrite: o.overwrite.or(u.overwrite),
             }),
             notify: merge(self.notify, under.notify, |o, u| NotifyFile {
                 email: o.email.or(u.email),
@@ -189,7 +191,7 @@ const RENDER_KEYS: &[Key] = &[
     leaf("fps"),
 ];
 const ENGINE_KEYS: &[Key] = &[leaf("kind"), leaf("name"), leaf("model"), leaf("profile")];
-const OUTPUT_KEYS: &[Key] = &[leaf("path"), leaf("codec"), leaf("crf")];
+const OUTPUT_KEYS: &[Key] = &[leaf("path"), leaf("codec"), leaf("crf"), leaf("overwrite")];
 const WEBHOOK_KEYS: &[Key] = &[leaf("url"), leaf("secret_env"), leaf("format")];
 const WEBHOOK_ITEM: Shape = Shape::Map(WEBHOOK_KEYS);
 const NOTIFY_KEYS: &[Key] = &[
@@ -260,7 +262,7 @@ mod tests {
         match key {
             "size" => "64*64",
             "num_clip" => "auto",
-            "online_decode" => "true",
+            "online_decode" | "overwrite" => "true",
             "offload" => "auto",
             "kind" => "native",
             "codec" => "hevc",

@@ -55,7 +55,7 @@ pub use parse::{load_job_file, parse_job, parse_job_bytes, ParseContext};
 pub use paths::Roots;
 pub use spec::JobSpec;
 pub use template::{available_templates, job_templates_dir};
-pub use text::MAX_JOB_FILE_BYTES;
+pub use text::{escape_lines, escape_text, needs_escape, MAX_JOB_FILE_BYTES};
 pub use validate::MAX_PROMPT_CHARS;
 
 /// Checks a name an operator gives an engine in the daemon config, with the rule job files

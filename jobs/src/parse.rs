@@ -269,6 +269,7 @@ fn resolve(doc: JobFile, default_name: &str, job: &Source) -> Result<JobSpec, Ve
             path: output_path,
             codec: output.codec.unwrap_or(DEFAULT_CODEC),
             crf: output.crf.unwrap_or(DEFAULT_CRF),
+            overwrite: output.overwrite.unwrap_or(false),
         },
         notify: NotifySpec {
             email: notify.email.unwrap_or(notify_default.email),

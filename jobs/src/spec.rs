@@ -124,6 +124,11 @@ pub struct OutputSpec {
     pub codec: Codec,
     /// Constant rate factor: lower is better quality and larger files.
     pub crf: u8,
+    /// Whether a file already at `path` may be replaced. Without it, intake refuses a job
+    /// whose output exists, and a file that appears at `path` while the job renders is kept:
+    /// the video then goes to `<name>.<job id>.<ext>` beside it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub overwrite: bool,
 }
 
 /// Default encoding settings, for an output whose path the job file gives.

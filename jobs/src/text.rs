@@ -98,9 +98,78 @@ pub(crate) fn decode_utf8(shown: &str, bytes: Vec<u8>) -> Result<String, Diagnos
     }
 }
 
+/// Whether `c` must never reach a terminal, a log line or a mail as itself: C0 controls other
+/// than tab (ESC, CR, LF, NUL, ...), DEL, C1 controls, and the Unicode bidirectional controls
+/// that make text read in a different order than it is stored (U+200E/F, U+202A–U+202E,
+/// U+2066–U+2069, U+061C).
+pub fn needs_escape(c: char) -> bool {
+    (c.is_control() && c != '\t')
+        || matches!(
+            c,
+            '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        )
+}
+
+/// User-supplied text (a file name, a job name, a prompt, a path, a message quoting them) made
+/// safe to print: every character for which [`needs_escape`] holds is shown as an escape
+/// (`\n`, `\r`, `\0`, `\x1b`, `\u{202e}`), everything else as it is. The one helper used
+/// wherever such text is shown: diagnostics and `.error` files, logs, the command line and
+/// notices. A backslash is left alone, so ordinary paths read as written.
+pub fn escape_text(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if !needs_escape(c) {
+            out.push(c);
+            continue;
+        }
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\0' => out.push_str("\\0"),
+            c if (c as u32) < 0x80 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push_str(&format!("\\u{{{:04x}}}", c as u32)),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// [`escape_text`] for text of several lines: each line is escaped, the line breaks between
+/// them are kept (a lone CR is still shown as `\r`).
+pub fn escape_lines(text: &str) -> String {
+    text.split('\n')
+        .map(escape_text)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_dangerous_character_is_shown_as_an_escape() {
+        let raw = "a\u{1b}[31mb\rc\nd\0e\u{7f}f\u{9b}g\u{202e}h\u{2066}i\u{200f}j\u{061c}k";
+        let shown = escape_text(raw);
+        assert_eq!(
+            shown,
+            "a\\x1b[31mb\\rc\\nd\\0e\\x7ff\\u{009b}g\\u{202e}h\\u{2066}i\\u{200f}j\\u{061c}k"
+        );
+        assert!(!shown.chars().any(needs_escape), "{shown}");
+    }
+
+    #[test]
+    fn plain_text_tabs_and_backslashes_are_kept_as_they_are() {
+        let raw = "caf\u{e9}\tC:\\dir \u{65e5}\u{672c}";
+        assert!(matches!(escape_text(raw), std::borrow::Cow::Borrowed(text) if text == raw));
+    }
+
+    #[test]
+    fn lines_keep_their_breaks_but_not_their_carriage_returns() {
+        assert_eq!(escape_lines("one\r\ntwo\u{1b}\n"), "one\\r\ntwo\\x1b\n");
+    }
 
     #[test]
     fn non_utf8_byte_is_located() {

@@ -47,6 +47,7 @@ pub(crate) fn field_hint(key: &str) -> Option<&'static str> {
         "engine.profile" => "a profile name uses letters, digits, `.`, `_` and `-`",
         "output.codec" => "write h264 (plays everywhere) or hevc (smaller files)",
         "output.crf" => "lower is better quality and bigger files; 18 looks lossless, 23 is the x264 default",
+        "output.overwrite" => "write true to let this job replace a file already at output.path, false (the default) to keep it",
         "notify.on" => "list any of: started, progress, done, failed, cancelled",
         "notify.progress_every" => "a number of clips between progress notices, 1 or more",
         "retry.max_attempts" => {

@@ -12,7 +12,11 @@
 //! errors at load time, with the line, so a typo stops the daemon at start
 //! instead of producing odd mail. Values are escaped for the output: HTML
 //! escaping in the HTML alternative, Slack's three entities in Slack text,
-//! nothing in plain text. Literal `{{` cannot be written.
+//! nothing more in plain text. Before that, every value has its control and
+//! bidirectional characters shown as escapes ([`jobs::escape_text`]): a job's
+//! paths, errors and log lines are user text, and must not reach a mail
+//! subject or a chat as terminal sequences or reordered text. Literal `{{`
+//! cannot be written.
 
 use std::path::{Path, PathBuf};
 
@@ -53,6 +57,19 @@ pub(crate) struct NoticeFields {
 
 impl NoticeFields {
     pub(crate) fn new(summary: &JobSummary, delivery_id: &str) -> NoticeFields {
+        let mut fields = NoticeFields::unescaped(summary, delivery_id);
+        for (name, value) in FIELD_NAMES.iter().zip(fields.values.iter_mut()) {
+            *value = if *name == "log_tail" {
+                jobs::escape_lines(value)
+            } else {
+                jobs::escape_text(value).into_owned()
+            };
+        }
+        fields
+    }
+
+    /// The values as the summary has them; `log_tail` is the one field of several lines.
+    fn unescaped(summary: &JobSummary, delivery_id: &str) -> NoticeFields {
         let time = |ms: Option<u64>| ms.map(format_utc).unwrap_or_default();
         let clips = match summary.clips_total {
             Some(total) => format!("{} of {total}", summary.clips_done),

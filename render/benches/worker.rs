@@ -133,6 +133,7 @@ impl Bench {
                 path: self.root.join("out").join(format!("{name}.mp4")),
                 codec: Codec::H264,
                 crf: 18,
+                overwrite: false,
             },
             notify: NotifySpec::default(),
             retry: RetryPolicy::default(),

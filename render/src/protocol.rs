@@ -51,12 +51,16 @@ pub enum WorkerMessage {
     ClipDone { index: u32, frames: u32, secs: f64 },
     /// Still alive, inside a long clip.
     Heartbeat,
-    /// The final video is in place.
+    /// The final video is in place, at `output`.
     Finished {
         output: String,
         duration_secs: f64,
         frames: u64,
         clips: u32,
+        /// The job's `output.path`, when a file that appeared there while the job rendered
+        /// was kept and `output` is the name beside it instead.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kept_existing: Option<String>,
     },
     /// Stopped on request after a checkpoint; `next_clip` is where a resume starts.
     Interrupted { next_clip: u32 },

@@ -321,7 +321,7 @@ fn render_job(
                 next_clip: plan.clips,
             });
         }
-        return assemble(&spec, &work, &plan, owner.as_ref());
+        return assemble(dir, &spec, &work, &plan, owner.as_ref());
     }
 
     let settings = engine_settings(&spec);
@@ -453,11 +453,12 @@ fn render_job(
         });
     }
 
-    assemble(&spec, &work, &plan, owner.as_ref())
+    assemble(dir, &spec, &work, &plan, owner.as_ref())
 }
 
 /// Concatenates the segments, muxes the audio in and moves the video into place.
 fn assemble(
+    dir: &JobDir,
     spec: &JobSpec,
     work: &Path,
     plan: &ClipPlan,
@@ -477,22 +478,58 @@ fn assemble(
         total_frames: plan.total_frames,
         fps: spec.render.fps,
     };
-    let output =
-        media::assemble_output(&segments, &spec.inputs.audio, &assembly, &spec.output.path)
-            .map_err(|err| Failure::new(FailureKind::Io, err.to_string()))?;
+    let keep = (!spec.output.overwrite).then(|| media::KeepExisting {
+        fallback: fallback_output(&spec.output.path, dir.root()),
+        record: work.join("placed-outputs"),
+    });
+    let (output, placed) = media::assemble_output_keeping(
+        &segments,
+        &spec.inputs.audio,
+        &assembly,
+        &spec.output.path,
+        keep.as_ref(),
+    )
+    .map_err(|err| Failure::new(FailureKind::Io, err.to_string()))?;
+    let kept_existing = (placed != spec.output.path).then(|| {
+        warn!(
+            wanted = %jobs::escape_text(&spec.output.path.display().to_string()),
+            written = %jobs::escape_text(&placed.display().to_string()),
+            "a file appeared at output.path while the job rendered; it was kept and the video written beside it"
+        );
+        spec.output.path.display().to_string()
+    });
     if let Some(owner) = owner {
         // The service wrote the video; its owner must be able to read it (mode 0640 and an
         // ACL entry for them; see README "Several users").
-        if let Err(err) = jobs::access::leave_readable_by(&spec.output.path, owner) {
-            warn!(path = %spec.output.path.display(), error = %err, "cannot make the video readable by its owner");
+        if let Err(err) = jobs::access::leave_readable_by(&placed, owner) {
+            warn!(path = %jobs::escape_text(&placed.display().to_string()), error = %err, "cannot make the video readable by its owner");
         }
     }
     Ok(WorkerMessage::Finished {
-        output: spec.output.path.display().to_string(),
+        output: placed.display().to_string(),
         duration_secs: output.duration.as_secs_f64(),
         frames: output.frames,
         clips: plan.clips,
+        kept_existing,
     })
+}
+
+/// Where the video goes when a file appeared at `output` meanwhile: `<name>.<job id>.<ext>`
+/// in the same directory (the job id is the name of the job's directory).
+fn fallback_output(output: &Path, job_dir: &Path) -> PathBuf {
+    let id = job_dir
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "job".to_string());
+    let stem = output
+        .file_stem()
+        .map(|stem| stem.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let ext = output
+        .extension()
+        .map(|ext| ext.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "mp4".to_string());
+    output.with_file_name(format!("{stem}.{id}.{ext}"))
 }
 
 fn write_segment(
@@ -532,6 +569,17 @@ mod tests {
         assert_eq!(plan.total_frames, 72);
         assert_eq!(plan.clips, 5);
         assert_eq!(plan.frames_in_clip(4), 8);
+    }
+
+    #[test]
+    fn fallback_output_carries_the_job_id_beside_the_wanted_file() {
+        assert_eq!(
+            fallback_output(
+                Path::new("/out/talk.mp4"),
+                Path::new("/state/jobs/20261126-7")
+            ),
+            PathBuf::from("/out/talk.20261126-7.mp4")
+        );
     }
 
     #[test]

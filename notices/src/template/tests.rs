@@ -76,6 +76,32 @@ fn slack_text_escapes_its_control_characters() {
 }
 
 #[test]
+fn control_and_bidi_characters_of_every_field_are_escaped_in_every_format() {
+    let mut summary = sample_summary("job-7", NoticeKind::Failed);
+    summary.name = "n\u{1b}[2J".into();
+    summary.output = Some("/out/a\u{202e}4pm.exe\r\n.mp4".into());
+    summary.error = Some("bad\u{0}\u{7f}\u{9b}31m".into());
+    summary.log_tail = vec!["one\u{1b}]0;t\u{7}".into(), "two\u{2066}".into()];
+    let all = "{{job_name}}|{{output}}|{{error}}|{{log_tail}}";
+    for escape in [Escape::Plain, Escape::Html, Escape::Slack] {
+        let text = render(all, &summary, escape);
+        assert!(
+            !text.chars().any(|c| c != '\n' && jobs::needs_escape(c)),
+            "{escape:?}: {text:?}"
+        );
+        assert!(
+            text.contains("n\\x1b[2J|/out/a\\u{202e}4pm.exe\\r\\n.mp4|bad\\0\\x7f\\u{009b}31m|"),
+            "{text}"
+        );
+        // The log tail keeps its line breaks, one line per line.
+        assert!(
+            text.ends_with("one\\x1b]0;t\\x07\ntwo\\u{2066}"),
+            "{text:?}"
+        );
+    }
+}
+
+#[test]
 fn unknown_placeholder_is_reported_with_its_line() {
     let err = parse("line one\n{{job_nmae}}").expect_err("a typo must be caught");
     let text = err.to_string();
@@ -107,7 +133,7 @@ fn subject_is_a_single_line_whatever_the_values() {
     let email = NoticeTemplates::builtin().render_email(&NoticeFields::new(&summary, "d-1"));
     assert!(!email.subject.contains(['\r', '\n']), "{:?}", email.subject);
     assert!(
-        email.subject.starts_with("[reelspool] evil Bcc:"),
+        email.subject.starts_with("[reelspool] evil\\r\\nBcc:"),
         "{:?}",
         email.subject
     );

@@ -13,7 +13,7 @@ use ffmpeg_next as ffmpeg;
 use ffmpeg_next::{codec, encoder, media, Dictionary, Packet, Rational};
 
 use super::aac::{AacTrack, AAC_RATE_HZ};
-use super::atomic::PartialFile;
+use super::atomic::{KeepExisting, PartialFile};
 use super::audio::samples_to_duration;
 use super::{ensure_init, ffmpeg_url, MediaError};
 
@@ -46,6 +46,18 @@ pub fn assemble_output(
     plan: &AssemblePlan,
     output: &Path,
 ) -> Result<OutputInfo, MediaError> {
+    assemble_output_keeping(segments, audio, plan, output, None).map(|(info, _)| info)
+}
+
+/// [`assemble_output`] that, given `keep`, never replaces a file someone else put at
+/// `output` meanwhile (see [`KeepExisting`]). Returns where the video went.
+pub fn assemble_output_keeping(
+    segments: &[PathBuf],
+    audio: &Path,
+    plan: &AssemblePlan,
+    output: &Path,
+    keep: Option<&KeepExisting>,
+) -> Result<(OutputInfo, PathBuf), MediaError> {
     ensure_init()?;
     let plan_error = |reason: String| MediaError::Plan {
         path: output.to_path_buf(),
@@ -134,12 +146,16 @@ pub fn assemble_output(
     mp4.write_trailer().map_err(write_error)?;
     drop(aac);
     drop(mp4);
-    let bytes = partial.commit()?;
-    Ok(OutputInfo {
+    let (bytes, placed) = match keep {
+        Some(keep) => partial.commit_keeping(keep)?,
+        None => (partial.commit()?, output.to_path_buf()),
+    };
+    let info = OutputInfo {
         duration: samples_to_duration(total_frames, plan.fps),
         frames: total_frames,
         bytes,
-    })
+    };
+    Ok((info, placed))
 }
 
 fn stream_time_base(

@@ -7,9 +7,73 @@
 //! worker killed mid-write leaves one stale file that the retry simply overwrites.
 
 use std::fs::File;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::MediaError;
+
+/// How a finished video takes its place when the job did not ask to overwrite: a file already
+/// at the target (one that appeared while the job rendered) is kept, and the video goes to
+/// `fallback` instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeepExisting {
+    /// Where the video goes when the target is taken (`<name>.<job id>.mp4` beside it).
+    pub fallback: PathBuf,
+    /// A small file in the job's work directory listing the files this job has moved into
+    /// place (device, inode, size). A worker killed right after its rename is retried; the
+    /// retry finds the video at the target and must know it is its own, not someone else's.
+    pub record: PathBuf,
+}
+
+/// One file's identity: device, inode and size.
+type Identity = (u64, u64, u64);
+
+fn identity(meta: &std::fs::Metadata) -> Identity {
+    (meta.dev(), meta.ino(), meta.len())
+}
+
+fn read_identities(record: &Path) -> Vec<Identity> {
+    let Ok(text) = std::fs::read_to_string(record) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|line| {
+            let mut parts = line.split_whitespace().map(str::parse::<u64>);
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some(Ok(dev)), Some(Ok(ino)), Some(Ok(len))) => Some((dev, ino, len)),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Renames `from` to `to` unless `to` exists (`EEXIST` then), atomically: `renameat2` with
+/// `RENAME_NOREPLACE`, or a hard link and an unlink on file systems without it.
+fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let from_c = CString::new(from.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    let to_c = CString::new(to.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: both pointers are valid NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from_c.as_ptr(),
+            libc::AT_FDCWD,
+            to_c.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if matches!(err.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) {
+        std::fs::hard_link(from, to)?;
+        return std::fs::remove_file(from);
+    }
+    Err(err)
+}
 
 /// A file being written under its temporary name; removed again unless committed.
 pub(crate) struct PartialFile {
@@ -69,6 +133,84 @@ impl PartialFile {
     }
 }
 
+impl PartialFile {
+    /// [`PartialFile::commit`] that never replaces a file it did not put there itself: the
+    /// target if it is free (or holds this job's own earlier video), else `keep.fallback`.
+    /// Returns the size and the path the file now has.
+    pub(crate) fn commit_keeping(
+        mut self,
+        keep: &KeepExisting,
+    ) -> Result<(u64, PathBuf), MediaError> {
+        let io = |action: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| MediaError::Io {
+                action,
+                path,
+                source,
+            }
+        };
+        let file = File::open(&self.partial).map_err(io("open", &self.partial))?;
+        file.sync_all().map_err(io("fsync", &self.partial))?;
+        let meta = file.metadata().map_err(io("stat", &self.partial))?;
+        drop(file);
+        let bytes = meta.len();
+        // Remember this file before it moves, so a retry recognises it whatever happens next.
+        let mut ours = read_identities(&keep.record);
+        let mut text: String = ours
+            .iter()
+            .map(|(dev, ino, len)| format!("{dev} {ino} {len}\n"))
+            .collect();
+        let (dev, ino, len) = identity(&meta);
+        text.push_str(&format!("{dev} {ino} {len}\n"));
+        jobs::state::write_atomic(&keep.record, text.as_bytes())
+            .map_err(io("record", &keep.record))?;
+        ours.retain(|known| *known != identity(&meta));
+        let mut placed = None;
+        for candidate in [&self.target, &keep.fallback] {
+            match rename_no_replace(&self.partial, candidate) {
+                Ok(()) => {
+                    placed = Some(candidate.clone());
+                    break;
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let own = std::fs::symlink_metadata(candidate)
+                        .is_ok_and(|there| ours.contains(&identity(&there)));
+                    if own {
+                        std::fs::rename(&self.partial, candidate)
+                            .map_err(io("rename into", candidate))?;
+                        placed = Some(candidate.clone());
+                        break;
+                    }
+                }
+                Err(err) => return Err(io("rename into", candidate)(err)),
+            }
+        }
+        let Some(placed) = placed else {
+            return Err(MediaError::Io {
+                action: "rename into",
+                path: keep.fallback.clone(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    format!(
+                        "both {} and {} are taken by files this job did not write",
+                        self.target.display(),
+                        keep.fallback.display()
+                    ),
+                ),
+            });
+        };
+        self.committed = true;
+        let dir = match placed.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("fsync directory", dir))?;
+        Ok((bytes, placed))
+    }
+}
+
 impl Drop for PartialFile {
     fn drop(&mut self) {
         if !self.committed {
@@ -94,6 +236,70 @@ mod tests {
         assert_eq!(bytes, 5);
         assert_eq!(std::fs::read(&target).unwrap(), b"12345");
         assert!(!dir.path().join(".3.mkv.partial").exists());
+    }
+
+    fn keep(dir: &Path) -> KeepExisting {
+        KeepExisting {
+            fallback: dir.join("out.job-1.mp4"),
+            record: dir.join("placed"),
+        }
+    }
+
+    #[test]
+    fn a_free_target_is_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("out.mp4");
+        let partial = PartialFile::beside(&target).unwrap();
+        std::fs::write(partial.partial_path(), b"video").unwrap();
+        let (bytes, placed) = partial.commit_keeping(&keep(dir.path())).unwrap();
+        assert_eq!((bytes, placed), (5, target.clone()));
+        assert_eq!(std::fs::read(&target).unwrap(), b"video");
+        assert!(!dir.path().join("out.job-1.mp4").exists());
+    }
+
+    #[test]
+    fn a_foreign_file_at_the_target_is_kept_and_the_video_goes_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("out.mp4");
+        std::fs::write(&target, b"someone else's").unwrap();
+        let partial = PartialFile::beside(&target).unwrap();
+        std::fs::write(partial.partial_path(), b"video").unwrap();
+        let (_, placed) = partial.commit_keeping(&keep(dir.path())).unwrap();
+        assert_eq!(placed, dir.path().join("out.job-1.mp4"));
+        assert_eq!(std::fs::read(&target).unwrap(), b"someone else's");
+        assert_eq!(std::fs::read(&placed).unwrap(), b"video");
+    }
+
+    #[test]
+    fn a_retry_replaces_its_own_earlier_video_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("out.mp4");
+        let first = PartialFile::beside(&target).unwrap();
+        std::fs::write(first.partial_path(), b"first").unwrap();
+        first.commit_keeping(&keep(dir.path())).unwrap();
+        // The worker died before reporting; the retry renders again.
+        let second = PartialFile::beside(&target).unwrap();
+        std::fs::write(second.partial_path(), b"second").unwrap();
+        let (_, placed) = second.commit_keeping(&keep(dir.path())).unwrap();
+        assert_eq!(placed, target);
+        assert_eq!(std::fs::read(&target).unwrap(), b"second");
+        assert!(
+            !dir.path().join("out.job-1.mp4").exists(),
+            "one output only"
+        );
+        // A file that is not the job's own is never replaced, at either name.
+        std::fs::remove_file(&target).unwrap();
+        std::fs::write(&target, b"foreign").unwrap();
+        std::fs::write(dir.path().join("out.job-1.mp4"), b"foreign too").unwrap();
+        let third = PartialFile::beside(&target).unwrap();
+        std::fs::write(third.partial_path(), b"third").unwrap();
+        let err = third.commit_keeping(&keep(dir.path())).unwrap_err();
+        assert!(err.to_string().contains("did not write"), "{err}");
+        assert_eq!(std::fs::read(&target).unwrap(), b"foreign");
+        assert_eq!(
+            std::fs::read(dir.path().join("out.job-1.mp4")).unwrap(),
+            b"foreign too"
+        );
     }
 
     #[test]

@@ -32,7 +32,8 @@ mod test_support;
 use std::path::Path;
 use std::sync::OnceLock;
 
-pub use assemble::{assemble_output, AssemblePlan, OutputInfo};
+pub use assemble::{assemble_output, assemble_output_keeping, AssemblePlan, OutputInfo};
+pub use atomic::KeepExisting;
 pub use audio::{load_audio, probe_audio_duration, AudioTrack, AUDIO_SAMPLE_RATE_HZ};
 pub use digest::decode_video_frame_digests;
 pub use encode::{ClipEncoder, EncodeSettings, SegmentInfo, VideoCodec, DEFAULT_PRESET};

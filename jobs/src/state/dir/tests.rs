@@ -19,6 +19,7 @@ fn spec() -> JobSpec {
             path: PathBuf::from("/out/a.mp4"),
             codec: Codec::Hevc,
             crf: 20,
+            overwrite: true,
         },
         notify: NotifySpec::default(),
         retry: RetryPolicy::default(),
