@@ -35,7 +35,7 @@ const MINIMAL: &str = "resident_gib: 1\nactivation: { gib_per_megapixel_frame: 1
 #[test]
 fn shipped_profiles_are_named_after_their_files() {
     let names: Vec<String> = shipped().names().map(String::from).collect();
-    assert_eq!(names, ["builtin-tiny", "liveavatar-14b"]);
+    assert_eq!(names, ["builtin-tiny", "example-engine", "liveavatar-14b"]);
 }
 
 #[test]
@@ -169,7 +169,7 @@ fn files_that_are_not_yaml_are_ignored() {
 fn unknown_profile_lists_the_known_ones() {
     let err = shipped().get("wan-5b").expect_err("not shipped");
     assert!(
-        err.to_string().contains("builtin-tiny, liveavatar-14b"),
+        err.to_string().contains("builtin-tiny, example-engine, liveavatar-14b"),
         "{err}"
     );
 }
