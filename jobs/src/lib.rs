@@ -37,6 +37,7 @@
 pub mod diag;
 mod error;
 mod file;
+pub mod index;
 mod locate;
 mod parse;
 mod paths;

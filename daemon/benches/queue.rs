@@ -1,0 +1,259 @@
+//! Long-queue benchmark (issue 19): time to READY and time to stop with N queued jobs, and
+//! intake latency while they wait.
+//!
+//! Run: `cargo bench -p reelspool --bench queue` (sizes 1,000, 10,000 and 100,000; pass sizes
+//! to pick others, e.g. `-- 1000 10000`). Results are recorded in BENCHMARKS.md.
+//!
+//! For each size: one job goes through the real spool so its folder is exactly what intake
+//! writes; the bench then copies that folder N-1 times under fresh ids (state.json rewritten
+//! with the new id, nothing else changed), which is how a daemon's state dir looks after a
+//! long burst, without spending minutes submitting. Then, with `hold_queue: true`:
+//!
+//! 1. first start (no queue index yet: the daemon builds it from the job folders), READY time
+//!    as heard on a notify socket the bench binds, and stop time after SIGTERM;
+//! 2. second start (the normal restart), READY time; then 200 single drops into `incoming/`
+//!    with the rename-to-`state.json` latency of each; then a burst of 2,000 files, and the
+//!    stop time from SIGTERM sent the moment the last of them is queued.
+//!
+//! Everything lives in a temporary folder that is removed at the end of each size.
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{wait_for, Farm};
+
+const DROPS: usize = 200;
+const BURST: usize = 2_000;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn count_jobs(jobs_dir: &Path) -> usize {
+    std::fs::read_dir(jobs_dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// An id in the format the daemon generates (`YYYYMMDD-HHMMSS-mmm-CCCC`), unique per `n` and
+/// sorting before any id generated today.
+fn bench_id(n: usize) -> String {
+    let counter = n % 9000 + 1;
+    let tick = n / 9000;
+    format!(
+        "20260101-00{:02}{:02}-{:03}-{counter:04}",
+        tick / 60_000 % 60,
+        tick / 1000 % 60,
+        tick % 1000
+    )
+}
+
+/// Copies the one real job folder under `jobs_dir` to `count` more under fresh ids.
+fn clone_jobs(jobs_dir: &Path, count: usize) {
+    let template = std::fs::read_dir(jobs_dir)
+        .expect("jobs dir")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("state.json").is_file())
+        .expect("one job folder to copy");
+    let job_yaml = std::fs::read(template.join("job.yaml")).expect("job.yaml");
+    let events = std::fs::read(template.join("events.jsonl")).unwrap_or_default();
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(template.join("state.json")).expect("state.json"))
+            .expect("state.json parses");
+    for n in 0..count {
+        let id = bench_id(n);
+        let dir = jobs_dir.join(&id);
+        std::fs::create_dir_all(dir.join("work")).expect("job folder");
+        state["id"] = id.clone().into();
+        let mut bytes = serde_json::to_vec_pretty(&state).expect("state encodes");
+        bytes.push(b'\n');
+        std::fs::write(dir.join("state.json"), bytes).expect("write state.json");
+        std::fs::write(dir.join("job.yaml"), &job_yaml).expect("write job.yaml");
+        std::fs::write(dir.join("events.jsonl"), &events).expect("write events.jsonl");
+    }
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+}
+
+struct Service {
+    child: Child,
+    socket: UnixDatagram,
+    started: Instant,
+}
+
+impl Service {
+    /// Starts the daemon with a notify socket and returns once READY=1 arrives, with the time
+    /// it took.
+    fn start(farm: &Farm, tag: &str) -> (Service, Duration) {
+        let path = farm.root.path().join(format!("notify-{tag}.sock"));
+        let socket = UnixDatagram::bind(&path).expect("bind notify socket");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("socket timeout");
+        let log = std::fs::File::create(farm.root.path().join(format!("daemon-{tag}.log")))
+            .expect("daemon log");
+        let started = Instant::now();
+        let child = Command::new(common::reelspool_bin())
+            .arg("--config")
+            .arg(&farm.config)
+            .arg("daemon")
+            .env("NOTIFY_SOCKET", &path)
+            .env("REELSPOOL_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start daemon");
+        let mut service = Service {
+            child,
+            socket,
+            started,
+        };
+        let mut buffer = vec![0u8; 4096];
+        loop {
+            if let Ok(len) = service.socket.recv(&mut buffer) {
+                let text = String::from_utf8_lossy(&buffer[..len]);
+                if text.lines().any(|line| line == "READY=1") {
+                    break;
+                }
+            }
+            if started.elapsed() > Duration::from_secs(600) {
+                panic!("no READY=1 within 600 s");
+            }
+            if let Ok(Some(status)) = service.child.try_wait() {
+                panic!("daemon exited before READY: {status}");
+            }
+        }
+        let ready = service.started.elapsed();
+        (service, ready)
+    }
+
+    /// SIGTERM, then the time until the process has exited.
+    fn stop(mut self) -> Duration {
+        let start = Instant::now();
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().expect("wait for daemon");
+        let took = start.elapsed();
+        assert!(status.success(), "daemon exited with {status}");
+        took
+    }
+}
+
+fn run_size(size: usize) {
+    let farm = Farm::new("hold_queue: true\ngpu_pool: { kind: cpu, slots: 1 }\n");
+    let jobs_dir = farm.jobs_dir();
+    let text = farm.job_yaml("bench", "");
+    {
+        let mut daemon = farm.start_daemon();
+        farm.drop_job("template.yaml", &text);
+        wait_for("the template job", Duration::from_secs(30), || {
+            (count_jobs(&jobs_dir) == 1).then_some(())
+        });
+        daemon.terminate(Duration::from_secs(60));
+    }
+    let made = Instant::now();
+    clone_jobs(&jobs_dir, size - 1);
+    // Whatever the template run left (a queue index) must not know the copies.
+    let index = index_path(&farm.state);
+    let _ = std::fs::remove_file(&index);
+    println!(
+        "\n== {size} queued jobs (folders written in {:.1} s)",
+        made.elapsed().as_secs_f64()
+    );
+
+    let (service, ready) = Service::start(&farm, "first");
+    let stop = service.stop();
+    println!(
+        "first start (no index): READY after {:.0} ms, stop took {:.0} ms",
+        ms(ready),
+        ms(stop)
+    );
+
+    let (service, ready) = Service::start(&farm, "second");
+    println!("restart: READY after {:.0} ms", ms(ready));
+    let tmp = farm.spool.join("tmp");
+    std::fs::create_dir_all(&tmp).expect("spool tmp");
+    let mut latencies = Vec::with_capacity(DROPS);
+    let mut known = count_jobs(&jobs_dir);
+    for n in 0..DROPS {
+        let file = format!("single-{n:05}.yaml");
+        std::fs::write(tmp.join(&file), &text).expect("write job");
+        let start = Instant::now();
+        std::fs::rename(tmp.join(&file), farm.incoming().join(&file)).expect("rename");
+        loop {
+            let now = count_jobs(&jobs_dir);
+            if now > known {
+                known = now;
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                panic!("drop {n} not filed within 30 s");
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        latencies.push(start.elapsed());
+    }
+    latencies.sort();
+    println!(
+        "intake while {size} queued: n={DROPS} p50={:.2} ms p99={:.2} ms max={:.2} ms",
+        ms(percentile(&latencies, 0.50)),
+        ms(percentile(&latencies, 0.99)),
+        ms(latencies[latencies.len() - 1]),
+    );
+    for n in 0..BURST {
+        std::fs::write(tmp.join(format!("burst-{n:05}.yaml")), &text).expect("write burst");
+    }
+    let start = Instant::now();
+    for n in 0..BURST {
+        let file = format!("burst-{n:05}.yaml");
+        std::fs::rename(tmp.join(&file), farm.incoming().join(&file)).expect("rename burst");
+    }
+    wait_for("the burst to be queued", Duration::from_secs(300), || {
+        (count_jobs(&jobs_dir) >= known + BURST).then_some(())
+    });
+    let filed = start.elapsed();
+    let stop = service.stop();
+    println!(
+        "burst of {BURST} queued after {:.0} ms; stop right after it took {:.0} ms",
+        ms(filed),
+        ms(stop)
+    );
+    let bytes = std::fs::metadata(&index).map(|m| m.len()).unwrap_or(0);
+    println!("queue index: {:.1} MB", bytes as f64 / 1e6);
+}
+
+fn index_path(state: &Path) -> PathBuf {
+    state.join("queue.index")
+}
+
+fn main() {
+    let sizes: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|arg| arg.parse().ok())
+        .collect();
+    let sizes = if sizes.is_empty() {
+        vec![1_000, 10_000, 100_000]
+    } else {
+        sizes
+    };
+    for size in sizes {
+        run_size(size.max(1));
+    }
+}
