@@ -20,7 +20,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use jobs::state::{now_ms, JobDir, JobEvent, Phase};
+use jobs::state::{now_ms, JobDir, JobEvent, JobState, Phase};
 use notices::{DeliveryReport, Dispatcher, Outbox};
 use sd_notify::NotifyState;
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -71,11 +71,11 @@ pub fn try_lock_state(state_dir: &Path) -> Result<Option<File>> {
     }
 }
 
-/// Cancels a job that no worker is running.
-pub fn mark_cancelled(dir: &JobDir, reason: &str) -> Result<()> {
+/// Cancels a job that no worker is running; returns its state as saved.
+pub fn mark_cancelled(dir: &JobDir, reason: &str) -> Result<JobState> {
     let mut state = dir.load_state()?;
     if state.phase.is_terminal() {
-        return Ok(());
+        return Ok(state);
     }
     state.phase = Phase::Cancelled;
     state.finished_at_ms = Some(now_ms());
@@ -88,7 +88,7 @@ pub fn mark_cancelled(dir: &JobDir, reason: &str) -> Result<()> {
         event: "cancelled".into(),
         fields,
     })?;
-    Ok(())
+    Ok(state)
 }
 
 pub fn run_from_cli(config_flag: Option<&Path>) -> Result<ExitCode> {
