@@ -55,9 +55,8 @@ fn queue_jobs(farm: &Farm, prefix: &str, count: usize) {
     });
 }
 
-/// The daemon logged the line about loading the queue, with this many unfinished jobs.
-fn wait_queue_loaded(farm: &Farm, times: usize, unfinished: usize) {
-    let wanted = format!("unfinished={unfinished}");
+/// The daemon logged its `times`th line about loading the queue, and it says `wanted`.
+fn wait_queue_loaded(farm: &Farm, times: usize, wanted: &str) {
     let line = wait_for("the daemon to load its queue", WAIT, || {
         let logs = farm.daemon_logs();
         let loaded: Vec<&str> = logs
@@ -66,7 +65,7 @@ fn wait_queue_loaded(farm: &Farm, times: usize, unfinished: usize) {
             .collect();
         (loaded.len() >= times).then(|| loaded[times - 1].to_string())
     });
-    assert!(line.contains(&wanted), "expected {wanted}: {line}");
+    assert!(line.contains(wanted), "expected {wanted}: {line}");
 }
 
 #[test]
@@ -85,14 +84,22 @@ fn a_damaged_or_stale_index_is_rebuilt_and_loses_no_job() {
     let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
     lines[5] = "{\"id\":\"2026".to_string();
     std::fs::write(&index, lines.join("\n") + "\n").expect("damage the index");
-    assert!(index_phases(&farm.state).is_none(), "the index must read as damaged");
-    let mut daemon = farm.start_daemon();
-    wait_queue_loaded(&farm, 2, 12);
     assert!(
-        farm.daemon_logs().contains("rebuilt it from the job folders"),
+        index_phases(&farm.state).is_none(),
+        "the index must read as damaged"
+    );
+    let mut daemon = farm.start_daemon();
+    // Nothing is taken from the damaged file: all twelve are read from their folders.
+    wait_queue_loaded(&farm, 2, "unfinished=0 unread=12");
+    assert!(
+        farm.daemon_logs()
+            .contains("rebuilding it from the job folders"),
         "{}",
         farm.daemon_logs()
     );
+    wait_for("the rebuilt index", WAIT, || {
+        (index_phases(&farm.state)? == folders).then_some(())
+    });
     daemon.terminate(WAIT);
     assert_eq!(index_phases(&farm.state).as_ref(), Some(&folders));
 
@@ -105,7 +112,7 @@ fn a_damaged_or_stale_index_is_rebuilt_and_loses_no_job() {
     std::fs::write(&index, lines.join("\n") + "\n").expect("make the index stale");
     assert_eq!(index_phases(&farm.state).map(|p| p.len()), Some(9));
     let daemon = farm.start_daemon();
-    wait_queue_loaded(&farm, 3, 12);
+    wait_queue_loaded(&farm, 3, "unfinished=8 unread=4");
     // The last job, which the stale index had forgotten, is in the daemon's queue: a cancel
     // reaches it.
     let last = folders.keys().last().expect("a job").clone();
@@ -181,7 +188,10 @@ fn status_filters_by_state_and_limits_the_list() {
             .filter_map(|line| line.split_whitespace().next().map(str::to_string))
             .collect()
     };
-    assert_eq!(rows(&["status", "--state", "cancelled"]), vec![ids[1].clone()]);
+    assert_eq!(
+        rows(&["status", "--state", "cancelled"]),
+        vec![ids[1].clone()]
+    );
     assert_eq!(
         rows(&["status", "--state", "queued", "--limit", "3"]),
         vec![ids[0].clone(), ids[2].clone(), ids[3].clone()]
@@ -191,7 +201,10 @@ fn status_filters_by_state_and_limits_the_list() {
     let listed: serde_json::Value = serde_json::from_slice(&json.stdout).expect("status --json");
     let listed = listed.as_array().expect("a list");
     assert_eq!(listed.len(), 2);
-    assert_eq!(listed[0]["source_file"], "listed-000.yaml", "full states in JSON");
+    assert_eq!(
+        listed[0]["source_file"], "listed-000.yaml",
+        "full states in JSON"
+    );
     let bad = farm.cli(&["status", "--state", "sleeping"]);
     assert_eq!(bad.status.code(), Some(2), "{bad:?}");
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not a job state"));

@@ -3,18 +3,18 @@
 //!
 //! With an index that matches the folders, this reads one file and lists one folder, whatever
 //! the queue's length. Folders the index does not know (a crash during a burst, a job filed
-//! while the index was not being written) are read one by one, and a missing or damaged index
-//! is rebuilt from all of them: slower, and logged.
+//! while the index was not being written, or all of them when the index is missing or
+//! damaged) are not read here: their ids go to the scheduler after the daemon is ready, which
+//! reads and queues them in small batches between its other work, as it does for new jobs,
+//! and adds each to the index.
 
 use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use jobs::index::{self, IndexEntry, IndexWriter, QueuePlan, INDEX_FILE};
-use jobs::state::{JobDir, JobState};
+use jobs::index::{self, IndexEntry, IndexWriter, INDEX_FILE};
+use jobs::state::JobId;
 use tracing::{info, warn};
-
-use crate::placement::Placement;
 
 /// What the scheduler starts from.
 pub struct Backlog {
@@ -23,34 +23,27 @@ pub struct Backlog {
     /// `None` when the index cannot be written; the daemon then runs without it and the next
     /// start rebuilds it.
     pub index: Option<IndexWriter>,
-}
-
-/// The plan of a job read from its folder; `None` if its `job.yaml` cannot be read (the
-/// scheduler then fails the job with that error when it queues it).
-fn plan_from_folder(dir: &JobDir, _state: &JobState) -> Option<QueuePlan> {
-    dir.load_spec().ok().map(|spec| Placement::plan_of(&spec))
+    /// Job folders the index did not know, oldest first, for the scheduler to read.
+    pub unread: Vec<JobId>,
 }
 
 pub fn load(state_dir: &Path, jobs_dir: &Path) -> Result<Backlog> {
     let started = Instant::now();
     let path = state_dir.join(INDEX_FILE);
-    let reconciled = index::reconcile(&path, jobs_dir, plan_from_folder)
-        .context("cannot read the jobs directory")?;
-    for (folder, err) in &reconciled.unreadable {
-        warn!(job = %folder.display(), error = %err, "skipping unreadable job");
-    }
+    let mut reconciled =
+        index::reconcile_names(&path, jobs_dir).context("cannot read the jobs directory")?;
     match &reconciled.rebuilt {
         Some(index::IndexProblem::Missing) => info!(
-            jobs = reconciled.entries.len(),
-            "no queue index yet; built it from the job folders"
+            jobs = reconciled.unread.len(),
+            "no queue index yet; rebuilding it from the job folders while the daemon runs"
         ),
         Some(index::IndexProblem::Damaged(why)) => warn!(
-            jobs = reconciled.entries.len(),
+            jobs = reconciled.unread.len(),
             problem = %why,
-            "the queue index was damaged; rebuilt it from the job folders"
+            "the queue index was damaged; rebuilding it from the job folders while the daemon runs"
         ),
-        None if !reconciled.added.is_empty() || reconciled.dropped > 0 => info!(
-            added = reconciled.added.len(),
+        None if !reconciled.unread.is_empty() || reconciled.dropped > 0 => info!(
+            unread = reconciled.unread.len(),
             dropped = reconciled.dropped,
             "queue index brought up to date with the job folders"
         ),
@@ -63,6 +56,7 @@ pub fn load(state_dir: &Path, jobs_dir: &Path) -> Result<Backlog> {
             None
         }
     };
+    let unread = std::mem::take(&mut reconciled.unread);
     let unfinished: Vec<IndexEntry> = reconciled
         .entries
         .into_values()
@@ -70,8 +64,13 @@ pub fn load(state_dir: &Path, jobs_dir: &Path) -> Result<Backlog> {
         .collect();
     info!(
         unfinished = unfinished.len(),
+        unread = unread.len(),
         ms = started.elapsed().as_millis() as u64,
         "queue loaded"
     );
-    Ok(Backlog { unfinished, index })
+    Ok(Backlog {
+        unfinished,
+        index,
+        unread,
+    })
 }

@@ -211,7 +211,10 @@ pub(crate) fn find_job(jobs_dir: &Path, wanted: &str) -> Result<JobState> {
     match matches.as_slice() {
         [] => bail!("no job `{wanted}` in {}", jobs_dir.display()),
         [id] => Ok(JobDir::new(jobs_dir.join(id.as_str())).load_state()?),
-        many => bail!("`{wanted}` matches {} jobs; give more of the id", many.len()),
+        many => bail!(
+            "`{wanted}` matches {} jobs; give more of the id",
+            many.len()
+        ),
     }
 }
 
@@ -219,10 +222,11 @@ pub(crate) fn find_job(jobs_dir: &Path, wanted: &str) -> Result<JobState> {
 /// daemon keeps the index; without one this reads every job's state).
 fn index_entries(jobs_dir: &Path) -> Result<Vec<IndexEntry>> {
     let state_dir = jobs_dir.parent().unwrap_or(Path::new("."));
-    let reconciled =
-        jobs::index::reconcile(&state_dir.join(jobs::index::INDEX_FILE), jobs_dir, |_, _| {
-            None
-        })?;
+    let reconciled = jobs::index::reconcile(
+        &state_dir.join(jobs::index::INDEX_FILE),
+        jobs_dir,
+        |_, _| None,
+    )?;
     Ok(reconciled.entries.into_values().collect())
 }
 
@@ -462,7 +466,10 @@ pub fn cancel(config_flag: Option<&Path>, wanted: &str, wait_secs: u64) -> Resul
     // Without a daemon nobody else touches the job: cancel it here.
     if let Some(_lock) = daemon::try_lock_state(&config.state_dir)? {
         let cancelled = daemon::mark_cancelled(&dir, "cancelled while the daemon was not running")?;
-        jobs::index::append_standalone(&config.state_dir.join(jobs::index::INDEX_FILE), &cancelled)?;
+        jobs::index::append_standalone(
+            &config.state_dir.join(jobs::index::INDEX_FILE),
+            &cancelled,
+        )?;
         println!("job {} cancelled", job.id);
         return Ok(ExitCode::SUCCESS);
     }

@@ -216,7 +216,10 @@ async fn serve(
         handle: dispatcher.handle(),
         default_email: config.notices.default_email.clone(),
     };
-    let scheduler = Scheduler::start_up(Arc::clone(&config), layout.clone(), notices)?;
+    let mut scheduler = Scheduler::start_up(Arc::clone(&config), layout.clone(), notices)?;
+    // Jobs the queue index did not know: the scheduler reads them after READY, between new
+    // jobs and worker reports, so a rebuilt index does not hold up the start.
+    let unread = scheduler.take_unread();
     let context = Arc::new(IntakeContext {
         layout: layout.clone(),
         templates_dir: config.templates_dir(),
@@ -231,7 +234,7 @@ async fn serve(
         .await
         .context("recovery task failed")?
         .context("cannot recover the spool after a crash")?;
-    for id in recovered.accepted {
+    for id in unread.into_iter().chain(recovered.accepted) {
         let _ = accepted_tx.send(id);
     }
 

@@ -36,7 +36,7 @@ use crate::systemd::SchedulerVitals;
 const CONTROL_TICK: Duration = Duration::from_millis(250);
 
 /// Accepted jobs queued per turn of the loop, so a burst never keeps a stop waiting.
-const ENQUEUE_BATCH: usize = 256;
+const ENQUEUE_BATCH: usize = 64;
 
 struct RunningJob {
     stop: watch::Sender<StopRequest>,
@@ -61,6 +61,9 @@ pub struct Scheduler {
     /// The queue index (see `jobs::index`); `None` if it could not be opened, in which case
     /// the next start rebuilds it from the job folders.
     index: Option<IndexWriter>,
+    /// Job folders the index did not know at start-up; the daemon hands them back through the
+    /// accepted channel once it is ready (see `backlog`).
+    unread: Vec<JobId>,
 }
 
 impl Scheduler {
@@ -84,16 +87,16 @@ impl Scheduler {
             notices,
             stopping: false,
             index: None,
+            unread: Vec::new(),
         };
         let backlog = backlog::load(&scheduler.config.state_dir, &scheduler.layout.jobs)?;
         scheduler.index = backlog.index;
+        scheduler.unread = backlog.unread;
         let mut resumed = 0;
         for entry in backlog.unfinished {
             match (&entry.plan, entry.phase) {
                 (Some(plan), Phase::Queued) => {
-                    scheduler
-                        .placement
-                        .enqueue(&entry.id, entry.priority, plan)
+                    scheduler.placement.enqueue(&entry.id, entry.priority, plan)
                 }
                 (_, phase) => {
                     if phase == Phase::Running {
@@ -118,6 +121,11 @@ impl Scheduler {
             );
         }
         Ok(scheduler)
+    }
+
+    /// Job folders to read and queue after start-up, oldest first (see `backlog`).
+    pub fn take_unread(&mut self) -> Vec<JobId> {
+        std::mem::take(&mut self.unread)
     }
 
     /// The intake-side check that a job can run on this pool at all.

@@ -93,7 +93,11 @@ impl IndexEntry {
                 .get("notice_failures")
                 .and_then(|v| v.as_u64())
                 .unwrap_or(0),
-            plan: if state.phase.is_terminal() { None } else { plan },
+            plan: if state.phase.is_terminal() {
+                None
+            } else {
+                plan
+            },
         }
     }
 
@@ -188,6 +192,8 @@ pub struct Reconciled {
     pub file_lines: Option<usize>,
     /// Entries made from folders the index did not know (all of them after a rebuild).
     pub added: Vec<JobId>,
+    /// Folders the index did not know, left unread ([`reconcile_names`]), oldest first.
+    pub unread: Vec<JobId>,
     /// Entries dropped because their folder is gone.
     pub dropped: usize,
     /// Why the index was rebuilt, if it was.
@@ -224,7 +230,26 @@ pub fn job_folder_ids(jobs_dir: &Path) -> Result<HashSet<JobId>, StateError> {
 pub fn reconcile(
     index_path: &Path,
     jobs_dir: &Path,
-    mut plan_of: impl FnMut(&JobDir, &JobState) -> Option<QueuePlan>,
+    plan_of: impl FnMut(&JobDir, &JobState) -> Option<QueuePlan>,
+) -> Result<Reconciled, StateError> {
+    reconcile_with(index_path, jobs_dir, Some(plan_of))
+}
+
+/// Like [`reconcile`], but folders the index does not know are only listed in
+/// [`Reconciled::unread`], for the caller to read at its own pace (the daemon hands them to
+/// its scheduler after it is ready, so a rebuild does not hold up the start).
+pub fn reconcile_names(index_path: &Path, jobs_dir: &Path) -> Result<Reconciled, StateError> {
+    reconcile_with(
+        index_path,
+        jobs_dir,
+        None::<fn(&JobDir, &JobState) -> Option<QueuePlan>>,
+    )
+}
+
+fn reconcile_with(
+    index_path: &Path,
+    jobs_dir: &Path,
+    mut plan_of: Option<impl FnMut(&JobDir, &JobState) -> Option<QueuePlan>>,
 ) -> Result<Reconciled, StateError> {
     let folders = job_folder_ids(jobs_dir)?;
     let mut out = Reconciled::default();
@@ -250,6 +275,10 @@ pub fn reconcile(
         .filter(|id| !out.entries.contains_key(id))
         .collect();
     missing.sort();
+    let Some(plan_of) = plan_of.as_mut() else {
+        out.unread = missing;
+        return Ok(out);
+    };
     for id in missing {
         let dir = JobDir::new(jobs_dir.join(id.as_str()));
         match dir.load_state() {

@@ -159,7 +159,10 @@ fn a_stale_index_learns_new_folders_and_forgets_removed_ones() {
 
     let reconciled = reconcile(&index, &jobs, plan_from_folder).expect("reconcile");
     assert_eq!(reconciled.rebuilt, None);
-    assert_eq!(reconciled.added, vec![extra[3].id.clone(), extra[4].id.clone()]);
+    assert_eq!(
+        reconciled.added,
+        vec![extra[3].id.clone(), extra[4].id.clone()]
+    );
     assert_eq!(reconciled.dropped, 1);
     IndexWriter::open(&index, &reconciled).expect("update index");
     assert_eq!(index_phases(&index), folder_phases(&jobs));
@@ -225,4 +228,22 @@ fn a_standalone_append_needs_an_existing_index() {
     cancelled.phase = Phase::Cancelled;
     append_standalone(&index, &cancelled).expect("append");
     assert_eq!(index_phases(&index)[&states[0].id], Phase::Cancelled);
+}
+
+#[test]
+fn names_only_reconciling_lists_unknown_folders_without_reading_them() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let jobs = tmp.path().join("jobs");
+    let index = tmp.path().join(INDEX_FILE);
+    let states = make_jobs(&jobs, 3);
+    // A folder whose state cannot be read would fail a reading reconcile's entry, not this.
+    fs::write(jobs.join(states[2].id.as_str()).join("state.json"), b"{").expect("damage");
+    let reconciled = reconcile_names(&index, &jobs).expect("reconcile");
+    assert_eq!(reconciled.rebuilt, Some(IndexProblem::Missing));
+    assert!(reconciled.entries.is_empty());
+    assert!(reconciled.added.is_empty());
+    let expected: Vec<JobId> = states.iter().map(|s| s.id.clone()).collect();
+    assert_eq!(reconciled.unread, expected);
+    IndexWriter::open(&index, &reconciled).expect("write an empty index");
+    assert_eq!(read_index(&index).expect("valid index").entries.len(), 0);
 }
