@@ -4,16 +4,19 @@
 //! Run: `cargo bench -p reelspool --bench queue` (sizes 1,000, 10,000 and 100,000; pass sizes
 //! to pick others, e.g. `-- 1000 10000`). Results are recorded in BENCHMARKS.md.
 //!
-//! For each size: one job goes through the real spool so its folder is exactly what intake
-//! writes; the bench then copies that folder N-1 times under fresh ids (state.json rewritten
-//! with the new id, nothing else changed), which is how a daemon's state dir looks after a
-//! long burst, without spending minutes submitting. Then, with `hold_queue: true`:
+//! For each size: one job goes through the real spool, so its folder and its queue-index line
+//! are exactly what the daemon writes; the bench then copies that folder N-1 times under fresh
+//! ids (state.json rewritten with the new id, nothing else changed) and writes the index a
+//! daemon would have after filing them all, which is how a state dir looks after a long burst,
+//! without spending minutes submitting. Then, with `hold_queue: true`:
 //!
-//! 1. first start (no queue index yet: the daemon builds it from the job folders), READY time
-//!    as heard on a notify socket the bench binds, and stop time after SIGTERM;
-//! 2. second start (the normal restart), READY time; then 200 single drops into `incoming/`
-//!    with the rename-to-`state.json` latency of each; then a burst of 2,000 files, and the
-//!    stop time from SIGTERM sent the moment the last of them is queued.
+//! 1. start: time to READY=1 as heard on a notify socket the bench binds; 200 single drops into
+//!    `incoming/` with the rename-to-folder latency of each; a burst of 2,000 files, and the
+//!    stop time from a SIGTERM sent the moment the last of them is filed (the scheduler may
+//!    still be queueing them);
+//! 2. restart: READY time, then (once the index lists every job again) the time of an idle stop;
+//! 3. up to 10,000 jobs, a start without the index (the first start after an upgrade, or after
+//!    the file was lost): READY time, and the time until every job is read back into the queue.
 //!
 //! Everything lives in a temporary folder that is removed at the end of each size.
 
@@ -21,14 +24,17 @@
 mod common;
 
 use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{wait_for, Farm};
+use jobs::index::{job_folder_ids, read_index, IndexWriter, Reconciled, INDEX_FILE};
 
 const DROPS: usize = 200;
 const BURST: usize = 2_000;
+/// Queue sizes up to this also time a start without an index (every job folder read again).
+const REBUILD_UP_TO: usize = 10_000;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -156,7 +162,31 @@ impl Service {
     }
 }
 
-fn run_size(size: usize) {
+/// Writes the queue index a daemon would have after filing all the copies: the template
+/// job's own entry (with the plan the daemon computed for it) under every copy's id.
+fn write_index(state: &Path, jobs_dir: &Path) {
+    let path = state.join(INDEX_FILE);
+    let template = read_index(&path)
+        .expect("the template run left an index")
+        .entries
+        .into_values()
+        .next()
+        .expect("the template job is in the index");
+    assert!(template.plan.is_some(), "the template entry has its plan");
+    let mut reconciled = Reconciled::default();
+    for id in job_folder_ids(jobs_dir).expect("list job folders") {
+        let mut entry = template.clone();
+        entry.id = id.clone();
+        reconciled.entries.insert(id, entry);
+    }
+    IndexWriter::open(&path, &reconciled).expect("write the index");
+}
+
+fn index_entries(state: &Path) -> usize {
+    read_index(&state.join(INDEX_FILE)).map_or(0, |file| file.entries.len())
+}
+
+fn run_size(size: usize, rebuild: bool) {
     let farm = Farm::new("hold_queue: true\ngpu_pool: { kind: cpu, slots: 1 }\n");
     let jobs_dir = farm.jobs_dir();
     let text = farm.job_yaml("bench", "");
@@ -164,30 +194,20 @@ fn run_size(size: usize) {
         let mut daemon = farm.start_daemon();
         farm.drop_job("template.yaml", &text);
         wait_for("the template job", Duration::from_secs(30), || {
-            (count_jobs(&jobs_dir) == 1).then_some(())
+            (index_entries(&farm.state) == 1).then_some(())
         });
         daemon.terminate(Duration::from_secs(60));
     }
     let made = Instant::now();
     clone_jobs(&jobs_dir, size - 1);
-    // Whatever the template run left (a queue index) must not know the copies.
-    let index = index_path(&farm.state);
-    let _ = std::fs::remove_file(&index);
+    write_index(&farm.state, &jobs_dir);
     println!(
-        "\n== {size} queued jobs (folders written in {:.1} s)",
+        "\n== {size} queued jobs (folders and index written in {:.1} s)",
         made.elapsed().as_secs_f64()
     );
 
     let (service, ready) = Service::start(&farm, "first");
-    let stop = service.stop();
-    println!(
-        "first start (no index): READY after {:.0} ms, stop took {:.0} ms",
-        ms(ready),
-        ms(stop)
-    );
-
-    let (service, ready) = Service::start(&farm, "second");
-    println!("restart: READY after {:.0} ms", ms(ready));
+    println!("start: READY after {:.0} ms", ms(ready));
     let tmp = farm.spool.join("tmp");
     std::fs::create_dir_all(&tmp).expect("spool tmp");
     let mut latencies = Vec::with_capacity(DROPS);
@@ -231,16 +251,43 @@ fn run_size(size: usize) {
     let filed = start.elapsed();
     let stop = service.stop();
     println!(
-        "burst of {BURST} queued after {:.0} ms; stop right after it took {:.0} ms",
+        "burst of {BURST} filed after {:.0} ms; stop right after it took {:.0} ms",
         ms(filed),
         ms(stop)
     );
-    let bytes = std::fs::metadata(&index).map(|m| m.len()).unwrap_or(0);
-    println!("queue index: {:.1} MB", bytes as f64 / 1e6);
-}
 
-fn index_path(state: &Path) -> PathBuf {
-    state.join("queue.index")
+    let total = count_jobs(&jobs_dir);
+    let (service, ready) = Service::start(&farm, "second");
+    wait_for(
+        "the index to list every job",
+        Duration::from_secs(600),
+        || (index_entries(&farm.state) == total).then_some(()),
+    );
+    let stop = service.stop();
+    println!(
+        "restart with {total} jobs: READY after {:.0} ms, idle stop took {:.0} ms",
+        ms(ready),
+        ms(stop)
+    );
+    let bytes = std::fs::metadata(farm.state.join(INDEX_FILE)).map_or(0, |m| m.len());
+    println!("queue index: {:.1} MB", bytes as f64 / 1e6);
+
+    if rebuild {
+        std::fs::remove_file(farm.state.join(INDEX_FILE)).expect("remove the index");
+        let (service, ready) = Service::start(&farm, "rebuild");
+        let start = Instant::now();
+        wait_for("the rebuilt index", Duration::from_secs(3600), || {
+            (index_entries(&farm.state) == total).then_some(())
+        });
+        let rebuilt = start.elapsed() + ready;
+        let stop = service.stop();
+        println!(
+            "without an index: READY after {:.0} ms, every job read back into the queue after {:.1} s, stop took {:.0} ms",
+            ms(ready),
+            rebuilt.as_secs_f64(),
+            ms(stop)
+        );
+    }
 }
 
 fn main() {
@@ -254,6 +301,6 @@ fn main() {
         sizes
     };
     for size in sizes {
-        run_size(size.max(1));
+        run_size(size.max(1), size <= REBUILD_UP_TO);
     }
 }
