@@ -2,7 +2,8 @@
 //! intake latency while they wait.
 //!
 //! Run: `cargo bench -p reelspool --bench queue` (sizes 1,000, 10,000 and 100,000; pass sizes
-//! to pick others, e.g. `-- 1000 10000`). Results are recorded in BENCHMARKS.md.
+//! to pick others, e.g. `-- 1000 10000`; `--no-rebuild` skips step 3). Results are recorded in
+//! BENCHMARKS.md.
 //!
 //! For each size: one job goes through the real spool, so its folder and its queue-index line
 //! are exactly what the daemon writes; the bench then copies that folder N-1 times under fresh
@@ -11,7 +12,8 @@
 //! without spending minutes submitting. Then, with `hold_queue: true`:
 //!
 //! 1. start: time to READY=1 as heard on a notify socket the bench binds; 200 single drops into
-//!    `incoming/` with the rename-to-folder latency of each; a burst of 2,000 files, and the
+//!    `incoming/` with the latency from the rename to the job folder being renamed into place
+//!    (heard through inotify); a burst of 2,000 files, and the
 //!    stop time from a SIGTERM sent the moment the last of them is filed (the scheduler may
 //!    still be queueing them);
 //! 2. restart: READY time, then (once the index lists every job again) the time of an idle stop;
@@ -162,6 +164,74 @@ impl Service {
     }
 }
 
+/// Hears job folders being renamed into place under `state/jobs/` (intake's last step), so
+/// a drop's latency is measured without listing a folder of 100,000 entries on every poll.
+struct FolderWatch {
+    fd: i32,
+}
+
+impl FolderWatch {
+    fn new(jobs_dir: &Path) -> FolderWatch {
+        use std::os::unix::ffi::OsStrExt;
+        // SAFETY: plain syscalls on a descriptor this struct owns; the path is NUL-terminated.
+        unsafe {
+            let fd = libc::inotify_init1(libc::IN_CLOEXEC);
+            assert!(fd >= 0, "inotify_init1 failed");
+            let path = std::ffi::CString::new(jobs_dir.as_os_str().as_bytes()).expect("path");
+            let wd = libc::inotify_add_watch(fd, path.as_ptr(), libc::IN_MOVED_TO);
+            assert!(wd >= 0, "inotify_add_watch failed");
+            FolderWatch { fd }
+        }
+    }
+
+    /// Waits until a job folder (a name not starting with `.`) is moved in; panics after
+    /// `timeout`.
+    fn wait_filed(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut buffer = [0u8; 4096];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "no job filed within {timeout:?}");
+            let mut poll = libc::pollfd {
+                fd: self.fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd; the buffer outlives the read.
+            let len = unsafe {
+                if libc::poll(&mut poll, 1, left.as_millis().min(1000) as i32) <= 0 {
+                    continue;
+                }
+                libc::read(self.fd, buffer.as_mut_ptr().cast(), buffer.len())
+            };
+            let mut at = 0usize;
+            let len = usize::try_from(len).unwrap_or(0);
+            let header = std::mem::size_of::<libc::inotify_event>();
+            let mut filed = false;
+            while at + header <= len {
+                // SAFETY: the kernel wrote a whole event header at `at`.
+                let event: libc::inotify_event =
+                    unsafe { std::ptr::read_unaligned(buffer.as_ptr().add(at).cast()) };
+                let name = &buffer[at + header..at + header + event.len as usize];
+                if name.first().is_some_and(|b| *b != b'.' && *b != 0) {
+                    filed = true;
+                }
+                at += header + event.len as usize;
+            }
+            if filed {
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for FolderWatch {
+    fn drop(&mut self) {
+        // SAFETY: closing the descriptor this struct owns.
+        unsafe { libc::close(self.fd) };
+    }
+}
+
 /// Writes the queue index a daemon would have after filing all the copies: the template
 /// job's own entry (with the plan the daemon computed for it) under every copy's id.
 fn write_index(state: &Path, jobs_dir: &Path) {
@@ -211,25 +281,17 @@ fn run_size(size: usize, rebuild: bool) {
     let tmp = farm.spool.join("tmp");
     std::fs::create_dir_all(&tmp).expect("spool tmp");
     let mut latencies = Vec::with_capacity(DROPS);
-    let mut known = count_jobs(&jobs_dir);
+    let watch = FolderWatch::new(&jobs_dir);
     for n in 0..DROPS {
         let file = format!("single-{n:05}.yaml");
         std::fs::write(tmp.join(&file), &text).expect("write job");
         let start = Instant::now();
         std::fs::rename(tmp.join(&file), farm.incoming().join(&file)).expect("rename");
-        loop {
-            let now = count_jobs(&jobs_dir);
-            if now > known {
-                known = now;
-                break;
-            }
-            if start.elapsed() > Duration::from_secs(30) {
-                panic!("drop {n} not filed within 30 s");
-            }
-            std::thread::sleep(Duration::from_micros(500));
-        }
+        watch.wait_filed(Duration::from_secs(30));
         latencies.push(start.elapsed());
     }
+    drop(watch);
+    let known = count_jobs(&jobs_dir);
     latencies.sort();
     println!(
         "intake while {size} queued: n={DROPS} p50={:.2} ms p99={:.2} ms max={:.2} ms",
@@ -291,6 +353,7 @@ fn run_size(size: usize, rebuild: bool) {
 }
 
 fn main() {
+    let rebuild = !std::env::args().any(|arg| arg == "--no-rebuild");
     let sizes: Vec<usize> = std::env::args()
         .skip(1)
         .filter_map(|arg| arg.parse().ok())
@@ -301,6 +364,6 @@ fn main() {
         sizes
     };
     for size in sizes {
-        run_size(size.max(1), size <= REBUILD_UP_TO);
+        run_size(size.max(1), rebuild && size <= REBUILD_UP_TO);
     }
 }
