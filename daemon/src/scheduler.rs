@@ -36,7 +36,7 @@ use crate::systemd::SchedulerVitals;
 const CONTROL_TICK: Duration = Duration::from_millis(250);
 
 /// Accepted jobs queued per turn of the loop, so a burst never keeps a stop waiting.
-const ENQUEUE_BATCH: usize = 64;
+const ENQUEUE_BATCH: usize = 16;
 
 struct RunningJob {
     stop: watch::Sender<StopRequest>,
