@@ -194,7 +194,9 @@ impl Scheduler {
         if let Some(index) = &mut self.index {
             if let Err(err) = index.record(state) {
                 warn!(job = %state.id, error = %err, "cannot update the queue index; the next start rebuilds it");
-                self.index = None;
+                if let Some(index) = self.index.take() {
+                    index.discard();
+                }
             }
         }
     }

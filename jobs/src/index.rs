@@ -387,6 +387,14 @@ impl IndexWriter {
         Ok(())
     }
 
+    /// Gives up on the index after a failed write: removes the file, so the next start
+    /// rebuilds it from the job folders instead of trusting an index with a gap.
+    pub fn discard(self) {
+        if let Err(err) = fs::remove_file(&self.path) {
+            tracing::warn!(path = %self.path.display(), error = %err, "cannot remove the queue index");
+        }
+    }
+
     /// Makes every appended line durable (at a clean stop).
     pub fn sync(&self) -> Result<(), StateError> {
         self.file
