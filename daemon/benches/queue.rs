@@ -16,7 +16,9 @@
 //!    (heard through inotify); a burst of 2,000 files, and the
 //!    stop time from a SIGTERM sent the moment the last of them is filed (the scheduler may
 //!    still be queueing them);
-//! 2. restart: READY time, then (once the index lists every job again) the time of an idle stop;
+//! 2. restart: READY time; once the index lists every job again, the time of
+//!    `status --state queued --limit 20`, of a full `status`, and of `cancel ID` until the
+//!    daemon confirms it; then the time of an idle stop;
 //! 3. up to 10,000 jobs, a start without the index (the first start after an upgrade, or after
 //!    the file was lost): READY time, and the time until every job is read back into the queue.
 //!
@@ -324,6 +326,28 @@ fn run_size(size: usize, rebuild: bool) {
         "the index to list every job",
         Duration::from_secs(600),
         || (index_entries(&farm.state) == total).then_some(()),
+    );
+    let timed = |args: &[&str]| {
+        let start = Instant::now();
+        let out = farm.cli(args);
+        let took = start.elapsed();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        (took, out.stdout.len())
+    };
+    let (filtered, _) = timed(&["status", "--state", "queued", "--limit", "20"]);
+    let (full, bytes) = timed(&["status"]);
+    let last = job_folder_ids(&jobs_dir)
+        .expect("list job folders")
+        .into_iter()
+        .max()
+        .expect("a job");
+    let (cancel, _) = timed(&["cancel", last.as_str()]);
+    println!(
+        "with {total} jobs: `status --state queued --limit 20` {:.0} ms, full `status` {:.0} ms ({:.1} MB), `cancel ID` confirmed by the daemon {:.0} ms",
+        ms(filtered),
+        ms(full),
+        bytes as f64 / 1e6,
+        ms(cancel)
     );
     let stop = service.stop();
     println!(
