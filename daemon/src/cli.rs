@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use jobs::escape_text;
-use jobs::state::{self, JobDir, JobEvent, JobState, Phase};
+use jobs::index::IndexEntry;
+use jobs::state::{self, JobDir, JobEvent, JobId, JobState, Phase};
 
+use crate::cancels;
 use crate::config::{self, DaemonConfig};
 use crate::daemon;
 
@@ -196,23 +198,82 @@ pub fn check_config(config_flag: Option<&Path>) -> Result<ExitCode> {
 }
 
 /// Finds a job by id or unique id prefix.
+/// Finds one job by its id, a unique prefix of it, or its name. An id or a prefix costs a
+/// listing of the folder names; only a name needs the queue index (or, without one, every
+/// job's state).
 pub(crate) fn find_job(jobs_dir: &Path, wanted: &str) -> Result<JobState> {
-    let all = state::list_jobs(jobs_dir)?;
-    let matches: Vec<JobState> = all
+    if let Ok(id) = wanted.parse::<JobId>() {
+        let dir = JobDir::new(jobs_dir.join(id.as_str()));
+        if dir.state_json().is_file() {
+            return Ok(dir.load_state()?);
+        }
+    }
+    let by_prefix: Vec<JobId> = jobs::index::job_folder_ids(jobs_dir)?
         .into_iter()
-        .filter(|job| job.id.to_string().starts_with(wanted) || job.name == wanted)
+        .filter(|id| id.as_str().starts_with(wanted))
         .collect();
-    match matches.len() {
-        0 => bail!("no job `{wanted}` in {}", jobs_dir.display()),
-        1 => Ok(matches
+    let matches: Vec<JobId> = if by_prefix.is_empty() {
+        index_entries(jobs_dir)?
             .into_iter()
-            .next()
-            .expect("one match was just counted")),
-        n => bail!("`{wanted}` matches {n} jobs; give more of the id"),
+            .filter(|entry| entry.name == wanted)
+            .map(|entry| entry.id)
+            .collect()
+    } else {
+        by_prefix
+    };
+    match matches.as_slice() {
+        [] => bail!("no job `{wanted}` in {}", jobs_dir.display()),
+        [id] => Ok(JobDir::new(jobs_dir.join(id.as_str())).load_state()?),
+        many => bail!(
+            "`{wanted}` matches {} jobs; give more of the id",
+            many.len()
+        ),
     }
 }
 
-pub fn status(config_flag: Option<&Path>, id: Option<&str>, json: bool) -> Result<ExitCode> {
+/// Every job as the queue index has it, checked against the job folders (read-only: the
+/// daemon keeps the index; without one this reads every job's state).
+fn index_entries(jobs_dir: &Path) -> Result<Vec<IndexEntry>> {
+    let state_dir = jobs_dir.parent().unwrap_or(Path::new("."));
+    let reconciled = jobs::index::reconcile(
+        &state_dir.join(jobs::index::INDEX_FILE),
+        jobs_dir,
+        |_, _| None,
+    )?;
+    Ok(reconciled.entries.into_values().collect())
+}
+
+/// Which jobs `status` lists.
+#[derive(Debug, Clone, Default)]
+pub struct StatusFilter {
+    /// Only jobs in these phases (all when empty).
+    pub phases: Vec<Phase>,
+    /// At most this many, oldest first.
+    pub limit: Option<usize>,
+}
+
+/// Parses a `--state` value: a phase name.
+pub fn parse_phase(text: &str) -> std::result::Result<Phase, String> {
+    [
+        Phase::Queued,
+        Phase::Running,
+        Phase::Done,
+        Phase::Failed,
+        Phase::Cancelled,
+    ]
+    .into_iter()
+    .find(|phase| phase.as_str() == text)
+    .ok_or_else(|| {
+        format!("`{text}` is not a job state; use queued, running, done, failed or cancelled")
+    })
+}
+
+pub fn status(
+    config_flag: Option<&Path>,
+    id: Option<&str>,
+    json: bool,
+    filter: &StatusFilter,
+) -> Result<ExitCode> {
     let config = required_config(config_flag)?;
     if crate::control::must_ask_daemon(&config.state_dir) {
         crate::control::status(&config.spool_dir, id, json)?;
@@ -233,14 +294,23 @@ pub fn status(config_flag: Option<&Path>, id: Option<&str>, json: bool) -> Resul
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let all = if jobs_dir.is_dir() {
-        state::list_jobs(&jobs_dir)?
-    } else {
-        Vec::new()
-    };
+    let entries = index_entries(&jobs_dir)?;
+    let selected = entries
+        .iter()
+        .filter(|entry| filter.phases.is_empty() || filter.phases.contains(&entry.phase))
+        .take(filter.limit.unwrap_or(usize::MAX));
     if json {
+        // The full state of each listed job: the index keeps only what the table shows.
+        let all: Vec<JobState> = selected
+            .filter_map(|entry| {
+                JobDir::new(jobs_dir.join(entry.id.as_str()))
+                    .load_state()
+                    .ok()
+            })
+            .collect();
         println!("{}", serde_json::to_string_pretty(&all)?);
     } else {
+        let all: Vec<JobState> = selected.map(IndexEntry::to_state).collect();
         print_table(&all);
     }
     Ok(ExitCode::SUCCESS)
@@ -476,10 +546,20 @@ pub fn cancel(config_flag: Option<&Path>, wanted: &str, wait_secs: u64) -> Resul
         .with_context(|| format!("cannot write {}", dir.cancel_request().display()))?;
     // Without a daemon nobody else touches the job: cancel it here.
     if let Some(_lock) = daemon::try_lock_state(&config.state_dir)? {
-        daemon::mark_cancelled(&dir, "cancelled while the daemon was not running")?;
+        let cancelled = daemon::mark_cancelled(&dir, "cancelled while the daemon was not running")?;
+        jobs::index::append_standalone(
+            &config.state_dir.join(jobs::index::INDEX_FILE),
+            &cancelled,
+        )?;
         println!("job {} cancelled", job.id);
         return Ok(ExitCode::SUCCESS);
     }
+    cancels::request(&config.state_dir, &job.id).with_context(|| {
+        format!(
+            "cannot leave the cancel request in {}",
+            cancels::requests_dir(&config.state_dir).display()
+        )
+    })?;
     let deadline = Instant::now() + Duration::from_secs(wait_secs);
     loop {
         let current = dir.load_state()?;

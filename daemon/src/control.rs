@@ -220,6 +220,15 @@ fn respond(context: &ControlContext, person: &Person, request: Request) -> Resul
             if !job.phase.is_terminal() {
                 state::write_atomic(&dir.cancel_request(), b"cancel\n")
                     .with_context(|| format!("cannot write {}", dir.cancel_request().display()))?;
+                // The marker is how the scheduler finds the request without reading every job.
+                if let Some(state_dir) = jobs_dir.parent() {
+                    crate::cancels::request(state_dir, &job.id).with_context(|| {
+                        format!(
+                            "cannot leave the cancel request in {}",
+                            crate::cancels::requests_dir(state_dir).display()
+                        )
+                    })?;
+                }
                 info!(job = %job.id, by = %person, "cancel requested");
             }
             Ok(json!({ "id": job.id, "phase": job.phase }))

@@ -20,7 +20,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use jobs::state::{now_ms, JobDir, JobEvent, Phase};
+use jobs::state::{now_ms, JobDir, JobEvent, JobState, Phase};
 use notices::{DeliveryReport, Dispatcher, Outbox};
 use sd_notify::NotifyState;
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -71,11 +71,11 @@ pub fn try_lock_state(state_dir: &Path) -> Result<Option<File>> {
     }
 }
 
-/// Cancels a job that no worker is running.
-pub fn mark_cancelled(dir: &JobDir, reason: &str) -> Result<()> {
+/// Cancels a job that no worker is running; returns its state as saved.
+pub fn mark_cancelled(dir: &JobDir, reason: &str) -> Result<JobState> {
     let mut state = dir.load_state()?;
     if state.phase.is_terminal() {
-        return Ok(());
+        return Ok(state);
     }
     state.phase = Phase::Cancelled;
     state.finished_at_ms = Some(now_ms());
@@ -88,7 +88,7 @@ pub fn mark_cancelled(dir: &JobDir, reason: &str) -> Result<()> {
         event: "cancelled".into(),
         fields,
     })?;
-    Ok(())
+    Ok(state)
 }
 
 pub fn run_from_cli(config_flag: Option<&Path>) -> Result<ExitCode> {
@@ -219,7 +219,10 @@ async fn serve(
         handle: dispatcher.handle(),
         default_email: config.notices.default_email.clone(),
     };
-    let scheduler = Scheduler::start_up(Arc::clone(&config), layout.clone(), notices)?;
+    let mut scheduler = Scheduler::start_up(Arc::clone(&config), layout.clone(), notices)?;
+    // Jobs the queue index did not know: the scheduler reads them after READY, between new
+    // jobs and worker reports, so a rebuilt index does not hold up the start.
+    let unread = scheduler.take_unread();
     let context = Arc::new(IntakeContext {
         layout: layout.clone(),
         templates_dir: config.templates_dir(),
@@ -237,7 +240,7 @@ async fn serve(
         .await
         .context("recovery task failed")?
         .context("cannot recover the spool after a crash")?;
-    for id in recovered.accepted {
+    for id in unread.into_iter().chain(recovered.accepted) {
         let _ = accepted_tx.send(id);
     }
 

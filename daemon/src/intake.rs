@@ -454,11 +454,25 @@ pub struct ActiveOutputs {
 }
 
 impl ActiveOutputs {
+    /// The output paths of unfinished jobs: from the queue index where it knows the job, from
+    /// the job's own state otherwise (all of them when there is no usable index), so a long
+    /// queue costs one read of the index, not one file per job.
     fn load(layout: &Layout) -> ActiveOutputs {
         let mut by_path = std::collections::HashMap::new();
-        match jobs::state::list_jobs(&layout.jobs) {
-            Ok(jobs) => {
-                for job in jobs {
+        let index = layout.state_dir.join(jobs::index::INDEX_FILE);
+        match jobs::index::reconcile_names(&index, &layout.jobs) {
+            Ok(reconciled) => {
+                for entry in reconciled.entries.into_values() {
+                    if entry.phase.is_terminal() {
+                        continue;
+                    }
+                    if let Some(output) = entry.output {
+                        by_path.insert(output, entry.id.to_string());
+                    }
+                }
+                for id in reconciled.unread {
+                    let dir = jobs::state::JobDir::new(layout.job_dir(id.as_str()));
+                    let Ok(job) = dir.load_state() else { continue };
                     if job.phase.is_terminal() {
                         continue;
                     }

@@ -8,6 +8,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod backlog;
+mod cancels;
 mod cli;
 mod config;
 mod control;
@@ -70,6 +72,13 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Only jobs in this state (queued, running, done, failed, cancelled); repeat for
+        /// several.
+        #[arg(long = "state", value_name = "STATE", value_parser = cli::parse_phase)]
+        states: Vec<jobs::state::Phase>,
+        /// List at most this many jobs, oldest first.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
     },
     /// Cancel a queued or running job.
     Cancel {
@@ -118,7 +127,20 @@ fn main() -> ExitCode {
         Command::Daemon => daemon::run_from_cli(config_flag),
         Command::Validate { files } => cli::validate(config_flag, &files),
         Command::Submit { file, spool } => cli::submit(config_flag, &file, spool.as_deref()),
-        Command::Status { id, json } => cli::status(config_flag, id.as_deref(), json),
+        Command::Status {
+            id,
+            json,
+            states,
+            limit,
+        } => cli::status(
+            config_flag,
+            id.as_deref(),
+            json,
+            &cli::StatusFilter {
+                phases: states,
+                limit,
+            },
+        ),
         Command::Cancel { id, wait_secs } => cli::cancel(config_flag, &id, wait_secs),
         Command::Logs { id, follow } => logs::run(config_flag, &id, follow),
         Command::Gpus { json, action } => gpus::run(config_flag, action, json),

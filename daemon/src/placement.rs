@@ -21,13 +21,14 @@ use gpu_pool::{
     CardState, EstimateRequest, GpuInfo, GpuKind, GpuLease, LeaseTable, OffloadChoice, OomFallback,
     ProfileSet, QueuedJob, RunOutcome, SchedulerPolicy,
 };
-use jobs::state::{JobId, JobState};
+use jobs::index::QueuePlan;
+use jobs::state::JobId;
 use jobs::JobSpec;
 use tracing::{info, warn};
 
 use crate::config::DaemonConfig;
 use crate::supervisor::WorkerEnd;
-use admission::{clip_count, estimate_request, read_profiles};
+use admission::{clip_count, estimate_request, offload_choice, read_profiles};
 pub use admission::{profile_name, PoolAdmission};
 pub use cards::discover_cards;
 use health::{CardVerdict, PoolWatch};
@@ -218,27 +219,38 @@ impl Placement {
         self.epoch.elapsed()
     }
 
+    /// What placement needs of a job file, kept in the queue index so a restart does not read
+    /// `job.yaml` again (and, for `num_clip: auto`, probe the audio again).
+    pub fn plan_of(spec: &JobSpec) -> QueuePlan {
+        let req = estimate_request(spec);
+        QueuePlan {
+            profile: profile_name(spec),
+            width: req.width,
+            height: req.height,
+            frames: req.frames,
+            offload: spec.render.offload,
+            clips: clip_count(spec),
+        }
+    }
+
     /// Puts a job in line. Submission order is the job id's order (ids sort by time), so a job
     /// re-queued after a restart keeps its place.
-    pub fn enqueue(&mut self, id: &JobId, state: &JobState, spec: &JobSpec) {
-        let name = profile_name(spec);
-        let req = estimate_request(spec);
+    pub fn enqueue(&mut self, id: &JobId, priority: i32, plan: &QueuePlan) {
+        let req = EstimateRequest {
+            width: plan.width,
+            height: plan.height,
+            frames: plan.frames,
+            offload: offload_choice(plan.offload),
+        };
         let key = id.to_string();
         self.next_seq += 1;
         let mut job = {
             let profiles = read_profiles(&self.profiles);
-            let Ok(profile) = profiles.get(&name) else {
-                warn!(job = %id, profile = %name, "unknown memory profile; the job cannot be placed");
+            let Ok(profile) = profiles.get(&plan.profile) else {
+                warn!(job = %id, profile = %plan.profile, "unknown memory profile; the job cannot be placed");
                 return;
             };
-            QueuedJob::from_profile(
-                &key,
-                state.priority,
-                self.next_seq,
-                profile,
-                &req,
-                clip_count(spec),
-            )
+            QueuedJob::from_profile(&key, priority, self.next_seq, profile, &req, plan.clips)
         };
         job.preferred_card = self.leases.card_of(&key).map(str::to_string);
         match self.scheduler.enqueue(job, self.now()) {
@@ -250,7 +262,7 @@ impl Placement {
                 self.plans.insert(
                     key,
                     JobPlan {
-                        profile: name,
+                        profile: plan.profile.clone(),
                         width: req.width,
                         height: req.height,
                         frames: req.frames,
@@ -432,8 +444,12 @@ impl Placement {
         }
     }
 
-    pub fn queued_ids(&self) -> Vec<JobId> {
-        self.queued.iter().cloned().collect()
+    pub fn queued_count(&self) -> usize {
+        self.queued.len()
+    }
+
+    pub fn is_queued(&self, id: &JobId) -> bool {
+        self.queued.contains(id)
     }
 
     pub fn remove_queued(&mut self, id: &JobId) {

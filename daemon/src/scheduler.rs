@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use jobs::index::IndexWriter;
 use jobs::state::{now_ms, JobDir, JobEvent, JobId, JobState, Phase};
 use jobs::JobSpec;
 use notices::{DeliveryOutcome, DeliveryReport, NoticeKind};
@@ -19,6 +20,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
+use crate::backlog;
+use crate::cancels;
 use crate::config::DaemonConfig;
 use crate::intake::Admission;
 use crate::notify_glue::{self, Notices};
@@ -63,6 +66,9 @@ fn durable_clips(dir: &JobDir) -> u32 {
         .unwrap_or(0)
 }
 
+/// Accepted jobs queued per turn of the loop, so a burst never keeps a stop waiting.
+const ENQUEUE_BATCH: usize = 16;
+
 struct RunningJob {
     stop: watch::Sender<StopRequest>,
     card: String,
@@ -90,6 +96,12 @@ pub struct Scheduler {
     reports_rx: mpsc::UnboundedReceiver<(JobId, WorkerReport)>,
     notices: Notices,
     stopping: bool,
+    /// The queue index (see `jobs::index`); `None` if it could not be opened, in which case
+    /// the next start rebuilds it from the job folders.
+    index: Option<IndexWriter>,
+    /// Job folders the index did not know at start-up; the daemon hands them back through the
+    /// accepted channel once it is ready (see `backlog`).
+    unread: Vec<JobId>,
 }
 
 impl Scheduler {
@@ -114,17 +126,17 @@ impl Scheduler {
             reports_rx,
             notices,
             stopping: false,
+            index: None,
+            unread: Vec::new(),
         };
-        let jobs = jobs::state::list_jobs(&scheduler.layout.jobs)
-            .context("cannot read the jobs directory")?;
+        let backlog = backlog::load(&scheduler.config.state_dir, &scheduler.layout.jobs)?;
+        scheduler.index = backlog.index;
+        scheduler.unread = backlog.unread;
         let mut resumed = 0;
-        for state in jobs {
-            if state.phase.is_terminal() {
-                continue;
-            }
-            if state.phase == Phase::Running {
+        for entry in backlog.unfinished {
+            if entry.phase == Phase::Running {
                 resumed += 1;
-                let dir = scheduler.job_dir(&state.id);
+                let dir = scheduler.job_dir(&entry.id);
                 let _ = dir.append_event(&event(
                     "requeued",
                     [(
@@ -133,11 +145,15 @@ impl Scheduler {
                     )],
                 ));
             }
-            match state.retry_at_ms {
-                Some(at) if at > now_ms() => {
-                    scheduler.backing_off.insert(state.id, at);
+            match (entry.retry_at_ms, &entry.plan, entry.phase) {
+                // Still waiting out the backoff after a stalled attempt.
+                (Some(at), _, _) if at > now_ms() => {
+                    scheduler.backing_off.insert(entry.id, at);
                 }
-                _ => scheduler.enqueue(state.id),
+                (_, Some(plan), Phase::Queued) => {
+                    scheduler.placement.enqueue(&entry.id, entry.priority, plan)
+                }
+                _ => scheduler.enqueue(entry.id),
             }
         }
         if resumed > 0 {
@@ -147,6 +163,11 @@ impl Scheduler {
             );
         }
         Ok(scheduler)
+    }
+
+    /// Job folders to read and queue after start-up, oldest first (see `backlog`).
+    pub fn take_unread(&mut self) -> Vec<JobId> {
+        std::mem::take(&mut self.unread)
     }
 
     /// The intake-side check that a job can run on this pool at all.
@@ -177,19 +198,53 @@ impl Scheduler {
                 return;
             }
         };
+        if state.phase.is_terminal() {
+            // The queue index was behind (a crash right after the job finished): fix it.
+            self.index_record(&state);
+            return;
+        }
+        if let Some(at) = state.retry_at_ms.filter(|at| *at > now_ms()) {
+            // Still in its backoff after a stalled attempt (a job read after start-up).
+            self.backing_off.insert(id, at);
+            return;
+        }
+        let plan = match self.index.as_ref().and_then(|index| index.plan(&id)) {
+            Some(plan) => plan.clone(),
+            None => Placement::plan_of(&spec),
+        };
+        if let Some(index) = &mut self.index {
+            index.set_plan(&id, plan.clone());
+        }
         let mut state = state;
         if state.phase != Phase::Queued {
             state.phase = Phase::Queued;
             state.gpu = None;
             state.eta_secs = None;
             self.save(&dir, &state);
+        } else {
+            // A job from intake: its state.json is already durable.
+            self.index_record(&state);
         }
-        self.placement.enqueue(&id, &state, &spec);
+        self.placement.enqueue(&id, state.priority, &plan);
     }
 
-    fn save(&self, dir: &JobDir, state: &JobState) {
+    fn save(&mut self, dir: &JobDir, state: &JobState) {
         if let Err(err) = dir.save_state(state) {
             warn!(job = %state.id, error = %err, "cannot write state.json");
+            return;
+        }
+        self.index_record(state);
+    }
+
+    /// Tells the queue index about a state that is on disk.
+    fn index_record(&mut self, state: &JobState) {
+        if let Some(index) = &mut self.index {
+            if let Err(err) = index.record(state) {
+                warn!(job = %state.id, error = %err, "cannot update the queue index; the next start rebuilds it");
+                if let Some(index) = self.index.take() {
+                    index.discard();
+                }
+            }
         }
     }
 
@@ -214,6 +269,24 @@ impl Scheduler {
                 return;
             }
         };
+        // Queued jobs come from the queue index, which a crash can leave one change behind;
+        // the job's own files have the last word.
+        if state.phase.is_terminal() {
+            self.placement.release(&id, RunEnd::NotTheCard);
+            self.index_record(&state);
+            return;
+        }
+        if dir.cancel_request().exists() {
+            self.placement.release(&id, RunEnd::NotTheCard);
+            self.finish(
+                &id,
+                Phase::Cancelled,
+                Some("cancelled by request".into()),
+                None,
+            );
+            cancels::clear(&self.config.state_dir, &id);
+            return;
+        }
         state.phase = Phase::Running;
         state.attempts += 1;
         state.gpu = Some(decision.card_label.clone());
@@ -399,6 +472,9 @@ impl Scheduler {
 
     fn handle_end(&mut self, id: &JobId, dir: &JobDir, end: WorkerEnd, stderr_tail: Vec<String>) {
         let cancel_requested = dir.cancel_request().exists();
+        if cancel_requested {
+            cancels::clear(&self.config.state_dir, id);
+        }
         let running = self.running.remove(id);
         let card = running
             .as_ref()
@@ -703,7 +779,7 @@ impl Scheduler {
 
     /// Records what happened to a notice in its job's events (the scheduler is the only writer
     /// of job files, so the dispatcher's reports come through here).
-    fn handle_delivery(&self, report: DeliveryReport) {
+    fn handle_delivery(&mut self, report: DeliveryReport) {
         let Ok(id) = report.job_id.parse::<JobId>() else {
             return;
         };
@@ -755,7 +831,7 @@ impl Scheduler {
         let gpus: std::collections::BTreeSet<&str> =
             self.running.values().map(|job| job.card.as_str()).collect();
         SchedulerVitals {
-            queued: self.placement.queued_ids().len()
+            queued: self.placement.queued_count()
                 + self.backing_off.len()
                 + self.waiting_for_space.len(),
             running: self.running.len(),
@@ -775,35 +851,56 @@ impl Scheduler {
         self.config = update.config;
     }
 
-    /// Acts on `cancel.request` files of queued and running jobs.
+    /// Acts on cancel requests (see `cancels`): queued jobs are cancelled here, running ones
+    /// are asked to stop. Only the marker folder and the running jobs are looked at, never
+    /// every queued job.
     fn check_cancel_requests(&mut self) {
-        let waiting: Vec<JobId> = self
-            .backing_off
-            .keys()
-            .chain(self.waiting_for_space.keys())
-            .cloned()
-            .collect();
-        for id in waiting {
-            if self.job_dir(&id).cancel_request().exists() {
-                self.backing_off.remove(&id);
-                self.waiting_for_space.remove(&id);
-                self.finish(
-                    &id,
-                    Phase::Cancelled,
-                    Some("cancelled by request".into()),
-                    None,
-                );
+        let state_dir = self.config.state_dir.clone();
+        let requested = match cancels::pending(&state_dir) {
+            Ok(requested) => requested,
+            Err(err) => {
+                warn!(error = %err, "cannot list cancel requests");
+                Vec::new()
             }
-        }
-        for id in self.placement.queued_ids() {
-            if self.job_dir(&id).cancel_request().exists() {
-                self.placement.remove_queued(&id);
-                self.finish(
-                    &id,
-                    Phase::Cancelled,
-                    Some("cancelled by request".into()),
-                    None,
-                );
+        };
+        for id in requested {
+            if self.running.contains_key(&id) {
+                // The loop below asks the worker to stop; `handle_end` clears the marker.
+                continue;
+            }
+            if self.backing_off.contains_key(&id) || self.waiting_for_space.contains_key(&id) {
+                // Waiting out a backoff or for disk space: not in the placement queue.
+                if self.job_dir(&id).cancel_request().exists() {
+                    self.backing_off.remove(&id);
+                    self.waiting_for_space.remove(&id);
+                    self.finish(
+                        &id,
+                        Phase::Cancelled,
+                        Some("cancelled by request".into()),
+                        None,
+                    );
+                }
+                cancels::clear(&state_dir, &id);
+                continue;
+            }
+            if self.placement.is_queued(&id) {
+                if self.job_dir(&id).cancel_request().exists() {
+                    self.placement.remove_queued(&id);
+                    self.finish(
+                        &id,
+                        Phase::Cancelled,
+                        Some("cancelled by request".into()),
+                        None,
+                    );
+                }
+                cancels::clear(&state_dir, &id);
+                continue;
+            }
+            match self.job_dir(&id).load_state() {
+                // Filed but not in the queue yet (its id is still on its way from intake):
+                // look again on the next tick.
+                Ok(state) if !state.phase.is_terminal() => {}
+                _ => cancels::clear(&state_dir, &id),
             }
         }
         for (id, running) in &self.running {
@@ -849,7 +946,8 @@ pub async fn run(
             id = accepted.recv() => match id {
                 Some(id) => blocking(|| {
                     scheduler.enqueue(id);
-                    while let Ok(id) = accepted.try_recv() {
+                    for _ in 1..ENQUEUE_BATCH {
+                        let Ok(id) = accepted.try_recv() else { break };
                         scheduler.enqueue(id);
                     }
                     scheduler.place();
@@ -896,7 +994,15 @@ pub async fn run(
         }
     }
     while scheduler.supervisors.join_next().await.is_some() {}
-    blocking(|| scheduler.placement.persist());
+    // Jobs still waiting in `accepted` are on disk; the next start finds them.
+    blocking(|| {
+        scheduler.placement.persist();
+        if let Some(index) = &scheduler.index {
+            if let Err(err) = index.sync() {
+                warn!(error = %err, "cannot sync the queue index");
+            }
+        }
+    });
     Ok(())
 }
 

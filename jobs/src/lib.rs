@@ -38,6 +38,7 @@ pub mod access;
 pub mod diag;
 mod error;
 mod file;
+pub mod index;
 mod locate;
 mod parse;
 mod paths;

@@ -24,7 +24,7 @@ pub fn profile_name(spec: &JobSpec) -> String {
     }
 }
 
-fn offload_choice(offload: Offload) -> OffloadChoice {
+pub(super) fn offload_choice(offload: Offload) -> OffloadChoice {
     match offload {
         Offload::Auto => OffloadChoice::Auto,
         Offload::On => OffloadChoice::On,

@@ -169,7 +169,8 @@ fn files_that_are_not_yaml_are_ignored() {
 fn unknown_profile_lists_the_known_ones() {
     let err = shipped().get("wan-5b").expect_err("not shipped");
     assert!(
-        err.to_string().contains("builtin-tiny, example-engine, liveavatar-14b"),
+        err.to_string()
+            .contains("builtin-tiny, example-engine, liveavatar-14b"),
         "{err}"
     );
 }
