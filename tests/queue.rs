@@ -136,9 +136,11 @@ fn a_crash_during_a_burst_leaves_the_index_consistent_with_the_job_folders() {
     let mut daemon = farm.start_daemon();
     let tmp = farm.spool.join("tmp");
     std::fs::create_dir_all(&tmp).expect("spool tmp");
-    let text = farm.job_yaml("burst", "");
     for n in 0..BURST {
-        std::fs::write(tmp.join(format!("burst-{n:03}.yaml")), &text).expect("write job");
+        // Each its own output path: intake refuses a second unfinished job for one.
+        let name = format!("burst-{n:03}");
+        std::fs::write(tmp.join(format!("{name}.yaml")), farm.job_yaml(&name, ""))
+            .expect("write job");
     }
     for n in 0..BURST {
         let file = format!("burst-{n:03}.yaml");

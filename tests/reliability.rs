@@ -24,6 +24,15 @@ fn tiny_job(farm: &Farm, name: &str, render: &str, retry: Option<u32>) -> String
     text
 }
 
+/// A storm job: larger frames than [`tiny_job`], so that an uninterrupted attempt lasts
+/// longer than the storm's one second between kills even on an idle machine (at 64*64 a
+/// whole job took 0.3 s here and most jobs finished before any kill reached them).
+fn storm_job(farm: &Farm, name: &str, render: &str, retry: Option<u32>) -> String {
+    tiny_job(farm, name, render, retry)
+        .replace("size: 64*64", "size: 128*128")
+        .replace("infer_frames: 4", "infer_frames: 8")
+}
+
 fn worker_exits(evs: &[serde_json::Value]) -> Vec<&serde_json::Value> {
     evs.iter().filter(|e| e["event"] == "worker_exit").collect()
 }
@@ -187,8 +196,8 @@ fn entries(dir: &Path) -> BTreeSet<String> {
 fn kill_storm_loses_nothing_and_changes_no_frame() {
     const JOBS: usize = 30;
     const STORM_POOL: &str = "gpu_pool: { kind: cpu, slots: 2, failure_drain_threshold: 100000 }\n";
-    let render = "  num_clip: 16\n";
-    let reference = reference_digests(|farm| tiny_job(farm, "ref", render, None));
+    let render = "  num_clip: 32\n";
+    let reference = reference_digests(|farm| storm_job(farm, "ref", render, None));
     let farm = Farm::new(STORM_POOL);
     let mut daemon = farm.start_daemon();
     let names: Vec<String> = (0..JOBS).map(|n| format!("storm-{n:02}")).collect();
@@ -200,7 +209,7 @@ fn kill_storm_loses_nothing_and_changes_no_frame() {
     for name in &names {
         farm.drop_job(
             &format!("{name}.yaml"),
-            &tiny_job(&farm, name, render, Some(10)),
+            &storm_job(&farm, name, render, Some(10)),
         );
     }
     let finished = |farm: &Farm| {

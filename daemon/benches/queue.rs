@@ -285,8 +285,13 @@ fn run_size(size: usize, rebuild: bool) {
     let mut latencies = Vec::with_capacity(DROPS);
     let watch = FolderWatch::new(&jobs_dir);
     for n in 0..DROPS {
+        // Every drop its own output path: intake refuses a second unfinished job for one.
         let file = format!("single-{n:05}.yaml");
-        std::fs::write(tmp.join(&file), &text).expect("write job");
+        std::fs::write(
+            tmp.join(&file),
+            farm.job_yaml(&format!("single-{n:05}"), ""),
+        )
+        .expect("write job");
         let start = Instant::now();
         std::fs::rename(tmp.join(&file), farm.incoming().join(&file)).expect("rename");
         watch.wait_filed(Duration::from_secs(30));
@@ -302,7 +307,9 @@ fn run_size(size: usize, rebuild: bool) {
         ms(latencies[latencies.len() - 1]),
     );
     for n in 0..BURST {
-        std::fs::write(tmp.join(format!("burst-{n:05}.yaml")), &text).expect("write burst");
+        let name = format!("burst-{n:05}");
+        std::fs::write(tmp.join(format!("{name}.yaml")), farm.job_yaml(&name, ""))
+            .expect("write burst");
     }
     let start = Instant::now();
     for n in 0..BURST {

@@ -7,12 +7,13 @@ CHAOS (from the engine's `env:` in the test daemon's config) lists faults, comma
   kill@frames:K    SIGKILL itself after writing clip K's frames, before replying
   crash@K          exit with status 3 at the start of clip K
   hang@K           stop answering at the start of clip K
+  hang-once@K      like hang@K, but only in the first attempt that reaches clip K
   garbage@K        print a line that is not a message at the start of clip K
   short@K          return one frame too few for clip K
   badsize@K        write clip K's frames file one byte too long (and claim the full count)
   oom              report `oom` from load unless the lease asked for offload
   slow             sleep 0.15 s before each clip (frames unchanged)
-Kills fire once per job (a marker file in CHAOS_MARKS, by default the working directory, which
+Kills and hang-once fire once per job (a marker file in CHAOS_MARKS, by default the working directory, which
 is the job's engine scratch directory, remembers), so the retried attempt runs past them; the
 other faults fire every time.
 """
@@ -32,13 +33,18 @@ FAULTS = [f for f in os.environ.get("CHAOS", "").split(",") if f]
 MARKS = os.environ.get("CHAOS_MARKS") or os.getcwd()
 
 
-def kill_once(point):
-    if point not in FAULTS:
-        return
+def first_time(point):
+    """True the first time a job reaches `point` (remembered by a marker file)."""
     marker = os.path.join(MARKS, point.replace(":", "-").replace("@", "-"))
     if os.path.exists(marker):
-        return
+        return False
     open(marker, "w").close()
+    return True
+
+
+def kill_once(point):
+    if point not in FAULTS or not first_time(point):
+        return
     print("chaos: SIGKILL at %s" % point, file=sys.stderr, flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
 
@@ -58,6 +64,8 @@ def render_clip(loaded, job, clip):
         print("chaos: crashing at clip %d" % k, file=sys.stderr, flush=True)
         os._exit(3)
     if "hang@%d" % k in FAULTS:
+        time.sleep(3600)
+    if "hang-once@%d" % k in FAULTS and first_time("hang-once@%d" % k):
         time.sleep(3600)
     if "garbage@%d" % k in FAULTS:
         reelspool_engine._active_channel.write_raw("100%|##########| 4/4 [00:01<00:00]\n")
