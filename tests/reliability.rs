@@ -153,6 +153,44 @@ fn attempts_in_a_row_without_progress_fail_the_job_after_a_backoff() {
     );
 }
 
+/// A job waiting out its backoff is still waiting after a daemon SIGKILL and restart (the
+/// wait is kept with the job and in the queue index), and a cancel reaches it there.
+#[test]
+fn a_backoff_outlives_a_daemon_restart_and_can_be_cancelled() {
+    let farm = Farm::new(POOL);
+    // Three attempts in a row die in clip 0 before its checkpoint: backoffs of 2 s, 4 s, 8 s.
+    let mut daemon = farm.start_daemon_with_env(&[(
+        "REELSPOOL_TEST_CRASH_AT",
+        "after_denoise@0,mid_encode@0,after_segment@0",
+    )]);
+    farm.drop_job(
+        "waits.yaml",
+        &tiny_job(&farm, "waits", "  num_clip: 4\n", Some(5)),
+    );
+    let long_wait = |farm: &Farm| {
+        let state = farm.job_by_source("waits.yaml")?;
+        let evs = events(farm, &state);
+        evs.iter()
+            .any(|e| e["event"] == "retry" && e["backoff_secs"] == 8.0)
+            .then_some(state)
+    };
+    let state = common::wait_for("the 8 s backoff", Duration::from_secs(60), || {
+        long_wait(&farm)
+    });
+    daemon.kill9();
+    let _daemon = farm.start_daemon();
+    let id = state["id"].as_str().expect("id").to_string();
+    let cancel = farm.cli(&["cancel", &id, "--wait-secs", "30"]);
+    assert!(cancel.status.success(), "{cancel:?}");
+    let state = wait_finished(&farm, "waits.yaml");
+    assert_eq!(state["phase"], "cancelled", "{state}");
+    let attempts = events(&farm, &state)
+        .iter()
+        .filter(|e| e["event"] == "running")
+        .count();
+    assert_eq!(attempts, 3, "no attempt may start during the backoff");
+}
+
 /// Live `reelspool worker` processes of any job under `jobs_dir`.
 fn storm_workers(jobs_dir: &Path) -> Vec<i32> {
     let prefix = jobs_dir.as_os_str().as_encoded_bytes();

@@ -868,24 +868,17 @@ impl Scheduler {
                 // The loop below asks the worker to stop; `handle_end` clears the marker.
                 continue;
             }
-            if self.backing_off.contains_key(&id) || self.waiting_for_space.contains_key(&id) {
-                // Waiting out a backoff or for disk space: not in the placement queue.
+            // Waiting in line, out a backoff, or for disk space: cancel it here.
+            let waiting = self.placement.is_queued(&id)
+                || self.backing_off.contains_key(&id)
+                || self.waiting_for_space.contains_key(&id);
+            if waiting {
                 if self.job_dir(&id).cancel_request().exists() {
+                    if self.placement.is_queued(&id) {
+                        self.placement.remove_queued(&id);
+                    }
                     self.backing_off.remove(&id);
                     self.waiting_for_space.remove(&id);
-                    self.finish(
-                        &id,
-                        Phase::Cancelled,
-                        Some("cancelled by request".into()),
-                        None,
-                    );
-                }
-                cancels::clear(&state_dir, &id);
-                continue;
-            }
-            if self.placement.is_queued(&id) {
-                if self.job_dir(&id).cancel_request().exists() {
-                    self.placement.remove_queued(&id);
                     self.finish(
                         &id,
                         Phase::Cancelled,
