@@ -3,9 +3,9 @@
 //! restart, exactly once; a permanent refusal is recorded and shown by `reelspool status`.
 
 mod common;
+mod loopback;
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -14,125 +14,11 @@ use std::time::Duration;
 
 use common::{wait_for, Farm};
 use hmac::{Hmac, Mac};
+use loopback::start_smtp;
 use sha2::Sha256;
 
 const WAIT: Duration = Duration::from_secs(60);
 const SECRET: &str = "s3cret-for-tests";
-
-/// One request as the receiver saw it.
-#[derive(Debug, Clone)]
-struct Received {
-    path: String,
-    headers: HashMap<String, String>,
-    body: Vec<u8>,
-}
-
-/// A tiny HTTP/1.1 receiver: answers every request with `status`, reports each one.
-struct Receiver {
-    port: u16,
-    requests: mpsc::Receiver<Received>,
-}
-
-fn read_request(stream: &mut TcpStream) -> Option<Received> {
-    let mut reader = BufReader::new(stream.try_clone().ok()?);
-    let mut request_line = String::new();
-    reader.read_line(&mut request_line).ok()?;
-    let path = request_line.split_whitespace().nth(1)?.to_string();
-    let mut headers = HashMap::new();
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).ok()?;
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        let (name, value) = line.split_once(':')?;
-        headers.insert(name.trim().to_lowercase(), value.trim().to_string());
-    }
-    let length: usize = headers.get("content-length")?.parse().ok()?;
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).ok()?;
-    Some(Received {
-        path,
-        headers,
-        body,
-    })
-}
-
-fn start_receiver(listener: TcpListener, status: u16) -> Receiver {
-    let port = listener.local_addr().expect("local addr").port();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-            if let Some(request) = read_request(&mut stream) {
-                let reason = if status == 200 { "OK" } else { "Gone" };
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 {status} {reason}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                );
-                if tx.send(request).is_err() {
-                    return;
-                }
-            }
-        }
-    });
-    Receiver { port, requests: rx }
-}
-
-/// A real SMTP server (aiosmtpd) that prints one JSON line per message.
-struct SmtpServer {
-    child: Child,
-    port: u16,
-    messages: mpsc::Receiver<serde_json::Value>,
-}
-
-impl Drop for SmtpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_smtp() -> SmtpServer {
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../notices/src/testkit/smtp_capture.py");
-    let mut child = Command::new("python3")
-        .arg(&script)
-        .args(["--mode", "plain"])
-        // The server lives as long as its stdin stays open.
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("python3 with aiosmtpd is needed: run scripts/install-deps.sh");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let first = lines
-        .next()
-        .and_then(Result::ok)
-        .expect("smtp_capture.py prints its port (is aiosmtpd installed? pip install aiosmtpd)");
-    let port: u16 = first
-        .strip_prefix("PORT ")
-        .and_then(|p| p.trim().parse().ok())
-        .expect("PORT line");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            if let Ok(value) = serde_json::from_str(&line) {
-                if tx.send(value).is_err() {
-                    return;
-                }
-            }
-        }
-    });
-    SmtpServer {
-        child,
-        port,
-        messages: rx,
-    }
-}
 
 fn notices_config(smtp_port: Option<u16>) -> String {
     let smtp = match smtp_port {
@@ -166,7 +52,7 @@ fn expected_signature(timestamp: &str, body: &[u8]) -> String {
 #[test]
 fn finished_job_sends_email_and_a_signed_webhook() {
     let smtp = start_smtp();
-    let receiver = start_receiver(TcpListener::bind("127.0.0.1:0").expect("bind"), 200);
+    let receiver = loopback::start_http_on(TcpListener::bind("127.0.0.1:0").expect("bind"), 200);
     let farm = Farm::new(&notices_config(Some(smtp.port)));
     let _daemon = farm.start_daemon_with_env(&[("HOOK_SECRET", SECRET)]);
     let notify = format!(
@@ -258,7 +144,7 @@ fn notice_pending_at_sigkill_is_delivered_once_after_restart() {
     });
     daemon.kill9();
 
-    let receiver = start_receiver(
+    let receiver = loopback::start_http_on(
         TcpListener::bind(("127.0.0.1", port)).expect("rebind port"),
         200,
     );
@@ -283,7 +169,7 @@ fn notice_pending_at_sigkill_is_delivered_once_after_restart() {
 
 #[test]
 fn permanent_refusal_is_recorded_and_shown_by_status() {
-    let receiver = start_receiver(TcpListener::bind("127.0.0.1:0").expect("bind"), 410);
+    let receiver = loopback::start_http_on(TcpListener::bind("127.0.0.1:0").expect("bind"), 410);
     let farm = Farm::new(&notices_config(None));
     let _daemon = farm.start_daemon();
     let notify = format!(

@@ -19,7 +19,7 @@ pub struct Received {
     pub body: Vec<u8>,
 }
 
-/// An HTTP/1.1 receiver on 127.0.0.1 that answers 200 to everything.
+/// An HTTP/1.1 receiver on 127.0.0.1 (see [`start_http`] and [`start_http_on`]).
 pub struct HttpReceiver {
     pub port: u16,
     pub requests: mpsc::Receiver<Received>,
@@ -51,8 +51,17 @@ fn read_request(stream: &mut TcpStream) -> Option<Received> {
     })
 }
 
+/// An HTTP/1.1 receiver on a fresh loopback port that answers 200 to everything.
 pub fn start_http() -> HttpReceiver {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    start_http_on(
+        TcpListener::bind("127.0.0.1:0").expect("bind loopback"),
+        200,
+    )
+}
+
+/// An HTTP/1.1 receiver on `listener` that answers every request with `status` and reports
+/// each one.
+pub fn start_http_on(listener: TcpListener, status: u16) -> HttpReceiver {
     let port = listener.local_addr().expect("local addr").port();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -60,9 +69,10 @@ pub fn start_http() -> HttpReceiver {
             let Ok(mut stream) = stream else { continue };
             let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
             if let Some(request) = read_request(&mut stream) {
+                let reason = if status == 200 { "OK" } else { "Gone" };
                 let _ = write!(
                     stream,
-                    "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    "HTTP/1.1 {status} {reason}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
                 );
                 if tx.send(request).is_err() {
                     return;
