@@ -18,7 +18,7 @@ use notices::{DeliveryOutcome, DeliveryReport, NoticeKind};
 use render::protocol::{FailureKind, WorkerMessage};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::backlog;
 use crate::cancels;
@@ -210,7 +210,13 @@ impl Scheduler {
         }
         let plan = match self.index.as_ref().and_then(|index| index.plan(&id)) {
             Some(plan) => plan.clone(),
-            None => Placement::plan_of(&spec),
+            None => jobs::index::read_plan(&dir).unwrap_or_else(|| {
+                let plan = Placement::plan_of(&spec);
+                if let Err(err) = jobs::index::write_plan(&dir, &plan) {
+                    debug!(job = %id, error = %err, "cannot keep the job's plan in its folder");
+                }
+                plan
+            }),
         };
         if let Some(index) = &mut self.index {
             index.set_plan(&id, plan.clone());

@@ -47,6 +47,27 @@ pub struct QueuePlan {
     pub clips: u32,
 }
 
+/// A job's own copy of its [`QueuePlan`], beside its `state.json`, so that rebuilding the queue
+/// without an index does not probe every job's audio again (the clip count of a
+/// `num_clip: auto` job takes an FFmpeg probe, about 10 ms). A cache only: written without
+/// fsync, and a missing or unreadable file just means the plan is worked out again.
+pub const PLAN_FILE: &str = "plan.json";
+
+/// The plan kept in a job's folder, if there is a readable one.
+pub fn read_plan(dir: &JobDir) -> Option<QueuePlan> {
+    let bytes = fs::read(dir.root().join(PLAN_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Keeps `plan` in the job's folder (temp file and rename, so a reader never sees half).
+pub fn write_plan(dir: &JobDir, plan: &QueuePlan) -> io::Result<()> {
+    let path = dir.root().join(PLAN_FILE);
+    let partial = dir.root().join(".plan.json.partial");
+    let bytes = serde_json::to_vec(plan).map_err(io::Error::other)?;
+    fs::write(&partial, bytes)?;
+    fs::rename(&partial, &path)
+}
+
 /// One job, as the index holds it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct IndexEntry {

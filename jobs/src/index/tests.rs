@@ -248,3 +248,15 @@ fn names_only_reconciling_lists_unknown_folders_without_reading_them() {
     IndexWriter::open(&index, &reconciled).expect("write an empty index");
     assert_eq!(read_index(&index).expect("valid index").entries.len(), 0);
 }
+
+#[test]
+fn a_jobs_own_plan_is_read_back_and_a_torn_one_is_ignored() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let dir = JobDir::new(root.path().to_path_buf());
+    assert_eq!(read_plan(&dir), None, "no plan kept yet");
+    write_plan(&dir, &plan(7)).expect("write plan");
+    assert_eq!(read_plan(&dir), Some(plan(7)));
+    let text = fs::read_to_string(root.path().join(PLAN_FILE)).expect("plan file");
+    fs::write(root.path().join(PLAN_FILE), &text[..text.len() / 2]).expect("tear it");
+    assert_eq!(read_plan(&dir), None, "a torn plan is worked out again");
+}
