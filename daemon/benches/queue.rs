@@ -38,7 +38,7 @@ use jobs::index::{job_folder_ids, read_index, IndexWriter, Reconciled, INDEX_FIL
 const DROPS: usize = 200;
 const BURST: usize = 2_000;
 /// Queue sizes up to this also time a start without an index (every job folder read again).
-const REBUILD_UP_TO: usize = 10_000;
+const REBUILD_UP_TO: usize = 100_000;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -83,6 +83,8 @@ fn clone_jobs(jobs_dir: &Path, count: usize) {
         .expect("one job folder to copy");
     let job_yaml = std::fs::read(template.join("job.yaml")).expect("job.yaml");
     let events = std::fs::read(template.join("events.jsonl")).unwrap_or_default();
+    // The plan the scheduler keeps in a job's folder once it has queued the job.
+    let plan = std::fs::read(template.join(jobs::index::PLAN_FILE)).ok();
     let mut state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(template.join("state.json")).expect("state.json"))
             .expect("state.json parses");
@@ -96,6 +98,9 @@ fn clone_jobs(jobs_dir: &Path, count: usize) {
         std::fs::write(dir.join("state.json"), bytes).expect("write state.json");
         std::fs::write(dir.join("job.yaml"), &job_yaml).expect("write job.yaml");
         std::fs::write(dir.join("events.jsonl"), &events).expect("write events.jsonl");
+        if let Some(plan) = &plan {
+            std::fs::write(dir.join(jobs::index::PLAN_FILE), plan).expect("write plan.json");
+        }
     }
     // SAFETY: sync(2) takes no arguments and cannot fail.
     unsafe { libc::sync() };
