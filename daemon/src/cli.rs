@@ -138,7 +138,7 @@ pub fn deliver_to_spool(spool_dir: &Path, file: &Path, bytes: &[u8]) -> Result<P
             format!("{stem}-{attempt}.yaml")
         };
         let target = incoming.join(&name);
-        match rename_no_replace(&tmp_path, &target) {
+        match state::rename_no_replace(&tmp_path, &target) {
             Ok(()) => {
                 state::fsync_dir(&incoming)?;
                 return Ok(target);
@@ -156,28 +156,6 @@ pub fn deliver_to_spool(spool_dir: &Path, file: &Path, bytes: &[u8]) -> Result<P
         "too many files named {stem}*.yaml waiting in {}",
         incoming.display()
     )
-}
-
-fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let from_c = CString::new(from.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-    let to_c = CString::new(to.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-    // SAFETY: both pointers are valid NUL-terminated strings that outlive the call.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            from_c.as_ptr(),
-            libc::AT_FDCWD,
-            to_c.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }
 
 pub fn check_config(config_flag: Option<&Path>) -> Result<ExitCode> {

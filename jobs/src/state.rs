@@ -17,7 +17,9 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub use dir::{fsync_dir, list_jobs, scan_jobs, write_atomic, JobDir, JobListing};
+pub use dir::{
+    fsync_dir, list_jobs, rename_no_replace, scan_jobs, write_atomic, JobDir, JobListing,
+};
 pub use id::JobId;
 
 /// Milliseconds since the Unix epoch, the unit of every timestamp in job state (0 if the

@@ -47,34 +47,6 @@ fn read_identities(record: &Path) -> Vec<Identity> {
         .collect()
 }
 
-/// Renames `from` to `to` unless `to` exists (`EEXIST` then), atomically: `renameat2` with
-/// `RENAME_NOREPLACE`, or a hard link and an unlink on file systems without it.
-fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let from_c = CString::new(from.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-    let to_c = CString::new(to.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-    // SAFETY: both pointers are valid NUL-terminated strings that outlive the call.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            from_c.as_ptr(),
-            libc::AT_FDCWD,
-            to_c.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
-    if rc == 0 {
-        return Ok(());
-    }
-    let err = std::io::Error::last_os_error();
-    if matches!(err.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) {
-        std::fs::hard_link(from, to)?;
-        return std::fs::remove_file(from);
-    }
-    Err(err)
-}
-
 /// A file being written under its temporary name; removed again unless committed.
 pub(crate) struct PartialFile {
     partial: PathBuf,
@@ -167,7 +139,7 @@ impl PartialFile {
         ours.retain(|known| *known != identity(&meta));
         let mut placed = None;
         for candidate in [&self.target, &keep.fallback] {
-            match rename_no_replace(&self.partial, candidate) {
+            match jobs::state::rename_no_replace(&self.partial, candidate) {
                 Ok(()) => {
                     placed = Some(candidate.clone());
                     break;

@@ -209,3 +209,22 @@ fn missing_jobs_dir_lists_nothing() {
         .expect("missing is empty")
         .is_empty());
 }
+
+#[test]
+fn rename_no_replace_moves_to_a_free_name_and_never_replaces_a_file() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let (a, b, c) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("c"),
+    );
+    std::fs::write(&a, "first").expect("write a");
+    std::fs::write(&b, "someone else's").expect("write b");
+    let err = rename_no_replace(&a, &b).expect_err("b exists");
+    assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+    assert_eq!(std::fs::read_to_string(&b).expect("b"), "someone else's");
+    assert_eq!(std::fs::read_to_string(&a).expect("a"), "first");
+    rename_no_replace(&a, &c).expect("c is free");
+    assert!(!a.exists());
+    assert_eq!(std::fs::read_to_string(&c).expect("c"), "first");
+}
