@@ -194,25 +194,7 @@ fn a_backoff_outlives_a_daemon_restart_and_can_be_cancelled() {
 /// Live `reelspool worker` processes of any job under `jobs_dir`.
 fn storm_workers(jobs_dir: &Path) -> Vec<i32> {
     let prefix = jobs_dir.as_os_str().as_encoded_bytes();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| {
-            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
-            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            let is_worker = args
-                .windows(2)
-                .any(|w| w[0] == b"worker" && w[1].starts_with(prefix));
-            let status = std::fs::read_to_string(entry.path().join("status")).ok()?;
-            let zombie = status
-                .lines()
-                .any(|l| l.starts_with("State:") && l.contains('Z'));
-            (is_worker && !zombie).then_some(pid)
-        })
-        .collect()
+    live_workers(|dir| dir.starts_with(prefix))
 }
 
 /// The names of the plain entries of a folder (dot files included).

@@ -239,6 +239,11 @@ pub fn audio_peak(path: &Path, from: f64, to: f64) -> f64 {
 /// Pids of live `reelspool worker <job_dir>` processes.
 pub fn worker_pids(job_dir: &Path) -> Vec<i32> {
     let target = job_dir.as_os_str().as_encoded_bytes();
+    live_workers(|dir| dir == target)
+}
+
+/// Pids of live `reelspool worker DIR` processes whose DIR (as bytes) `wanted` accepts.
+pub fn live_workers(wanted: impl Fn(&[u8]) -> bool) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -248,7 +253,7 @@ pub fn worker_pids(job_dir: &Path) -> Vec<i32> {
             let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
             let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
             let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            let is_worker = args.windows(2).any(|w| w[0] == b"worker" && w[1] == target);
+            let is_worker = args.windows(2).any(|w| w[0] == b"worker" && wanted(w[1]));
             // A killed worker stays a zombie until the daemon reaps it; it is not live.
             let status = std::fs::read_to_string(entry.path().join("status")).ok()?;
             let zombie = status
