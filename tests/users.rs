@@ -370,6 +370,20 @@ fn jobs_act_with_their_owners_rights() {
         .find(|job| job["id"] == alice_job["id"])
         .expect("alice's job is listed");
     assert!(alices["output"].is_string(), "{alices}");
+    // Her filters work through the daemon as they do for root.
+    let listed_as = |args: &[&str]| -> Vec<serde_json::Value> {
+        let out = cli_as(&farm, &people.alice, args);
+        assert!(out.status.success(), "{}", text(&out));
+        serde_json::from_slice(&out.stdout).expect("status --json is JSON")
+    };
+    assert!(listed.len() >= 2, "{listed:?}");
+    let queued = listed_as(&["status", "--json", "--state", "queued"]);
+    assert!(
+        queued.iter().all(|job| job["phase"] == "queued"),
+        "{queued:?}"
+    );
+    assert!(queued.iter().any(|job| job["id"] == bob_id.as_str()));
+    assert_eq!(listed_as(&["status", "--json", "--limit", "1"]).len(), 1);
     let out = cli_as(&farm, &people.alice, &["status", &bob_id]);
     assert!(!out.status.success(), "{}", text(&out));
     let out = cli_as(

@@ -211,7 +211,7 @@ pub(crate) fn find_job(jobs_dir: &Path, wanted: &str) -> Result<JobState> {
 
 /// Every job as the queue index has it, checked against the job folders (read-only: the
 /// daemon keeps the index; without one this reads every job's state).
-fn index_entries(jobs_dir: &Path) -> Result<Vec<IndexEntry>> {
+pub(crate) fn index_entries(jobs_dir: &Path) -> Result<Vec<IndexEntry>> {
     let state_dir = jobs_dir.parent().unwrap_or(Path::new("."));
     let reconciled = jobs::index::reconcile(
         &state_dir.join(jobs::index::INDEX_FILE),
@@ -254,7 +254,7 @@ pub fn status(
 ) -> Result<ExitCode> {
     let config = required_config(config_flag)?;
     if crate::control::must_ask_daemon(&config.state_dir) {
-        crate::control::status(&config.spool_dir, id, json)?;
+        crate::control::status(&config.spool_dir, id, json, filter)?;
         return Ok(ExitCode::SUCCESS);
     }
     let jobs_dir = config.state_dir.join("jobs");

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use jobs::access::Person;
-use jobs::state::{self, JobDir, JobEvent, JobState};
+use jobs::state::{self, JobDir, JobEvent, JobState, Phase};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
@@ -43,10 +43,23 @@ pub fn socket_path(spool_dir: &Path) -> PathBuf {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum Request {
-    List,
-    Status { job: String },
-    Logs { job: String, offset: u64 },
-    Cancel { job: String },
+    /// Every job (or those in `phases`, at most `limit`, oldest first).
+    List {
+        #[serde(default)]
+        phases: Vec<Phase>,
+        #[serde(default)]
+        limit: Option<usize>,
+    },
+    Status {
+        job: String,
+    },
+    Logs {
+        job: String,
+        offset: u64,
+    },
+    Cancel {
+        job: String,
+    },
 }
 
 /// What the server needs.
@@ -167,19 +180,26 @@ pub fn answer(context: &ControlContext, uid: u32, line: &str) -> Value {
 fn respond(context: &ControlContext, person: &Person, request: Request) -> Result<Value> {
     let jobs_dir = &context.jobs_dir;
     match request {
-        Request::List => {
-            let all = if jobs_dir.is_dir() {
-                state::list_jobs(jobs_dir)?
+        Request::List { phases, limit } => {
+            // From the queue index, like a local `status`: a member's list costs the same
+            // with 100,000 jobs queued. Full details are read only for the asker's own jobs.
+            let entries = if jobs_dir.is_dir() {
+                crate::cli::index_entries(jobs_dir)?
             } else {
                 Vec::new()
             };
-            let shown = all
+            let shown = entries
                 .iter()
-                .map(|job| {
-                    if context.policy.may_act_on(person, job.owner.as_ref()) {
+                .filter(|entry| phases.is_empty() || phases.contains(&entry.phase))
+                .take(limit.unwrap_or(usize::MAX))
+                .map(|entry| {
+                    if context.policy.may_act_on(person, entry.owner.as_ref()) {
+                        let job = JobDir::new(jobs_dir.join(entry.id.as_str()))
+                            .load_state()
+                            .unwrap_or_else(|_| entry.to_state());
                         serde_json::to_value(job)
                     } else {
-                        Ok(name_and_state(job))
+                        Ok(name_and_state(&entry.to_state()))
                     }
                 })
                 .collect::<Result<Vec<Value>, _>>()?;
@@ -221,14 +241,13 @@ fn respond(context: &ControlContext, person: &Person, request: Request) -> Resul
                 state::write_atomic(&dir.cancel_request(), b"cancel\n")
                     .with_context(|| format!("cannot write {}", dir.cancel_request().display()))?;
                 // The marker is how the scheduler finds the request without reading every job.
-                if let Some(state_dir) = jobs_dir.parent() {
-                    crate::cancels::request(state_dir, &job.id).with_context(|| {
-                        format!(
-                            "cannot leave the cancel request in {}",
-                            crate::cancels::requests_dir(state_dir).display()
-                        )
-                    })?;
-                }
+                let state_dir = &context.state_dir;
+                crate::cancels::request(state_dir, &job.id).with_context(|| {
+                    format!(
+                        "cannot leave the cancel request in {}",
+                        crate::cancels::requests_dir(state_dir).display()
+                    )
+                })?;
                 info!(job = %job.id, by = %person, "cancel requested");
             }
             Ok(json!({ "id": job.id, "phase": job.phase }))
@@ -329,9 +348,20 @@ pub fn ask(spool_dir: &Path, request: &Request) -> Result<Value> {
 }
 
 /// `reelspool status [ID]` through the daemon.
-pub fn status(spool_dir: &Path, id: Option<&str>, json: bool) -> Result<()> {
+pub fn status(
+    spool_dir: &Path,
+    id: Option<&str>,
+    json: bool,
+    filter: &crate::cli::StatusFilter,
+) -> Result<()> {
     let Some(wanted) = id else {
-        let value = ask(spool_dir, &Request::List)?;
+        let value = ask(
+            spool_dir,
+            &Request::List {
+                phases: filter.phases.clone(),
+                limit: filter.limit,
+            },
+        )?;
         let all: Vec<JobState> = serde_json::from_value(value["jobs"].clone())?;
         if json {
             println!("{}", serde_json::to_string_pretty(&all)?);
