@@ -8,7 +8,7 @@ mod loopback;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -223,36 +223,14 @@ fn start_standard_receiver(secrets: &[(&str, &str)]) -> StandardReceiver {
     for (label, secret) in secrets {
         command.arg("--secret").arg(format!("{label}={secret}"));
     }
-    let mut child = command
-        // The receiver lives as long as its stdin stays open.
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("python3 is needed: run scripts/install-deps.sh");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let first = lines.next().and_then(Result::ok).expect(
+    let (child, port, requests) = loopback::start_port_and_json_lines(
+        command,
         "the receiver prints its port (is standardwebhooks installed? run scripts/install-deps.sh)",
     );
-    let port: u16 = first
-        .strip_prefix("PORT ")
-        .and_then(|p| p.trim().parse().ok())
-        .expect("PORT line");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            if let Ok(value) = serde_json::from_str(&line) {
-                if tx.send(value).is_err() {
-                    return;
-                }
-            }
-        }
-    });
     StandardReceiver {
         child,
         port,
-        requests: rx,
+        requests,
     }
 }
 

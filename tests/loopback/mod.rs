@@ -101,20 +101,35 @@ impl Drop for SmtpServer {
 pub fn start_smtp() -> SmtpServer {
     let script =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../notices/src/testkit/smtp_capture.py");
-    let mut child = Command::new("python3")
-        .arg(&script)
-        .args(["--mode", "plain"])
+    let mut command = Command::new("python3");
+    command.arg(&script).args(["--mode", "plain"]);
+    let (child, port, messages) = start_port_and_json_lines(
+        command,
+        "smtp_capture.py prints its port (pip install aiosmtpd)",
+    );
+    SmtpServer {
+        child,
+        port,
+        messages,
+    }
+}
+
+/// Starts a helper program that prints `PORT <n>` first and then one JSON value per line, and
+/// lives as long as its stdin stays open; returns it, the port and its values as they come.
+/// `hint` says what to install when it prints no port.
+pub fn start_port_and_json_lines(
+    mut command: Command,
+    hint: &str,
+) -> (Child, u16, mpsc::Receiver<serde_json::Value>) {
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("python3 with aiosmtpd is needed: run scripts/install-deps.sh");
+        .expect("python3 is needed: run scripts/install-deps.sh");
     let stdout = child.stdout.take().expect("piped stdout");
     let mut lines = BufReader::new(stdout).lines();
-    let first = lines
-        .next()
-        .and_then(Result::ok)
-        .expect("smtp_capture.py prints its port (pip install aiosmtpd)");
+    let first = lines.next().and_then(Result::ok).expect(hint);
     let port: u16 = first
         .strip_prefix("PORT ")
         .and_then(|p| p.trim().parse().ok())
@@ -129,11 +144,7 @@ pub fn start_smtp() -> SmtpServer {
             }
         }
     });
-    SmtpServer {
-        child,
-        port,
-        messages: rx,
-    }
+    (child, port, rx)
 }
 
 /// The `notices:` config section for an SMTP server on `port`, with short retry delays.
