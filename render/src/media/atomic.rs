@@ -80,29 +80,40 @@ impl PartialFile {
     ///
     /// The caller must have closed every handle FFmpeg held on the partial file.
     pub(crate) fn commit(mut self) -> Result<u64, MediaError> {
-        let io = |action: &'static str, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| MediaError::Io {
-                action,
-                path,
-                source,
-            }
-        };
-        let file = File::open(&self.partial).map_err(io("open", &self.partial))?;
-        file.sync_all().map_err(io("fsync", &self.partial))?;
-        let bytes = file.metadata().map_err(io("stat", &self.partial))?.len();
-        drop(file);
+        let bytes = self.sync_partial()?.len();
         std::fs::rename(&self.partial, &self.target).map_err(io("rename into", &self.target))?;
         self.committed = true;
-        let dir = match self.target.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir,
-            _ => Path::new("."),
-        };
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("fsync directory", dir))?;
+        sync_parent(&self.target)?;
         Ok(bytes)
     }
+
+    /// Makes the partial file's bytes durable; returns its metadata.
+    fn sync_partial(&self) -> Result<std::fs::Metadata, MediaError> {
+        let file = File::open(&self.partial).map_err(io("open", &self.partial))?;
+        file.sync_all().map_err(io("fsync", &self.partial))?;
+        file.metadata().map_err(io("stat", &self.partial))
+    }
+}
+
+/// Maps an I/O error to [`MediaError::Io`] naming what was done to which path.
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> MediaError {
+    let path = path.to_path_buf();
+    move |source| MediaError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// Makes a rename into `path`'s directory durable.
+fn sync_parent(path: &Path) -> Result<(), MediaError> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("fsync directory", dir))
 }
 
 impl PartialFile {
@@ -113,18 +124,7 @@ impl PartialFile {
         mut self,
         keep: &KeepExisting,
     ) -> Result<(u64, PathBuf), MediaError> {
-        let io = |action: &'static str, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| MediaError::Io {
-                action,
-                path,
-                source,
-            }
-        };
-        let file = File::open(&self.partial).map_err(io("open", &self.partial))?;
-        file.sync_all().map_err(io("fsync", &self.partial))?;
-        let meta = file.metadata().map_err(io("stat", &self.partial))?;
-        drop(file);
+        let meta = self.sync_partial()?;
         let bytes = meta.len();
         // Remember this file before it moves, so a retry recognises it whatever happens next.
         let mut ours = read_identities(&keep.record);
@@ -172,13 +172,7 @@ impl PartialFile {
             });
         };
         self.committed = true;
-        let dir = match placed.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir,
-            _ => Path::new("."),
-        };
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("fsync directory", dir))?;
+        sync_parent(&placed)?;
         Ok((bytes, placed))
     }
 }
