@@ -7,26 +7,12 @@
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::time::{Duration, Instant};
 
 use common::Farm;
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
-}
-
-fn count_jobs(farm: &Farm) -> usize {
-    std::fs::read_dir(farm.jobs_dir())
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-                .count()
-        })
-        .unwrap_or(0)
-}
+use support::{count_jobs, percentile};
 
 fn main() {
     let quick = std::env::args().any(|arg| arg == "--quick");
@@ -34,18 +20,19 @@ fn main() {
     let farm = Farm::new("hold_queue: true\ngpu_pool: { kind: cpu, slots: 1 }\n");
     let _daemon = farm.start_daemon();
     let tmp = farm.spool.join("tmp");
-    let text = farm.job_yaml("bench", "");
+    // Every job its own output path: intake refuses a second unfinished job for one.
+    let job = |name: &str| farm.job_yaml(name, "");
 
     // 1. Single drops into an idle daemon.
     let mut latencies = Vec::with_capacity(drops);
     for n in 0..drops {
         let file = format!("single-{n:05}.yaml");
-        std::fs::write(tmp.join(&file), &text).expect("write job");
-        let before = count_jobs(&farm);
+        std::fs::write(tmp.join(&file), job(&format!("single-{n:05}"))).expect("write job");
+        let before = count_jobs(&farm.jobs_dir());
         let start = Instant::now();
         std::fs::rename(tmp.join(&file), farm.incoming().join(&file)).expect("rename");
         loop {
-            if count_jobs(&farm) > before {
+            if count_jobs(&farm.jobs_dir()) > before {
                 break;
             }
             if start.elapsed() > Duration::from_secs(10) {
@@ -64,9 +51,10 @@ fn main() {
     );
 
     // 2. A burst: all files written first, then renamed in as fast as possible.
-    let base = count_jobs(&farm);
+    let base = count_jobs(&farm.jobs_dir());
     for n in 0..burst {
-        std::fs::write(tmp.join(format!("burst-{n:05}.yaml")), &text).expect("write burst");
+        let name = format!("burst-{n:05}");
+        std::fs::write(tmp.join(format!("{name}.yaml")), job(&name)).expect("write burst");
     }
     let start = Instant::now();
     for n in 0..burst {
@@ -75,13 +63,13 @@ fn main() {
     }
     let renamed = start.elapsed();
     loop {
-        if count_jobs(&farm) >= base + burst {
+        if count_jobs(&farm.jobs_dir()) >= base + burst {
             break;
         }
         if start.elapsed() > Duration::from_secs(120) {
             panic!(
                 "burst not filed within 120 s ({} of {burst})",
-                count_jobs(&farm) - base
+                count_jobs(&farm.jobs_dir()) - base
             );
         }
         std::thread::sleep(Duration::from_millis(5));

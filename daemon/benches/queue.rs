@@ -26,6 +26,7 @@
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
@@ -34,30 +35,15 @@ use std::time::{Duration, Instant};
 
 use common::{wait_for, Farm};
 use jobs::index::{job_folder_ids, read_index, IndexWriter, Reconciled, INDEX_FILE};
+use support::{count_jobs, percentile};
 
 const DROPS: usize = 200;
 const BURST: usize = 2_000;
 /// Queue sizes up to this also time a start without an index (every job folder read again).
 const REBUILD_UP_TO: usize = 100_000;
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
-}
-
-fn count_jobs(jobs_dir: &Path) -> usize {
-    std::fs::read_dir(jobs_dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-                .count()
-        })
-        .unwrap_or(0)
 }
 
 /// An id in the format the daemon generates (`YYYYMMDD-HHMMSS-mmm-CCCC`), unique per `n` and
