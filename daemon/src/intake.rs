@@ -33,7 +33,20 @@ pub enum IntakeSignal {
     Writing(String),
     /// Events were lost (queue overflow): list the directory again.
     Rescan,
+    /// The marker file of a listing (see [`BARRIER_PREFIX`]) has been seen: every event from
+    /// before that listing has been delivered.
+    Barrier(u64),
 }
+
+/// Name prefix of the hidden marker files a listing of `incoming/` creates after it reads the
+/// directory. inotify reports events in order, so once the marker's creation comes through, the
+/// creation event of every file that was in the listing has come through too: a file still being
+/// written in place is then known as such, however far behind the watcher thread was.
+pub const BARRIER_PREFIX: &str = ".reelspool-barrier-";
+
+/// How long a listing waits for its marker before it trusts what it has (a watcher that has
+/// stopped delivering events is logged, not waited on forever).
+const BARRIER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Decides whether a valid job can run on this daemon's pool at all (placement by memory).
 pub trait Admission: Send + Sync {
@@ -92,6 +105,17 @@ pub fn start_watcher(
 fn signals_for(event: &notify::Event) -> Vec<IntakeSignal> {
     if event.need_rescan() {
         return vec![IntakeSignal::Rescan];
+    }
+    if let EventKind::Create(_) = event.kind {
+        let barriers: Vec<IntakeSignal> = event
+            .paths
+            .iter()
+            .filter_map(|path| barrier_number(path.file_name()?.to_str()?))
+            .map(IntakeSignal::Barrier)
+            .collect();
+        if !barriers.is_empty() {
+            return barriers;
+        }
     }
     // A name that is not UTF-8 cannot travel as a signal; a rescan finds it and moves it
     // aside (see `list_incoming`).
@@ -153,6 +177,77 @@ fn signals_for(event: &notify::Event) -> Vec<IntakeSignal> {
     }
 }
 
+/// The number in a barrier marker's name, if `name` is one.
+fn barrier_number(name: &str) -> Option<u64> {
+    name.strip_prefix(BARRIER_PREFIX)?.parse().ok()
+}
+
+/// Lists `incoming/` and then waits until the watcher has delivered every event from before the
+/// listing, absorbing them. Returns the names to take: the listed ones not being written.
+async fn rescan(
+    layout: &Layout,
+    signals: &mut mpsc::UnboundedReceiver<IntakeSignal>,
+    barrier_seq: &mut u64,
+    being_written: &mut HashSet<String>,
+    pending: &mut BTreeSet<String>,
+    rescan_again: &mut bool,
+) -> Vec<String> {
+    let listing_layout = layout.clone();
+    let names = match tokio::task::spawn_blocking(move || list_incoming(&listing_layout)).await {
+        Ok(Ok(names)) => names,
+        Ok(Err(err)) => {
+            warn!(error = %err, "cannot list incoming/");
+            return Vec::new();
+        }
+        Err(err) => {
+            warn!(error = %err, "rescan task failed");
+            return Vec::new();
+        }
+    };
+    *barrier_seq += 1;
+    let number = *barrier_seq;
+    let marker = layout.incoming.join(format!("{BARRIER_PREFIX}{number}"));
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&marker);
+    match created {
+        Ok(file) => {
+            drop(file);
+            let deadline = tokio::time::Instant::now() + BARRIER_WAIT;
+            loop {
+                match tokio::time::timeout_at(deadline, signals.recv()).await {
+                    Ok(Some(IntakeSignal::Barrier(seen))) if seen == number => break,
+                    Ok(Some(IntakeSignal::Barrier(_))) => {}
+                    Ok(Some(signal)) => absorb(signal, being_written, pending, rescan_again),
+                    Ok(None) => break,
+                    Err(_) => {
+                        warn!(
+                            marker = %marker.display(),
+                            "the file watcher did not report the listing's marker in time; \
+                             files being written in place may be read early"
+                        );
+                        break;
+                    }
+                }
+            }
+            if let Err(err) = std::fs::remove_file(&marker) {
+                warn!(marker = %marker.display(), error = %err, "cannot remove the listing marker");
+            }
+        }
+        Err(err) => warn!(
+            marker = %marker.display(),
+            error = %err,
+            "cannot create the listing marker; files being written in place may be read early"
+        ),
+    }
+    names
+        .into_iter()
+        .filter(|name| !being_written.contains(name))
+        .collect()
+}
+
 /// Names of the complete-looking files now in `incoming/`, oldest name first.
 pub fn list_incoming(layout: &Layout) -> std::io::Result<Vec<String>> {
     let mut names = Vec::new();
@@ -166,6 +261,11 @@ pub fn list_incoming(layout: &Layout) -> std::io::Result<Vec<String>> {
         };
         // Directories, symlinks, FIFOs and the like are listed too: intake moves them to
         // rejected/ with an explanation instead of leaving them unanswered.
+        if barrier_number(&name).is_some() {
+            // A marker left by a daemon that died mid-listing.
+            let _ = std::fs::remove_file(entry.path());
+            continue;
+        }
         if !spool::is_candidate_name(&name) {
             continue;
         }
@@ -186,25 +286,27 @@ pub async fn run(
     // Startup: everything already in incoming/ counts as dropped while we were down.
     let mut pending: BTreeSet<String> = BTreeSet::new();
     let mut rescan = true;
+    let mut barrier_seq = 0u64;
     loop {
         if rescan {
-            // Events already queued go first: a file announced as being written (by its
-            // creation event, e.g. during start-up) must not be taken for complete by the
-            // listing. A queued Rescan is the one about to happen.
+            // Events already queued go first. A queued Rescan is the one about to happen.
             while let Ok(signal) = signals.try_recv() {
                 absorb(signal, &mut being_written, &mut pending, &mut rescan);
             }
             rescan = false;
-            let layout = context.layout.clone();
-            match tokio::task::spawn_blocking(move || list_incoming(&layout)).await {
-                Ok(Ok(names)) => pending.extend(
-                    names
-                        .into_iter()
-                        .filter(|name| !being_written.contains(name)),
-                ),
-                Ok(Err(err)) => warn!(error = %err, "cannot list incoming/"),
-                Err(err) => warn!(error = %err, "rescan task failed"),
-            }
+            // The listing then waits for the watcher to catch up with it, so a file announced
+            // as being written (by a creation event still on its way, e.g. during start-up) is
+            // not taken for complete.
+            let names = self::rescan(
+                &context.layout,
+                &mut signals,
+                &mut barrier_seq,
+                &mut being_written,
+                &mut pending,
+                &mut rescan,
+            )
+            .await;
+            pending.extend(names);
         }
         while !pending.is_empty() {
             let batch: Vec<String> = {
@@ -270,6 +372,8 @@ fn absorb(
             pending.insert(name);
         }
         IntakeSignal::Rescan => *rescan = true,
+        // A late marker of an earlier listing: nothing is waiting for it.
+        IntakeSignal::Barrier(_) => {}
     }
 }
 
@@ -745,4 +849,83 @@ pub fn recover(context: &IntakeContext) -> std::io::Result<BatchOutcome> {
         );
     }
     Ok(process_claims(context, unfinished))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// A file still open for writing must never be listed as complete, even when the listing
+    /// runs right after its creation, before the watcher thread has passed the event on.
+    #[test]
+    fn a_listing_right_after_an_in_place_creation_leaves_the_file_alone() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        let root = tempfile::tempdir().expect("tempdir");
+        let layout = Layout::new(&root.path().join("spool"), &root.path().join("state"));
+        layout.create().expect("layout");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let _watcher = start_watcher(&layout.incoming, tx).expect("watcher");
+        let mut seq = 0u64;
+        let mut being_written = HashSet::new();
+        let mut pending = BTreeSet::new();
+        let mut again = false;
+        for round in 0..50 {
+            let name = format!("job-{round}.yaml");
+            let mut file = std::fs::File::create(layout.incoming.join(&name)).expect("create");
+            file.write_all(b"name: half").expect("write");
+            let taken = runtime.block_on(rescan(
+                &layout,
+                &mut rx,
+                &mut seq,
+                &mut being_written,
+                &mut pending,
+                &mut again,
+            ));
+            assert!(
+                !taken.contains(&name),
+                "round {round}: {name} was taken while still open for writing"
+            );
+            assert!(being_written.contains(&name), "round {round}");
+            drop(file);
+            // Its close makes it complete; the next listing takes it.
+            let taken = runtime.block_on(rescan(
+                &layout,
+                &mut rx,
+                &mut seq,
+                &mut being_written,
+                &mut pending,
+                &mut again,
+            ));
+            assert!(
+                taken.contains(&name) || pending.contains(&name),
+                "round {round}: {name} was not taken after its close"
+            );
+            std::fs::remove_file(layout.incoming.join(&name)).expect("remove");
+            pending.clear();
+        }
+        // The markers are gone again.
+        let left: Vec<_> = std::fs::read_dir(&layout.incoming)
+            .expect("list")
+            .filter_map(|entry| entry.ok())
+            .map(|entry| entry.file_name())
+            .collect();
+        assert!(left.is_empty(), "left in incoming/: {left:?}");
+    }
+
+    #[test]
+    fn a_marker_left_by_a_dead_daemon_is_removed_by_the_next_listing() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let layout = Layout::new(&root.path().join("spool"), &root.path().join("state"));
+        layout.create().expect("layout");
+        let marker = layout.incoming.join(format!("{BARRIER_PREFIX}7"));
+        std::fs::write(&marker, b"").expect("marker");
+        std::fs::write(layout.incoming.join("a.yaml"), b"name: a").expect("job");
+        let names = list_incoming(&layout).expect("list");
+        assert_eq!(names, vec!["a.yaml".to_string()]);
+        assert!(!marker.exists());
+    }
 }
