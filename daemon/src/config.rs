@@ -85,6 +85,13 @@ pub struct DaemonConfig {
     /// The group whose members may submit jobs (besides root and the service user).
     #[serde(default = "default_submit_group")]
     pub submit_group: String,
+    /// The web server (dashboard, JSON API, `/metrics`); off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<crate::http::HttpConfig>,
+    /// While a job runs on a card, `<dir>/<card index>` holds the job id (dcgm-exporter's
+    /// HPC job mapping), so DCGM's own series get a job label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dcgm_job_mapping_dir: Option<PathBuf>,
 }
 
 fn default_submit_group() -> String {
@@ -175,6 +182,17 @@ impl DaemonConfig {
         }
         if let Some(dir) = &self.model_cache_dir {
             named.push((vec!["model_cache_dir"], dir.as_path()));
+        }
+        if let Some(dir) = &self.dcgm_job_mapping_dir {
+            named.push((vec!["dcgm_job_mapping_dir"], dir.as_path()));
+        }
+        if let Some(http) = &self.http {
+            if let Some(socket) = &http.socket {
+                named.push((vec!["http", "socket"], socket.as_path()));
+            }
+            if let Some(token) = &http.token_file {
+                named.push((vec!["http", "token_file"], token.as_path()));
+            }
         }
         for (key, path) in named {
             if !path.is_absolute() {

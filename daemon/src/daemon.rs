@@ -208,6 +208,8 @@ async fn serve(
             config.state_dir.display()
         );
     };
+    // Checked and bound before anything starts, so a bad `http:` refuses the start.
+    let http = crate::http::prepare(&config).context("cannot start the web server")?;
     manager.notify(&[NotifyState::Status(
         "starting: recovering the spool and job state",
     )]);
@@ -283,6 +285,13 @@ async fn serve(
             None
         }
     };
+    let http_tasks = crate::http::start(
+        http,
+        Arc::clone(&config),
+        layout.clone(),
+        shutdown_rx.clone(),
+    )
+    .context("cannot start the web server")?;
     let (notifier_stop_tx, notifier_stop_rx) = watch::channel(false);
     let notifier_task = tokio::spawn(systemd::run_notifier(
         Arc::clone(&manager),
@@ -323,6 +332,9 @@ async fn serve(
     manager.notify(&[NotifyState::Stopping, NotifyState::Status(&status)]);
     let _ = shutdown_tx.send(true);
     if let Some(task) = control_task {
+        let _ = task.await;
+    }
+    for task in http_tasks {
         let _ = task.await;
     }
     if let Err(err) = intake_task.await {

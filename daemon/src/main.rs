@@ -18,6 +18,7 @@ mod death;
 mod demo;
 mod engines;
 mod gpus;
+mod http;
 mod intake;
 mod logging;
 mod logs;

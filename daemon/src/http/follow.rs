@@ -1,0 +1,398 @@
+//! Once a second: the queue index gives the jobs by state; every job not yet finished has
+//! its new events read, and each becomes counters and a server-sent event; new intake
+//! rejections are counted; the DCGM job-mapping files follow `gpus.json`.
+//!
+//! Counters start at 0 when the daemon starts (what Prometheus expects of a restart): events
+//! already on disk then are skipped, and only what happens afterwards is counted.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::OsString;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jobs::state::{JobDir, JobEvent, Phase};
+use serde_json::json;
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use super::metrics::{
+    rejection_kind, retry_reason, CardLabels, ChannelLabel, DeliveryLabels, KindLabel,
+    ModelLabels, OutcomeLabel, SourceLabel, StateLabel, UuidLabel,
+};
+use super::Shared;
+use crate::placement::pool_files::{PoolPaths, PoolSnapshot};
+
+const TICK: Duration = Duration::from_secs(1);
+/// Every phase, so a state that empties shows 0 instead of vanishing.
+const PHASES: [Phase; 5] = [
+    Phase::Queued,
+    Phase::Running,
+    Phase::Done,
+    Phase::Failed,
+    Phase::Cancelled,
+];
+
+/// What is known of one job between ticks.
+struct Followed {
+    /// Events already handled.
+    seen: usize,
+    /// Its terminal event was handled (or it was finished at start-up): nothing more to read.
+    done: bool,
+    /// Terminal in the index at the last tick (a second terminal tick without a terminal
+    /// event also stops the following).
+    terminal_before: bool,
+    /// The card of its current attempt.
+    uuid: Option<String>,
+}
+
+#[derive(Default)]
+struct Follower {
+    jobs: HashMap<String, Followed>,
+    rejected: HashSet<OsString>,
+    dcgm: BTreeMap<u32, String>,
+    first: bool,
+}
+
+pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let mut follower = Follower {
+        first: true,
+        ..Follower::default()
+    };
+    loop {
+        let tick_shared = Arc::clone(&shared);
+        follower = match tokio::task::spawn_blocking(move || {
+            follower.tick(&tick_shared);
+            follower
+        })
+        .await
+        {
+            Ok(follower) => follower,
+            Err(err) => {
+                warn!(error = %err, "the metrics follower failed; metrics stop moving");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = shutdown.wait_for(|stopping| *stopping) => break,
+            () = tokio::time::sleep(TICK) => {}
+        }
+    }
+    if let Some(dir) = &shared.config.dcgm_job_mapping_dir {
+        for index in follower.dcgm.keys() {
+            let _ = std::fs::remove_file(dir.join(index.to_string()));
+        }
+    }
+}
+
+impl Follower {
+    fn tick(&mut self, shared: &Shared) {
+        let snapshot = PoolSnapshot::load(&PoolPaths::new(&shared.config.state_dir).snapshot)
+            .ok()
+            .flatten();
+        self.follow_jobs(shared, snapshot.as_ref());
+        self.count_rejections(shared);
+        if let (Some(dir), Some(snapshot)) = (&shared.config.dcgm_job_mapping_dir, &snapshot) {
+            self.map_dcgm(dir, snapshot);
+        }
+        self.first = false;
+    }
+
+    fn follow_jobs(&mut self, shared: &Shared, snapshot: Option<&PoolSnapshot>) {
+        let jobs_dir = &shared.layout.jobs;
+        let entries = match crate::cli::index_entries(jobs_dir) {
+            Ok(entries) => entries,
+            Err(err) => {
+                debug!(error = %format!("{err:#}"), "cannot read the queue index");
+                return;
+            }
+        };
+        let mut counts: HashMap<Phase, i64> = HashMap::new();
+        for entry in &entries {
+            *counts.entry(entry.phase).or_default() += 1;
+        }
+        for phase in PHASES {
+            shared
+                .metrics
+                .jobs
+                .get_or_create(&StateLabel {
+                    state: phase.as_str().to_string(),
+                })
+                .set(counts.get(&phase).copied().unwrap_or(0));
+        }
+        let card_index = |uuid: &str| -> String {
+            snapshot
+                .and_then(|s| s.cards.iter().find(|card| card.uuid == uuid))
+                .map_or_else(|| "unknown".to_string(), |card| card.index.to_string())
+        };
+        for entry in &entries {
+            let id = entry.id.to_string();
+            let terminal = entry.phase.is_terminal();
+            let dir = JobDir::new(jobs_dir.join(&id));
+            let followed = self.jobs.entry(id.clone()).or_insert_with(|| Followed {
+                seen: 0,
+                done: false,
+                terminal_before: false,
+                uuid: None,
+            });
+            if followed.done {
+                continue;
+            }
+            let events = match dir.read_events() {
+                Ok(events) => events,
+                Err(err) => {
+                    debug!(job = %id, error = %err, "cannot read job events");
+                    continue;
+                }
+            };
+            if self.first {
+                // Already on disk at start: not counted, only remembered.
+                followed.seen = events.len();
+                followed.uuid = entry.gpu.clone();
+                followed.done = terminal;
+                continue;
+            }
+            let start = followed.seen.min(events.len());
+            for event in &events[start..] {
+                let finished = handle_event(shared, followed, entry, &dir, event, &card_index);
+                let message = json!({
+                    "job": id,
+                    "name": entry.name,
+                    "event": event.event,
+                    "ts_ms": event.ts_ms,
+                    "fields": event.fields,
+                });
+                let _ = shared.events.send(message.to_string());
+                if finished {
+                    followed.done = true;
+                }
+            }
+            followed.seen = events.len();
+            if terminal && followed.terminal_before {
+                followed.done = true;
+            }
+            followed.terminal_before = terminal;
+        }
+    }
+
+    fn count_rejections(&mut self, shared: &Shared) {
+        let Ok(listing) = std::fs::read_dir(&shared.layout.rejected) else {
+            return;
+        };
+        for item in listing.flatten() {
+            let name = item.file_name();
+            if !name.as_encoded_bytes().ends_with(b".error") || self.rejected.contains(&name) {
+                continue;
+            }
+            if !self.first {
+                let text = std::fs::read_to_string(item.path()).unwrap_or_default();
+                let first_line = text.lines().next().unwrap_or("");
+                shared
+                    .metrics
+                    .rejections
+                    .get_or_create(&KindLabel {
+                        kind: rejection_kind(first_line).to_string(),
+                    })
+                    .inc();
+            }
+            self.rejected.insert(name);
+        }
+    }
+
+    /// `<dir>/<index>` holds the id of the job on card `index`, and exists only while one runs.
+    fn map_dcgm(&mut self, dir: &Path, snapshot: &PoolSnapshot) {
+        let mut wanted = BTreeMap::new();
+        for card in &snapshot.cards {
+            if let Some(job) = &card.job {
+                wanted.insert(card.index, job.clone());
+            }
+        }
+        if wanted == self.dcgm {
+            return;
+        }
+        if let Err(err) = std::fs::create_dir_all(dir) {
+            warn!(dir = %dir.display(), error = %err, "cannot create the DCGM job-mapping directory");
+            return;
+        }
+        for index in self.dcgm.keys() {
+            if !wanted.contains_key(index) {
+                let path = dir.join(index.to_string());
+                if let Err(err) = std::fs::remove_file(&path) {
+                    if err.kind() != std::io::ErrorKind::NotFound {
+                        warn!(file = %path.display(), error = %err, "cannot remove a DCGM job-mapping file");
+                    }
+                }
+            }
+        }
+        for (index, job) in &wanted {
+            if self.dcgm.get(index) == Some(job) {
+                continue;
+            }
+            let path = dir.join(index.to_string());
+            if let Err(err) = jobs::state::write_atomic(&path, format!("{job}\n").as_bytes()) {
+                warn!(file = %path.display(), error = %err, "cannot write a DCGM job-mapping file");
+            }
+        }
+        self.dcgm = wanted;
+    }
+}
+
+/// Counts one event; true when it ends the job.
+fn handle_event(
+    shared: &Shared,
+    followed: &mut Followed,
+    entry: &jobs::index::IndexEntry,
+    dir: &JobDir,
+    event: &JobEvent,
+    card_index: &dyn Fn(&str) -> String,
+) -> bool {
+    let metrics = &shared.metrics;
+    let field_str = |key: &str| event.fields.get(key).and_then(|v| v.as_str());
+    let field_f64 = |key: &str| event.fields.get(key).and_then(|v| v.as_f64());
+    match event.event.as_str() {
+        "queued" => {
+            metrics
+                .submitted
+                .get_or_create(&SourceLabel {
+                    source: "spool".into(),
+                })
+                .inc();
+        }
+        "running" => followed.uuid = field_str("gpu_uuid").map(str::to_string),
+        "started" => {
+            let waited = event.ts_ms.saturating_sub(entry.submitted_at_ms) as f64 / 1000.0;
+            metrics.queue_wait.observe(waited);
+        }
+        "resumed" => {
+            metrics.resumes.inc();
+        }
+        "clip_done" => {
+            let uuid = followed
+                .uuid
+                .clone()
+                .or_else(|| entry.gpu.clone())
+                .unwrap_or_else(|| "unknown".into());
+            metrics
+                .clips
+                .get_or_create(&CardLabels {
+                    gpu: card_index(&uuid),
+                    uuid: uuid.clone(),
+                })
+                .inc();
+            if let Some(frames) = event.fields.get("frames").and_then(|v| v.as_u64()) {
+                metrics
+                    .frames
+                    .get_or_create(&UuidLabel { uuid })
+                    .inc_by(frames);
+            }
+            if let Some(secs) = field_f64("secs") {
+                metrics.clip_duration.observe(secs);
+            }
+        }
+        "retry" => {
+            metrics
+                .retries
+                .get_or_create(&super::metrics::ReasonLabel {
+                    reason: retry_reason(field_str("reason").unwrap_or("")).to_string(),
+                })
+                .inc();
+        }
+        "notice_delivered" | "notice_failed" | "notice_retrying" => {
+            let outcome = event.event.trim_start_matches("notice_").to_string();
+            metrics
+                .deliveries
+                .get_or_create(&DeliveryLabels {
+                    channel: field_str("channel").unwrap_or("unknown").to_string(),
+                    outcome,
+                })
+                .inc();
+        }
+        "done" | "failed" | "cancelled" => {
+            let outcome = OutcomeLabel {
+                outcome: event.event.clone(),
+            };
+            metrics.finished.get_or_create(&outcome).inc();
+            if let Ok(state) = dir.load_state() {
+                if let Some(started) = state.started_at_ms {
+                    let secs = event.ts_ms.saturating_sub(started) as f64 / 1000.0;
+                    metrics.job_duration.get_or_create(&outcome).observe(secs);
+                }
+            }
+            metrics.last_finished.set(event.ts_ms as f64 / 1000.0);
+            followed.uuid = None;
+            return true;
+        }
+        _ => {}
+    }
+    false
+}
+
+/// Sets the gauges read at scrape time: cards (from discovery and `gpus.json`) and the outbox.
+pub fn refresh_scrape_gauges(shared: &Shared) {
+    let metrics = &shared.metrics;
+    let snapshot = PoolSnapshot::load(&PoolPaths::new(&shared.config.state_dir).snapshot)
+        .ok()
+        .flatten();
+    let live = gpu_pool::discover(&shared.config.gpu_pool).unwrap_or_default();
+    metrics.gpu_memory_total.clear();
+    metrics.gpu_memory_used.clear();
+    metrics.gpu_utilization.clear();
+    metrics.gpu_assigned.clear();
+    for card in &live {
+        let labels = ModelLabels {
+            gpu: card.index.to_string(),
+            uuid: card.uuid.clone(),
+            model: card.name.clone(),
+        };
+        let as_i64 = |bytes: u64| i64::try_from(bytes).unwrap_or(i64::MAX);
+        metrics
+            .gpu_memory_total
+            .get_or_create(&labels)
+            .set(as_i64(card.memory_total_bytes));
+        metrics.gpu_memory_used.get_or_create(&labels).set(as_i64(
+            card.memory_total_bytes
+                .saturating_sub(card.memory_free_bytes),
+        ));
+        let card_labels = CardLabels {
+            gpu: card.index.to_string(),
+            uuid: card.uuid.clone(),
+        };
+        if let Some(percent) = card.utilization_percent {
+            metrics
+                .gpu_utilization
+                .get_or_create(&card_labels)
+                .set(f64::from(percent) / 100.0);
+        }
+        let assigned = snapshot.as_ref().is_some_and(|snapshot| {
+            snapshot
+                .cards
+                .iter()
+                .any(|view| view.uuid == card.uuid && view.job.is_some())
+        });
+        metrics
+            .gpu_assigned
+            .get_or_create(&card_labels)
+            .set(i64::from(assigned));
+    }
+    let mut pending: BTreeMap<&'static str, i64> =
+        [("email", 0), ("webhook", 0)].into_iter().collect();
+    if let Ok(outbox) = notices::Outbox::open(shared.config.state_dir.join("outbox")) {
+        if let Ok(deliveries) = outbox.pending() {
+            for delivery in deliveries {
+                let channel = match delivery.destination {
+                    notices::Destination::Email { .. } => "email",
+                    notices::Destination::Webhook(_) => "webhook",
+                };
+                *pending.entry(channel).or_default() += 1;
+            }
+        }
+    }
+    for (channel, count) in pending {
+        metrics
+            .outbox
+            .get_or_create(&ChannelLabel {
+                channel: channel.to_string(),
+            })
+            .set(count);
+    }
+}
