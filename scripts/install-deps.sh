@@ -12,6 +12,8 @@ PACKAGES=(
   ffmpeg openssl
   # useradd/groupadd and setpriv: tests/users.rs creates real users and runs commands as them
   passwd util-linux
+  # chromium + chromedriver: tests/http.rs loads the dashboard in a real headless browser
+  chromium chromium-driver
 )
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -29,6 +31,12 @@ STANDARDWEBHOOKS="standardwebhooks==1.1.0"
 if ! python3 -c 'import standardwebhooks' 2>/dev/null; then
   python3 -m pip install --quiet "$STANDARDWEBHOOKS" \
     || $SUDO python3 -m pip install --quiet --break-system-packages "$STANDARDWEBHOOKS"
+fi
+# prometheus-client: tests/http.rs parses /metrics with the reference Python parser.
+PROMETHEUS_CLIENT="prometheus-client==0.26.0"
+if ! python3 -c 'import prometheus_client' 2>/dev/null; then
+  python3 -m pip install --quiet "$PROMETHEUS_CLIENT" \
+    || $SUDO python3 -m pip install --quiet --break-system-packages "$PROMETHEUS_CLIENT"
 fi
 # numpy: the example command engine (engines/python/example_engine.py) and its tests
 if ! python3 -c 'import numpy' 2>/dev/null; then
