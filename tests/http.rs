@@ -202,20 +202,31 @@ fn metrics_and_api_follow_a_job_from_queue_to_done() {
     let id = state["id"].as_str().expect("id").to_string();
 
     // The follower reads events once a second: wait for the counters to catch up.
-    let after = wait_for("the finished job in the metrics", Duration::from_secs(10), || {
-        let samples = scrape(&base);
-        (value(
-            &samples,
-            "reelspool_jobs_finished_total",
-            &[("outcome", "done")],
-        ) == Some(1.0))
-        .then_some(samples)
-    });
+    let after = wait_for(
+        "the finished job in the metrics",
+        Duration::from_secs(10),
+        || {
+            let samples = scrape(&base);
+            (value(
+                &samples,
+                "reelspool_jobs_finished_total",
+                &[("outcome", "done")],
+            ) == Some(1.0))
+            .then_some(samples)
+        },
+    );
     assert_eq!(
-        value(&after, "reelspool_jobs_submitted_total", &[("source", "spool")]),
+        value(
+            &after,
+            "reelspool_jobs_submitted_total",
+            &[("source", "spool")]
+        ),
         Some(1.0)
     );
-    assert_eq!(value(&after, "reelspool_jobs", &[("state", "done")]), Some(1.0));
+    assert_eq!(
+        value(&after, "reelspool_jobs", &[("state", "done")]),
+        Some(1.0)
+    );
     assert_eq!(
         value(
             &after,
@@ -224,8 +235,12 @@ fn metrics_and_api_follow_a_job_from_queue_to_done() {
         ),
         Some(3.0)
     );
-    let frames = value(&after, "reelspool_frames_rendered_total", &[("uuid", "cpu-0")])
-        .expect("frames counter");
+    let frames = value(
+        &after,
+        "reelspool_frames_rendered_total",
+        &[("uuid", "cpu-0")],
+    )
+    .expect("frames counter");
     assert!(frames >= 3.0, "{frames}");
     assert_eq!(
         value(&after, "reelspool_clip_render_duration_seconds_count", &[]),
@@ -274,7 +289,12 @@ fn metrics_and_api_follow_a_job_from_queue_to_done() {
     let (status, body) = request("GET", &format!("{base}/api/v1/jobs?state=sleeping"), None);
     assert_eq!(status, 400, "{body}");
     let error: Value = serde_json::from_str(&body).expect("error as JSON");
-    assert!(error["error"].as_str().is_some_and(|m| m.contains("sleeping")), "{error}");
+    assert!(
+        error["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("sleeping")),
+        "{error}"
+    );
 
     let one = get_json(&format!("{base}/api/v1/jobs/{id}"));
     assert_eq!(one["job"]["id"], id.as_str());
@@ -363,10 +383,7 @@ fn actions_need_the_token_or_the_socket_and_dcgm_files_follow_the_job() {
     std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token");
     let dcgm = scratch.path().join("dcgm");
     let socket = scratch.path().join("run/http.sock");
-    let (farm, base) = web_farm(&format!(
-        "dcgm_job_mapping_dir: {}\n",
-        dcgm.display()
-    ));
+    let (farm, base) = web_farm(&format!("dcgm_job_mapping_dir: {}\n", dcgm.display()));
     // The same `http:` with the socket and the token file added.
     let config = std::fs::read_to_string(&farm.config).expect("config");
     let config = config.replace(
@@ -388,6 +405,14 @@ fn actions_need_the_token_or_the_socket_and_dcgm_files_follow_the_job() {
     wait_for("the DCGM mapping file", Duration::from_secs(10), || {
         (std::fs::read_to_string(&mapped).ok()?.trim() == id).then_some(())
     });
+
+    let thumb = ureq::get(&format!("{base}/jobs/{id}/thumbnail.jpg"))
+        .call()
+        .expect("the running job's thumbnail");
+    assert_eq!(thumb.content_type(), "image/jpeg");
+    let mut jpeg = Vec::new();
+    thumb.into_reader().read_to_end(&mut jpeg).expect("bytes");
+    assert!(jpeg.starts_with(&[0xFF, 0xD8]), "a JPEG");
 
     let cancel = format!("{base}/api/v1/jobs/{id}/cancel");
     let (status, body) = request("POST", &cancel, None);
@@ -530,7 +555,11 @@ impl Browser<'_> {
 
     fn click(&self, css: &str) {
         let id = self.element(css);
-        webdriver("POST", &self.url(&format!("/element/{id}/click")), json!({}));
+        webdriver(
+            "POST",
+            &self.url(&format!("/element/{id}/click")),
+            json!({}),
+        );
     }
 }
 
@@ -593,10 +622,17 @@ fn the_dashboard_shows_a_running_job_live_and_cancels_it_with_the_token() {
         }}}}),
     );
     let browser = Browser {
-        session: session["sessionId"].as_str().expect("session id").to_string(),
+        session: session["sessionId"]
+            .as_str()
+            .expect("session id")
+            .to_string(),
         driver: &driver,
     };
-    webdriver("POST", &browser.url("/url"), json!({ "url": format!("{base}/") }));
+    webdriver(
+        "POST",
+        &browser.url("/url"),
+        json!({ "url": format!("{base}/") }),
+    );
     // A mark on the window: it survives only as long as the page is not reloaded.
     browser.script("window.notReloaded = true;");
     let clips_text = format!(
@@ -610,9 +646,21 @@ fn the_dashboard_shows_a_running_job_live_and_cancels_it_with_the_token() {
             .filter(|text| text.starts_with("clip "))
             .map(str::to_string)
     });
-    wait_for("the progress to move on the page", Duration::from_secs(15), || {
-        let now = browser.script(&clips_text);
-        (now.as_str().is_some_and(|text| text != first)).then_some(())
+    wait_for(
+        "the progress to move on the page",
+        Duration::from_secs(15),
+        || {
+            let now = browser.script(&clips_text);
+            (now.as_str().is_some_and(|text| text != first)).then_some(())
+        },
+    );
+    // The thumbnail of the latest clip, written by the worker, shown as a real image.
+    wait_for("the thumbnail to show", Duration::from_secs(10), || {
+        let shown = browser.script(&format!(
+            "const img = document.querySelector('tr.job[data-job=\"{id}\"] img.thumb');\
+             return !!img && img.complete && img.naturalWidth > 0;"
+        ));
+        (shown == json!(true)).then_some(())
     });
     assert_eq!(
         browser.script("return window.notReloaded === true;"),

@@ -552,6 +552,15 @@ fn write_segment(
     encoder
         .finish()
         .map_err(|err| Failure::new(FailureKind::Io, err.to_string()))?;
+    // The dashboard's picture of the job: the clip's last frame, beside the segment. Only a
+    // view, so a failure costs a warning, never the clip.
+    if let Some(last) = frames.iter().take(keep as usize).last() {
+        let thumbnail = path.with_extension("jpg");
+        if let Err(err) = media::write_thumbnail(&thumbnail, last, settings.width, settings.height)
+        {
+            tracing::warn!(clip, error = %err, "cannot write the clip's thumbnail");
+        }
+    }
     Ok(())
 }
 

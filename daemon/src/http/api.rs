@@ -76,7 +76,10 @@ pub fn routes() -> Router<Arc<Shared>> {
         .route("/api/v1/gpus/{uuid}/undrain", post(undrain))
         .route("/api/v1/events", get(events))
         .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "no such page or endpoint; see docs/api.md")
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no such page or endpoint; see docs/api.md",
+            )
         })
 }
 

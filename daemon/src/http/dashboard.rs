@@ -29,6 +29,7 @@ pub fn routes() -> Router<Arc<Shared>> {
         .route("/live", get(live))
         .route("/jobs/{id}", get(job_page))
         .route("/jobs/{id}/video", get(video))
+        .route("/jobs/{id}/thumbnail.jpg", get(thumbnail))
 }
 
 /// Text for HTML content and attribute values.
@@ -110,10 +111,7 @@ fn page(title: &str, body: &str) -> Html<String> {
 
 async fn front(State(shared): State<Arc<Shared>>) -> Result<Html<String>, ApiError> {
     let live = blocking(move || live_html(&shared)).await?;
-    Ok(page(
-        "reelspool",
-        &format!("<main id=live>{live}</main>"),
-    ))
+    Ok(page("reelspool", &format!("<main id=live>{live}</main>")))
 }
 
 async fn live(State(shared): State<Arc<Shared>>) -> Result<Html<String>, ApiError> {
@@ -181,7 +179,7 @@ fn live_html(shared: &Shared) -> Result<String, ApiError> {
         let id = entry.id.to_string();
         let phase = entry.phase.as_str();
         let thumb = if entry.phase == Phase::Running {
-            format!("<img class=thumb alt=\"\" src=\"/jobs/{}/thumbnail.jpg\" onerror=\"this.style.visibility='hidden'\">", esc(&id))
+            format!("<img class=thumb alt=\"\" src=\"/jobs/{}/thumbnail.jpg?clip={}\" onerror=\"this.style.visibility='hidden'\">", esc(&id), entry.clips_done)
         } else {
             String::new()
         };
@@ -262,7 +260,10 @@ fn job_html(detail: &Value) -> String {
         name = text(&job["name"]),
         idq = esc(id),
         gpu = text(&job["gpu"]),
-        bar = bar(job["clips_done"].as_u64().unwrap_or(0), job["clips_total"].as_u64()),
+        bar = bar(
+            job["clips_done"].as_u64().unwrap_or(0),
+            job["clips_total"].as_u64()
+        ),
         done = job["clips_done"].as_u64().unwrap_or(0),
         total = text(&job["clips_total"]),
         attempts = text(&job["attempts"]),
@@ -270,6 +271,15 @@ fn job_html(detail: &Value) -> String {
         output = text(&job["output"]),
         error = text(&job["error"]),
     );
+    if phase == "running" {
+        let _ = write!(
+            out,
+            "<p><img alt=\"the latest frame\" src=\"/jobs/{}/thumbnail.jpg?clip={}\" \
+             onerror=\"this.style.visibility='hidden'\"></p>",
+            esc(id),
+            job["clips_done"].as_u64().unwrap_or(0)
+        );
+    }
     if phase == "running" || phase == "queued" {
         let _ = write!(
             out,
@@ -359,11 +369,61 @@ async fn video(
             ));
         }
         std::fs::read(&path).map_err(|err| {
-            ApiError::new(StatusCode::NOT_FOUND, format!("cannot read the video: {err}"))
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("cannot read the video: {err}"),
+            )
         })
     })
     .await?;
     Ok(([(header::CONTENT_TYPE, "video/mp4")], bytes).into_response())
+}
+
+/// The newest clip thumbnail the worker wrote (`work/clips/<k>.jpg`, highest k).
+async fn thumbnail(
+    State(shared): State<Arc<Shared>>,
+    Extension(access): Extension<Access>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let uid = reader(&access);
+    let bytes = blocking(move || {
+        let detail = job_detail(&shared, uid, &id)?;
+        let id = detail["job"]["id"].as_str().unwrap_or_default();
+        let clips = jobs::state::JobDir::new(shared.layout.jobs.join(id))
+            .work_dir()
+            .join("clips");
+        let newest = std::fs::read_dir(&clips)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|item| {
+                let name = item.file_name().into_string().ok()?;
+                let index: u32 = name.strip_suffix(".jpg")?.parse().ok()?;
+                Some((index, item.path()))
+            })
+            .max_by_key(|(index, _)| *index);
+        let Some((_, path)) = newest else {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no clip of this job has a thumbnail yet",
+            ));
+        };
+        std::fs::read(&path).map_err(|err| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("cannot read the thumbnail: {err}"),
+            )
+        })
+    })
+    .await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "image/jpeg"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        bytes,
+    )
+        .into_response())
 }
 
 #[cfg(test)]
@@ -372,10 +432,7 @@ mod tests {
 
     #[test]
     fn markup_in_names_is_escaped() {
-        assert_eq!(
-            esc("<b a=\"x\">&'"),
-            "&lt;b a=&quot;x&quot;&gt;&amp;&#39;"
-        );
+        assert_eq!(esc("<b a=\"x\">&'"), "&lt;b a=&quot;x&quot;&gt;&amp;&#39;");
     }
 
     #[test]

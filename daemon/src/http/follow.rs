@@ -17,8 +17,8 @@ use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use super::metrics::{
-    rejection_kind, retry_reason, CardLabels, ChannelLabel, DeliveryLabels, KindLabel,
-    ModelLabels, OutcomeLabel, SourceLabel, StateLabel, UuidLabel,
+    rejection_kind, retry_reason, CardLabels, ChannelLabel, DeliveryLabels, KindLabel, ModelLabels,
+    OutcomeLabel, SourceLabel, StateLabel, UuidLabel,
 };
 use super::Shared;
 use crate::placement::pool_files::{PoolPaths, PoolSnapshot};

@@ -290,7 +290,9 @@ pub fn rejection_kind(text: &str) -> &'static str {
     let lower = text.to_lowercase();
     if lower.contains("not valid utf-8") {
         "file_name"
-    } else if lower.contains("refused:") || lower.contains("may not") || lower.contains("permission")
+    } else if lower.contains("refused:")
+        || lower.contains("may not")
+        || lower.contains("permission")
     {
         "permission"
     } else if lower.contains("yaml") || lower.contains("parse") || lower.contains("expected") {
@@ -342,6 +344,9 @@ mod tests {
             rejection_kind("error: the file name `a\\xff` is not valid UTF-8"),
             "file_name"
         );
-        assert_eq!(rejection_kind("error: unknown field `foo`, expected one of"), "parse");
+        assert_eq!(
+            rejection_kind("error: unknown field `foo`, expected one of"),
+            "parse"
+        );
     }
 }

@@ -74,10 +74,7 @@ pub enum HttpError {
     #[error("the HTTP token file {0} is empty")]
     EmptyToken(PathBuf),
     #[error("cannot listen on {what}: {error}")]
-    Bind {
-        what: String,
-        error: std::io::Error,
-    },
+    Bind { what: String, error: std::io::Error },
 }
 
 /// The web server's settings, checked and with its TCP port bound.
@@ -201,12 +198,10 @@ pub fn start(
         return Ok(tasks);
     };
     if let Some(std_listener) = prepared.tcp {
-        let addr = std_listener
-            .local_addr()
-            .map_err(|error| HttpError::Bind {
-                what: "the TCP port".into(),
-                error,
-            })?;
+        let addr = std_listener.local_addr().map_err(|error| HttpError::Bind {
+            what: "the TCP port".into(),
+            error,
+        })?;
         let listener = TcpListener::from_std(std_listener).map_err(|error| HttpError::Bind {
             what: addr.to_string(),
             error,

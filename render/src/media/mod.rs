@@ -28,6 +28,7 @@ mod orientation;
 mod scale;
 #[cfg(test)]
 mod test_support;
+mod thumbnail;
 
 use std::path::Path;
 use std::sync::OnceLock;
@@ -39,6 +40,7 @@ pub use digest::decode_video_frame_digests;
 pub use encode::{ClipEncoder, EncodeSettings, SegmentInfo, VideoCodec, DEFAULT_PRESET};
 pub use error::MediaError;
 pub use image::load_reference_image;
+pub use thumbnail::{thumbnail_size, write_thumbnail, THUMBNAIL_MAX_SIDE};
 
 use ffmpeg_next as ffmpeg;
 
