@@ -139,6 +139,11 @@ fn read_token(
     match std::fs::read_to_string(&path) {
         Ok(text) => {
             let token = text.trim();
+            // The package installs the credential empty (systemd needs the file to exist):
+            // empty there means no token; an explicit `token_file` must hold one.
+            if token.is_empty() && !required {
+                return Ok((None, looked));
+            }
             if token.is_empty() {
                 return Err(HttpError::EmptyToken(path));
             }
@@ -321,5 +326,8 @@ mod tests {
         std::fs::write(dir.path().join("http-token"), "abc").expect("write");
         let (token, _) = read_token(None, Some(dir.path())).expect("readable");
         assert_eq!(token.as_deref(), Some("abc"));
+        std::fs::write(dir.path().join("http-token"), "\n").expect("write");
+        let (token, _) = read_token(None, Some(dir.path())).expect("empty is no token");
+        assert_eq!(token, None);
     }
 }

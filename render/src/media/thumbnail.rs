@@ -87,7 +87,12 @@ pub fn write_thumbnail(path: &Path, rgb: &[u8], width: u32, height: u32) -> Resu
     let jpeg = packet
         .data()
         .ok_or_else(|| fail("the mjpeg encoder returned an empty packet".to_string()))?;
-    let partial = path.with_extension("jpg.partial");
+    // `.<k>.jpg.partial`, the pattern of a torn segment: checkpoint clean-up removes it.
+    let name = path
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let partial = path.with_file_name(format!(".{name}.partial"));
     std::fs::write(&partial, jpeg)
         .and_then(|()| std::fs::rename(&partial, path))
         .map_err(|e| fail(e.to_string()))
