@@ -554,7 +554,7 @@ fn write_segment(
         .map_err(|err| Failure::new(FailureKind::Io, err.to_string()))?;
     // The dashboard's picture of the job: the clip's last frame, beside the segment. Only a
     // view, so a failure costs a warning, never the clip.
-    if let Some(last) = frames.iter().take(keep as usize).last() {
+    if let Some(last) = frames.iter().take(keep as usize).next_back() {
         let thumbnail = path.with_extension("jpg");
         if let Err(err) = media::write_thumbnail(&thumbnail, last, settings.width, settings.height)
         {
