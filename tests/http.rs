@@ -192,6 +192,28 @@ fn metrics_and_api_follow_a_job_from_queue_to_done() {
         Some(true)
     );
 
+    // Live updates: a client of the event stream sees the clips as they are done.
+    let stream = ureq::get(&format!("{base}/api/v1/events"))
+        .timeout(Duration::from_secs(30))
+        .call()
+        .expect("the event stream");
+    assert!(stream.content_type().starts_with("text/event-stream"));
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stream.into_reader()).lines() {
+            let Ok(line) = line else { break };
+            if let Some(data) = line.strip_prefix("data:") {
+                if let Ok(event) = serde_json::from_str::<Value>(data.trim()) {
+                    if seen_tx.send(event).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+
+    farm.drop_job("broken.yaml", "name: [unclosed\n");
     farm.drop_job(
         "short.yaml",
         &job(&farm, "short", "  infer_frames: 4\n  num_clip: 3\n"),
@@ -263,6 +285,29 @@ fn metrics_and_api_follow_a_job_from_queue_to_done() {
             .is_some_and(|ts| ts > 1.6e9),
         "timestamp set"
     );
+    let rejected: f64 = after
+        .iter()
+        .filter(|s| s.name == "reelspool_intake_rejections_total")
+        .map(|s| s.value)
+        .sum();
+    assert_eq!(rejected, 1.0, "the broken file is counted once");
+    let mut streamed = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !streamed
+        .iter()
+        .any(|e: &Value| e["job"] == id.as_str() && e["event"] == "done")
+    {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match seen_rx.recv_timeout(left) {
+            Ok(event) => streamed.push(event),
+            Err(_) => panic!("no `done` on the event stream: {streamed:?}"),
+        }
+    }
+    let clip_events = streamed
+        .iter()
+        .filter(|e| e["job"] == id.as_str() && e["event"] == "clip_done")
+        .count();
+    assert_eq!(clip_events, 3, "{streamed:?}");
     for sample in &after {
         for label in sample.labels.values() {
             let label = label.as_str().unwrap_or("");
@@ -431,6 +476,32 @@ fn actions_need_the_token_or_the_socket_and_dcgm_files_follow_the_job() {
     let (status, body) = request("POST", &cancel, Some(TOKEN));
     assert_eq!(status, 200, "{body}");
     wait_cancelled(&farm, "first.yaml");
+
+    // Drain and undrain with the token; an unknown card is a 404.
+    let (status, body) = request(
+        "POST",
+        &format!("{base}/api/v1/gpus/GPU-nope/drain"),
+        Some(TOKEN),
+    );
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = request(
+        "POST",
+        &format!("{base}/api/v1/gpus/cpu-0/drain"),
+        Some(TOKEN),
+    );
+    assert_eq!(status, 200, "{body}");
+    wait_for("the card to be drained", Duration::from_secs(10), || {
+        (get_json(&format!("{base}/api/v1/gpus"))["cards"][0]["drained"] == true).then_some(())
+    });
+    let (status, body) = request(
+        "POST",
+        &format!("{base}/api/v1/gpus/cpu-0/undrain"),
+        Some(TOKEN),
+    );
+    assert_eq!(status, 200, "{body}");
+    wait_for("the card to be back", Duration::from_secs(10), || {
+        (get_json(&format!("{base}/api/v1/gpus"))["cards"][0]["drained"] == false).then_some(())
+    });
     wait_for("the DCGM file to go", Duration::from_secs(10), || {
         (!mapped.exists()).then_some(())
     });

@@ -1,6 +1,8 @@
-//! Once a second: the queue index gives the jobs by state; every job not yet finished has
-//! its new events read, and each becomes counters and a server-sent event; new intake
-//! rejections are counted; the DCGM job-mapping files follow `gpus.json`.
+//! Once a second: the queue index gives the jobs by state; every job whose `events.jsonl`
+//! grew (a finished one for an hour after its end, for the notices) has its new events read,
+//! and each becomes counters and a server-sent event; new intake rejections are counted; the
+//! DCGM job-mapping files follow `gpus.json`. The cost per tick is one index read and one
+//! `stat` per job still watched.
 //!
 //! Counters start at 0 when the daemon starts (what Prometheus expects of a restart): events
 //! already on disk then are skipped, and only what happens afterwards is counted.
@@ -37,14 +39,17 @@ const PHASES: [Phase; 5] = [
 struct Followed {
     /// Events already handled.
     seen: usize,
-    /// Its terminal event was handled (or it was finished at start-up): nothing more to read.
-    done: bool,
-    /// Terminal in the index at the last tick (a second terminal tick without a terminal
-    /// event also stops the following).
-    terminal_before: bool,
+    /// The size of `events.jsonl` when last read: a file that has not grown is not read again.
+    len: u64,
+    /// When the job ended (its terminal event, or its first tick as a finished job). Notices
+    /// are still recorded after the end, so a finished job is watched for a while longer.
+    ended_at_ms: Option<u64>,
     /// The card of its current attempt.
     uuid: Option<String>,
 }
+
+/// How long a finished job's events are still read (notice deliveries come after the end).
+const AFTER_END_MS: u64 = 3_600_000;
 
 #[derive(Default)]
 struct Follower {
@@ -125,17 +130,29 @@ impl Follower {
                 .and_then(|s| s.cards.iter().find(|card| card.uuid == uuid))
                 .map_or_else(|| "unknown".to_string(), |card| card.index.to_string())
         };
+        let now = jobs::state::now_ms();
         for entry in &entries {
             let id = entry.id.to_string();
             let terminal = entry.phase.is_terminal();
             let dir = JobDir::new(jobs_dir.join(&id));
             let followed = self.jobs.entry(id.clone()).or_insert_with(|| Followed {
                 seen: 0,
-                done: false,
-                terminal_before: false,
+                len: 0,
+                ended_at_ms: None,
                 uuid: None,
             });
-            if followed.done {
+            if followed
+                .ended_at_ms
+                .is_some_and(|ended| now.saturating_sub(ended) > AFTER_END_MS)
+            {
+                continue;
+            }
+            // A stat per job and tick; the events are read only when the file grew.
+            let len = std::fs::metadata(dir.events_jsonl()).map_or(0, |meta| meta.len());
+            if len == followed.len {
+                if terminal && followed.ended_at_ms.is_none() {
+                    followed.ended_at_ms = Some(now);
+                }
                 continue;
             }
             let events = match dir.read_events() {
@@ -145,11 +162,15 @@ impl Follower {
                     continue;
                 }
             };
+            followed.len = len;
             if self.first {
-                // Already on disk at start: not counted, only remembered.
+                // Already on disk at start: not counted, only remembered. Jobs finished
+                // before the start are not watched at all.
                 followed.seen = events.len();
                 followed.uuid = entry.gpu.clone();
-                followed.done = terminal;
+                if terminal {
+                    followed.ended_at_ms = Some(0);
+                }
                 continue;
             }
             let start = followed.seen.min(events.len());
@@ -164,14 +185,10 @@ impl Follower {
                 });
                 let _ = shared.events.send(message.to_string());
                 if finished {
-                    followed.done = true;
+                    followed.ended_at_ms = Some(now);
                 }
             }
             followed.seen = events.len();
-            if terminal && followed.terminal_before {
-                followed.done = true;
-            }
-            followed.terminal_before = terminal;
         }
     }
 
