@@ -624,13 +624,14 @@ impl Browser<'_> {
             .to_string()
     }
 
+    /// Clicks the element in one script call: the live part of the page is replaced every
+    /// few seconds, so an element found in one WebDriver call may be gone by the next.
     fn click(&self, css: &str) {
-        let id = self.element(css);
-        webdriver(
-            "POST",
-            &self.url(&format!("/element/{id}/click")),
-            json!({}),
-        );
+        let clicked = self.script(&format!(
+            "const el = document.querySelector({}); if (!el) return false; el.click(); return true;",
+            json!(css)
+        ));
+        assert_eq!(clicked, json!(true), "nothing to click at {css}");
     }
 }
 
