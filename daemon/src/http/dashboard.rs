@@ -77,8 +77,10 @@ async function refresh(){
   try{const r=await fetch('/live',{cache:'no-store'}); if(r.ok) live.innerHTML=await r.text();}catch(e){}
   pending=false;
 }
+let soon=null;
+function refreshSoon(){ if(!soon) soon=setTimeout(()=>{soon=null;refresh();},300); }
 if(live){
-  try{const es=new EventSource('/api/v1/events'); es.addEventListener('job',()=>refresh());}catch(e){}
+  try{const es=new EventSource('/api/v1/events'); es.addEventListener('job',refreshSoon);}catch(e){}
   setInterval(refresh,5000);
 }
 const tok=document.getElementById('token');
