@@ -175,10 +175,13 @@ pub async fn supervise(
         info!(job = %job, end = ?end, pid = worker.pid, "job ended on its worker");
         let shutting_down = *stop.borrow() == StopRequest::Shutdown;
         let keep = !launch.idle_unload.is_zero() && !shutting_down && code != protocol::EXIT_BUSY;
-        send(WorkerReport::Ended { end, stderr_tail });
+        // Back in the pool before the scheduler hears of the end: the report makes it place
+        // the next job, which should find this worker idle.
         if keep {
             pool.put(worker);
+            send(WorkerReport::Ended { end, stderr_tail });
         } else {
+            send(WorkerReport::Ended { end, stderr_tail });
             worker.let_go(if launch.idle_unload.is_zero() {
                 "warm workers are off (worker.idle_unload_secs: 0)"
             } else {
