@@ -174,19 +174,22 @@ pub async fn supervise(
         let end = classify_end(Ok(status), last_message, false, Killer::Unknown(None));
         info!(job = %job, end = ?end, pid = worker.pid, "job ended on its worker");
         let shutting_down = *stop.borrow() == StopRequest::Shutdown;
-        let keep = !launch.idle_unload.is_zero() && !shutting_down && code != protocol::EXIT_BUSY;
+        let keep = !launch.idle_unload.is_zero() && !shutting_down && worker_stays_fit(&end);
         // Back in the pool before the scheduler hears of the end: the report makes it place
         // the next job, which should find this worker idle.
         if keep {
             pool.put(worker);
             send(WorkerReport::Ended { end, stderr_tail });
         } else {
-            send(WorkerReport::Ended { end, stderr_tail });
-            worker.let_go(if launch.idle_unload.is_zero() {
+            let why = if launch.idle_unload.is_zero() {
                 "warm workers are off (worker.idle_unload_secs: 0)"
-            } else {
+            } else if shutting_down {
                 "its job ended while the daemon stops"
-            });
+            } else {
+                "its job failed in a way that may have left it unfit; the retry gets a fresh one"
+            };
+            send(WorkerReport::Ended { end, stderr_tail });
+            worker.let_go(why);
         }
         return;
     }
@@ -200,6 +203,22 @@ pub async fn supervise(
     let end = classify_end(status, last_message, heartbeat_lost, killer);
     info!(job = %job, end = ?end, "worker ended");
     send(WorkerReport::Ended { end, stderr_tail });
+}
+
+/// Whether a worker whose job ended this way may serve the next job. A job that finished, was
+/// stopped, or failed on its own input leaves the worker as it was; after an engine error, an
+/// out-of-memory (a CUDA context may not recover from one), an I/O failure (a full disk: the
+/// job waits for space) or a busy job lock, the next attempt gets a fresh process.
+fn worker_stays_fit(end: &WorkerEnd) -> bool {
+    matches!(
+        end,
+        WorkerEnd::Finished
+            | WorkerEnd::Interrupted { .. }
+            | WorkerEnd::Failed {
+                kind: FailureKind::Input,
+                ..
+            }
+    )
 }
 
 /// How long the end of a job waits for the stderr router to finish that job's lines.
