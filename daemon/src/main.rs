@@ -113,7 +113,8 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
-    /// Render one job directory (started by the daemon, one process per running job).
+    /// Render one job directory; with --serve, stay up for further jobs from stdin (started by the
+    /// daemon, one warm worker per card).
     #[command(hide = true)]
     Worker {
         /// The job's directory under the state dir.

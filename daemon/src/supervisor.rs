@@ -376,3 +376,67 @@ pub fn worker_main(job_dir: &Path, serve: Option<u64>) -> Result<ExitCode> {
     };
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_is_reused_only_after_ends_that_leave_it_as_it_was() {
+        let failed = |kind| WorkerEnd::Failed {
+            kind,
+            message: "m".into(),
+        };
+        assert!(worker_stays_fit(&WorkerEnd::Finished));
+        assert!(worker_stays_fit(&WorkerEnd::Interrupted {
+            next_clip: Some(1)
+        }));
+        assert!(worker_stays_fit(&failed(FailureKind::Input)));
+        for unfit in [
+            failed(FailureKind::Engine),
+            failed(FailureKind::OutOfMemory),
+            failed(FailureKind::Io),
+            WorkerEnd::HeartbeatLost,
+        ] {
+            assert!(!worker_stays_fit(&unfit), "{unfit:?}");
+        }
+    }
+
+    #[test]
+    fn a_reported_job_end_reads_like_the_exit_of_a_worker_of_one_job() {
+        use std::os::unix::process::ExitStatusExt;
+        let status = |code: i32| Ok(std::process::ExitStatus::from_raw((code & 0xff) << 8));
+        let finished = WorkerMessage::Finished {
+            output: "/out/a.mp4".into(),
+            duration_secs: 1.0,
+            frames: 16,
+            clips: 1,
+            kept_existing: None,
+        };
+        assert_eq!(
+            classify_end(
+                status(protocol::EXIT_OK),
+                Some(finished),
+                false,
+                Killer::Unknown(None)
+            ),
+            WorkerEnd::Finished
+        );
+        let error = WorkerMessage::Error {
+            kind: FailureKind::Input,
+            message: "cannot decode audio".into(),
+        };
+        assert_eq!(
+            classify_end(
+                status(protocol::EXIT_JOB_FAILED),
+                Some(error),
+                false,
+                Killer::Unknown(None)
+            ),
+            WorkerEnd::Failed {
+                kind: FailureKind::Input,
+                message: "cannot decode audio".into()
+            }
+        );
+    }
+}

@@ -293,3 +293,82 @@ impl WarmPool {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A real child process writes two jobs' lines between the markers, as a serving worker
+    /// does: each job's log gets its own lines (the first job's early lines too), and the tails
+    /// come out in job order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_jobs_stderr_lines_go_to_that_jobs_log_only() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let (first, second) = (root.path().join("first"), root.path().join("second"));
+        for dir in [&first, &second] {
+            std::fs::create_dir_all(dir).expect("job dir");
+        }
+        let script = format!(
+            "echo 'early line of first' >&2\n\
+             printf '%s%s\\n' \"$BEGIN\" '{first}' >&2\n\
+             echo 'rendering first' >&2\n\
+             printf '%s\\n' \"$END\" >&2\n\
+             echo 'between jobs' >&2\n\
+             printf '%s%s\\n' \"$BEGIN\" '{second}' >&2\n\
+             echo 'rendering second' >&2\n\
+             printf '%s\\n' \"$END\" >&2\n",
+            first = first.display(),
+            second = second.display(),
+        );
+        let mut child = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .env("BEGIN", LOG_JOB_BEGIN)
+            .env("END", LOG_JOB_END)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start sh");
+        let stderr = child.stderr.take().expect("stderr pipe");
+        let (tx, mut tails) = mpsc::unbounded_channel();
+        route_stderr(stderr, first.clone(), tx).await;
+        child.wait().await.expect("sh ends");
+        assert_eq!(
+            tails.recv().await,
+            Some(vec![
+                "early line of first".to_string(),
+                "rendering first".to_string()
+            ])
+        );
+        assert_eq!(
+            tails.recv().await,
+            Some(vec!["rendering second".to_string()])
+        );
+        let log = |dir: &Path| {
+            std::fs::read_to_string(dir.join(crate::logs::WORKER_LOG)).expect("worker.log")
+        };
+        assert_eq!(log(&first), "early line of first\nrendering first\n");
+        assert_eq!(log(&second), "rendering second\n");
+    }
+
+    /// A worker killed in the middle of a job: the lines so far are that job's tail.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_cut_short_still_gets_its_lines() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let job = root.path().join("job");
+        std::fs::create_dir_all(&job).expect("job dir");
+        let mut child = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg("printf '%s%s\\n' \"$BEGIN\" \"$JOB\" >&2; echo 'clip 3' >&2; kill -9 $$")
+            .env("BEGIN", LOG_JOB_BEGIN)
+            .env("JOB", &job)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start sh");
+        let stderr = child.stderr.take().expect("stderr pipe");
+        let (tx, mut tails) = mpsc::unbounded_channel();
+        route_stderr(stderr, job.clone(), tx).await;
+        let status = child.wait().await.expect("sh ends");
+        assert!(!status.success());
+        assert_eq!(tails.recv().await, Some(vec!["clip 3".to_string()]));
+    }
+}
