@@ -682,6 +682,9 @@ impl Scheduler {
                 };
                 if stalled < max_attempts && !self.stopping {
                     let backoff = retry_backoff(stalled);
+                    // The wait is in state.json before the event announces it: whoever reads
+                    // the event (or a daemon restarted right after it) finds it durable.
+                    self.requeue_after(id, backoff);
                     let _ = dir.append_event(&event(
                         "retry",
                         [
@@ -693,7 +696,6 @@ impl Scheduler {
                             ("backoff_secs", backoff.as_secs_f64().into()),
                         ],
                     ));
-                    self.requeue_after(id, backoff);
                 } else if self.stopping {
                     let _ = dir.append_event(&event("interrupted", [("reason", message.into())]));
                 } else {
