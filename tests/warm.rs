@@ -87,6 +87,18 @@ fn three_jobs_of_one_model_share_one_worker_that_loads_the_model_once() {
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
         (report["cards"][0]["worker_model"] == "builtin:tiny").then_some(())
     });
+    // Workers were pointed at the kernel cache under the state dir, keyed by the library
+    // versions and the card model (a CPU build compiles nothing into it).
+    let keyed = farm
+        .state
+        .join("kernel-cache")
+        .join("burn-0.21.0-cubecl-0.10.0");
+    let cards: Vec<String> = std::fs::read_dir(&keyed)
+        .unwrap_or_else(|err| panic!("{}: {err}", keyed.display()))
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(cards.len(), 1, "one folder for the one slot: {cards:?}");
     let table = String::from_utf8_lossy(&farm.cli(&["gpus"]).stdout).into_owned();
     assert!(
         table.contains("WORKER MODEL") && table.contains("builtin:tiny"),
