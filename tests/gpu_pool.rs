@@ -65,7 +65,8 @@ impl Pool {
         std::fs::write(&script, text).expect("write worker script");
         make_executable(&script);
         let farm = Farm::new(&format!(
-            "{pool}worker: {{ program: {} }}\n",
+            // One process per job: these tests count worker starts in runs.log.
+            "{pool}worker: {{ program: {}, idle_unload_secs: 0 }}\n",
             script.display()
         ));
         Pool {

@@ -35,6 +35,13 @@ pub struct WorkerConfig {
     pub stop_timeout_secs: u64,
     /// The program started as the worker; empty means this very binary.
     pub program: Option<PathBuf>,
+    /// A worker with no job for this long exits and frees its card. Until then it keeps its
+    /// model (and compiled kernels) loaded for the next job on its card that uses the same
+    /// model. 0 turns warm workers off: one process per job, as before.
+    pub idle_unload_secs: u64,
+    /// Compiled kernels and autotune results shared by every worker; defaults to
+    /// `<state_dir>/kernel-cache`.
+    pub kernel_cache_dir: Option<PathBuf>,
 }
 
 impl Default for WorkerConfig {
@@ -43,6 +50,8 @@ impl Default for WorkerConfig {
             heartbeat_timeout_secs: 300,
             stop_timeout_secs: 60,
             program: None,
+            idle_unload_secs: 600,
+            kernel_cache_dir: None,
         }
     }
 }
@@ -227,6 +236,14 @@ impl DaemonConfig {
     }
 
     /// Where generated model weights are cached.
+    /// The kernel and autotune cache's root (see `render::engine::kernel_cache`).
+    pub fn kernel_cache_dir(&self) -> PathBuf {
+        self.worker
+            .kernel_cache_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("kernel-cache"))
+    }
+
     pub fn model_cache_dir(&self) -> PathBuf {
         self.model_cache_dir
             .clone()

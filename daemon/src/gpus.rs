@@ -98,7 +98,7 @@ fn list(config: &DaemonConfig, json: bool) -> Result<ExitCode> {
 
 /// The cards as a table, then one line per note (health, outside use, why drained).
 fn table(cards: &[CardView]) -> String {
-    let rows: Vec<[String; 6]> = cards
+    let rows: Vec<[String; 7]> = cards
         .iter()
         .map(|card| {
             [
@@ -115,20 +115,30 @@ fn table(cards: &[CardView]) -> String {
                     "in service"
                 }
                 .to_string(),
+                card.worker_model.clone().unwrap_or_else(|| "-".into()),
                 card.job.clone().unwrap_or_else(|| "-".into()),
             ]
             // Card names come from the driver or the config, not from us: shown escaped.
             .map(|cell| jobs::escape_text(&cell).into_owned())
         })
         .collect();
-    let header = ["UUID", "NAME", "MEMORY", "HEALTH", "STATE", "JOB"].map(String::from);
+    let header = [
+        "UUID",
+        "NAME",
+        "MEMORY",
+        "HEALTH",
+        "STATE",
+        "WORKER MODEL",
+        "JOB",
+    ]
+    .map(String::from);
     let mut widths = header.clone().map(|h| h.len());
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
     }
-    let line = |row: &[String; 6]| {
+    let line = |row: &[String; 7]| {
         let cells: Vec<String> = row
             .iter()
             .zip(widths)
@@ -283,6 +293,7 @@ mod tests {
             drained,
             drain_reason: drained.then(|| "drained by the operator".into()),
             job: job.map(str::to_string),
+            worker_model: job.map(|_| "builtin:tiny".to_string()),
         }
     }
 
@@ -297,6 +308,7 @@ mod tests {
         assert!(
             lines[1].contains("80.0 GiB")
                 && lines[1].contains("drained")
+                && lines[1].contains("builtin:tiny")
                 && lines[1].ends_with("job-1"),
             "{text}"
         );

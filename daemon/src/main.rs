@@ -31,6 +31,7 @@ mod space;
 mod spool;
 mod supervisor;
 mod systemd;
+mod warm;
 
 /// Render farm daemon for audio-driven talking-avatar video models.
 ///
@@ -113,11 +114,18 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
-    /// Render one job directory (started by the daemon, one process per running job).
+    /// Render one job directory; with --serve, stay up for further jobs from stdin (started by the
+    /// daemon, one warm worker per card).
     #[command(hide = true)]
     Worker {
         /// The job's directory under the state dir.
         job_dir: PathBuf,
+        /// Stay up after the job and take further jobs from stdin (a warm worker).
+        #[arg(long)]
+        serve: bool,
+        /// With --serve: exit after this long without a job.
+        #[arg(long, value_name = "SECS", default_value_t = 600)]
+        idle_exit_secs: u64,
     },
 }
 
@@ -147,7 +155,11 @@ fn main() -> ExitCode {
         Command::Gpus { json, action } => gpus::run(config_flag, action, json),
         Command::CheckConfig => cli::check_config(config_flag),
         Command::Demo { dir } => demo::run(dir.as_deref()),
-        Command::Worker { job_dir } => supervisor::worker_main(&job_dir),
+        Command::Worker {
+            job_dir,
+            serve,
+            idle_exit_secs,
+        } => supervisor::worker_main(&job_dir, serve.then_some(idle_exit_secs)),
     };
     match result {
         Ok(code) => code,

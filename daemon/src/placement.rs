@@ -44,6 +44,8 @@ pub struct PlacementDecision {
     pub card_uuid: String,
     pub offload: bool,
     pub env: Vec<(String, String)>,
+    /// The card's model name ("NVIDIA H200", "cpu"): what compiled kernels are kept by.
+    pub gpu_model: String,
 }
 
 /// How a run ended, as far as its card and its lease are concerned.
@@ -128,6 +130,8 @@ pub struct Placement {
     leases_pruned: bool,
     snapshot_dirty: bool,
     snapshot_written_at: Option<Instant>,
+    /// The model each card's worker holds, running or idle (see `warm`).
+    worker_models: HashMap<String, String>,
 }
 
 impl Placement {
@@ -200,6 +204,7 @@ impl Placement {
             leases_pruned: false,
             snapshot_dirty: true,
             snapshot_written_at: None,
+            worker_models: HashMap::new(),
         };
         placement.write_snapshot();
         Ok(placement)
@@ -235,7 +240,9 @@ impl Placement {
 
     /// Puts a job in line. Submission order is the job id's order (ids sort by time), so a job
     /// re-queued after a restart keeps its place.
-    pub fn enqueue(&mut self, id: &JobId, priority: i32, plan: &QueuePlan) {
+    /// `model` is what the job's worker will hold (see `warm::model_key`), when known: a free
+    /// card whose worker holds it already is taken first.
+    pub fn enqueue(&mut self, id: &JobId, priority: i32, plan: &QueuePlan, model: Option<String>) {
         let req = EstimateRequest {
             width: plan.width,
             height: plan.height,
@@ -253,6 +260,7 @@ impl Placement {
             QueuedJob::from_profile(&key, priority, self.next_seq, profile, &req, plan.clips)
         };
         job.preferred_card = self.leases.card_of(&key).map(str::to_string);
+        job.model = model;
         match self.scheduler.enqueue(job, self.now()) {
             Ok(()) => {
                 self.queued.insert(id.clone());
@@ -301,12 +309,13 @@ impl Placement {
                     peak_vram_bytes: None,
                 },
             );
-            let (label, env) = match self.devices.get(&placement.card_uuid) {
+            let (label, env, gpu_model) = match self.devices.get(&placement.card_uuid) {
                 Some(device) => (
                     format!("{}#{}", device.name, device.index),
                     GpuLease::for_device(device).worker_env(),
+                    device.name.clone(),
                 ),
-                None => (placement.card_uuid.clone(), Vec::new()),
+                None => (placement.card_uuid.clone(), Vec::new(), String::new()),
             };
             decisions.push(PlacementDecision {
                 job_id: id,
@@ -314,6 +323,7 @@ impl Placement {
                 card_uuid: placement.card_uuid,
                 offload: placement.offload_used,
                 env,
+                gpu_model,
             });
         }
         if !decisions.is_empty() {
@@ -442,6 +452,22 @@ impl Placement {
             }
             Err(err) => warn!(job, error = %err, "cannot record an observed peak"),
         }
+    }
+
+    /// Which model each card's worker holds now: placement prefers such a card for a job of
+    /// that model, and `gpus.json` shows it.
+    pub fn set_worker_models(&mut self, models: HashMap<String, String>) {
+        if models == self.worker_models {
+            return;
+        }
+        for uuid in self.devices.keys() {
+            let model = models.get(uuid).cloned();
+            if let Err(err) = self.scheduler.set_warm_model(uuid, model) {
+                warn!(gpu = %uuid, error = %err, "cannot note the card's warm model");
+            }
+        }
+        self.worker_models = models;
+        self.snapshot_dirty = true;
     }
 
     pub fn queued_count(&self) -> usize {

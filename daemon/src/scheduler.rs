@@ -31,6 +31,7 @@ use crate::space::{self, SpaceWait};
 use crate::spool::Layout;
 use crate::supervisor::{self, StopRequest, WorkerEnd, WorkerLaunch, WorkerReport};
 use crate::systemd::SchedulerVitals;
+use crate::warm::{self, WarmPool, WorkerKey};
 
 /// How often queued and running jobs are checked for cancel requests, and how often the loop
 /// proves it is alive to the systemd watchdog (see `systemd::SchedulerVitals`).
@@ -72,6 +73,7 @@ const ENQUEUE_BATCH: usize = 16;
 struct RunningJob {
     stop: watch::Sender<StopRequest>,
     card: String,
+    card_uuid: String,
     clip_secs: Vec<f64>,
     clips_total: Option<u32>,
     /// The resolved job, read once at start rather than on every worker message.
@@ -79,6 +81,8 @@ struct RunningJob {
     /// Durable clips when this attempt started: it made progress if it ends with more.
     durable_at_start: u32,
     attempt: u32,
+    /// What its worker holds loaded (see `warm::model_key`).
+    model: Option<String>,
 }
 
 /// The scheduler's state; see the module docs.
@@ -102,6 +106,8 @@ pub struct Scheduler {
     /// Job folders the index did not know at start-up; the daemon hands them back through the
     /// accepted channel once it is ready (see `backlog`).
     unread: Vec<JobId>,
+    /// Idle warm workers (see `warm`).
+    warm: WarmPool,
 }
 
 impl Scheduler {
@@ -128,6 +134,7 @@ impl Scheduler {
             stopping: false,
             index: None,
             unread: Vec::new(),
+            warm: WarmPool::default(),
         };
         let backlog = backlog::load(&scheduler.config.state_dir, &scheduler.layout.jobs)?;
         scheduler.index = backlog.index;
@@ -151,7 +158,9 @@ impl Scheduler {
                     scheduler.backing_off.insert(entry.id, at);
                 }
                 (_, Some(plan), Phase::Queued) => {
-                    scheduler.placement.enqueue(&entry.id, entry.priority, plan)
+                    scheduler
+                        .placement
+                        .enqueue(&entry.id, entry.priority, plan, None)
                 }
                 _ => scheduler.enqueue(entry.id),
             }
@@ -231,7 +240,8 @@ impl Scheduler {
             // A job from intake: its state.json is already durable.
             self.index_record(&state);
         }
-        self.placement.enqueue(&id, state.priority, &plan);
+        self.placement
+            .enqueue(&id, state.priority, &plan, Some(warm::model_key(&spec)));
     }
 
     fn save(&mut self, dir: &JobDir, state: &JobState) {
@@ -320,25 +330,54 @@ impl Scheduler {
             .clone()
             .or_else(|| std::env::current_exe().ok())
             .unwrap_or_else(|| PathBuf::from("reelspool"));
+        let spec = dir.load_spec().ok();
+        let env = {
+            let mut env = decision.env.clone();
+            env.push((
+                "REELSPOOL_OFFLOAD".into(),
+                if decision.offload { "1" } else { "0" }.into(),
+            ));
+            env.push((
+                render::engine::kernel_cache::KERNEL_CACHE_ENV.into(),
+                render::engine::kernel_cache::keyed_dir(
+                    &self.config.kernel_cache_dir(),
+                    &decision.gpu_model,
+                )
+                .display()
+                .to_string(),
+            ));
+            env
+        };
+        let key = WorkerKey {
+            card_uuid: decision.card_uuid.clone(),
+            env: env.clone(),
+            model: spec.as_ref().map(warm::model_key).unwrap_or_default(),
+        };
+        let idle_unload = Duration::from_secs(self.config.worker.idle_unload_secs);
+        // A warm worker already holding this job's model on this card takes the job; any other
+        // idle worker there lets go of the card first.
+        let warm_worker = if idle_unload.is_zero() || spec.is_none() {
+            None
+        } else {
+            self.warm.take(&key)
+        };
+        self.warm.let_go_card(&decision.card_uuid);
         let launch = WorkerLaunch {
             job_id: id.clone(),
             job_dir: dir.root().to_path_buf(),
             program,
-            env: {
-                let mut env = decision.env.clone();
-                env.push((
-                    "REELSPOOL_OFFLOAD".into(),
-                    if decision.offload { "1" } else { "0" }.into(),
-                ));
-                env
-            },
+            env,
             model_cache_dir: self.config.model_cache_dir(),
             heartbeat_timeout: Duration::from_secs(self.config.worker.heartbeat_timeout_secs),
             stop_timeout: Duration::from_secs(self.config.worker.stop_timeout_secs),
+            key: key.clone(),
+            idle_unload,
         };
         let (stop_tx, stop_rx) = watch::channel(StopRequest::None);
         self.supervisors.spawn(supervisor::supervise(
             launch,
+            warm_worker,
+            self.warm.clone(),
             self.reports_tx.clone(),
             stop_rx,
         ));
@@ -348,11 +387,13 @@ impl Scheduler {
             RunningJob {
                 stop: stop_tx,
                 card: decision.card_label,
+                card_uuid: decision.card_uuid,
                 clip_secs: Vec::new(),
                 clips_total: state.clips_total,
-                spec: dir.load_spec().ok(),
+                spec,
                 durable_at_start,
                 attempt: state.attempts,
+                model: Some(key.model),
             },
         );
     }
@@ -378,6 +419,8 @@ impl Scheduler {
                 fresh_reason,
                 device,
                 offload,
+                pid,
+                model_loaded,
             } => {
                 state.clips_total = Some(*clips_total);
                 state.clips_done = *next_clip;
@@ -395,6 +438,12 @@ impl Scheduler {
                     fields.push(("device", device.clone().into()));
                 }
                 fields.push(("offload", (*offload).into()));
+                if let Some(pid) = pid {
+                    fields.push(("worker_pid", (*pid).into()));
+                }
+                if let Some(loaded) = model_loaded {
+                    fields.push(("model_loaded", (*loaded).into()));
+                }
                 let _ = dir.append_event(&event(
                     if *next_clip > 0 { "resumed" } else { "started" },
                     fields,
@@ -471,7 +520,8 @@ impl Scheduler {
             }
             WorkerMessage::Interrupted { .. }
             | WorkerMessage::Heartbeat
-            | WorkerMessage::Error { .. } => return,
+            | WorkerMessage::Error { .. }
+            | WorkerMessage::JobEnded { .. } => return,
         }
         self.save(dir, &state);
     }
@@ -632,6 +682,9 @@ impl Scheduler {
                 };
                 if stalled < max_attempts && !self.stopping {
                     let backoff = retry_backoff(stalled);
+                    // The wait is in state.json before the event announces it: whoever reads
+                    // the event (or a daemon restarted right after it) finds it durable.
+                    self.requeue_after(id, backoff);
                     let _ = dir.append_event(&event(
                         "retry",
                         [
@@ -643,7 +696,6 @@ impl Scheduler {
                             ("backoff_secs", backoff.as_secs_f64().into()),
                         ],
                     ));
-                    self.requeue_after(id, backoff);
                 } else if self.stopping {
                     let _ = dir.append_event(&event("interrupted", [("reason", message.into())]));
                 } else {
@@ -832,6 +884,20 @@ impl Scheduler {
         let _ = dir.append_event(&recorded);
     }
 
+    /// Lets go of workers idle for `worker.idle_unload_secs`, and tells placement which model
+    /// each card's worker holds (for its preference and for `reelspool gpus`).
+    fn tend_warm_workers(&mut self) {
+        self.warm
+            .reap(Duration::from_secs(self.config.worker.idle_unload_secs));
+        let mut models = self.warm.models();
+        for job in self.running.values() {
+            if let Some(model) = &job.model {
+                models.insert(job.card_uuid.clone(), model.clone());
+            }
+        }
+        self.placement.set_worker_models(models);
+    }
+
     /// Counts for systemd's status line, stamped with this tick.
     fn vitals(&self) -> SchedulerVitals {
         let gpus: std::collections::BTreeSet<&str> =
@@ -964,6 +1030,7 @@ pub async fn run(
                     scheduler.release_backoffs();
                     scheduler.release_space_waits();
                     scheduler.placement.on_tick();
+                    scheduler.tend_warm_workers();
                     scheduler.place();
                 });
                 vitals.send_replace(scheduler.vitals());
@@ -993,6 +1060,7 @@ pub async fn run(
         }
     }
     while scheduler.supervisors.join_next().await.is_some() {}
+    scheduler.warm.let_go_all();
     // Jobs still waiting in `accepted` are on disk; the next start finds them.
     blocking(|| {
         scheduler.placement.persist();

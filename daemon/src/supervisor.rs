@@ -1,20 +1,21 @@
-//! One supervisor task per running job: it starts the worker process on its lease, reads the
-//! worker's JSON lines, keeps the tail of its stderr, enforces the heartbeat, and reports how the
-//! worker ended. A worker that crashes, hangs or is killed by the kernel's OOM killer is just an
+//! One supervisor task per running job: it starts the worker process on its lease (or hands the
+//! job to a warm worker already on that card, see `warm`), reads the worker's JSON lines, keeps
+//! the tail of the job's stderr, enforces the heartbeat, and reports how the job ended. A worker that crashes, hangs or is killed by the kernel's OOM killer is just an
 //! exit status here: the daemon itself never goes down with it.
 
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
 use anyhow::Result;
 use jobs::state::JobId;
-use render::protocol::{self, FailureKind, WorkerMessage};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use render::protocol::{self, FailureKind, WorkerCommand, WorkerMessage};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
+
+use crate::warm::{WarmPool, WarmWorker, WorkerKey};
 
 /// How many stderr lines of a worker are kept for the job's events and failure notices.
 pub const STDERR_TAIL_LINES: usize = 40;
@@ -29,6 +30,10 @@ pub struct WorkerLaunch {
     pub model_cache_dir: PathBuf,
     pub heartbeat_timeout: Duration,
     pub stop_timeout: Duration,
+    /// The card, lease environment and model: what a warm worker must match to be reused.
+    pub key: WorkerKey,
+    /// How long a worker may wait for its next job; zero: one process per job.
+    pub idle_unload: Duration,
 }
 
 /// Why the daemon wants a worker to stop.
@@ -62,9 +67,12 @@ pub enum WorkerReport {
     },
 }
 
-/// Starts the worker and follows it to its end.
+/// Starts the job on `warm` (an idle worker fit for it) or on a fresh worker, follows it to
+/// the job's end, and puts a worker that is still fine back into `pool`.
 pub async fn supervise(
     launch: WorkerLaunch,
+    warm: Option<WarmWorker>,
+    pool: WarmPool,
     reports: mpsc::UnboundedSender<(JobId, WorkerReport)>,
     mut stop: watch::Receiver<StopRequest>,
 ) {
@@ -72,12 +80,165 @@ pub async fn supervise(
     let send = |report: WorkerReport| {
         let _ = reports.send((job.clone(), report));
     };
+    let mut worker = match warm {
+        Some(mut worker) => {
+            worker.jobs_served += 1;
+            let run = WorkerCommand::Run {
+                job_dir: launch.job_dir.clone(),
+            };
+            if worker.send(&run).await {
+                info!(job = %job, pid = worker.pid, jobs_served = worker.jobs_served, "job sent to a warm worker");
+                Some(worker)
+            } else {
+                // It died while idle: nothing of this job reached it, start a fresh one.
+                worker.let_go("its stdin is closed");
+                None
+            }
+        }
+        None => None,
+    };
+    if worker.is_none() {
+        match spawn_worker(&launch) {
+            Ok(fresh) => worker = Some(fresh),
+            Err(status) => {
+                send(WorkerReport::Ended {
+                    end: WorkerEnd::Crashed { status },
+                    stderr_tail: Vec::new(),
+                });
+                return;
+            }
+        }
+    }
+    let Some(mut worker) = worker else { return };
+    let mut last_message: Option<WorkerMessage> = None;
+    let mut stop_sent_at: Option<tokio::time::Instant> = None;
+    let mut heartbeat_lost = false;
+    let mut killed_after_stop = false;
+    let mut job_ended: Option<i32> = None;
+    loop {
+        let deadline = match stop_sent_at {
+            Some(sent) => sent + launch.stop_timeout,
+            None => tokio::time::Instant::now() + launch.heartbeat_timeout,
+        };
+        tokio::select! {
+            line = worker.stdout.next_line() => match line {
+                Ok(Some(line)) => match WorkerMessage::from_line(&line) {
+                    Some(WorkerMessage::JobEnded { code, .. }) => {
+                        job_ended = Some(code);
+                        break;
+                    }
+                    Some(message) => {
+                        last_message = Some(message.clone());
+                        send(WorkerReport::Message(message));
+                    }
+                    None => debug!(job = %job, line = %line, "worker stdout"),
+                },
+                Ok(None) | Err(_) => break,
+            },
+            changed = stop.changed(), if stop_sent_at.is_none() => {
+                let request = if changed.is_err() { StopRequest::Shutdown } else { *stop.borrow() };
+                match request {
+                    StopRequest::None => {}
+                    StopRequest::Cancel => {
+                        info!(job = %job, "asking worker to checkpoint and stop the job");
+                        if !worker.send(&WorkerCommand::Stop).await {
+                            signal_pid(worker.pid, libc::SIGTERM);
+                        }
+                        stop_sent_at = Some(tokio::time::Instant::now());
+                    }
+                    StopRequest::Shutdown => {
+                        info!(job = %job, "asking worker to checkpoint and stop");
+                        signal_pid(worker.pid, libc::SIGTERM);
+                        stop_sent_at = Some(tokio::time::Instant::now());
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                if stop_sent_at.is_none() {
+                    warn!(job = %job, "worker silent for {:?}; killing it", launch.heartbeat_timeout);
+                    heartbeat_lost = true;
+                } else {
+                    warn!(job = %job, "worker did not stop within {:?}; killing it", launch.stop_timeout);
+                    killed_after_stop = true;
+                }
+                let _ = worker.child.start_kill();
+                break;
+            }
+        }
+    }
+    if let Some(code) = job_ended {
+        // The job is over and the worker lives on: its exit status is the one it reported.
+        use std::os::unix::process::ExitStatusExt;
+        let stderr_tail = worker.job_tail(TAIL_WAIT).await;
+        let status = std::process::ExitStatus::from_raw((code & 0xff) << 8);
+        let end = classify_end(Ok(status), last_message, false, Killer::Unknown(None));
+        info!(job = %job, end = ?end, pid = worker.pid, "job ended on its worker");
+        let shutting_down = *stop.borrow() == StopRequest::Shutdown;
+        let keep = !launch.idle_unload.is_zero() && !shutting_down && worker_stays_fit(&end);
+        // Back in the pool before the scheduler hears of the end: the report makes it place
+        // the next job, which should find this worker idle.
+        if keep {
+            pool.put(worker);
+            send(WorkerReport::Ended { end, stderr_tail });
+        } else {
+            let why = if launch.idle_unload.is_zero() {
+                "warm workers are off (worker.idle_unload_secs: 0)"
+            } else if shutting_down {
+                "its job ended while the daemon stops"
+            } else {
+                "its job failed in a way that may have left it unfit; the retry gets a fresh one"
+            };
+            send(WorkerReport::Ended { end, stderr_tail });
+            worker.let_go(why);
+        }
+        return;
+    }
+    let status = worker.child.wait().await;
+    let stderr_tail = worker.job_tail(TAIL_WAIT).await;
+    let killer = if killed_after_stop {
+        Killer::DaemonAfterStop(launch.stop_timeout)
+    } else {
+        Killer::Unknown(worker.oom_watch.take())
+    };
+    let end = classify_end(status, last_message, heartbeat_lost, killer);
+    info!(job = %job, end = ?end, "worker ended");
+    send(WorkerReport::Ended { end, stderr_tail });
+}
+
+/// Whether a worker whose job ended this way may serve the next job. A job that finished, was
+/// stopped, or failed on its own input leaves the worker as it was; after an engine error, an
+/// out-of-memory (a CUDA context may not recover from one), an I/O failure (a full disk: the
+/// job waits for space) or a busy job lock, the next attempt gets a fresh process.
+fn worker_stays_fit(end: &WorkerEnd) -> bool {
+    matches!(
+        end,
+        WorkerEnd::Finished
+            | WorkerEnd::Interrupted { .. }
+            | WorkerEnd::Failed {
+                kind: FailureKind::Input,
+                ..
+            }
+    )
+}
+
+/// How long the end of a job waits for the stderr router to finish that job's lines.
+const TAIL_WAIT: Duration = Duration::from_secs(5);
+
+/// Starts `reelspool worker <job-dir> --serve` for the launch's job; the error is the status
+/// to report.
+fn spawn_worker(launch: &WorkerLaunch) -> Result<WarmWorker, String> {
     let mut command = Command::new(&launch.program);
+    // A worker outlives its job only while the daemon wants it; it exits by itself a little
+    // after the daemon would have let it go (see `warm::SELF_EXIT_GRACE`).
+    let idle_exit = launch.idle_unload + crate::warm::SELF_EXIT_GRACE;
     command
         .arg("worker")
         .arg(&launch.job_dir)
+        .arg("--serve")
+        .arg("--idle-exit-secs")
+        .arg(idle_exit.as_secs().to_string())
         .env("REELSPOOL_MODEL_CACHE", &launch.model_cache_dir)
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
@@ -95,91 +256,42 @@ pub async fn supervise(
             Ok(())
         });
     }
-    let mut child = match command.spawn() {
-        Ok(child) => child,
-        Err(err) => {
-            send(WorkerReport::Ended {
-                end: WorkerEnd::Crashed {
-                    status: format!("cannot start worker {}: {err}", launch.program.display()),
-                },
-                stderr_tail: Vec::new(),
-            });
-            return;
-        }
-    };
-    info!(job = %job, pid = child.id(), "worker started");
-    let oom_watch = child.id().map(crate::death::OomWatch::start);
-    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+    let mut child = command
+        .spawn()
+        .map_err(|err| format!("cannot start worker {}: {err}", launch.program.display()))?;
+    let (Some(stdin), Some(stdout), Some(stderr), Some(pid)) = (
+        child.stdin.take(),
+        child.stdout.take(),
+        child.stderr.take(),
+        child.id(),
+    ) else {
         let _ = child.start_kill();
-        send(WorkerReport::Ended {
-            end: WorkerEnd::Crashed {
-                status: "worker pipes missing".into(),
-            },
-            stderr_tail: Vec::new(),
-        });
-        return;
+        return Err("worker pipes missing".into());
     };
-    let worker_log = launch.job_dir.join(crate::logs::WORKER_LOG);
-    let stderr_task = tokio::spawn(collect_stderr(job.clone(), stderr, worker_log));
-    let mut lines = BufReader::new(stdout).lines();
-    let mut last_message: Option<WorkerMessage> = None;
-    let mut stop_sent_at: Option<tokio::time::Instant> = None;
-    let mut heartbeat_lost = false;
-    let mut killed_after_stop = false;
-    loop {
-        let deadline = match stop_sent_at {
-            Some(sent) => sent + launch.stop_timeout,
-            None => tokio::time::Instant::now() + launch.heartbeat_timeout,
-        };
-        tokio::select! {
-            line = lines.next_line() => match line {
-                Ok(Some(line)) => match WorkerMessage::from_line(&line) {
-                    Some(message) => {
-                        last_message = Some(message.clone());
-                        send(WorkerReport::Message(message));
-                    }
-                    None => debug!(job = %job, line = %line, "worker stdout"),
-                },
-                Ok(None) | Err(_) => break,
-            },
-            changed = stop.changed(), if stop_sent_at.is_none() => {
-                if changed.is_err() || *stop.borrow() != StopRequest::None {
-                    info!(job = %job, "asking worker to checkpoint and stop");
-                    signal_child(&child, libc::SIGTERM);
-                    stop_sent_at = Some(tokio::time::Instant::now());
-                }
-            }
-            _ = tokio::time::sleep_until(deadline) => {
-                if stop_sent_at.is_none() {
-                    warn!(job = %job, "worker silent for {:?}; killing it", launch.heartbeat_timeout);
-                    heartbeat_lost = true;
-                } else {
-                    warn!(job = %job, "worker did not stop within {:?}; killing it", launch.stop_timeout);
-                    killed_after_stop = true;
-                }
-                let _ = child.start_kill();
-                break;
-            }
-        }
-    }
-    let status = child.wait().await;
-    let stderr_tail = stderr_task.await.unwrap_or_default();
-    let killer = if killed_after_stop {
-        Killer::DaemonAfterStop(launch.stop_timeout)
-    } else {
-        Killer::Unknown(oom_watch)
-    };
-    let end = classify_end(status, last_message, heartbeat_lost, killer);
-    info!(job = %job, end = ?end, "worker ended");
-    send(WorkerReport::Ended { end, stderr_tail });
+    info!(job = %launch.job_id, pid, "worker started");
+    let (tails_tx, tails) = mpsc::unbounded_channel();
+    tokio::spawn(crate::warm::route_stderr(
+        stderr,
+        launch.job_dir.clone(),
+        tails_tx,
+    ));
+    Ok(WarmWorker {
+        child,
+        stdin: Some(stdin),
+        stdout: BufReader::new(stdout).lines(),
+        tails,
+        pid,
+        key: launch.key.clone(),
+        oom_watch: Some(crate::death::OomWatch::start(pid)),
+        jobs_served: 1,
+    })
 }
 
-fn signal_child(child: &tokio::process::Child, signal: i32) {
-    if let Some(pid) = child.id() {
-        // SAFETY: kill() with a pid we spawned and still own (not yet reaped).
-        unsafe {
-            libc::kill(pid as i32, signal);
-        }
+fn signal_pid(pid: u32, signal: i32) {
+    // SAFETY: kill() with the pid of a child we spawned and have not reaped yet (its supervisor
+    // holds the `Child` until it has waited for it).
+    unsafe {
+        libc::kill(pid as i32, signal);
     }
 }
 
@@ -248,52 +360,83 @@ fn classify_end(
     }
 }
 
-/// Keeps the last lines for the job's events and appends every line to `<job-dir>/worker.log`
-/// (what `reelspool logs` shows). A log that cannot be written costs the log, never the job.
-async fn collect_stderr(
-    job: JobId,
-    stderr: tokio::process::ChildStderr,
-    log_path: PathBuf,
-) -> Vec<String> {
-    let mut tail = VecDeque::with_capacity(STDERR_TAIL_LINES);
-    let mut lines = BufReader::new(stderr).lines();
-    let mut log = match tokio::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .await
-    {
-        Ok(file) => Some(file),
-        Err(err) => {
-            warn!(job = %job, path = %log_path.display(), error = %err, "cannot open the worker log");
-            None
-        }
-    };
-    while let Ok(Some(line)) = lines.next_line().await {
-        debug!(job = %job, "worker: {line}");
-        if let Some(file) = log.as_mut() {
-            if let Err(err) = file.write_all(format!("{line}\n").as_bytes()).await {
-                warn!(job = %job, path = %log_path.display(), error = %err, "cannot write the worker log");
-                log = None;
-            }
-        }
-        if tail.len() == STDERR_TAIL_LINES {
-            tail.pop_front();
-        }
-        tail.push_back(line);
-    }
-    if let Some(mut file) = log {
-        let _ = file.flush().await;
-    }
-    tail.into_iter().collect()
-}
-
-/// `reelspool worker <job-dir>`: the worker process itself.
-pub fn worker_main(job_dir: &Path) -> Result<ExitCode> {
+/// `reelspool worker <job-dir> [--serve]`: the worker process itself; with `serve` (the idle
+/// limit in seconds) a warm worker that takes further jobs from stdin.
+pub fn worker_main(job_dir: &Path, serve: Option<u64>) -> Result<ExitCode> {
     crate::logging::init_stderr();
     let model_cache = std::env::var_os("REELSPOOL_MODEL_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| job_dir.join("work").join("models"));
-    let code = render::worker::run(job_dir, &model_cache);
+    render::engine::kernel_cache::configure_from_env();
+    let code = match serve {
+        Some(idle_secs) => {
+            render::worker::serve(job_dir, &model_cache, Duration::from_secs(idle_secs.max(1)))
+        }
+        None => render::worker::run(job_dir, &model_cache),
+    };
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_is_reused_only_after_ends_that_leave_it_as_it_was() {
+        let failed = |kind| WorkerEnd::Failed {
+            kind,
+            message: "m".into(),
+        };
+        assert!(worker_stays_fit(&WorkerEnd::Finished));
+        assert!(worker_stays_fit(&WorkerEnd::Interrupted {
+            next_clip: Some(1)
+        }));
+        assert!(worker_stays_fit(&failed(FailureKind::Input)));
+        for unfit in [
+            failed(FailureKind::Engine),
+            failed(FailureKind::OutOfMemory),
+            failed(FailureKind::Io),
+            WorkerEnd::HeartbeatLost,
+        ] {
+            assert!(!worker_stays_fit(&unfit), "{unfit:?}");
+        }
+    }
+
+    #[test]
+    fn a_reported_job_end_reads_like_the_exit_of_a_worker_of_one_job() {
+        use std::os::unix::process::ExitStatusExt;
+        let status = |code: i32| Ok(std::process::ExitStatus::from_raw((code & 0xff) << 8));
+        let finished = WorkerMessage::Finished {
+            output: "/out/a.mp4".into(),
+            duration_secs: 1.0,
+            frames: 16,
+            clips: 1,
+            kept_existing: None,
+        };
+        assert_eq!(
+            classify_end(
+                status(protocol::EXIT_OK),
+                Some(finished),
+                false,
+                Killer::Unknown(None)
+            ),
+            WorkerEnd::Finished
+        );
+        let error = WorkerMessage::Error {
+            kind: FailureKind::Input,
+            message: "cannot decode audio".into(),
+        };
+        assert_eq!(
+            classify_end(
+                status(protocol::EXIT_JOB_FAILED),
+                Some(error),
+                false,
+                Killer::Unknown(None)
+            ),
+            WorkerEnd::Failed {
+                kind: FailureKind::Input,
+                message: "cannot decode audio".into()
+            }
+        );
+    }
 }

@@ -16,9 +16,17 @@
 //!         fails and takes no time, which flatters the baseline.
 //! (b) Decision time with 100,000 queued jobs and 256 cards (192 × 24 GB, 64 × 80 GB): the
 //!     time of one `next_placements` after a release, median and p99.
+//! (c) Model loads. The same 500-job mix, now with two models of the same size (70% the base
+//!     model, 30% a fine-tune with its own weights), where a run that starts in a process that
+//!     does not hold the job's model first pays a load: the weights read from disk (and copied
+//!     to the card when they fit there) plus the kernel compilation and autotuning of a fresh
+//!     process (see [`LoadCost`]). Compared: the ideal (no load ever), a process per job (every
+//!     run loads; with a cold kernel cache, and with a warm one that saves all compiling),
+//!     warm workers without and with placement's preference for a card whose worker holds the
+//!     job's model. Throughput is given as the ideal makespan over each makespan.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -388,6 +396,196 @@ fn decision_time(profile: &MemoryProfile) {
     );
 }
 
+/// What a run pays before its first clip when its process does not hold its model yet.
+struct LoadCost {
+    /// Bytes of weights to read (Live Avatar 14B: ~33 GB).
+    weights_bytes: f64,
+    /// Read speed of the model store (a local NVMe, cold page cache).
+    disk_bytes_per_sec: f64,
+    /// Host-to-card copy (PCIe 4 x16 in practice), for cards the weights fit on.
+    pcie_bytes_per_sec: f64,
+    /// JIT compile + autotune of a fresh process: ENGINE.md §6 measured 140.7 s + 48.1 s for the
+    /// first clip of the tiny model on an H200; the 14B shapes compile at least as much.
+    compile_secs: f64,
+}
+
+const LOADS: LoadCost = LoadCost {
+    weights_bytes: 33e9,
+    disk_bytes_per_sec: 2e9,
+    pcie_bytes_per_sec: 25e9,
+    compile_secs: 188.8,
+};
+
+impl LoadCost {
+    /// Seconds to load a model on a card of `card_gib`: on a 24 GB card Live Avatar runs with
+    /// offload and its weights stay in host memory.
+    fn secs(&self, card_gib: u64, compile: bool) -> f64 {
+        let read = self.weights_bytes / self.disk_bytes_per_sec;
+        let copy = if card_gib >= 80 {
+            self.weights_bytes / self.pcie_bytes_per_sec
+        } else {
+            0.0
+        };
+        read + copy + if compile { self.compile_secs } else { 0.0 }
+    }
+}
+
+/// How processes and models meet in the model-load simulation. With `cache` the kernel cache
+/// on disk (`<state_dir>/kernel-cache/`) is on: a load compiles only the first time its model
+/// meets its card size and job shape (compiled kernels depend on all three; the shape is told
+/// apart by the job's memory estimate), after that it only reads the weights.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Workers {
+    /// Loads cost nothing: the best any farm can do.
+    Ideal,
+    /// A process per job: every run loads.
+    PerJob { cache: bool },
+    /// A worker per card keeps its model; a run loads only when the card's worker holds
+    /// another model. `prefer` turns on placement's preference for a warm card.
+    Warm { prefer: bool, cache: bool },
+}
+
+fn simulate_loads(profile: &MemoryProfile, seed: u64, workers: Workers) -> (f64, usize) {
+    let mut rng = Rng(seed);
+    let jobs: Vec<(QueuedJob, f64)> = (0..500)
+        .map(|seq| {
+            let mut job = random_job(&mut rng, profile, seq, REALISTIC);
+            job.model = Some(
+                rng.pick(&[("liveavatar-14b", 0.7), ("fine-tune", 0.3)])
+                    .into(),
+            );
+            (job, 0.9 + 0.2 * rng.unit())
+        })
+        .collect();
+    let pool = cards(6, 2);
+    let gib_of: HashMap<String, u64> = pool
+        .iter()
+        .map(|card| (card.uuid.clone(), card.memory_total_bytes / GIB))
+        .collect();
+    let mut scheduler =
+        Scheduler::new(pool.clone(), SchedulerPolicy::default()).expect("distinct uuids");
+    let by_id: HashMap<String, (QueuedJob, f64)> = jobs
+        .iter()
+        .map(|(job, noise)| (job.id.clone(), (job.clone(), *noise)))
+        .collect();
+    for (job, _) in &jobs {
+        let _ = scheduler.enqueue(job.clone(), Duration::ZERO);
+    }
+    // The model each card's worker holds (for `Warm`).
+    let mut held: HashMap<String, String> = HashMap::new();
+    // (model, card size, shape) whose kernels are in the disk cache.
+    let mut compiled: HashSet<(String, u64, u64)> = HashSet::new();
+    let mut events: BinaryHeap<Reverse<(Duration, String, String)>> = BinaryHeap::new();
+    let mut now = Duration::ZERO;
+    let mut loads = 0;
+    loop {
+        for placement in scheduler.next_placements(now) {
+            let (job, noise) = &by_id[&placement.job_id];
+            let model = job.model.clone().unwrap_or_default();
+            let gib = gib_of[&placement.card_uuid];
+            let shape = (model.clone(), gib, job.no_offload.vram_bytes);
+            let (loads_now, cache) = match workers {
+                Workers::Ideal => (false, false),
+                Workers::PerJob { cache } => (true, cache),
+                Workers::Warm { cache, .. } => {
+                    (held.get(&placement.card_uuid) != Some(&model), cache)
+                }
+            };
+            let load = if loads_now {
+                let compile = !cache || compiled.insert(shape);
+                LOADS.secs(gib, compile)
+            } else {
+                0.0
+            };
+            loads += usize::from(load > 0.0);
+            held.insert(placement.card_uuid.clone(), model);
+            let secs = load + actual(job, *noise, placement.offload_used);
+            events.push(Reverse((
+                now + Duration::from_secs_f64(secs),
+                placement.job_id,
+                placement.card_uuid,
+            )));
+        }
+        let Some(Reverse((at, job, card))) = events.pop() else {
+            break;
+        };
+        now = at;
+        scheduler
+            .release(&job, RunOutcome::Finished)
+            .expect("simulated job is running");
+        if matches!(workers, Workers::Warm { prefer: true, .. }) {
+            scheduler
+                .set_warm_model(&card, held.get(&card).cloned())
+                .expect("known card");
+        }
+    }
+    (now.as_secs_f64(), loads)
+}
+
+fn model_loads(profile: &MemoryProfile) {
+    println!("(c) model loads, 500 jobs (70% base model, 30% fine-tune) on 6 x 24 GB + 2 x 80 GB");
+    println!(
+        "    load per (model, card): 80 GB {:.0} s ({:.0} s without compiling), 24 GB with offload {:.0} s ({:.0} s)",
+        LOADS.secs(80, true),
+        LOADS.secs(80, false),
+        LOADS.secs(24, true),
+        LOADS.secs(24, false),
+    );
+    let variants = [
+        ("ideal (no loads)", Workers::Ideal),
+        ("process per job", Workers::PerJob { cache: false }),
+        ("per job + kernel cache", Workers::PerJob { cache: true }),
+        (
+            "warm, no preference",
+            Workers::Warm {
+                prefer: false,
+                cache: false,
+            },
+        ),
+        (
+            "warm workers",
+            Workers::Warm {
+                prefer: true,
+                cache: false,
+            },
+        ),
+        (
+            "warm + kernel cache",
+            Workers::Warm {
+                prefer: true,
+                cache: true,
+            },
+        ),
+    ];
+    for seed in [42] {
+        let ideal = simulate_loads(profile, seed, Workers::Ideal).0;
+        println!("    seed {seed}:");
+        for (name, workers) in variants {
+            let (makespan, loads) = simulate_loads(profile, seed, workers);
+            println!(
+                "      {name:<24} {}  {loads:>3} loads  throughput {:.1}% of the ideal",
+                hours(makespan),
+                100.0 * ideal / makespan
+            );
+        }
+    }
+    println!("  20 seeds, throughput as a share of the ideal (median, worst):");
+    for (name, workers) in &variants[1..] {
+        let mut shares: Vec<f64> = (1..=20)
+            .map(|seed| {
+                simulate_loads(profile, seed, Workers::Ideal).0
+                    / simulate_loads(profile, seed, *workers).0
+            })
+            .collect();
+        shares.sort_by(f64::total_cmp);
+        println!(
+            "      {name:<24} median {:.1}%, worst {:.1}%",
+            100.0 * shares[shares.len() / 2],
+            100.0 * shares[0]
+        );
+    }
+}
+
 fn main() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates/profiles");
     let profiles = load_profiles(&dir).expect("the shipped profiles load");
@@ -395,5 +593,6 @@ fn main() {
         .get("liveavatar-14b")
         .expect("liveavatar-14b is shipped");
     makespan(profile);
+    model_loads(profile);
     decision_time(profile);
 }

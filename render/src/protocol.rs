@@ -46,6 +46,13 @@ pub enum WorkerMessage {
         /// Whether the lease asked for offload (`REELSPOOL_OFFLOAD=1`).
         #[serde(default)]
         offload: bool,
+        /// The worker process; a warm worker names the same pid for every job it serves.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pid: Option<u32>,
+        /// Whether the model was loaded for this job (`false`: a warm worker already held it).
+        /// `None` for engines that load no model in the worker (command engines).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model_loaded: Option<bool>,
     },
     /// Clip `index` is encoded and checkpointed.
     ClipDone { index: u32, frames: u32, secs: f64 },
@@ -66,7 +73,47 @@ pub enum WorkerMessage {
     Interrupted { next_clip: u32 },
     /// The job failed; the exit status says the same.
     Error { kind: FailureKind, message: String },
+    /// A serving worker (`reelspool worker --serve`) is done with its job: `code` is the exit
+    /// status a worker of one job would have ended with, and the worker now waits for the next
+    /// job, holding `model` (if any) loaded.
+    JobEnded {
+        code: i32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model: Option<String>,
+    },
 }
+
+/// What the daemon tells a serving worker: one JSON object per line on its stdin. Closing
+/// stdin tells it to exit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum WorkerCommand {
+    /// Render this job directory, exactly as `reelspool worker <job-dir>` would.
+    Run { job_dir: std::path::PathBuf },
+    /// Checkpoint the current job and end it as interrupted, then wait for the next one
+    /// (a cancel); SIGTERM instead also ends the worker (a daemon stop).
+    Stop,
+}
+
+impl WorkerCommand {
+    /// The command as one line (without the newline).
+    pub fn to_line(&self) -> String {
+        // Two plain variants of a path and a unit: encoding cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Parses one line; `None` for anything that is not a command.
+    pub fn from_line(line: &str) -> Option<WorkerCommand> {
+        serde_json::from_str(line.trim()).ok()
+    }
+}
+
+/// The stderr line a serving worker writes before the lines of a job, so the daemon can copy
+/// each job's lines into that job's `worker.log` and nowhere else; followed by the job's
+/// directory.
+pub const LOG_JOB_BEGIN: &str = "\u{1e}reelspool-job-begin ";
+/// The stderr line a serving worker writes after the lines of a job.
+pub const LOG_JOB_END: &str = "\u{1e}reelspool-job-end";
 
 impl WorkerMessage {
     /// The message as one line (without the newline).
@@ -108,6 +155,12 @@ mod tests {
                 fresh_reason: None,
                 device: Some("GPU-1".into()),
                 offload: true,
+                pid: Some(42),
+                model_loaded: Some(false),
+            },
+            WorkerMessage::JobEnded {
+                code: 3,
+                model: Some("builtin:tiny".into()),
             },
             WorkerMessage::Heartbeat,
             WorkerMessage::Interrupted { next_clip: 4 },
@@ -119,6 +172,19 @@ mod tests {
         for message in messages {
             assert_eq!(WorkerMessage::from_line(&message.to_line()), Some(message));
         }
+    }
+
+    #[test]
+    fn commands_survive_a_round_trip() {
+        for command in [
+            WorkerCommand::Run {
+                job_dir: "/state/jobs/20261126-1".into(),
+            },
+            WorkerCommand::Stop,
+        ] {
+            assert_eq!(WorkerCommand::from_line(&command.to_line()), Some(command));
+        }
+        assert_eq!(WorkerCommand::from_line("run please"), None);
     }
 
     #[test]

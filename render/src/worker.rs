@@ -25,6 +25,8 @@ use tracing::{info, warn};
 use crate::checkpoint::{CheckpointStore, ResumePoint};
 use crate::engine::{self, Carry, ClipIndex, ClipLatents, Conditioning, EngineSettings};
 use crate::media;
+#[cfg(doc)]
+use crate::protocol::WorkerCommand;
 use crate::protocol::{self, FailureKind, WorkerMessage};
 
 mod command;
@@ -67,19 +69,151 @@ impl Reporter {
     }
 }
 
+/// The stop flags of a worker process, with its signal handlers installed.
+struct Flags {
+    /// Ends the current job at its next checkpoint: SIGTERM, SIGINT or a `stop` command.
+    stop: Arc<AtomicBool>,
+    /// SIGTERM or SIGINT: the process itself is to end after the current job.
+    terminate: Arc<AtomicBool>,
+}
+
+impl Flags {
+    fn install() -> Flags {
+        let flags = Flags {
+            stop: Arc::new(AtomicBool::new(false)),
+            terminate: Arc::new(AtomicBool::new(false)),
+        };
+        for signal in [libc_sigterm(), libc_sigint()] {
+            for flag in [&flags.stop, &flags.terminate] {
+                if let Err(err) = signal_hook::flag::register(signal, Arc::clone(flag)) {
+                    warn!(error = %err, "cannot install the stop signal handler");
+                }
+            }
+        }
+        flags
+    }
+}
+
 /// Runs the worker for `job_dir`; returns the process exit status (see [`protocol`]).
 pub fn run(job_dir: &Path, model_cache_dir: &Path) -> i32 {
     let reporter = Reporter {
         out: Arc::new(Mutex::new(std::io::stdout())),
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [libc_sigterm(), libc_sigint()] {
-        if let Err(err) = signal_hook::flag::register(signal, Arc::clone(&stop)) {
-            warn!(error = %err, "cannot install the stop signal handler");
+    let flags = Flags::install();
+    run_job(
+        job_dir,
+        model_cache_dir,
+        &reporter,
+        &flags.stop,
+        &mut engine::ModelCache::default(),
+    )
+}
+
+/// `reelspool worker <first-job-dir> --serve`: a warm worker. It renders its first job, then
+/// reads [`WorkerCommand`]s from stdin and renders each job it is sent, keeping the model (and,
+/// on a GPU, its compiled kernels) loaded between jobs. After each job it sends
+/// [`WorkerMessage::JobEnded`] with the exit status a worker of one job would have had. It
+/// exits when stdin closes, after SIGTERM (once the current job is checkpointed), or after
+/// `idle_exit` without a job, which frees the card.
+///
+/// Each job's stderr lines are framed by [`protocol::LOG_JOB_BEGIN`] and
+/// [`protocol::LOG_JOB_END`], so the daemon copies them into that job's log only.
+pub fn serve(first_job: &Path, model_cache_dir: &Path, idle_exit: Duration) -> i32 {
+    let reporter = Reporter {
+        out: Arc::new(Mutex::new(std::io::stdout())),
+    };
+    let flags = Flags::install();
+    let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<PathBuf>();
+    let stop = Arc::clone(&flags.stop);
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            match protocol::WorkerCommand::from_line(&line) {
+                Some(protocol::WorkerCommand::Run { job_dir }) => {
+                    if jobs_tx.send(job_dir).is_err() {
+                        break;
+                    }
+                }
+                Some(protocol::WorkerCommand::Stop) => stop.store(true, Ordering::Relaxed),
+                None => warn!(line = %line, "not a worker command; ignored"),
+            }
+        }
+        // Dropping the sender ends the loop below once the current job is done.
+    });
+    let mut models = engine::ModelCache::default();
+    let mut next = Some(first_job.to_path_buf());
+    loop {
+        let job_dir = match next.take() {
+            Some(job_dir) => job_dir,
+            None => match next_job(&jobs_rx, idle_exit, &flags.terminate) {
+                Some(job_dir) => job_dir,
+                None => return protocol::EXIT_OK,
+            },
+        };
+        flags
+            .stop
+            .store(flags.terminate.load(Ordering::Relaxed), Ordering::Relaxed);
+        eprintln!("{}{}", protocol::LOG_JOB_BEGIN, job_dir.display());
+        let code = run_job(
+            &job_dir,
+            model_cache_dir,
+            &reporter,
+            &flags.stop,
+            &mut models,
+        );
+        eprintln!("{}", protocol::LOG_JOB_END);
+        reporter.send(&WorkerMessage::JobEnded {
+            code,
+            model: models.model().map(str::to_string),
+        });
+        if flags.terminate.load(Ordering::Relaxed) {
+            return protocol::EXIT_OK;
         }
     }
+}
+
+/// Waits for the next job; `None` when the worker is to exit: stdin closed, SIGTERM, or no job
+/// for `idle_exit`.
+fn next_job(
+    jobs: &std::sync::mpsc::Receiver<PathBuf>,
+    idle_exit: Duration,
+    terminate: &AtomicBool,
+) -> Option<PathBuf> {
+    use std::sync::mpsc::RecvTimeoutError;
+    let deadline = Instant::now() + idle_exit;
+    loop {
+        if terminate.load(Ordering::Relaxed) {
+            info!("asked to stop while idle; exiting");
+            return None;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            info!(
+                idle_secs = idle_exit.as_secs(),
+                "no job for the idle limit; unloading and exiting"
+            );
+            return None;
+        }
+        // Short waits, so a SIGTERM while idle is seen at once.
+        match jobs.recv_timeout(left.min(Duration::from_millis(200))) {
+            Ok(job_dir) => return Some(job_dir),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return None,
+        }
+    }
+}
+
+/// Renders one job; returns the exit status a worker of this one job ends with.
+fn run_job(
+    job_dir: &Path,
+    model_cache_dir: &Path,
+    reporter: &Reporter,
+    stop: &AtomicBool,
+    models: &mut engine::ModelCache,
+) -> i32 {
     let dir = JobDir::new(job_dir.to_path_buf());
-    let _lock = match lock_job(&dir, &stop) {
+    let _lock = match lock_job(&dir, stop) {
         Ok(lock) => lock,
         Err(message) => {
             reporter.send(&WorkerMessage::Error {
@@ -91,7 +225,7 @@ pub fn run(job_dir: &Path, model_cache_dir: &Path) -> i32 {
     };
     let heartbeat_stop = Arc::new(AtomicBool::new(false));
     let heartbeat = spawn_heartbeat(reporter.clone(), Arc::clone(&heartbeat_stop));
-    let result = render_job(&dir, model_cache_dir, &reporter, &stop);
+    let result = render_job(&dir, model_cache_dir, reporter, stop, models);
     heartbeat_stop.store(true, Ordering::Relaxed);
     let _ = heartbeat.join();
     match result {
@@ -257,6 +391,7 @@ fn render_job(
     model_cache_dir: &Path,
     reporter: &Reporter,
     stop: &AtomicBool,
+    models: &mut engine::ModelCache,
 ) -> Result<WorkerMessage, Failure> {
     let spec = dir
         .load_spec()
@@ -330,8 +465,15 @@ fn render_job(
         audio_16k_mono: audio.samples_16k_mono,
         prompt: spec.inputs.prompt.clone(),
     };
-    let mut engine = engine::load_engine(&settings, conditioning, model_cache_dir)
+    let load_started = Instant::now();
+    let (mut engine, model_loaded) = models
+        .engine(&settings, conditioning, model_cache_dir)
         .map_err(|err| Failure::new(FailureKind::Engine, err.to_string()))?;
+    if model_loaded {
+        info!(model = %settings.model, secs = load_started.elapsed().as_secs_f64(), "model loaded");
+    } else {
+        info!(model = %settings.model, "model kept loaded from the previous job; nothing to load");
+    }
 
     crash_point::arm(&work);
     let store = CheckpointStore::new(work.clone());
@@ -355,6 +497,8 @@ fn render_job(
         fresh_reason,
         device: std::env::var("CUDA_VISIBLE_DEVICES").ok(),
         offload,
+        pid: Some(std::process::id()),
+        model_loaded: Some(model_loaded),
     });
 
     let encode = encode_settings(&spec);

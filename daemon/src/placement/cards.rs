@@ -176,6 +176,7 @@ impl Placement {
                         .get(&card.uuid)
                         .map(|record| record.reason.clone()),
                     job: card.leased_by.clone(),
+                    worker_model: self.worker_models.get(&card.uuid).cloned(),
                 }
             })
             .collect();
@@ -215,6 +216,7 @@ pub fn discover_cards(config: &crate::config::DaemonConfig) -> anyhow::Result<Ve
                 drained: drain.is_some(),
                 drain_reason: drain.map(|record| record.reason.clone()),
                 job: None,
+                worker_model: None,
             }
         })
         .collect())

@@ -173,6 +173,9 @@ pub struct CardView {
     pub drain_reason: Option<String>,
     /// The job running on it.
     pub job: Option<String>,
+    /// The model its worker holds loaded, running a job or idle (a warm worker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_model: Option<String>,
 }
 
 /// The whole of `gpus.json`.

@@ -68,6 +68,7 @@ impl Scheduler {
                 busy_since: Duration::ZERO,
                 busy_until: Duration::ZERO,
                 consecutive_failures: 0,
+                warm_model: None,
             });
         }
         Ok(scheduler)
@@ -220,6 +221,14 @@ impl Scheduler {
             .ok_or_else(|| PoolError::UnknownCard {
                 uuid: uuid.to_string(),
             })
+    }
+
+    /// Notes which model the card's worker holds loaded (`None`: no worker). A job of that
+    /// model prefers the card among the free ones it fits (see [`QueuedJob::model`]).
+    pub fn set_warm_model(&mut self, uuid: &str, model: Option<String>) -> Result<(), PoolError> {
+        let index = self.card_index(uuid)?;
+        self.cards[index].warm_model = model;
+        Ok(())
     }
 
     /// Takes a card out of placement; a job running there keeps running.

@@ -11,7 +11,8 @@
 //!   first), then higher `priority`, then earlier submission (`seq`).
 //! - **Best fit**: a job takes the smallest free card it fits, so big cards stay free for
 //!   jobs that need them. A resumed job takes its `preferred_card` instead when that is free
-//!   and fits in the same mode.
+//!   and fits in the same mode; failing that, a free card it fits whose worker already holds
+//!   the job's model (a warm worker), the smallest such card first.
 //! - **Offload only when needed**: `offload: auto` runs without offload on any free card that
 //!   fits; failing that, it may offload on a smaller free card, but only if that finishes
 //!   sooner than waiting for a card that fits without offload. "Waiting" is projected from
@@ -65,6 +66,9 @@ pub struct QueuedJob {
     pub may_reduce_frames: bool,
     /// The card the job held before a restart, taken again when free (see `LeaseTable`).
     pub preferred_card: Option<String>,
+    /// The model the job runs: among the free cards it fits, one whose worker already holds
+    /// this model is taken first (a warm worker: no model load, no kernel compile).
+    pub model: Option<String>,
 }
 
 impl QueuedJob {
@@ -92,6 +96,7 @@ impl QueuedJob {
             with_offload: offload.as_ref().map(demand),
             may_reduce_frames: false,
             preferred_card: None,
+            model: None,
         }
     }
 
@@ -268,6 +273,8 @@ struct Card {
     busy_since: Duration,
     busy_until: Duration,
     consecutive_failures: u32,
+    /// The model the card's worker holds loaded, if it has one.
+    warm_model: Option<String>,
 }
 
 #[derive(Debug)]

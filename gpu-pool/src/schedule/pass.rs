@@ -151,12 +151,14 @@ impl Scheduler {
         }
     }
 
-    /// The smallest free card of at least `bytes`, the job's preferred card first.
+    /// The smallest free card of at least `bytes`: the job's preferred card first, then the
+    /// smallest whose worker holds the job's `model`, then the smallest of all.
     fn best_free(
         &self,
         free: &BTreeSet<(u64, usize)>,
         bytes: u64,
         preferred: Option<usize>,
+        model: Option<&str>,
     ) -> Option<usize> {
         if let Some(card) = preferred {
             let memory = self.cards[card].state.memory_total_bytes;
@@ -164,7 +166,17 @@ impl Scheduler {
                 return Some(card);
             }
         }
-        free.range((bytes, 0)..).next().map(|&(_, card)| card)
+        let mut fitting = free.range((bytes, 0)..).map(|&(_, card)| card);
+        if let Some(model) = model {
+            let warm = free
+                .range((bytes, 0)..)
+                .map(|&(_, card)| card)
+                .find(|&card| self.cards[card].warm_model.as_deref() == Some(model));
+            if warm.is_some() {
+                return warm;
+            }
+        }
+        fitting.next()
     }
 
     fn choose_for(
@@ -181,7 +193,9 @@ impl Scheduler {
             .as_deref()
             .and_then(|uuid| self.by_uuid.get(uuid).copied());
         let plain = job.plain_mode();
-        if let Some(card) = plain.and_then(|d| self.best_free(free, d.vram_bytes, preferred)) {
+        if let Some(card) =
+            plain.and_then(|d| self.best_free(free, d.vram_bytes, preferred, job.model.as_deref()))
+        {
             return Choice::Start {
                 card,
                 offload: false,
@@ -190,7 +204,8 @@ impl Scheduler {
         let Some(offload) = job.offload_mode() else {
             return Choice::NoFit;
         };
-        let Some(card) = self.best_free(free, offload.vram_bytes, preferred) else {
+        let Some(card) = self.best_free(free, offload.vram_bytes, preferred, job.model.as_deref())
+        else {
             return Choice::NoFit;
         };
         let start_now = Choice::Start {

@@ -39,6 +39,7 @@ impl Plan {
             }),
             may_reduce_frames: false,
             preferred_card: None,
+            model: None,
         }
     }
 

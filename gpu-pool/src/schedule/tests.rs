@@ -38,6 +38,7 @@ fn plain(id: &str, priority: i32, seq: u64, gib: u64, est_secs: u64) -> QueuedJo
         with_offload: None,
         may_reduce_frames: false,
         preferred_card: None,
+        model: None,
     }
 }
 
@@ -379,6 +380,42 @@ fn resumed_job_takes_its_old_card_when_free() {
     assert_eq!(
         placed(&s.next_placements(secs(0))),
         [("resumed", "b", false)]
+    );
+}
+
+#[test]
+fn a_job_takes_the_free_card_whose_worker_holds_its_model() {
+    let mut s = scheduler(&[("small", 24), ("cold", 48), ("warm", 48)]);
+    s.set_warm_model("warm", Some("live-avatar".into()))
+        .expect("known card");
+    let mut same = plain("same-model", 0, 1, 30, 10);
+    same.model = Some("live-avatar".into());
+    let mut other = plain("other-model", 0, 2, 30, 10);
+    other.model = Some("tiny".into());
+    s.enqueue(same, secs(0)).expect("fits");
+    s.enqueue(other, secs(0)).expect("fits");
+    // Best fit alone would give the first job "cold" (the first of the two 48 GiB cards); the
+    // warm worker makes it take "warm", and the other job takes what is left.
+    assert_eq!(
+        placed(&s.next_placements(secs(0))),
+        [
+            ("same-model", "warm", false),
+            ("other-model", "cold", false)
+        ]
+    );
+}
+
+#[test]
+fn a_warm_card_too_small_for_the_job_is_not_taken() {
+    let mut s = scheduler(&[("warm", 24), ("big", 80)]);
+    s.set_warm_model("warm", Some("live-avatar".into()))
+        .expect("known card");
+    let mut job = plain("big-job", 0, 1, 40, 10);
+    job.model = Some("live-avatar".into());
+    s.enqueue(job, secs(0)).expect("fits");
+    assert_eq!(
+        placed(&s.next_placements(secs(0))),
+        [("big-job", "big", false)]
     );
 }
 

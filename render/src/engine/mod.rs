@@ -21,6 +21,7 @@ mod architecture;
 mod carry;
 pub mod external;
 mod features;
+pub mod kernel_cache;
 mod rng;
 mod tiny;
 mod weights;
@@ -156,9 +157,56 @@ pub fn load_engine(
     cond: Conditioning,
     model_cache_dir: &Path,
 ) -> Result<Box<dyn Engine>, EngineError> {
-    let device = Default::default();
-    let engine = tiny::TinyEngine::<EngineBackend>::load(settings, cond, model_cache_dir, &device)?;
-    Ok(Box::new(engine))
+    ModelCache::default()
+        .engine(settings, cond, model_cache_dir)
+        .map(|(engine, _)| engine)
+}
+
+/// The one model a worker keeps loaded between jobs (a warm worker serves one card and one
+/// model; a job for another model gets a fresh worker, so there is never a second one here).
+#[derive(Default)]
+pub struct ModelCache {
+    loaded: Option<std::sync::Arc<tiny::TinyModel<EngineBackend>>>,
+}
+
+impl ModelCache {
+    /// An engine for one job: the kept model when it is the one the job names, else the job's
+    /// model loaded now (dropping the kept one first, so two never share the card). The flag
+    /// says whether a model was loaded for this job.
+    pub fn engine(
+        &mut self,
+        settings: &EngineSettings,
+        cond: Conditioning,
+        model_cache_dir: &Path,
+    ) -> Result<(Box<dyn Engine>, bool), EngineError> {
+        validate_settings(settings)?;
+        let kept = self
+            .loaded
+            .as_ref()
+            .filter(|model| model.name() == settings.model)
+            .cloned();
+        let (model, loaded_now) = match kept {
+            Some(model) => (model, false),
+            None => {
+                self.loaded = None;
+                let device = Default::default();
+                let model = std::sync::Arc::new(tiny::TinyModel::<EngineBackend>::load(
+                    &settings.model,
+                    model_cache_dir,
+                    &device,
+                )?);
+                self.loaded = Some(std::sync::Arc::clone(&model));
+                (model, true)
+            }
+        };
+        let engine = tiny::TinyEngine::bind(model, settings, cond)?;
+        Ok((Box::new(engine), loaded_now))
+    }
+
+    /// The model kept loaded, if any.
+    pub fn model(&self) -> Option<&str> {
+        self.loaded.as_ref().map(|model| model.name())
+    }
 }
 
 fn divides(divisor: u32, n: u32) -> bool {

@@ -142,6 +142,8 @@ pub(super) fn render_clips(
         fresh_reason,
         device: device.clone(),
         offload,
+        pid: Some(std::process::id()),
+        model_loaded: None,
     });
     if next_clip >= plan.clips {
         return Ok(None);

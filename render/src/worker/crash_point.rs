@@ -20,7 +20,7 @@
 //! sent); `before_assemble@<clips>` fires once every clip is done.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 /// The environment variable that arms the hook; see the module docs.
 pub const CRASH_AT_ENV: &str = "REELSPOOL_TEST_CRASH_AT";
@@ -31,15 +31,19 @@ struct Armed {
     work_dir: PathBuf,
 }
 
-static ARMED: OnceLock<Option<Armed>> = OnceLock::new();
+/// The points of the job being rendered; a warm worker re-arms them for each job it serves.
+static ARMED: Mutex<Option<Armed>> = Mutex::new(None);
 
-/// Reads [`CRASH_AT_ENV`] once; call before the clip loop so later points know the work dir.
+/// Reads [`CRASH_AT_ENV`]; call before the clip loop of every job so later points know the
+/// job's work dir.
 pub(crate) fn arm(work_dir: &Path) {
-    ARMED.get_or_init(|| {
-        let spec = std::env::var(CRASH_AT_ENV).ok()?;
+    static WARNED: OnceLock<()> = OnceLock::new();
+    let armed = std::env::var(CRASH_AT_ENV).ok().and_then(|spec| {
         let points = parse(&spec);
         if points.is_empty() {
-            tracing::warn!(value = %spec, "{CRASH_AT_ENV} names no point (want name@clip,...)");
+            WARNED.get_or_init(|| {
+                tracing::warn!(value = %spec, "{CRASH_AT_ENV} names no point (want name@clip,...)")
+            });
             return None;
         }
         tracing::warn!(value = %spec, "test crash points armed");
@@ -48,6 +52,9 @@ pub(crate) fn arm(work_dir: &Path) {
             work_dir: work_dir.to_path_buf(),
         })
     });
+    *ARMED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner()) = armed;
 }
 
 fn parse(spec: &str) -> Vec<(String, u32)> {
@@ -61,7 +68,10 @@ fn parse(spec: &str) -> Vec<(String, u32)> {
 
 /// SIGKILLs this process if `point@clip` is armed and has not fired yet for this job.
 pub(crate) fn reached(point: &str, clip: u32) {
-    let Some(Some(armed)) = ARMED.get() else {
+    let guard = ARMED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let Some(armed) = guard.as_ref() else {
         return;
     };
     if !armed.points.iter().any(|(p, c)| p == point && *c == clip) {

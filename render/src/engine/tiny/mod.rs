@@ -8,6 +8,7 @@ mod paint;
 mod vae;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
@@ -28,13 +29,52 @@ use layers::to_tensor;
 use paint::Painter;
 use vae::{DecodedFields, Vae};
 
+/// The loaded weights of one model on one device: what a warm worker keeps between jobs.
+pub(crate) struct TinyModel<B: Backend> {
+    /// What `engine.model` named.
+    name: String,
+    device: B::Device,
+    denoiser: Denoiser<B>,
+    vae: Vae<B>,
+    mouth: [f32; 4],
+}
+
+impl<B: Backend> TinyModel<B> {
+    /// Reads (or for `builtin:tiny`, generates once) the weights and puts them on `device`.
+    pub(crate) fn load(
+        model: &str,
+        model_cache_dir: &Path,
+        device: &B::Device,
+    ) -> Result<Self, EngineError> {
+        let (cfg, mut weights) = load_model(model, model_cache_dir)?;
+        let denoiser = Denoiser::load(&cfg, &mut weights, device);
+        let vae = Vae::load(&mut weights, device);
+        let mouth = weights.take("vae.decoder.mouth").data;
+        let mouth: [f32; 4] = mouth
+            .try_into()
+            .unwrap_or_else(|_| panic!("mouth shape was verified as [4] at load"));
+        tracing::debug!(model = %model, d_model = cfg.d_model, layers = cfg.layers, "tiny model loaded");
+        Ok(TinyModel {
+            name: model.to_string(),
+            device: device.clone(),
+            denoiser,
+            vae,
+            mouth,
+        })
+    }
+
+    /// The `engine.model` this model was loaded for.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+}
+
 pub(crate) struct TinyEngine<B: Backend> {
     settings: EngineSettings,
     /// The latent grid of one clip.
     shape: LatentShape,
     device: B::Device,
-    denoiser: Denoiser<B>,
-    vae: Vae<B>,
+    model: Arc<TinyModel<B>>,
     audio: AudioTrack,
     prompt: Vec<f32>,
     reference_latent: Tensor<B, 2>,
@@ -42,11 +82,24 @@ pub(crate) struct TinyEngine<B: Backend> {
 }
 
 impl<B: Backend> TinyEngine<B> {
+    /// Loads the model and binds it to one job: the path of a process per job.
+    #[cfg(test)]
     pub(crate) fn load(
         settings: &EngineSettings,
         cond: Conditioning,
         model_cache_dir: &Path,
         device: &B::Device,
+    ) -> Result<Self, EngineError> {
+        validate_settings(settings)?;
+        let model = Arc::new(TinyModel::load(&settings.model, model_cache_dir, device)?);
+        Self::bind(model, settings, cond)
+    }
+
+    /// Binds a loaded model to one job's settings and conditioning; loads nothing.
+    pub(crate) fn bind(
+        model: Arc<TinyModel<B>>,
+        settings: &EngineSettings,
+        cond: Conditioning,
     ) -> Result<Self, EngineError> {
         validate_settings(settings)?;
         let (width, height) = (settings.width as usize, settings.height as usize);
@@ -59,13 +112,7 @@ impl<B: Backend> TinyEngine<B> {
                 ),
             });
         }
-        let (cfg, mut weights) = load_model(&settings.model, model_cache_dir)?;
-        let denoiser = Denoiser::load(&cfg, &mut weights, device);
-        let vae = Vae::load(&mut weights, device);
-        let mouth = weights.take("vae.decoder.mouth").data;
-        let mouth: [f32; 4] = mouth
-            .try_into()
-            .unwrap_or_else(|_| panic!("mouth shape was verified as [4] at load"));
+        let device = model.device.clone();
         let cell = SPATIAL_DOWNSCALE as usize;
         let shape = LatentShape::for_settings(
             settings,
@@ -74,20 +121,18 @@ impl<B: Backend> TinyEngine<B> {
         let pooled = pool_reference(&cond.reference_rgb, width, height, cell);
         let pooled = Tensor::from_data(
             TensorData::new(pooled, [shape.cells(), REFERENCE_CELL_FEATURES]),
-            device,
+            &device,
         );
-        let reference_latent = vae.encode_reference(pooled);
-        tracing::debug!(model = %settings.model, d_model = cfg.d_model, layers = cfg.layers, "tiny engine loaded");
+        let reference_latent = model.vae.encode_reference(pooled);
         Ok(TinyEngine {
             settings: settings.clone(),
             shape,
-            device: device.clone(),
-            denoiser,
-            vae,
+            device,
             audio: AudioTrack::new(cond.audio_16k_mono, settings.fps),
             prompt: prompt_embedding(&cond.prompt),
             reference_latent,
-            painter: Painter::new(&cond.reference_rgb, width, height, cell, mouth),
+            painter: Painter::new(&cond.reference_rgb, width, height, cell, model.mouth),
+            model,
         })
     }
 
@@ -156,7 +201,7 @@ impl<B: Backend> Engine for TinyEngine<B> {
         let shape = self.shape;
         let grid = (shape.height, shape.width);
         let motion = self.upload(&carry.motion);
-        let ctx = self.denoiser.context(
+        let ctx = self.model.denoiser.context(
             self.reference_latent.clone(),
             motion,
             self.clip_audio(index),
@@ -174,9 +219,9 @@ impl<B: Backend> Engine for TinyEngine<B> {
         for step in 0..steps {
             let t = 1.0 - step as f32 / steps as f32;
             let t_next = 1.0 - (step + 1) as f32 / steps as f32;
-            let mut clean = self.denoiser.predict_clean(x.clone(), t, &ctx, true);
+            let mut clean = self.model.denoiser.predict_clean(x.clone(), t, &ctx, true);
             if guide > 0.0 {
-                let unguided = self.denoiser.predict_clean(x.clone(), t, &ctx, false);
+                let unguided = self.model.denoiser.predict_clean(x.clone(), t, &ctx, false);
                 clean = unguided.clone() + (clean - unguided).mul_scalar(guide);
             }
             // Euler step of the flow ODE dx/dt = v, with v = (x - x0) / t for the straight path
@@ -215,6 +260,7 @@ impl<B: Backend> Engine for TinyEngine<B> {
             });
         }
         let (fields, jaw) = self
+            .model
             .vae
             .decode(self.upload(&latents.motion), self.upload(&latents.latents));
         let decoded = DecodedFields {
