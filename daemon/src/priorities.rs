@@ -225,7 +225,8 @@ mod tests {
             b"{\"priority\": 5000}",
         )
         .expect("w");
-        std::fs::write(dir.join("not-a-job"), b"1").expect("w");
+        // A write in progress (write_atomic's temp file) is not a request yet.
+        std::fs::write(dir.join(".20261123-150102-123-0004.tmp-1-0"), b"{").expect("w");
         let found = pending(tmp.path()).expect("list");
         assert_eq!(found.len(), 1, "{found:?}");
         let problem = found[0].request.as_ref().expect_err("out of range");
