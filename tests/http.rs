@@ -765,6 +765,46 @@ fn the_dashboard_shows_a_running_job_live_and_cancels_it_with_the_token() {
         json!({ "text": TOKEN }),
     );
     browser.script("document.getElementById('token').dispatchEvent(new Event('change'));");
+    // The job's page: a new priority for the running job, with the token kept from the list.
+    webdriver(
+        "POST",
+        &browser.url("/url"),
+        json!({ "url": format!("{base}/jobs/{id}") }),
+    );
+    let prio = browser.element("#prio");
+    webdriver(
+        "POST",
+        &browser.url(&format!("/element/{prio}/clear")),
+        json!({}),
+    );
+    webdriver(
+        "POST",
+        &browser.url(&format!("/element/{prio}/value")),
+        json!({ "text": "42" }),
+    );
+    browser.click("button.priority");
+    wait_for(
+        "the priority change to be accepted",
+        Duration::from_secs(10),
+        || {
+            (browser.script("return document.getElementById('msg').dataset.status;")
+                == json!("200"))
+            .then_some(())
+        },
+    );
+    wait_for(
+        "the new priority in the job state",
+        Duration::from_secs(10),
+        || {
+            let state = job_state(&farm, "watched.yaml")?;
+            (state["priority"] == 42 && state["phase"] == "running").then_some(())
+        },
+    );
+    webdriver(
+        "POST",
+        &browser.url("/url"),
+        json!({ "url": format!("{base}/") }),
+    );
     browser.click(&cancel_button);
     wait_for("the cancel to be accepted", Duration::from_secs(10), || {
         (browser.script("return document.getElementById('msg').dataset.status;") == json!("200"))

@@ -398,6 +398,25 @@ fn jobs_act_with_their_owners_rights() {
         text(&out)
     );
 
+    // Alice cannot change the priority of Bob's job; Bob can, through the daemon.
+    let out = cli_as(&farm, &people.alice, &["priority", &bob_id, "500"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("may not change the priority of"),
+        "{}",
+        text(&out)
+    );
+    let out = cli_as(&farm, &people.bob, &["priority", &bob_id, "9"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("priority 9"),
+        "{}",
+        text(&out)
+    );
+    let changed = farm.job_by_source("bobs-job.yaml").expect("bob's job");
+    assert_eq!(changed["priority"], 9, "only bob's change applies");
+
     // Alice cannot cancel Bob's job; Bob can.
     let out = cli_as(
         &farm,

@@ -556,6 +556,69 @@ pub fn cancel(config_flag: Option<&Path>, wanted: &str, wait_secs: u64) -> Resul
     }
 }
 
+/// `reelspool priority ID N`: like `cancel`, through the daemon for members, directly on the
+/// job when no daemon runs, and otherwise by leaving a request for the daemon's scheduler and
+/// waiting until the job's state shows the new number.
+pub fn priority(
+    config_flag: Option<&Path>,
+    wanted: &str,
+    priority: i64,
+    wait_secs: u64,
+) -> Result<ExitCode> {
+    let config = required_config(config_flag)?;
+    let new = crate::priorities::check_range(priority)?;
+    if crate::control::must_ask_daemon(&config.state_dir) {
+        crate::control::priority(&config.spool_dir, wanted, priority, wait_secs)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let jobs_dir = config.state_dir.join("jobs");
+    let job = find_job(&jobs_dir, wanted)?;
+    crate::priorities::check_not_finished(&job)?;
+    let dir = JobDir::new(jobs_dir.join(job.id.to_string()));
+    // SAFETY: geteuid cannot fail and touches no memory.
+    let by = crate::owner::look_up(unsafe { libc::geteuid() }).to_string();
+    if let Some(_lock) = daemon::try_lock_state(&config.state_dir)? {
+        // Without a daemon nobody else touches the job: change it here.
+        let (saved, from) = crate::priorities::apply_offline(&dir, new, Some(&by))?;
+        jobs::index::append_standalone(&config.state_dir.join(jobs::index::INDEX_FILE), &saved)?;
+        println!("job {} priority {new} (was {from})", job.id);
+        return Ok(ExitCode::SUCCESS);
+    }
+    crate::priorities::request(
+        &config.state_dir,
+        &job.id,
+        &crate::priorities::PriorityRequest {
+            priority: new,
+            by: Some(by),
+        },
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(wait_secs);
+    loop {
+        let current = dir.load_state()?;
+        if current.priority == new {
+            println!("job {} priority {new} (was {})", job.id, job.priority);
+            return Ok(ExitCode::SUCCESS);
+        }
+        if current.phase.is_terminal() {
+            println!(
+                "job {} {} before its priority changed (still {})",
+                job.id,
+                phase_name(current.phase),
+                current.priority
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        if Instant::now() >= deadline {
+            println!(
+                "priority {new} for job {} requested; the daemon has not applied it yet",
+                job.id
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

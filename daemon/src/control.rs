@@ -60,6 +60,12 @@ pub enum Request {
     Cancel {
         job: String,
     },
+    /// A new priority for a queued or running job (checked against -1000..=1000 here, so an
+    /// out-of-range number gets the range in its error rather than a parse failure).
+    Priority {
+        job: String,
+        priority: i64,
+    },
 }
 
 /// What the server needs.
@@ -251,6 +257,34 @@ fn respond(context: &ControlContext, person: &Person, request: Request) -> Resul
                 info!(job = %job.id, by = %person, "cancel requested");
             }
             Ok(json!({ "id": job.id, "phase": job.phase }))
+        }
+        Request::Priority { job, priority } => {
+            let wanted = crate::priorities::check_range(priority)?;
+            let job = crate::cli::find_job(jobs_dir, &job)?;
+            let dir = JobDir::new(jobs_dir.join(job.id.to_string()));
+            authorize(
+                context,
+                person,
+                &job,
+                "change the priority of",
+                dir.root().to_path_buf(),
+            )?;
+            crate::priorities::check_not_finished(&job)?;
+            crate::priorities::request(
+                &context.state_dir,
+                &job.id,
+                &crate::priorities::PriorityRequest {
+                    priority: wanted,
+                    by: Some(person.to_string()),
+                },
+            )?;
+            info!(job = %job.id, by = %person, from = job.priority, to = wanted, "priority change requested");
+            Ok(json!({
+                "id": job.id,
+                "phase": job.phase,
+                "priority": job.priority,
+                "requested_priority": wanted,
+            }))
         }
     }
 }
@@ -449,6 +483,42 @@ pub fn cancel(spool_dir: &Path, wanted: &str, wait_secs: u64) -> Result<()> {
         }
         if std::time::Instant::now() >= deadline {
             println!("cancel of job {id} requested; the daemon has not confirmed it yet");
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `reelspool priority ID N` through the daemon: the daemon checks the asker owns the job and
+/// leaves the request for the scheduler, then this waits until the job's state shows it.
+pub fn priority(spool_dir: &Path, wanted: &str, priority: i64, wait_secs: u64) -> Result<()> {
+    let value = ask(
+        spool_dir,
+        &Request::Priority {
+            job: wanted.to_string(),
+            priority,
+        },
+    )?;
+    let id = value["id"].as_str().unwrap_or(wanted).to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(wait_secs);
+    loop {
+        let value = ask(spool_dir, &Request::Status { job: id.clone() })?;
+        let job: JobState = serde_json::from_value(value["job"].clone())?;
+        if i64::from(job.priority) == priority {
+            println!("job {id} priority {priority}");
+            return Ok(());
+        }
+        if job.phase.is_terminal() {
+            println!(
+                "job {id} {} before its priority changed (still {})",
+                job.phase, job.priority
+            );
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            println!(
+                "priority {priority} for job {id} requested; the daemon has not applied it yet"
+            );
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(100));

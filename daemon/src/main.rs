@@ -25,6 +25,7 @@ mod logs;
 mod notify_glue;
 mod owner;
 mod placement;
+mod priorities;
 mod reload;
 mod scheduler;
 mod space;
@@ -90,6 +91,17 @@ enum Command {
         #[arg(long, default_value_t = 30, value_name = "SECS")]
         wait_secs: u64,
     },
+    /// Change the priority of a queued or running job (higher runs first; -1000 to 1000).
+    Priority {
+        /// Job id (or a unique prefix of it).
+        id: String,
+        /// The new priority, -1000 to 1000 like a job file's `priority:`.
+        #[arg(allow_negative_numbers = true, value_name = "N")]
+        priority: i64,
+        /// How long to wait for the daemon to apply it, in seconds.
+        #[arg(long, default_value_t = 30, value_name = "SECS")]
+        wait_secs: u64,
+    },
     /// Print what a job's worker wrote to stderr (every attempt), from `<job-dir>/worker.log`.
     Logs {
         /// Job id (or a unique prefix of it).
@@ -151,6 +163,11 @@ fn main() -> ExitCode {
             },
         ),
         Command::Cancel { id, wait_secs } => cli::cancel(config_flag, &id, wait_secs),
+        Command::Priority {
+            id,
+            priority,
+            wait_secs,
+        } => cli::priority(config_flag, &id, priority, wait_secs),
         Command::Logs { id, follow } => logs::run(config_flag, &id, follow),
         Command::Gpus { json, action } => gpus::run(config_flag, action, json),
         Command::CheckConfig => cli::check_config(config_flag),

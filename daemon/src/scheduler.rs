@@ -26,6 +26,7 @@ use crate::config::DaemonConfig;
 use crate::intake::Admission;
 use crate::notify_glue::{self, Notices};
 use crate::placement::{self, Placement, PlacementDecision, RunEnd};
+use crate::priorities;
 use crate::reload::Reconfigure;
 use crate::space::{self, SpaceWait};
 use crate::spool::Layout;
@@ -976,6 +977,78 @@ impl Scheduler {
             }
         }
     }
+
+    /// Applies priority changes (see `priorities`): the job's `state.json` and the queue index
+    /// get the new number, and a queued job is put back in line with it. A running job keeps
+    /// running; its new priority counts if it is queued again. Only the marker folder is read.
+    fn check_priority_requests(&mut self) {
+        let state_dir = self.config.state_dir.clone();
+        let requested = match priorities::pending(&state_dir) {
+            Ok(requested) => requested,
+            Err(err) => {
+                warn!(error = %err, "cannot list priority requests");
+                Vec::new()
+            }
+        };
+        for pending in requested {
+            let id = pending.id.clone();
+            let wanted = match &pending.request {
+                Ok(wanted) => wanted.clone(),
+                Err(problem) => {
+                    warn!(job = %id, problem = %problem, "ignoring an unreadable priority request");
+                    priorities::clear_if_unchanged(&state_dir, &pending);
+                    continue;
+                }
+            };
+            let dir = self.job_dir(&id);
+            let Ok(mut state) = dir.load_state() else {
+                // No such job (any more): nothing to change.
+                priorities::clear_if_unchanged(&state_dir, &pending);
+                continue;
+            };
+            if state.phase.is_terminal() {
+                priorities::clear_if_unchanged(&state_dir, &pending);
+                continue;
+            }
+            let queued = self.placement.is_queued(&id);
+            let known = queued
+                || self.running.contains_key(&id)
+                || self.backing_off.contains_key(&id)
+                || self.waiting_for_space.contains_key(&id);
+            if !known {
+                // Filed but not handed over by intake yet: look again on the next tick.
+                continue;
+            }
+            let from = state.priority;
+            if from != wanted.priority {
+                state.priority = wanted.priority;
+                self.save(&dir, &state);
+                let _ = dir.append_event(&priorities::changed_event(
+                    from,
+                    wanted.priority,
+                    wanted.by.as_deref(),
+                ));
+                if queued {
+                    let plan = self
+                        .index
+                        .as_ref()
+                        .and_then(|index| index.plan(&id).cloned())
+                        .or_else(|| jobs::index::read_plan(&dir));
+                    match plan {
+                        Some(plan) => {
+                            self.placement.remove_queued(&id);
+                            self.placement.enqueue(&id, wanted.priority, &plan);
+                        }
+                        None => {
+                            warn!(job = %id, "no queue plan; the new priority counts from the next start")
+                        }
+                    }
+                }
+                info!(job = %id, from, to = wanted.priority, "priority changed");
+            }
+            priorities::clear_if_unchanged(&state_dir, &pending);
+        }
+    }
 }
 
 /// Builds an event with a few fields.
@@ -1027,6 +1100,7 @@ pub async fn run(
             _ = tick.tick() => {
                 blocking(|| {
                     scheduler.check_cancel_requests();
+                    scheduler.check_priority_requests();
                     scheduler.release_backoffs();
                     scheduler.release_space_waits();
                     scheduler.placement.on_tick();

@@ -47,7 +47,7 @@ impl ApiError {
             StatusCode::FORBIDDEN
         } else if message.starts_with("no job") {
             StatusCode::NOT_FOUND
-        } else if message.contains("matches") {
+        } else if message.contains("matches") || message.contains("cannot change") {
             StatusCode::CONFLICT
         } else {
             StatusCode::BAD_REQUEST
@@ -71,6 +71,7 @@ pub fn routes() -> Router<Arc<Shared>> {
         .route("/api/v1/jobs", get(list_jobs))
         .route("/api/v1/jobs/{id}", get(one_job))
         .route("/api/v1/jobs/{id}/cancel", post(cancel_job))
+        .route("/api/v1/jobs/{id}/priority", post(priority_job))
         .route("/api/v1/gpus", get(gpus))
         .route("/api/v1/gpus/{uuid}/drain", post(drain))
         .route("/api/v1/gpus/{uuid}/undrain", post(undrain))
@@ -245,6 +246,52 @@ async fn cancel_job(
             "id": answer.get("id"),
             "phase": answer.get("phase"),
             "cancel_requested": true,
+        })))
+    })
+    .await
+}
+
+/// The body of `POST /api/v1/jobs/{id}/priority`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PriorityBody {
+    priority: i64,
+}
+
+/// Reads the body by hand, so a malformed one gets a JSON 400 like every other error.
+fn priority_body(body: &[u8]) -> ApiResult<i64> {
+    serde_json::from_slice::<PriorityBody>(body)
+        .map(|body| body.priority)
+        .map_err(|err| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "the body must be JSON like {{\"priority\": 10}} (a whole number from -1000 to 1000): {err}"
+                ),
+            )
+        })
+}
+
+async fn priority_job(
+    State(shared): State<Arc<Shared>>,
+    Extension(access): Extension<Access>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Value>> {
+    let uid = access.actor()?;
+    let priority = priority_body(&body)?;
+    blocking(move || {
+        let request = json!({ "op": "priority", "job": id, "priority": priority }).to_string();
+        let answer = crate::control::answer(&shared.control, uid, &request);
+        if let Some(error) = answer.get("error").and_then(Value::as_str) {
+            return Err(ApiError::from_control(error.to_string()));
+        }
+        tracing::info!(job = %id, uid, priority, "priority change requested over HTTP");
+        Ok(Json(json!({
+            "id": answer.get("id"),
+            "phase": answer.get("phase"),
+            "priority": answer.get("priority"),
+            "requested_priority": answer.get("requested_priority"),
         })))
     })
     .await

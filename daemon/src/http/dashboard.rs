@@ -1,4 +1,5 @@
-//! The dashboard: server-rendered HTML, one small script for live updates and cancelling.
+//! The dashboard: server-rendered HTML, one small script for live updates, cancelling and
+//! priority changes.
 //!
 //! `/` lists the cards and the jobs; `/live` is the part of it that changes, which the script
 //! fetches again on every server-sent event (and every 5 s). `/jobs/{id}` is one job with its
@@ -96,6 +97,18 @@ async function cancelJob(id){
   msg.textContent=r.ok?('cancel requested for '+id):('cancel refused: '+(body.error||r.status));
   msg.dataset.status=String(r.status);
   refresh();
+}
+async function setPriority(id){
+  const msg=document.getElementById('msg');
+  const n=Number(document.getElementById('prio').value);
+  const headers={'Content-Type':'application/json'};
+  const t=tok?tok.value.trim():'';
+  if(t)headers['Authorization']='Bearer '+t;
+  const r=await fetch('/api/v1/jobs/'+encodeURIComponent(id)+'/priority',
+    {method:'POST',headers,body:JSON.stringify({priority:n})});
+  let body={};try{body=await r.json();}catch(e){}
+  msg.textContent=r.ok?('priority '+n+' requested for '+id):('priority refused: '+(body.error||r.status));
+  msg.dataset.status=String(r.status);
 }
 "#;
 
@@ -285,8 +298,12 @@ fn job_html(detail: &Value) -> String {
     if phase == "running" || phase == "queued" {
         let _ = write!(
             out,
-            "<p><button class=cancel onclick=\"cancelJob('{0}')\">cancel</button></p>",
-            esc(id)
+            "<p><button class=cancel onclick=\"cancelJob('{0}')\">cancel</button> \
+             <label>priority <input id=prio type=number min=-1000 max=1000 step=1 \
+             value=\"{1}\"></label> \
+             <button class=priority onclick=\"setPriority('{0}')\">set priority</button></p>",
+            esc(id),
+            job["priority"].as_i64().unwrap_or(0)
         );
     }
     if phase == "done" {
