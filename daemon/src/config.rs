@@ -82,6 +82,12 @@ pub struct DaemonConfig {
     /// Only the operator declares programs; a job file can only name one of these.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub engines: std::collections::BTreeMap<String, render::engine::external::EngineDeclaration>,
+    /// Where workers run: this machine (`kind: local`, the default) or a Slurm cluster.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::executor::ExecutorConfig::is_local"
+    )]
+    pub executor: crate::executor::ExecutorConfig,
     /// The group whose members may submit jobs (besides root and the service user).
     #[serde(default = "default_submit_group")]
     pub submit_group: String,
@@ -128,7 +134,26 @@ impl DaemonConfig {
         })?;
         config.check_paths(file, text)?;
         config.check_engines(file, text)?;
+        config.check_executor(file, text)?;
         Ok(config)
+    }
+
+    fn check_executor(&self, file: &str, text: &str) -> Result<(), ConfigError> {
+        let crate::executor::ExecutorConfig::Slurm(slurm) = &self.executor else {
+            return Ok(());
+        };
+        let Some(message) = slurm.problem() else {
+            return Ok(());
+        };
+        let (line, column) = diag::locate_key(text, &["executor"]).unwrap_or((1, 1));
+        Err(ConfigError::Invalid(Box::new(Diagnostic::at(
+            file,
+            text,
+            line,
+            column,
+            message,
+            Some("see README.md, section \"Running on a Slurm cluster\"".to_string()),
+        ))))
     }
 
     fn check_engines(&self, file: &str, text: &str) -> Result<(), ConfigError> {

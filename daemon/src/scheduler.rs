@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 use crate::backlog;
 use crate::cancels;
 use crate::config::DaemonConfig;
+use crate::executor::{self, ExecutorConfig, SlurmConfig};
 use crate::intake::Admission;
 use crate::notify_glue::{self, Notices};
 use crate::placement::{self, Placement, PlacementDecision, RunEnd};
@@ -112,7 +113,8 @@ impl Scheduler {
         layout: Layout,
         notices: Notices,
     ) -> Result<Scheduler> {
-        let placement = Placement::start(&config).context("cannot set up the GPU pool")?;
+        let placement =
+            Placement::start(&executor::pool_for(&config)).context("cannot set up the GPU pool")?;
         let (reports_tx, reports_rx) = mpsc::unbounded_channel();
         let mut scheduler = Scheduler {
             config,
@@ -337,17 +339,25 @@ impl Scheduler {
             stop_timeout: Duration::from_secs(self.config.worker.stop_timeout_secs),
         };
         let (stop_tx, stop_rx) = watch::channel(StopRequest::None);
-        self.supervisors.spawn(supervisor::supervise(
-            launch,
-            self.reports_tx.clone(),
-            stop_rx,
-        ));
-        info!(job = %id, gpu = %decision.card_label, "job running");
+        let mut card = decision.card_label;
+        match &self.config.executor {
+            ExecutorConfig::Local => {
+                self.supervisors.spawn(supervisor::supervise(
+                    launch,
+                    self.reports_tx.clone(),
+                    stop_rx,
+                ));
+            }
+            ExecutorConfig::Slurm(slurm) => {
+                card = self.start_on_slurm(slurm.clone(), launch, decision.offload, stop_rx);
+            }
+        }
+        info!(job = %id, gpu = %card, "job running");
         self.running.insert(
             id,
             RunningJob {
                 stop: stop_tx,
-                card: decision.card_label,
+                card,
                 clip_secs: Vec::new(),
                 clips_total: state.clips_total,
                 spec: dir.load_spec().ok(),
@@ -355,6 +365,68 @@ impl Scheduler {
                 attempt: state.attempts,
             },
         );
+    }
+
+    /// Submits the job to Slurm (or adopts its Slurm job after a restart) and follows it;
+    /// the label the job's state shows for where it runs (`slurm:<id>`).
+    fn start_on_slurm(
+        &mut self,
+        slurm: SlurmConfig,
+        launch: WorkerLaunch,
+        offload: bool,
+        stop: watch::Receiver<StopRequest>,
+    ) -> String {
+        let id = launch.job_id.clone();
+        let dir = self.job_dir(&id);
+        let needs = executor::needs_of(&self.config, &dir, offload);
+        let started = match tokio::runtime::Handle::try_current() {
+            // The scheduler's work runs in `block_in_place`, where blocking on a future is
+            // allowed; sbatch answers in milliseconds.
+            Ok(runtime) => {
+                runtime.block_on(executor::slurm::adopt_or_submit(&slurm, &launch, &needs))
+            }
+            Err(_) => Err(executor::slurm::SlurmError::Probe(
+                "no async runtime".into(),
+            )),
+        };
+        let (record, adopted) = match started {
+            Ok(started) => started,
+            Err(err) => {
+                warn!(job = %id, error = %err, "cannot submit the job to Slurm");
+                let _ = self.reports_tx.send((
+                    id,
+                    WorkerReport::Ended {
+                        end: executor::slurm::submit_failure(&err),
+                        stderr_tail: Vec::new(),
+                    },
+                ));
+                return "slurm".to_string();
+            }
+        };
+        let label = format!("slurm:{}", record.slurm_job_id);
+        if let Ok(mut state) = dir.load_state() {
+            state.gpu = Some(label.clone());
+            state
+                .details
+                .insert("slurm_job_id".into(), record.slurm_job_id.clone().into());
+            self.save(&dir, &state);
+        }
+        let _ = dir.append_event(&event(
+            if adopted {
+                "slurm_adopted"
+            } else {
+                "slurm_submitted"
+            },
+            [("slurm_job_id", record.slurm_job_id.clone().into())],
+        ));
+        self.supervisors.spawn(executor::slurm::follow(
+            std::sync::Arc::new(slurm),
+            launch,
+            record,
+            self.reports_tx.clone(),
+            stop,
+        ));
+        label
     }
 
     fn handle_report(&mut self, id: JobId, report: WorkerReport) {

@@ -1,0 +1,314 @@
+//! End to end on a real Slurm cluster: `tests/slurm/start-slurm.sh` brings up munged,
+//! slurmctld and slurmd on this machine (one node, two fake GPUs), and the real daemon with
+//! `executor: { kind: slurm }` submits its jobs there with `sbatch`. The tests then do to the
+//! Slurm job what a cluster does: `scontrol requeue` it mid-render, `scancel` it from outside,
+//! and kill the daemon while it runs.
+//!
+//! When Slurm cannot be started (no packages, not root) the tests say so loudly on stderr and
+//! pass without running; with `CI=true` they fail instead, so CI always runs them.
+
+mod common;
+#[path = "render/support.rs"]
+#[allow(dead_code)]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::{wait_for, Farm};
+use support::*;
+
+/// The cluster's slurm.conf, or why there is none.
+fn cluster() -> Option<PathBuf> {
+    static CLUSTER: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let result = CLUSTER.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/slurm/start-slurm.sh");
+        let output = Command::new("bash")
+            .arg(&script)
+            .output()
+            .map_err(|err| format!("cannot run {}: {err}", script.display()))?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        if !output.status.success() {
+            return Err(format!(
+                "{} failed ({}):\n{}{}",
+                script.display(),
+                output.status,
+                stdout,
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        stdout
+            .lines()
+            .last()
+            .map(PathBuf::from)
+            .filter(|conf| conf.is_file())
+            .ok_or_else(|| format!("{} printed no slurm.conf: {stdout}", script.display()))
+    });
+    match result {
+        Ok(conf) => Some(conf.clone()),
+        Err(why) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("CI must run the Slurm tests, but Slurm did not start: {why}")
+        }
+        Err(why) => {
+            eprintln!(
+                "\n!!!!!!!!!! SLURM TEST SKIPPED: Slurm could not be started on this machine !!!!!!!!!!\n\
+                 {why}\n\
+                 !!!!!!!!!! install slurm-wlm and munge (scripts/install-deps.sh) and run as root !!!!!!!!!!\n"
+            );
+            None
+        }
+    }
+}
+
+/// A farm whose daemon hands its jobs to the test cluster. `gpu_types` maps the job's memory
+/// estimate onto the cluster's one GPU type, `fake`.
+fn slurm_farm() -> Option<(Farm, PathBuf)> {
+    let conf = cluster()?;
+    let farm = Farm::new(
+        "executor:\n  kind: slurm\n  partition: ci\n  gres: \"gpu:1\"\n  poll_secs: 1\n  \
+         probe_timeout_secs: 60\n  gpu_types:\n    - { name: fake, memory_gb: 80 }\n",
+    );
+    Some((farm, conf))
+}
+
+fn start(farm: &Farm, conf: &Path) -> common::Daemon {
+    farm.start_daemon_with_env(&[("SLURM_CONF", conf.to_str().expect("utf-8 path"))])
+}
+
+/// Runs a Slurm client command against the test cluster.
+fn slurm(conf: &Path, program: &str, args: &[&str]) -> String {
+    let output = Command::new(program)
+        .args(args)
+        .env("SLURM_CONF", conf)
+        .output()
+        .unwrap_or_else(|err| panic!("run {program}: {err}"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// `scontrol show job -o` lines of every Slurm job named after reelspool job `id`.
+fn slurm_jobs_of(conf: &Path, id: &str) -> Vec<String> {
+    slurm(conf, "scontrol", &["show", "job", "-o"])
+        .lines()
+        .filter(|line| line.contains(&format!("JobName=reelspool-{id} ")))
+        .map(str::to_string)
+        .collect()
+}
+
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// Enough clips that the job is still rendering when the test acts on it.
+const LONG: &str = "render:\n  size: 96*96\n  infer_frames: 8\n  sample_steps: 1\n  num_clip: 24";
+
+fn long_job(farm: &Farm, name: &str) -> String {
+    job(farm, name, LONG)
+}
+
+/// The running job's state once it has made `clips` clips durable, with its Slurm job id.
+fn wait_rendering(farm: &Farm, file: &str, clips: u64) -> (serde_json::Value, String) {
+    wait_for(
+        &format!("{file} to render {clips} clips on Slurm"),
+        Duration::from_secs(120),
+        || {
+            let state = farm.job_by_source(file)?;
+            let slurm_id = state["details"]["slurm_job_id"].as_str()?.to_string();
+            (state["phase"] == "running" && state["clips_done"].as_u64()? >= clips)
+                .then_some((state, slurm_id))
+        },
+    )
+}
+
+fn count(evs: &[serde_json::Value], name: &str) -> usize {
+    evs.iter().filter(|e| e["event"] == name).count()
+}
+
+#[test]
+fn a_job_runs_through_the_spool_on_slurm_to_an_mp4() {
+    let Some((farm, conf)) = slurm_farm() else {
+        return;
+    };
+    let _daemon = start(&farm, &conf);
+    farm.drop_job("one.yaml", &farm.job_yaml("one", "  num_clip: 2\n"));
+    let state = wait_finished(&farm, "one.yaml");
+    assert_eq!(state["phase"], "done", "{state}\n{}", farm.daemon_logs());
+    let id = state["id"].as_str().expect("id");
+    let slurm_id = state["details"]["slurm_job_id"]
+        .as_str()
+        .expect("the Slurm job id is in the state");
+    assert_eq!(state["gpu"], format!("slurm:{slurm_id}"));
+
+    // Slurm ran it, once, with the GPU type picked from the memory estimate.
+    let jobs = slurm_jobs_of(&conf, id);
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(field(&jobs[0], "JobId"), Some(slurm_id), "{}", jobs[0]);
+    assert_eq!(
+        field(&jobs[0], "JobState"),
+        Some("COMPLETED"),
+        "{}",
+        jobs[0]
+    );
+    assert!(jobs[0].contains("gres:gpu:fake:1"), "{}", jobs[0]);
+    assert_eq!(field(&jobs[0], "Requeue"), Some("1"), "{}", jobs[0]);
+
+    // The worker kept the device Slurm gave it (an index of the node's fake GPUs), not the
+    // daemon's own slot name.
+    let evs = events(&farm, &state);
+    let started = evs
+        .iter()
+        .find(|e| e["event"] == "started")
+        .expect("started event");
+    let device = started["device"].as_str().unwrap_or("");
+    assert!(
+        ["0", "1", "2", "3"].contains(&device),
+        "CUDA_VISIBLE_DEVICES from Slurm, got {started}"
+    );
+    assert_eq!(count(&evs, "slurm_submitted"), 1);
+
+    let video = probe(Path::new(state["output"].as_str().expect("output")));
+    assert_eq!(video.video_codec, "h264");
+    assert_eq!((video.width, video.height), (64, 64));
+    assert!(video.video_frames > 0);
+
+    let status = farm.cli(&["status", id]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{text}");
+    assert!(text.contains(&format!("slurm:{slurm_id}")), "{text}");
+}
+
+#[test]
+fn a_job_requeued_by_slurm_mid_render_resumes_with_identical_frames() {
+    let Some((farm, conf)) = slurm_farm() else {
+        return;
+    };
+    let reference = reference_digests(|farm| long_job(farm, "ref"));
+    let _daemon = start(&farm, &conf);
+    farm.drop_job("requeued.yaml", &long_job(&farm, "requeued"));
+    let (_, slurm_id) = wait_rendering(&farm, "requeued.yaml", 2);
+    slurm(&conf, "scontrol", &["requeue", &slurm_id]);
+    let state = wait_finished(&farm, "requeued.yaml");
+    assert_eq!(state["phase"], "done", "{state}\n{}", farm.daemon_logs());
+    let evs = events(&farm, &state);
+    let points = start_points(&evs);
+    assert!(
+        points.len() >= 2 && points[0] == 0 && points[1] >= 2,
+        "started at 0, resumed from the checkpoint after the requeue: {points:?}"
+    );
+    // The same Slurm job ran again: no second submission.
+    assert_eq!(count(&evs, "slurm_submitted"), 1, "{evs:?}");
+    let jobs = slurm_jobs_of(&conf, state["id"].as_str().expect("id"));
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(field(&jobs[0], "Restarts"), Some("1"), "{}", jobs[0]);
+    assert_eq!(
+        frame_digests(Path::new(state["output"].as_str().expect("output"))),
+        reference
+    );
+}
+
+#[test]
+fn a_job_scancelled_outside_reelspool_is_cancelled() {
+    let Some((farm, conf)) = slurm_farm() else {
+        return;
+    };
+    let _daemon = start(&farm, &conf);
+    farm.drop_job("outside.yaml", &long_job(&farm, "outside"));
+    let (_, slurm_id) = wait_rendering(&farm, "outside.yaml", 1);
+    slurm(&conf, "scancel", &[&slurm_id]);
+    let state = wait_finished(&farm, "outside.yaml");
+    assert_eq!(
+        state["phase"],
+        "cancelled",
+        "{state}\n{}",
+        farm.daemon_logs()
+    );
+    let evs = events(&farm, &state);
+    assert_eq!(count(&evs, "slurm_submitted"), 1, "not retried: {evs:?}");
+    assert_eq!(count(&evs, "retry"), 0, "not retried: {evs:?}");
+}
+
+#[test]
+fn reelspool_cancel_scancels_the_slurm_job() {
+    let Some((farm, conf)) = slurm_farm() else {
+        return;
+    };
+    let _daemon = start(&farm, &conf);
+    farm.drop_job("mine.yaml", &long_job(&farm, "mine"));
+    let (state, slurm_id) = wait_rendering(&farm, "mine.yaml", 1);
+    let id = state["id"].as_str().expect("id");
+    let out = farm.cli(&["cancel", id]);
+    assert!(out.status.success(), "{out:?}");
+    let state = wait_finished(&farm, "mine.yaml");
+    assert_eq!(state["phase"], "cancelled", "{state}");
+    let jobs = slurm_jobs_of(&conf, id);
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(field(&jobs[0], "JobId"), Some(slurm_id.as_str()));
+    assert_eq!(
+        field(&jobs[0], "JobState"),
+        Some("CANCELLED"),
+        "{}",
+        jobs[0]
+    );
+}
+
+#[test]
+fn a_daemon_killed_while_its_slurm_job_runs_adopts_it_after_a_restart() {
+    let Some((farm, conf)) = slurm_farm() else {
+        return;
+    };
+    let mut daemon = start(&farm, &conf);
+    farm.drop_job("adopted.yaml", &long_job(&farm, "adopted"));
+    let (state, slurm_id) = wait_rendering(&farm, "adopted.yaml", 1);
+    daemon.kill9();
+    let id = state["id"].as_str().expect("id").to_string();
+    // The Slurm job does not depend on the daemon: it goes on rendering.
+    let jobs = slurm_jobs_of(&conf, &id);
+    assert_eq!(field(&jobs[0], "JobState"), Some("RUNNING"), "{jobs:?}");
+    let _daemon = start(&farm, &conf);
+    let state = wait_finished(&farm, "adopted.yaml");
+    assert_eq!(state["phase"], "done", "{state}\n{}", farm.daemon_logs());
+    assert_eq!(state["details"]["slurm_job_id"], slurm_id.as_str());
+    let evs = events(&farm, &state);
+    assert_eq!(count(&evs, "slurm_submitted"), 1, "submitted once: {evs:?}");
+    assert!(count(&evs, "slurm_adopted") >= 1, "{evs:?}");
+    let jobs = slurm_jobs_of(&conf, &id);
+    assert_eq!(
+        jobs.len(),
+        1,
+        "one Slurm job for the reelspool job: {jobs:?}"
+    );
+    assert_eq!(start_points(&evs), vec![0], "it ran in one go: {evs:?}");
+    assert!(
+        Path::new(state["output"].as_str().expect("output")).is_file(),
+        "{state}"
+    );
+}
+
+#[test]
+fn a_daemon_whose_slurm_partition_does_not_exist_refuses_to_start_and_says_why() {
+    let Some(conf) = cluster() else {
+        return;
+    };
+    let farm =
+        Farm::new("executor:\n  kind: slurm\n  partition: nosuchpartition\n  poll_secs: 1\n");
+    let output = Command::new(common::reelspool_bin())
+        .arg("--config")
+        .arg(&farm.config)
+        .arg("daemon")
+        .env("SLURM_CONF", &conf)
+        .output()
+        .expect("run daemon");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("Slurm executor") && stderr.contains("nosuchpartition"),
+        "{stderr}"
+    );
+}
