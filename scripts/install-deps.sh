@@ -12,6 +12,9 @@ PACKAGES=(
   ffmpeg openssl
   # useradd/groupadd and setpriv: tests/users.rs creates real users and runs commands as them
   passwd util-linux
+  # Slurm (22.05 on Debian 12) and munge: tests/slurm.rs runs jobs on a real one-node cluster
+  # that tests/slurm/start-slurm.sh brings up
+  slurm-wlm munge
 )
 missing=()
 for pkg in "${PACKAGES[@]}"; do

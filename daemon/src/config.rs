@@ -304,6 +304,48 @@ mod tests {
     }
 
     #[test]
+    fn executor_is_local_unless_the_file_says_slurm() {
+        let config = DaemonConfig::parse("c.yaml", GOOD).expect("valid");
+        assert!(config.executor.is_local());
+        // Left out when printed, so `check-config` shows a local config as it always did.
+        let printed = serde_yaml::to_string(&config).expect("yaml");
+        assert!(!printed.contains("executor"), "{printed}");
+        let text = format!(
+            "{GOOD}executor:\n  kind: slurm\n  partition: gpu\n  gres: \"gpu:1\"\n  extra_args: [--qos=video]\n  gpu_types:\n    - {{ name: l4, memory_gb: 24 }}\n"
+        );
+        let config = DaemonConfig::parse("c.yaml", &text).expect("valid");
+        let crate::executor::ExecutorConfig::Slurm(slurm) = &config.executor else {
+            panic!("slurm executor expected: {:?}", config.executor);
+        };
+        assert_eq!(slurm.partition.as_deref(), Some("gpu"));
+        assert_eq!(slurm.poll_secs, 10);
+        assert_eq!(slurm.extra_args, vec!["--qos=video".to_string()]);
+        assert_eq!(slurm.gpu_types[0].name, "l4");
+    }
+
+    #[test]
+    fn executor_mistakes_are_refused_at_their_line() {
+        let typo = format!("{GOOD}executor:\n  kind: slurm\n  partiton: gpu\n");
+        let err = DaemonConfig::parse("c.yaml", &typo)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("partiton") && err.contains("c.yaml:"), "{err}");
+        let kind = format!("{GOOD}executor:\n  kind: kubernetes\n");
+        let err = DaemonConfig::parse("c.yaml", &kind)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kubernetes"), "{err}");
+        let zero = format!("{GOOD}executor:\n  kind: slurm\n  poll_secs: 0\n");
+        let err = DaemonConfig::parse("c.yaml", &zero)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("poll_secs") && err.contains("c.yaml:4"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn engines_are_read_with_their_defaults() {
         let text = "spool_dir: /s\nstate_dir: /st\nlog_dir: /l\nengines:\n  numpy-demo:\n    command: [python3, /usr/share/reelspool/engines/example_engine.py]\n    profile: builtin-tiny\n";
         let config = DaemonConfig::parse("c.yaml", text).expect("valid config");

@@ -60,7 +60,7 @@ pub fn plan(old: &DaemonConfig, new: DaemonConfig) -> ReloadPlan {
             applied.push(key);
         }
     }
-    let fixed: [(&'static str, bool); 6] = [
+    let fixed: [(&'static str, bool); 7] = [
         ("spool_dir", old.spool_dir != new.spool_dir),
         ("state_dir", old.state_dir != new.state_dir),
         ("log_dir", old.log_dir != new.log_dir),
@@ -70,6 +70,7 @@ pub fn plan(old: &DaemonConfig, new: DaemonConfig) -> ReloadPlan {
             old.model_cache_dir != new.model_cache_dir,
         ),
         ("gpu_pool", differs(&old.gpu_pool, &new.gpu_pool)),
+        ("executor", differs(&old.executor, &new.executor)),
     ];
     for (key, changed) in fixed {
         if changed {

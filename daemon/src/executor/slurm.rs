@@ -542,10 +542,10 @@ pub async fn follow(
                 continue;
             }
         };
-        if cancel_sent {
+        let still_on = known.as_ref().is_some_and(|job| !job.is_final());
+        let cancel_wanted = cancel_sent || *stop.borrow() == StopRequest::Cancel;
+        if still_on && cancel_wanted {
             // Asked again each poll until Slurm has it: a lost scancel must not leave it running.
-            let _ = slurm_command("scancel", std::slice::from_ref(&slurm_id)).await;
-        } else if *stop.borrow() == StopRequest::Cancel {
             if slurm_command("scancel", std::slice::from_ref(&slurm_id))
                 .await
                 .is_ok()
@@ -703,7 +703,7 @@ pub async fn probe(
             return Ok(true);
         }
         let known = query(&id).await?;
-        let done = known.as_ref().map_or(true, SlurmJob::is_final);
+        let done = known.as_ref().is_none_or(SlurmJob::is_final);
         if done {
             // The file may show up a moment after the job ends on a network file system.
             tokio::time::sleep(Duration::from_secs(2)).await;
@@ -883,6 +883,53 @@ mod tests {
             SlurmJob::parse("slurm_load_jobs error: Invalid job id"),
             None
         );
+    }
+
+    #[test]
+    fn slurm_ends_become_worker_ends_the_scheduler_retries_or_not() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let job_dir = JobDir::new(dir.path());
+        let job = |line: &str| SlurmJob::parse(line).expect("parsed");
+        // Lost with its node: a crash, so the scheduler submits it again and it resumes.
+        let end = classify(
+            "7",
+            &job("JobState=NODE_FAIL ExitCode=0:0 BatchHost=n3"),
+            None,
+            false,
+            &job_dir,
+        );
+        assert!(
+            matches!(&end, WorkerEnd::Crashed { status } if status.contains("NODE_FAIL on n3")),
+            "{end:?}"
+        );
+        // The worker's own report wins over Slurm's exit code.
+        let end = classify(
+            "7",
+            &job("JobState=FAILED ExitCode=3:0"),
+            Some(WorkerMessage::Error {
+                kind: FailureKind::Input,
+                message: "bad image".into(),
+            }),
+            false,
+            &job_dir,
+        );
+        assert_eq!(
+            end,
+            WorkerEnd::Failed {
+                kind: FailureKind::Input,
+                message: "bad image".into()
+            }
+        );
+        assert!(!job_dir.cancel_request().exists());
+        // Cancelled outside reelspool: recorded as a cancel request, so the job is cancelled.
+        classify(
+            "7",
+            &job("JobState=CANCELLED ExitCode=0:15"),
+            None,
+            false,
+            &job_dir,
+        );
+        assert!(job_dir.cancel_request().exists());
     }
 
     #[test]
