@@ -106,11 +106,21 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
         .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
 }
 
-/// Enough clips that the job is still rendering when the test acts on it.
-const LONG: &str = "render:\n  size: 96*96\n  infer_frames: 8\n  sample_steps: 1\n  num_clip: 24";
+/// A job of `clips` clips at 96*96, 8 frames a clip: enough that it is still rendering when
+/// the test acts on it (a clip takes tens of milliseconds here).
+fn clips_job(farm: &Farm, name: &str, clips: u32) -> String {
+    job(
+        farm,
+        name,
+        &format!(
+            "render:\n  size: 96*96\n  infer_frames: 8\n  sample_steps: 1\n  num_clip: {clips}"
+        ),
+    )
+}
 
+/// The job the tests that stop, cancel or requeue it mid-render use.
 fn long_job(farm: &Farm, name: &str) -> String {
-    job(farm, name, LONG)
+    clips_job(farm, name, 60)
 }
 
 /// The running job's state once it has made `clips` clips durable, with its Slurm job id.
@@ -277,7 +287,14 @@ fn a_daemon_killed_while_its_slurm_job_runs_adopts_it_after_a_restart() {
     assert_eq!(state["details"]["slurm_job_id"], slurm_id.as_str());
     let evs = events(&farm, &state);
     assert_eq!(count(&evs, "slurm_submitted"), 1, "submitted once: {evs:?}");
-    assert!(count(&evs, "slurm_adopted") >= 1, "{evs:?}");
+    let adopted_at = evs
+        .iter()
+        .position(|e| e["event"] == "slurm_adopted")
+        .unwrap_or_else(|| panic!("no slurm_adopted event: {evs:?}"));
+    assert!(
+        evs[adopted_at..].iter().any(|e| e["event"] == "clip_done"),
+        "adopted while it still rendered: clips reported after the adoption: {evs:?}"
+    );
     let jobs = slurm_jobs_of(&conf, &id);
     assert_eq!(
         jobs.len(),
@@ -311,4 +328,57 @@ fn a_daemon_whose_slurm_partition_does_not_exist_refuses_to_start_and_says_why()
         stderr.contains("Slurm executor") && stderr.contains("nosuchpartition"),
         "{stderr}"
     );
+}
+
+/// A node that cannot see the state directory: the probe job runs as `nobody`, for whom the
+/// farm's private temporary folder (mode 0700) does not exist. The daemon must not start.
+#[test]
+fn a_daemon_whose_directories_a_node_cannot_see_refuses_to_start_and_says_why() {
+    let Some(conf) = cluster() else {
+        return;
+    };
+    let farm = Farm::new(
+        "executor:\n  kind: slurm\n  partition: ci\n  poll_secs: 1\n  extra_args: [\"--uid=nobody\"]\n",
+    );
+    let output = Command::new(common::reelspool_bin())
+        .arg("--config")
+        .arg(&farm.config)
+        .arg("daemon")
+        .env("SLURM_CONF", &conf)
+        .output()
+        .expect("run daemon");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("cannot see this daemon's directories")
+            && stderr.contains("every Slurm node mounts at the same path")
+            && stderr.contains(&farm.state.display().to_string()),
+        "{stderr}"
+    );
+}
+
+/// A daemon stopped with SIGTERM does not wait for its Slurm jobs: they run on, and the next
+/// start adopts them.
+#[test]
+fn a_daemon_stopped_while_its_slurm_job_runs_leaves_it_running_and_adopts_it() {
+    let Some((farm, conf)) = slurm_farm() else {
+        return;
+    };
+    let mut daemon = start(&farm, &conf);
+    farm.drop_job("stopped.yaml", &long_job(&farm, "stopped"));
+    let (state, slurm_id) = wait_rendering(&farm, "stopped.yaml", 1);
+    let status = daemon.terminate(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}\n{}", farm.daemon_logs());
+    let id = state["id"].as_str().expect("id").to_string();
+    let jobs = slurm_jobs_of(&conf, &id);
+    assert_eq!(field(&jobs[0], "JobState"), Some("RUNNING"), "{jobs:?}");
+    let _daemon = start(&farm, &conf);
+    let state = wait_finished(&farm, "stopped.yaml");
+    assert_eq!(state["phase"], "done", "{state}\n{}", farm.daemon_logs());
+    assert_eq!(state["details"]["slurm_job_id"], slurm_id.as_str());
+    let evs = events(&farm, &state);
+    assert_eq!(count(&evs, "slurm_submitted"), 1, "submitted once: {evs:?}");
+    assert_eq!(count(&evs, "slurm_adopted"), 1, "{evs:?}");
+    assert_eq!(slurm_jobs_of(&conf, &id).len(), 1);
+    assert_eq!(start_points(&evs), vec![0], "it ran in one go: {evs:?}");
 }

@@ -99,7 +99,8 @@ CONF
 # /dev/nvidia0 to /dev/nvidia3.
 mkdir -p "$dir/dev"
 for n in 0 1 2 3; do
-  [ -c "$dir/dev/fake-gpu$n" ] || mknod "$dir/dev/fake-gpu$n" c 1 3
+  [ -c "$dir/dev/fake-gpu$n" ] || mknod "$dir/dev/fake-gpu$n" c 1 3 2>/dev/null \
+    || ln -sfn /dev/null "$dir/dev/fake-gpu$n"
 done
 cat >"$dir/gres.conf" <<CONF
 AutoDetect=off

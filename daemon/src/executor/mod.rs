@@ -229,3 +229,38 @@ pub fn needs_of(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str =
+        "spool_dir: /s\nstate_dir: /st\nlog_dir: /l\ngpu_pool: { kind: cpu, slots: 2 }\n";
+
+    fn parse(text: &str) -> DaemonConfig {
+        DaemonConfig::parse("c.yaml", text).expect("valid config")
+    }
+
+    #[test]
+    fn locally_the_pool_is_gpu_pool_as_written() {
+        let config = parse(BASE);
+        assert_eq!(pool_for(&config).gpu_pool, config.gpu_pool);
+    }
+
+    #[test]
+    fn under_slurm_the_pool_is_max_jobs_slots_as_big_as_the_largest_gpu_type() {
+        let plain = parse(&format!("{BASE}executor: {{ kind: slurm, max_jobs: 3 }}\n"));
+        assert_eq!(
+            pool_for(&plain).gpu_pool.source,
+            PoolSource::Cpu { slots: 3 }
+        );
+        let typed = parse(&format!(
+            "{BASE}executor: {{ kind: slurm, max_jobs: 2, gpu_types: [{{ name: l4, memory_gb: 24 }}, {{ name: a100, memory_gb: 80 }}] }}\n"
+        ));
+        let PoolSource::Simulated { gpus } = pool_for(&typed).gpu_pool.source.clone() else {
+            panic!("simulated slots expected");
+        };
+        assert_eq!(gpus.len(), 2);
+        assert!(gpus.iter().all(|gpu| gpu.memory_gb == 80.0), "{gpus:?}");
+    }
+}
