@@ -44,6 +44,10 @@ pub struct SlurmConfig {
     /// type, the type picked from the job's memory estimate is put in (`gpu:a100:1`).
     #[serde(default = "default_gres")]
     pub gres: String,
+    /// Ask with `--gpus=[TYPE:]N` instead of `--gres` (for sites that count GPUs per job):
+    /// the number of GPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<u32>,
     /// The GPU types of the cluster's nodes, with their memory; a job goes to the smallest
     /// type its memory estimate fits (or, where every fitting type names a node `feature`, to
     /// any of them through `--constraint`).
@@ -107,6 +111,9 @@ impl SlurmConfig {
         }
         if !(self.time_margin.is_finite() && self.time_margin >= 1.0) {
             return Some("`executor.time_margin` must be a number of at least 1".into());
+        }
+        if self.gpus == Some(0) {
+            return Some("`executor.gpus` must be at least 1".into());
         }
         if !self.gres.starts_with("gpu") {
             return Some(format!(

@@ -149,7 +149,14 @@ pub fn sbatch_args(
         args.push(format!("--account={account}"));
     }
     let (gres, constraint) = gpu_request(config, needs.vram_bytes)?;
-    args.push(format!("--gres={gres}"));
+    match config.gpus {
+        None => args.push(format!("--gres={gres}")),
+        // `gpu:a100:2` as a gres is `a100:2` for --gpus.
+        Some(_) => args.push(format!(
+            "--gpus={}",
+            gres.strip_prefix("gpu:").unwrap_or(&gres)
+        )),
+    }
     if let Some(constraint) = constraint {
         args.push(format!("--constraint={constraint}"));
     }
@@ -183,7 +190,10 @@ pub fn gpu_request(
     vram_bytes: u64,
 ) -> Result<(String, Option<String>), SlurmError> {
     if config.gpu_types.is_empty() {
-        return Ok((config.gres.clone(), None));
+        return Ok(match config.gpus {
+            Some(count) => (format!("gpu:{count}"), None),
+            None => (config.gres.clone(), None),
+        });
     }
     let gib = gpu_pool::GIB as f64;
     let need_gib = vram_bytes as f64 / gib;
@@ -212,6 +222,9 @@ pub fn gpu_request(
         [name, _, count, ..] => (*name, *count),
         [] => ("gpu", "1"),
     };
+    let count = config
+        .gpus
+        .map_or_else(|| count.to_string(), |gpus| gpus.to_string());
     let features: Option<Vec<&str>> = fitting.iter().map(|kind| kind.feature.as_deref()).collect();
     match features {
         Some(features) if !features.is_empty() => {
@@ -744,6 +757,7 @@ mod tests {
             partition: Some("gpu".into()),
             account: None,
             gres: "gpu:1".into(),
+            gpus: None,
             gpu_types,
             extra_args: vec!["--qos=video".into()],
             poll_secs: 10,
@@ -800,6 +814,28 @@ mod tests {
             gpu_request(&plain, 500 * GIB).expect("no check"),
             ("gpu:fake:2".to_string(), None)
         );
+    }
+
+    #[test]
+    fn gpus_asks_with_dash_dash_gpus_and_its_count() {
+        let mut typed = config(vec![kind("l4", 24.0, None), kind("a100", 80.0, None)]);
+        typed.gpus = Some(2);
+        let id: JobId = "20260101-000000-abcdef".parse().expect("id");
+        let needs = JobNeeds {
+            vram_bytes: 30 * GIB,
+            host_bytes: 0,
+            render_secs: 0.0,
+        };
+        let args = sbatch_args(&typed, &id, Path::new("/j"), &needs).expect("args");
+        assert!(args.contains(&"--gpus=a100:2".to_string()), "{args:?}");
+        assert!(
+            !args.iter().any(|arg| arg.starts_with("--gres")),
+            "{args:?}"
+        );
+        let mut plain = config(Vec::new());
+        plain.gpus = Some(1);
+        let args = sbatch_args(&plain, &id, Path::new("/j"), &needs).expect("args");
+        assert!(args.contains(&"--gpus=1".to_string()), "{args:?}");
     }
 
     #[test]
