@@ -62,15 +62,47 @@ fn cluster() -> Option<PathBuf> {
     }
 }
 
+/// Held for a test's whole run: shared by the tests that only use the cluster, exclusive for
+/// the one that resets its controller (every job in the cluster is lost then).
+struct ClusterLock(#[allow(dead_code)] std::fs::File);
+
+fn lock_cluster(exclusive: bool) -> ClusterLock {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(std::env::temp_dir().join("reelspool-slurm-tests.lock"))
+        .expect("open the cluster lock");
+    let mode = if exclusive {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_SH
+    };
+    // SAFETY: flock on a descriptor this struct owns until it is dropped.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), mode) };
+    assert_eq!(rc, 0, "flock: {}", std::io::Error::last_os_error());
+    ClusterLock(file)
+}
+
+/// The cluster, held shared for the caller's test.
+fn shared_cluster() -> Option<(PathBuf, ClusterLock)> {
+    let conf = cluster()?;
+    Some((conf, lock_cluster(false)))
+}
+
 /// A farm whose daemon hands its jobs to the test cluster. `gpu_types` maps the job's memory
 /// estimate onto the cluster's one GPU type, `fake`.
-fn slurm_farm() -> Option<(Farm, PathBuf)> {
-    let conf = cluster()?;
-    let farm = Farm::new(
+fn slurm_farm() -> Option<(Farm, PathBuf, ClusterLock)> {
+    let (conf, lock) = shared_cluster()?;
+    Some((new_slurm_farm(), conf, lock))
+}
+
+fn new_slurm_farm() -> Farm {
+    Farm::new(
         "executor:\n  kind: slurm\n  partition: ci\n  gres: \"gpu:1\"\n  poll_secs: 1\n  \
          probe_timeout_secs: 60\n  gpu_types:\n    - { name: fake, memory_gb: 80 }\n",
-    );
-    Some((farm, conf))
+    )
 }
 
 fn start(farm: &Farm, conf: &Path) -> common::Daemon {
@@ -143,7 +175,7 @@ fn count(evs: &[serde_json::Value], name: &str) -> usize {
 
 #[test]
 fn a_job_runs_through_the_spool_on_slurm_to_an_mp4() {
-    let Some((farm, conf)) = slurm_farm() else {
+    let Some((farm, conf, _lock)) = slurm_farm() else {
         return;
     };
     let _daemon = start(&farm, &conf);
@@ -196,7 +228,7 @@ fn a_job_runs_through_the_spool_on_slurm_to_an_mp4() {
 
 #[test]
 fn a_job_requeued_by_slurm_mid_render_resumes_with_identical_frames() {
-    let Some((farm, conf)) = slurm_farm() else {
+    let Some((farm, conf, _lock)) = slurm_farm() else {
         return;
     };
     let reference = reference_digests(|farm| long_job(farm, "ref"));
@@ -225,7 +257,7 @@ fn a_job_requeued_by_slurm_mid_render_resumes_with_identical_frames() {
 
 #[test]
 fn a_job_scancelled_outside_reelspool_is_cancelled() {
-    let Some((farm, conf)) = slurm_farm() else {
+    let Some((farm, conf, _lock)) = slurm_farm() else {
         return;
     };
     let _daemon = start(&farm, &conf);
@@ -246,7 +278,7 @@ fn a_job_scancelled_outside_reelspool_is_cancelled() {
 
 #[test]
 fn reelspool_cancel_scancels_the_slurm_job() {
-    let Some((farm, conf)) = slurm_farm() else {
+    let Some((farm, conf, _lock)) = slurm_farm() else {
         return;
     };
     let _daemon = start(&farm, &conf);
@@ -270,7 +302,7 @@ fn reelspool_cancel_scancels_the_slurm_job() {
 
 #[test]
 fn a_daemon_killed_while_its_slurm_job_runs_adopts_it_after_a_restart() {
-    let Some((farm, conf)) = slurm_farm() else {
+    let Some((farm, conf, _lock)) = slurm_farm() else {
         return;
     };
     let mut daemon = start(&farm, &conf);
@@ -310,7 +342,7 @@ fn a_daemon_killed_while_its_slurm_job_runs_adopts_it_after_a_restart() {
 
 #[test]
 fn a_daemon_whose_slurm_partition_does_not_exist_refuses_to_start_and_says_why() {
-    let Some(conf) = cluster() else {
+    let Some((conf, _lock)) = shared_cluster() else {
         return;
     };
     let farm =
@@ -334,7 +366,7 @@ fn a_daemon_whose_slurm_partition_does_not_exist_refuses_to_start_and_says_why()
 /// farm's private temporary folder (mode 0700) does not exist. The daemon must not start.
 #[test]
 fn a_daemon_whose_directories_a_node_cannot_see_refuses_to_start_and_says_why() {
-    let Some(conf) = cluster() else {
+    let Some((conf, _lock)) = shared_cluster() else {
         return;
     };
     let farm = Farm::new(
@@ -361,7 +393,7 @@ fn a_daemon_whose_directories_a_node_cannot_see_refuses_to_start_and_says_why() 
 /// start adopts them.
 #[test]
 fn a_daemon_stopped_while_its_slurm_job_runs_leaves_it_running_and_adopts_it() {
-    let Some((farm, conf)) = slurm_farm() else {
+    let Some((farm, conf, _lock)) = slurm_farm() else {
         return;
     };
     let mut daemon = start(&farm, &conf);
@@ -381,4 +413,76 @@ fn a_daemon_stopped_while_its_slurm_job_runs_leaves_it_running_and_adopts_it() {
     assert_eq!(count(&evs, "slurm_adopted"), 1, "{evs:?}");
     assert_eq!(slurm_jobs_of(&conf, &id).len(), 1);
     assert_eq!(start_points(&evs), vec![0], "it ran in one go: {evs:?}");
+}
+
+/// Restarts slurmctld with its state cleared (`-c`), as after the loss of the controller's
+/// state: Slurm forgets every job, and slurmd kills the ones it still runs as orphans.
+fn reset_controller(conf: &Path) {
+    let dir = conf.parent().expect("slurm.conf has a folder");
+    let pid_text = std::fs::read_to_string(dir.join("slurmctld.pid")).expect("slurmctld.pid");
+    let pid: i32 = pid_text.trim().parse().expect("a pid");
+    // SAFETY: signalling the slurmctld this test cluster runs.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    wait_for("slurmctld to stop", Duration::from_secs(30), || {
+        // SAFETY: signal 0 only checks that the process exists.
+        (unsafe { libc::kill(pid, 0) } != 0).then_some(())
+    });
+    let status = Command::new("slurmctld")
+        .arg("-f")
+        .arg(conf)
+        .args(["-i", "-c"])
+        .env("SLURM_CONF", conf)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("start slurmctld");
+    assert!(status.success(), "slurmctld -c: {status}");
+    wait_for("the node back in service", Duration::from_secs(60), || {
+        let output = Command::new("sinfo")
+            .args(["-h", "-o", "%T"])
+            .env("SLURM_CONF", conf)
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        text.lines()
+            .any(|state| ["idle", "mixed", "allocated"].contains(&state.trim()))
+            .then_some(())
+    });
+}
+
+/// A job Slurm lost (its controller came back without state, and slurmd killed the orphan
+/// worker) is submitted again and resumes from its checkpoint.
+#[test]
+fn a_job_slurm_lost_is_submitted_again_and_resumes() {
+    let Some(conf) = cluster() else {
+        return;
+    };
+    let _lock = lock_cluster(true);
+    let farm = new_slurm_farm();
+    let _daemon = start(&farm, &conf);
+    farm.drop_job("lost.yaml", &long_job(&farm, "lost"));
+    wait_rendering(&farm, "lost.yaml", 2);
+    reset_controller(&conf);
+    let state = wait_finished(&farm, "lost.yaml");
+    assert_eq!(state["phase"], "done", "{state}\n{}", farm.daemon_logs());
+    let evs = events(&farm, &state);
+    assert_eq!(count(&evs, "slurm_submitted"), 2, "{evs:?}");
+    let lost = evs
+        .iter()
+        .find(|e| e["event"] == "worker_exit")
+        .expect("the lost attempt's end");
+    assert!(
+        lost["end"]
+            .as_str()
+            .is_some_and(|end| end.contains("no longer knows")),
+        "{lost}"
+    );
+    let points = start_points(&evs);
+    assert!(
+        points.len() >= 2 && points[0] == 0 && *points.last().expect("points") >= 2,
+        "resumed from its checkpoint: {points:?}"
+    );
+    let video = probe(Path::new(state["output"].as_str().expect("output")));
+    assert_eq!((video.width, video.height), (96, 96));
 }
