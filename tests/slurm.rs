@@ -467,7 +467,9 @@ fn a_job_slurm_lost_is_submitted_again_and_resumes() {
     let state = wait_finished(&farm, "lost.yaml");
     assert_eq!(state["phase"], "done", "{state}\n{}", farm.daemon_logs());
     let evs = events(&farm, &state);
-    assert_eq!(count(&evs, "slurm_submitted"), 2, "{evs:?}");
+    // Submitted again at least once; more if the new worker met the orphan still holding the
+    // job's lock before slurmd had killed it (it exits busy and the job is retried).
+    assert!(count(&evs, "slurm_submitted") >= 2, "{evs:?}");
     let lost = evs
         .iter()
         .find(|e| e["event"] == "worker_exit")
