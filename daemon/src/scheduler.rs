@@ -385,9 +385,7 @@ impl Scheduler {
             Ok(runtime) => {
                 runtime.block_on(executor::slurm::adopt_or_submit(&slurm, &launch, &needs))
             }
-            Err(_) => Err(executor::slurm::SlurmError::Probe(
-                "no async runtime".into(),
-            )),
+            Err(_) => Err(executor::slurm::SlurmError::NoRuntime),
         };
         let (record, adopted) = match started {
             Ok(started) => started,

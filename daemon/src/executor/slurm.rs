@@ -68,6 +68,8 @@ pub enum SlurmError {
     NoGpuType { need_gib: f64, largest_gib: f64 },
     #[error("{0}")]
     Probe(String),
+    #[error("the Slurm executor runs only inside the daemon's async runtime")]
+    NoRuntime,
 }
 
 /// `slurm.json`: the Slurm job of the current attempt.
