@@ -138,14 +138,14 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
         .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
 }
 
-/// A job of `clips` clips at 96*96, 8 frames a clip: enough that it is still rendering when
-/// the test acts on it (a clip takes tens of milliseconds here).
+/// A job of `clips` clips at 192*192, 8 frames a clip (about 0.1 s a clip on a 2-core
+/// machine): enough that it is still rendering when the test acts on it.
 fn clips_job(farm: &Farm, name: &str, clips: u32) -> String {
     job(
         farm,
         name,
         &format!(
-            "render:\n  size: 96*96\n  infer_frames: 8\n  sample_steps: 1\n  num_clip: {clips}"
+            "render:\n  size: 192*192\n  infer_frames: 8\n  sample_steps: 1\n  num_clip: {clips}"
         ),
     )
 }
@@ -306,7 +306,7 @@ fn a_daemon_killed_while_its_slurm_job_runs_adopts_it_after_a_restart() {
         return;
     };
     let mut daemon = start(&farm, &conf);
-    farm.drop_job("adopted.yaml", &long_job(&farm, "adopted"));
+    farm.drop_job("adopted.yaml", &clips_job(&farm, "adopted", 120));
     let (state, slurm_id) = wait_rendering(&farm, "adopted.yaml", 1);
     daemon.kill9();
     let id = state["id"].as_str().expect("id").to_string();
@@ -397,7 +397,7 @@ fn a_daemon_stopped_while_its_slurm_job_runs_leaves_it_running_and_adopts_it() {
         return;
     };
     let mut daemon = start(&farm, &conf);
-    farm.drop_job("stopped.yaml", &long_job(&farm, "stopped"));
+    farm.drop_job("stopped.yaml", &clips_job(&farm, "stopped", 120));
     let (state, slurm_id) = wait_rendering(&farm, "stopped.yaml", 1);
     let status = daemon.terminate(Duration::from_secs(30));
     assert!(status.success(), "{status:?}\n{}", farm.daemon_logs());
@@ -461,7 +461,8 @@ fn a_job_slurm_lost_is_submitted_again_and_resumes() {
     let _lock = lock_cluster(true);
     let farm = new_slurm_farm();
     let _daemon = start(&farm, &conf);
-    farm.drop_job("lost.yaml", &long_job(&farm, "lost"));
+    // Long enough to outlast the controller's restart even on a fast machine.
+    farm.drop_job("lost.yaml", &clips_job(&farm, "lost", 200));
     wait_rendering(&farm, "lost.yaml", 2);
     reset_controller(&conf);
     let state = wait_finished(&farm, "lost.yaml");
@@ -486,5 +487,5 @@ fn a_job_slurm_lost_is_submitted_again_and_resumes() {
         "resumed from its checkpoint: {points:?}"
     );
     let video = probe(Path::new(state["output"].as_str().expect("output")));
-    assert_eq!((video.width, video.height), (96, 96));
+    assert_eq!((video.width, video.height), (192, 192));
 }
