@@ -489,3 +489,42 @@ fn a_job_slurm_lost_is_submitted_again_and_resumes() {
     let video = probe(Path::new(state["output"].as_str().expect("output")));
     assert_eq!((video.width, video.height), (192, 192));
 }
+
+/// `reelspool cancel` while the daemon is down cancels the batch job too: it would render on
+/// in Slurm otherwise.
+#[test]
+fn a_job_cancelled_while_the_daemon_is_down_is_scancelled() {
+    let Some((farm, conf, _lock)) = slurm_farm() else {
+        return;
+    };
+    let mut daemon = start(&farm, &conf);
+    farm.drop_job("down.yaml", &clips_job(&farm, "down", 120));
+    let (state, slurm_id) = wait_rendering(&farm, "down.yaml", 1);
+    daemon.kill9();
+    let id = state["id"].as_str().expect("id");
+    let out = Command::new(common::reelspool_bin())
+        .arg("--config")
+        .arg(&farm.config)
+        .args(["cancel", id])
+        .env("SLURM_CONF", &conf)
+        .output()
+        .expect("run reelspool cancel");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!("cancelled Slurm job {slurm_id}")),
+        "{text}"
+    );
+    let job = wait_for("Slurm to cancel the job", Duration::from_secs(60), || {
+        let jobs = slurm_jobs_of(&conf, id);
+        jobs.into_iter()
+            .find(|line| field(line, "JobState") == Some("CANCELLED"))
+    });
+    assert_eq!(field(&job, "JobId"), Some(slurm_id.as_str()), "{job}");
+    let state = farm.job_by_source("down.yaml").expect("state");
+    assert_eq!(state["phase"], "cancelled", "{state}");
+}

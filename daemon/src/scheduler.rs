@@ -286,6 +286,7 @@ impl Scheduler {
         }
         if dir.cancel_request().exists() {
             self.placement.release(&id, RunEnd::NotTheCard);
+            self.cancel_on_slurm(&dir);
             self.finish(
                 &id,
                 Phase::Cancelled,
@@ -425,6 +426,23 @@ impl Scheduler {
             stop,
         ));
         label
+    }
+
+    /// Under Slurm, cancels the batch job a job cancelled before it ran (again) may still
+    /// have there, e.g. one cancelled while the daemon was stopped.
+    fn cancel_on_slurm(&self, dir: &JobDir) {
+        if self.config.executor.is_local() {
+            return;
+        }
+        match executor::slurm::cancel_recorded(dir.root()) {
+            Ok(Some(slurm_job)) => {
+                info!(job = %dir.root().display(), slurm_job = %slurm_job, "cancelled the job's Slurm job")
+            }
+            Ok(None) => {}
+            Err(err) => {
+                warn!(job = %dir.root().display(), error = %err, "cannot cancel the job's Slurm job; cancel it with scancel")
+            }
+        }
     }
 
     fn handle_report(&mut self, id: JobId, report: WorkerReport) {
@@ -955,6 +973,8 @@ impl Scheduler {
                     }
                     self.backing_off.remove(&id);
                     self.waiting_for_space.remove(&id);
+                    let dir = self.job_dir(&id);
+                    self.cancel_on_slurm(&dir);
                     self.finish(
                         &id,
                         Phase::Cancelled,

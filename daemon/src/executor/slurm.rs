@@ -408,6 +408,40 @@ pub async fn submit(
     Ok(id)
 }
 
+/// Cancels the Slurm job of an attempt that has not ended (a job cancelled while the daemon
+/// was away, or while it waited to be adopted), so no batch job renders on for a cancelled
+/// job. The Slurm job id it cancelled, if any. Blocking: for the CLI and the scheduler's
+/// `block_in_place` work.
+pub fn cancel_recorded(job_dir: &Path) -> Result<Option<String>, SlurmError> {
+    let Some(mut record) = SlurmRecord::load(job_dir).filter(|record| !record.ended) else {
+        return Ok(None);
+    };
+    let command = format!("scancel {}", record.slurm_job_id);
+    let output = std::process::Command::new("scancel")
+        .arg(&record.slurm_job_id)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|error| SlurmError::Spawn {
+            command: command.clone(),
+            error,
+        })?;
+    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
+    // A job Slurm no longer knows, or one already over, needs no cancel.
+    if !output.status.success()
+        && !stderr.contains("Invalid job id")
+        && !stderr.contains("already completing or completed")
+    {
+        return Err(SlurmError::Failed {
+            command,
+            status: output.status.to_string(),
+            stderr,
+        });
+    }
+    record.ended = true;
+    record.save(job_dir)?;
+    Ok(Some(record.slurm_job_id))
+}
+
 /// What to tell the scheduler when the job could not be submitted.
 pub fn submit_failure(err: &SlurmError) -> WorkerEnd {
     match err {
