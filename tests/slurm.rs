@@ -124,11 +124,16 @@ fn slurm(conf: &Path, program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// `scontrol show job -o` lines of every Slurm job named after reelspool job `id`.
-fn slurm_jobs_of(conf: &Path, id: &str) -> Vec<String> {
+/// `scontrol show job -o` lines of every Slurm job of reelspool job `id` of `farm`: named
+/// after it and run in its folder (job ids are only unique within one farm, and the tests run
+/// farms side by side on one cluster).
+fn slurm_jobs_of(conf: &Path, farm: &Farm, id: &str) -> Vec<String> {
+    let work_dir = format!("WorkDir={} ", farm.jobs_dir().join(id).display());
     slurm(conf, "scontrol", &["show", "job", "-o"])
         .lines()
-        .filter(|line| line.contains(&format!("JobName=reelspool-{id} ")))
+        .filter(|line| {
+            line.contains(&format!("JobName=reelspool-{id} ")) && line.contains(&work_dir)
+        })
         .map(str::to_string)
         .collect()
 }
@@ -189,7 +194,7 @@ fn a_job_runs_through_the_spool_on_slurm_to_an_mp4() {
     assert_eq!(state["gpu"], format!("slurm:{slurm_id}"));
 
     // Slurm ran it, once, with the GPU type picked from the memory estimate.
-    let jobs = slurm_jobs_of(&conf, id);
+    let jobs = slurm_jobs_of(&conf, &farm, id);
     assert_eq!(jobs.len(), 1, "{jobs:?}");
     assert_eq!(field(&jobs[0], "JobId"), Some(slurm_id), "{}", jobs[0]);
     assert_eq!(
@@ -246,7 +251,7 @@ fn a_job_requeued_by_slurm_mid_render_resumes_with_identical_frames() {
     );
     // The same Slurm job ran again: no second submission.
     assert_eq!(count(&evs, "slurm_submitted"), 1, "{evs:?}");
-    let jobs = slurm_jobs_of(&conf, state["id"].as_str().expect("id"));
+    let jobs = slurm_jobs_of(&conf, &farm, state["id"].as_str().expect("id"));
     assert_eq!(jobs.len(), 1, "{jobs:?}");
     assert_eq!(field(&jobs[0], "Restarts"), Some("1"), "{}", jobs[0]);
     assert_eq!(
@@ -289,7 +294,7 @@ fn reelspool_cancel_scancels_the_slurm_job() {
     assert!(out.status.success(), "{out:?}");
     let state = wait_finished(&farm, "mine.yaml");
     assert_eq!(state["phase"], "cancelled", "{state}");
-    let jobs = slurm_jobs_of(&conf, id);
+    let jobs = slurm_jobs_of(&conf, &farm, id);
     assert_eq!(jobs.len(), 1, "{jobs:?}");
     assert_eq!(field(&jobs[0], "JobId"), Some(slurm_id.as_str()));
     assert_eq!(
@@ -311,7 +316,7 @@ fn a_daemon_killed_while_its_slurm_job_runs_adopts_it_after_a_restart() {
     daemon.kill9();
     let id = state["id"].as_str().expect("id").to_string();
     // The Slurm job does not depend on the daemon: it goes on rendering.
-    let jobs = slurm_jobs_of(&conf, &id);
+    let jobs = slurm_jobs_of(&conf, &farm, &id);
     assert_eq!(field(&jobs[0], "JobState"), Some("RUNNING"), "{jobs:?}");
     let _daemon = start(&farm, &conf);
     let state = wait_finished(&farm, "adopted.yaml");
@@ -327,7 +332,7 @@ fn a_daemon_killed_while_its_slurm_job_runs_adopts_it_after_a_restart() {
         evs[adopted_at..].iter().any(|e| e["event"] == "clip_done"),
         "adopted while it still rendered: clips reported after the adoption: {evs:?}"
     );
-    let jobs = slurm_jobs_of(&conf, &id);
+    let jobs = slurm_jobs_of(&conf, &farm, &id);
     assert_eq!(
         jobs.len(),
         1,
@@ -402,7 +407,7 @@ fn a_daemon_stopped_while_its_slurm_job_runs_leaves_it_running_and_adopts_it() {
     let status = daemon.terminate(Duration::from_secs(30));
     assert!(status.success(), "{status:?}\n{}", farm.daemon_logs());
     let id = state["id"].as_str().expect("id").to_string();
-    let jobs = slurm_jobs_of(&conf, &id);
+    let jobs = slurm_jobs_of(&conf, &farm, &id);
     assert_eq!(field(&jobs[0], "JobState"), Some("RUNNING"), "{jobs:?}");
     let _daemon = start(&farm, &conf);
     let state = wait_finished(&farm, "stopped.yaml");
@@ -411,7 +416,7 @@ fn a_daemon_stopped_while_its_slurm_job_runs_leaves_it_running_and_adopts_it() {
     let evs = events(&farm, &state);
     assert_eq!(count(&evs, "slurm_submitted"), 1, "submitted once: {evs:?}");
     assert_eq!(count(&evs, "slurm_adopted"), 1, "{evs:?}");
-    assert_eq!(slurm_jobs_of(&conf, &id).len(), 1);
+    assert_eq!(slurm_jobs_of(&conf, &farm, &id).len(), 1);
     assert_eq!(start_points(&evs), vec![0], "it ran in one go: {evs:?}");
 }
 
@@ -520,7 +525,7 @@ fn a_job_cancelled_while_the_daemon_is_down_is_scancelled() {
         "{text}"
     );
     let job = wait_for("Slurm to cancel the job", Duration::from_secs(60), || {
-        let jobs = slurm_jobs_of(&conf, id);
+        let jobs = slurm_jobs_of(&conf, &farm, id);
         jobs.into_iter()
             .find(|line| field(line, "JobState") == Some("CANCELLED"))
     });

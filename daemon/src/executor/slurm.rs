@@ -276,6 +276,8 @@ pub struct SlurmJob {
     pub restarts: u32,
     pub node: Option<String>,
     pub reason: Option<String>,
+    /// `WorkDir=`: the job folder for reelspool's jobs (cut at the first space, if it has one).
+    pub work_dir: Option<String>,
 }
 
 impl SlurmJob {
@@ -307,6 +309,7 @@ impl SlurmJob {
                 .unwrap_or(0),
             node: known("BatchHost"),
             reason: known("Reason"),
+            work_dir: known("WorkDir"),
         })
     }
 
@@ -464,7 +467,7 @@ pub async fn adopt_or_submit(
 ) -> Result<(SlurmRecord, bool), SlurmError> {
     if let Some(record) = SlurmRecord::load(&launch.job_dir).filter(|record| !record.ended) {
         match query(&record.slurm_job_id).await {
-            Ok(Some(known)) if known.name == job_name(&launch.job_id) => {
+            Ok(Some(known)) if is_ours(&known, launch) => {
                 info!(job = %launch.job_id, slurm_job = %record.slurm_job_id, state = %known.state, "adopting the job's Slurm job");
                 return Ok((record, true));
             }
@@ -485,6 +488,17 @@ pub async fn adopt_or_submit(
     record.save(&launch.job_dir)?;
     info!(job = %launch.job_id, slurm_job = %record.slurm_job_id, "submitted to Slurm");
     Ok((record, false))
+}
+
+/// Whether a Slurm job is this reelspool job's: its name, and its folder (job ids are unique
+/// only within one state directory, and a cluster may serve more than one daemon).
+fn is_ours(known: &SlurmJob, launch: &WorkerLaunch) -> bool {
+    let folder = launch.job_dir.display().to_string();
+    known.name == job_name(&launch.job_id)
+        && known
+            .work_dir
+            .as_deref()
+            .is_none_or(|work_dir| folder.starts_with(work_dir))
 }
 
 fn output_len(job_dir: &Path) -> u64 {
@@ -938,6 +952,9 @@ mod tests {
         let line = "JobId=42 JobName=reelspool-x UserId=root(0) GroupId=root(0) Priority=1 \
                     JobState=PENDING Reason=BeginTime Dependency=(null) Requeue=1 Restarts=2 \
                     BatchFlag=1 ExitCode=0:0 BatchHost=node7 Command=/j/slurm-job.sh";
+        let with_dir = SlurmJob::parse(&format!("{line} WorkDir=/shared/jobs/x StdIn=/dev/null"))
+            .expect("parsed");
+        assert_eq!(with_dir.work_dir.as_deref(), Some("/shared/jobs/x"));
         let job = SlurmJob::parse(line).expect("parsed");
         assert_eq!(job.state, "PENDING");
         assert_eq!(job.name, "reelspool-x");
@@ -945,6 +962,7 @@ mod tests {
         assert_eq!(job.exit_code, Some(0));
         assert_eq!(job.node.as_deref(), Some("node7"));
         assert_eq!(job.reason.as_deref(), Some("BeginTime"));
+        assert_eq!(job.work_dir, None, "no WorkDir= in this line");
         assert!(!job.is_final());
         let failed =
             SlurmJob::parse("JobId=1 JobState=NODE_FAIL ExitCode=1:9 Reason=None").expect("parsed");
