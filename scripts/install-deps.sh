@@ -14,6 +14,9 @@ PACKAGES=(
   passwd util-linux
   # chromium + chromedriver: tests/http.rs loads the dashboard in a real headless browser
   chromium chromium-driver
+  # Slurm (22.05 on Debian 12) and munge: tests/slurm.rs runs jobs on a real one-node cluster
+  # that tests/slurm/start-slurm.sh brings up
+  slurm-wlm munge
 )
 missing=()
 for pkg in "${PACKAGES[@]}"; do

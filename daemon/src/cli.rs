@@ -524,6 +524,12 @@ pub fn cancel(config_flag: Option<&Path>, wanted: &str, wait_secs: u64) -> Resul
         .with_context(|| format!("cannot write {}", dir.cancel_request().display()))?;
     // Without a daemon nobody else touches the job: cancel it here.
     if let Some(_lock) = daemon::try_lock_state(&config.state_dir)? {
+        if !config.executor.is_local() {
+            // Its batch job runs on in Slurm without the daemon: cancel that too.
+            if let Some(slurm_job) = crate::executor::slurm::cancel_recorded(dir.root())? {
+                println!("cancelled Slurm job {slurm_job}");
+            }
+        }
         let cancelled = daemon::mark_cancelled(&dir, "cancelled while the daemon was not running")?;
         jobs::index::append_standalone(
             &config.state_dir.join(jobs::index::INDEX_FILE),

@@ -91,6 +91,12 @@ pub struct DaemonConfig {
     /// Only the operator declares programs; a job file can only name one of these.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub engines: std::collections::BTreeMap<String, render::engine::external::EngineDeclaration>,
+    /// Where workers run: this machine (`kind: local`, the default) or a Slurm cluster.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::executor::ExecutorConfig::is_local"
+    )]
+    pub executor: crate::executor::ExecutorConfig,
     /// The group whose members may submit jobs (besides root and the service user).
     #[serde(default = "default_submit_group")]
     pub submit_group: String,
@@ -144,7 +150,26 @@ impl DaemonConfig {
         })?;
         config.check_paths(file, text)?;
         config.check_engines(file, text)?;
+        config.check_executor(file, text)?;
         Ok(config)
+    }
+
+    fn check_executor(&self, file: &str, text: &str) -> Result<(), ConfigError> {
+        let crate::executor::ExecutorConfig::Slurm(slurm) = &self.executor else {
+            return Ok(());
+        };
+        let Some(message) = slurm.problem() else {
+            return Ok(());
+        };
+        let (line, column) = diag::locate_key(text, &["executor"]).unwrap_or((1, 1));
+        Err(ConfigError::Invalid(Box::new(Diagnostic::at(
+            file,
+            text,
+            line,
+            column,
+            message,
+            Some("see README.md, section \"Running on a Slurm cluster\"".to_string()),
+        ))))
     }
 
     fn check_engines(&self, file: &str, text: &str) -> Result<(), ConfigError> {
@@ -311,6 +336,48 @@ mod tests {
         let shown = err.to_string();
         assert!(shown.contains("c.yaml:2:"), "{shown}");
         assert!(shown.contains("absolute"), "{shown}");
+    }
+
+    #[test]
+    fn executor_is_local_unless_the_file_says_slurm() {
+        let config = DaemonConfig::parse("c.yaml", GOOD).expect("valid");
+        assert!(config.executor.is_local());
+        // Left out when printed, so `check-config` shows a local config as it always did.
+        let printed = serde_yaml::to_string(&config).expect("yaml");
+        assert!(!printed.contains("executor"), "{printed}");
+        let text = format!(
+            "{GOOD}executor:\n  kind: slurm\n  partition: gpu\n  gres: \"gpu:1\"\n  extra_args: [--qos=video]\n  gpu_types:\n    - {{ name: l4, memory_gb: 24 }}\n"
+        );
+        let config = DaemonConfig::parse("c.yaml", &text).expect("valid");
+        let crate::executor::ExecutorConfig::Slurm(slurm) = &config.executor else {
+            panic!("slurm executor expected: {:?}", config.executor);
+        };
+        assert_eq!(slurm.partition.as_deref(), Some("gpu"));
+        assert_eq!(slurm.poll_secs, 10);
+        assert_eq!(slurm.extra_args, vec!["--qos=video".to_string()]);
+        assert_eq!(slurm.gpu_types[0].name, "l4");
+    }
+
+    #[test]
+    fn executor_mistakes_are_refused_at_their_line() {
+        let typo = format!("{GOOD}executor:\n  kind: slurm\n  partiton: gpu\n");
+        let err = DaemonConfig::parse("c.yaml", &typo)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("partiton") && err.contains("c.yaml:"), "{err}");
+        let kind = format!("{GOOD}executor:\n  kind: kubernetes\n");
+        let err = DaemonConfig::parse("c.yaml", &kind)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kubernetes"), "{err}");
+        let zero = format!("{GOOD}executor:\n  kind: slurm\n  poll_secs: 0\n");
+        let err = DaemonConfig::parse("c.yaml", &zero)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("poll_secs") && err.contains("c.yaml:4"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -221,6 +221,9 @@ async fn serve(
         handle: dispatcher.handle(),
         default_email: config.notices.default_email.clone(),
     };
+    crate::executor::check_at_start(&config)
+        .await
+        .context("the Slurm executor cannot run jobs")?;
     let mut scheduler = Scheduler::start_up(Arc::clone(&config), layout.clone(), notices)?;
     // Jobs the queue index did not know: the scheduler reads them after READY, between new
     // jobs and worker reports, so a rebuilt index does not hold up the start.

@@ -60,7 +60,7 @@ pub fn plan(old: &DaemonConfig, new: DaemonConfig) -> ReloadPlan {
             applied.push(key);
         }
     }
-    let fixed: [(&'static str, bool); 8] = [
+    let fixed: [(&'static str, bool); 9] = [
         ("spool_dir", old.spool_dir != new.spool_dir),
         ("state_dir", old.state_dir != new.state_dir),
         ("log_dir", old.log_dir != new.log_dir),
@@ -75,6 +75,7 @@ pub fn plan(old: &DaemonConfig, new: DaemonConfig) -> ReloadPlan {
             "dcgm_job_mapping_dir",
             old.dcgm_job_mapping_dir != new.dcgm_job_mapping_dir,
         ),
+        ("executor", differs(&old.executor, &new.executor)),
     ];
     for (key, changed) in fixed {
         if changed {

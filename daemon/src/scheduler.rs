@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 use crate::backlog;
 use crate::cancels;
 use crate::config::DaemonConfig;
+use crate::executor::{self, ExecutorConfig, SlurmConfig};
 use crate::intake::Admission;
 use crate::notify_glue::{self, Notices};
 use crate::placement::{self, Placement, PlacementDecision, RunEnd};
@@ -119,7 +120,8 @@ impl Scheduler {
         layout: Layout,
         notices: Notices,
     ) -> Result<Scheduler> {
-        let placement = Placement::start(&config).context("cannot set up the GPU pool")?;
+        let placement =
+            Placement::start(&executor::pool_for(&config)).context("cannot set up the GPU pool")?;
         let (reports_tx, reports_rx) = mpsc::unbounded_channel();
         let mut scheduler = Scheduler {
             config,
@@ -295,6 +297,7 @@ impl Scheduler {
         }
         if dir.cancel_request().exists() {
             self.placement.release(&id, RunEnd::NotTheCard);
+            self.cancel_on_slurm(&dir);
             self.finish(
                 &id,
                 Phase::Cancelled,
@@ -375,19 +378,28 @@ impl Scheduler {
             idle_unload,
         };
         let (stop_tx, stop_rx) = watch::channel(StopRequest::None);
-        self.supervisors.spawn(supervisor::supervise(
-            launch,
-            warm_worker,
-            self.warm.clone(),
-            self.reports_tx.clone(),
-            stop_rx,
-        ));
-        info!(job = %id, gpu = %decision.card_label, "job running");
+        let mut card = decision.card_label.clone();
+        match &self.config.executor {
+            ExecutorConfig::Local => {
+                self.supervisors.spawn(supervisor::supervise(
+                    launch,
+                    warm_worker,
+                    self.warm.clone(),
+                    self.reports_tx.clone(),
+                    stop_rx,
+                ));
+            }
+            ExecutorConfig::Slurm(slurm) => {
+                // Slurm places every job in a batch job of its own: no warm worker there.
+                card = self.start_on_slurm(slurm.clone(), launch, decision.offload, stop_rx);
+            }
+        }
+        info!(job = %id, gpu = %card, "job running");
         self.running.insert(
             id,
             RunningJob {
                 stop: stop_tx,
-                card: decision.card_label,
+                card,
                 card_uuid: decision.card_uuid,
                 clip_secs: Vec::new(),
                 clips_total: state.clips_total,
@@ -397,6 +409,83 @@ impl Scheduler {
                 model: Some(key.model),
             },
         );
+    }
+
+    /// Submits the job to Slurm (or adopts its Slurm job after a restart) and follows it;
+    /// the label the job's state shows for where it runs (`slurm:<id>`).
+    fn start_on_slurm(
+        &mut self,
+        slurm: SlurmConfig,
+        launch: WorkerLaunch,
+        offload: bool,
+        stop: watch::Receiver<StopRequest>,
+    ) -> String {
+        let id = launch.job_id.clone();
+        let dir = self.job_dir(&id);
+        let needs = executor::needs_of(&self.config, &dir, offload);
+        let started = match tokio::runtime::Handle::try_current() {
+            // The scheduler's work runs in `block_in_place`, where blocking on a future is
+            // allowed; sbatch answers in milliseconds.
+            Ok(runtime) => {
+                runtime.block_on(executor::slurm::adopt_or_submit(&slurm, &launch, &needs))
+            }
+            Err(_) => Err(executor::slurm::SlurmError::NoRuntime),
+        };
+        let (record, adopted) = match started {
+            Ok(started) => started,
+            Err(err) => {
+                warn!(job = %id, error = %err, "cannot submit the job to Slurm");
+                let _ = self.reports_tx.send((
+                    id,
+                    WorkerReport::Ended {
+                        end: executor::slurm::submit_failure(&err),
+                        stderr_tail: Vec::new(),
+                    },
+                ));
+                return "slurm".to_string();
+            }
+        };
+        let label = format!("slurm:{}", record.slurm_job_id);
+        if let Ok(mut state) = dir.load_state() {
+            state.gpu = Some(label.clone());
+            state
+                .details
+                .insert("slurm_job_id".into(), record.slurm_job_id.clone().into());
+            self.save(&dir, &state);
+        }
+        let _ = dir.append_event(&event(
+            if adopted {
+                "slurm_adopted"
+            } else {
+                "slurm_submitted"
+            },
+            [("slurm_job_id", record.slurm_job_id.clone().into())],
+        ));
+        self.supervisors.spawn(executor::slurm::follow(
+            std::sync::Arc::new(slurm),
+            launch,
+            record,
+            self.reports_tx.clone(),
+            stop,
+        ));
+        label
+    }
+
+    /// Under Slurm, cancels the batch job a job cancelled before it ran (again) may still
+    /// have there, e.g. one cancelled while the daemon was stopped.
+    fn cancel_on_slurm(&self, dir: &JobDir) {
+        if self.config.executor.is_local() {
+            return;
+        }
+        match executor::slurm::cancel_recorded(dir.root()) {
+            Ok(Some(slurm_job)) => {
+                info!(job = %dir.root().display(), slurm_job = %slurm_job, "cancelled the job's Slurm job")
+            }
+            Ok(None) => {}
+            Err(err) => {
+                warn!(job = %dir.root().display(), error = %err, "cannot cancel the job's Slurm job; cancel it with scancel")
+            }
+        }
     }
 
     fn handle_report(&mut self, id: JobId, report: WorkerReport) {
@@ -952,6 +1041,8 @@ impl Scheduler {
                     }
                     self.backing_off.remove(&id);
                     self.waiting_for_space.remove(&id);
+                    let dir = self.job_dir(&id);
+                    self.cancel_on_slurm(&dir);
                     self.finish(
                         &id,
                         Phase::Cancelled,
@@ -1036,8 +1127,9 @@ impl Scheduler {
                         .or_else(|| jobs::index::read_plan(&dir));
                     match plan {
                         Some(plan) => {
+                            let model = dir.load_spec().ok().map(|spec| warm::model_key(&spec));
                             self.placement.remove_queued(&id);
-                            self.placement.enqueue(&id, wanted.priority, &plan);
+                            self.placement.enqueue(&id, wanted.priority, &plan, model);
                         }
                         None => {
                             warn!(job = %id, "no queue plan; the new priority counts from the next start")
