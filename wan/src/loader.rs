@@ -83,6 +83,20 @@ pub fn s2v_shards(dir: &Path) -> Result<Vec<PathBuf>, WanError> {
 /// Loads every DiT tensor from `dir` into `model` (built with the matching config).
 pub fn load_s2v<B: Backend>(model: WanS2v<B>, dir: &Path) -> Result<(WanS2v<B>, LoadReport), WanError> {
     let shards = s2v_shards(dir)?;
+    load_s2v_files(model, dir, shards)
+}
+
+/// Loads every DiT tensor from one safetensors file (converted or test checkpoints).
+pub fn load_s2v_file<B: Backend>(model: WanS2v<B>, file: &Path) -> Result<(WanS2v<B>, LoadReport), WanError> {
+    let dir = file.parent().unwrap_or(Path::new("."));
+    load_s2v_files(model, dir, vec![file.to_path_buf()])
+}
+
+fn load_s2v_files<B: Backend>(
+    model: WanS2v<B>,
+    dir: &Path,
+    shards: Vec<PathBuf>,
+) -> Result<(WanS2v<B>, LoadReport), WanError> {
     let expected: BTreeMap<String, Vec<usize>> = list_params::<B, _>(&model)
         .into_iter()
         .map(|p| (p.key, p.shape))
