@@ -161,9 +161,16 @@ impl<B: Backend> WanS2v<B> {
         let [f, h, w] = grid;
         let [p, q, r] = self.patch_size;
         let c = self.out_dim;
-        let x: Tensor<B, 7> = x.reshape([f, h, w, p, q, r, c]);
-        x.permute([6, 0, 3, 1, 4, 2, 5])
-            .reshape([1, c, f * p, h * q, w * r])
+        // NdArray tensors have at most 6 dimensions, so the time-patch axis is
+        // handled one index at a time (it is 1 for every released model).
+        let x: Tensor<B, 5> = x.reshape([f, h, w, p, q * r * c]);
+        let per_time: Vec<Tensor<B, 4>> = (0..p)
+            .map(|pi| {
+                let y: Tensor<B, 6> = x.clone().narrow(3, pi, 1).reshape([f, h, w, q, r, c]);
+                y.permute([5, 0, 1, 3, 2, 4]).reshape([c, f, h * q, w * r])
+            })
+            .collect();
+        Tensor::stack::<5>(per_time, 2).reshape([1, c, f * p, h * q, w * r])
     }
 
     /// The full-sequence (non-causal) `WanModel_S2V.forward` on noisy + reference
