@@ -19,7 +19,13 @@ pub struct CausalConv1d<B: Backend> {
 }
 
 impl<B: Backend> CausalConv1d<B> {
-    pub fn new(c_in: usize, c_out: usize, kernel: usize, stride: usize, device: &B::Device) -> Self {
+    pub fn new(
+        c_in: usize,
+        c_out: usize,
+        kernel: usize,
+        stride: usize,
+        device: &B::Device,
+    ) -> Self {
         Self {
             conv: Conv1dConfig::new(c_in, c_out, kernel)
                 .with_stride(stride)
@@ -50,7 +56,13 @@ pub struct CausalAudioEncoder<B: Backend> {
 
 impl<B: Backend> CausalAudioEncoder<B> {
     /// `audio_dim` in, `hidden` (the DiT width) out, `num_token` tokens per frame.
-    pub fn new(audio_dim: usize, layers: usize, hidden: usize, num_token: usize, device: &B::Device) -> Self {
+    pub fn new(
+        audio_dim: usize,
+        layers: usize,
+        hidden: usize,
+        num_token: usize,
+        device: &B::Device,
+    ) -> Self {
         Self {
             weights: Initializer::Constant { value: 0.01 }.init([1, layers, 1, 1], device),
             encoder: MotionEncoderTc {

@@ -11,7 +11,9 @@ use burn::nn::Initializer;
 use burn::prelude::*;
 
 use crate::attention::WanAttention;
-use crate::nn::{gelu_tanh, layer_norm, seq_linear, sparse_sequential, LayerNorm, SparseSequential, TorchLinear};
+use crate::nn::{
+    gelu_tanh, layer_norm, seq_linear, sparse_sequential, LayerNorm, SparseSequential, TorchLinear,
+};
 use crate::rope::RopeTensors;
 
 /// A run of `tokens` consecutive tokens that share one modulation input `e`.
@@ -98,11 +100,15 @@ impl<B: Backend> S2vBlock<B> {
         let y = self.self_attn.forward_self(attn_in, rope);
         let x = x + per_segment(y, &segs, |p, e| p * row(e, 2));
 
-        let x = x.clone() + self.cross_attn.forward_cross(self.norm3.forward(x), context);
+        let x = x.clone()
+            + self
+                .cross_attn
+                .forward_cross(self.norm3.forward(x), context);
 
         let normed = layer_norm(x.clone(), self.eps);
         let ffn_in = per_segment(normed, &segs, |p, e| p * (row(e, 4) + 1.0) + row(e, 3));
-        let y = seq_linear(&self.ffn, 2).forward(gelu_tanh(seq_linear(&self.ffn, 0).forward(ffn_in)));
+        let y =
+            seq_linear(&self.ffn, 2).forward(gelu_tanh(seq_linear(&self.ffn, 0).forward(ffn_in)));
         x + per_segment(y, &segs, |p, e| p * row(e, 5))
     }
 }

@@ -27,7 +27,9 @@ pub enum WanError {
         key: String,
         looked_in: String,
     },
-    #[error("{path}: tensor `{key}` is not a parameter of the model (renamed or from another model?)")]
+    #[error(
+        "{path}: tensor `{key}` is not a parameter of the model (renamed or from another model?)"
+    )]
     UnexpectedTensor { path: PathBuf, key: String },
     #[error("{path}: tensor `{key}`: {message}")]
     BadTensor {

@@ -51,11 +51,10 @@ pub fn s2v_shards(dir: &Path) -> Result<Vec<PathBuf>, WanError> {
         path: index.clone(),
         source,
     })?;
-    let json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| WanError::BadIndex {
-            path: index.clone(),
-            message: e.to_string(),
-        })?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| WanError::BadIndex {
+        path: index.clone(),
+        message: e.to_string(),
+    })?;
     let map = json
         .get("weight_map")
         .and_then(serde_json::Value::as_object)
@@ -81,13 +80,19 @@ pub fn s2v_shards(dir: &Path) -> Result<Vec<PathBuf>, WanError> {
 }
 
 /// Loads every DiT tensor from `dir` into `model` (built with the matching config).
-pub fn load_s2v<B: Backend>(model: WanS2v<B>, dir: &Path) -> Result<(WanS2v<B>, LoadReport), WanError> {
+pub fn load_s2v<B: Backend>(
+    model: WanS2v<B>,
+    dir: &Path,
+) -> Result<(WanS2v<B>, LoadReport), WanError> {
     let shards = s2v_shards(dir)?;
     load_s2v_files(model, dir, shards)
 }
 
 /// Loads every DiT tensor from one safetensors file (converted or test checkpoints).
-pub fn load_s2v_file<B: Backend>(model: WanS2v<B>, file: &Path) -> Result<(WanS2v<B>, LoadReport), WanError> {
+pub fn load_s2v_file<B: Backend>(
+    model: WanS2v<B>,
+    file: &Path,
+) -> Result<(WanS2v<B>, LoadReport), WanError> {
     let dir = file.parent().unwrap_or(Path::new("."));
     load_s2v_files(model, dir, vec![file.to_path_buf()])
 }
@@ -159,9 +164,17 @@ fn load_s2v_files<B: Backend>(
     ))
 }
 
-fn apply_error(shard: &Path, err: &ApplyError, expected: &BTreeMap<String, Vec<usize>>) -> WanError {
+fn apply_error(
+    shard: &Path,
+    err: &ApplyError,
+    expected: &BTreeMap<String, Vec<usize>>,
+) -> WanError {
     match err {
-        ApplyError::ShapeMismatch { path, expected: e, found } => WanError::ShapeMismatch {
+        ApplyError::ShapeMismatch {
+            path,
+            expected: e,
+            found,
+        } => WanError::ShapeMismatch {
             path: shard.to_path_buf(),
             key: path.clone(),
             expected: expected.get(path).cloned().unwrap_or_else(|| e.to_vec()),

@@ -35,7 +35,10 @@ pub fn merge_into<B: Backend>(
         });
     }
     let dtype = w.dtype();
-    let delta = b.cast(burn::tensor::DType::F32).matmul(a.cast(burn::tensor::DType::F32)) * scale;
+    let delta = b
+        .cast(burn::tensor::DType::F32)
+        .matmul(a.cast(burn::tensor::DType::F32))
+        * scale;
     let merged = (w.cast(burn::tensor::DType::F32) + delta).cast(dtype);
     Ok(TorchLinear {
         weight: Param::initialized(linear.weight.id, merged),

@@ -106,11 +106,9 @@ impl<B: Backend> WanS2v<B> {
     /// Time embedding `e` `[n, dim]` and time projection `e0` `[n, 6, dim]` of each `t`.
     pub fn embed_time(&self, t: &[f64], device: &B::Device) -> (Tensor<B, 2>, Tensor<B, 3>) {
         let sin = sinusoidal_embedding(self.freq_dim, t);
-        let sin = Tensor::<B, 1>::from_data(
-            TensorData::new(sin, [t.len() * self.freq_dim]),
-            device,
-        )
-        .reshape([t.len(), self.freq_dim]);
+        let sin =
+            Tensor::<B, 1>::from_data(TensorData::new(sin, [t.len() * self.freq_dim]), device)
+                .reshape([t.len(), self.freq_dim]);
         let e = seq_linear(&self.time_embedding, 0).forward(sin);
         let e = seq_linear(&self.time_embedding, 2).forward(silu(e));
         let e0 = seq_linear(&self.time_projection, 1)

@@ -113,7 +113,11 @@ impl RopeTable {
     /// Tables for the token groups in order (tokens of a group ordered frame, row, col).
     pub fn new(head_dim: usize, groups: &[RopeGroup]) -> Self {
         let split = axis_pairs(head_dim);
-        let freqs = [inv_freqs(split[0]), inv_freqs(split[1]), inv_freqs(split[2])];
+        let freqs = [
+            inv_freqs(split[0]),
+            inv_freqs(split[1]),
+            inv_freqs(split[2]),
+        ];
         let pairs = head_dim / 2;
         let tokens: usize = groups.iter().map(RopeGroup::len).sum();
         let mut cos = Vec::with_capacity(tokens * pairs);

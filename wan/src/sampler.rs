@@ -33,7 +33,13 @@ fn linspace(start: f64, stop: f64, n: usize) -> Vec<f64> {
         _ => {
             let step = (stop - start) / (n - 1) as f64;
             (0..n)
-                .map(|i| if i == n - 1 { stop } else { i as f64 * step + start })
+                .map(|i| {
+                    if i == n - 1 {
+                        stop
+                    } else {
+                        i as f64 * step + start
+                    }
+                })
                 .collect()
         }
     }
@@ -45,7 +51,8 @@ impl FlowSchedule {
         let n = TRAIN_TIMESTEPS as f32;
         // The scheduler's constructor: training sigmas t/1000 for t = 1000 and 1,
         // shifted in f32; only the two ends are used by `set_timesteps`.
-        let sigma_max = shift_f32(shift as f32, n / n);
+        // t = 1000 gives sigma 1000/1000 = 1 exactly.
+        let sigma_max = shift_f32(shift as f32, 1.0);
         let sigma_min = shift_f32(shift as f32, 1.0 / n);
         let sigmas: Vec<f32> = linspace(
             f64::from(sigma_max) * TRAIN_TIMESTEPS as f64,

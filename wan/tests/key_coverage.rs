@@ -47,7 +47,11 @@ impl<Bk: Backend> ModuleVisitor<Bk> for CountInitialised {
 #[test]
 fn s2v_14b_tree_lists_exactly_the_reference_parameters() {
     let reference = reference_params();
-    assert_eq!(reference.len(), 1260, "the reference S2V DiT has 1260 tensors");
+    assert_eq!(
+        reference.len(),
+        1260,
+        "the reference S2V DiT has 1260 tensors"
+    );
 
     let model = WanS2v::<B>::new(&S2vConfig::s2v_14b(), &Default::default());
     let ours: BTreeMap<String, Vec<usize>> = list_params::<B, _>(&model)
@@ -55,8 +59,14 @@ fn s2v_14b_tree_lists_exactly_the_reference_parameters() {
         .map(|p| (p.key, p.shape))
         .collect();
 
-    let missing: Vec<_> = reference.keys().filter(|k| !ours.contains_key(*k)).collect();
-    let extra: Vec<_> = ours.keys().filter(|k| !reference.contains_key(*k)).collect();
+    let missing: Vec<_> = reference
+        .keys()
+        .filter(|k| !ours.contains_key(*k))
+        .collect();
+    let extra: Vec<_> = ours
+        .keys()
+        .filter(|k| !reference.contains_key(*k))
+        .collect();
     assert!(missing.is_empty(), "keys the port lacks: {missing:?}");
     assert!(extra.is_empty(), "keys the reference lacks: {extra:?}");
     for (key, shape) in &reference {
@@ -67,6 +77,9 @@ fn s2v_14b_tree_lists_exactly_the_reference_parameters() {
     model.visit(&mut counter);
     assert_eq!(counter.0, 0, "listing must not allocate any parameter");
 
-    let params: usize = reference.values().map(|s| s.iter().product::<usize>()).sum();
+    let params: usize = reference
+        .values()
+        .map(|s| s.iter().product::<usize>())
+        .sum();
     eprintln!("S2V 14B: {} tensors, {params} parameters", reference.len());
 }

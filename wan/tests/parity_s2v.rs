@@ -32,7 +32,11 @@ fn rope() -> RopeTable {
         16,
         &[
             RopeGroup::grid(0, 3, 4, 4),
-            RopeGroup::from_grid([REF_FRAME_POSITION, 0, 0], [REF_FRAME_POSITION + 1, 4, 4], [1, 4, 4]),
+            RopeGroup::from_grid(
+                [REF_FRAME_POSITION, 0, 0],
+                [REF_FRAME_POSITION + 1, 4, 4],
+                [1, 4, 4],
+            ),
         ],
     )
 }
@@ -82,7 +86,13 @@ fn self_attention_with_3_axis_rope_matches() {
     let out = m.blocks[0]
         .self_attn
         .forward_self(fx.tensor("self_attn0.in"), &rope);
-    assert_close(out, fx.tensor("self_attn0.out"), ATOL, RTOL, "blocks.0.self_attn");
+    assert_close(
+        out,
+        fx.tensor("self_attn0.out"),
+        ATOL,
+        RTOL,
+        "blocks.0.self_attn",
+    );
 }
 
 #[test]

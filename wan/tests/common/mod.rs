@@ -81,15 +81,25 @@ pub fn assert_close<const D: usize>(
         );
     }
     let scale = e.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    assert!(scale > 1e-3, "{what}: reference is all near zero, the check would be empty");
-    eprintln!("{what}: worst |Δ| {:e} at {} (max |ref| {scale})", worst.0, worst.1);
+    assert!(
+        scale > 1e-3,
+        "{what}: reference is all near zero, the check would be empty"
+    );
+    eprintln!(
+        "{what}: worst |Δ| {:e} at {} (max |ref| {scale})",
+        worst.0, worst.1
+    );
 }
 
 /// Relative L2 distance `‖a − e‖ / ‖e‖`.
 pub fn rel_l2<const D: usize>(actual: Tensor<B, D>, expected: Tensor<B, D>) -> f64 {
     let a: Vec<f32> = actual.into_data().to_vec().expect("f32 data");
     let e: Vec<f32> = expected.into_data().to_vec().expect("f32 data");
-    let num: f64 = a.iter().zip(&e).map(|(x, y)| f64::from(x - y).powi(2)).sum();
+    let num: f64 = a
+        .iter()
+        .zip(&e)
+        .map(|(x, y)| f64::from(x - y).powi(2))
+        .sum();
     let den: f64 = e.iter().map(|y| f64::from(*y).powi(2)).sum();
     (num / den).sqrt()
 }
