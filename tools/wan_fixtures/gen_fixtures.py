@@ -180,6 +180,31 @@ def trunk_fixture(model_s2v, out):
     }
     save(io, os.path.join(out, "s2v_tiny_io.safetensors"))
 
+    # Same model and inputs with the audio injectors on (only the motion tokens off).
+    del m.after_transformer_block
+    caught.clear()
+    hs = [m.audio_injector.injector_adain_layers[0].register_forward_hook(
+              hook("adain0", True), with_kwargs=True),
+          m.audio_injector.injector[0].register_forward_hook(hook("injector0", True),
+                                                            with_kwargs=True)]
+    with torch.no_grad():
+        vel = m(x=[noisy], t=t, context=[context], seq_len=None, ref_latents=[ref],
+                motion_latents=[motion], cond_states=[cond], audio_input=audio,
+                motion_frames=[73, 19], add_last_motion=2, drop_motion_frames=False)[0]
+    for hnd in hs:
+        hnd.remove()
+    a_args, a_kwargs, a_out = caught["adain0"]
+    i_args, i_kwargs, i_out = caught["injector0"]
+    io = {
+        "in.audio": audio,
+        "audio.global": m.audio_emb_global, "audio.local": m.merged_audio_emb,
+        "adain0.in": a_args[0], "adain0.temb": a_kwargs["temb"], "adain0.out": a_out,
+        "injector0.in": i_kwargs["x"], "injector0.context": i_kwargs["context"],
+        "injector0.out": i_out,
+        "velocity": vel,
+    }
+    save(io, os.path.join(out, "s2v_tiny_audio_io.safetensors"))
+
 
 def sampler_fixture(out):
     from diffusers import FlowMatchEulerDiscreteScheduler

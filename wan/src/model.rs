@@ -42,6 +42,8 @@ pub struct WanS2v<B: Backend> {
     pub text_len: usize,
     pub out_dim: usize,
     pub patch_size: [usize; 3],
+    /// Blocks after which `audio_injector.injector[i]` runs, in injector order.
+    pub audio_inject_layers: Vec<usize>,
 }
 
 /// Inputs of [`WanS2v::forward_trunk`], batch 1, latents as `[1, C, F, H, W]`.
@@ -56,6 +58,9 @@ pub struct TrunkInput<B: Backend> {
     pub ref_latent: Tensor<B, 5>,
     /// Pose condition `[1, cond_dim, F, H, W]` (Live Avatar feeds zeros).
     pub cond: Tensor<B, 5>,
+    /// Audio features `[1, layers, audio_dim, 4 * F]` (wav2vec2 hidden states per video
+    /// frame); `None` leaves the audio injectors out.
+    pub audio: Option<Tensor<B, 4>>,
 }
 
 impl<B: Backend> WanS2v<B> {
@@ -100,6 +105,7 @@ impl<B: Backend> WanS2v<B> {
             text_len: cfg.text_len,
             out_dim: cfg.out_dim,
             patch_size: cfg.patch_size,
+            audio_inject_layers: cfg.audio_inject_layers.clone(),
         }
     }
 
@@ -172,9 +178,10 @@ impl<B: Backend> WanS2v<B> {
     }
 
     /// The full-sequence (non-causal) `WanModel_S2V.forward` on noisy + reference
-    /// tokens, **without** the audio injectors and the motion tokens (not ported yet):
-    /// patch/cond embedding, cond mask, 3-axis RoPE, zero-timestep split, all blocks,
-    /// head, unpatchify. Returns the predicted velocity `[1, out_dim, F, H, W]`.
+    /// tokens, **without** the motion tokens (frame packer not ported yet): patch/cond
+    /// embedding, cond mask, 3-axis RoPE, zero-timestep split, all blocks, the audio
+    /// injectors when `audio` is given, head, unpatchify. Returns the predicted
+    /// velocity `[1, out_dim, F, H, W]`.
     pub fn forward_trunk(&self, input: TrunkInput<B>) -> Tensor<B, 5> {
         let device = input.noisy.device();
         let grid = self.grid(input.noisy.dims());
@@ -216,9 +223,19 @@ impl<B: Backend> WanS2v<B> {
         ];
         let context = self.embed_text(input.context);
 
+        let audio = input
+            .audio
+            .map(|a| self.casual_audio_encoder.encode_clip(a));
+
         let mut x = x;
-        for block in &self.blocks {
+        for (idx, block) in self.blocks.iter().enumerate() {
             x = block.forward(x, &segments, &rope, context.clone());
+            if let (Some((global, local)), Some(id)) = (
+                &audio,
+                self.audio_inject_layers.iter().position(|&l| l == idx),
+            ) {
+                x = self.audio_injector.inject(id, x, noisy_len, global, local);
+            }
         }
         let x = x.narrow(1, 0, noisy_len);
         let head_seg = [Segment {

@@ -134,6 +134,7 @@ fn whole_trunk_forward_matches_within_1e_4_relative() {
         context: fx.tensor::<2>("in.context").unsqueeze::<3>(),
         ref_latent: fx.tensor::<4>("in.ref").unsqueeze::<5>(),
         cond: fx.tensor::<4>("in.cond").unsqueeze::<5>(),
+        audio: None,
     };
     let out = m.forward_trunk(input);
     let expected: Tensor<B, 5> = fx.tensor::<4>("trunk.velocity").unsqueeze::<5>();
@@ -141,4 +142,70 @@ fn whole_trunk_forward_matches_within_1e_4_relative() {
     eprintln!("trunk relative L2: {rel:e}");
     assert!(rel <= 1e-4, "trunk relative L2 {rel:e} > 1e-4");
     assert_close(out, expected, 1e-4, 1e-4, "trunk velocity");
+}
+
+#[test]
+fn audio_encoder_matches_on_a_clip() {
+    let fx = Fixture::open("s2v_tiny_audio_io.safetensors");
+    let m = model();
+    let (global, local) = m.casual_audio_encoder.encode_clip(fx.tensor("in.audio"));
+    assert_close(
+        global,
+        fx.tensor("audio.global"),
+        ATOL,
+        RTOL,
+        "audio encoder global",
+    );
+    assert_close(
+        local,
+        fx.tensor("audio.local"),
+        ATOL,
+        RTOL,
+        "audio encoder local",
+    );
+}
+
+#[test]
+fn audio_adain_and_cross_attention_match() {
+    let fx = Fixture::open("s2v_tiny_audio_io.safetensors");
+    let m = model();
+    let out = m.audio_injector.injector_adain_layers[0]
+        .forward(fx.tensor("adain0.in"), fx.tensor("adain0.temb"));
+    assert_close(
+        out,
+        fx.tensor("adain0.out"),
+        ATOL,
+        RTOL,
+        "injector_adain_layers.0",
+    );
+    let out = m.audio_injector.injector[0]
+        .forward_cross(fx.tensor("injector0.in"), fx.tensor("injector0.context"));
+    assert_close(out, fx.tensor("injector0.out"), ATOL, RTOL, "injector.0");
+}
+
+#[test]
+fn whole_forward_with_audio_injection_matches_within_1e_4_relative() {
+    let io = Fixture::open("s2v_tiny_io.safetensors");
+    let fx = Fixture::open("s2v_tiny_audio_io.safetensors");
+    let m = model();
+    let (_, t) = io.raw("in.t");
+    let input = TrunkInput {
+        noisy: io.tensor::<4>("in.noisy").unsqueeze::<5>(),
+        t: f64::from(t[0]),
+        context: io.tensor::<2>("in.context").unsqueeze::<3>(),
+        ref_latent: io.tensor::<4>("in.ref").unsqueeze::<5>(),
+        cond: io.tensor::<4>("in.cond").unsqueeze::<5>(),
+        audio: Some(fx.tensor("in.audio")),
+    };
+    let out = m.forward_trunk(input);
+    let expected: Tensor<B, 5> = fx.tensor::<4>("velocity").unsqueeze::<5>();
+    let without_audio: Tensor<B, 5> = io.tensor::<4>("trunk.velocity").unsqueeze::<5>();
+    assert!(
+        rel_l2(without_audio, expected.clone()) > 1e-2,
+        "the audio must change the output, or this test proves nothing"
+    );
+    let rel = rel_l2(out.clone(), expected.clone());
+    eprintln!("forward with audio relative L2: {rel:e}");
+    assert!(rel <= 1e-4, "relative L2 {rel:e} > 1e-4");
+    assert_close(out, expected, 1e-4, 1e-4, "velocity with audio");
 }
