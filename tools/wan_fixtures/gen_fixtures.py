@@ -205,6 +205,22 @@ def trunk_fixture(model_s2v, out):
     }
     save(io, os.path.join(out, "s2v_tiny_audio_io.safetensors"))
 
+    # The reference forward with nothing switched off: audio and frame-packed motion.
+    del m.inject_motion
+    packed = {}
+
+    def keep_tokens(mod, args, result):
+        packed["tokens"] = result[0][0]  # returns None: the output is left as it is
+
+    hnd = m.frame_packer.register_forward_hook(keep_tokens)
+    with torch.no_grad():
+        vel = m(x=[noisy], t=t, context=[context], seq_len=None, ref_latents=[ref],
+                motion_latents=[motion], cond_states=[cond], audio_input=audio,
+                motion_frames=[73, 19], add_last_motion=2, drop_motion_frames=False)[0]
+    hnd.remove()
+    save({"in.motion": motion, "packed.tokens": packed["tokens"], "velocity": vel},
+         os.path.join(out, "s2v_tiny_full_io.safetensors"))
+
 
 def sampler_fixture(out):
     from diffusers import FlowMatchEulerDiscreteScheduler

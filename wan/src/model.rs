@@ -61,6 +61,9 @@ pub struct TrunkInput<B: Backend> {
     /// Audio features `[1, layers, audio_dim, 4 * F]` (wav2vec2 hidden states per video
     /// frame); `None` leaves the audio injectors out.
     pub audio: Option<Tensor<B, 4>>,
+    /// Motion latents `[1, 16, T, H, W]` (19 in the release), packed by the frame
+    /// packer and appended after the reference tokens; `None` leaves them out.
+    pub motion: Option<Tensor<B, 5>>,
 }
 
 impl<B: Backend> WanS2v<B> {
@@ -177,11 +180,12 @@ impl<B: Backend> WanS2v<B> {
         Tensor::stack::<5>(per_time, 2).reshape([1, c, f * p, h * q, w * r])
     }
 
-    /// The full-sequence (non-causal) `WanModel_S2V.forward` on noisy + reference
-    /// tokens, **without** the motion tokens (frame packer not ported yet): patch/cond
-    /// embedding, cond mask, 3-axis RoPE, zero-timestep split, all blocks, the audio
-    /// injectors when `audio` is given, head, unpatchify. Returns the predicted
-    /// velocity `[1, out_dim, F, H, W]`.
+    /// The full-sequence (non-causal) `WanModel_S2V.forward`: patch/cond embedding,
+    /// reference tokens, frame-packed motion tokens when `motion` is given, cond mask,
+    /// 3-axis RoPE, zero-timestep split, all blocks, the audio injectors when `audio`
+    /// is given, head, unpatchify. Returns the predicted velocity `[1, out_dim, F, H, W]`.
+    /// (Live Avatar's causal, cached variant drives the same blocks block by block;
+    /// that loop is not ported yet.)
     pub fn forward_trunk(&self, input: TrunkInput<B>) -> Tensor<B, 5> {
         let device = input.noisy.device();
         let grid = self.grid(input.noisy.dims());
@@ -190,25 +194,26 @@ impl<B: Backend> WanS2v<B> {
             + Self::tokens(&self.cond_encoder, input.cond);
         let noisy_len = f * h * w;
         let reference = Self::tokens(&self.patch_embedding, input.ref_latent);
-        let ref_len = reference.dims()[1];
-        let x = Tensor::cat(
-            vec![noisy + self.mask_row(0), reference + self.mask_row(1)],
-            1,
-        );
+        let mut cond_len = reference.dims()[1];
+        let mut parts = vec![noisy + self.mask_row(0), reference + self.mask_row(1)];
 
         let (h_i, w_i) = (h as i64, w as i64);
-        let rope = RopeTable::new(
-            self.dim / self.num_heads,
-            &[
-                RopeGroup::from_grid([0, 0, 0], [f as i64, h_i, w_i], [f as i64, h_i, w_i]),
-                RopeGroup::from_grid(
-                    [REF_FRAME_POSITION, 0, 0],
-                    [REF_FRAME_POSITION + 1, h_i, w_i],
-                    [1, h_i, w_i],
-                ),
-            ],
-        )
-        .to_device::<B>(&device);
+        let mut groups = vec![
+            RopeGroup::from_grid([0, 0, 0], [f as i64, h_i, w_i], [f as i64, h_i, w_i]),
+            RopeGroup::from_grid(
+                [REF_FRAME_POSITION, 0, 0],
+                [REF_FRAME_POSITION + 1, h_i, w_i],
+                [1, h_i, w_i],
+            ),
+        ];
+        if let Some(motion) = input.motion {
+            let (packed, packed_groups) = self.frame_packer.forward(motion);
+            cond_len += packed.dims()[1];
+            parts.push(packed + self.mask_row(2));
+            groups.extend(packed_groups);
+        }
+        let x = Tensor::cat(parts, 1);
+        let rope = RopeTable::new(self.dim / self.num_heads, &groups).to_device::<B>(&device);
 
         let (e, e0) = self.embed_time(&[input.t, 0.0], &device);
         let segments = [
@@ -217,7 +222,7 @@ impl<B: Backend> WanS2v<B> {
                 e: e0.clone().narrow(0, 0, 1),
             },
             Segment {
-                tokens: ref_len,
+                tokens: cond_len,
                 e: e0.narrow(0, 1, 1),
             },
         ];

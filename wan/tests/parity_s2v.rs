@@ -135,6 +135,7 @@ fn whole_trunk_forward_matches_within_1e_4_relative() {
         ref_latent: fx.tensor::<4>("in.ref").unsqueeze::<5>(),
         cond: fx.tensor::<4>("in.cond").unsqueeze::<5>(),
         audio: None,
+        motion: None,
     };
     let out = m.forward_trunk(input);
     let expected: Tensor<B, 5> = fx.tensor::<4>("trunk.velocity").unsqueeze::<5>();
@@ -196,6 +197,7 @@ fn whole_forward_with_audio_injection_matches_within_1e_4_relative() {
         ref_latent: io.tensor::<4>("in.ref").unsqueeze::<5>(),
         cond: io.tensor::<4>("in.cond").unsqueeze::<5>(),
         audio: Some(fx.tensor("in.audio")),
+        motion: None,
     };
     let out = m.forward_trunk(input);
     let expected: Tensor<B, 5> = fx.tensor::<4>("velocity").unsqueeze::<5>();
@@ -208,4 +210,49 @@ fn whole_forward_with_audio_injection_matches_within_1e_4_relative() {
     eprintln!("forward with audio relative L2: {rel:e}");
     assert!(rel <= 1e-4, "relative L2 {rel:e} > 1e-4");
     assert_close(out, expected, 1e-4, 1e-4, "velocity with audio");
+}
+
+#[test]
+fn frame_packer_matches() {
+    let fx = Fixture::open("s2v_tiny_full_io.safetensors");
+    let m = model();
+    let (tokens, _) = m
+        .frame_packer
+        .forward(fx.tensor::<4>("in.motion").unsqueeze::<5>());
+    assert_close(
+        tokens,
+        fx.tensor("packed.tokens"),
+        ATOL,
+        RTOL,
+        "frame_packer",
+    );
+}
+
+#[test]
+fn whole_forward_with_audio_and_motion_matches_within_1e_4_relative() {
+    let io = Fixture::open("s2v_tiny_io.safetensors");
+    let audio = Fixture::open("s2v_tiny_audio_io.safetensors");
+    let fx = Fixture::open("s2v_tiny_full_io.safetensors");
+    let m = model();
+    let (_, t) = io.raw("in.t");
+    let input = TrunkInput {
+        noisy: io.tensor::<4>("in.noisy").unsqueeze::<5>(),
+        t: f64::from(t[0]),
+        context: io.tensor::<2>("in.context").unsqueeze::<3>(),
+        ref_latent: io.tensor::<4>("in.ref").unsqueeze::<5>(),
+        cond: io.tensor::<4>("in.cond").unsqueeze::<5>(),
+        audio: Some(audio.tensor("in.audio")),
+        motion: Some(fx.tensor::<4>("in.motion").unsqueeze::<5>()),
+    };
+    let out = m.forward_trunk(input);
+    let expected: Tensor<B, 5> = fx.tensor::<4>("velocity").unsqueeze::<5>();
+    let without_motion: Tensor<B, 5> = audio.tensor::<4>("velocity").unsqueeze::<5>();
+    assert!(
+        rel_l2(without_motion, expected.clone()) > 1e-2,
+        "the motion tokens must change the output, or this test proves nothing"
+    );
+    let rel = rel_l2(out.clone(), expected.clone());
+    eprintln!("full forward relative L2: {rel:e}");
+    assert!(rel <= 1e-4, "relative L2 {rel:e} > 1e-4");
+    assert_close(out, expected, 1e-4, 1e-4, "velocity with audio and motion");
 }
