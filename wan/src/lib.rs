@@ -8,6 +8,7 @@
 pub mod attention;
 pub mod audio;
 pub mod block;
+pub mod causal;
 pub mod config;
 pub mod error;
 pub mod keys;

@@ -256,3 +256,20 @@ fn whole_forward_with_audio_and_motion_matches_within_1e_4_relative() {
     assert!(rel <= 1e-4, "relative L2 {rel:e} > 1e-4");
     assert_close(out, expected, 1e-4, 1e-4, "velocity with audio and motion");
 }
+
+#[test]
+fn per_frame_segments_with_equal_timesteps_equal_the_two_way_split() {
+    let fx = Fixture::open("s2v_tiny_io.safetensors");
+    let m = model();
+    let rope = rope().to_device::<B>(&Default::default());
+    let two_way = block_segments(&fx);
+    // The same modulation given frame by frame (3 frames of 16 tokens), then the
+    // reference tokens: what Live Avatar's per-frame timesteps reduce to when equal.
+    let noisy_e = two_way[0].e.clone().repeat_dim(0, 3);
+    let mut per_frame = wan::causal::frame_segments(noisy_e, 16);
+    per_frame.push(two_way[1].clone());
+    let x: Tensor<B, 3> = fx.tensor("block0.in");
+    let context: Tensor<B, 3> = fx.tensor("block0.context");
+    let a = m.blocks[0].forward(x.clone(), &per_frame, &rope, context.clone());
+    assert_close(a, fx.tensor("block0.out"), ATOL, RTOL, "blocks.0 per-frame");
+}
