@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
-use burn_store::{ApplyError, ModuleSnapshot, SafetensorsStore};
+use burn_store::{ApplyError, ModuleSnapshot, ModuleStore, SafetensorsStore};
 
 use crate::error::WanError;
 use crate::keys::list_params;
@@ -121,6 +121,26 @@ fn load_s2v_files<B: Backend>(
         let mut store = SafetensorsStore::from_file(shard)
             .allow_partial(true)
             .validate(false);
+        // A dtype the backend cannot hold (bf16 on NdArray) would otherwise abort
+        // inside Burn; say which tensor and what to do instead.
+        let device = model.patch_embedding.weight.lazy_device();
+        let snapshots = store.get_all_snapshots().map_err(|e| WanError::Store {
+            path: shard.clone(),
+            message: e.to_string(),
+        })?;
+        if let Some((key, snap)) = snapshots
+            .iter()
+            .find(|(_, s)| !B::supports_dtype(&device, s.dtype))
+        {
+            return Err(WanError::BadTensor {
+                path: shard.clone(),
+                key: key.clone(),
+                message: format!(
+                    "stored as {:?}, which this backend cannot hold; use a backend with {:?} support (the CUDA build) or convert the checkpoint to f32",
+                    snap.dtype, snap.dtype
+                ),
+            });
+        }
         let result = model.load_from(&mut store).map_err(|e| WanError::Store {
             path: shard.clone(),
             message: e.to_string(),

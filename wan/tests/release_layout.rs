@@ -149,3 +149,50 @@ fn directory_without_an_index_says_what_it_looked_for() {
     let err = load(dir.path()).expect_err("empty directory");
     assert!(err.to_string().contains(S2V_INDEX), "{err}");
 }
+
+#[test]
+fn bf16_shard_on_a_backend_without_bf16_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_release(dir.path(), &tiny_tensors());
+    // Rewrite the first shard in bf16 (the release's dtype): truncate each f32 to
+    // its upper 16 bits.
+    let shard = dir
+        .path()
+        .join("diffusion_pytorch_model-00001-of-00002.safetensors");
+    let bytes = std::fs::read(&shard).expect("read shard");
+    let st = SafeTensors::deserialize(&bytes).expect("safetensors");
+    let names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
+    let halves: Vec<(String, Vec<usize>, Vec<u8>)> = names
+        .iter()
+        .map(|n| {
+            let v = st.tensor(n).expect("tensor");
+            let data = v
+                .data()
+                .chunks_exact(4)
+                .flat_map(|c| [c[2], c[3]])
+                .collect();
+            (n.clone(), v.shape().to_vec(), data)
+        })
+        .collect();
+    let views: Vec<(String, TensorView<'_>)> = halves
+        .iter()
+        .map(|(n, s, d)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::BF16, s.clone(), d).expect("view"),
+            )
+        })
+        .collect();
+    std::fs::write(
+        &shard,
+        safetensors::serialize(views, None).expect("serialize"),
+    )
+    .expect("write");
+
+    let err = load(dir.path()).expect_err("NdArray has no bf16");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("00001-of-00002") && msg.contains("BF16"),
+        "{msg}"
+    );
+}
