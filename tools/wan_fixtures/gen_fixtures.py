@@ -101,6 +101,21 @@ def write_key_list(model_s2v, out):
     return len(params)
 
 
+def write_vae_key_list(out):
+    import wan.modules.vae2_1 as vae2_1
+    with torch.device("meta"):
+        m = vae2_1.WanVAE_(dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
+                           attn_scales=[], temperal_downsample=[False, True, True],
+                           dropout=0.0)
+    params = [[k, list(v.shape)] for k, v in m.state_dict().items()]
+    doc = {"model": "WanVAE_", "source": "wan22==2.2.11 wan/modules/vae2_1.py (_video_vae)",
+           "count": len(params), "params": params}
+    with open(os.path.join(out, "vae21_params.json"), "w") as f:
+        json.dump(doc, f, indent=0)
+        f.write("\n")
+    return len(params)
+
+
 def randomise(module, gen):
     """Seeded weights in state_dict order; norm gains near 1 so the activations stay
     in a range where f32 differences mean something."""
@@ -240,6 +255,7 @@ def main():
     _, model_s2v = import_wan22()
     n = write_key_list(model_s2v, args.out)
     print(f"s2v_14b_params.json: {n} parameters")
+    print(f"vae21_params.json: {write_vae_key_list(args.out)} parameters")
     trunk_fixture(model_s2v, args.out)
     sampler_fixture(args.out)
     print("fixtures written to", args.out)

@@ -16,16 +16,25 @@ pub struct ParamEntry {
 
 struct KeyLister {
     path: Vec<String>,
+    /// Whether each entered container added a path segment (enum variants do not:
+    /// PyTorch keys have no counterpart for them).
+    pushed: Vec<bool>,
     entries: Vec<ParamEntry>,
 }
 
 impl<B: Backend> ModuleVisitor<B> for KeyLister {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        let push = !container_type.starts_with("Enum:");
+        if push {
+            self.path.push(name.to_string());
+        }
+        self.pushed.push(push);
     }
 
     fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
+        if self.pushed.pop() == Some(true) {
+            self.path.pop();
+        }
     }
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
@@ -41,6 +50,7 @@ impl<B: Backend> ModuleVisitor<B> for KeyLister {
 pub fn list_params<B: Backend, M: Module<B>>(module: &M) -> Vec<ParamEntry> {
     let mut lister = KeyLister {
         path: Vec::new(),
+        pushed: Vec::new(),
         entries: Vec::new(),
     };
     module.visit(&mut lister);

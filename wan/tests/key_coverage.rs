@@ -11,10 +11,11 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
 use common::{fixture_path, B};
 use wan::keys::list_params;
+use wan::vae::{VaeConfig, WanVae};
 use wan::{S2vConfig, WanS2v};
 
-fn reference_params() -> BTreeMap<String, Vec<usize>> {
-    let path = fixture_path("s2v_14b_params.json");
+fn reference_params(file: &str) -> BTreeMap<String, Vec<usize>> {
+    let path = fixture_path(file);
     let text = std::fs::read_to_string(&path).expect("key list fixture is committed");
     let doc: serde_json::Value = serde_json::from_str(&text).expect("key list is JSON");
     let params = doc["params"].as_array().expect("`params` is a list");
@@ -46,7 +47,7 @@ impl<Bk: Backend> ModuleVisitor<Bk> for CountInitialised {
 
 #[test]
 fn s2v_14b_tree_lists_exactly_the_reference_parameters() {
-    let reference = reference_params();
+    let reference = reference_params("s2v_14b_params.json");
     assert_eq!(
         reference.len(),
         1260,
@@ -59,19 +60,7 @@ fn s2v_14b_tree_lists_exactly_the_reference_parameters() {
         .map(|p| (p.key, p.shape))
         .collect();
 
-    let missing: Vec<_> = reference
-        .keys()
-        .filter(|k| !ours.contains_key(*k))
-        .collect();
-    let extra: Vec<_> = ours
-        .keys()
-        .filter(|k| !reference.contains_key(*k))
-        .collect();
-    assert!(missing.is_empty(), "keys the port lacks: {missing:?}");
-    assert!(extra.is_empty(), "keys the reference lacks: {extra:?}");
-    for (key, shape) in &reference {
-        assert_eq!(&ours[key], shape, "shape of `{key}`");
-    }
+    assert_same_tree(&reference, &ours);
 
     let mut counter = CountInitialised(0);
     model.visit(&mut counter);
@@ -82,4 +71,36 @@ fn s2v_14b_tree_lists_exactly_the_reference_parameters() {
         .map(|s| s.iter().product::<usize>())
         .sum();
     eprintln!("S2V 14B: {} tensors, {params} parameters", reference.len());
+}
+
+/// Same names and shapes on both sides, or a message listing the differences.
+fn assert_same_tree(reference: &BTreeMap<String, Vec<usize>>, ours: &BTreeMap<String, Vec<usize>>) {
+    let missing: Vec<_> = reference
+        .keys()
+        .filter(|k| !ours.contains_key(*k))
+        .collect();
+    let extra: Vec<_> = ours
+        .keys()
+        .filter(|k| !reference.contains_key(*k))
+        .collect();
+    assert!(missing.is_empty(), "keys the port lacks: {missing:?}");
+    assert!(extra.is_empty(), "keys the reference lacks: {extra:?}");
+    for (key, shape) in reference {
+        assert_eq!(&ours[key], shape, "shape of `{key}`");
+    }
+}
+
+#[test]
+fn wan21_vae_tree_lists_exactly_the_reference_parameters() {
+    let reference = reference_params("vae21_params.json");
+    assert_eq!(reference.len(), 194);
+    let vae = WanVae::<B>::new(&VaeConfig::wan21(), &Default::default());
+    let ours: BTreeMap<String, Vec<usize>> = list_params::<B, _>(&vae)
+        .into_iter()
+        .map(|p| (p.key, p.shape))
+        .collect();
+    assert_same_tree(&reference, &ours);
+    let mut counter = CountInitialised(0);
+    vae.visit(&mut counter);
+    assert_eq!(counter.0, 0, "listing must not allocate any parameter");
 }

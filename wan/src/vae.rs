@@ -1,0 +1,273 @@
+//! The Wan 2.1 video VAE (`Wan2.1_VAE.pth`, wan22 `vae2_1.py::WanVAE_`): module tree
+//! only in this session, named after the original keys (`encoder.downsamples.3.
+//! residual.2.weight`, ...). The forward passes (causal time padding, per-layer
+//! feature cache for chunked decoding) are not ported yet.
+//!
+//! The original's `nn.Sequential`s mix layer kinds; here they are `Vec`s of enums.
+//! Burn names enum variants in module paths, so loading must skip them
+//! (`skip_enum_variants`), and [`crate::keys::list_params`] leaves them out.
+
+use burn::module::{Module, Param};
+use burn::nn::conv::{Conv2d, Conv2dConfig, Conv3d, Conv3dConfig};
+use burn::nn::{Initializer, PaddingConfig2d, PaddingConfig3d};
+use burn::prelude::*;
+
+/// Shape settings of the VAE.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VaeConfig {
+    pub dim: usize,
+    pub z_dim: usize,
+    pub dim_mult: Vec<usize>,
+    pub num_res_blocks: usize,
+    /// Which of the downsampling stages also halve time (reversed for the decoder).
+    pub temporal_downsample: Vec<bool>,
+}
+
+impl VaeConfig {
+    /// The released Wan 2.1 VAE.
+    pub fn wan21() -> Self {
+        Self {
+            dim: 96,
+            z_dim: 16,
+            dim_mult: vec![1, 2, 4, 4],
+            num_res_blocks: 2,
+            temporal_downsample: vec![false, true, true],
+        }
+    }
+}
+
+/// `RMS_norm(images=False)`: gain `[dim, 1, 1, 1]` over channels of a video.
+#[derive(Module, Debug)]
+pub struct VideoRmsNorm<B: Backend> {
+    pub gamma: Param<Tensor<B, 4>>,
+}
+
+/// `RMS_norm(images=True)`: gain `[dim, 1, 1]` over channels of an image.
+#[derive(Module, Debug)]
+pub struct ImageRmsNorm<B: Backend> {
+    pub gamma: Param<Tensor<B, 3>>,
+}
+
+/// One entry of a residual or head `nn.Sequential` that has weights.
+// Module trees are built once per model and hold tensor handles; the enum's size in
+// memory does not matter, and boxing would change nothing in the key paths.
+#[allow(clippy::large_enum_variant)]
+#[derive(Module, Debug)]
+pub enum NormOrConv<B: Backend> {
+    Norm(VideoRmsNorm<B>),
+    Conv(Conv3d<B>),
+}
+
+#[derive(Module, Debug)]
+pub struct ResidualBlock<B: Backend> {
+    /// norm (0), SiLU, conv (2), norm (3), SiLU, dropout, conv (6).
+    pub residual: Vec<Option<NormOrConv<B>>>,
+    /// 1×1×1 conv when the width changes.
+    pub shortcut: Option<Conv3d<B>>,
+}
+
+#[derive(Module, Debug)]
+pub struct AttentionBlock<B: Backend> {
+    pub norm: ImageRmsNorm<B>,
+    pub to_qkv: Conv2d<B>,
+    pub proj: Conv2d<B>,
+}
+
+#[derive(Module, Debug)]
+pub struct Resample<B: Backend> {
+    /// The spatial conv sits at index 1 (after the upsampling or zero padding).
+    pub resample: Vec<Option<Conv2d<B>>>,
+    /// Temporal conv of the 3-D modes.
+    pub time_conv: Option<Conv3d<B>>,
+}
+
+#[allow(clippy::large_enum_variant)]
+#[derive(Module, Debug)]
+pub enum VaeLayer<B: Backend> {
+    Residual(ResidualBlock<B>),
+    Attention(AttentionBlock<B>),
+    Resample(Resample<B>),
+}
+
+#[derive(Module, Debug)]
+pub struct Encoder3d<B: Backend> {
+    pub conv1: Conv3d<B>,
+    pub downsamples: Vec<VaeLayer<B>>,
+    pub middle: Vec<VaeLayer<B>>,
+    pub head: Vec<Option<NormOrConv<B>>>,
+}
+
+#[derive(Module, Debug)]
+pub struct Decoder3d<B: Backend> {
+    pub conv1: Conv3d<B>,
+    pub middle: Vec<VaeLayer<B>>,
+    pub upsamples: Vec<VaeLayer<B>>,
+    pub head: Vec<Option<NormOrConv<B>>>,
+}
+
+/// `WanVAE_`: encoder, the two 1×1×1 latent convs, decoder.
+#[derive(Module, Debug)]
+pub struct WanVae<B: Backend> {
+    pub encoder: Encoder3d<B>,
+    pub conv1: Conv3d<B>,
+    pub conv2: Conv3d<B>,
+    pub decoder: Decoder3d<B>,
+}
+
+fn causal3d<B: Backend>(c_in: usize, c_out: usize, k: usize, device: &B::Device) -> Conv3d<B> {
+    // Causal padding is applied by the forward pass (2·p frames in front, none after);
+    // the conv itself pads only in space.
+    let p = k / 2;
+    Conv3dConfig::new([c_in, c_out], [k, k, k])
+        .with_padding(PaddingConfig3d::Explicit(0, p, p))
+        .init(device)
+}
+
+fn video_norm<B: Backend>(dim: usize, device: &B::Device) -> NormOrConv<B> {
+    NormOrConv::Norm(VideoRmsNorm {
+        gamma: Initializer::Ones.init([dim, 1, 1, 1], device),
+    })
+}
+
+fn residual<B: Backend>(c_in: usize, c_out: usize, device: &B::Device) -> VaeLayer<B> {
+    let mut seq: Vec<Option<NormOrConv<B>>> = (0..7).map(|_| None).collect();
+    seq[0] = Some(video_norm(c_in, device));
+    seq[2] = Some(NormOrConv::Conv(causal3d(c_in, c_out, 3, device)));
+    seq[3] = Some(video_norm(c_out, device));
+    seq[6] = Some(NormOrConv::Conv(causal3d(c_out, c_out, 3, device)));
+    VaeLayer::Residual(ResidualBlock {
+        residual: seq,
+        shortcut: (c_in != c_out).then(|| causal3d(c_in, c_out, 1, device)),
+    })
+}
+
+fn attention<B: Backend>(dim: usize, device: &B::Device) -> VaeLayer<B> {
+    VaeLayer::Attention(AttentionBlock {
+        norm: ImageRmsNorm {
+            gamma: Initializer::Ones.init([dim, 1, 1], device),
+        },
+        to_qkv: Conv2dConfig::new([dim, dim * 3], [1, 1]).init(device),
+        proj: Conv2dConfig::new([dim, dim], [1, 1]).init(device),
+    })
+}
+
+fn head<B: Backend>(c_in: usize, c_out: usize, device: &B::Device) -> Vec<Option<NormOrConv<B>>> {
+    vec![
+        Some(video_norm(c_in, device)),
+        None,
+        Some(NormOrConv::Conv(causal3d(c_in, c_out, 3, device))),
+    ]
+}
+
+enum Mode {
+    Up { temporal: bool },
+    Down { temporal: bool },
+}
+
+fn resample<B: Backend>(dim: usize, mode: Mode, device: &B::Device) -> VaeLayer<B> {
+    let (conv, time_conv) = match mode {
+        Mode::Up { temporal } => (
+            Conv2dConfig::new([dim, dim / 2], [3, 3])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(device),
+            temporal.then(|| {
+                Conv3dConfig::new([dim, dim * 2], [3, 1, 1])
+                    .with_padding(PaddingConfig3d::Explicit(0, 0, 0))
+                    .init(device)
+            }),
+        ),
+        Mode::Down { temporal } => (
+            Conv2dConfig::new([dim, dim], [3, 3])
+                .with_stride([2, 2])
+                .init(device),
+            temporal.then(|| {
+                Conv3dConfig::new([dim, dim], [3, 1, 1])
+                    .with_stride([2, 1, 1])
+                    .init(device)
+            }),
+        ),
+    };
+    VaeLayer::Resample(Resample {
+        resample: vec![None, Some(conv)],
+        time_conv,
+    })
+}
+
+impl<B: Backend> WanVae<B> {
+    /// Builds the module tree with lazily initialised parameters (attention only in the
+    /// middle blocks: the release has no `attn_scales`).
+    pub fn new(cfg: &VaeConfig, device: &B::Device) -> Self {
+        let d = cfg.dim;
+        let stages = cfg.dim_mult.len();
+
+        // Encoder: widths dim·[1, mult...], two residual blocks per stage, a
+        // downsampling resample after every stage but the last.
+        let dims: Vec<usize> = std::iter::once(1)
+            .chain(cfg.dim_mult.iter().copied())
+            .map(|m| d * m)
+            .collect();
+        let mut downsamples = Vec::new();
+        for i in 0..stages {
+            let (mut c_in, c_out) = (dims[i], dims[i + 1]);
+            for _ in 0..cfg.num_res_blocks {
+                downsamples.push(residual(c_in, c_out, device));
+                c_in = c_out;
+            }
+            if i != stages - 1 {
+                let temporal = cfg.temporal_downsample.get(i).copied().unwrap_or(false);
+                downsamples.push(resample(c_out, Mode::Down { temporal }, device));
+            }
+        }
+        let top = dims[stages];
+        let encoder = Encoder3d {
+            conv1: causal3d(3, dims[0], 3, device),
+            downsamples,
+            middle: vec![
+                residual(top, top, device),
+                attention(top, device),
+                residual(top, top, device),
+            ],
+            head: head(top, cfg.z_dim * 2, device),
+        };
+
+        // Decoder: widths dim·[mult_last, reversed mult...]; stages after the first take
+        // half the width in (the upsampling conv halves it), three residual blocks each.
+        let dims: Vec<usize> = std::iter::once(*cfg.dim_mult.last().unwrap_or(&1))
+            .chain(cfg.dim_mult.iter().rev().copied())
+            .map(|m| d * m)
+            .collect();
+        let temporal_up: Vec<bool> = cfg.temporal_downsample.iter().rev().copied().collect();
+        let mut upsamples = Vec::new();
+        for i in 0..stages {
+            let (mut c_in, c_out) = (dims[i], dims[i + 1]);
+            if (1..=3).contains(&i) {
+                c_in /= 2;
+            }
+            for _ in 0..cfg.num_res_blocks + 1 {
+                upsamples.push(residual(c_in, c_out, device));
+                c_in = c_out;
+            }
+            if i != stages - 1 {
+                let temporal = temporal_up.get(i).copied().unwrap_or(false);
+                upsamples.push(resample(c_out, Mode::Up { temporal }, device));
+            }
+        }
+        let z2 = cfg.z_dim * 2;
+        let decoder = Decoder3d {
+            conv1: causal3d(cfg.z_dim, dims[0], 3, device),
+            middle: vec![
+                residual(dims[0], dims[0], device),
+                attention(dims[0], device),
+                residual(dims[0], dims[0], device),
+            ],
+            upsamples,
+            head: head(dims[stages], 3, device),
+        };
+        Self {
+            encoder,
+            conv1: causal3d(z2, z2, 1, device),
+            conv2: causal3d(cfg.z_dim, cfg.z_dim, 1, device),
+            decoder,
+        }
+    }
+}
