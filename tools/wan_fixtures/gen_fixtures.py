@@ -122,7 +122,7 @@ def randomise(module, gen):
     with torch.no_grad():
         for name, p in module.state_dict().items():
             noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
-            if name.endswith(("norm_q.weight", "norm_k.weight", "norm3.weight")):
+            if name.endswith(("norm_q.weight", "norm_k.weight", "norm3.weight", "gamma")):
                 p.copy_(1.0 + 0.1 * noise)
             else:
                 p.copy_(0.1 * noise)
@@ -237,6 +237,26 @@ def trunk_fixture(model_s2v, out):
          os.path.join(out, "s2v_tiny_full_io.safetensors"))
 
 
+def vae_block_fixture(out):
+    """A tiny Wan 2.1 VAE with seeded weights, and three of its layers run on their
+    own without a feature cache: a residual block with a shortcut (8 -> 16 channels),
+    the middle attention block and the head's RMS norm."""
+    import wan.modules.vae2_1 as vae2_1
+    gen = torch.Generator().manual_seed(SEED + 1)
+    m = vae2_1.WanVAE_(dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=2,
+                       attn_scales=[], temperal_downsample=[False, True, True],
+                       dropout=0.0).eval()
+    randomise(m, gen)
+    save(m.state_dict(), os.path.join(out, "vae_tiny_weights.safetensors"))
+    x = torch.randn(1, 8, 3, 6, 6, generator=gen)
+    with torch.no_grad():
+        res = m.encoder.downsamples[3](x)
+        attn = m.encoder.middle[1](res)
+        norm = m.encoder.head[0](res)
+    save({"in": x, "residual.out": res, "attention.out": attn, "norm.out": norm},
+         os.path.join(out, "vae_tiny_blocks_io.safetensors"))
+
+
 def sampler_fixture(out):
     from diffusers import FlowMatchEulerDiscreteScheduler
     s = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
@@ -257,6 +277,7 @@ def main():
     print(f"s2v_14b_params.json: {n} parameters")
     print(f"vae21_params.json: {write_vae_key_list(args.out)} parameters")
     trunk_fixture(model_s2v, args.out)
+    vae_block_fixture(args.out)
     sampler_fixture(args.out)
     print("fixtures written to", args.out)
 

@@ -85,7 +85,8 @@ pub fn load_s2v<B: Backend>(
     dir: &Path,
 ) -> Result<(WanS2v<B>, LoadReport), WanError> {
     let shards = s2v_shards(dir)?;
-    load_s2v_files(model, dir, shards)
+    let device = model.patch_embedding.weight.lazy_device();
+    load_safetensors(model, dir, shards, &device)
 }
 
 /// Loads every DiT tensor from one safetensors file (converted or test checkpoints).
@@ -94,14 +95,19 @@ pub fn load_s2v_file<B: Backend>(
     file: &Path,
 ) -> Result<(WanS2v<B>, LoadReport), WanError> {
     let dir = file.parent().unwrap_or(Path::new("."));
-    load_s2v_files(model, dir, vec![file.to_path_buf()])
+    let device = model.patch_embedding.weight.lazy_device();
+    load_safetensors(model, dir, vec![file.to_path_buf()], &device)
 }
 
-fn load_s2v_files<B: Backend>(
-    model: WanS2v<B>,
+/// Loads every parameter of `model` from the safetensors `shards` (each tensor in exactly
+/// one shard, no tensor the model lacks). Module paths are matched to keys with Burn's
+/// enum variant names left out, as PyTorch keys have none.
+pub fn load_safetensors<B: Backend, M: ModuleSnapshot<B>>(
+    model: M,
     dir: &Path,
     shards: Vec<PathBuf>,
-) -> Result<(WanS2v<B>, LoadReport), WanError> {
+    device: &B::Device,
+) -> Result<(M, LoadReport), WanError> {
     let expected: BTreeMap<String, Vec<usize>> = list_params::<B, _>(&model)
         .into_iter()
         .map(|p| (p.key, p.shape))
@@ -120,17 +126,17 @@ fn load_s2v_files<B: Backend>(
         }
         let mut store = SafetensorsStore::from_file(shard)
             .allow_partial(true)
-            .validate(false);
+            .validate(false)
+            .skip_enum_variants(true);
         // A dtype the backend cannot hold (bf16 on NdArray) would otherwise abort
         // inside Burn; say which tensor and what to do instead.
-        let device = model.patch_embedding.weight.lazy_device();
         let snapshots = store.get_all_snapshots().map_err(|e| WanError::Store {
             path: shard.clone(),
             message: e.to_string(),
         })?;
         if let Some((key, snap)) = snapshots
             .iter()
-            .find(|(_, s)| !B::supports_dtype(&device, s.dtype))
+            .find(|(_, s)| !B::supports_dtype(device, s.dtype))
         {
             return Err(WanError::BadTensor {
                 path: shard.clone(),

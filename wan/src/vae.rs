@@ -271,3 +271,116 @@ impl<B: Backend> WanVae<B> {
         }
     }
 }
+
+/// `F.normalize`'s floor on the norm.
+const NORMALIZE_EPS: f64 = 1e-12;
+
+impl<B: Backend> VideoRmsNorm<B> {
+    /// `x / max(‖x‖_channels, 1e-12) · sqrt(C) · gamma` on `[b, c, t, h, w]`.
+    pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
+        let c = x.dims()[1];
+        let norm = x
+            .clone()
+            .powi_scalar(2)
+            .sum_dim(1)
+            .sqrt()
+            .clamp_min(NORMALIZE_EPS);
+        x / norm * (c as f64).sqrt() * self.gamma.val().unsqueeze::<5>()
+    }
+}
+
+impl<B: Backend> ImageRmsNorm<B> {
+    /// As [`VideoRmsNorm::forward`] on images `[n, c, h, w]`.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let c = x.dims()[1];
+        let norm = x
+            .clone()
+            .powi_scalar(2)
+            .sum_dim(1)
+            .sqrt()
+            .clamp_min(NORMALIZE_EPS);
+        x / norm * (c as f64).sqrt() * self.gamma.val().unsqueeze::<4>()
+    }
+}
+
+/// `CausalConv3d.forward`: `kernel_t - 1` frames of left context in time — the cached
+/// frames of the previous chunk when given, zeros for the rest — and none after.
+pub fn causal_conv3d<B: Backend>(
+    conv: &Conv3d<B>,
+    x: Tensor<B, 5>,
+    cache: Option<Tensor<B, 5>>,
+) -> Tensor<B, 5> {
+    let mut pad = conv.weight.dims()[2].saturating_sub(1);
+    let mut x = x;
+    if let (Some(cache), true) = (cache, pad > 0) {
+        pad -= cache.dims()[2].min(pad);
+        x = Tensor::cat(vec![cache, x], 2);
+    }
+    if pad > 0 {
+        let [b, c, _, h, w] = x.dims();
+        let zeros = Tensor::zeros([b, c, pad, h, w], &x.device());
+        x = Tensor::cat(vec![zeros, x], 2);
+    }
+    conv.forward(x)
+}
+
+impl<B: Backend> NormOrConv<B> {
+    fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
+        match self {
+            NormOrConv::Norm(n) => n.forward(x),
+            NormOrConv::Conv(c) => causal_conv3d(c, x, None),
+        }
+    }
+}
+
+impl<B: Backend> ResidualBlock<B> {
+    /// The block on a whole chunk without a feature cache (the reference's
+    /// `feat_cache=None` path): norm, SiLU, conv, norm, SiLU, conv, plus the shortcut.
+    pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
+        let h = match &self.shortcut {
+            Some(conv) => causal_conv3d(conv, x.clone(), None),
+            None => x.clone(),
+        };
+        let mut y = x;
+        for (i, layer) in self.residual.iter().enumerate() {
+            y = match layer {
+                Some(l) => l.forward(y),
+                // Indices 1 and 4 are SiLU, 5 is dropout (identity at inference).
+                None if i == 1 || i == 4 => burn::tensor::activation::silu(y),
+                None => y,
+            };
+        }
+        y + h
+    }
+}
+
+impl<B: Backend> AttentionBlock<B> {
+    /// Single-head self-attention over each frame's pixels, plus the input.
+    pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
+        let [b, c, t, h, w] = x.dims();
+        let frames = x.clone().permute([0, 2, 1, 3, 4]).reshape([b * t, c, h, w]);
+        let qkv = self.to_qkv.forward(self.norm.forward(frames)); // bt 3c h w
+        let qkv = qkv.reshape([b * t, 1, 3 * c, h * w]).swap_dims(2, 3); // bt 1 hw 3c
+        let q = qkv.clone().narrow(3, 0, c);
+        let k = qkv.clone().narrow(3, c, c);
+        let v = qkv.narrow(3, 2 * c, c);
+        let out = burn::tensor::module::attention(
+            q,
+            k,
+            v,
+            None,
+            None,
+            burn::tensor::ops::AttentionModuleOptions {
+                scale: None,
+                softcap: None,
+                is_causal: false,
+            },
+        ); // bt 1 hw c
+        let out = out
+            .reshape([b * t, h * w, c])
+            .swap_dims(1, 2)
+            .reshape([b * t, c, h, w]);
+        let out = self.proj.forward(out);
+        out.reshape([b, t, c, h, w]).permute([0, 2, 1, 3, 4]) + x
+    }
+}

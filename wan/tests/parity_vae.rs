@@ -1,0 +1,78 @@
+//! Wan 2.1 VAE layers against the reference (wan22 2.2.11, CPU f32) at a tiny config,
+//! weights loaded through the same safetensors loader as the DiT.
+
+mod common;
+
+use common::{assert_close, fixture_path, Fixture, B};
+use wan::loader::load_safetensors;
+use wan::vae::{NormOrConv, VaeConfig, VaeLayer, WanVae};
+
+const ATOL: f32 = 1e-5;
+const RTOL: f32 = 1e-4;
+
+fn tiny_vae() -> WanVae<B> {
+    let cfg = VaeConfig {
+        dim: 8,
+        z_dim: 4,
+        dim_mult: vec![1, 2, 2, 2],
+        num_res_blocks: 2,
+        temporal_downsample: vec![false, true, true],
+    };
+    let file = fixture_path("vae_tiny_weights.safetensors");
+    let dir = file.parent().expect("fixture dir").to_path_buf();
+    let (vae, report) = load_safetensors(
+        WanVae::<B>::new(&cfg, &Default::default()),
+        &dir,
+        vec![file],
+        &Default::default(),
+    )
+    .expect("tiny VAE weights load");
+    assert!(report.tensors > 100);
+    vae
+}
+
+#[test]
+fn residual_block_with_shortcut_matches() {
+    let fx = Fixture::open("vae_tiny_blocks_io.safetensors");
+    let vae = tiny_vae();
+    let VaeLayer::Residual(block) = &vae.encoder.downsamples[3] else {
+        panic!("encoder.downsamples.3 is a residual block");
+    };
+    assert!(block.shortcut.is_some());
+    let out = block.forward(fx.tensor("in"));
+    assert_close(
+        out,
+        fx.tensor("residual.out"),
+        ATOL,
+        RTOL,
+        "encoder.downsamples.3",
+    );
+}
+
+#[test]
+fn attention_block_matches() {
+    let fx = Fixture::open("vae_tiny_blocks_io.safetensors");
+    let vae = tiny_vae();
+    let VaeLayer::Attention(block) = &vae.encoder.middle[1] else {
+        panic!("encoder.middle.1 is the attention block");
+    };
+    let out = block.forward(fx.tensor("residual.out"));
+    assert_close(
+        out,
+        fx.tensor("attention.out"),
+        ATOL,
+        RTOL,
+        "encoder.middle.1",
+    );
+}
+
+#[test]
+fn channel_rms_norm_matches() {
+    let fx = Fixture::open("vae_tiny_blocks_io.safetensors");
+    let vae = tiny_vae();
+    let Some(NormOrConv::Norm(norm)) = &vae.encoder.head[0] else {
+        panic!("encoder.head.0 is an RMS norm");
+    };
+    let out = norm.forward(fx.tensor("residual.out"));
+    assert_close(out, fx.tensor("norm.out"), ATOL, RTOL, "encoder.head.0");
+}
