@@ -256,6 +256,16 @@ def vae_block_fixture(out):
     save({"in": x, "residual.out": res, "attention.out": attn, "norm.out": norm},
          os.path.join(out, "vae_tiny_blocks_io.safetensors"))
 
+    # The whole chunked decode (one latent frame at a time through the feature cache),
+    # with per-channel latent statistics like Wan2_1_VAE's.
+    z = torch.randn(1, 4, 3, 4, 4, generator=gen)
+    mean = torch.randn(4, generator=gen)
+    std = 0.5 + torch.rand(4, generator=gen)
+    with torch.no_grad():
+        video = m.decode(z, [mean, 1.0 / std])
+    save({"z": z, "mean": mean, "std": std, "video": video},
+         os.path.join(out, "vae_tiny_decode_io.safetensors"))
+
 
 def sampler_fixture(out):
     from diffusers import FlowMatchEulerDiscreteScheduler

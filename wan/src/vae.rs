@@ -384,3 +384,214 @@ impl<B: Backend> AttentionBlock<B> {
         out.reshape([b, t, c, h, w]).permute([0, 2, 1, 3, 4]) + x
     }
 }
+
+/// Frames of context a cached causal conv keeps from the previous chunk (`CACHE_T`).
+const CACHE_T: usize = 2;
+
+/// One slot of the decoder's per-layer feature cache (`feat_cache` in the original).
+#[derive(Debug, Clone)]
+pub enum CacheSlot<B: Backend> {
+    /// Nothing seen yet.
+    Empty,
+    /// An upsampling layer has seen its first chunk (the original's `'Rep'` marker):
+    /// the first chunk is not doubled in time, later ones are.
+    Repeat,
+    /// The last input frames of the layer.
+    Frames(Tensor<B, 5>),
+}
+
+/// The decoder's feature cache: one slot per cached layer, in forward order. Decoding
+/// one latent frame at a time with this cache gives the same result as the original's
+/// chunked decode; carrying it between clips is what lets a stream decode clip by clip.
+#[derive(Debug, Clone)]
+pub struct DecodeCache<B: Backend> {
+    slots: Vec<CacheSlot<B>>,
+    next: usize,
+}
+
+impl<B: Backend> Default for DecodeCache<B> {
+    fn default() -> Self {
+        Self {
+            slots: Vec::new(),
+            next: 0,
+        }
+    }
+}
+
+impl<B: Backend> DecodeCache<B> {
+    /// Takes the next slot (creating it on the first chunk).
+    fn take(&mut self) -> (usize, CacheSlot<B>) {
+        let i = self.next;
+        self.next += 1;
+        if self.slots.len() <= i {
+            self.slots.push(CacheSlot::Empty);
+        }
+        (i, std::mem::replace(&mut self.slots[i], CacheSlot::Empty))
+    }
+
+    fn put(&mut self, i: usize, slot: CacheSlot<B>) {
+        self.slots[i] = slot;
+    }
+
+    fn start_chunk(&mut self) {
+        self.next = 0;
+    }
+}
+
+/// The last `CACHE_T` frames of `x`, topped up with the last cached frame when the
+/// chunk is a single frame (the original's "cache last frame of last two chunks").
+fn frames_to_cache<B: Backend>(x: &Tensor<B, 5>, old: &CacheSlot<B>) -> Tensor<B, 5> {
+    let t = x.dims()[2];
+    let keep = t.min(CACHE_T);
+    let last = x.clone().narrow(2, t - keep, keep);
+    match old {
+        CacheSlot::Frames(prev) if keep < CACHE_T => {
+            let n = prev.dims()[2];
+            Tensor::cat(vec![prev.clone().narrow(2, n - 1, 1), last], 2)
+        }
+        _ => last,
+    }
+}
+
+/// A causal conv that reads and refreshes its cache slot.
+fn cached_conv<B: Backend>(
+    conv: &Conv3d<B>,
+    x: Tensor<B, 5>,
+    cache: &mut DecodeCache<B>,
+) -> Tensor<B, 5> {
+    let (i, old) = cache.take();
+    let new = frames_to_cache(&x, &old);
+    let context = match old {
+        CacheSlot::Frames(f) => Some(f),
+        _ => None,
+    };
+    let y = causal_conv3d(conv, x, context);
+    cache.put(i, CacheSlot::Frames(new));
+    y
+}
+
+fn norm_or_conv_cached<B: Backend>(
+    seq: &[Option<NormOrConv<B>>],
+    x: Tensor<B, 5>,
+    cache: &mut DecodeCache<B>,
+) -> Tensor<B, 5> {
+    let mut y = x;
+    for (i, layer) in seq.iter().enumerate() {
+        y = match layer {
+            Some(NormOrConv::Norm(n)) => n.forward(y),
+            Some(NormOrConv::Conv(c)) => cached_conv(c, y, cache),
+            // SiLU sits right after each norm (indices 1 and 4); index 5 is dropout.
+            None if i == 1 || i == 4 => burn::tensor::activation::silu(y),
+            None => y,
+        };
+    }
+    y
+}
+
+/// Nearest 2× spatial upsampling of `[n, c, h, w]` (`nearest-exact` at scale 2).
+fn upsample2x<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [n, c, h, w] = x.dims();
+    let x: Tensor<B, 6> = x.reshape([n, c, h, 1, w, 1]);
+    x.repeat_dim(3, 2)
+        .repeat_dim(5, 2)
+        .reshape([n, c, 2 * h, 2 * w])
+}
+
+impl<B: Backend> Resample<B> {
+    /// The decoder's upsampling step on one chunk: from the second chunk on, the
+    /// temporal conv doubles the frames; then each frame is upsampled 2× and convolved.
+    fn forward_up(&self, x: Tensor<B, 5>, cache: &mut DecodeCache<B>) -> Tensor<B, 5> {
+        let mut x = x;
+        if let Some(time_conv) = &self.time_conv {
+            let (i, old) = cache.take();
+            match old {
+                CacheSlot::Empty => cache.put(i, CacheSlot::Repeat),
+                old => {
+                    let [b, c, t, h, w] = x.dims();
+                    let keep = t.min(CACHE_T);
+                    let last = x.clone().narrow(2, t - keep, keep);
+                    let new = match (&old, keep < CACHE_T) {
+                        (CacheSlot::Frames(prev), true) => {
+                            let n = prev.dims()[2];
+                            Tensor::cat(vec![prev.clone().narrow(2, n - 1, 1), last], 2)
+                        }
+                        (CacheSlot::Repeat, true) => {
+                            Tensor::cat(vec![last.clone().zeros_like(), last], 2)
+                        }
+                        _ => last,
+                    };
+                    let context = match old {
+                        CacheSlot::Frames(f) => Some(f),
+                        _ => None,
+                    };
+                    let y = causal_conv3d(time_conv, x, context); // b 2c t h w
+                    cache.put(i, CacheSlot::Frames(new));
+                    // Channels (2, c) become two consecutive frames per input frame.
+                    let y: Tensor<B, 6> = y.reshape([b, 2, c, t, h, w]);
+                    x = y.permute([0, 2, 3, 1, 4, 5]).reshape([b, c, 2 * t, h, w]);
+                }
+            }
+        }
+        let [b, c, t, h, w] = x.dims();
+        let frames = x.permute([0, 2, 1, 3, 4]).reshape([b * t, c, h, w]);
+        let conv = self
+            .resample
+            .get(1)
+            .and_then(Option::as_ref)
+            .expect("resample layers are built with their conv at index 1");
+        let y = conv.forward(upsample2x(frames));
+        let [_, c2, h2, w2] = y.dims();
+        y.reshape([b, t, c2, h2, w2]).permute([0, 2, 1, 3, 4])
+    }
+}
+
+impl<B: Backend> VaeLayer<B> {
+    fn forward_cached(&self, x: Tensor<B, 5>, cache: &mut DecodeCache<B>) -> Tensor<B, 5> {
+        match self {
+            VaeLayer::Residual(r) => {
+                let h = match &r.shortcut {
+                    Some(conv) => causal_conv3d(conv, x.clone(), None),
+                    None => x.clone(),
+                };
+                norm_or_conv_cached(&r.residual, x, cache) + h
+            }
+            VaeLayer::Attention(a) => a.forward(x),
+            VaeLayer::Resample(r) => r.forward_up(x, cache),
+        }
+    }
+}
+
+impl<B: Backend> Decoder3d<B> {
+    /// Decodes one chunk of latent frames `[b, z, t, h, w]` after `conv2`, reading and
+    /// refreshing `cache`.
+    pub fn forward(&self, x: Tensor<B, 5>, cache: &mut DecodeCache<B>) -> Tensor<B, 5> {
+        cache.start_chunk();
+        let mut x = cached_conv(&self.conv1, x, cache);
+        for layer in self.middle.iter().chain(&self.upsamples) {
+            x = layer.forward_cached(x, cache);
+        }
+        norm_or_conv_cached(&self.head, x, cache)
+    }
+}
+
+impl<B: Backend> WanVae<B> {
+    /// `WanVAE_.decode`: un-normalise the latents (`z · std + mean` per channel),
+    /// `conv2`, then the decoder one latent frame at a time with its feature cache.
+    /// Returns video `[b, 3, 1 + 4·(t − 1), 8·h, 8·w]` (not clamped).
+    pub fn decode(&self, z: Tensor<B, 5>, mean: &[f32], std: &[f32]) -> Tensor<B, 5> {
+        let device = z.device();
+        let channel =
+            |v: &[f32]| {
+                Tensor::<B, 1>::from_data(TensorData::new(v.to_vec(), [v.len()]), &device)
+                    .reshape([1, v.len(), 1, 1, 1])
+            };
+        let z = z * channel(std) + channel(mean);
+        let x = causal_conv3d(&self.conv2, z, None);
+        let mut cache = DecodeCache::default();
+        let t = x.dims()[2];
+        let chunks: Vec<Tensor<B, 5>> = (0..t)
+            .map(|i| self.decoder.forward(x.clone().narrow(2, i, 1), &mut cache))
+            .collect();
+        Tensor::cat(chunks, 2)
+    }
+}

@@ -76,3 +76,18 @@ fn channel_rms_norm_matches() {
     let out = norm.forward(fx.tensor("residual.out"));
     assert_close(out, fx.tensor("norm.out"), ATOL, RTOL, "encoder.head.0");
 }
+
+#[test]
+fn chunked_decode_with_feature_cache_matches_within_1e_4_relative() {
+    let fx = Fixture::open("vae_tiny_decode_io.safetensors");
+    let vae = tiny_vae();
+    let (_, mean) = fx.raw("mean");
+    let (_, std) = fx.raw("std");
+    let video = vae.decode(fx.tensor("z"), &mean, &std);
+    let expected: burn::tensor::Tensor<B, 5> = fx.tensor("video");
+    assert_eq!(video.dims(), [1, 3, 9, 32, 32]);
+    let rel = common::rel_l2(video.clone(), expected.clone());
+    eprintln!("VAE decode relative L2: {rel:e}");
+    assert!(rel <= 1e-4, "relative L2 {rel:e} > 1e-4");
+    assert_close(video, expected, 1e-4, 1e-4, "VAE decode");
+}
