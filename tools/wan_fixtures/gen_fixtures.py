@@ -266,6 +266,13 @@ def vae_block_fixture(out):
     save({"z": z, "mean": mean, "std": std, "video": video},
          os.path.join(out, "vae_tiny_decode_io.safetensors"))
 
+    # The chunked encode (first frame, then chunks of 4) of a 9-frame clip.
+    clip = torch.randn(1, 3, 9, 32, 32, generator=gen)
+    with torch.no_grad():
+        latents = m.encode(clip, [mean, 1.0 / std])
+    save({"video": clip, "mean": mean, "std": std, "latents": latents},
+         os.path.join(out, "vae_tiny_encode_io.safetensors"))
+
 
 def sampler_fixture(out):
     from diffusers import FlowMatchEulerDiscreteScheduler

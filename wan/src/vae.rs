@@ -545,8 +545,56 @@ impl<B: Backend> Resample<B> {
     }
 }
 
+impl<B: Backend> Resample<B> {
+    /// The encoder's downsampling step on one chunk: each frame zero-padded on the
+    /// right and bottom and convolved with stride 2; in the 3-D mode, from the second
+    /// chunk on, the temporal conv halves the frames using the previous chunk's last one.
+    fn forward_down(&self, x: Tensor<B, 5>, cache: &mut DecodeCache<B>) -> Tensor<B, 5> {
+        let [b, c, t, h, w] = x.dims();
+        let frames = x.permute([0, 2, 1, 3, 4]).reshape([b * t, c, h, w]);
+        let device = frames.device();
+        let frames = Tensor::cat(vec![frames, Tensor::zeros([b * t, c, h, 1], &device)], 3);
+        let frames = Tensor::cat(
+            vec![frames, Tensor::zeros([b * t, c, 1, w + 1], &device)],
+            2,
+        );
+        let conv = self
+            .resample
+            .get(1)
+            .and_then(Option::as_ref)
+            .expect("resample layers are built with their conv at index 1");
+        let y = conv.forward(frames);
+        let [_, c2, h2, w2] = y.dims();
+        let x = y.reshape([b, t, c2, h2, w2]).permute([0, 2, 1, 3, 4]);
+        let Some(time_conv) = &self.time_conv else {
+            return x;
+        };
+        let (i, old) = cache.take();
+        match old {
+            CacheSlot::Frames(prev) => {
+                let t = x.dims()[2];
+                let last = x.clone().narrow(2, t - 1, 1);
+                let n = prev.dims()[2];
+                let y = time_conv.forward(Tensor::cat(vec![prev.narrow(2, n - 1, 1), x], 2));
+                cache.put(i, CacheSlot::Frames(last));
+                y
+            }
+            _ => {
+                cache.put(i, CacheSlot::Frames(x.clone()));
+                x
+            }
+        }
+    }
+}
+
 impl<B: Backend> VaeLayer<B> {
-    fn forward_cached(&self, x: Tensor<B, 5>, cache: &mut DecodeCache<B>) -> Tensor<B, 5> {
+    /// One layer on a chunk; resamples go up in the decoder, down in the encoder.
+    fn forward_cached(
+        &self,
+        x: Tensor<B, 5>,
+        cache: &mut DecodeCache<B>,
+        upsampling: bool,
+    ) -> Tensor<B, 5> {
         match self {
             VaeLayer::Residual(r) => {
                 let h = match &r.shortcut {
@@ -556,8 +604,22 @@ impl<B: Backend> VaeLayer<B> {
                 norm_or_conv_cached(&r.residual, x, cache) + h
             }
             VaeLayer::Attention(a) => a.forward(x),
-            VaeLayer::Resample(r) => r.forward_up(x, cache),
+            VaeLayer::Resample(r) if upsampling => r.forward_up(x, cache),
+            VaeLayer::Resample(r) => r.forward_down(x, cache),
         }
+    }
+}
+
+impl<B: Backend> Encoder3d<B> {
+    /// Encodes one chunk of video frames `[b, 3, t, h, w]`, reading and refreshing
+    /// `cache`; returns `[b, 2·z, t', h/8, w/8]`.
+    pub fn forward(&self, x: Tensor<B, 5>, cache: &mut DecodeCache<B>) -> Tensor<B, 5> {
+        cache.start_chunk();
+        let mut x = cached_conv(&self.conv1, x, cache);
+        for layer in self.downsamples.iter().chain(&self.middle) {
+            x = layer.forward_cached(x, cache, false);
+        }
+        norm_or_conv_cached(&self.head, x, cache)
     }
 }
 
@@ -568,13 +630,43 @@ impl<B: Backend> Decoder3d<B> {
         cache.start_chunk();
         let mut x = cached_conv(&self.conv1, x, cache);
         for layer in self.middle.iter().chain(&self.upsamples) {
-            x = layer.forward_cached(x, cache);
+            x = layer.forward_cached(x, cache, true);
         }
         norm_or_conv_cached(&self.head, x, cache)
     }
 }
 
 impl<B: Backend> WanVae<B> {
+    /// `WanVAE_.encode`: the encoder on the first frame, then on chunks of 4 frames,
+    /// with its feature cache; `conv1`; the mean half normalised per channel,
+    /// `(mu − mean) · (1/std)`. Video `[b, 3, 1 + 4k, h, w]` → latents `[b, z, 1 + k, h/8, w/8]`.
+    pub fn encode(&self, video: Tensor<B, 5>, mean: &[f32], std: &[f32]) -> Tensor<B, 5> {
+        let device = video.device();
+        let channel = |v: Vec<f32>| {
+            let n = v.len();
+            Tensor::<B, 1>::from_data(TensorData::new(v, [n]), &device).reshape([1, n, 1, 1, 1])
+        };
+        let t = video.dims()[2];
+        let mut cache = DecodeCache::default();
+        let mut chunks = vec![self
+            .encoder
+            .forward(video.clone().narrow(2, 0, 1), &mut cache)];
+        let mut start = 1;
+        while start < t {
+            let len = (t - start).min(4);
+            chunks.push(
+                self.encoder
+                    .forward(video.clone().narrow(2, start, len), &mut cache),
+            );
+            start += len;
+        }
+        let out = causal_conv3d(&self.conv1, Tensor::cat(chunks, 2), None);
+        let z = mean.len();
+        let mu = out.narrow(1, 0, z);
+        let inv_std: Vec<f32> = std.iter().map(|s| 1.0 / s).collect();
+        (mu - channel(mean.to_vec())) * channel(inv_std)
+    }
+
     /// `WanVAE_.decode`: un-normalise the latents (`z · std + mean` per channel),
     /// `conv2`, then the decoder one latent frame at a time with its feature cache.
     /// Returns video `[b, 3, 1 + 4·(t − 1), 8·h, 8·w]` (not clamped).

@@ -91,3 +91,18 @@ fn chunked_decode_with_feature_cache_matches_within_1e_4_relative() {
     assert!(rel <= 1e-4, "relative L2 {rel:e} > 1e-4");
     assert_close(video, expected, 1e-4, 1e-4, "VAE decode");
 }
+
+#[test]
+fn chunked_encode_with_feature_cache_matches_within_1e_4_relative() {
+    let fx = Fixture::open("vae_tiny_encode_io.safetensors");
+    let vae = tiny_vae();
+    let (_, mean) = fx.raw("mean");
+    let (_, std) = fx.raw("std");
+    let latents = vae.encode(fx.tensor("video"), &mean, &std);
+    let expected: burn::tensor::Tensor<B, 5> = fx.tensor("latents");
+    assert_eq!(latents.dims(), [1, 4, 3, 4, 4]);
+    let rel = common::rel_l2(latents.clone(), expected.clone());
+    eprintln!("VAE encode relative L2: {rel:e}");
+    assert!(rel <= 1e-4, "relative L2 {rel:e} > 1e-4");
+    assert_close(latents, expected, 1e-4, 1e-4, "VAE encode");
+}
