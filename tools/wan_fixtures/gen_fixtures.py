@@ -274,6 +274,52 @@ def vae_block_fixture(out):
          os.path.join(out, "vae_tiny_encode_io.safetensors"))
 
 
+def t5_fixture(out):
+    """umT5-XXL's key list (meta device) and a tiny seeded T5 encoder of the same kind
+    (per-layer position bias) run on 12 tokens, the last 3 of them padding."""
+    # t5.py imports its tokenizer wrapper (which needs transformers) at module level;
+    # the encoder does not use it, so a stand-in module is enough.
+    tok = types.ModuleType("wan.modules.tokenizers")
+    tok.HuggingfaceTokenizer = None
+    sys.modules.setdefault("wan.modules.tokenizers", tok)
+    # T5EncoderModel (not used here) has `device=torch.cuda.current_device()` as a
+    # default argument, evaluated at import; answer it without a GPU.
+    current_device = torch.cuda.current_device
+    torch.cuda.current_device = lambda: 0
+    try:
+        import wan.modules.t5 as t5
+    finally:
+        torch.cuda.current_device = current_device
+    kw = dict(num_buckets=32, shared_pos=False, dropout=0.0)
+    with torch.device("meta"):
+        m = t5.T5Encoder(vocab=256384, dim=4096, dim_attn=4096, dim_ffn=10240,
+                         num_heads=64, num_layers=24, **kw)
+    params = [[k, list(v.shape)] for k, v in m.state_dict().items()]
+    doc = {"model": "T5Encoder (umt5_xxl, encoder_only)",
+           "source": "wan22==2.2.11 wan/modules/t5.py", "count": len(params), "params": params}
+    with open(os.path.join(out, "umt5_xxl_params.json"), "w") as f:
+        json.dump(doc, f, indent=0)
+        f.write("\n")
+
+    gen = torch.Generator().manual_seed(SEED + 2)
+    m = t5.T5Encoder(vocab=64, dim=32, dim_attn=32, dim_ffn=64, num_heads=4, num_layers=2,
+                     **kw).eval()
+    randomise(m, gen)
+    with torch.no_grad():
+        for name, p in m.state_dict().items():
+            if name.endswith("norm1.weight") or name.endswith("norm2.weight") or name == "norm.weight":
+                p.add_(1.0)
+    ids = torch.randint(0, 64, (1, 12), generator=gen)
+    mask = torch.ones(1, 12, dtype=torch.long)
+    mask[:, 9:] = 0
+    with torch.no_grad():
+        y = m(ids, mask)
+    save(m.state_dict(), os.path.join(out, "t5_tiny_weights.safetensors"))
+    save({"ids": ids.float(), "mask": mask.float(), "out": y},
+         os.path.join(out, "t5_tiny_io.safetensors"))
+    return len(params)
+
+
 def sampler_fixture(out):
     from diffusers import FlowMatchEulerDiscreteScheduler
     s = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
@@ -295,6 +341,7 @@ def main():
     print(f"vae21_params.json: {write_vae_key_list(args.out)} parameters")
     trunk_fixture(model_s2v, args.out)
     vae_block_fixture(args.out)
+    print(f"umt5_xxl_params.json: {t5_fixture(args.out)} parameters")
     sampler_fixture(args.out)
     print("fixtures written to", args.out)
 

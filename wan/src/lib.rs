@@ -19,6 +19,7 @@ pub mod motion;
 pub mod nn;
 pub mod rope;
 pub mod sampler;
+pub mod t5;
 pub mod vae;
 
 pub use config::S2vConfig;

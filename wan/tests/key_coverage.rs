@@ -11,6 +11,7 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
 use common::{fixture_path, B};
 use wan::keys::list_params;
+use wan::t5::{T5Config, T5Encoder};
 use wan::vae::{VaeConfig, WanVae};
 use wan::{S2vConfig, WanS2v};
 
@@ -102,5 +103,20 @@ fn wan21_vae_tree_lists_exactly_the_reference_parameters() {
     assert_same_tree(&reference, &ours);
     let mut counter = CountInitialised(0);
     vae.visit(&mut counter);
+    assert_eq!(counter.0, 0, "listing must not allocate any parameter");
+}
+
+#[test]
+fn umt5_xxl_encoder_tree_lists_exactly_the_reference_parameters() {
+    let reference = reference_params("umt5_xxl_params.json");
+    assert_eq!(reference.len(), 242);
+    let t5 = T5Encoder::<B>::new(&T5Config::umt5_xxl(), &Default::default());
+    let ours: BTreeMap<String, Vec<usize>> = list_params::<B, _>(&t5)
+        .into_iter()
+        .map(|p| (p.key, p.shape))
+        .collect();
+    assert_same_tree(&reference, &ours);
+    let mut counter = CountInitialised(0);
+    t5.visit(&mut counter);
     assert_eq!(counter.0, 0, "listing must not allocate any parameter");
 }
