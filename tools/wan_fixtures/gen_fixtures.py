@@ -320,6 +320,25 @@ def t5_fixture(out):
     return len(params)
 
 
+def audio_features_fixture(out):
+    """wav2vec2-like hidden states (3 layers, 101 frames at 50 Hz, width 8) through
+    wan22's 50 -> 30 fps interpolation and the per-video-frame bucketing (25 fps,
+    48-frame batches, m = 0) that the S2V pipeline applies."""
+    for name in ("librosa", "transformers"):
+        stub = types.ModuleType(name)
+        stub.Wav2Vec2ForCTC = stub.Wav2Vec2Processor = None
+        sys.modules.setdefault(name, stub)
+    import wan.modules.s2v.audio_encoder as audio_encoder
+    gen = torch.Generator().manual_seed(SEED + 3)
+    states = torch.randn(3, 101, 8, generator=gen)
+    at30 = audio_encoder.linear_interpolation(states, input_fps=50, output_fps=30)
+    bucket, batches = audio_encoder.AudioEncoder.get_audio_embed_bucket_fps(
+        types.SimpleNamespace(video_rate=30), at30, fps=25, batch_frames=48, m=0)
+    save({"states": states, "at30": at30, "bucket": bucket,
+          "batches": torch.tensor([float(batches)])},
+         os.path.join(out, "audio_features_io.safetensors"))
+
+
 def sampler_fixture(out):
     from diffusers import FlowMatchEulerDiscreteScheduler
     s = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
@@ -342,6 +361,7 @@ def main():
     trunk_fixture(model_s2v, args.out)
     vae_block_fixture(args.out)
     print(f"umt5_xxl_params.json: {t5_fixture(args.out)} parameters")
+    audio_features_fixture(args.out)
     sampler_fixture(args.out)
     print("fixtures written to", args.out)
 

@@ -7,6 +7,7 @@
 
 pub mod attention;
 pub mod audio;
+pub mod audio_features;
 pub mod block;
 pub mod causal;
 pub mod config;
