@@ -248,6 +248,9 @@ def vae_block_fixture(out):
                        dropout=0.0).eval()
     randomise(m, gen)
     save(m.state_dict(), os.path.join(out, "vae_tiny_weights.safetensors"))
+    # The same weights as a torch pickle, the format of the released Wan2.1_VAE.pth.
+    torch.save({k: v.clone() for k, v in m.state_dict().items()},
+               os.path.join(out, "vae_tiny.pth"))
     x = torch.randn(1, 8, 3, 6, 6, generator=gen)
     with torch.no_grad():
         res = m.encoder.downsamples[3](x)
@@ -315,6 +318,8 @@ def t5_fixture(out):
     with torch.no_grad():
         y = m(ids, mask)
     save(m.state_dict(), os.path.join(out, "t5_tiny_weights.safetensors"))
+    torch.save({k: v.clone() for k, v in m.state_dict().items()},
+               os.path.join(out, "t5_tiny.pth"))
     save({"ids": ids.float(), "mask": mask.float(), "out": y},
          os.path.join(out, "t5_tiny_io.safetensors"))
     return len(params)

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
-use burn_store::{ApplyError, ModuleSnapshot, ModuleStore, SafetensorsStore};
+use burn_store::{ApplyError, ModuleSnapshot, ModuleStore, PytorchStore, SafetensorsStore};
 
 use crate::error::WanError;
 use crate::keys::list_params;
@@ -124,42 +124,11 @@ pub fn load_safetensors<B: Backend, M: ModuleSnapshot<B>>(
                 ),
             });
         }
-        let mut store = SafetensorsStore::from_file(shard)
+        let store = SafetensorsStore::from_file(shard)
             .allow_partial(true)
             .validate(false)
             .skip_enum_variants(true);
-        // A dtype the backend cannot hold (bf16 on NdArray) would otherwise abort
-        // inside Burn; say which tensor and what to do instead.
-        let snapshots = store.get_all_snapshots().map_err(|e| WanError::Store {
-            path: shard.clone(),
-            message: e.to_string(),
-        })?;
-        if let Some((key, snap)) = snapshots
-            .iter()
-            .find(|(_, s)| !B::supports_dtype(device, s.dtype))
-        {
-            return Err(WanError::BadTensor {
-                path: shard.clone(),
-                key: key.clone(),
-                message: format!(
-                    "stored as {:?}, which this backend cannot hold; use a backend with {:?} support (the CUDA build) or convert the checkpoint to f32",
-                    snap.dtype, snap.dtype
-                ),
-            });
-        }
-        let result = model.load_from(&mut store).map_err(|e| WanError::Store {
-            path: shard.clone(),
-            message: e.to_string(),
-        })?;
-        if let Some(err) = result.errors.first() {
-            return Err(apply_error(shard, err, &expected));
-        }
-        if let Some(key) = result.unused.first() {
-            return Err(WanError::UnexpectedTensor {
-                path: shard.clone(),
-                key: key.clone(),
-            });
-        }
+        let result = apply_store(&mut model, store, shard, &expected, device)?;
         for key in result.applied {
             if let Some(first) = found_in.insert(key.clone(), shard.clone()) {
                 return Err(WanError::BadTensor {
@@ -186,6 +155,100 @@ pub fn load_safetensors<B: Backend, M: ModuleSnapshot<B>>(
         LoadReport {
             files: shards,
             tensors: found_in.len(),
+        },
+    ))
+}
+
+/// Applies one file's tensors to `model` and turns every problem into a [`WanError`]
+/// naming `file`: a dtype the backend cannot hold, a shape mismatch, a tensor the model
+/// does not have.
+fn apply_store<B: Backend, M: ModuleSnapshot<B>, S: ModuleStore>(
+    model: &mut M,
+    mut store: S,
+    file: &Path,
+    expected: &BTreeMap<String, Vec<usize>>,
+    device: &B::Device,
+) -> Result<burn_store::ApplyResult, WanError>
+where
+    S::Error: std::fmt::Display,
+{
+    // A dtype the backend cannot hold (bf16 on NdArray) would otherwise abort inside
+    // Burn; say which tensor and what to do instead.
+    let snapshots = store.get_all_snapshots().map_err(|e| WanError::Store {
+        path: file.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    if let Some((key, snap)) = snapshots
+        .iter()
+        .find(|(_, s)| !B::supports_dtype(device, s.dtype))
+    {
+        return Err(WanError::BadTensor {
+            path: file.to_path_buf(),
+            key: key.clone(),
+            message: format!(
+                "stored as {:?}, which this backend cannot hold; use a backend with {:?} support (the CUDA build) or convert the checkpoint to f32",
+                snap.dtype, snap.dtype
+            ),
+        });
+    }
+    let result = model.load_from(&mut store).map_err(|e| WanError::Store {
+        path: file.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    if let Some(err) = result.errors.first() {
+        return Err(apply_error(file, err, expected));
+    }
+    if let Some(key) = result.unused.first() {
+        return Err(WanError::UnexpectedTensor {
+            path: file.to_path_buf(),
+            key: key.clone(),
+        });
+    }
+    Ok(result)
+}
+
+/// Loads every parameter of `model` from a PyTorch `.pth` file (a pickled state dict,
+/// as `Wan2.1_VAE.pth` and `models_t5_umt5-xxl-enc-bf16.pth` are), with the same
+/// checks as [`load_safetensors`]: every tensor present with its exact shape, none
+/// the model lacks. Sequential indices are kept as they are (`residual.6` stays 6).
+pub fn load_pth<B: Backend, M: ModuleSnapshot<B>>(
+    model: M,
+    file: &Path,
+    device: &B::Device,
+) -> Result<(M, LoadReport), WanError> {
+    if !file.exists() {
+        return Err(WanError::Io {
+            path: file.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "model file not found"),
+        });
+    }
+    let expected: BTreeMap<String, Vec<usize>> = list_params::<B, _>(&model)
+        .into_iter()
+        .map(|p| (p.key, p.shape))
+        .collect();
+    let mut model = model;
+    let store = PytorchStore::from_file(file)
+        .allow_partial(true)
+        .validate(false)
+        .skip_enum_variants(true)
+        .map_indices_contiguous(false);
+    let result = apply_store(&mut model, store, file, &expected, device)?;
+    let applied: std::collections::BTreeSet<&String> = result.applied.iter().collect();
+    if let Some(key) = expected.keys().find(|k| !applied.contains(k)) {
+        return Err(WanError::MissingTensor {
+            dir: file.to_path_buf(),
+            key: key.clone(),
+            looked_in: file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        });
+    }
+    Ok((
+        model,
+        LoadReport {
+            files: vec![file.to_path_buf()],
+            tensors: applied.len(),
         },
     ))
 }

@@ -106,3 +106,50 @@ fn chunked_encode_with_feature_cache_matches_within_1e_4_relative() {
     assert!(rel <= 1e-4, "relative L2 {rel:e} > 1e-4");
     assert_close(latents, expected, 1e-4, 1e-4, "VAE encode");
 }
+
+#[test]
+fn pth_checkpoint_loads_like_the_release_and_decodes_the_same() {
+    let cfg = VaeConfig {
+        dim: 8,
+        z_dim: 4,
+        dim_mult: vec![1, 2, 2, 2],
+        num_res_blocks: 2,
+        temporal_downsample: vec![false, true, true],
+    };
+    let device = Default::default();
+    let (vae, report) = wan::loader::load_pth(
+        WanVae::<B>::new(&cfg, &device),
+        &fixture_path("vae_tiny.pth"),
+        &device,
+    )
+    .expect("a torch pickle in the release's format loads");
+    assert!(report.tensors > 100);
+    let fx = Fixture::open("vae_tiny_decode_io.safetensors");
+    let (_, mean) = fx.raw("mean");
+    let (_, std) = fx.raw("std");
+    let video = vae.decode(fx.tensor("z"), &mean, &std);
+    assert_close(
+        video,
+        fx.tensor("video"),
+        1e-4,
+        1e-4,
+        "VAE decode from .pth",
+    );
+}
+
+#[test]
+fn pth_of_another_model_is_refused_naming_a_key() {
+    let device = Default::default();
+    let err = wan::loader::load_pth(
+        WanVae::<B>::new(&VaeConfig::wan21(), &device),
+        &fixture_path("t5_tiny.pth"),
+        &device,
+    )
+    .expect_err("a T5 checkpoint is not a VAE");
+    let msg = err.to_string();
+    assert!(msg.contains("t5_tiny.pth"), "{msg}");
+    assert!(
+        msg.contains("blocks.") || msg.contains("token_embedding"),
+        "{msg}"
+    );
+}
