@@ -1,0 +1,105 @@
+//! Shared helpers of the wan parity tests: reading fixture tensors and comparing.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use burn::backend::NdArray;
+use burn::prelude::*;
+use safetensors::SafeTensors;
+
+pub type B = NdArray<f32>;
+
+pub fn fixture_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("fixtures")
+        .join(name)
+}
+
+/// The tensors of one fixture file, read into memory.
+pub struct Fixture {
+    bytes: Vec<u8>,
+    name: String,
+}
+
+impl Fixture {
+    pub fn open(name: &str) -> Self {
+        let path = fixture_path(name);
+        let bytes = std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("fixture {} must be readable: {e}", path.display()));
+        Self {
+            bytes,
+            name: name.to_string(),
+        }
+    }
+
+    /// Shape and f32 values of tensor `key`.
+    pub fn raw(&self, key: &str) -> (Vec<usize>, Vec<f32>) {
+        let st = SafeTensors::deserialize(&self.bytes)
+            .unwrap_or_else(|e| panic!("fixture {} is not safetensors: {e}", self.name));
+        let view = st
+            .tensor(key)
+            .unwrap_or_else(|e| panic!("fixture {} has no `{key}`: {e}", self.name));
+        assert_eq!(view.dtype(), safetensors::Dtype::F32, "fixtures are f32");
+        let values = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        (view.shape().to_vec(), values)
+    }
+
+    pub fn tensor<const D: usize>(&self, key: &str) -> Tensor<B, D> {
+        let (shape, values) = self.raw(key);
+        assert_eq!(shape.len(), D, "`{key}` has rank {}", shape.len());
+        Tensor::from_data(TensorData::new(values, shape), &Default::default())
+    }
+}
+
+/// Largest |a - e| and whether every element is within `atol + rtol * |e|`.
+pub fn assert_close<const D: usize>(
+    actual: Tensor<B, D>,
+    expected: Tensor<B, D>,
+    atol: f32,
+    rtol: f32,
+    what: &str,
+) {
+    assert_eq!(actual.dims(), expected.dims(), "{what}: shapes differ");
+    let a: Vec<f32> = actual.into_data().to_vec().expect("f32 data");
+    let e: Vec<f32> = expected.into_data().to_vec().expect("f32 data");
+    let mut worst = (0.0f32, 0usize);
+    for (i, (x, y)) in a.iter().zip(&e).enumerate() {
+        assert!(x.is_finite(), "{what}: element {i} is {x}");
+        let d = (x - y).abs();
+        let allowed = atol + rtol * y.abs();
+        if d - allowed > worst.0 - (atol + rtol * e[worst.1].abs()) {
+            worst = (d, i);
+        }
+        assert!(
+            d <= allowed,
+            "{what}: element {i} is {x}, reference {y} (|Δ| {d:e} > {allowed:e})"
+        );
+    }
+    let scale = e.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    assert!(
+        scale > 1e-3,
+        "{what}: reference is all near zero, the check would be empty"
+    );
+    eprintln!(
+        "{what}: worst |Δ| {:e} at {} (max |ref| {scale})",
+        worst.0, worst.1
+    );
+}
+
+/// Relative L2 distance `‖a − e‖ / ‖e‖`.
+pub fn rel_l2<const D: usize>(actual: Tensor<B, D>, expected: Tensor<B, D>) -> f64 {
+    let a: Vec<f32> = actual.into_data().to_vec().expect("f32 data");
+    let e: Vec<f32> = expected.into_data().to_vec().expect("f32 data");
+    let num: f64 = a
+        .iter()
+        .zip(&e)
+        .map(|(x, y)| f64::from(x - y).powi(2))
+        .sum();
+    let den: f64 = e.iter().map(|y| f64::from(*y).powi(2)).sum();
+    (num / den).sqrt()
+}
