@@ -368,6 +368,9 @@ def main():
     print(f"umt5_xxl_params.json: {t5_fixture(args.out)} parameters")
     audio_features_fixture(args.out)
     sampler_fixture(args.out)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from w2v_fixtures import w2v_fixtures
+    print(f"w2v_large_params.json: {w2v_fixtures(args.out, SEED + 4, save)} parameters")
     print("fixtures written to", args.out)
 
 
