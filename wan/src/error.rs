@@ -37,6 +37,8 @@ pub enum WanError {
         key: String,
         message: String,
     },
+    #[error("{path}: unsupported or invalid model config: {message}")]
+    BadConfig { path: PathBuf, message: String },
     #[error("LoRA: {message}")]
     Lora { message: String },
 }

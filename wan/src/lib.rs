@@ -22,6 +22,7 @@ pub mod rope;
 pub mod sampler;
 pub mod t5;
 pub mod vae;
+pub mod wav2vec2;
 
 pub use config::S2vConfig;
 pub use error::WanError;

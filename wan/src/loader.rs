@@ -253,7 +253,7 @@ pub fn load_pth<B: Backend, M: ModuleSnapshot<B>>(
     ))
 }
 
-fn apply_error(
+pub(crate) fn apply_error(
     shard: &Path,
     err: &ApplyError,
     expected: &BTreeMap<String, Vec<usize>>,
