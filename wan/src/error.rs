@@ -39,4 +39,6 @@ pub enum WanError {
     },
     #[error("LoRA: {message}")]
     Lora { message: String },
+    #[error("carry: {message}")]
+    Carry { message: String },
 }
