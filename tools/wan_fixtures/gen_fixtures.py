@@ -368,6 +368,9 @@ def main():
     print(f"umt5_xxl_params.json: {t5_fixture(args.out)} parameters")
     audio_features_fixture(args.out)
     sampler_fixture(args.out)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import causal_ref
+    causal_ref.causal_fixture(model_s2v, s2v_kwargs, CFG_TINY, SEED, args.out, save)
     print("fixtures written to", args.out)
 
 
