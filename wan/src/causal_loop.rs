@@ -438,3 +438,65 @@ pub fn run_clip<B: Backend>(
     next.clip += 1;
     (latents, next)
 }
+
+/// The shape numbers that size a [`Carry`].
+#[derive(Debug, Clone, Copy)]
+pub struct CarryDims {
+    /// Noisy tokens per latent frame: `(H/8/2)·(W/8/2)` for an H×W video.
+    pub tokens_per_frame: usize,
+    /// Latent frames per clip (ring length in frames).
+    pub frames_per_clip: usize,
+    /// Sink tokens: reference image plus frame-packed motion tokens.
+    pub sink_tokens: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    /// Denoising steps (one ring each).
+    pub steps: usize,
+    /// Motion latent elements (`16 · T · H/8 · W/8`).
+    pub motion_elements: usize,
+}
+
+/// Bytes of a carry's tensors at `bytes_per_value` (2 for bf16, 4 for f32):
+/// `steps·layers·2·(frames_per_clip·tokens_per_frame)·heads·head_dim` for the rings,
+/// `layers·2·sink_tokens·heads·head_dim` for the sink, plus the motion latents.
+pub fn carry_tensor_bytes(d: &CarryDims, bytes_per_value: usize) -> u64 {
+    let kv = (d.heads * d.head_dim) as u64 * 2;
+    let rings = (d.steps * d.layers) as u64 * (d.frames_per_clip * d.tokens_per_frame) as u64 * kv;
+    let sink = d.layers as u64 * d.sink_tokens as u64 * kv;
+    (rings + sink + d.motion_elements as u64) * bytes_per_value as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sink_reference_position_follows_the_rollout() {
+        // Early frames keep the reference at 30; later it leads the block by `offset`.
+        assert_eq!(sink_ref_position(0, 4), 30);
+        assert_eq!(sink_ref_position(25, 4), 30);
+        assert_eq!(sink_ref_position(27, 4), 31);
+        assert_eq!(sink_ref_position(100, 17), 117);
+    }
+
+    #[test]
+    fn carry_size_at_the_release_geometry() {
+        // 704×384, 48 video frames (12 latent frames), 14B: 40 layers, 40 heads of 128,
+        // 4 steps, 2640 sink tokens, 19 motion latents of 88×48.
+        let d = CarryDims {
+            tokens_per_frame: 44 * 24,
+            frames_per_clip: 12,
+            sink_tokens: 2640,
+            layers: 40,
+            heads: 40,
+            head_dim: 128,
+            steps: 4,
+            motion_elements: 16 * 19 * 88 * 48,
+        };
+        let bf16 = carry_tensor_bytes(&d, 2);
+        // ENGINE.md §2.3: ≈41.5 GB of rings plus ≈2.2 GB of sink.
+        assert!((43.5e9..44.0e9).contains(&(bf16 as f64)), "{bf16}");
+        assert_eq!(carry_tensor_bytes(&d, 4), 2 * bf16);
+    }
+}

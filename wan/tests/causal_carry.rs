@@ -7,7 +7,7 @@ mod common;
 use burn::prelude::*;
 use common::{fixture_path, B};
 use safetensors::SafeTensors;
-use wan::causal_loop::{run_clip, Carry, CausalSettings, ClipInput};
+use wan::causal_loop::{carry_tensor_bytes, run_clip, Carry, CarryDims, CausalSettings, ClipInput};
 use wan::loader::load_s2v_file;
 use wan::{S2vConfig, WanS2v};
 
@@ -110,6 +110,21 @@ fn resume_from_a_saved_carry_is_bit_identical() {
         ),
         "the carry after clip 2 differs after a resume"
     );
+
+    // The file holds exactly the tensors the size formula counts (f32 on this backend).
+    let st = SafeTensors::deserialize(&saved).expect("carry file");
+    let data: usize = st.tensors().iter().map(|(_, v)| v.data().len()).sum();
+    let dims = CarryDims {
+        tokens_per_frame: 16,
+        frames_per_clip: 12,
+        sink_tokens: 16 + 16 + 4 + 4,
+        layers: 4,
+        heads: 4,
+        head_dim: 16,
+        steps: 4,
+        motion_elements: 16 * 19 * 8 * 8,
+    };
+    assert_eq!(data as u64, carry_tensor_bytes(&dims, 4));
 
     // The carry matters: clip 2's inputs from a fresh start give other latents.
     let (clip2_fresh, _) = run_clip(&m, &s, &c0, clip_input(&m, 2));
