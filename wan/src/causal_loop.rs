@@ -366,9 +366,15 @@ pub fn forward_block<B: Backend>(
                 a.num_heads,
             ));
             let v = heads(a.v.forward(xin), a.num_heads);
+            // The ring is taken out of the carry before the write so that no other
+            // handle shares its buffer and the backend can update it in place instead
+            // of copying the whole ring.
             let end = write_at + len;
-            ring.k = ring.k.clone().slice_assign([0..1, write_at..end], k);
-            ring.v = ring.v.clone().slice_assign([0..1, write_at..end], v);
+            let take = |t: &mut Tensor<B, 4>| {
+                std::mem::replace(t, Tensor::zeros([1, 1, 1, 1], &t.device()))
+            };
+            ring.k = take(&mut ring.k).slice_assign([0..1, write_at..end], k);
+            ring.v = take(&mut ring.v).slice_assign([0..1, write_at..end], v);
             let keys = Tensor::cat(
                 vec![
                     ring.k.clone().narrow(1, 0, visible),
@@ -395,20 +401,23 @@ pub fn forward_block<B: Backend>(
 
 /// Runs one clip from `carry`: each block through every Euler step (step `i` uses and
 /// writes ring `i`), blocks in order. Returns the clean latents
-/// `[1, out_dim, frames_per_clip, H, W]` and the carry for the next clip.
+/// `[1, out_dim, frames_per_clip, H, W]` and the carry for the next clip. The carry is
+/// taken by value and updated in place (at the release size it is tens of GB; keep a
+/// clone or its bytes only where a second copy is really wanted).
 pub fn run_clip<B: Backend>(
     model: &WanS2v<B>,
     settings: &CausalSettings,
-    carry: &Carry<B>,
+    carry: Carry<B>,
     input: ClipInput<B>,
 ) -> (Tensor<B, 5>, Carry<B>) {
-    let mut next = carry.clone();
+    let (frames_done, clip) = (carry.frames_done, carry.clip);
+    let mut next = carry;
     let fpb = settings.frames_per_block;
     let schedule = &settings.schedule;
     let mut out = Vec::with_capacity(settings.blocks_per_clip);
     for b in 0..settings.blocks_per_clip {
-        let first = carry.frames_done + b * fpb;
-        let offset = sink_rope_offset(settings.seed, carry.clip, b as u64);
+        let first = frames_done + b * fpb;
+        let offset = sink_rope_offset(settings.seed, clip, b as u64);
         let mut x = input.noise.clone().narrow(2, b * fpb, fpb);
         let cond = input.cond.clone().narrow(2, b * fpb, fpb);
         for step in 0..schedule.steps() {

@@ -89,8 +89,8 @@ fn resume_from_a_saved_carry_is_bit_identical() {
     let m = model();
     let s = CausalSettings::live_avatar(42);
     let c0 = start(&m, &s);
-    let (clip1, c1) = run_clip(&m, &s, &c0, clip_input(&m, 1));
-    let (clip2, c2) = run_clip(&m, &s, &c1, clip_input(&m, 2));
+    let (clip1, c1) = run_clip(&m, &s, c0.clone(), clip_input(&m, 1));
+    let (clip2, c2) = run_clip(&m, &s, c1.clone(), clip_input(&m, 2));
 
     let saved = c1.to_bytes().expect("carry saves");
     let loaded = Carry::<B>::from_bytes(&saved, &Default::default()).expect("carry loads");
@@ -98,7 +98,7 @@ fn resume_from_a_saved_carry_is_bit_identical() {
         same_carry(&loaded.to_bytes().expect("saves again"), &saved),
         "load/save round trip changed the carry"
     );
-    let (clip2_resumed, c2_resumed) = run_clip(&m, &s, &loaded, clip_input(&m, 2));
+    let (clip2_resumed, c2_resumed) = run_clip(&m, &s, loaded, clip_input(&m, 2));
     assert!(
         bits(clip2.clone()) == bits(clip2_resumed),
         "clip 2 differs after a resume"
@@ -127,7 +127,7 @@ fn resume_from_a_saved_carry_is_bit_identical() {
     assert_eq!(data as u64, carry_tensor_bytes(&dims, 4));
 
     // The carry matters: clip 2's inputs from a fresh start give other latents.
-    let (clip2_fresh, _) = run_clip(&m, &s, &c0, clip_input(&m, 2));
+    let (clip2_fresh, _) = run_clip(&m, &s, c0.clone(), clip_input(&m, 2));
     let diff = (clip2.clone() - clip2_fresh).abs().max().into_scalar();
     assert!(diff > 1e-3, "clip 2 ignores the carry (max diff {diff})");
 

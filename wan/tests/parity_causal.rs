@@ -113,7 +113,7 @@ fn block_forwards_against_filled_caches_match() {
         );
     }
     // Clip 1, blocks 0 and 1, after a whole clip: the ring has wrapped.
-    let (_, c1) = run_clip(&st.m, &st.s, &c0, st.input(0));
+    let (_, c1) = run_clip(&st.m, &st.s, c0.clone(), st.input(0));
     let input1 = st.input(1);
     let mut carry = c1;
     for b in 0..2usize {
@@ -145,14 +145,14 @@ fn block_forwards_against_filled_caches_match() {
 fn two_clips_in_a_row_match() {
     let st = setup();
     let c0 = st.start();
-    let (clip0, c1) = run_clip(&st.m, &st.s, &c0, st.input(0));
+    let (clip0, c1) = run_clip(&st.m, &st.s, c0.clone(), st.input(0));
     for (l, p) in c1.rings[0].iter().enumerate() {
         let e: Tensor<B, 4> = st.fx.tensor(&format!("clip0.ring.step0.{l}.k"));
         let r = rel_l2(p.k.clone(), e);
         eprintln!("ring 0 layer {l} after clip 0: relative L2 {r:e}");
         assert!(r <= 1e-4, "ring 0 layer {l}: relative L2 {r:e}");
     }
-    let (clip1, _) = run_clip(&st.m, &st.s, &c1, st.input(1));
+    let (clip1, _) = run_clip(&st.m, &st.s, c1, st.input(1));
     for (c, got) in [(0, clip0), (1, clip1)] {
         let e: Tensor<B, 4> = st.fx.tensor(&format!("clip{c}.latents"));
         let r = rel_l2(got, e.unsqueeze());
@@ -180,7 +180,7 @@ fn the_fp16_rope_table_is_what_the_reference_uses() {
             st.fx.tensor::<4>("in.motion").unsqueeze::<5>(),
             st.context.clone(),
         );
-        rel_l2(run_clip(&st.m, &s, &c0, st.input(0)).0, expected())
+        rel_l2(run_clip(&st.m, &s, c0.clone(), st.input(0)).0, expected())
     };
     let (r16, r32) = (error(true), error(false));
     eprintln!("clip 0 relative L2: fp16 tables {r16:e}, f32 tables {r32:e}");
