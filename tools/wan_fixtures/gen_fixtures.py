@@ -371,6 +371,8 @@ def main():
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from w2v_fixtures import w2v_fixtures
     print(f"w2v_large_params.json: {w2v_fixtures(args.out, SEED + 4, save)} parameters")
+    import causal_ref
+    causal_ref.causal_fixture(model_s2v, s2v_kwargs, CFG_TINY, SEED, args.out, save)
     print("fixtures written to", args.out)
 
 

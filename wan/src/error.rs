@@ -41,4 +41,6 @@ pub enum WanError {
     BadConfig { path: PathBuf, message: String },
     #[error("LoRA: {message}")]
     Lora { message: String },
+    #[error("carry: {message}")]
+    Carry { message: String },
 }
