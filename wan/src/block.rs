@@ -86,6 +86,21 @@ impl<B: Backend> S2vBlock<B> {
         rope: &RopeTensors<B>,
         context: Tensor<B, 3>,
     ) -> Tensor<B, 3> {
+        self.forward_around(x, segments, context, |attn_in| {
+            self.self_attn.forward_self(attn_in, rope)
+        })
+    }
+
+    /// The block's modulated self-attention, cross-attention and FFN around a self-attention
+    /// given as `attn` (normed, modulated input → attention output before the residual gate):
+    /// [`Self::forward`] passes plain self-attention, the causal loop one over its caches.
+    pub fn forward_around(
+        &self,
+        x: Tensor<B, 3>,
+        segments: &[Segment<B>],
+        context: Tensor<B, 3>,
+        attn: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
         let m = self.modulation.val();
         let segs: Vec<Segment<B>> = segments
             .iter()
@@ -97,8 +112,7 @@ impl<B: Backend> S2vBlock<B> {
 
         let normed = layer_norm(x.clone(), self.eps);
         let attn_in = per_segment(normed, &segs, |p, e| p * (row(e, 1) + 1.0) + row(e, 0));
-        let y = self.self_attn.forward_self(attn_in, rope);
-        let x = x + per_segment(y, &segs, |p, e| p * row(e, 2));
+        let x = x + per_segment(attn(attn_in), &segs, |p, e| p * row(e, 2));
 
         let x = x.clone()
             + self

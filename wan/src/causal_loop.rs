@@ -19,10 +19,9 @@
 use burn::prelude::*;
 use burn::tensor::f16;
 
-use crate::block::{S2vBlock, Segment};
+use crate::block::Segment;
 use crate::causal::{frame_segments, sink_rope_offset};
 use crate::model::{WanS2v, REF_FRAME_POSITION};
-use crate::nn::{gelu_tanh, layer_norm, seq_linear};
 use crate::rope::{RopeGroup, RopeTable, RopeTensors};
 use crate::sampler::FlowSchedule;
 use crate::vae::DecodeCache;
@@ -105,38 +104,6 @@ pub struct ClipInput<B: Backend> {
     pub context: Tensor<B, 3>,
 }
 
-fn row<B: Backend>(e: &Tensor<B, 3>, i: usize) -> Tensor<B, 3> {
-    e.clone().narrow(1, i, 1)
-}
-
-fn per_segment<B: Backend>(
-    x: Tensor<B, 3>,
-    segments: &[Segment<B>],
-    f: impl Fn(Tensor<B, 3>, &Tensor<B, 3>) -> Tensor<B, 3>,
-) -> Tensor<B, 3> {
-    let mut start = 0;
-    let mut parts = Vec::with_capacity(segments.len());
-    for s in segments.iter().filter(|s| s.tokens > 0) {
-        parts.push(f(x.clone().narrow(1, start, s.tokens), &s.e));
-        start += s.tokens;
-    }
-    Tensor::cat(parts, 1)
-}
-
-fn patch_tokens<B: Backend>(conv: &burn::nn::conv::Conv3d<B>, x: Tensor<B, 5>) -> Tensor<B, 3> {
-    let y = conv.forward(x);
-    let [b, c, f, h, w] = y.dims();
-    y.reshape([b, c, f * h * w]).swap_dims(1, 2)
-}
-
-fn mask_row<B: Backend>(m: &WanS2v<B>, i: usize) -> Tensor<B, 3> {
-    m.trainable_cond_mask
-        .weight
-        .val()
-        .narrow(0, i, 1)
-        .reshape([1, 1, m.dim])
-}
-
 /// The RoPE tables of `groups` on `device`, rounded to fp16 first when `fp16`.
 pub fn rope_tensors<B: Backend>(
     head_dim: usize,
@@ -168,36 +135,6 @@ fn moved_sink_groups(groups: &[RopeGroup], ref_frame: i64) -> Vec<RopeGroup> {
     g
 }
 
-/// One block's modulated attention/FFN around a self-attention given as `attn`
-/// (normed, modulated input → attention output before the residual gate).
-fn block_around<B: Backend>(
-    block: &S2vBlock<B>,
-    x: Tensor<B, 3>,
-    segments: &[Segment<B>],
-    context: Tensor<B, 3>,
-    attn: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 3>,
-) -> Tensor<B, 3> {
-    let m = block.modulation.val();
-    let segs: Vec<Segment<B>> = segments
-        .iter()
-        .map(|s| Segment {
-            tokens: s.tokens,
-            e: s.e.clone() + m.clone(),
-        })
-        .collect();
-    let normed = layer_norm(x.clone(), block.eps);
-    let attn_in = per_segment(normed, &segs, |p, e| p * (row(e, 1) + 1.0) + row(e, 0));
-    let x = x + per_segment(attn(attn_in), &segs, |p, e| p * row(e, 2));
-    let x = x.clone()
-        + block
-            .cross_attn
-            .forward_cross(block.norm3.forward(x), context);
-    let normed = layer_norm(x.clone(), block.eps);
-    let ffn_in = per_segment(normed, &segs, |p, e| p * (row(e, 4) + 1.0) + row(e, 3));
-    let y = seq_linear(&block.ffn, 2).forward(gelu_tanh(seq_linear(&block.ffn, 0).forward(ffn_in)));
-    x + per_segment(y, &segs, |p, e| p * row(e, 5))
-}
-
 fn heads<B: Backend>(x: Tensor<B, 3>, n: usize) -> Tensor<B, 4> {
     let [b, l, c] = x.dims();
     x.reshape([b, l, n, c / n])
@@ -215,9 +152,9 @@ pub fn prefill_sink<B: Backend>(
 ) -> (Vec<KvPair<B>>, Vec<RopeGroup>) {
     let device = ref_latent.device();
     let [_, h, w] = model.grid(ref_latent.dims());
-    let reference = patch_tokens(&model.patch_embedding, ref_latent) + mask_row(model, 1);
+    let reference = WanS2v::tokens(&model.patch_embedding, ref_latent) + model.mask_row(1);
     let (packed, packed_groups) = model.frame_packer.forward(motion);
-    let packed = packed + mask_row(model, 2);
+    let packed = packed + model.mask_row(2);
     let (h, w) = (h as i64, w as i64);
     let mut groups = vec![RopeGroup::from_grid(
         [REF_FRAME_POSITION, 0, 0],
@@ -235,7 +172,7 @@ pub fn prefill_sink<B: Backend>(
     for block in &model.blocks {
         let a = &block.self_attn;
         let mut kept = None;
-        x = block_around(block, x, &segments, context.clone(), |xin| {
+        x = block.forward_around(x, &segments, context.clone(), |xin| {
             let q = rope.apply(heads(
                 a.norm_q.forward(a.q.forward(xin.clone())),
                 a.num_heads,
@@ -326,9 +263,9 @@ pub fn forward_block<B: Backend>(
     let [f, h, w] = grid;
     let tokens_per_frame = h * w;
     let len = f * tokens_per_frame;
-    let x = patch_tokens(&model.patch_embedding, noisy)
-        + patch_tokens(&model.cond_encoder, cond)
-        + mask_row(model, 0);
+    let x = WanS2v::tokens(&model.patch_embedding, noisy)
+        + WanS2v::tokens(&model.cond_encoder, cond)
+        + model.mask_row(0);
     let head_dim = model.dim / model.num_heads;
     let frame = first_frame as i64;
     let rope = rope_tensors::<B>(
@@ -356,7 +293,7 @@ pub fn forward_block<B: Backend>(
         let a = &block.self_attn;
         let ring = &mut carry.rings[step][layer];
         let sink = &carry.sink[layer];
-        x = block_around(block, x, &segments, context.clone(), |xin| {
+        x = block.forward_around(x, &segments, context.clone(), |xin| {
             let q = rope.apply(heads(
                 a.norm_q.forward(a.q.forward(xin.clone())),
                 a.num_heads,

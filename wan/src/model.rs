@@ -141,7 +141,7 @@ impl<B: Backend> WanS2v<B> {
     }
 
     /// Patchifies `[1, C, F, H, W]` with `conv` into tokens `[1, F*h*w, dim]`.
-    fn tokens(conv: &Conv3d<B>, latent: Tensor<B, 5>) -> Tensor<B, 3> {
+    pub(crate) fn tokens(conv: &Conv3d<B>, latent: Tensor<B, 5>) -> Tensor<B, 3> {
         let y = conv.forward(latent);
         let [b, c, f, h, w] = y.dims();
         y.reshape([b, c, f * h * w]).swap_dims(1, 2)
@@ -154,7 +154,7 @@ impl<B: Backend> WanS2v<B> {
     }
 
     /// Rows of `trainable_cond_mask` as `[1, 1, dim]`.
-    fn mask_row(&self, i: usize) -> Tensor<B, 3> {
+    pub(crate) fn mask_row(&self, i: usize) -> Tensor<B, 3> {
         self.trainable_cond_mask
             .weight
             .val()
