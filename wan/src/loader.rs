@@ -234,6 +234,17 @@ pub fn load_pth<B: Backend, M: ModuleSnapshot<B>>(
         .map_indices_contiguous(false);
     let result = apply_store(&mut model, store, file, &expected, device)?;
     let applied: std::collections::BTreeSet<&String> = result.applied.iter().collect();
+    let report = single_file_report(file, &expected, &applied)?;
+    Ok((model, report))
+}
+
+/// What loading one file gave: an error naming the first expected tensor it did not hold, or
+/// the report.
+pub(crate) fn single_file_report(
+    file: &Path,
+    expected: &BTreeMap<String, Vec<usize>>,
+    applied: &std::collections::BTreeSet<&String>,
+) -> Result<LoadReport, WanError> {
     if let Some(key) = expected.keys().find(|k| !applied.contains(k)) {
         return Err(WanError::MissingTensor {
             dir: file.to_path_buf(),
@@ -244,13 +255,10 @@ pub fn load_pth<B: Backend, M: ModuleSnapshot<B>>(
                 .unwrap_or_default(),
         });
     }
-    Ok((
-        model,
-        LoadReport {
-            files: vec![file.to_path_buf()],
-            tensors: applied.len(),
-        },
-    ))
+    Ok(LoadReport {
+        files: vec![file.to_path_buf()],
+        tensors: applied.len(),
+    })
 }
 
 pub(crate) fn apply_error(

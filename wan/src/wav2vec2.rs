@@ -15,7 +15,7 @@
 //! runs that function's whole path from raw 16 kHz samples.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
@@ -608,23 +608,9 @@ pub fn load_wav2vec2_file<B: Backend>(
         }
         apply(&mut model, store, file, &expected, device)?
     };
-    if let Some(key) = expected.keys().find(|k| !applied.contains(*k)) {
-        return Err(WanError::MissingTensor {
-            dir: file.to_path_buf(),
-            key: key.clone(),
-            looked_in: file
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-        });
-    }
-    Ok((
-        model,
-        LoadReport {
-            files: vec![PathBuf::from(file)],
-            tensors: applied.len(),
-        },
-    ))
+    let applied: BTreeSet<&String> = applied.iter().collect();
+    let report = crate::loader::single_file_report(file, &expected, &applied)?;
+    Ok((model, report))
 }
 
 /// Applies one file's tensors to `model`, as the DiT loader does, except that tensors
