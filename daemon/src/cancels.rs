@@ -26,8 +26,13 @@ pub fn request(state_dir: &Path, id: &JobId) -> io::Result<()> {
 
 /// The jobs with a marker, oldest id first. A missing folder has none.
 pub fn pending(state_dir: &Path) -> io::Result<Vec<JobId>> {
-    let dir = requests_dir(state_dir);
-    let entries = match std::fs::read_dir(&dir) {
+    ids_in(&requests_dir(state_dir))
+}
+
+/// The job ids named by the entries of a folder of per-job markers, oldest first; other names
+/// (temp files) are skipped, and a missing folder has none.
+pub fn ids_in(dir: &Path) -> io::Result<Vec<JobId>> {
+    let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(err) => return Err(err),

@@ -95,16 +95,10 @@ pub fn request(
 /// The markers, oldest job id first. A missing folder has none; temp files are skipped.
 pub fn pending(state_dir: &Path) -> io::Result<Vec<Pending>> {
     let dir = requests_dir(state_dir);
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(entries) => entries,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(err) => return Err(err),
-    };
-    let mut found: Vec<Pending> = entries
-        .flatten()
-        .filter_map(|entry| {
-            let id: JobId = entry.file_name().to_str()?.parse().ok()?;
-            let bytes = std::fs::read(entry.path()).ok()?;
+    Ok(crate::cancels::ids_in(&dir)?
+        .into_iter()
+        .filter_map(|id| {
+            let bytes = std::fs::read(dir.join(id.as_str())).ok()?;
             let request = serde_json::from_slice::<PriorityRequest>(&bytes)
                 .map_err(|err| err.to_string())
                 .and_then(|request| {
@@ -114,9 +108,7 @@ pub fn pending(state_dir: &Path) -> io::Result<Vec<Pending>> {
                 });
             Some(Pending { id, request, bytes })
         })
-        .collect();
-    found.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(found)
+        .collect())
 }
 
 /// Removes the marker of a request that has been acted on (or can never be), unless a newer
