@@ -16,7 +16,9 @@ written from ENGINE.md §2 and the public Live Avatar code:
 - 4 Euler steps (diffusers' FlowMatchEulerDiscreteScheduler, shift 3) per block,
   step i using ring i.
 
-Audio injection is left out (the Rust loop does not run it yet).
+With audio (causal_audio_tiny_io), each block encodes its own 4 x FPB video frames
+of features (73 copies of the first one prefixed, the last FPB latent frames kept) and
+runs wan22's own after_transformer_block injection after the blocks that have one.
 """
 
 import os
@@ -61,6 +63,12 @@ def causal_fixture(model_s2v, s2v_kwargs, cfg, seed, out, save):
     context_raw = torch.randn(7, cfg["text_dim"], generator=gen)
     noise = [torch.randn(16, FPB * BLOCKS, h, w, generator=gen) for _ in range(2)]
     cond = [0.1 * torch.randn(16, FPB * BLOCKS, h, w, generator=gen) for _ in range(2)]
+
+    # Audio features per clip (one row per video frame), drawn from their own generator
+    # so the inputs of causal_tiny_io stay as they were.
+    agen = torch.Generator().manual_seed(seed + SEED_OFFSET + 1)
+    audio = [torch.randn(1, 25, cfg["audio_dim"], 4 * FPB * BLOCKS, generator=agen)
+             for _ in range(2)]
 
     sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
     sched.set_timesteps(4, device="cpu")
@@ -136,53 +144,76 @@ def causal_fixture(model_s2v, s2v_kwargs, cfg, seed, out, save):
             io[f"sink.{l}.k"], io[f"sink.{l}.v"] = k, v
         sink_len = x.shape[1]
 
-        ring_len = FPB * BLOCKS * fs
-        rings = [[[torch.zeros(1, ring_len, n_heads, hd) for _ in range(2)]
-                  for _ in m.blocks] for _ in range(len(timesteps))]
-        frames_done = 0
-        for c in range(2):
-            outs = []
-            for b in range(BLOCKS):
-                frame = frames_done + b * FPB
-                offset = sink_rope_offset(job_seed, c, b)
-                ref_frame = 30 + max(0, frame - (30 - offset))
-                sink_rope = torch.cat(
-                    [table([grid(ref_frame, ref_frame + 1, 1)], fs), sink_rope0[:, fs:]], 1)
-                assert sink_rope.shape[1] == sink_len
-                noisy_rope = table([grid(frame, frame + FPB, FPB)], FPB * fs)
-                lat = noise[c][:, b * FPB:(b + 1) * FPB]
-                cnd = cond[c][:, b * FPB:(b + 1) * FPB]
-                start = frame * fs
-                write = start % ring_len
-                visible = ring_len if start >= ring_len else start + FPB * fs
-                for i, t in enumerate(timesteps):
-                    x = (m.patch_embedding(lat.unsqueeze(0)) + m.cond_encoder(cnd.unsqueeze(0)))
-                    x = x.flatten(2).transpose(1, 2) + m.trainable_cond_mask.weight[0]
-                    e, e0 = time(t.repeat(FPB))
-                    e0_tok = e0.repeat_interleave(fs, dim=0).unsqueeze(0)
-                    for l, blk in enumerate(m.blocks):
-                        ring = rings[i][l]
+        def run(audio):
+            """Two clips from the prefilled sink; audio: per-clip features or None."""
+            res = {}
+            ring_len = FPB * BLOCKS * fs
+            rings = [[[torch.zeros(1, ring_len, n_heads, hd) for _ in range(2)]
+                      for _ in m.blocks] for _ in range(len(timesteps))]
+            frames_done = 0
+            for c in range(2):
+                outs = []
+                for b in range(BLOCKS):
+                    frame = frames_done + b * FPB
+                    offset = sink_rope_offset(job_seed, c, b)
+                    ref_frame = 30 + max(0, frame - (30 - offset))
+                    sink_rope = torch.cat(
+                        [table([grid(ref_frame, ref_frame + 1, 1)], fs), sink_rope0[:, fs:]], 1)
+                    assert sink_rope.shape[1] == sink_len
+                    noisy_rope = table([grid(frame, frame + FPB, FPB)], FPB * fs)
+                    lat = noise[c][:, b * FPB:(b + 1) * FPB]
+                    cnd = cond[c][:, b * FPB:(b + 1) * FPB]
+                    start = frame * fs
+                    write = start % ring_len
+                    visible = ring_len if start >= ring_len else start + FPB * fs
+                    if audio is not None:
+                        # The block's own 4 * FPB video frames, prefixed with 73 copies
+                        # of their first frame, encoded alone; the last FPB latent
+                        # frames drive the injectors (no audio state between blocks).
+                        win = audio[c][..., 4 * FPB * b:4 * FPB * (b + 1)]
+                        win = torch.cat([win[..., :1].repeat(1, 1, 1, 73), win], -1)
+                        glob, loc = m.casual_audio_encoder(win)
+                        m.audio_emb_global = glob[:, 19:].clone()
+                        m.merged_audio_emb = loc[:, 19:]
+                        m.original_seq_len = FPB * fs
+                    for i, t in enumerate(timesteps):
+                        x = (m.patch_embedding(lat.unsqueeze(0)) + m.cond_encoder(cnd.unsqueeze(0)))
+                        x = x.flatten(2).transpose(1, 2) + m.trainable_cond_mask.weight[0]
+                        e, e0 = time(t.repeat(FPB))
+                        e0_tok = e0.repeat_interleave(fs, dim=0).unsqueeze(0)
+                        for l, blk in enumerate(m.blocks):
+                            ring = rings[i][l]
 
-                        def attn(xin, blk=blk, ring=ring, l=l):
-                            q, k, v = qkv(blk.self_attn, xin)
-                            q, k = rope(q, noisy_rope), rope(k, noisy_rope)
-                            ring[0][:, write:write + FPB * fs] = k
-                            ring[1][:, write:write + FPB * fs] = v
-                            keys = torch.cat([ring[0][:, :visible],
-                                              rope(sink[l][0], sink_rope)], 1)
-                            vals = torch.cat([ring[1][:, :visible], sink[l][1]], 1)
-                            return blk.self_attn.o(sdpa(q, keys, vals))
-                        x = block_fwd(blk, x, e0_tok, context, attn)
-                    y = torch.cat([m.head(x[:, f * fs:(f + 1) * fs], e[f:f + 1])
-                                   for f in range(FPB)], dim=1)
-                    vel = m.unpatchify(y, torch.tensor([[FPB, hp, wp]]))[0]
-                    if i == 0 and b in (0, 1):
-                        io[f"clip{c}.block{b}.step0.velocity"] = vel
-                    lat = lat + (sigmas[i + 1] - sigmas[i]) * vel
-                outs.append(lat)
-            io[f"clip{c}.latents"] = torch.cat(outs, dim=1)
-            if c == 0:
-                for l in range(len(m.blocks)):
-                    io[f"clip0.ring.step0.{l}.k"] = rings[0][l][0].clone()
-            frames_done += FPB * BLOCKS
+                            def attn(xin, blk=blk, ring=ring, l=l):
+                                q, k, v = qkv(blk.self_attn, xin)
+                                q, k = rope(q, noisy_rope), rope(k, noisy_rope)
+                                ring[0][:, write:write + FPB * fs] = k
+                                ring[1][:, write:write + FPB * fs] = v
+                                keys = torch.cat([ring[0][:, :visible],
+                                                  rope(sink[l][0], sink_rope)], 1)
+                                vals = torch.cat([ring[1][:, :visible], sink[l][1]], 1)
+                                return blk.self_attn.o(sdpa(q, keys, vals))
+                            x = block_fwd(blk, x, e0_tok, context, attn)
+                            if audio is not None:
+                                x = m.after_transformer_block(l, x)
+                        y = torch.cat([m.head(x[:, f * fs:(f + 1) * fs], e[f:f + 1])
+                                       for f in range(FPB)], dim=1)
+                        vel = m.unpatchify(y, torch.tensor([[FPB, hp, wp]]))[0]
+                        if i == 0 and b in (0, 1):
+                            res[f"clip{c}.block{b}.step0.velocity"] = vel
+                        lat = lat + (sigmas[i + 1] - sigmas[i]) * vel
+                    outs.append(lat)
+                res[f"clip{c}.latents"] = torch.cat(outs, dim=1)
+                if c == 0:
+                    for l in range(len(m.blocks)):
+                        res[f"clip0.ring.step0.{l}.k"] = rings[0][l][0].clone()
+                frames_done += FPB * BLOCKS
+            return res
+
+        io.update(run(None))
+        # Inputs other than the audio are causal_tiny_io's; only the audio and the
+        # outputs are stored here.
+        audio_io = {f"in.audio.{c}": a for c, a in enumerate(audio)}
+        audio_io.update({k: v for k, v in run(audio).items() if ".ring." not in k})
     save(io, os.path.join(out, "causal_tiny_io.safetensors"))
+    save(audio_io, os.path.join(out, "causal_audio_tiny_io.safetensors"))

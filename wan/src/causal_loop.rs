@@ -14,7 +14,9 @@
 //! Noisy tokens take the absolute frame position `frames_done + f`, so positions grow
 //! without bound across blocks and clips. Everything clip `k + 1` needs from clip `k`
 //! is in [`Carry`]; [`run_clip`] takes a carry and returns the clip's latents and the
-//! next carry. Audio injection is not part of this loop yet (see wan/README.md).
+//! next carry. With audio ([`run_clip_audio`]) each block encodes its own window of
+//! the clip's audio features and runs the audio injectors after the blocks that have
+//! one (ENGINE.md §2 item 6); no audio state carries between blocks.
 
 use burn::prelude::*;
 use burn::tensor::f16;
@@ -258,6 +260,40 @@ pub fn forward_block<B: Backend>(
     sink_offset: i64,
     rope_fp16: bool,
 ) -> Tensor<B, 5> {
+    forward_block_audio(
+        model,
+        carry,
+        step,
+        noisy,
+        cond,
+        t,
+        context,
+        first_frame,
+        sink_offset,
+        rope_fp16,
+        None,
+    )
+}
+
+/// [`forward_block`] with the audio injectors: `audio` is the block's encoded audio
+/// ([`block_audio`]: global `[1, F, 1, dim]`, local `[1, F, tokens, dim]` for the
+/// block's `F` latent frames); after each block that has an injector, its noisy tokens
+/// get the per-frame AdaLN + audio cross-attention residual, as in the non-causal
+/// forward. `None` leaves the injectors out.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_block_audio<B: Backend>(
+    model: &WanS2v<B>,
+    carry: &mut Carry<B>,
+    step: usize,
+    noisy: Tensor<B, 5>,
+    cond: Tensor<B, 5>,
+    t: &[f64],
+    context: Tensor<B, 3>,
+    first_frame: usize,
+    sink_offset: i64,
+    rope_fp16: bool,
+    audio: Option<&BlockAudio<B>>,
+) -> Tensor<B, 5> {
     let device = noisy.device();
     let grid = model.grid(noisy.dims());
     let [f, h, w] = grid;
@@ -325,6 +361,14 @@ pub fn forward_block<B: Backend>(
             );
             a.o.forward(crate::attention::sdpa(q, keys, values))
         });
+        if let (Some(audio), Some(id)) = (
+            audio,
+            model.audio_inject_layers.iter().position(|&l| l == layer),
+        ) {
+            x = model
+                .audio_injector
+                .inject(id, x, len, &audio.global, &audio.local);
+        }
     }
     let head_segments: Vec<Segment<B>> = (0..f)
         .map(|i| Segment {
@@ -347,6 +391,51 @@ pub fn run_clip<B: Backend>(
     carry: Carry<B>,
     input: ClipInput<B>,
 ) -> (Tensor<B, 5>, Carry<B>) {
+    run_clip_audio(model, settings, carry, input, None)
+}
+
+/// A block's audio after the causal audio encoder: one global token
+/// (`[1, F, 1, dim]`) and the local tokens (`[1, F, tokens, dim]`) per latent frame.
+#[derive(Debug, Clone)]
+pub struct BlockAudio<B: Backend> {
+    pub global: Tensor<B, 4>,
+    pub local: Tensor<B, 4>,
+}
+
+/// Video frames per latent frame (the VAE's temporal stride).
+const VIDEO_FRAMES_PER_LATENT: usize = 4;
+
+/// Encodes block `block`'s audio from the clip's features `[1, layers, audio_dim,
+/// 4 · frames_per_clip]` (one row per video frame): the block's own
+/// `4 · frames_per_block` video frames go through the causal audio encoder on their
+/// own, prefixed with copies of their first frame and cut to the block's latent
+/// frames (`CausalAudioEncoder::encode_clip`). Nothing carries between blocks.
+pub fn block_audio<B: Backend>(
+    model: &WanS2v<B>,
+    settings: &CausalSettings,
+    features: &Tensor<B, 4>,
+    block: usize,
+) -> BlockAudio<B> {
+    let per_block = VIDEO_FRAMES_PER_LATENT * settings.frames_per_block;
+    let window = features.clone().narrow(3, block * per_block, per_block);
+    let (global, local) = model.casual_audio_encoder.encode_clip(window);
+    BlockAudio { global, local }
+}
+
+/// [`run_clip`] with audio: `audio` holds the clip's wav2vec2 features per video frame,
+/// `[1, layers, audio_dim, 4 · frames_per_clip]`; each block encodes its own window
+/// ([`block_audio`], once per block, shared by its Euler steps) and runs the injectors
+/// ([`forward_block_audio`]). `None` is [`run_clip`].
+///
+/// # Panics
+/// If `audio` has fewer than `4 · frames_per_clip` frames.
+pub fn run_clip_audio<B: Backend>(
+    model: &WanS2v<B>,
+    settings: &CausalSettings,
+    carry: Carry<B>,
+    input: ClipInput<B>,
+    audio: Option<Tensor<B, 4>>,
+) -> (Tensor<B, 5>, Carry<B>) {
     let (frames_done, clip) = (carry.frames_done, carry.clip);
     let mut next = carry;
     let fpb = settings.frames_per_block;
@@ -357,9 +446,10 @@ pub fn run_clip<B: Backend>(
         let offset = sink_rope_offset(settings.seed, clip, b as u64);
         let mut x = input.noise.clone().narrow(2, b * fpb, fpb);
         let cond = input.cond.clone().narrow(2, b * fpb, fpb);
+        let encoded = audio.as_ref().map(|a| block_audio(model, settings, a, b));
         for step in 0..schedule.steps() {
             let t = vec![f64::from(schedule.timesteps[step]); fpb];
-            let v = forward_block(
+            let v = forward_block_audio(
                 model,
                 &mut next,
                 step,
@@ -370,6 +460,7 @@ pub fn run_clip<B: Backend>(
                 first,
                 offset,
                 settings.rope_fp16,
+                encoded.as_ref(),
             );
             x = schedule.step(step, x, v);
         }
