@@ -184,8 +184,8 @@ impl<B: Backend> WanS2v<B> {
     /// reference tokens, frame-packed motion tokens when `motion` is given, cond mask,
     /// 3-axis RoPE, zero-timestep split, all blocks, the audio injectors when `audio`
     /// is given, head, unpatchify. Returns the predicted velocity `[1, out_dim, F, H, W]`.
-    /// (Live Avatar's causal, cached variant drives the same blocks block by block;
-    /// that loop is not ported yet.)
+    /// (Live Avatar's causal, cached variant drives the same blocks block by block:
+    /// see [`crate::causal_loop`].)
     pub fn forward_trunk(&self, input: TrunkInput<B>) -> Tensor<B, 5> {
         let device = input.noisy.device();
         let grid = self.grid(input.noisy.dims());
