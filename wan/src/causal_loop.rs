@@ -14,7 +14,7 @@
 //! Noisy tokens take the absolute frame position `frames_done + f`, so positions grow
 //! without bound across blocks and clips. Everything clip `k + 1` needs from clip `k`
 //! is in [`Carry`]; [`run_clip`] takes a carry and returns the clip's latents and the
-//! next carry. With audio ([`run_clip_audio`]) each block encodes its own window of
+//! next carry. With audio (`ClipInput::audio`) each block encodes its own window of
 //! the clip's audio features and runs the audio injectors after the blocks that have
 //! one (ENGINE.md §2 item 6); no audio state carries between blocks.
 
@@ -104,6 +104,10 @@ pub struct ClipInput<B: Backend> {
     pub cond: Tensor<B, 5>,
     /// Embedded text (`WanS2v::embed_text`), `[1, text_len, dim]`.
     pub context: Tensor<B, 3>,
+    /// The clip's wav2vec2 features per video frame, `[1, layers, audio_dim,
+    /// 4 · frames_per_clip]`; each block encodes its own window ([`block_audio`]) and runs
+    /// the injectors. `None` leaves the injectors out.
+    pub audio: Option<Tensor<B, 4>>,
 }
 
 /// The RoPE tables of `groups` on `device`, rounded to fp16 first when `fp16`.
@@ -246,42 +250,12 @@ impl<B: Backend> Carry<B> {
 
 /// One DiT forward of a block of noisy latents `[1, C, F, H, W]` at per-frame times `t`
 /// against step cache `step`: writes the block's RoPE'd K/V into that ring and returns
-/// the predicted velocity.
+/// the predicted velocity. `audio` is the block's encoded audio ([`block_audio`]: global
+/// `[1, F, 1, dim]`, local `[1, F, tokens, dim]` for the block's `F` latent frames); after
+/// each block that has an injector, its noisy tokens get the per-frame AdaLN + audio
+/// cross-attention residual, as in the non-causal forward. `None` leaves the injectors out.
 #[allow(clippy::too_many_arguments)]
 pub fn forward_block<B: Backend>(
-    model: &WanS2v<B>,
-    carry: &mut Carry<B>,
-    step: usize,
-    noisy: Tensor<B, 5>,
-    cond: Tensor<B, 5>,
-    t: &[f64],
-    context: Tensor<B, 3>,
-    first_frame: usize,
-    sink_offset: i64,
-    rope_fp16: bool,
-) -> Tensor<B, 5> {
-    forward_block_audio(
-        model,
-        carry,
-        step,
-        noisy,
-        cond,
-        t,
-        context,
-        first_frame,
-        sink_offset,
-        rope_fp16,
-        None,
-    )
-}
-
-/// [`forward_block`] with the audio injectors: `audio` is the block's encoded audio
-/// ([`block_audio`]: global `[1, F, 1, dim]`, local `[1, F, tokens, dim]` for the
-/// block's `F` latent frames); after each block that has an injector, its noisy tokens
-/// get the per-frame AdaLN + audio cross-attention residual, as in the non-causal
-/// forward. `None` leaves the injectors out.
-#[allow(clippy::too_many_arguments)]
-pub fn forward_block_audio<B: Backend>(
     model: &WanS2v<B>,
     carry: &mut Carry<B>,
     step: usize,
@@ -380,20 +354,6 @@ pub fn forward_block_audio<B: Backend>(
     model.unpatchify(x, grid)
 }
 
-/// Runs one clip from `carry`: each block through every Euler step (step `i` uses and
-/// writes ring `i`), blocks in order. Returns the clean latents
-/// `[1, out_dim, frames_per_clip, H, W]` and the carry for the next clip. The carry is
-/// taken by value and updated in place (at the release size it is tens of GB; keep a
-/// clone or its bytes only where a second copy is really wanted).
-pub fn run_clip<B: Backend>(
-    model: &WanS2v<B>,
-    settings: &CausalSettings,
-    carry: Carry<B>,
-    input: ClipInput<B>,
-) -> (Tensor<B, 5>, Carry<B>) {
-    run_clip_audio(model, settings, carry, input, None)
-}
-
 /// A block's audio after the causal audio encoder: one global token
 /// (`[1, F, 1, dim]`) and the local tokens (`[1, F, tokens, dim]`) per latent frame.
 #[derive(Debug, Clone)]
@@ -422,19 +382,21 @@ pub fn block_audio<B: Backend>(
     BlockAudio { global, local }
 }
 
-/// [`run_clip`] with audio: `audio` holds the clip's wav2vec2 features per video frame,
-/// `[1, layers, audio_dim, 4 · frames_per_clip]`; each block encodes its own window
-/// ([`block_audio`], once per block, shared by its Euler steps) and runs the injectors
-/// ([`forward_block_audio`]). `None` is [`run_clip`].
+/// Runs one clip from `carry`: each block through every Euler step (step `i` uses and
+/// writes ring `i`), blocks in order. Returns the clean latents
+/// `[1, out_dim, frames_per_clip, H, W]` and the carry for the next clip. The carry is
+/// taken by value and updated in place (at the release size it is tens of GB; keep a
+/// clone or its bytes only where a second copy is really wanted).
+/// With `input.audio`, each block encodes its own window ([`block_audio`], once per block,
+/// shared by its Euler steps) and runs the injectors.
 ///
 /// # Panics
-/// If `audio` has fewer than `4 · frames_per_clip` frames.
-pub fn run_clip_audio<B: Backend>(
+/// If `input.audio` has fewer than `4 · frames_per_clip` frames.
+pub fn run_clip<B: Backend>(
     model: &WanS2v<B>,
     settings: &CausalSettings,
     carry: Carry<B>,
     input: ClipInput<B>,
-    audio: Option<Tensor<B, 4>>,
 ) -> (Tensor<B, 5>, Carry<B>) {
     let (frames_done, clip) = (carry.frames_done, carry.clip);
     let mut next = carry;
@@ -446,10 +408,13 @@ pub fn run_clip_audio<B: Backend>(
         let offset = sink_rope_offset(settings.seed, clip, b as u64);
         let mut x = input.noise.clone().narrow(2, b * fpb, fpb);
         let cond = input.cond.clone().narrow(2, b * fpb, fpb);
-        let encoded = audio.as_ref().map(|a| block_audio(model, settings, a, b));
+        let encoded = input
+            .audio
+            .as_ref()
+            .map(|a| block_audio(model, settings, a, b));
         for step in 0..schedule.steps() {
             let t = vec![f64::from(schedule.timesteps[step]); fpb];
-            let v = forward_block_audio(
+            let v = forward_block(
                 model,
                 &mut next,
                 step,

@@ -41,6 +41,7 @@ fn clip_input(m: &WanS2v<B>, clip: u64) -> ClipInput<B> {
         noise: noise(100 + clip, [1, 16, 12, 8, 8]),
         cond: noise(200 + clip, [1, 16, 12, 8, 8]) * 0.1,
         context: m.embed_text(noise(7, [1, 7, 32])),
+        audio: None,
     }
 }
 

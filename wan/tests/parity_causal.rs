@@ -54,6 +54,7 @@ impl Setup {
             noise: self.fx.tensor::<4>(&format!("in.noise.{clip}")).unsqueeze(),
             cond: self.fx.tensor::<4>(&format!("in.cond.{clip}")).unsqueeze(),
             context: self.context.clone(),
+            audio: None,
         }
     }
 }
@@ -102,6 +103,7 @@ fn block_forwards_against_filled_caches_match() {
             3 * b,
             sink_rope_offset(st.s.seed, 0, b as u64),
             true,
+            None,
         );
         let e: Tensor<B, 4> = st.fx.tensor(&format!("clip0.block{b}.step0.velocity"));
         assert_close(
@@ -129,6 +131,7 @@ fn block_forwards_against_filled_caches_match() {
             12 + 3 * b,
             sink_rope_offset(st.s.seed, 1, b as u64),
             true,
+            None,
         );
         let e: Tensor<B, 4> = st.fx.tensor(&format!("clip1.block{b}.step0.velocity"));
         assert_close(

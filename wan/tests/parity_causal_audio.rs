@@ -10,8 +10,7 @@ use burn::prelude::*;
 use common::{assert_close, fixture_path, rel_l2, Fixture, B};
 use wan::causal::sink_rope_offset;
 use wan::causal_loop::{
-    block_audio, forward_block_audio, run_clip, run_clip_audio, BlockAudio, Carry, CausalSettings,
-    ClipInput,
+    block_audio, forward_block, run_clip, BlockAudio, Carry, CausalSettings, ClipInput,
 };
 use wan::loader::load_s2v_file;
 use wan::{S2vConfig, WanS2v};
@@ -68,6 +67,15 @@ impl Setup {
                 .tensor::<4>(&format!("in.cond.{clip}"))
                 .unsqueeze(),
             context: self.context.clone(),
+            audio: None,
+        }
+    }
+
+    /// Clip `clip`'s inputs with its audio features.
+    fn input_with_audio(&self, clip: usize) -> ClipInput<B> {
+        ClipInput {
+            audio: Some(self.features(clip)),
+            ..self.input(clip)
         }
     }
 
@@ -88,7 +96,7 @@ fn block_forwards_with_audio_match() {
         let t = vec![f64::from(st.s.schedule.timesteps[0]); 3];
         let audio = block_audio(&st.m, &st.s, &features, b);
         let call = |carry: &mut Carry<B>, audio: &BlockAudio<B>| {
-            forward_block_audio(
+            forward_block(
                 &st.m,
                 carry,
                 0,
@@ -126,8 +134,8 @@ fn block_forwards_with_audio_match() {
 fn two_clips_with_audio_match() {
     let st = setup();
     let c0 = st.start();
-    let (clip0, c1) = run_clip_audio(&st.m, &st.s, c0.clone(), st.input(0), Some(st.features(0)));
-    let (clip1, _) = run_clip_audio(&st.m, &st.s, c1, st.input(1), Some(st.features(1)));
+    let (clip0, c1) = run_clip(&st.m, &st.s, c0.clone(), st.input_with_audio(0));
+    let (clip1, _) = run_clip(&st.m, &st.s, c1, st.input_with_audio(1));
     for (c, got) in [(0, clip0.clone()), (1, clip1)] {
         let e: Tensor<B, 4> = st.audio.tensor(&format!("clip{c}.latents"));
         let r = rel_l2(got, e.unsqueeze());
