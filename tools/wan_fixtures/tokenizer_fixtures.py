@@ -17,6 +17,11 @@ test can check each stage.
   byte fallback on; normalizer NFKC + Strip(right) + Replace(" {2,}" -> "▁"),
   a bare Metaspace pre-tokenizer (what transformers' SpmConverter writes).
 
+- `t5_class/`: the `unigram_bytes` file with a tokenizer_config.json naming
+  `T5Tokenizer`, as the Wan release has. transformers 5 then rebuilds the pipeline
+  from the class (only a `Precompiled` normalizer kept, WhitespaceSplit + Metaspace,
+  byte fallback off); the Rust `from_dir` mirrors that.
+
 The vocabulary is hand-built from a fixed corpus (substring counts, log
 frequencies rounded to 6 decimals), so the output is identical on every run.
 
@@ -168,26 +173,34 @@ def main():
     hf_tokenizer = load_wan_tokenizer_class()
     from transformers import AutoTokenizer
 
-    names = ["unigram", "unigram_bytes"]
+    names = ["unigram", "unigram_bytes", "t5_class"]
+    configs = {
+        "unigram": {"tokenizer_class": "PreTrainedTokenizerFast"},
+        "unigram_bytes": {"tokenizer_class": "PreTrainedTokenizerFast"},
+        "t5_class": {"tokenizer_class": "T5Tokenizer", "extra_ids": 0},
+    }
     expected = {name: [] for name in names}
     cleaned = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
-            tok = make_tokenizer(byte_fallback=(name == "unigram_bytes"))
+            tok = make_tokenizer(byte_fallback=(name != "unigram"))
             out_dir = os.path.join(OUT, name)
             os.makedirs(out_dir, exist_ok=True)
             # sort_keys via a round trip: the file is byte-for-byte stable.
             text = json.dumps(json.loads(tok.to_str()), ensure_ascii=False, indent=1)
             with open(os.path.join(out_dir, "tokenizer.json"), "w", encoding="utf-8") as f:
                 f.write(text + "\n")
+            config = dict(configs[name], eos_token="</s>", pad_token="<pad>",
+                          unk_token="<unk>", model_max_length=512)
+            with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
+                f.write(json.dumps(config, indent=1) + "\n")
+            # transformers may write caches next to the files: load from a copy.
             load_dir = os.path.join(tmp, name)
             os.makedirs(load_dir)
-            with open(os.path.join(load_dir, "tokenizer.json"), "w", encoding="utf-8") as f:
-                f.write(text)
-            with open(os.path.join(load_dir, "tokenizer_config.json"), "w") as f:
-                json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "</s>",
-                           "pad_token": "<pad>", "unk_token": "<unk>",
-                           "model_max_length": 512}, f)
+            for file in ("tokenizer.json", "tokenizer_config.json"):
+                with open(os.path.join(out_dir, file), encoding="utf-8") as src, \
+                        open(os.path.join(load_dir, file), "w", encoding="utf-8") as dst:
+                    dst.write(src.read())
             bare = AutoTokenizer.from_pretrained(load_dir)
             for case_name, prompt, max_len in CASES:
                 wan = hf_tokenizer(load_dir, seq_len=max_len, clean="whitespace")

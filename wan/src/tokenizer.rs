@@ -164,12 +164,62 @@ fn get_id(obj: &Value, key: &str, path: &Path, what: &str) -> Result<u32, WanErr
 }
 
 impl UmT5Tokenizer {
-    /// Reads `dir/tokenizer.json` (`dir` being e.g. `<model>/google/umt5-xxl`).
+    /// Reads a tokenizer folder (`<model>/google/umt5-xxl`) as transformers 5's
+    /// `AutoTokenizer.from_pretrained(dir)` does, the way Wan loads it: `tokenizer.json`,
+    /// and when `tokenizer_config.json` names `T5Tokenizer` (the Wan release does), the
+    /// pipeline that class rebuilds around the json's vocab: only a `Precompiled`
+    /// normalizer is kept, the pre-tokenizer is WhitespaceSplit + Metaspace ("always",
+    /// split), byte fallback is off, `<unk>` is id 2 and `</s>` is appended.
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self, WanError> {
-        Self::from_file(dir.as_ref().join("tokenizer.json"))
+        let dir = dir.as_ref();
+        let mut tok = Self::from_file(dir.join("tokenizer.json"))?;
+        let config_path = dir.join("tokenizer_config.json");
+        let config = match std::fs::read_to_string(&config_path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(tok),
+            Err(source) => {
+                return Err(WanError::Io {
+                    path: config_path,
+                    source,
+                })
+            }
+        };
+        let config: Value = serde_json::from_str(&config)
+            .map_err(|e| bad(&config_path, format!("not valid JSON: {e}")))?;
+        let class = config.get("tokenizer_class").and_then(Value::as_str);
+        if matches!(class, Some("T5Tokenizer" | "T5TokenizerFast")) {
+            tok.rebuild_as_transformers_t5()
+                .map_err(|m| bad(&config_path, m))?;
+        }
+        Ok(tok)
     }
 
-    /// Reads a Hugging Face `tokenizer.json` holding a Unigram model.
+    /// What transformers 5's `T5Tokenizer.__init__` keeps of a tokenizer.json.
+    fn rebuild_as_transformers_t5(&mut self) -> Result<(), String> {
+        const T5_UNK_ID: u32 = 2;
+        if T5_UNK_ID as usize >= self.scores.len() {
+            return Err("T5Tokenizer needs <unk> at id 2; the vocab is too small".into());
+        }
+        self.normalizers
+            .retain(|n| matches!(n, Normalizer::NmtNfkc));
+        self.normalizers.truncate(1);
+        self.pre_tokenizers = vec![
+            PreTokenizer::WhitespaceSplit,
+            PreTokenizer::Metaspace {
+                replacement: '\u{2581}',
+                prepend: true,
+                split: true,
+            },
+        ];
+        self.byte_ids = None;
+        self.unk_id = T5_UNK_ID;
+        self.prefix_ids = Vec::new();
+        self.suffix_ids = vec![self.eos_id];
+        Ok(())
+    }
+
+    /// Reads a Hugging Face `tokenizer.json` holding a Unigram model, with the pipeline
+    /// the json describes (as the `tokenizers` library's `Tokenizer.from_file`).
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, WanError> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|source| WanError::Io {
@@ -693,12 +743,14 @@ fn parse_pre_tokenizer(
             let prepend = match p.get("prepend_scheme").and_then(Value::as_str) {
                 Some("always") => true,
                 Some("never") => false,
-                Some(other) => return Err(bad(
-                    path,
-                    format!(
+                Some(other) => {
+                    return Err(bad(
+                        path,
+                        format!(
                         "{what}: prepend_scheme `{other}` is not supported (umT5 uses `always`)"
                     ),
-                )),
+                    ))
+                }
                 // Files written before prepend_scheme existed.
                 None => get_bool(p, "add_prefix_space", true, path, what)?,
             };

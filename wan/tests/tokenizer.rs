@@ -8,7 +8,7 @@ use serde_json::Value;
 use wan::tokenizer::{clean_prompt, write_tiny_tokenizer, UmT5Tokenizer, TOKENIZER_SUBDIR};
 use wan::WanError;
 
-const VARIANTS: [&str; 2] = ["unigram", "unigram_bytes"];
+const VARIANTS: [&str; 3] = ["unigram", "unigram_bytes", "t5_class"];
 
 fn fixture_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer")
@@ -121,6 +121,11 @@ fn fixture_cases_cover_unknowns_bytes_and_truncation() {
         .iter()
         .any(|&id| (3..=258).contains(&id)));
     assert!(find("byte_piece_literal").ids[1].1.contains(&byte_a));
+    // transformers' T5Tokenizer turns byte fallback off and drops the NFKC normalizer.
+    let cjk = find("unknown_cjk");
+    assert_ne!(cjk.ids[1].1, cjk.ids[2].1);
+    let width = find("full_width");
+    assert_ne!(width.ids[1].2, width.ids[2].2);
     let truncated = find("long_truncated");
     assert_eq!(truncated.ids[0].1.len(), truncated.max_len);
     assert!(find("long_full").ids[0].1.len() > 100);
@@ -249,5 +254,37 @@ fn broken_files_are_refused_with_the_file_and_the_problem() {
             message.contains(&path.display().to_string()) && message.contains(needle),
             "message {message:?} must name the file and {needle:?}"
         );
+    }
+}
+
+#[test]
+fn from_file_reads_the_json_as_is_and_from_dir_follows_tokenizer_config() {
+    let t5_dir = fixture_dir().join("t5_class");
+    let as_json = UmT5Tokenizer::from_file(t5_dir.join("tokenizer.json")).expect("load file");
+    let as_t5 = UmT5Tokenizer::from_dir(&t5_dir).expect("load dir");
+    let bytes = load("unigram_bytes");
+    for case in cases() {
+        assert_eq!(
+            as_json.encode(&case.text, case.max_len),
+            bytes.encode(&case.text, case.max_len),
+            "{}: the same json gives the same ids",
+            case.name
+        );
+    }
+    assert_ne!(as_json.encode("ＡＢ 她", 512), as_t5.encode("ＡＢ 她", 512));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(
+        t5_dir.join("tokenizer.json"),
+        dir.path().join("tokenizer.json"),
+    )
+    .expect("copy");
+    let config = dir.path().join("tokenizer_config.json");
+    std::fs::write(&config, "{ broken").expect("write config");
+    match UmT5Tokenizer::from_dir(dir.path()) {
+        Err(e @ WanError::BadTokenizer { .. }) => {
+            assert!(e.to_string().contains(&config.display().to_string()), "{e}")
+        }
+        other => panic!("a broken tokenizer_config.json must be refused: {other:?}"),
     }
 }
