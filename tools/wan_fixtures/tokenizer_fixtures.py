@@ -17,10 +17,20 @@ test can check each stage.
   byte fallback on; normalizer NFKC + Strip(right) + Replace(" {2,}" -> "▁"),
   a bare Metaspace pre-tokenizer (what transformers' SpmConverter writes).
 
+- `precompiled/`: umT5's normalizer shape, a `Precompiled` sentencepiece charsmap
+  (`nmt_nfkc`) + Replace(" {2,}" -> " "), a bare Metaspace pre-tokenizer, no byte
+  fallback.
+- `umt5_like/`: the `precompiled` file with a tokenizer_config.json naming
+  `T5Tokenizer`: the shape Wan loads from the release with transformers 5.
 - `t5_class/`: the `unigram_bytes` file with a tokenizer_config.json naming
   `T5Tokenizer`, as the Wan release has. transformers 5 then rebuilds the pipeline
   from the class (only a `Precompiled` normalizer kept, WhitespaceSplit + Metaspace,
   byte fallback off); the Rust `from_dir` mirrors that.
+
+The charsmap is sentencepiece's `nmt_nfkc` map. It is read from the committed
+`precompiled/tokenizer.json`; to bootstrap, pass `--charsmap FILE` with a json holding
+a `precompiled_charsmap` (for instance `test.json` of the `spm_precompiled` 0.1.4
+crate, in ~/.cargo/registry once the workspace has been built).
 
 The vocabulary is hand-built from a fixed corpus (substring counts, log
 frequencies rounded to 6 decimals), so the output is identical on every run.
@@ -29,10 +39,12 @@ Run with the venv of requirements.txt:
     /path/to/venv/bin/python tools/wan_fixtures/tokenizer_fixtures.py
 """
 
+import base64
 import importlib.util
 import json
 import math
 import os
+import sys
 import tempfile
 
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
@@ -84,14 +96,48 @@ def build_vocab():
     return scored
 
 
-def make_tokenizer(byte_fallback):
+def load_charsmap(argv):
+    if len(argv) == 2 and argv[0] == "--charsmap":
+        source = argv[1]
+    elif not argv:
+        source = os.path.join(OUT, "precompiled", "tokenizer.json")
+    else:
+        raise SystemExit("usage: tokenizer_fixtures.py [--charsmap FILE]")
+    with open(source, encoding="utf-8") as f:
+        doc = json.load(f)
+    found = []
+
+    def walk(v):
+        if isinstance(v, dict):
+            if isinstance(v.get("precompiled_charsmap"), str):
+                found.append(v["precompiled_charsmap"])
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, list):
+            for x in v:
+                walk(x)
+
+    walk(doc)
+    if not found:
+        raise SystemExit(f"{source}: no precompiled_charsmap")
+    return base64.b64decode(found[0])
+
+
+def make_tokenizer(byte_fallback, charsmap=None):
     pieces = build_vocab()
     vocab = [(s, 0.0) for s in SPECIALS]
     if byte_fallback:
         vocab += [(f"<0x{b:02X}>", 0.0) for b in range(256)]
     vocab += pieces
     tok = Tokenizer(models.Unigram(vocab, unk_id=2, byte_fallback=byte_fallback))
-    if byte_fallback:
+    if charsmap is not None:
+        tok.normalizer = normalizers.Sequence([
+            normalizers.Precompiled(charsmap),
+            normalizers.Replace(Regex(" {2,}"), " "),
+        ])
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(
+            replacement="▁", prepend_scheme="always", split=True)
+    elif byte_fallback:
         tok.normalizer = normalizers.Sequence([
             normalizers.NFKC(),
             normalizers.Strip(left=False, right=True),
@@ -147,6 +193,9 @@ CASES = [
     ("special_tokens_in_text", "before </s> after <pad> and <unk>", 512),
     ("byte_piece_literal", "x <0x41> y <0xZZ>", 512),
     ("metaspace_char", "▁ already ▁▁ has metaspace▁", 512),
+    ("combining", "e\u0301\u0301 A\u030a o\u0308\u0323 \u0301x", 512),
+    ("graphemes", "👩\u200d👩\u200d👧 🇩🇪 क्षि नमस्ते 한국어 \u1100\u1161", 512),
+    ("tilde_and_blocks", "～ ~ ▁x \u2581\u2581 \ufffd \u00ad soft", 512),
     ("nfkc_compat", "e\u0301 Å ½ ² ㎏ Ⅻ ｶﾞ", 512),
     ("mixed_case", "MiXeD CaSe WORDS and lowercase", 512),
     ("repeats", "singsingsing lalalala the the the", 512),
@@ -173,8 +222,11 @@ def main():
     hf_tokenizer = load_wan_tokenizer_class()
     from transformers import AutoTokenizer
 
-    names = ["unigram", "unigram_bytes", "t5_class"]
+    charsmap = load_charsmap(sys.argv[1:])
+    names = ["unigram", "unigram_bytes", "t5_class", "precompiled", "umt5_like"]
     configs = {
+        "precompiled": {"tokenizer_class": "PreTrainedTokenizerFast"},
+        "umt5_like": {"tokenizer_class": "T5Tokenizer", "extra_ids": 0},
         "unigram": {"tokenizer_class": "PreTrainedTokenizerFast"},
         "unigram_bytes": {"tokenizer_class": "PreTrainedTokenizerFast"},
         "t5_class": {"tokenizer_class": "T5Tokenizer", "extra_ids": 0},
@@ -183,7 +235,10 @@ def main():
     cleaned = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
-            tok = make_tokenizer(byte_fallback=(name != "unigram"))
+            if name in ("precompiled", "umt5_like"):
+                tok = make_tokenizer(byte_fallback=False, charsmap=charsmap)
+            else:
+                tok = make_tokenizer(byte_fallback=(name != "unigram"))
             out_dir = os.path.join(OUT, name)
             os.makedirs(out_dir, exist_ok=True)
             # sort_keys via a round trip: the file is byte-for-byte stable.

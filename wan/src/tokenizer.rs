@@ -22,7 +22,9 @@ use crate::error::WanError;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use unicode_normalization::UnicodeNormalization;
+use unicode_segmentation::UnicodeSegmentation;
 
 /// Where the Wan release keeps the tokenizer, relative to the model directory.
 pub const TOKENIZER_SUBDIR: &str = "google/umt5-xxl";
@@ -67,8 +69,8 @@ enum Normalizer {
     Nfc,
     Nfd,
     Nfkd,
-    /// sentencepiece's precompiled charsmap, approximated (see [`nmt_nfkc`]).
-    NmtNfkc,
+    /// sentencepiece's precompiled charsmap (umT5: `nmt_nfkc`).
+    Precompiled(Arc<Charsmap>),
     Replace {
         pattern: Pattern,
         content: String,
@@ -201,7 +203,7 @@ impl UmT5Tokenizer {
             return Err("T5Tokenizer needs <unk> at id 2; the vocab is too small".into());
         }
         self.normalizers
-            .retain(|n| matches!(n, Normalizer::NmtNfkc));
+            .retain(|n| matches!(n, Normalizer::Precompiled(_)));
         self.normalizers.truncate(1);
         self.pre_tokenizers = vec![
             PreTokenizer::WhitespaceSplit,
@@ -493,7 +495,7 @@ impl UmT5Tokenizer {
                 Normalizer::Nfc => s.nfc().collect(),
                 Normalizer::Nfd => s.nfd().collect(),
                 Normalizer::Nfkd => s.nfkd().collect(),
-                Normalizer::NmtNfkc => nmt_nfkc(&s),
+                Normalizer::Precompiled(map) => map.normalize(&s),
                 Normalizer::Replace { pattern, content } => replace(&s, pattern, content),
                 Normalizer::Strip { left, right } => {
                     let mut t = s.as_str();
@@ -669,7 +671,13 @@ fn parse_normalizer(n: &Value, path: &Path, out: &mut Vec<Normalizer>) -> Result
         "NFD" => out.push(Normalizer::Nfd),
         "NFKD" => out.push(Normalizer::Nfkd),
         "Lowercase" => out.push(Normalizer::Lowercase),
-        "Precompiled" => out.push(Normalizer::NmtNfkc),
+        "Precompiled" => {
+            let b64 = get_str(n, "precompiled_charsmap", path, &what)?;
+            let map = base64_decode(b64)
+                .and_then(|bytes| Charsmap::parse(&bytes))
+                .map_err(|m| bad(path, format!("normalizer Precompiled: {m}")))?;
+            out.push(Normalizer::Precompiled(Arc::new(map)));
+        }
         "Strip" => out.push(Normalizer::Strip {
             left: get_bool(n, "strip_left", false, path, &what)?,
             right: get_bool(n, "strip_right", false, path, &what)?,
@@ -996,30 +1004,110 @@ fn replace(text: &str, pattern: &Pattern, content: &str) -> String {
     }
 }
 
-/// Stand-in for sentencepiece's `nmt_nfkc` precompiled charsmap: NFKC plus the rules
-/// sentencepiece's builder adds on top (listed in `wan/README.md`). Not the charsmap
-/// itself; see the README for how the two can differ.
-fn nmt_nfkc(text: &str) -> String {
-    let mut mapped = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '\t' | '\n' | '\u{c}' | '\r' | '\u{1680}' | '\u{200b}' | '\u{200c}' | '\u{200e}'
-            | '\u{200f}' | '\u{2028}' | '\u{2029}' | '\u{2581}' | '\u{feff}' | '\u{fffd}' => {
-                mapped.push(' ')
+/// sentencepiece's precompiled normalization map: a darts-clone double-array trie over
+/// the UTF-8 of the source strings, whose values index NUL-terminated replacements.
+#[derive(Debug)]
+struct Charsmap {
+    units: Vec<u32>,
+    replacements: String,
+}
+
+impl Charsmap {
+    /// Layout: u32 LE byte length of the trie, the trie's u32 LE units, the replacements.
+    fn parse(blob: &[u8]) -> Result<Self, String> {
+        let size = blob
+            .get(..4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+            .ok_or("charsmap shorter than its header")?;
+        let trie = blob
+            .get(4..4 + size)
+            .filter(|t| t.len() & 3 == 0 && !t.is_empty())
+            .ok_or("charsmap trie size does not fit the data")?;
+        let units = trie
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let replacements = String::from_utf8(blob[4 + size..].to_vec())
+            .map_err(|_| "charsmap replacements are not UTF-8")?;
+        Ok(Self {
+            units,
+            replacements,
+        })
+    }
+
+    /// The replacement of the shortest key that is a prefix of `chunk` (what the
+    /// `spm_precompiled` crate the `tokenizers` library uses returns).
+    fn transform(&self, chunk: &str) -> Option<&str> {
+        let offset = |u: u32| ((u >> 10) << ((u & (1 << 9)) >> 6)) as usize;
+        let mut pos = 0usize;
+        pos ^= offset(*self.units.first()?);
+        for &c in chunk.as_bytes() {
+            if c == 0 {
+                break;
             }
-            '\u{1}'..='\u{8}' | '\u{b}' | '\u{e}'..='\u{1f}' | '\u{7f}' | '\u{8f}' | '\u{9f}' => {}
-            c => mapped.push(c),
+            pos ^= c as usize;
+            let unit = *self.units.get(pos)?;
+            if unit & ((1 << 31) | 0xff) != c as u32 {
+                return None;
+            }
+            pos ^= offset(unit);
+            if (unit >> 8) & 1 == 1 {
+                let value = (*self.units.get(pos)? & ((1 << 31) - 1)) as usize;
+                let rest = self.replacements.get(value..)?;
+                return Some(rest.split('\0').next().unwrap_or(""));
+            }
         }
+        None
     }
-    // U+FF5E FULLWIDTH TILDE is kept as it is (sentencepiece leaves it out of the map).
-    let mut out = String::with_capacity(mapped.len());
-    for (i, part) in mapped.split('\u{ff5e}').enumerate() {
-        if i > 0 {
-            out.push('\u{ff5e}');
+
+    /// The `tokenizers` library's `Precompiled` normalizer: a grapheme cluster shorter
+    /// than 6 bytes is replaced whole when a prefix of it is a key, otherwise each
+    /// character is looked up on its own.
+    fn normalize(&self, text: &str) -> String {
+        let mut out = String::with_capacity(text.len());
+        for grapheme in text.graphemes(true) {
+            if grapheme.len() < 6 {
+                if let Some(rep) = self.transform(grapheme) {
+                    out.push_str(rep);
+                    continue;
+                }
+            }
+            for (i, c) in grapheme.char_indices() {
+                match self.transform(&grapheme[i..i + c.len_utf8()]) {
+                    Some(rep) => out.push_str(rep),
+                    None => out.push(c),
+                }
+            }
         }
-        out.extend(part.nfkc());
+        out
     }
-    out
+}
+
+fn base64_decode(text: &str) -> Result<Vec<u8>, String> {
+    let value = |c: u8| -> Result<u32, String> {
+        Ok(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return Err(format!("charsmap: `{}` is not base64", c as char)),
+        } as u32)
+    };
+    let body = text.trim_end_matches('=').as_bytes();
+    if text.len() & 3 != 0 || text.len() - body.len() > 2 {
+        return Err("charsmap: base64 of a wrong length".into());
+    }
+    let mut out = Vec::with_capacity(body.len() * 3 / 4);
+    for chunk in body.chunks(4) {
+        let mut acc = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            acc |= value(c)? << (18 - 6 * i);
+        }
+        let bytes = acc.to_be_bytes();
+        out.extend_from_slice(&bytes[1..chunk.len()]);
+    }
+    Ok(out)
 }
 
 // ---------------------------------------------------------------------------------------

@@ -8,7 +8,13 @@ use serde_json::Value;
 use wan::tokenizer::{clean_prompt, write_tiny_tokenizer, UmT5Tokenizer, TOKENIZER_SUBDIR};
 use wan::WanError;
 
-const VARIANTS: [&str; 3] = ["unigram", "unigram_bytes", "t5_class"];
+const VARIANTS: [&str; 5] = [
+    "unigram",
+    "unigram_bytes",
+    "t5_class",
+    "precompiled",
+    "umt5_like",
+];
 
 fn fixture_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer")
@@ -238,6 +244,20 @@ fn broken_files_are_refused_with_the_file_and_the_problem() {
                     "replacement": "▁", "prepend_scheme": "first", "split": true})
             }),
             "prepend_scheme `first`",
+        ),
+        (
+            with(&|v| {
+                v["normalizer"] = serde_json::json!({"type": "Precompiled",
+                    "precompiled_charsmap": "AAAA!!!!"})
+            }),
+            "not base64",
+        ),
+        (
+            with(&|v| {
+                v["normalizer"] = serde_json::json!({"type": "Precompiled",
+                    "precompiled_charsmap": "/////w=="})
+            }),
+            "does not fit",
         ),
         (
             with(&|v| v["post_processor"]["special_tokens"] = serde_json::json!({})),
