@@ -7,8 +7,8 @@
 //! 1. Wan's cleaning ([`clean_prompt`]): the deterministic fixers of `ftfy.fix_text`
 //!    (not its mojibake repair), `html.unescape` twice, whitespace collapsed and stripped.
 //! 2. Added tokens (`<pad>`, `</s>`, `<unk>`, ...) matched in the raw text, longest first.
-//! 3. The normalizer of the json (NFKC / NFC / NFD / NFKD, `Precompiled` approximated by
-//!    NFKC plus sentencepiece's nmt rules, `Replace`, `Strip`, `Lowercase`, `Sequence`).
+//! 3. The normalizer of the json (`Precompiled`: sentencepiece's charsmap, decoded;
+//!    NFKC / NFC / NFD / NFKD, `Replace`, `Strip`, `Lowercase`, `Sequence`).
 //! 4. The pre-tokenizer (`WhitespaceSplit`, `Metaspace`, `Sequence`).
 //! 5. The Unigram model: Viterbi over the pieces' log probabilities, consecutive unknown
 //!    characters fused into one `<unk>` (or their UTF-8 bytes with `byte_fallback`).
