@@ -172,13 +172,20 @@ impl UmT5Tokenizer {
     /// pipeline that class rebuilds around the json's vocab: only a `Precompiled`
     /// normalizer is kept, the pre-tokenizer is WhitespaceSplit + Metaspace ("always",
     /// split), byte fallback is off, `<unk>` is id 2 and `</s>` is appended.
+    ///
+    /// Only what the class keeps is read from the json then, so the json's other
+    /// components need not be supported.
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self, WanError> {
         let dir = dir.as_ref();
-        let mut tok = Self::from_file(dir.join("tokenizer.json"))?;
         let config_path = dir.join("tokenizer_config.json");
-        let config = match std::fs::read_to_string(&config_path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(tok),
+        let t5_class = match std::fs::read_to_string(&config_path) {
+            Ok(text) => {
+                let config: Value = serde_json::from_str(&text)
+                    .map_err(|e| bad(&config_path, format!("not valid JSON: {e}")))?;
+                let class = config.get("tokenizer_class").and_then(Value::as_str);
+                matches!(class, Some("T5Tokenizer" | "T5TokenizerFast"))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
             Err(source) => {
                 return Err(WanError::Io {
                     path: config_path,
@@ -186,38 +193,12 @@ impl UmT5Tokenizer {
                 })
             }
         };
-        let config: Value = serde_json::from_str(&config)
-            .map_err(|e| bad(&config_path, format!("not valid JSON: {e}")))?;
-        let class = config.get("tokenizer_class").and_then(Value::as_str);
-        if matches!(class, Some("T5Tokenizer" | "T5TokenizerFast")) {
-            tok.rebuild_as_transformers_t5()
-                .map_err(|m| bad(&config_path, m))?;
-        }
-        Ok(tok)
-    }
-
-    /// What transformers 5's `T5Tokenizer.__init__` keeps of a tokenizer.json.
-    fn rebuild_as_transformers_t5(&mut self) -> Result<(), String> {
-        const T5_UNK_ID: u32 = 2;
-        if T5_UNK_ID as usize >= self.scores.len() {
-            return Err("T5Tokenizer needs <unk> at id 2; the vocab is too small".into());
-        }
-        self.normalizers
-            .retain(|n| matches!(n, Normalizer::Precompiled(_)));
-        self.normalizers.truncate(1);
-        self.pre_tokenizers = vec![
-            PreTokenizer::WhitespaceSplit,
-            PreTokenizer::Metaspace {
-                replacement: '\u{2581}',
-                prepend: true,
-                split: true,
-            },
-        ];
-        self.byte_ids = None;
-        self.unk_id = T5_UNK_ID;
-        self.prefix_ids = Vec::new();
-        self.suffix_ids = vec![self.eos_id];
-        Ok(())
+        let path = dir.join("tokenizer.json");
+        let text = std::fs::read_to_string(&path).map_err(|source| WanError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        Self::parse(&text, &path, t5_class)
     }
 
     /// Reads a Hugging Face `tokenizer.json` holding a Unigram model, with the pipeline
@@ -233,6 +214,13 @@ impl UmT5Tokenizer {
 
     /// Parses the content of a `tokenizer.json`; `path` only names it in errors.
     pub fn from_json_str(text: &str, path: &Path) -> Result<Self, WanError> {
+        Self::parse(text, path, false)
+    }
+
+    /// `t5_class`: keep only what transformers 5's `T5Tokenizer.__init__` takes from the
+    /// json (the vocab, the first top-level `Precompiled` charsmap, the added tokens) and
+    /// build the rest as that class does.
+    fn parse(text: &str, path: &Path, t5_class: bool) -> Result<Self, WanError> {
         let root: Value =
             serde_json::from_str(text).map_err(|e| bad(path, format!("not valid JSON: {e}")))?;
         let model = root
@@ -290,6 +278,7 @@ impl UmT5Tokenizer {
             }
         };
         let unk_id = match model.get("unk_id") {
+            _ if t5_class => in_vocab(2, "T5Tokenizer's <unk>")?,
             Some(Value::Number(n)) => {
                 let id = n
                     .as_u64()
@@ -299,7 +288,7 @@ impl UmT5Tokenizer {
             }
             _ => return Err(bad(path, "model: `unk_id` is missing (umT5 has <unk>)")),
         };
-        let byte_ids = if get_bool(model, "byte_fallback", false, path, "model")? {
+        let byte_ids = if !t5_class && get_bool(model, "byte_fallback", false, path, "model")? {
             Some(
                 (0..=255u8)
                     .map(|b| piece_ids.get(&format!("<0x{b:02X}>")).copied())
@@ -350,17 +339,47 @@ impl UmT5Tokenizer {
         let added_first_bytes = added.iter().map(|t| t.content.as_bytes()[0]).collect();
 
         let mut normalizers = Vec::new();
-        if let Some(n) = root.get("normalizer").filter(|v| !v.is_null()) {
-            parse_normalizer(n, path, &mut normalizers)?;
-        }
         let mut pre_tokenizers = Vec::new();
-        if let Some(p) = root.get("pre_tokenizer").filter(|v| !v.is_null()) {
-            parse_pre_tokenizer(p, path, &mut pre_tokenizers)?;
+        let (prefix_ids, suffix_ids);
+        if t5_class {
+            let normalizer = root.get("normalizer").filter(|v| !v.is_null());
+            let candidates: Vec<&Value> = match normalizer {
+                Some(n) if n.get("type").and_then(Value::as_str) == Some("Sequence") => n
+                    .get("normalizers")
+                    .and_then(Value::as_array)
+                    .map(|l| l.iter().collect())
+                    .unwrap_or_default(),
+                Some(n) => vec![n],
+                None => Vec::new(),
+            };
+            let precompiled = candidates.into_iter().find(|n| {
+                n.get("type").and_then(Value::as_str) == Some("Precompiled")
+                    && n.get("precompiled_charsmap").is_some()
+            });
+            if let Some(n) = precompiled {
+                parse_normalizer(n, path, &mut normalizers)?;
+            }
+            pre_tokenizers = vec![
+                PreTokenizer::WhitespaceSplit,
+                PreTokenizer::Metaspace {
+                    replacement: '\u{2581}',
+                    prepend: true,
+                    split: true,
+                },
+            ];
+            (prefix_ids, suffix_ids) = (Vec::new(), vec![eos_id]);
+        } else {
+            if let Some(n) = root.get("normalizer").filter(|v| !v.is_null()) {
+                parse_normalizer(n, path, &mut normalizers)?;
+            }
+            if let Some(p) = root.get("pre_tokenizer").filter(|v| !v.is_null()) {
+                parse_pre_tokenizer(p, path, &mut pre_tokenizers)?;
+            }
+            (prefix_ids, suffix_ids) = match root.get("post_processor").filter(|v| !v.is_null()) {
+                Some(p) => parse_template(p, path, &in_vocab)?,
+                None => (Vec::new(), Vec::new()),
+            };
         }
-        let (prefix_ids, suffix_ids) = match root.get("post_processor").filter(|v| !v.is_null()) {
-            Some(p) => parse_template(p, path, &in_vocab)?,
-            None => (Vec::new(), Vec::new()),
-        };
 
         Ok(Self {
             path: path.to_path_buf(),

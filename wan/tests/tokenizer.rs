@@ -308,3 +308,37 @@ fn from_file_reads_the_json_as_is_and_from_dir_follows_tokenizer_config() {
         other => panic!("a broken tokenizer_config.json must be refused: {other:?}"),
     }
 }
+
+/// Loaded as `T5Tokenizer`, only the vocab, the charsmap and the added tokens of the json
+/// count, as in transformers 5: components this reader does not support do not matter.
+#[test]
+fn t5_class_ignores_the_json_parts_the_class_rebuilds() {
+    let src = fixture_dir().join("umt5_like");
+    let text = std::fs::read_to_string(src.join("tokenizer.json")).expect("fixture");
+    let mut json: Value = serde_json::from_str(&text).expect("fixture json");
+    json["pre_tokenizer"] = serde_json::json!({"type": "BertPreTokenizer"});
+    json["post_processor"] = serde_json::json!({"type": "RobertaProcessing"});
+    json["model"]["unk_id"] = Value::Null;
+    json["model"]["byte_fallback"] = true.into();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(dir.path(), &json.to_string());
+    std::fs::copy(
+        src.join("tokenizer_config.json"),
+        dir.path().join("tokenizer_config.json"),
+    )
+    .expect("copy config");
+    assert!(
+        UmT5Tokenizer::from_file(&path).is_err(),
+        "as a bare json it is refused"
+    );
+    let edited = UmT5Tokenizer::from_dir(dir.path()).expect("as T5Tokenizer it loads");
+    let reference = load("umt5_like");
+    for case in cases() {
+        assert_eq!(
+            edited.encode(&case.text, case.max_len),
+            reference.encode(&case.text, case.max_len),
+            "{}",
+            case.name
+        );
+    }
+}
