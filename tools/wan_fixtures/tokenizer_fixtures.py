@@ -1,7 +1,7 @@
 """Tokenizer parity fixtures for the `wan` crate (`wan/src/tokenizer.rs`).
 
 The umT5 tokenizer of the Wan release cannot be downloaded here, so this script
-builds two small tokenizers with the same pipeline shape out of the `tokenizers`
+builds five small tokenizers with the same pipeline shape out of the `tokenizers`
 library, saves their `tokenizer.json`, and records what Wan's own
 `HuggingfaceTokenizer` (clean='whitespace', padding to max_length, truncation,
 add_special_tokens) returns for a list of prompts, keeping only the unpadded
@@ -16,7 +16,6 @@ test can check each stage.
 - `unigram_bytes/`: the same pieces plus the 256 `<0xNN>` byte pieces with
   byte fallback on; normalizer NFKC + Strip(right) + Replace(" {2,}" -> "▁"),
   a bare Metaspace pre-tokenizer (what transformers' SpmConverter writes).
-
 - `precompiled/`: umT5's normalizer shape, a `Precompiled` sentencepiece charsmap
   (`nmt_nfkc`) + Replace(" {2,}" -> " "), a bare Metaspace pre-tokenizer, no byte
   fallback.
