@@ -43,4 +43,6 @@ pub enum WanError {
     Lora { message: String },
     #[error("carry: {message}")]
     Carry { message: String },
+    #[error("{path}: not a usable umT5 tokenizer: {message}")]
+    BadTokenizer { path: PathBuf, message: String },
 }

@@ -23,6 +23,7 @@ pub mod nn;
 pub mod rope;
 pub mod sampler;
 pub mod t5;
+pub mod tokenizer;
 pub mod vae;
 pub mod wav2vec2;
 
