@@ -173,7 +173,12 @@ pub(crate) fn prefill_tokens<B: Backend>(
     ref_latent: Tensor<B, 5>,
     motion: Tensor<B, 5>,
     rope_fp16: bool,
-) -> (Tensor<B, 3>, Vec<Segment<B>>, RopeTensors<B>, Vec<RopeGroup>) {
+) -> (
+    Tensor<B, 3>,
+    Vec<Segment<B>>,
+    RopeTensors<B>,
+    Vec<RopeGroup>,
+) {
     let device = ref_latent.device();
     let [_, h, w] = model.grid(ref_latent.dims());
     let reference = WanS2v::tokens(&model.patch_embedding, ref_latent) + model.mask_row(1);
@@ -446,9 +451,11 @@ pub(crate) fn layer_forward<B: Backend>(
         audio,
         model.audio_inject_layers.iter().position(|&l| l == layer),
     ) {
-        (Some(audio), Some(id)) => model
-            .audio_injector
-            .inject(id, x, len, &audio.global, &audio.local),
+        (Some(audio), Some(id)) => {
+            model
+                .audio_injector
+                .inject(id, x, len, &audio.global, &audio.local)
+        }
         _ => x,
     }
 }
