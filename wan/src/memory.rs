@@ -40,15 +40,16 @@ impl Geometry {
     /// per clip (3 latent frames per block, 4 steps). Width and height must be multiples
     /// of 64 (the frame packer's coarsest grid); the clip must be whole blocks.
     pub fn live_avatar(width: usize, height: usize, infer_frames: usize) -> Result<Self, String> {
-        if width == 0 || height == 0 || width % 64 != 0 || height % 64 != 0 {
+        if width == 0 || height == 0 || !width.is_multiple_of(64) || !height.is_multiple_of(64) {
             return Err(format!(
                 "{width}*{height}: width and height must be positive multiples of 64"
             ));
         }
         // Latent frames of a clip: the reference's
         // (infer + 3 + 73) / 4 − (73 + 3) / 4.
-        let latent = (infer_frames + 3 + MOTION_VIDEO_FRAMES) / 4 - (MOTION_VIDEO_FRAMES + 3) / 4;
-        if latent == 0 || latent % 3 != 0 {
+        let motion_latent = MOTION_VIDEO_FRAMES.div_ceil(4);
+        let latent = (infer_frames + 3 + MOTION_VIDEO_FRAMES) / 4 - motion_latent;
+        if latent == 0 || !latent.is_multiple_of(3) {
             return Err(format!(
                 "{infer_frames} frames make {latent} latent frames, not whole blocks of 3"
             ));
