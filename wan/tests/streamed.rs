@@ -120,13 +120,9 @@ fn streamed_clips_equal_resident_clips_bit_for_bit() {
     // Per clip: 7 ticks, so each layer's weights crossed 7 times; 16 ring uploads and
     // 16 written slices per layer; the sink slice once per tick. The same numbers as
     // the accounting computes from the config and geometry.
-    let g = Geometry {
-        tokens_per_frame: 16,
-        frames_per_block: 3,
-        blocks_per_clip: 4,
-        steps: 4,
-        sink_tokens: 16 + 16 + 4 + 4,
-    };
+    // 64×64 video → 8×8 latents → 4×4 tokens per frame, as the tiny clips here.
+    let g = Geometry::live_avatar(64, 64, 48).expect("tiny geometry");
+    assert_eq!((g.tokens_per_frame, g.sink_tokens), (16, 16 + 16 + 4 + 4));
     let want = clip_traffic(&S2vConfig::tiny(), &g, 4);
     let t = two.traffic;
     assert_eq!(t.ticks, 7);
