@@ -53,7 +53,7 @@
 //! per clip in steady state), but then a clip boundary would have blocks of the next
 //! clip half denoised: the carry would have to hold their latents and the next clip's
 //! inputs, and a job could no longer stop or switch mode after any clip. So streaming
-//! runs per clip, the carry is exactly [`Carry`] (convertible both ways, so a job can
+//! runs per clip, the carry is exactly [`Carry`](crate::causal_loop::Carry) (convertible both ways, so a job can
 //! change mode at resume), and the cost is 7 instead of 4 weight crossings per clip
 //! (×1.75 weight traffic; rings cost the same either way: each forward needs its ring).
 //! Sequential streaming without ticks would cross 16 times.
@@ -69,14 +69,15 @@ use burn::prelude::*;
 use crate::block::S2vBlock;
 use crate::causal::sink_rope_offset;
 use crate::causal_loop::{
-    begin_block, block_audio, finish_block, layer_forward, prefill_layer, prefill_tokens,
-    BlockAudio, BlockPass, Carry, CausalSettings, ClipInput, KvPair,
+    begin_block, block_audio, finish_block, layer_forward, BlockAudio, BlockPass, CausalSettings,
+    ClipInput, KvPair,
 };
 use crate::error::WanError;
 use crate::model::WanS2v;
 use crate::nn::seq_linear;
-use crate::rope::RopeGroup;
-use crate::vae::DecodeCache;
+
+mod host_carry;
+pub use host_carry::{HostCarry, HostKv, HostKvLayer};
 
 fn err(message: impl Into<String>) -> WanError {
     WanError::Carry {
@@ -200,190 +201,6 @@ fn upload_block<B: Backend>(
     };
     let block = skeleton.map(&mut up);
     (block, up.bytes)
-}
-
-/// Keys and values of one layer in host memory, `[1, tokens, heads, head_dim]`.
-#[derive(Debug, Clone)]
-pub struct HostKv {
-    pub k: TensorData,
-    pub v: TensorData,
-}
-
-impl HostKv {
-    fn from_device<B: Backend>(p: KvPair<B>) -> Self {
-        Self {
-            k: p.k.into_data(),
-            v: p.v.into_data(),
-        }
-    }
-
-    fn to_device<B: Backend>(&self, device: &B::Device) -> KvPair<B> {
-        KvPair {
-            k: Tensor::from_data(self.k.clone(), device),
-            v: Tensor::from_data(self.v.clone(), device),
-        }
-    }
-
-    fn bytes(&self) -> u64 {
-        (self.k.bytes.len() + self.v.bytes.len()) as u64
-    }
-}
-
-/// One layer's state in host memory: `rings[step]` and the sink slice.
-#[derive(Debug, Clone)]
-pub struct HostKvLayer {
-    pub rings: Vec<HostKv>,
-    pub sink: HostKv,
-}
-
-/// [`Carry`] with the rings and the sink in host memory, layer-major
-/// (`layers[layer].rings[step]`); the small parts stay on the device. Converts to and
-/// from [`Carry`] without changing a bit, so a job can resume in either mode and the
-/// carry file is the same.
-#[derive(Debug, Clone)]
-pub struct HostCarry<B: Backend> {
-    pub layers: Vec<HostKvLayer>,
-    pub sink_groups: Vec<RopeGroup>,
-    pub frames_done: usize,
-    pub clip: u64,
-    pub motion: Tensor<B, 5>,
-    pub grid_hw: [usize; 2],
-    pub vae_decode: Option<DecodeCache<B>>,
-}
-
-impl<B: Backend> HostCarry<B> {
-    /// Moves a carry's rings and sink to host memory (tensor by tensor).
-    pub fn from_carry(carry: Carry<B>) -> Self {
-        let Carry {
-            rings,
-            sink,
-            sink_groups,
-            frames_done,
-            clip,
-            motion,
-            grid_hw,
-            vae_decode,
-        } = carry;
-        let mut per_layer: Vec<Vec<HostKv>> = (0..sink.len()).map(|_| Vec::new()).collect();
-        for step in rings {
-            for (layer, p) in step.into_iter().enumerate() {
-                if let Some(l) = per_layer.get_mut(layer) {
-                    l.push(HostKv::from_device(p));
-                }
-            }
-        }
-        let layers = per_layer
-            .into_iter()
-            .zip(sink)
-            .map(|(rings, s)| HostKvLayer {
-                rings,
-                sink: HostKv::from_device(s),
-            })
-            .collect();
-        Self {
-            layers,
-            sink_groups,
-            frames_done,
-            clip,
-            motion,
-            grid_hw,
-            vae_decode,
-        }
-    }
-
-    /// The same state as a resident [`Carry`] on `device`.
-    pub fn into_carry(self, device: &B::Device) -> Carry<B> {
-        let steps = self.layers.first().map_or(0, |l| l.rings.len());
-        let rings = (0..steps)
-            .map(|s| {
-                self.layers
-                    .iter()
-                    .map(|l| l.rings[s].to_device(device))
-                    .collect()
-            })
-            .collect();
-        let sink = self
-            .layers
-            .iter()
-            .map(|l| l.sink.to_device(device))
-            .collect();
-        Carry {
-            rings,
-            sink,
-            sink_groups: self.sink_groups,
-            frames_done: self.frames_done,
-            clip: self.clip,
-            motion: self.motion,
-            grid_hw: self.grid_hw,
-            vae_decode: self.vae_decode,
-        }
-    }
-
-    /// The state before the first clip, as [`Carry::start`] builds it, with the sink
-    /// prefill streamed layer by layer.
-    pub fn start(
-        model: &StreamedModel<B>,
-        settings: &CausalSettings,
-        ref_latent: Tensor<B, 5>,
-        motion: Tensor<B, 5>,
-        context: Tensor<B, 3>,
-    ) -> Self {
-        let resident = &model.resident;
-        let [_, h, w] = resident.grid(ref_latent.dims());
-        let (mut x, segments, rope, sink_groups) =
-            prefill_tokens(resident, ref_latent, motion.clone(), settings.rope_fp16);
-        let head_dim = resident.dim / resident.num_heads;
-        let ring_shape = [
-            1,
-            settings.frames_per_clip() * h * w,
-            resident.num_heads,
-            head_dim,
-        ];
-        let dtype = x.dtype();
-        let zeros = TensorData::full_dtype(ring_shape, 0.0, dtype);
-        let empty = TensorData::full_dtype([1, 0, resident.num_heads, head_dim], 0.0, dtype);
-        let mut layers: Vec<HostKvLayer> = (0..model.layers())
-            .map(|_| HostKvLayer {
-                rings: (0..settings.schedule.steps())
-                    .map(|_| HostKv {
-                        k: zeros.clone(),
-                        v: zeros.clone(),
-                    })
-                    .collect(),
-                sink: HostKv {
-                    k: empty.clone(),
-                    v: empty.clone(),
-                },
-            })
-            .collect();
-        let need = Need {
-            rings: vec![false; settings.schedule.steps()],
-            sink: false,
-        };
-        stream_layers(model, &mut layers, &need, |_, dev, host| {
-            let (y, kept) = prefill_layer(&dev.block, x.clone(), &segments, &rope, context.clone());
-            x = y;
-            host.sink = HostKv::from_device(kept);
-            0
-        });
-        Self {
-            layers,
-            sink_groups,
-            frames_done: 0,
-            clip: 0,
-            motion,
-            grid_hw: [h, w],
-            vae_decode: None,
-        }
-    }
-
-    fn ring_tokens(&self) -> usize {
-        self.layers
-            .first()
-            .and_then(|l| l.rings.first())
-            .and_then(|r| r.k.shape.get(1).copied())
-            .unwrap_or(0)
-    }
 }
 
 /// Bytes that crossed between host and device while streaming.
