@@ -6,7 +6,7 @@
 //!
 //! - **Device, all the time** ([`StreamedModel::resident`]): the model without its
 //!   blocks: patch / cond / text / time embeddings, head, cond mask, audio encoder and
-//!   injectors, frame packer. These are the "small" parts (4.3 GB in bf16 at 14B, most
+//!   injectors, frame packer. These are the "small" parts (4.5 GB in bf16 at 14B, most
 //!   of it the 12 injectors; see [`crate::memory`]).
 //! - **Host**: each block's weights ([`StreamedModel`], one [`TensorData`] per parameter,
 //!   in the module's visiting order) and each layer's 4 rings and sink slice
