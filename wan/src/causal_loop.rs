@@ -21,7 +21,7 @@
 use burn::prelude::*;
 use burn::tensor::f16;
 
-use crate::block::Segment;
+use crate::block::{S2vBlock, Segment};
 use crate::causal::{frame_segments, sink_rope_offset};
 use crate::model::{WanS2v, REF_FRAME_POSITION};
 use crate::rope::{RopeGroup, RopeTable, RopeTensors};
@@ -156,6 +156,29 @@ pub fn prefill_sink<B: Backend>(
     context: Tensor<B, 3>,
     rope_fp16: bool,
 ) -> (Vec<KvPair<B>>, Vec<RopeGroup>) {
+    let (mut x, segments, rope, groups) = prefill_tokens(model, ref_latent, motion, rope_fp16);
+    let mut sink = Vec::with_capacity(model.blocks.len());
+    for block in &model.blocks {
+        let (y, kept) = prefill_layer(block, x, &segments, &rope, context.clone());
+        x = y;
+        sink.push(kept);
+    }
+    (sink, groups)
+}
+
+/// The sink prefill's start: the reference-image and frame-packed motion tokens with
+/// their cond-mask rows, the t = 0 segment, the sink RoPE table and groups.
+pub(crate) fn prefill_tokens<B: Backend>(
+    model: &WanS2v<B>,
+    ref_latent: Tensor<B, 5>,
+    motion: Tensor<B, 5>,
+    rope_fp16: bool,
+) -> (
+    Tensor<B, 3>,
+    Vec<Segment<B>>,
+    RopeTensors<B>,
+    Vec<RopeGroup>,
+) {
     let device = ref_latent.device();
     let [_, h, w] = model.grid(ref_latent.dims());
     let reference = WanS2v::tokens(&model.patch_embedding, ref_latent) + model.mask_row(1);
@@ -170,28 +193,35 @@ pub fn prefill_sink<B: Backend>(
     groups.extend(packed_groups);
     let head_dim = model.dim / model.num_heads;
     let rope = rope_tensors::<B>(head_dim, &groups, rope_fp16, &device);
-    let mut x = Tensor::cat(vec![reference, packed], 1);
+    let x = Tensor::cat(vec![reference, packed], 1);
     let tokens = x.dims()[1];
     let (_, e0) = model.embed_time(&[0.0], &device);
-    let segments = [Segment { tokens, e: e0 }];
-    let mut sink = Vec::with_capacity(model.blocks.len());
-    for block in &model.blocks {
-        let a = &block.self_attn;
-        let mut kept = None;
-        x = block.forward_around(x, &segments, context.clone(), |xin| {
-            let q = rope.apply(heads(
-                a.norm_q.forward(a.q.forward(xin.clone())),
-                a.num_heads,
-            ));
-            let k = heads(a.norm_k.forward(a.k.forward(xin.clone())), a.num_heads);
-            let v = heads(a.v.forward(xin), a.num_heads);
-            let out = crate::attention::sdpa(q, rope.apply(k.clone()), v.clone());
-            kept = Some(KvPair { k, v });
-            a.o.forward(out)
-        });
-        sink.push(kept.expect("the attention closure ran"));
-    }
-    (sink, groups)
+    (x, vec![Segment { tokens, e: e0 }], rope, groups)
+}
+
+/// One layer of the sink prefill: the sink tokens through `block`, keeping the layer's
+/// keys (before RoPE) and values.
+pub(crate) fn prefill_layer<B: Backend>(
+    block: &S2vBlock<B>,
+    x: Tensor<B, 3>,
+    segments: &[Segment<B>],
+    rope: &RopeTensors<B>,
+    context: Tensor<B, 3>,
+) -> (Tensor<B, 3>, KvPair<B>) {
+    let a = &block.self_attn;
+    let mut kept = None;
+    let x = block.forward_around(x, segments, context, |xin| {
+        let q = rope.apply(heads(
+            a.norm_q.forward(a.q.forward(xin.clone())),
+            a.num_heads,
+        ));
+        let k = heads(a.norm_k.forward(a.k.forward(xin.clone())), a.num_heads);
+        let v = heads(a.v.forward(xin), a.num_heads);
+        let out = crate::attention::sdpa(q, rope.apply(k.clone()), v.clone());
+        kept = Some(KvPair { k, v });
+        a.o.forward(out)
+    });
+    (x, kept.expect("the attention closure ran"))
 }
 
 impl<B: Backend> Carry<B> {
@@ -268,6 +298,65 @@ pub fn forward_block<B: Backend>(
     rope_fp16: bool,
     audio: Option<&BlockAudio<B>>,
 ) -> Tensor<B, 5> {
+    let (mut x, pass) = begin_block(
+        model,
+        carry.ring_tokens(),
+        &carry.sink_groups,
+        noisy,
+        cond,
+        t,
+        first_frame,
+        sink_offset,
+        rope_fp16,
+    );
+    for (layer, block) in model.blocks.iter().enumerate() {
+        x = layer_forward(
+            model,
+            block,
+            layer,
+            &mut carry.rings[step][layer],
+            &carry.sink[layer],
+            &pass,
+            x,
+            context.clone(),
+            audio,
+        );
+    }
+    finish_block(model, &pass, x)
+}
+
+/// What one DiT forward of a block shares across its layers: RoPE tables of the
+/// noisy and sink tokens, the per-frame modulation, the time embedding for the head,
+/// and where the block's keys go in the ring. Built by [`begin_block`]; the layers run
+/// through [`layer_forward`] and the head through [`finish_block`] (the resident loop
+/// and the layer-streamed one share these three).
+pub(crate) struct BlockPass<B: Backend> {
+    rope: RopeTensors<B>,
+    sink_rope: RopeTensors<B>,
+    segments: Vec<Segment<B>>,
+    e: Tensor<B, 2>,
+    grid: [usize; 3],
+    /// Noisy tokens of the block.
+    pub(crate) len: usize,
+    /// First ring slot the block writes.
+    pub(crate) write_at: usize,
+    /// Ring slots visible to the block (written so far, up to the whole ring).
+    visible: usize,
+}
+
+/// Embeds a block's noisy latents and builds its [`BlockPass`] (resident parts only).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn begin_block<B: Backend>(
+    model: &WanS2v<B>,
+    ring_tokens: usize,
+    sink_groups: &[RopeGroup],
+    noisy: Tensor<B, 5>,
+    cond: Tensor<B, 5>,
+    t: &[f64],
+    first_frame: usize,
+    sink_offset: i64,
+    rope_fp16: bool,
+) -> (Tensor<B, 3>, BlockPass<B>) {
     let device = noisy.device();
     let grid = model.grid(noisy.dims());
     let [f, h, w] = grid;
@@ -284,12 +373,11 @@ pub fn forward_block<B: Backend>(
         rope_fp16,
         &device,
     );
-    let sink_groups = moved_sink_groups(&carry.sink_groups, sink_ref_position(frame, sink_offset));
+    let sink_groups = moved_sink_groups(sink_groups, sink_ref_position(frame, sink_offset));
     let sink_rope = rope_tensors::<B>(head_dim, &sink_groups, rope_fp16, &device);
 
     let (e, e0) = model.embed_time(t, &device);
     let segments = frame_segments(e0, tokens_per_frame);
-    let ring_tokens = carry.ring_tokens();
     let start = first_frame * tokens_per_frame;
     // Keys visible in the ring: everything written so far, up to the whole ring.
     let (write_at, visible) = if start >= ring_tokens {
@@ -297,61 +385,97 @@ pub fn forward_block<B: Backend>(
     } else {
         (start, start + len)
     };
+    let pass = BlockPass {
+        rope,
+        sink_rope,
+        segments,
+        e,
+        grid,
+        len,
+        write_at,
+        visible,
+    };
+    (x, pass)
+}
 
-    let mut x = x;
-    for (layer, block) in model.blocks.iter().enumerate() {
-        let a = &block.self_attn;
-        let ring = &mut carry.rings[step][layer];
-        let sink = &carry.sink[layer];
-        x = block.forward_around(x, &segments, context.clone(), |xin| {
-            let q = rope.apply(heads(
-                a.norm_q.forward(a.q.forward(xin.clone())),
-                a.num_heads,
-            ));
-            let k = rope.apply(heads(
-                a.norm_k.forward(a.k.forward(xin.clone())),
-                a.num_heads,
-            ));
-            let v = heads(a.v.forward(xin), a.num_heads);
-            // The ring is taken out of the carry before the write so that no other
-            // handle shares its buffer and the backend can update it in place instead
-            // of copying the whole ring.
-            let end = write_at + len;
-            let take = |t: &mut Tensor<B, 4>| {
-                std::mem::replace(t, Tensor::zeros([1, 1, 1, 1], &t.device()))
-            };
-            ring.k = take(&mut ring.k).slice_assign([0..1, write_at..end], k);
-            ring.v = take(&mut ring.v).slice_assign([0..1, write_at..end], v);
-            let keys = Tensor::cat(
-                vec![
-                    ring.k.clone().narrow(1, 0, visible),
-                    sink_rope.apply(sink.k.clone()),
-                ],
-                1,
-            );
-            let values = Tensor::cat(
-                vec![ring.v.clone().narrow(1, 0, visible), sink.v.clone()],
-                1,
-            );
-            a.o.forward(crate::attention::sdpa(q, keys, values))
-        });
-        if let (Some(audio), Some(id)) = (
-            audio,
-            model.audio_inject_layers.iter().position(|&l| l == layer),
-        ) {
-            x = model
+/// Layer `layer` (`block`) of a block forward: writes the block's RoPE'd K/V into
+/// `ring` at the pass's slots, attends to the visible ring and the re-rotated `sink`,
+/// then runs the layer's audio injector when it has one and `audio` is given.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn layer_forward<B: Backend>(
+    model: &WanS2v<B>,
+    block: &S2vBlock<B>,
+    layer: usize,
+    ring: &mut KvPair<B>,
+    sink: &KvPair<B>,
+    pass: &BlockPass<B>,
+    x: Tensor<B, 3>,
+    context: Tensor<B, 3>,
+    audio: Option<&BlockAudio<B>>,
+) -> Tensor<B, 3> {
+    let (rope, sink_rope) = (&pass.rope, &pass.sink_rope);
+    let (write_at, visible, len) = (pass.write_at, pass.visible, pass.len);
+    let a = &block.self_attn;
+    let x = block.forward_around(x, &pass.segments, context, |xin| {
+        let q = rope.apply(heads(
+            a.norm_q.forward(a.q.forward(xin.clone())),
+            a.num_heads,
+        ));
+        let k = rope.apply(heads(
+            a.norm_k.forward(a.k.forward(xin.clone())),
+            a.num_heads,
+        ));
+        let v = heads(a.v.forward(xin), a.num_heads);
+        // The ring is taken out of the carry before the write so that no other
+        // handle shares its buffer and the backend can update it in place instead
+        // of copying the whole ring.
+        let end = write_at + len;
+        let take =
+            |t: &mut Tensor<B, 4>| std::mem::replace(t, Tensor::zeros([1, 1, 1, 1], &t.device()));
+        ring.k = take(&mut ring.k).slice_assign([0..1, write_at..end], k);
+        ring.v = take(&mut ring.v).slice_assign([0..1, write_at..end], v);
+        let keys = Tensor::cat(
+            vec![
+                ring.k.clone().narrow(1, 0, visible),
+                sink_rope.apply(sink.k.clone()),
+            ],
+            1,
+        );
+        let values = Tensor::cat(
+            vec![ring.v.clone().narrow(1, 0, visible), sink.v.clone()],
+            1,
+        );
+        a.o.forward(crate::attention::sdpa(q, keys, values))
+    });
+    match (
+        audio,
+        model.audio_inject_layers.iter().position(|&l| l == layer),
+    ) {
+        (Some(audio), Some(id)) => {
+            model
                 .audio_injector
-                .inject(id, x, len, &audio.global, &audio.local);
+                .inject(id, x, len, &audio.global, &audio.local)
         }
+        _ => x,
     }
+}
+
+/// The head and unpatchify after the last layer: the predicted velocity
+/// `[1, out_dim, F, H, W]`.
+pub(crate) fn finish_block<B: Backend>(
+    model: &WanS2v<B>,
+    pass: &BlockPass<B>,
+    x: Tensor<B, 3>,
+) -> Tensor<B, 5> {
+    let [f, h, w] = pass.grid;
     let head_segments: Vec<Segment<B>> = (0..f)
         .map(|i| Segment {
-            tokens: tokens_per_frame,
-            e: e.clone().narrow(0, i, 1).reshape([1, 1, model.dim]),
+            tokens: h * w,
+            e: pass.e.clone().narrow(0, i, 1).reshape([1, 1, model.dim]),
         })
         .collect();
     let x = model.head.forward(x, &head_segments);
-    model.unpatchify(x, grid)
+    model.unpatchify(x, pass.grid)
 }
 
 /// A block's audio after the causal audio encoder: one global token

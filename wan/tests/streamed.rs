@@ -1,0 +1,222 @@
+//! Layer streaming (`wan::streamed`) against the resident causal loop at the tiny
+//! config: two clips with audio give the same latents and the same carry bit for bit,
+//! a job can switch mode between clips, the carry matters (a dropped ring changes the
+//! clip), and the bytes that cross per clip are what `wan::memory` computes.
+
+mod common;
+
+use burn::prelude::*;
+use common::{fixture_path, B};
+use safetensors::SafeTensors;
+use wan::causal_loop::{run_clip, Carry, CausalSettings, ClipInput};
+use wan::loader::load_s2v_file;
+use wan::memory::{clip_traffic, Geometry};
+use wan::streamed::{run_clip_streamed, HostCarry, StreamedModel};
+use wan::{S2vConfig, WanS2v};
+
+fn model() -> WanS2v<B> {
+    let m = WanS2v::<B>::new(&S2vConfig::tiny(), &Default::default());
+    load_s2v_file(m, &fixture_path("s2v_tiny_weights.safetensors"))
+        .expect("tiny reference weights load")
+        .0
+}
+
+/// Deterministic pseudo-random values in [-1, 1) (64-bit LCG).
+fn noise<const D: usize>(seed: u64, shape: [usize; D]) -> Tensor<B, D> {
+    let n: usize = shape.iter().product();
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let values: Vec<f32> = (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 23) as f32) - 1.0
+        })
+        .collect();
+    Tensor::from_data(TensorData::new(values, shape), &Default::default())
+}
+
+/// Clip `clip`'s inputs, with audio features `[1, 25 states, 32, 4 · 12 frames]`.
+fn clip_input(m: &WanS2v<B>, clip: u64) -> ClipInput<B> {
+    ClipInput {
+        noise: noise(100 + clip, [1, 16, 12, 8, 8]),
+        cond: noise(200 + clip, [1, 16, 12, 8, 8]) * 0.1,
+        context: m.embed_text(noise(7, [1, 7, 32])),
+        audio: Some(noise(300 + clip, [1, 25, 32, 48])),
+    }
+}
+
+fn start_args(m: &WanS2v<B>) -> (Tensor<B, 5>, Tensor<B, 5>, Tensor<B, 3>) {
+    (
+        noise(1, [1, 16, 1, 8, 8]),
+        noise(2, [1, 16, 19, 8, 8]),
+        m.embed_text(noise(7, [1, 7, 32])),
+    )
+}
+
+fn bits(t: Tensor<B, 5>) -> Vec<u32> {
+    t.into_data()
+        .to_vec::<f32>()
+        .expect("f32 tensor")
+        .iter()
+        .map(|v| v.to_bits())
+        .collect()
+}
+
+/// Two saved carries hold the same tensors (bit for bit) and metadata.
+fn same_carry(a: &Carry<B>, b: &Carry<B>) -> bool {
+    let (a, b) = (a.to_bytes().expect("saves"), b.to_bytes().expect("saves"));
+    let (_, ma) = SafeTensors::read_metadata(&a).expect("carry a");
+    let (_, mb) = SafeTensors::read_metadata(&b).expect("carry b");
+    let (sa, sb) = (
+        SafeTensors::deserialize(&a).expect("carry a"),
+        SafeTensors::deserialize(&b).expect("carry b"),
+    );
+    let mut na = sa.names();
+    let mut nb = sb.names();
+    na.sort();
+    nb.sort();
+    ma.metadata() == mb.metadata()
+        && na == nb
+        && na.iter().all(|n| {
+            let (x, y) = (sa.tensor(n).expect("a"), sb.tensor(n).expect("b"));
+            x.shape() == y.shape() && x.data() == y.data()
+        })
+}
+
+#[test]
+fn streamed_clips_equal_resident_clips_bit_for_bit() {
+    let s = CausalSettings::live_avatar(42);
+    let m = model();
+    let (r, mo, ctx) = start_args(&m);
+    let c0 = Carry::start(&m, &s, r.clone(), mo.clone(), ctx.clone());
+    let (l1, c1) = run_clip(&m, &s, c0.clone(), clip_input(&m, 0));
+    let (l2, c2) = run_clip(&m, &s, c1, clip_input(&m, 1));
+
+    let sm = StreamedModel::from_model(model());
+    assert!(sm.resident.blocks.is_empty(), "blocks left on the device");
+    let h0 = HostCarry::start(&sm, &s, r, mo, ctx);
+    assert!(
+        same_carry(&h0.clone().into_carry(&Default::default()), &c0),
+        "the streamed sink prefill differs"
+    );
+    let one = run_clip_streamed(&sm, &s, h0, clip_input(&sm.resident, 0)).expect("clip 0");
+    assert!(
+        bits(one.latents.clone()) == bits(l1.clone()),
+        "clip 0 latents differ"
+    );
+    let two = run_clip_streamed(&sm, &s, one.carry, clip_input(&sm.resident, 1)).expect("clip 1");
+    assert!(
+        bits(two.latents.clone()) == bits(l2.clone()),
+        "clip 1 latents differ"
+    );
+    assert!(
+        same_carry(&two.carry.into_carry(&Default::default()), &c2),
+        "the carry after two streamed clips differs"
+    );
+
+    // Per clip: 7 ticks, so each layer's weights crossed 7 times; 16 ring uploads and
+    // 16 written slices per layer; the sink slice once per tick. The same numbers as
+    // the accounting computes from the config and geometry.
+    // 64×64 video → 8×8 latents → 4×4 tokens per frame, as the tiny clips here.
+    let g = Geometry::live_avatar(64, 64, 48).expect("tiny geometry");
+    assert_eq!((g.tokens_per_frame, g.sink_tokens), (16, 16 + 16 + 4 + 4));
+    let want = clip_traffic(&S2vConfig::tiny(), &g, 4);
+    let t = two.traffic;
+    assert_eq!(t.ticks, 7);
+    assert_eq!(t.layer_uploads, 7 * 4);
+    assert_eq!(
+        t.weight_bytes_up,
+        7 * (0..4).map(|l| sm.layer_weight_bytes(l)).sum::<u64>()
+    );
+    assert_eq!(t.weight_bytes_up, want.weight_bytes_up);
+    assert_eq!(t.ring_bytes_up, want.ring_bytes_up);
+    assert_eq!(t.sink_bytes_up, want.sink_bytes_up);
+    assert_eq!(t.ring_bytes_down, want.ring_bytes_down);
+
+    // The blocks go back on the device unchanged.
+    let back = sm.into_model();
+    let (l1_back, _) = run_clip(&back, &s, c0, clip_input(&back, 0));
+    assert!(bits(l1_back) == bits(l1), "blocks changed on the way back");
+}
+
+#[test]
+fn a_job_switches_mode_between_clips() {
+    let s = CausalSettings::live_avatar(7);
+    let m = model();
+    let sm = StreamedModel::from_model(model());
+    let dev = Default::default();
+    let (r, mo, ctx) = start_args(&m);
+    let c0 = Carry::start(&m, &s, r, mo, ctx);
+    let (_, c1) = run_clip(&m, &s, c0.clone(), clip_input(&m, 0));
+    let (l2, c2) = run_clip(&m, &s, c1.clone(), clip_input(&m, 1));
+
+    // Resident clip 0, streamed clip 1.
+    let h1 = HostCarry::from_carry(c1.clone());
+    let two = run_clip_streamed(&sm, &s, h1, clip_input(&sm.resident, 1)).expect("clip 1");
+    assert!(
+        bits(two.latents) == bits(l2.clone()),
+        "resident → streamed differs"
+    );
+    assert!(same_carry(&two.carry.into_carry(&dev), &c2));
+
+    // Streamed clip 0, resident clip 1 (from the carry's bytes, as a resumed job would).
+    let one = run_clip_streamed(
+        &sm,
+        &s,
+        HostCarry::from_carry(c0),
+        clip_input(&sm.resident, 0),
+    )
+    .expect("clip 0");
+    let saved = one.carry.into_carry(&dev).to_bytes().expect("carry saves");
+    let loaded = Carry::<B>::from_bytes(&saved, &dev).expect("carry loads");
+    let (l2_resumed, _) = run_clip(&m, &s, loaded, clip_input(&m, 1));
+    assert!(bits(l2_resumed) == bits(l2), "streamed → resident differs");
+}
+
+#[test]
+fn the_streamed_clip_depends_on_every_ring_and_refuses_a_foreign_carry() {
+    let s = CausalSettings::live_avatar(3);
+    let m = model();
+    let sm = StreamedModel::from_model(model());
+    let (r, mo, ctx) = start_args(&m);
+    let c0 = Carry::start(&m, &s, r, mo, ctx);
+    let (_, c1) = run_clip(&m, &s, c0, clip_input(&m, 0));
+    let (l2, _) = run_clip(&m, &s, c1.clone(), clip_input(&m, 1));
+
+    // Ring 2 of layer 1 dropped (zeroed) in the host carry: clip 1 changes.
+    let mut h1 = HostCarry::from_carry(c1.clone());
+    let ring = &mut h1.layers[1].rings[2];
+    for t in [&mut ring.k, &mut ring.v] {
+        *t = TensorData::full_dtype(t.shape.clone(), 0.0, t.dtype);
+    }
+    let dropped = run_clip_streamed(&sm, &s, h1, clip_input(&sm.resident, 1)).expect("runs");
+    let diff = (dropped.latents - l2.clone()).abs().max().into_scalar();
+    assert!(
+        diff > 1e-4,
+        "a dropped ring left the clip unchanged ({diff})"
+    );
+
+    // A carry with a layer missing, or of another clip length, is refused with the reason.
+    let mut short = HostCarry::from_carry(c1.clone());
+    short.layers.pop();
+    let msg = run_clip_streamed(&sm, &s, short, clip_input(&sm.resident, 1))
+        .expect_err("a 3-layer carry runs on a 4-layer model")
+        .to_string();
+    assert!(msg.contains("3 layers") && msg.contains("4"), "{msg}");
+    let longer = CausalSettings {
+        blocks_per_clip: 5,
+        ..s.clone()
+    };
+    let msg = run_clip_streamed(
+        &sm,
+        &longer,
+        HostCarry::from_carry(c1),
+        clip_input(&sm.resident, 1),
+    )
+    .expect_err("a carry of 12-frame clips runs 15-frame clips")
+    .to_string();
+    assert!(msg.contains("192 tokens"), "{msg}");
+}
