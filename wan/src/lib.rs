@@ -20,6 +20,8 @@ pub mod lora;
 pub mod model;
 pub mod motion;
 pub mod nn;
+pub mod pipeline;
+pub mod release;
 pub mod rope;
 pub mod sampler;
 pub mod t5;
