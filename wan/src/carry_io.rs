@@ -2,28 +2,42 @@
 //! and resume bit-exactly.
 //!
 //! Tensors are stored as little-endian f32 under `ring.<step>.<layer>.{k,v}`,
-//! `sink.<layer>.{k,v}` and `motion`; the counters, the token grid and the sink RoPE
-//! groups are in the header's metadata as JSON. Loading checks the format version,
-//! that every tensor is present with the shape the counts imply, and the dtype.
+//! `sink.<layer>.{k,v}`, `motion` and, when the carry holds the VAE decoder's streaming
+//! cache, `vae.<slot>` for each slot holding frames; the counters, the token grid, the
+//! sink RoPE groups, the kinds of the VAE cache slots and a digest of the tensor bytes are
+//! in the header's metadata. Counters are written zero-padded to a fixed width and the
+//! header is built here (not by the safetensors crate), so the file's size is a function
+//! of the geometry alone ([`file_bytes`]): the same for every clip of a job and known
+//! before it starts. Loading checks the format version, the digest (a damaged tensor byte
+//! is refused), that every tensor is present with the shape the counts imply, and the
+//! dtype.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use burn::prelude::*;
-use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::{json, Value};
 
 use crate::causal_loop::{Carry, KvPair};
 use crate::error::WanError;
 use crate::rope::RopeGroup;
+use crate::vae::{CacheSlot, DecodeCache};
 
 /// Written into the metadata; a file with another value is refused.
-pub const CARRY_FORMAT: &str = "wan-carry-1";
+pub const CARRY_FORMAT: &str = "wan-carry-2";
+
+/// Digits of the zero-padded counters in the metadata.
+pub const COUNTER_DIGITS: usize = 20;
 
 fn err(message: impl Into<String>) -> WanError {
     WanError::Carry {
         message: message.into(),
     }
+}
+
+/// A counter as a fixed-width metadata value.
+pub fn counter(v: u64) -> String {
+    format!("{v:0width$}", width = COUNTER_DIGITS)
 }
 
 fn f32_bytes<B: Backend, const D: usize>(
@@ -35,6 +49,61 @@ fn f32_bytes<B: Backend, const D: usize>(
         .to_vec::<f32>()
         .map_err(|e| err(format!("cannot read a tensor back from the device: {e:?}")))?;
     Ok((shape, values.iter().flat_map(|v| v.to_le_bytes()).collect()))
+}
+
+/// A 64-bit digest of the tensor bytes (not cryptographic: it catches damage, such as
+/// a flipped bit or a block of zeros, not tampering). Eight bytes at a time, so it
+/// costs far less than writing the bytes.
+pub fn data_digest(chunks: &[&[u8]]) -> u64 {
+    const K: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut h: u64 = 0x243F_6A88_85A3_08D3;
+    let mut len = 0u64;
+    for bytes in chunks {
+        len += bytes.len() as u64;
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            let v = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+            h = (h ^ v).wrapping_mul(K).rotate_left(29);
+        }
+        for &b in words.remainder() {
+            h = (h ^ u64::from(b)).wrapping_mul(K).rotate_left(29);
+        }
+    }
+    h ^= len;
+    h = (h ^ (h >> 31)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    h ^ (h >> 29)
+}
+
+/// The safetensors header (8-byte length and JSON padded with spaces to a multiple of
+/// 8) for `tensors` (f32, stored in this order) and `metadata`.
+pub fn header_bytes(metadata: &BTreeMap<String, String>, tensors: &[(String, Vec<usize>)]) -> Vec<u8> {
+    let mut map = serde_json::Map::new();
+    map.insert("__metadata__".into(), json!(metadata));
+    let mut offset = 0usize;
+    for (name, shape) in tensors {
+        let len = 4 * shape.iter().product::<usize>();
+        map.insert(
+            name.clone(),
+            json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + len]}),
+        );
+        offset += len;
+    }
+    let mut text = Value::Object(map).to_string().into_bytes();
+    while text.len() % 8 != 0 {
+        text.push(b' ');
+    }
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend(text);
+    out
+}
+
+/// Size of a carry file with `tensors` and `metadata`: header plus f32 data.
+pub fn file_bytes(metadata: &BTreeMap<String, String>, tensors: &[(String, Vec<usize>)]) -> u64 {
+    let data: u64 = tensors
+        .iter()
+        .map(|(_, s)| 4 * s.iter().product::<usize>() as u64)
+        .sum();
+    header_bytes(metadata, tensors).len() as u64 + data
 }
 
 fn group_json(g: &RopeGroup) -> Value {
@@ -60,13 +129,61 @@ fn group_from(v: &Value) -> Result<RopeGroup, WanError> {
     })
 }
 
+/// Metadata value of the sink RoPE groups.
+pub fn sink_groups_json(groups: &[RopeGroup]) -> String {
+    Value::Array(groups.iter().map(group_json).collect()).to_string()
+}
+
+/// Metadata value of the VAE cache slot kinds: `E`mpty, `R`epeat, `F`rames, one a slot.
+fn slot_kinds<B: Backend>(cache: &DecodeCache<B>) -> String {
+    cache
+        .slots()
+        .iter()
+        .map(|s| match s {
+            CacheSlot::Empty => 'E',
+            CacheSlot::Repeat => 'R',
+            CacheSlot::Frames(_) => 'F',
+        })
+        .collect()
+}
+
+/// Metadata key of the VAE slot kinds (absent when the carry has no decode cache).
+pub const VAE_SLOTS_KEY: &str = "vae_slots";
+/// Metadata key of the data digest (16 hex digits).
+pub const DIGEST_KEY: &str = "digest";
+
 impl<B: Backend> Carry<B> {
-    /// The carry as one safetensors file. A carry holding a VAE decode cache is
-    /// refused (that state is not serialisable yet).
+    /// The carry as one safetensors file (see the module docs).
     pub fn to_bytes(&self) -> Result<Vec<u8>, WanError> {
-        if self.vae_decode.is_some() {
-            return Err(err("the VAE decode cache cannot be saved yet"));
+        self.to_bytes_with(&BTreeMap::new())
+    }
+
+    /// The metadata [`Carry::to_bytes_with`] writes, before the digest, with `extra`.
+    pub fn metadata(&self, extra: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+        let mut meta: BTreeMap<String, String> = [
+            ("format", CARRY_FORMAT.to_string()),
+            ("frames_done", counter(self.frames_done as u64)),
+            ("clip", counter(self.clip)),
+            ("steps", self.rings.len().to_string()),
+            ("layers", self.sink.len().to_string()),
+            ("grid_hw", json!(self.grid_hw).to_string()),
+            ("sink_groups", sink_groups_json(&self.sink_groups)),
+            (DIGEST_KEY, format!("{:016x}", 0)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        if let Some(cache) = &self.vae_decode {
+            meta.insert(VAE_SLOTS_KEY.into(), slot_kinds(cache));
         }
+        for (k, v) in extra {
+            meta.insert(k.clone(), v.clone());
+        }
+        meta
+    }
+
+    /// [`Carry::to_bytes`] with `extra` metadata entries (an identity, for instance).
+    pub fn to_bytes_with(&self, extra: &BTreeMap<String, String>) -> Result<Vec<u8>, WanError> {
         let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
         let mut push = |name: String, t: (Vec<usize>, Vec<u8>)| tensors.push((name, t.0, t.1));
         for (s, ring) in self.rings.iter().enumerate() {
@@ -80,43 +197,72 @@ impl<B: Backend> Carry<B> {
             push(format!("sink.{l}.v"), f32_bytes(&p.v)?);
         }
         push("motion".into(), f32_bytes(&self.motion)?);
-        let views = tensors
+        if let Some(cache) = &self.vae_decode {
+            for (i, slot) in cache.slots().iter().enumerate() {
+                if let CacheSlot::Frames(t) = slot {
+                    push(format!("vae.{i}"), f32_bytes(t)?);
+                }
+            }
+        }
+        let mut meta = self.metadata(extra);
+        let layout: Vec<(String, Vec<usize>)> = tensors
             .iter()
-            .map(|(n, shape, bytes)| {
-                TensorView::new(Dtype::F32, shape.clone(), bytes)
-                    .map(|v| (n.clone(), v))
-                    .map_err(|e| err(format!("{n}: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let layers = self.sink.len();
-        let meta: HashMap<String, String> = [
-            ("format", CARRY_FORMAT.to_string()),
-            ("frames_done", self.frames_done.to_string()),
-            ("clip", self.clip.to_string()),
-            ("steps", self.rings.len().to_string()),
-            ("layers", layers.to_string()),
-            ("grid_hw", json!(self.grid_hw).to_string()),
-            (
-                "sink_groups",
-                Value::Array(self.sink_groups.iter().map(group_json).collect()).to_string(),
-            ),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        safetensors::serialize(views, Some(meta)).map_err(|e| err(e.to_string()))
+            .map(|(n, s, _)| (n.clone(), s.clone()))
+            .collect();
+        // The digest has a fixed width, so the header keeps its length once it is in.
+        let mut out = header_bytes(&meta, &layout);
+        let head = out.len();
+        out.reserve(tensors.iter().map(|(_, _, b)| b.len()).sum());
+        for (_, _, b) in &tensors {
+            out.extend_from_slice(b);
+        }
+        meta.insert(
+            DIGEST_KEY.into(),
+            format!("{:016x}", data_digest(&[&out[head..]])),
+        );
+        let header = header_bytes(&meta, &layout);
+        if header.len() != head {
+            return Err(err("the header changed length with the digest"));
+        }
+        out[..head].copy_from_slice(&header);
+        Ok(out)
     }
 
     /// A carry saved by [`Carry::to_bytes`], onto `device`.
     pub fn from_bytes(bytes: &[u8], device: &B::Device) -> Result<Self, WanError> {
+        Self::from_bytes_with_meta(bytes, device).map(|(c, _)| c)
+    }
+
+    /// The metadata of a carry file, checked only for being a carry file.
+    pub fn read_metadata(bytes: &[u8]) -> Result<HashMap<String, String>, WanError> {
         let (_, header) =
             SafeTensors::read_metadata(bytes).map_err(|e| err(format!("not a carry file: {e}")))?;
-        let st =
-            SafeTensors::deserialize(bytes).map_err(|e| err(format!("not a carry file: {e}")))?;
-        let meta = header
+        header
             .metadata()
             .clone()
-            .ok_or_else(|| err("no metadata: not a carry file"))?;
+            .ok_or_else(|| err("no metadata: not a carry file"))
+    }
+
+    /// [`Carry::from_bytes`], also returning the file's metadata.
+    pub fn from_bytes_with_meta(
+        bytes: &[u8],
+        device: &B::Device,
+    ) -> Result<(Self, HashMap<String, String>), WanError> {
+        let meta = Self::read_metadata(bytes)?;
+        let st =
+            SafeTensors::deserialize(bytes).map_err(|e| err(format!("not a carry file: {e}")))?;
+        // Safetensors checked that the header length is inside the file.
+        let head = 8 + u64::from_le_bytes(bytes[..8].try_into().map_err(|_| err("too short"))?)
+            as usize;
+        let digest = meta
+            .get(DIGEST_KEY)
+            .ok_or_else(|| err(format!("metadata `{DIGEST_KEY}` is missing")))?;
+        let found = format!("{:016x}", data_digest(&[&bytes[head..]]));
+        if *digest != found {
+            return Err(err(format!(
+                "damaged: the tensor bytes do not match the digest written with them ({digest}, found {found})"
+            )));
+        }
         let get = |k: &str| {
             meta.get(k)
                 .ok_or_else(|| err(format!("metadata `{k}` is missing")))
@@ -191,14 +337,37 @@ impl<B: Backend> Carry<B> {
         {
             return Err(err("the KV rings do not all have the same shape"));
         }
-        let expected = st.names().len();
-        if expected != 2 * layers * (steps + 1) + 1 {
+        let vae_decode = match meta.get(VAE_SLOTS_KEY) {
+            None => None,
+            Some(kinds) => Some(DecodeCache::from_slots(
+                kinds
+                    .chars()
+                    .enumerate()
+                    .map(|(i, k)| match k {
+                        'E' => Ok(CacheSlot::Empty),
+                        'R' => Ok(CacheSlot::Repeat),
+                        'F' => Ok(CacheSlot::Frames(Tensor::from_data(
+                            load(&format!("vae.{i}"), 5)?,
+                            device,
+                        ))),
+                        other => Err(err(format!(
+                            "metadata `{VAE_SLOTS_KEY}`: unknown slot kind `{other}`"
+                        ))),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            )),
+        };
+        let vae_tensors = meta
+            .get(VAE_SLOTS_KEY)
+            .map_or(0, |k| k.chars().filter(|&c| c == 'F').count());
+        let expected = 2 * layers * (steps + 1) + 1 + vae_tensors;
+        let found = st.names().len();
+        if found != expected {
             return Err(err(format!(
-                "{expected} tensors, expected {} for {steps} steps and {layers} layers",
-                2 * layers * (steps + 1) + 1
+                "{found} tensors, expected {expected} for {steps} steps, {layers} layers and {vae_tensors} VAE cache slots"
             )));
         }
-        Ok(Self {
+        let carry = Self {
             rings,
             sink,
             sink_groups,
@@ -206,7 +375,8 @@ impl<B: Backend> Carry<B> {
             clip,
             motion: Tensor::from_data(load("motion", 5)?, device),
             grid_hw,
-            vae_decode: None,
-        })
+            vae_decode,
+        };
+        Ok((carry, meta))
     }
 }

@@ -43,4 +43,12 @@ pub enum WanError {
     Lora { message: String },
     #[error("carry: {message}")]
     Carry { message: String },
+    #[error("carry belongs to another job: its {field} is {found}, this job's is {expected}")]
+    CarryMismatch {
+        field: String,
+        expected: String,
+        found: String,
+    },
+    #[error("{message}")]
+    Input { message: String },
 }
