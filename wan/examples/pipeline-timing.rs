@@ -8,7 +8,11 @@ use burn::backend::NdArray;
 use wan::pipeline::{carry_bytes, JobParams, LiveAvatar};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = PathBuf::from(std::env::args().nth(1).ok_or("usage: pipeline-timing DIR")?);
+    let dir = PathBuf::from(
+        std::env::args()
+            .nth(1)
+            .ok_or("usage: pipeline-timing DIR")?,
+    );
     let device = Default::default();
     let t = Instant::now();
     let m = LiveAvatar::<NdArray>::load(&dir, &device)?;
@@ -22,7 +26,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         fps: 16,
     };
     let rgb: Vec<u8> = (0..64 * 64 * 3).map(|i| (i * 7 % 251) as u8).collect();
-    let audio: Vec<f32> = (0..40_000).map(|i| ((i as f32) * 0.05).sin() * 0.3).collect();
+    let audio: Vec<f32> = (0..40_000)
+        .map(|i| ((i as f32) * 0.05).sin() * 0.3)
+        .collect();
     let t = Instant::now();
     let ctx = m.prepare(&s, &rgb, &audio, &[259, 1001, 52, 1])?;
     println!("prepare         {:>8.3} s", t.elapsed().as_secs_f64());

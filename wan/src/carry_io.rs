@@ -40,43 +40,83 @@ pub fn counter(v: u64) -> String {
     format!("{v:0width$}", width = COUNTER_DIGITS)
 }
 
-fn f32_bytes<B: Backend, const D: usize>(
-    t: &Tensor<B, D>,
-) -> Result<(Vec<usize>, Vec<u8>), WanError> {
-    let data = t.clone().into_data().convert::<f32>();
-    let shape = data.shape.to_vec();
-    let values = data
-        .to_vec::<f32>()
-        .map_err(|e| err(format!("cannot read a tensor back from the device: {e:?}")))?;
-    Ok((shape, values.iter().flat_map(|v| v.to_le_bytes()).collect()))
+/// A stored tensor of either rank.
+enum AnyTensor<'a, B: Backend> {
+    R4(&'a Tensor<B, 4>),
+    R5(&'a Tensor<B, 5>),
 }
 
-/// A 64-bit digest of the tensor bytes (not cryptographic: it catches damage, such as
-/// a flipped bit or a block of zeros, not tampering). Eight bytes at a time, so it
-/// costs far less than writing the bytes.
-pub fn data_digest(chunks: &[&[u8]]) -> u64 {
-    const K: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut h: u64 = 0x243F_6A88_85A3_08D3;
-    let mut len = 0u64;
-    for bytes in chunks {
-        len += bytes.len() as u64;
-        let mut words = bytes.chunks_exact(8);
-        for w in &mut words {
-            let v = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
-            h = (h ^ v).wrapping_mul(K).rotate_left(29);
-        }
-        for &b in words.remainder() {
-            h = (h ^ u64::from(b)).wrapping_mul(K).rotate_left(29);
+impl<B: Backend> AnyTensor<'_, B> {
+    fn dims(&self) -> Vec<usize> {
+        match self {
+            AnyTensor::R4(t) => t.dims().to_vec(),
+            AnyTensor::R5(t) => t.dims().to_vec(),
         }
     }
-    h ^= len;
-    h = (h ^ (h >> 31)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    h ^ (h >> 29)
+
+    /// Little-endian f32 bytes, read back from the device.
+    fn f32_bytes(&self) -> Result<Vec<u8>, WanError> {
+        let data = match self {
+            AnyTensor::R4(t) => (*t).clone().into_data(),
+            AnyTensor::R5(t) => (*t).clone().into_data(),
+        };
+        let values = data
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .map_err(|e| err(format!("cannot read a tensor back from the device: {e:?}")))?;
+        Ok(values.iter().flat_map(|v| v.to_le_bytes()).collect())
+    }
+}
+
+/// A streaming 64-bit digest of the tensor bytes (not cryptographic: it catches damage,
+/// such as a flipped bit or a block of zeros, not tampering). It reads 4-byte words, so
+/// feeding the data in pieces of whole f32 values gives the digest of the whole.
+#[derive(Debug, Clone)]
+pub struct DataDigest {
+    h: u64,
+    len: u64,
+}
+
+impl Default for DataDigest {
+    fn default() -> Self {
+        Self {
+            h: 0x243F_6A88_85A3_08D3,
+            len: 0,
+        }
+    }
+}
+
+impl DataDigest {
+    /// Adds `bytes` (a whole number of 4-byte words, except possibly at the very end).
+    pub fn update(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x9E37_79B9_7F4A_7C15;
+        self.len += bytes.len() as u64;
+        let mut words = bytes.chunks_exact(4);
+        for w in &mut words {
+            let v = u64::from(u32::from_le_bytes([w[0], w[1], w[2], w[3]]));
+            self.h = (self.h ^ v).wrapping_mul(K).rotate_left(29);
+        }
+        for &b in words.remainder() {
+            self.h = (self.h ^ u64::from(b) ^ (1 << 40))
+                .wrapping_mul(K)
+                .rotate_left(29);
+        }
+    }
+
+    /// The digest as 16 hex digits.
+    pub fn hex(&self) -> String {
+        let mut h = self.h ^ self.len;
+        h = (h ^ (h >> 31)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        format!("{:016x}", h ^ (h >> 29))
+    }
 }
 
 /// The safetensors header (8-byte length and JSON padded with spaces to a multiple of
 /// 8) for `tensors` (f32, stored in this order) and `metadata`.
-pub fn header_bytes(metadata: &BTreeMap<String, String>, tensors: &[(String, Vec<usize>)]) -> Vec<u8> {
+pub fn header_bytes(
+    metadata: &BTreeMap<String, String>,
+    tensors: &[(String, Vec<usize>)],
+) -> Vec<u8> {
     let mut map = serde_json::Map::new();
     map.insert("__metadata__".into(), json!(metadata));
     let mut offset = 0usize;
@@ -168,7 +208,7 @@ impl<B: Backend> Carry<B> {
             ("layers", self.sink.len().to_string()),
             ("grid_hw", json!(self.grid_hw).to_string()),
             ("sink_groups", sink_groups_json(&self.sink_groups)),
-            (DIGEST_KEY, format!("{:016x}", 0)),
+            (DIGEST_KEY, DataDigest::default().hex()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -184,48 +224,85 @@ impl<B: Backend> Carry<B> {
 
     /// [`Carry::to_bytes`] with `extra` metadata entries (an identity, for instance).
     pub fn to_bytes_with(&self, extra: &BTreeMap<String, String>) -> Result<Vec<u8>, WanError> {
-        let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-        let mut push = |name: String, t: (Vec<usize>, Vec<u8>)| tensors.push((name, t.0, t.1));
+        let mut out = std::io::Cursor::new(Vec::new());
+        self.write_to(&mut out, extra)
+            .map_err(|e| err(format!("cannot build the carry in memory: {e}")))?;
+        Ok(out.into_inner())
+    }
+
+    /// Names and shapes of the tensors in the order they are stored.
+    fn layout(&self) -> Vec<(String, Vec<usize>)> {
+        let mut out = Vec::new();
+        self.each_tensor(|name, t| {
+            out.push((name, t.dims()));
+            Ok(())
+        })
+        .ok();
+        out
+    }
+
+    /// Calls `f` with each stored tensor in order.
+    fn each_tensor(
+        &self,
+        mut f: impl FnMut(String, AnyTensor<'_, B>) -> Result<(), WanError>,
+    ) -> Result<(), WanError> {
         for (s, ring) in self.rings.iter().enumerate() {
             for (l, p) in ring.iter().enumerate() {
-                push(format!("ring.{s}.{l}.k"), f32_bytes(&p.k)?);
-                push(format!("ring.{s}.{l}.v"), f32_bytes(&p.v)?);
+                f(format!("ring.{s}.{l}.k"), AnyTensor::R4(&p.k))?;
+                f(format!("ring.{s}.{l}.v"), AnyTensor::R4(&p.v))?;
             }
         }
         for (l, p) in self.sink.iter().enumerate() {
-            push(format!("sink.{l}.k"), f32_bytes(&p.k)?);
-            push(format!("sink.{l}.v"), f32_bytes(&p.v)?);
+            f(format!("sink.{l}.k"), AnyTensor::R4(&p.k))?;
+            f(format!("sink.{l}.v"), AnyTensor::R4(&p.v))?;
         }
-        push("motion".into(), f32_bytes(&self.motion)?);
+        f("motion".into(), AnyTensor::R5(&self.motion))?;
         if let Some(cache) = &self.vae_decode {
             for (i, slot) in cache.slots().iter().enumerate() {
                 if let CacheSlot::Frames(t) = slot {
-                    push(format!("vae.{i}"), f32_bytes(t)?);
+                    f(format!("vae.{i}"), AnyTensor::R5(t))?;
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Streams the carry file to `w` one tensor at a time (host memory holds one tensor,
+    /// not the whole carry), then seeks back to write the header with the data digest.
+    /// I/O errors come back as [`WanError::Io`] with the path `<carry>`; the caller knows
+    /// the real one.
+    pub fn write_to<W: std::io::Write + std::io::Seek>(
+        &self,
+        w: &mut W,
+        extra: &BTreeMap<String, String>,
+    ) -> Result<u64, WanError> {
+        let io = |source| WanError::Io {
+            path: "<carry>".into(),
+            source,
+        };
         let mut meta = self.metadata(extra);
-        let layout: Vec<(String, Vec<usize>)> = tensors
-            .iter()
-            .map(|(n, s, _)| (n.clone(), s.clone()))
-            .collect();
-        // The digest has a fixed width, so the header keeps its length once it is in.
-        let mut out = header_bytes(&meta, &layout);
-        let head = out.len();
-        out.reserve(tensors.iter().map(|(_, _, b)| b.len()).sum());
-        for (_, _, b) in &tensors {
-            out.extend_from_slice(b);
-        }
-        meta.insert(
-            DIGEST_KEY.into(),
-            format!("{:016x}", data_digest(&[&out[head..]])),
-        );
+        let layout = self.layout();
+        let start = w.stream_position().map_err(io)?;
         let header = header_bytes(&meta, &layout);
-        if header.len() != head {
+        w.write_all(&header).map_err(io)?;
+        let mut digest = DataDigest::default();
+        let mut written = header.len() as u64;
+        self.each_tensor(|_, t| {
+            let bytes = t.f32_bytes()?;
+            digest.update(&bytes);
+            written += bytes.len() as u64;
+            w.write_all(&bytes).map_err(io)
+        })?;
+        meta.insert(DIGEST_KEY.into(), digest.hex());
+        let final_header = header_bytes(&meta, &layout);
+        if final_header.len() != header.len() {
             return Err(err("the header changed length with the digest"));
         }
-        out[..head].copy_from_slice(&header);
-        Ok(out)
+        w.seek(std::io::SeekFrom::Start(start)).map_err(io)?;
+        w.write_all(&final_header).map_err(io)?;
+        w.seek(std::io::SeekFrom::Start(start + written))
+            .map_err(io)?;
+        Ok(written)
     }
 
     /// A carry saved by [`Carry::to_bytes`], onto `device`.
@@ -252,12 +329,14 @@ impl<B: Backend> Carry<B> {
         let st =
             SafeTensors::deserialize(bytes).map_err(|e| err(format!("not a carry file: {e}")))?;
         // Safetensors checked that the header length is inside the file.
-        let head = 8 + u64::from_le_bytes(bytes[..8].try_into().map_err(|_| err("too short"))?)
-            as usize;
+        let head =
+            8 + u64::from_le_bytes(bytes[..8].try_into().map_err(|_| err("too short"))?) as usize;
         let digest = meta
             .get(DIGEST_KEY)
             .ok_or_else(|| err(format!("metadata `{DIGEST_KEY}` is missing")))?;
-        let found = format!("{:016x}", data_digest(&[&bytes[head..]]));
+        let mut d = DataDigest::default();
+        d.update(&bytes[head..]);
+        let found = d.hex();
         if *digest != found {
             return Err(err(format!(
                 "damaged: the tensor bytes do not match the digest written with them ({digest}, found {found})"

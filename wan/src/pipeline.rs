@@ -25,7 +25,9 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::audio::MOTION_FRAMES;
-use crate::carry_io::{counter, file_bytes, sink_groups_json, CARRY_FORMAT, DIGEST_KEY, VAE_SLOTS_KEY};
+use crate::carry_io::{
+    counter, file_bytes, sink_groups_json, CARRY_FORMAT, DIGEST_KEY, VAE_SLOTS_KEY,
+};
 use crate::causal_loop::{run_clip, Carry, CausalSettings, ClipInput};
 use crate::config::S2vConfig;
 use crate::error::WanError;
@@ -39,7 +41,9 @@ use crate::rope::RopeGroup;
 use crate::sampler::FlowSchedule;
 use crate::t5::{T5Config, T5Encoder};
 use crate::vae::{decode_cache_shapes, DecodeCache, VaeConfig, WanVae};
-use crate::wav2vec2::{audio_per_video_frame, load_wav2vec2_dir, Wav2Vec2Model, W2V_BIN, W2V_SAFETENSORS};
+use crate::wav2vec2::{
+    audio_per_video_frame, load_wav2vec2_dir, Wav2Vec2Model, W2V_BIN, W2V_SAFETENSORS,
+};
 use crate::WanS2v;
 
 /// Audio sample rate the pipeline takes (wav2vec2's).
@@ -59,13 +63,13 @@ pub const MODEL_ID_LEN: usize = 64;
 
 /// The Wan 2.1 VAE's per-channel latent mean (wan22 `vae2_1.py`).
 pub const WAN21_MEAN: [f32; 16] = [
-    -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508, 0.4134, -0.0715,
-    0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
+    -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508, 0.4134, -0.0715, 0.5517,
+    -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
 ];
 /// The Wan 2.1 VAE's per-channel latent standard deviation.
 pub const WAN21_STD: [f32; 16] = [
-    2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743, 3.2687, 2.1526, 2.8652,
-    1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
+    2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743, 3.2687, 2.1526, 2.8652, 1.5579,
+    1.6382, 1.1253, 2.8251, 1.9160,
 ];
 
 fn input_err(message: impl Into<String>) -> WanError {
@@ -237,9 +241,9 @@ impl LiveAvatarConfig {
                 ..S2vConfig::tiny()
             },
             vae: VaeConfig {
-                dim: 8,
+                dim: 4,
                 z_dim: 16,
-                dim_mult: vec![1, 2, 2, 2],
+                dim_mult: vec![1, 1, 1, 1],
                 num_res_blocks: 1,
                 temporal_downsample: vec![false, true, true],
             },
@@ -415,7 +419,10 @@ impl LiveAvatarConfig {
             ));
         }
         if c.patch_size != [1, 2, 2] {
-            return bad(format!("patch_size {:?}: only [1, 2, 2] is supported", c.patch_size));
+            return bad(format!(
+                "patch_size {:?}: only [1, 2, 2] is supported",
+                c.patch_size
+            ));
         }
         if self.frames_per_block == 0 {
             return bad("frames_per_block must be at least 1".into());
@@ -800,6 +807,22 @@ impl<B: Backend> LiveAvatar<B> {
                 w * h * 3
             )));
         }
+        // Every input is checked before the first model runs.
+        if let Some(i) = audio_16k_mono.iter().position(|v| !v.is_finite()) {
+            return Err(input_err(format!(
+                "audio sample {i} is {}; samples must be finite",
+                audio_16k_mono[i]
+            )));
+        }
+        if self.wav2vec2.output_frames(audio_16k_mono.len()) == 0 {
+            return Err(input_err(format!(
+                "the audio has {} samples; wav2vec2 needs at least {} (16 kHz)",
+                audio_16k_mono.len(),
+                min_audio_samples(&self.wav2vec2)
+            )));
+        }
+        let ids = self.prompt_ids(prompt_ids)?;
+
         let pixels: Vec<f32> = reference_rgb
             .iter()
             .map(|&v| f32::from(v) / 255.0 * 2.0 - 1.0)
@@ -816,14 +839,8 @@ impl<B: Backend> LiveAvatar<B> {
             .vae
             .encode(image.repeat_dim(2, MOTION_FRAMES), mean, std);
 
-        let context = self.embed_prompt(prompt_ids)?;
+        let context = self.embed_prompt(ids);
 
-        if let Some(i) = audio_16k_mono.iter().position(|v| !v.is_finite()) {
-            return Err(input_err(format!(
-                "audio sample {i} is {}; samples must be finite",
-                audio_16k_mono[i]
-            )));
-        }
         let Some((flat, batches)) = audio_per_video_frame(
             &self.wav2vec2,
             audio_16k_mono,
@@ -842,8 +859,8 @@ impl<B: Backend> LiveAvatar<B> {
         let audio = Tensor::<B, 3>::from_data(TensorData::new(flat, [frames, layers, dim]), device)
             .permute([1, 2, 0])
             .unsqueeze::<4>();
-        let audio_video_frames =
-            (audio_16k_mono.len() as u64 * u64::from(s.fps)).div_ceil(u64::from(AUDIO_RATE)) as usize;
+        let audio_video_frames = (audio_16k_mono.len() as u64 * u64::from(s.fps))
+            .div_ceil(u64::from(AUDIO_RATE)) as usize;
         Ok(JobContext {
             params: s.clone(),
             ref_latent,
@@ -856,8 +873,9 @@ impl<B: Backend> LiveAvatar<B> {
         })
     }
 
-    /// Token ids to the DiT's embedded text `[1, text_len, dim]`.
-    fn embed_prompt(&self, prompt_ids: &[u32]) -> Result<Tensor<B, 3>, WanError> {
+    /// The prompt ids the text encoder reads: trailing padding (id 0) dropped, at most
+    /// `text_len`, each inside the vocabulary.
+    fn prompt_ids<'a>(&self, prompt_ids: &'a [u32]) -> Result<&'a [u32], WanError> {
         let cfg = &self.config;
         let real = prompt_ids.len() - prompt_ids.iter().rev().take_while(|&&id| id == 0).count();
         let ids = &prompt_ids[..real.min(cfg.s2v.text_len)];
@@ -867,13 +885,19 @@ impl<B: Backend> LiveAvatar<B> {
                 cfg.t5.vocab
             )));
         }
+        Ok(ids)
+    }
+
+    /// Checked token ids to the DiT's embedded text `[1, text_len, dim]`.
+    fn embed_prompt(&self, ids: &[u32]) -> Tensor<B, 3> {
+        let cfg = &self.config;
         let text = if ids.is_empty() {
             Tensor::zeros([1, cfg.s2v.text_len, cfg.s2v.text_dim], &self.device)
         } else {
             let ids: Vec<i64> = ids.iter().map(|&v| i64::from(v)).collect();
             self.t5.forward(&ids, &vec![true; ids.len()])
         };
-        Ok(self.dit.embed_text(text))
+        self.dit.embed_text(text)
     }
 
     /// The state before clip 0: the sink prefilled from the reference and motion
@@ -988,11 +1012,31 @@ impl<B: Backend> LiveCarry<B> {
         self.inner.to_bytes_with(&id.metadata())
     }
 
+    /// [`LiveCarry::to_bytes`] streamed to `w` one tensor at a time (for carries of tens
+    /// of GB); returns the bytes written, [`carry_bytes`] of the job.
+    pub fn write_to<W: std::io::Write + std::io::Seek>(
+        &self,
+        w: &mut W,
+        id: &CarryId,
+    ) -> Result<u64, WanError> {
+        if id.model.len() != MODEL_ID_LEN {
+            return Err(input_err(format!(
+                "carry id: the model id must have {MODEL_ID_LEN} characters (LiveAvatar::model_id), found {}",
+                id.model.len()
+            )));
+        }
+        self.inner.write_to(w, &id.metadata())
+    }
+
     /// A carry saved by [`LiveCarry::to_bytes`] onto `device`. A carry stamped with another
     /// identity is refused with [`WanError::CarryMismatch`] naming the first field that
     /// differs (model, width, height, infer_frames, sample_steps, seed, fps); a damaged or
     /// truncated file with [`WanError::Carry`].
-    pub fn from_bytes(bytes: &[u8], expected: &CarryId, device: &B::Device) -> Result<Self, WanError> {
+    pub fn from_bytes(
+        bytes: &[u8],
+        expected: &CarryId,
+        device: &B::Device,
+    ) -> Result<Self, WanError> {
         let meta = Carry::<B>::read_metadata(bytes)?;
         for (field, want) in expected.entries() {
             let key = format!("id.{field}");
@@ -1008,7 +1052,11 @@ impl<B: Backend> LiveCarry<B> {
                 };
                 return Err(WanError::CarryMismatch {
                     field: field.to_string(),
-                    expected: if expected.is_empty() { "0".into() } else { expected },
+                    expected: if expected.is_empty() {
+                        "0".into()
+                    } else {
+                        expected
+                    },
                     found: if found.is_empty() { "0".into() } else { found },
                 });
             }
@@ -1062,7 +1110,7 @@ pub fn carry_bytes(cfg: &LiveAvatarConfig, s: &JobParams) -> Result<u64, WanErro
         ("layers", c.num_layers.to_string()),
         ("grid_hw", json!([gh, gw]).to_string()),
         ("sink_groups", sink_groups_json(&groups)),
-        (DIGEST_KEY, format!("{:016x}", 0)),
+        (DIGEST_KEY, "0".repeat(16)),
         (VAE_SLOTS_KEY, "F".repeat(slots.len())),
     ]
     .into_iter()
@@ -1084,4 +1132,71 @@ pub fn sink_rope_groups(grid_hw: [usize; 2], lat_hw: [usize; 2]) -> Vec<RopeGrou
     )];
     groups.extend(crate::motion::rope_groups(lat_hw[0], lat_hw[1]));
     groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::causal_loop::{carry_tensor_bytes, CarryDims};
+
+    #[test]
+    fn carry_size_at_the_release_geometry_adds_the_vae_cache_to_the_dit_carry() {
+        let cfg = LiveAvatarConfig::release();
+        let s = JobParams {
+            width: 704,
+            height: 384,
+            infer_frames: 48,
+            sample_steps: 4,
+            seed: 0,
+            fps: 25,
+        };
+        let total = carry_bytes(&cfg, &s).expect("release settings are valid");
+        // The DiT part from the causal loop's own formula, in f32.
+        let dit = carry_tensor_bytes(
+            &CarryDims {
+                tokens_per_frame: 44 * 24,
+                frames_per_clip: 12,
+                sink_tokens: 2640,
+                layers: 40,
+                heads: 40,
+                head_dim: 128,
+                steps: 4,
+                motion_elements: 16 * 19 * 88 * 48,
+            },
+            4,
+        );
+        let vae: u64 = decode_cache_shapes(&cfg.vae, 48, 88)
+            .iter()
+            .map(|s| 4 * s.iter().product::<usize>() as u64)
+            .sum();
+        let header = total - dit - vae;
+        assert!(header > 0 && header < 1 << 20, "header {header} bytes");
+        // The VAE decoder's cache: 2.56 GB in f32 at this size (32 slots of 2 frames).
+        assert!((2.5e9..2.6e9).contains(&(vae as f64)), "{vae}");
+        eprintln!("release carry: {total} bytes (DiT {dit}, VAE cache {vae}, header {header})");
+    }
+
+    #[test]
+    fn clip_noise_is_standard_normal_and_keyed_by_seed_and_clip() {
+        let a = clip_noise(1, 0, 20_001);
+        assert_eq!(a.len(), 20_001);
+        let mean = a.iter().map(|&v| f64::from(v)).sum::<f64>() / a.len() as f64;
+        let var = a
+            .iter()
+            .map(|&v| (f64::from(v) - mean).powi(2))
+            .sum::<f64>()
+            / a.len() as f64;
+        assert!(
+            mean.abs() < 0.03 && (var - 1.0).abs() < 0.05,
+            "{mean} {var}"
+        );
+        assert_eq!(a, clip_noise(1, 0, 20_001));
+        assert_eq!(
+            &a[..100],
+            &clip_noise(1, 0, 100)[..],
+            "a prefix does not depend on n"
+        );
+        assert_ne!(a[..100], clip_noise(1, 1, 100)[..]);
+        assert_ne!(a[..100], clip_noise(2, 0, 100)[..]);
+    }
 }

@@ -197,8 +197,8 @@ pub fn write_tiny_release(dir: &Path, seed: u64) -> Result<(), WanError> {
         std::fs::create_dir_all(parent).map_err(io_err(parent))?;
     }
     let config_path = s2v.join(CONFIG_FILE);
-    let config = serde_json::to_string_pretty(&cfg.to_json())
-        .map_err(|e| store_err(&config_path, e))?;
+    let config =
+        serde_json::to_string_pretty(&cfg.to_json()).map_err(|e| store_err(&config_path, e))?;
     std::fs::write(&config_path, config).map_err(io_err(&config_path))?;
 
     let dit = WanS2v::<NdArray>::new(&cfg.s2v, &device);
@@ -212,7 +212,10 @@ pub fn write_tiny_release(dir: &Path, seed: u64) -> Result<(), WanError> {
     let w2v_json = w2v.join("config.json");
     std::fs::write(&w2v_json, w2v_config_json(&w2v_cfg).to_string()).map_err(io_err(&w2v_json))?;
     let w2v_model = Wav2Vec2Model::<NdArray>::new(&w2v_cfg, &device);
-    write_safetensors(&w2v.join(W2V_SAFETENSORS), &random_tensors(&w2v_model, seed ^ 3))?;
+    write_safetensors(
+        &w2v.join(W2V_SAFETENSORS),
+        &random_tensors(&w2v_model, seed ^ 3),
+    )?;
 
     // The LoRA adapts every attention projection and feed-forward matrix of the blocks,
     // as Live Avatar's does (without the injectors, to keep the file small).

@@ -152,7 +152,11 @@ fn resume_from_saved_carries_gives_identical_frames() {
     assert_eq!(loaded.clip(), 1);
     let resumed = render(&m, &ctx, loaded, 2);
     for (k, (a, b)) in full[1..].iter().zip(&resumed).enumerate() {
-        assert!(a.0 == b.0, "clip {} differs after resuming at clip 1", k + 1);
+        assert!(
+            a.0 == b.0,
+            "clip {} differs after resuming at clip 1",
+            k + 1
+        );
         assert_eq!(
             a.1.to_bytes(&id).expect("saves"),
             b.1.to_bytes(&id).expect("saves"),
@@ -166,15 +170,14 @@ fn resume_from_saved_carries_gives_identical_frames() {
     let saved = full[1].1.to_bytes(&id).expect("carry saves");
     let loaded = LiveCarry::<B>::from_bytes(&saved, ctx2.carry_id(), &dev).expect("loads");
     let resumed = render(&m, &ctx2, loaded, 1);
-    assert!(full[2].0 == resumed[0].0, "clip 2 differs after resuming at clip 2");
+    assert!(
+        full[2].0 == resumed[0].0,
+        "clip 2 differs after resuming at clip 2"
+    );
 
     // The check can fail: a carry from one clip earlier gives other frames.
-    let stale = LiveCarry::<B>::from_bytes(
-        &full[0].1.to_bytes(&id).expect("saves"),
-        &id,
-        &dev,
-    )
-    .expect("loads");
+    let stale = LiveCarry::<B>::from_bytes(&full[0].1.to_bytes(&id).expect("saves"), &id, &dev)
+        .expect("loads");
     let mut stale = stale;
     stale.inner.clip = 2;
     let (wrong, _) = m.render_clip(&ctx, stale).expect("renders");
@@ -215,9 +218,27 @@ fn carries_of_another_job_are_refused_naming_the_field() {
     let id = ctx.carry_id().clone();
 
     let cases: Vec<(&str, CarryId)> = vec![
-        ("seed", CarryId { seed: 10, ..id.clone() }),
-        ("width", CarryId { width: 128, ..id.clone() }),
-        ("sample_steps", CarryId { sample_steps: 2, ..id.clone() }),
+        (
+            "seed",
+            CarryId {
+                seed: 10,
+                ..id.clone()
+            },
+        ),
+        (
+            "width",
+            CarryId {
+                width: 128,
+                ..id.clone()
+            },
+        ),
+        (
+            "sample_steps",
+            CarryId {
+                sample_steps: 2,
+                ..id.clone()
+            },
+        ),
         (
             "model",
             CarryId {
@@ -286,7 +307,9 @@ fn seeds_give_different_frames() {
     let d = mean_abs_diff(&fa.rgb[6], &fb.rgb[6]);
     assert!(d > 1.0, "seeds 1 and 2 look the same ({d})");
     // And the same seed the same frames.
-    let (fa2, _) = m.render_clip(&a, m.start(&a).expect("start")).expect("a again");
+    let (fa2, _) = m
+        .render_clip(&a, m.start(&a).expect("start"))
+        .expect("a again");
     assert!(fa == fa2);
 }
 
@@ -295,23 +318,41 @@ fn settings_and_inputs_are_checked_with_what_to_change() {
     let m = model(7);
     let s = params(1);
     let msg = |p: JobParams| m.check_settings(&p).expect_err("bad settings").to_string();
-    let e = msg(JobParams { width: 100, ..s.clone() });
+    let e = msg(JobParams {
+        width: 100,
+        ..s.clone()
+    });
     assert!(e.contains("width") && e.contains("64 or 128"), "{e}");
-    let e = msg(JobParams { infer_frames: 6, ..s.clone() });
+    let e = msg(JobParams {
+        infer_frames: 6,
+        ..s.clone()
+    });
     assert!(e.contains("infer_frames") && e.contains("try 8"), "{e}");
-    let e = msg(JobParams { sample_steps: 0, ..s.clone() });
+    let e = msg(JobParams {
+        sample_steps: 0,
+        ..s.clone()
+    });
     assert!(e.contains("sample_steps"), "{e}");
-    let e = msg(JobParams { fps: 0, ..s.clone() });
+    let e = msg(JobParams {
+        fps: 0,
+        ..s.clone()
+    });
     assert!(e.contains("fps"), "{e}");
     // The release's 3 frames per block: 16 frames do not split, 48 do.
     let release = LiveAvatarConfig::release();
     let e = release
-        .check_settings(&JobParams { infer_frames: 16, ..s.clone() })
+        .check_settings(&JobParams {
+            infer_frames: 16,
+            ..s.clone()
+        })
         .expect_err("16 frames on the release")
         .to_string();
     assert!(e.contains("multiple of 12"), "{e}");
     assert!(release
-        .check_settings(&JobParams { infer_frames: 48, ..s.clone() })
+        .check_settings(&JobParams {
+            infer_frames: 48,
+            ..s.clone()
+        })
         .is_ok());
 
     let img = image(64, 64);
@@ -353,11 +394,18 @@ fn streaming_decode_equals_decoding_at_once() {
     let (mean, std) = (&m.config.vae_mean, &m.config.vae_std);
     let whole = m.vae.decode(z.clone(), mean, std);
     let mut cache = wan::vae::DecodeCache::default();
-    let a = m.vae.decode_stream(z.clone().narrow(2, 0, 2), mean, std, &mut cache);
-    let b = m.vae.decode_stream(z.narrow(2, 2, 3), mean, std, &mut cache);
+    let a = m
+        .vae
+        .decode_stream(z.clone().narrow(2, 0, 2), mean, std, &mut cache);
+    let b = m
+        .vae
+        .decode_stream(z.narrow(2, 2, 3), mean, std, &mut cache);
     assert_eq!(a.dims()[2], 5, "1 + 4 frames from the first two latents");
     assert_eq!(b.dims()[2], 12);
-    let joined: Vec<f32> = Tensor::cat(vec![a, b], 2).into_data().to_vec().expect("f32");
+    let joined: Vec<f32> = Tensor::cat(vec![a, b], 2)
+        .into_data()
+        .to_vec()
+        .expect("f32");
     let whole: Vec<f32> = whole.into_data().to_vec().expect("f32");
     assert_eq!(joined, whole);
     // The slots after two or more latents have the shapes the size formula assumes.
@@ -387,6 +435,9 @@ fn the_tiny_release_is_reproducible_from_its_seed() {
         "LiveAvatar/liveavatar.safetensors",
     ] {
         let read = |d: &Path| std::fs::read(d.join(rel)).expect("read");
-        assert!(read(a.path()) == read(&b), "{rel} differs between two writes");
+        assert!(
+            read(a.path()) == read(&b),
+            "{rel} differs between two writes"
+        );
     }
 }
