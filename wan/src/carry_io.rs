@@ -129,7 +129,7 @@ pub fn header_bytes(
         offset += len;
     }
     let mut text = Value::Object(map).to_string().into_bytes();
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(b' ');
     }
     let mut out = (text.len() as u64).to_le_bytes().to_vec();
