@@ -94,7 +94,8 @@ fn store_err(path: &Path, message: impl ToString) -> WanError {
     }
 }
 
-type Named = Vec<(String, Vec<usize>, Vec<u8>)>;
+/// Tensors to write: checkpoint key, shape, little-endian f32 bytes.
+pub type Named = Vec<(String, Vec<usize>, Vec<u8>)>;
 
 /// Seeded f32 tensors for every parameter of `module`, by checkpoint key.
 fn random_tensors<M: Module<NdArray>>(module: &M, seed: u64) -> Named {
@@ -124,8 +125,9 @@ pub fn write_safetensors(path: &Path, tensors: &Named) -> Result<(), WanError> {
     std::fs::write(path, bytes).map_err(io_err(path))
 }
 
-/// Writes `tensors` as two shards named like the release plus the index file.
-fn write_sharded(dir: &Path, tensors: &Named) -> Result<(), WanError> {
+/// Writes `tensors` as two shards named like the release plus the index file
+/// (tensors alternate between the shards).
+pub fn write_sharded(dir: &Path, tensors: &Named) -> Result<(), WanError> {
     let names = [
         "diffusion_pytorch_model-00001-of-00002.safetensors",
         "diffusion_pytorch_model-00002-of-00002.safetensors",

@@ -25,7 +25,7 @@ pub const MODEL_ID_LEN: usize = 64;
 /// identity differs, naming the field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CarryId {
-    /// Digest of the model directory ([`LiveAvatar::model_id`]), 64 hex digits.
+    /// Digest of the model directory ([`super::LiveAvatar::model_id`]), 64 hex digits.
     pub model: String,
     pub width: usize,
     pub height: usize,
@@ -154,7 +154,7 @@ impl<B: Backend> LiveCarry<B> {
 }
 
 /// Exact size in bytes of [`LiveCarry::to_bytes`] for any carry after a clip of a job
-/// with settings `s` on a model with `cfg` (the carry of [`LiveAvatar::start`], before
+/// with settings `s` on a model with `cfg` (the carry of [`super::LiveAvatar::start`], before
 /// any decode, is smaller: its VAE cache is empty). A function of the geometry only:
 /// KV rings, sink, motion latents, VAE cache slots, and the fixed-size header.
 pub fn carry_bytes(cfg: &LiveAvatarConfig, s: &JobParams) -> Result<u64, WanError> {

@@ -3,19 +3,23 @@
 //! clip, with an exact resume from any clip boundary.
 //!
 //! ```text
-//! LiveAvatar::load(dir)            once per process: DiT (+ LoRA merged), VAE, umT5, wav2vec2
-//! check_settings(&params)          size, frames, steps: errors say what to change
+//! LiveAvatar::load(dir)             once per process: DiT (+ LoRA merged), VAE, umT5, wav2vec2
+//! check_settings(&params)           size, frames, steps, fps: errors say what to change
 //! prepare(&params, rgb, audio, ids) once per job: ref latent, motion latents, text, audio features
-//! start(&ctx) -> carry             clip 0 state: sink prefilled, empty rings, fresh decode cache
-//! render_clip(&ctx, carry)         -> (frames, next carry); carry.to_bytes / from_bytes between
+//! start(&ctx) -> carry              clip 0 state: sink prefilled, empty rings, fresh decode cache
+//! render_clip(&ctx, carry)          -> (frames, next carry)
+//! carry.to_bytes / write_to         LiveCarry::from_bytes(bytes, id, device) refuses another job's
+//! carry_bytes(&config, &params)     the carry file's exact size, before the job starts
+//! memory_estimate(..)               device bytes of a job by part
 //! ```
 //!
 //! Frames per clip: the causal VAE turns the first latent frame of the stream into one
 //! video frame and every later latent frame into four, so clip 0 returns
 //! `infer_frames - 3` frames and every later clip `infer_frames`. The audio features of
-//! clip `k` are video frames `k·infer_frames .. (k+1)·infer_frames` of the track (zero rows
-//! past its end, as the original pads), so the video runs 3 frames ahead of the audio
-//! grid; the render side cuts the video to the audio's length.
+//! clip `k` are rows `k·infer_frames .. (k+1)·infer_frames` of the track's per-video-frame
+//! features (zero rows past its end, as the original pads). After `n` clips there are
+//! `n·infer_frames - 3` frames; as in the original they play from time 0 against the audio,
+//! and the render side cuts the video to the audio's length.
 
 mod carry;
 mod config;
