@@ -324,6 +324,11 @@ fn settings_and_inputs_are_checked_with_what_to_change() {
     });
     assert!(e.contains("width") && e.contains("64 or 128"), "{e}");
     let e = msg(JobParams {
+        width: 1 << 20,
+        ..s.clone()
+    });
+    assert!(e.contains("4096"), "{e}");
+    let e = msg(JobParams {
         infer_frames: 6,
         ..s.clone()
     });

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use super::{input_err, JobParams, SAMPLE_SHIFT, SIZE_MULTIPLE, VIDEO_FRAMES_PER_LATENT};
+use super::{input_err, JobParams, MAX_SIDE, SAMPLE_SHIFT, SIZE_MULTIPLE, VIDEO_FRAMES_PER_LATENT};
 use crate::causal_loop::CausalSettings;
 use crate::config::S2vConfig;
 use crate::error::WanError;
@@ -354,6 +354,12 @@ impl LiveAvatarConfig {
     pub fn check_settings(&self, s: &JobParams) -> Result<(), WanError> {
         let m = SIZE_MULTIPLE;
         for (name, v) in [("width", s.width), ("height", s.height)] {
+            if v > MAX_SIDE {
+                return Err(input_err(format!(
+                    "size {}x{}: the {name} is above the {MAX_SIDE} pixels this pipeline accepts",
+                    s.width, s.height
+                )));
+            }
             if v == 0 || v % m != 0 {
                 let lower = (v / m) * m;
                 let upper = lower + m;

@@ -56,6 +56,9 @@ pub const VIDEO_FRAMES_PER_LATENT: usize = 4;
 /// Pixels per latent row/column times the DiT's 2×2 patch times the frame packer's
 /// coarsest 4× grid: width and height must be multiples of this.
 pub const SIZE_MULTIPLE: usize = 64;
+/// Largest width or height accepted (4K UHD's width), so a typo cannot ask for
+/// terabytes; Live Avatar renders 704×384.
+pub const MAX_SIDE: usize = 4096;
 /// Shift of the flow-matching schedule (Live Avatar's `shift=3`).
 pub const SAMPLE_SHIFT: f64 = 3.0;
 /// Video frames the original's first clip drops (the causal VAE makes one frame of the
