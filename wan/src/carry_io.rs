@@ -459,3 +459,42 @@ impl<B: Backend> Carry<B> {
         Ok((carry, meta))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_of_pieces_equals_digest_of_the_whole_and_sees_one_bit() {
+        let data: Vec<u8> = (0..4000u32)
+            .flat_map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes())
+            .collect();
+        let mut whole = DataDigest::default();
+        whole.update(&data);
+        let mut pieces = DataDigest::default();
+        for chunk in data.chunks(12) {
+            pieces.update(chunk);
+        }
+        assert_eq!(whole.hex(), pieces.hex());
+        assert_eq!(whole.hex().len(), 16);
+        let mut flipped = data.clone();
+        flipped[1234] ^= 1;
+        let mut other = DataDigest::default();
+        other.update(&flipped);
+        assert_ne!(whole.hex(), other.hex());
+        let mut short = DataDigest::default();
+        short.update(&data[..data.len() - 4]);
+        assert_ne!(
+            whole.hex(),
+            short.hex(),
+            "a missing word changes the digest"
+        );
+    }
+
+    #[test]
+    fn counters_have_a_fixed_width() {
+        assert_eq!(counter(0).len(), COUNTER_DIGITS);
+        assert_eq!(counter(u64::MAX).len(), COUNTER_DIGITS);
+        assert_eq!(counter(42).parse::<u64>().ok(), Some(42));
+    }
+}
