@@ -446,3 +446,53 @@ fn the_tiny_release_is_reproducible_from_its_seed() {
         );
     }
 }
+
+#[test]
+fn a_broken_model_directory_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_tiny_release(dir.path(), 3).expect("writes");
+    let load = || LiveAvatar::<B>::load(dir.path(), &Default::default()).map(|_| ());
+    assert!(load().is_ok());
+    let config = dir.path().join("Wan2.2-S2V-14B/config.json");
+    let original = std::fs::read_to_string(&config).expect("config");
+
+    // A field of the wrong type.
+    std::fs::write(
+        &config,
+        original.replace("\"dim\": 64", "\"dim\": \"wide\""),
+    )
+    .expect("w");
+    let e = load().expect_err("bad dim").to_string();
+    assert!(e.contains("config.json") && e.contains("`dim`"), "{e}");
+    // Parts that do not fit together.
+    std::fs::write(
+        &config,
+        original.replace("\"text_dim\": 32", "\"text_dim\": 48"),
+    )
+    .expect("w");
+    let e = load().expect_err("text width").to_string();
+    assert!(e.contains("text_dim"), "{e}");
+    std::fs::write(
+        &config,
+        original.replace("\"audio_layers\": 3", "\"audio_layers\": 25"),
+    )
+    .expect("w");
+    let e = load().expect_err("audio layers").to_string();
+    assert!(
+        e.contains("casual_audio_encoder.weights") && e.contains("[1, 25, 1, 1]"),
+        "{e}"
+    );
+    std::fs::write(&config, &original).expect("w");
+
+    // A missing LoRA.
+    let lora = dir.path().join("LiveAvatar/liveavatar.safetensors");
+    std::fs::rename(&lora, dir.path().join("moved")).expect("move");
+    let e = load().expect_err("no LoRA").to_string();
+    assert!(e.contains("liveavatar.safetensors"), "{e}");
+    std::fs::rename(dir.path().join("moved"), &lora).expect("move back");
+
+    // A missing VAE: the released name is the one asked for.
+    std::fs::remove_file(dir.path().join("Wan2.2-S2V-14B/Wan2.1_VAE.safetensors")).expect("rm");
+    let e = load().expect_err("no VAE").to_string();
+    assert!(e.contains("Wan2.1_VAE.pth"), "{e}");
+}
