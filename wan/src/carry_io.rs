@@ -2,23 +2,32 @@
 //! and resume bit-exactly.
 //!
 //! Tensors are stored as little-endian f32 under `ring.<step>.<layer>.{k,v}`,
-//! `sink.<layer>.{k,v}` and `motion`; the counters, the token grid and the sink RoPE
-//! groups are in the header's metadata as JSON. Loading checks the format version,
-//! that every tensor is present with the shape the counts imply, and the dtype.
+//! `sink.<layer>.{k,v}`, `motion` and, when the carry holds the VAE decoder's streaming
+//! cache, `vae.<slot>` for each slot holding frames; the counters, the token grid, the
+//! sink RoPE groups, the kinds of the VAE cache slots and a digest of the tensor bytes are
+//! in the header's metadata. Counters are written zero-padded to a fixed width and the
+//! header is built here (not by the safetensors crate), so the file's size is a function
+//! of the geometry alone ([`file_bytes`]): the same for every clip of a job and known
+//! before it starts. Loading checks the format version, the digest (a damaged tensor byte
+//! is refused), that every tensor is present with the shape the counts imply, and the
+//! dtype.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use burn::prelude::*;
-use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::{json, Value};
 
 use crate::causal_loop::{Carry, KvPair};
 use crate::error::WanError;
 use crate::rope::RopeGroup;
+use crate::vae::{CacheSlot, DecodeCache};
 
 /// Written into the metadata; a file with another value is refused.
-pub const CARRY_FORMAT: &str = "wan-carry-1";
+pub const CARRY_FORMAT: &str = "wan-carry-2";
+
+/// Digits of the zero-padded counters in the metadata.
+pub const COUNTER_DIGITS: usize = 20;
 
 fn err(message: impl Into<String>) -> WanError {
     WanError::Carry {
@@ -26,15 +35,115 @@ fn err(message: impl Into<String>) -> WanError {
     }
 }
 
-fn f32_bytes<B: Backend, const D: usize>(
-    t: &Tensor<B, D>,
-) -> Result<(Vec<usize>, Vec<u8>), WanError> {
-    let data = t.clone().into_data().convert::<f32>();
-    let shape = data.shape.to_vec();
-    let values = data
-        .to_vec::<f32>()
-        .map_err(|e| err(format!("cannot read a tensor back from the device: {e:?}")))?;
-    Ok((shape, values.iter().flat_map(|v| v.to_le_bytes()).collect()))
+/// A counter as a fixed-width metadata value.
+pub fn counter(v: u64) -> String {
+    format!("{v:0width$}", width = COUNTER_DIGITS)
+}
+
+/// A stored tensor of either rank.
+enum AnyTensor<'a, B: Backend> {
+    R4(&'a Tensor<B, 4>),
+    R5(&'a Tensor<B, 5>),
+}
+
+impl<B: Backend> AnyTensor<'_, B> {
+    fn dims(&self) -> Vec<usize> {
+        match self {
+            AnyTensor::R4(t) => t.dims().to_vec(),
+            AnyTensor::R5(t) => t.dims().to_vec(),
+        }
+    }
+
+    /// Little-endian f32 bytes, read back from the device.
+    fn f32_bytes(&self) -> Result<Vec<u8>, WanError> {
+        let data = match self {
+            AnyTensor::R4(t) => (*t).clone().into_data(),
+            AnyTensor::R5(t) => (*t).clone().into_data(),
+        };
+        let values = data
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .map_err(|e| err(format!("cannot read a tensor back from the device: {e:?}")))?;
+        Ok(values.iter().flat_map(|v| v.to_le_bytes()).collect())
+    }
+}
+
+/// A streaming 64-bit digest of the tensor bytes (not cryptographic: it catches damage,
+/// such as a flipped bit or a block of zeros, not tampering). It reads 4-byte words, so
+/// feeding the data in pieces of whole f32 values gives the digest of the whole.
+#[derive(Debug, Clone)]
+pub struct DataDigest {
+    h: u64,
+    len: u64,
+}
+
+impl Default for DataDigest {
+    fn default() -> Self {
+        Self {
+            h: 0x243F_6A88_85A3_08D3,
+            len: 0,
+        }
+    }
+}
+
+impl DataDigest {
+    /// Adds `bytes` (a whole number of 4-byte words, except possibly at the very end).
+    pub fn update(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x9E37_79B9_7F4A_7C15;
+        self.len += bytes.len() as u64;
+        let mut words = bytes.chunks_exact(4);
+        for w in &mut words {
+            let v = u64::from(u32::from_le_bytes([w[0], w[1], w[2], w[3]]));
+            self.h = (self.h ^ v).wrapping_mul(K).rotate_left(29);
+        }
+        for &b in words.remainder() {
+            self.h = (self.h ^ u64::from(b) ^ (1 << 40))
+                .wrapping_mul(K)
+                .rotate_left(29);
+        }
+    }
+
+    /// The digest as 16 hex digits.
+    pub fn hex(&self) -> String {
+        let mut h = self.h ^ self.len;
+        h = (h ^ (h >> 31)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        format!("{:016x}", h ^ (h >> 29))
+    }
+}
+
+/// The safetensors header (8-byte length and JSON padded with spaces to a multiple of
+/// 8) for `tensors` (f32, stored in this order) and `metadata`.
+pub fn header_bytes(
+    metadata: &BTreeMap<String, String>,
+    tensors: &[(String, Vec<usize>)],
+) -> Vec<u8> {
+    let mut map = serde_json::Map::new();
+    map.insert("__metadata__".into(), json!(metadata));
+    let mut offset = 0usize;
+    for (name, shape) in tensors {
+        let len = 4 * shape.iter().product::<usize>();
+        map.insert(
+            name.clone(),
+            json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + len]}),
+        );
+        offset += len;
+    }
+    let mut text = Value::Object(map).to_string().into_bytes();
+    while !text.len().is_multiple_of(8) {
+        text.push(b' ');
+    }
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend(text);
+    out
+}
+
+/// Size of a carry file with `tensors` and `metadata`: header plus f32 data.
+pub fn file_bytes(metadata: &BTreeMap<String, String>, tensors: &[(String, Vec<usize>)]) -> u64 {
+    let data: u64 = tensors
+        .iter()
+        .map(|(_, s)| 4 * s.iter().product::<usize>() as u64)
+        .sum();
+    header_bytes(metadata, tensors).len() as u64 + data
 }
 
 fn group_json(g: &RopeGroup) -> Value {
@@ -60,63 +169,179 @@ fn group_from(v: &Value) -> Result<RopeGroup, WanError> {
     })
 }
 
+/// Metadata value of the sink RoPE groups.
+pub fn sink_groups_json(groups: &[RopeGroup]) -> String {
+    Value::Array(groups.iter().map(group_json).collect()).to_string()
+}
+
+/// Metadata value of the VAE cache slot kinds: `E`mpty, `R`epeat, `F`rames, one a slot.
+fn slot_kinds<B: Backend>(cache: &DecodeCache<B>) -> String {
+    cache
+        .slots()
+        .iter()
+        .map(|s| match s {
+            CacheSlot::Empty => 'E',
+            CacheSlot::Repeat => 'R',
+            CacheSlot::Frames(_) => 'F',
+        })
+        .collect()
+}
+
+/// Metadata key of the VAE slot kinds (absent when the carry has no decode cache).
+pub const VAE_SLOTS_KEY: &str = "vae_slots";
+/// Metadata key of the data digest (16 hex digits).
+pub const DIGEST_KEY: &str = "digest";
+
 impl<B: Backend> Carry<B> {
-    /// The carry as one safetensors file. A carry holding a VAE decode cache is
-    /// refused (that state is not serialisable yet).
+    /// The carry as one safetensors file (see the module docs).
     pub fn to_bytes(&self) -> Result<Vec<u8>, WanError> {
-        if self.vae_decode.is_some() {
-            return Err(err("the VAE decode cache cannot be saved yet"));
-        }
-        let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-        let mut push = |name: String, t: (Vec<usize>, Vec<u8>)| tensors.push((name, t.0, t.1));
-        for (s, ring) in self.rings.iter().enumerate() {
-            for (l, p) in ring.iter().enumerate() {
-                push(format!("ring.{s}.{l}.k"), f32_bytes(&p.k)?);
-                push(format!("ring.{s}.{l}.v"), f32_bytes(&p.v)?);
-            }
-        }
-        for (l, p) in self.sink.iter().enumerate() {
-            push(format!("sink.{l}.k"), f32_bytes(&p.k)?);
-            push(format!("sink.{l}.v"), f32_bytes(&p.v)?);
-        }
-        push("motion".into(), f32_bytes(&self.motion)?);
-        let views = tensors
-            .iter()
-            .map(|(n, shape, bytes)| {
-                TensorView::new(Dtype::F32, shape.clone(), bytes)
-                    .map(|v| (n.clone(), v))
-                    .map_err(|e| err(format!("{n}: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let layers = self.sink.len();
-        let meta: HashMap<String, String> = [
+        self.to_bytes_with(&BTreeMap::new())
+    }
+
+    /// The metadata [`Carry::to_bytes_with`] writes, before the digest, with `extra`.
+    pub fn metadata(&self, extra: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+        let mut meta: BTreeMap<String, String> = [
             ("format", CARRY_FORMAT.to_string()),
-            ("frames_done", self.frames_done.to_string()),
-            ("clip", self.clip.to_string()),
+            ("frames_done", counter(self.frames_done as u64)),
+            ("clip", counter(self.clip)),
             ("steps", self.rings.len().to_string()),
-            ("layers", layers.to_string()),
+            ("layers", self.sink.len().to_string()),
             ("grid_hw", json!(self.grid_hw).to_string()),
-            (
-                "sink_groups",
-                Value::Array(self.sink_groups.iter().map(group_json).collect()).to_string(),
-            ),
+            ("sink_groups", sink_groups_json(&self.sink_groups)),
+            (DIGEST_KEY, DataDigest::default().hex()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        safetensors::serialize(views, Some(meta)).map_err(|e| err(e.to_string()))
+        if let Some(cache) = &self.vae_decode {
+            meta.insert(VAE_SLOTS_KEY.into(), slot_kinds(cache));
+        }
+        for (k, v) in extra {
+            meta.insert(k.clone(), v.clone());
+        }
+        meta
+    }
+
+    /// [`Carry::to_bytes`] with `extra` metadata entries (an identity, for instance).
+    pub fn to_bytes_with(&self, extra: &BTreeMap<String, String>) -> Result<Vec<u8>, WanError> {
+        let mut out = std::io::Cursor::new(Vec::new());
+        self.write_to(&mut out, extra)
+            .map_err(|e| err(format!("cannot build the carry in memory: {e}")))?;
+        Ok(out.into_inner())
+    }
+
+    /// Names and shapes of the tensors in the order they are stored.
+    fn layout(&self) -> Vec<(String, Vec<usize>)> {
+        let mut out = Vec::new();
+        self.each_tensor(|name, t| {
+            out.push((name, t.dims()));
+            Ok(())
+        })
+        .ok();
+        out
+    }
+
+    /// Calls `f` with each stored tensor in order.
+    fn each_tensor(
+        &self,
+        mut f: impl FnMut(String, AnyTensor<'_, B>) -> Result<(), WanError>,
+    ) -> Result<(), WanError> {
+        for (s, ring) in self.rings.iter().enumerate() {
+            for (l, p) in ring.iter().enumerate() {
+                f(format!("ring.{s}.{l}.k"), AnyTensor::R4(&p.k))?;
+                f(format!("ring.{s}.{l}.v"), AnyTensor::R4(&p.v))?;
+            }
+        }
+        for (l, p) in self.sink.iter().enumerate() {
+            f(format!("sink.{l}.k"), AnyTensor::R4(&p.k))?;
+            f(format!("sink.{l}.v"), AnyTensor::R4(&p.v))?;
+        }
+        f("motion".into(), AnyTensor::R5(&self.motion))?;
+        if let Some(cache) = &self.vae_decode {
+            for (i, slot) in cache.slots().iter().enumerate() {
+                if let CacheSlot::Frames(t) = slot {
+                    f(format!("vae.{i}"), AnyTensor::R5(t))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Streams the carry file to `w` one tensor at a time (host memory holds one tensor,
+    /// not the whole carry), then seeks back to write the header with the data digest.
+    /// I/O errors come back as [`WanError::Io`] with the path `<carry>`; the caller knows
+    /// the real one.
+    pub fn write_to<W: std::io::Write + std::io::Seek>(
+        &self,
+        w: &mut W,
+        extra: &BTreeMap<String, String>,
+    ) -> Result<u64, WanError> {
+        let io = |source| WanError::Io {
+            path: "<carry>".into(),
+            source,
+        };
+        let mut meta = self.metadata(extra);
+        let layout = self.layout();
+        let start = w.stream_position().map_err(io)?;
+        let header = header_bytes(&meta, &layout);
+        w.write_all(&header).map_err(io)?;
+        let mut digest = DataDigest::default();
+        let mut written = header.len() as u64;
+        self.each_tensor(|_, t| {
+            let bytes = t.f32_bytes()?;
+            digest.update(&bytes);
+            written += bytes.len() as u64;
+            w.write_all(&bytes).map_err(io)
+        })?;
+        meta.insert(DIGEST_KEY.into(), digest.hex());
+        let final_header = header_bytes(&meta, &layout);
+        if final_header.len() != header.len() {
+            return Err(err("the header changed length with the digest"));
+        }
+        w.seek(std::io::SeekFrom::Start(start)).map_err(io)?;
+        w.write_all(&final_header).map_err(io)?;
+        w.seek(std::io::SeekFrom::Start(start + written))
+            .map_err(io)?;
+        Ok(written)
     }
 
     /// A carry saved by [`Carry::to_bytes`], onto `device`.
     pub fn from_bytes(bytes: &[u8], device: &B::Device) -> Result<Self, WanError> {
+        Self::from_bytes_with_meta(bytes, device).map(|(c, _)| c)
+    }
+
+    /// The metadata of a carry file, checked only for being a carry file.
+    pub fn read_metadata(bytes: &[u8]) -> Result<HashMap<String, String>, WanError> {
         let (_, header) =
             SafeTensors::read_metadata(bytes).map_err(|e| err(format!("not a carry file: {e}")))?;
-        let st =
-            SafeTensors::deserialize(bytes).map_err(|e| err(format!("not a carry file: {e}")))?;
-        let meta = header
+        header
             .metadata()
             .clone()
-            .ok_or_else(|| err("no metadata: not a carry file"))?;
+            .ok_or_else(|| err("no metadata: not a carry file"))
+    }
+
+    /// [`Carry::from_bytes`], also returning the file's metadata.
+    pub fn from_bytes_with_meta(
+        bytes: &[u8],
+        device: &B::Device,
+    ) -> Result<(Self, HashMap<String, String>), WanError> {
+        let meta = Self::read_metadata(bytes)?;
+        let st =
+            SafeTensors::deserialize(bytes).map_err(|e| err(format!("not a carry file: {e}")))?;
+        // Safetensors checked that the header length is inside the file.
+        let head =
+            8 + u64::from_le_bytes(bytes[..8].try_into().map_err(|_| err("too short"))?) as usize;
+        let digest = meta
+            .get(DIGEST_KEY)
+            .ok_or_else(|| err(format!("metadata `{DIGEST_KEY}` is missing")))?;
+        let mut d = DataDigest::default();
+        d.update(&bytes[head..]);
+        let found = d.hex();
+        if *digest != found {
+            return Err(err(format!(
+                "damaged: the tensor bytes do not match the digest written with them ({digest}, found {found})"
+            )));
+        }
         let get = |k: &str| {
             meta.get(k)
                 .ok_or_else(|| err(format!("metadata `{k}` is missing")))
@@ -191,14 +416,37 @@ impl<B: Backend> Carry<B> {
         {
             return Err(err("the KV rings do not all have the same shape"));
         }
-        let expected = st.names().len();
-        if expected != 2 * layers * (steps + 1) + 1 {
+        let vae_decode = match meta.get(VAE_SLOTS_KEY) {
+            None => None,
+            Some(kinds) => Some(DecodeCache::from_slots(
+                kinds
+                    .chars()
+                    .enumerate()
+                    .map(|(i, k)| match k {
+                        'E' => Ok(CacheSlot::Empty),
+                        'R' => Ok(CacheSlot::Repeat),
+                        'F' => Ok(CacheSlot::Frames(Tensor::from_data(
+                            load(&format!("vae.{i}"), 5)?,
+                            device,
+                        ))),
+                        other => Err(err(format!(
+                            "metadata `{VAE_SLOTS_KEY}`: unknown slot kind `{other}`"
+                        ))),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            )),
+        };
+        let vae_tensors = meta
+            .get(VAE_SLOTS_KEY)
+            .map_or(0, |k| k.chars().filter(|&c| c == 'F').count());
+        let expected = 2 * layers * (steps + 1) + 1 + vae_tensors;
+        let found = st.names().len();
+        if found != expected {
             return Err(err(format!(
-                "{expected} tensors, expected {} for {steps} steps and {layers} layers",
-                2 * layers * (steps + 1) + 1
+                "{found} tensors, expected {expected} for {steps} steps, {layers} layers and {vae_tensors} VAE cache slots"
             )));
         }
-        Ok(Self {
+        let carry = Self {
             rings,
             sink,
             sink_groups,
@@ -206,7 +454,47 @@ impl<B: Backend> Carry<B> {
             clip,
             motion: Tensor::from_data(load("motion", 5)?, device),
             grid_hw,
-            vae_decode: None,
-        })
+            vae_decode,
+        };
+        Ok((carry, meta))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_of_pieces_equals_digest_of_the_whole_and_sees_one_bit() {
+        let data: Vec<u8> = (0..4000u32)
+            .flat_map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes())
+            .collect();
+        let mut whole = DataDigest::default();
+        whole.update(&data);
+        let mut pieces = DataDigest::default();
+        for chunk in data.chunks(12) {
+            pieces.update(chunk);
+        }
+        assert_eq!(whole.hex(), pieces.hex());
+        assert_eq!(whole.hex().len(), 16);
+        let mut flipped = data.clone();
+        flipped[1234] ^= 1;
+        let mut other = DataDigest::default();
+        other.update(&flipped);
+        assert_ne!(whole.hex(), other.hex());
+        let mut short = DataDigest::default();
+        short.update(&data[..data.len() - 4]);
+        assert_ne!(
+            whole.hex(),
+            short.hex(),
+            "a missing word changes the digest"
+        );
+    }
+
+    #[test]
+    fn counters_have_a_fixed_width() {
+        assert_eq!(counter(0).len(), COUNTER_DIGITS);
+        assert_eq!(counter(u64::MAX).len(), COUNTER_DIGITS);
+        assert_eq!(counter(42).parse::<u64>().ok(), Some(42));
     }
 }

@@ -90,8 +90,8 @@ pub struct Carry<B: Backend> {
     pub motion: Tensor<B, 5>,
     /// Noisy-token grid per latent frame (rows, cols).
     pub grid_hw: [usize; 2],
-    /// Slot for the VAE's streaming decode state carried across clips (not filled by
-    /// this loop yet; [`Carry::to_bytes`] refuses a carry that has one).
+    /// The VAE decoder's streaming cache carried across clips (filled by the job
+    /// pipeline, [`crate::pipeline`]; this loop leaves it as it is). Saved with the carry.
     pub vae_decode: Option<DecodeCache<B>>,
 }
 

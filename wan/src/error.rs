@@ -45,4 +45,12 @@ pub enum WanError {
     Carry { message: String },
     #[error("{path}: not a usable umT5 tokenizer: {message}")]
     BadTokenizer { path: PathBuf, message: String },
+    #[error("carry belongs to another job: its {field} is {found}, this job's is {expected}")]
+    CarryMismatch {
+        field: String,
+        expected: String,
+        found: String,
+    },
+    #[error("{message}")]
+    Input { message: String },
 }

@@ -21,6 +21,8 @@ pub mod memory;
 pub mod model;
 pub mod motion;
 pub mod nn;
+pub mod pipeline;
+pub mod release;
 pub mod rope;
 pub mod sampler;
 pub mod streamed;

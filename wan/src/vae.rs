@@ -436,6 +436,57 @@ impl<B: Backend> DecodeCache<B> {
     fn start_chunk(&mut self) {
         self.next = 0;
     }
+
+    /// The slots in forward order (for saving a streaming decoder's state).
+    pub fn slots(&self) -> &[CacheSlot<B>] {
+        &self.slots
+    }
+
+    /// A cache holding `slots` (as [`DecodeCache::slots`] returned them), ready for the
+    /// next chunk.
+    pub fn from_slots(slots: Vec<CacheSlot<B>>) -> Self {
+        Self { slots, next: 0 }
+    }
+}
+
+/// Shapes `[1, channels, CACHE_T, h, w]` of the decoder's cache slots, in forward order,
+/// once at least two latent frames went through it, for latents of `lat_h × lat_w`.
+/// Mirrors [`WanVae::new`]'s decoder and the slots its forward pass takes.
+pub fn decode_cache_shapes(cfg: &VaeConfig, lat_h: usize, lat_w: usize) -> Vec<[usize; 5]> {
+    let d = cfg.dim;
+    let stages = cfg.dim_mult.len();
+    let dims: Vec<usize> = std::iter::once(*cfg.dim_mult.last().unwrap_or(&1))
+        .chain(cfg.dim_mult.iter().rev().copied())
+        .map(|m| d * m)
+        .collect();
+    let temporal_up: Vec<bool> = cfg.temporal_downsample.iter().rev().copied().collect();
+    let (mut h, mut w) = (lat_h, lat_w);
+    let mut out = vec![[1, cfg.z_dim, CACHE_T, h, w]];
+    // Middle: two residual blocks (two cached convs each) around the attention block.
+    for _ in 0..2 {
+        out.push([1, dims[0], CACHE_T, h, w]);
+        out.push([1, dims[0], CACHE_T, h, w]);
+    }
+    for i in 0..stages {
+        let (mut c_in, c_out) = (dims[i], dims[i + 1]);
+        if (1..=3).contains(&i) {
+            c_in /= 2;
+        }
+        for _ in 0..cfg.num_res_blocks + 1 {
+            out.push([1, c_in, CACHE_T, h, w]);
+            out.push([1, c_out, CACHE_T, h, w]);
+            c_in = c_out;
+        }
+        if i != stages - 1 {
+            if temporal_up.get(i).copied().unwrap_or(false) {
+                out.push([1, c_out, CACHE_T, h, w]);
+            }
+            h *= 2;
+            w *= 2;
+        }
+    }
+    out.push([1, dims[stages], CACHE_T, h, w]);
+    out
 }
 
 /// The last `CACHE_T` frames of `x`, topped up with the last cached frame when the
@@ -683,6 +734,32 @@ impl<B: Backend> WanVae<B> {
         let t = x.dims()[2];
         let chunks: Vec<Tensor<B, 5>> = (0..t)
             .map(|i| self.decoder.forward(x.clone().narrow(2, i, 1), &mut cache))
+            .collect();
+        Tensor::cat(chunks, 2)
+    }
+
+    /// Streaming decode: [`WanVae::decode`] of the next latents `[b, z, t, h, w]` of a
+    /// longer sequence, continuing from `cache` (fresh for the first piece). Decoding a
+    /// sequence piece by piece this way gives the frames of decoding it at once: the
+    /// first latent frame of the sequence makes 1 video frame, every later one 4.
+    pub fn decode_stream(
+        &self,
+        z: Tensor<B, 5>,
+        mean: &[f32],
+        std: &[f32],
+        cache: &mut DecodeCache<B>,
+    ) -> Tensor<B, 5> {
+        let device = z.device();
+        let channel =
+            |v: &[f32]| {
+                Tensor::<B, 1>::from_data(TensorData::new(v.to_vec(), [v.len()]), &device)
+                    .reshape([1, v.len(), 1, 1, 1])
+            };
+        let z = z * channel(std) + channel(mean);
+        let x = causal_conv3d(&self.conv2, z, None);
+        let t = x.dims()[2];
+        let chunks: Vec<Tensor<B, 5>> = (0..t)
+            .map(|i| self.decoder.forward(x.clone().narrow(2, i, 1), cache))
             .collect();
         Tensor::cat(chunks, 2)
     }

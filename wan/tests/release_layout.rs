@@ -24,25 +24,14 @@ fn tiny_tensors() -> Tensors {
         .collect()
 }
 
-/// Writes `tensors` as two shards named like the release, plus the index.
+/// Writes `tensors` as two shards named like the release, plus the index
+/// (`wan::release::write_sharded`, which the tiny release uses too).
 fn write_release(dir: &Path, tensors: &Tensors) {
-    let names = [
-        "diffusion_pytorch_model-00001-of-00002.safetensors",
-        "diffusion_pytorch_model-00002-of-00002.safetensors",
-    ];
-    let mut shards: [Vec<(String, TensorView<'_>)>; 2] = [Vec::new(), Vec::new()];
-    let mut weight_map = serde_json::Map::new();
-    for (i, (key, (shape, data))) in tensors.iter().enumerate() {
-        let view = TensorView::new(Dtype::F32, shape.clone(), data).expect("consistent tensor");
-        shards[i % 2].push((key.clone(), view));
-        weight_map.insert(key.clone(), names[i % 2].into());
-    }
-    for (name, shard) in names.iter().zip(shards) {
-        let bytes = safetensors::serialize(shard, None).expect("serialize");
-        std::fs::write(dir.join(name), bytes).expect("write shard");
-    }
-    let index = serde_json::json!({"metadata": {"total_size": 0}, "weight_map": weight_map});
-    std::fs::write(dir.join(S2V_INDEX), index.to_string()).expect("write index");
+    let named: wan::release::Named = tensors
+        .iter()
+        .map(|(k, (shape, data))| (k.clone(), shape.clone(), data.clone()))
+        .collect();
+    wan::release::write_sharded(dir, &named).expect("shards and index write");
 }
 
 fn load(dir: &Path) -> Result<WanS2v<B>, WanError> {

@@ -342,3 +342,18 @@ fn t5_class_ignores_the_json_parts_the_class_rebuilds() {
         );
     }
 }
+
+/// The tiny Live Avatar release (the test and demo checkpoint) carries its tokenizer where a
+/// real release keeps it, so a job's prompt can be tokenized from the model directory alone.
+#[test]
+fn tiny_release_holds_a_tokenizer_in_the_release_place() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    wan::release::write_tiny_release(dir.path(), 3).expect("write the tiny release");
+    let tok = UmT5Tokenizer::from_dir(dir.path().join(wan::release::TOKENIZER_DIR))
+        .expect("the release's tokenizer loads");
+    let plain = cases()
+        .into_iter()
+        .find(|c| c.name == "plain")
+        .expect("plain case");
+    assert_eq!(tok.encode(&plain.text, plain.max_len), plain.ids[0].1);
+}

@@ -1,0 +1,258 @@
+//! The release layout of a Live Avatar model directory, and a random-weight tiny
+//! checkpoint written in it for tests and demos.
+
+use std::path::Path;
+
+use burn::backend::NdArray;
+use burn::module::Module;
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
+
+use crate::error::WanError;
+use crate::keys::list_params;
+use crate::loader::S2V_INDEX;
+use crate::pipeline::LiveAvatarConfig;
+use crate::t5::T5Encoder;
+use crate::vae::WanVae;
+use crate::wav2vec2::{Wav2Vec2Config, Wav2Vec2Model, W2V_SAFETENSORS};
+use crate::WanS2v;
+
+/// The Wan2.2-S2V-14B folder inside a Live Avatar directory (`ckpt/` in the original).
+pub const S2V_DIR: &str = "Wan2.2-S2V-14B";
+/// The S2V config, inside [`S2V_DIR`].
+pub const CONFIG_FILE: &str = "config.json";
+/// The Live Avatar LoRA, relative to the directory.
+pub const LORA_FILE: &str = "LiveAvatar/liveavatar.safetensors";
+/// The VAE as released (torch pickle) and as the tiny checkpoint writes it, in [`S2V_DIR`].
+pub const VAE_PTH: &str = "Wan2.1_VAE.pth";
+pub const VAE_SAFETENSORS: &str = "Wan2.1_VAE.safetensors";
+/// The umT5 encoder as released and as the tiny checkpoint writes it, in [`S2V_DIR`].
+pub const T5_PTH: &str = "models_t5_umt5-xxl-enc-bf16.pth";
+pub const T5_SAFETENSORS: &str = "models_t5_umt5-xxl-enc.safetensors";
+/// The wav2vec2 folder, in [`S2V_DIR`].
+pub const W2V_DIR: &str = "wav2vec2-large-xlsr-53-english";
+/// The umT5 tokenizer folder, relative to the directory (written by the tokenizer
+/// module, not by [`write_tiny_release`]).
+pub const TOKENIZER_DIR: &str = "Wan2.2-S2V-14B/google/umt5-xxl";
+
+/// LoRA rank of the tiny checkpoint's adapter.
+pub const TINY_LORA_RANK: usize = 4;
+
+/// SplitMix64 step: a fixed, well-mixed 64-bit sequence.
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// FNV-1a of a key, to give every tensor its own stream.
+fn key_hash(key: &str) -> u64 {
+    key.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3)
+    })
+}
+
+/// Seeded values for the tensor `key` of `shape`: norm gains near 1, matrices and
+/// kernels uniform in ±1/√fan_in, vectors small.
+pub fn random_values(seed: u64, key: &str, shape: &[usize]) -> Vec<f32> {
+    let mut state = seed ^ key_hash(key);
+    let n: usize = shape.iter().product();
+    let last = key.rsplit('.').nth(1).unwrap_or("");
+    let gain = key.ends_with("gamma")
+        || key.ends_with("weight_g")
+        || (shape.len() == 1 && key.ends_with(".weight") && last.contains("norm"));
+    let (center, scale) = if gain {
+        (1.0, 0.1)
+    } else if shape.len() >= 2 {
+        let fan_in: usize = shape[1..].iter().product();
+        (0.0, 1.0 / (fan_in.max(1) as f64).sqrt())
+    } else {
+        (0.0, 0.02)
+    };
+    (0..n)
+        .map(|_| {
+            // 53 random bits to a float in [-1, 1).
+            let u = (splitmix(&mut state) >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0;
+            (center + scale * u) as f32
+        })
+        .collect()
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> WanError + '_ {
+    move |source| WanError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn store_err(path: &Path, message: impl ToString) -> WanError {
+    WanError::Store {
+        path: path.to_path_buf(),
+        message: message.to_string(),
+    }
+}
+
+/// Tensors to write: checkpoint key, shape, little-endian f32 bytes.
+pub type Named = Vec<(String, Vec<usize>, Vec<u8>)>;
+
+/// Seeded f32 tensors for every parameter of `module`, by checkpoint key.
+fn random_tensors<M: Module<NdArray>>(module: &M, seed: u64) -> Named {
+    list_params::<NdArray, _>(module)
+        .into_iter()
+        .map(|p| {
+            let bytes = random_values(seed, &p.key, &p.shape)
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
+            (p.key, p.shape, bytes)
+        })
+        .collect()
+}
+
+/// Writes `tensors` as one f32 safetensors file.
+pub fn write_safetensors(path: &Path, tensors: &Named) -> Result<(), WanError> {
+    let views = tensors
+        .iter()
+        .map(|(k, shape, data)| {
+            TensorView::new(Dtype::F32, shape.clone(), data)
+                .map(|v| (k.clone(), v))
+                .map_err(|e| store_err(path, format!("{k}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let bytes = safetensors::serialize(views, None).map_err(|e| store_err(path, e))?;
+    std::fs::write(path, bytes).map_err(io_err(path))
+}
+
+/// Writes `tensors` as two shards named like the release plus the index file
+/// (tensors alternate between the shards).
+pub fn write_sharded(dir: &Path, tensors: &Named) -> Result<(), WanError> {
+    let names = [
+        "diffusion_pytorch_model-00001-of-00002.safetensors",
+        "diffusion_pytorch_model-00002-of-00002.safetensors",
+    ];
+    let mut shards: [Named; 2] = [Vec::new(), Vec::new()];
+    let mut weight_map = serde_json::Map::new();
+    for (i, t) in tensors.iter().enumerate() {
+        weight_map.insert(t.0.clone(), names[i % 2].into());
+        shards[i % 2].push(t.clone());
+    }
+    for (name, shard) in names.iter().zip(&shards) {
+        write_safetensors(&dir.join(name), shard)?;
+    }
+    let total: usize = tensors.iter().map(|t| t.2.len()).sum();
+    let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+    let path = dir.join(S2V_INDEX);
+    std::fs::write(&path, index.to_string()).map_err(io_err(&path))
+}
+
+/// The tiny wav2vec2's `config.json` (transformers' field names).
+fn w2v_config_json(cfg: &Wav2Vec2Config) -> serde_json::Value {
+    serde_json::json!({
+        "architectures": ["Wav2Vec2ForCTC"],
+        "model_type": "wav2vec2",
+        "conv_bias": true,
+        "conv_dim": cfg.conv_dim,
+        "conv_kernel": cfg.conv_kernel,
+        "conv_stride": cfg.conv_stride,
+        "do_stable_layer_norm": true,
+        "feat_extract_activation": "gelu",
+        "feat_extract_norm": "layer",
+        "hidden_act": "gelu",
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "layer_norm_eps": cfg.layer_norm_eps,
+        "mask_time_prob": if cfg.masked_spec_embed { 0.05 } else { 0.0 },
+        "num_attention_heads": cfg.num_attention_heads,
+        "num_conv_pos_embedding_groups": cfg.num_conv_pos_embedding_groups,
+        "num_conv_pos_embeddings": cfg.num_conv_pos_embeddings,
+        "num_hidden_layers": cfg.num_hidden_layers,
+    })
+}
+
+/// Writes a random-weight checkpoint at the tiny config ([`LiveAvatarConfig::tiny`]) in
+/// the release layout into `dir` (created if missing):
+///
+/// ```text
+/// dir/Wan2.2-S2V-14B/config.json                       S2V config + `reelspool` section
+/// dir/Wan2.2-S2V-14B/diffusion_pytorch_model-0000{1,2}-of-00002.safetensors + index
+/// dir/Wan2.2-S2V-14B/Wan2.1_VAE.safetensors
+/// dir/Wan2.2-S2V-14B/models_t5_umt5-xxl-enc.safetensors
+/// dir/Wan2.2-S2V-14B/wav2vec2-large-xlsr-53-english/{config.json, model.safetensors}
+/// dir/LiveAvatar/liveavatar.safetensors                 peft LoRA, rank 4
+/// ```
+///
+/// The same `seed` writes the same bytes. The tokenizer is a small Unigram vocabulary in
+/// [`TOKENIZER_DIR`] ([`crate::tokenizer::write_tiny_tokenizer`]). The model makes
+/// noise-like frames: it exists to run the pipeline end to end, not to look like anything.
+pub fn write_tiny_release(dir: &Path, seed: u64) -> Result<(), WanError> {
+    let cfg = LiveAvatarConfig::tiny();
+    let device = Default::default();
+    let s2v = dir.join(S2V_DIR);
+    let w2v = s2v.join(W2V_DIR);
+    let lora_path = dir.join(LORA_FILE);
+    for d in [&s2v, &w2v] {
+        std::fs::create_dir_all(d).map_err(io_err(d))?;
+    }
+    if let Some(parent) = lora_path.parent() {
+        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+    }
+    crate::tokenizer::write_tiny_tokenizer(&s2v)?;
+    let config_path = s2v.join(CONFIG_FILE);
+    let config =
+        serde_json::to_string_pretty(&cfg.to_json()).map_err(|e| store_err(&config_path, e))?;
+    std::fs::write(&config_path, config).map_err(io_err(&config_path))?;
+
+    let dit = WanS2v::<NdArray>::new(&cfg.s2v, &device);
+    write_sharded(&s2v, &random_tensors(&dit, seed))?;
+    let vae = WanVae::<NdArray>::new(&cfg.vae, &device);
+    write_safetensors(&s2v.join(VAE_SAFETENSORS), &random_tensors(&vae, seed ^ 1))?;
+    let t5 = T5Encoder::<NdArray>::new(&cfg.t5, &device);
+    write_safetensors(&s2v.join(T5_SAFETENSORS), &random_tensors(&t5, seed ^ 2))?;
+
+    let w2v_cfg = tiny_wav2vec2();
+    let w2v_json = w2v.join("config.json");
+    std::fs::write(&w2v_json, w2v_config_json(&w2v_cfg).to_string()).map_err(io_err(&w2v_json))?;
+    let w2v_model = Wav2Vec2Model::<NdArray>::new(&w2v_cfg, &device);
+    write_safetensors(
+        &w2v.join(W2V_SAFETENSORS),
+        &random_tensors(&w2v_model, seed ^ 3),
+    )?;
+
+    // The LoRA adapts every attention projection and feed-forward matrix of the blocks,
+    // as Live Avatar's does (without the injectors, to keep the file small).
+    let mut lora: Named = Vec::new();
+    let d = cfg.s2v.dim;
+    for b in 0..cfg.s2v.num_layers {
+        let mut targets: Vec<(String, usize, usize)> = ["q", "k", "v", "o"]
+            .iter()
+            .map(|p| (format!("blocks.{b}.self_attn.{p}"), d, d))
+            .collect();
+        targets.push((format!("blocks.{b}.ffn.0"), d, cfg.s2v.ffn_dim));
+        targets.push((format!("blocks.{b}.ffn.2"), cfg.s2v.ffn_dim, d));
+        for (module, fan_in, fan_out) in targets {
+            for (name, shape) in [
+                ("lora_A", vec![TINY_LORA_RANK, fan_in]),
+                ("lora_B", vec![fan_out, TINY_LORA_RANK]),
+            ] {
+                let key = format!("base_model.model.{module}.{name}.weight");
+                let bytes = random_values(seed ^ 4, &key, &shape)
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect();
+                lora.push((key, shape, bytes));
+            }
+        }
+    }
+    write_safetensors(&lora_path, &lora)
+}
+
+/// The tiny checkpoint's wav2vec2: the parity fixtures' size, without the training-time
+/// masking vector.
+pub fn tiny_wav2vec2() -> Wav2Vec2Config {
+    Wav2Vec2Config {
+        masked_spec_embed: false,
+        ..Wav2Vec2Config::tiny()
+    }
+}
