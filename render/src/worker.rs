@@ -736,6 +736,11 @@ fn render_job(
                 .map_err(|err| Failure::new(FailureKind::Engine, err.to_string()))?;
             drop(latents);
             let segment = segment_path(&work, index);
+            // `mid_encode` fires inside the encoder: settle the writer first, as
+            // `kill_point` does for the other points.
+            if crash_point::is_armed("mid_encode", index) {
+                let _ = checkpoints.writer.wait();
+            }
             // A segment already there was written before a crash that lost its carry: this
             // clip is being rendered again, and must come out the same.
             if segment.exists() {
@@ -1033,6 +1038,56 @@ mod tests {
             ),
             PathBuf::from("/out/talk.20261126-7.mp4")
         );
+    }
+
+    fn frames(shade: u8) -> Vec<Vec<u8>> {
+        (0..4u8)
+            .map(|k| vec![shade.wrapping_add(k * 16); 64 * 64 * 3])
+            .collect()
+    }
+
+    fn reporter() -> Reporter {
+        Reporter {
+            out: Arc::new(Mutex::new(std::io::stdout())),
+        }
+    }
+
+    #[test]
+    fn a_segment_rendered_again_the_same_is_kept_as_it_was() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("3.mkv");
+        let settings = media::EncodeSettings::new(64, 64, 16, media::VideoCodec::H264, 18);
+        write_segment(3, &path, &settings, &frames(40), 4).expect("first encode");
+        let before = std::fs::metadata(&path).expect("segment");
+        let bytes = std::fs::read(&path).expect("segment");
+        write_segment_again(3, &path, &settings, &frames(40), 4, &reporter()).expect("again");
+        let after = std::fs::metadata(&path).expect("segment");
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(before.ino(), after.ino(), "the file on disk was not replaced");
+        assert_eq!(std::fs::read(&path).expect("segment"), bytes);
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            names.iter().all(|n| !n.contains(crate::checkpoint::RERENDER_INFIX)),
+            "{names:?}"
+        );
+    }
+
+    #[test]
+    fn a_segment_rendered_again_differently_replaces_the_old_one() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("3.mkv");
+        let settings = media::EncodeSettings::new(64, 64, 16, media::VideoCodec::H264, 18);
+        write_segment(3, &path, &settings, &frames(40), 4).expect("first encode");
+        let old = std::fs::read(&path).expect("segment");
+        write_segment(3, &dir.path().join("ref.mkv"), &settings, &frames(200), 4)
+            .expect("reference encode");
+        write_segment_again(3, &path, &settings, &frames(200), 4, &reporter()).expect("again");
+        let new = std::fs::read(&path).expect("segment");
+        assert_ne!(new, old);
+        assert_eq!(new, std::fs::read(dir.path().join("ref.mkv")).expect("reference"));
     }
 
     #[test]
