@@ -23,7 +23,11 @@ const SLOW_EVERY_THIRD: &str =
     "  size: 128*128\n  infer_frames: 8\n  sample_steps: 2\n  num_clip: 24\n  checkpoint_every: 3\n";
 
 fn output_of(state: &serde_json::Value) -> &Path {
-    Path::new(state["output"].as_str().expect("a done job names its output"))
+    Path::new(
+        state["output"]
+            .as_str()
+            .expect("a done job names its output"),
+    )
 }
 
 fn events_named<'a>(evs: &'a [serde_json::Value], name: &str) -> Vec<&'a serde_json::Value> {
@@ -160,8 +164,14 @@ fn a_damaged_newest_carry_falls_back_to_the_previous_one() {
     let fallbacks = events_named(&evs, "checkpoint_fallback");
     assert_eq!(fallbacks.len(), 1, "{evs:?}");
     let detail = fallbacks[0]["detail"].as_str().unwrap_or_default();
-    assert!(detail.contains("does not match its recorded sha256"), "{detail}");
-    assert!(detail.contains(&format!("after clip {previous}")), "{detail}");
+    assert!(
+        detail.contains("does not match its recorded sha256"),
+        "{detail}"
+    );
+    assert!(
+        detail.contains(&format!("after clip {previous}")),
+        "{detail}"
+    );
     assert!(events_named(&evs, "segment_differs").is_empty(), "{evs:?}");
     assert_eq!(frame_digests(output_of(&state)), reference);
 
@@ -195,4 +205,128 @@ fn a_carry_written_for_another_seed_is_refused_with_the_reason() {
     assert!(reason.contains("checkpoint refused"), "{restart}");
     assert!(reason.contains("seed 42 (this job: 7)"), "{restart}");
     assert_eq!(frame_digests(output_of(&state)), reference);
+}
+
+/// A tmpfs of `size` mounted on `path` for one test, unmounted (lazily) when dropped.
+struct SmallDisk {
+    path: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(path: &Path, size: &str) -> Result<SmallDisk, String> {
+        use std::os::unix::ffi::OsStrExt;
+        std::fs::create_dir_all(path).map_err(|e| format!("mkdir {}: {e}", path.display()))?;
+        let target =
+            std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+        let options =
+            std::ffi::CString::new(format!("size={size},mode=0755")).map_err(|e| e.to_string())?;
+        // SAFETY: mount(2) with valid C strings on a folder this test owns.
+        let rc = unsafe {
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                target.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                options.as_ptr().cast(),
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error().to_string());
+        }
+        Ok(SmallDisk {
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Fills the file system until only about `leave` bytes are free; returns the filler.
+    fn fill_leaving(&self, leave: u64) -> std::path::PathBuf {
+        use std::io::Write;
+        let filler = self.path.join("filler");
+        let mut file = std::fs::File::create(&filler).expect("create filler");
+        let chunk = vec![0x5a_u8; 64 << 10];
+        while matches!(file.write(&chunk), Ok(n) if n > 0) {}
+        while matches!(file.write(&[0x5a_u8; 512]), Ok(n) if n > 0) {}
+        let full = file.metadata().expect("filler size").len();
+        file.set_len(full.saturating_sub(leave))
+            .expect("give some space back");
+        file.sync_all().expect("sync filler");
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        use std::os::unix::ffi::OsStrExt;
+        if let Ok(target) = std::ffi::CString::new(self.path.as_os_str().as_bytes()) {
+            // SAFETY: umount2 of the tmpfs this guard mounted.
+            unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
+/// Room for segments but not for a carry: each checkpoint is skipped with an event and the
+/// previous one kept while the job renders on; after three in a row the worker stops where
+/// its progress is durable, the job waits for space (it does not fail), and once space is
+/// freed it resumes after the last checkpoint that was written and renders identical frames.
+#[test]
+fn checkpoints_without_room_are_skipped_then_the_job_waits_for_space() {
+    let render = "  size: 128*128\n  infer_frames: 8\n  sample_steps: 2\n  num_clip: 24\n";
+    let reference = reference_digests(|farm| job(farm, "room", render));
+    let farm = Farm::new(POOL);
+    let disk = match SmallDisk::mount(&farm.state, "16m") {
+        Ok(disk) => disk,
+        Err(why) => {
+            eprintln!("SKIPPED: this test needs root to mount a tmpfs (CI runs it as root): {why}");
+            return;
+        }
+    };
+    let _daemon = farm.start_daemon();
+    farm.drop_job("room.yaml", &job(&farm, "room", render));
+    wait_event(&farm, "room.yaml", "clip 2 done", |e| {
+        e["event"] == "clip_done" && e["index"].as_u64() >= Some(2)
+    });
+    // Far less than a checkpoint's 1 MiB of slack, plenty for a few 128*128 segments.
+    let filler = disk.fill_leaving(600 << 10);
+    let skipped = wait_event(&farm, "room.yaml", "a skipped checkpoint", |e| {
+        e["event"] == "checkpoint_skipped"
+    });
+    let detail = skipped["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("no space for the checkpoint"), "{detail}");
+    assert!(
+        detail.contains("the previous checkpoint is kept"),
+        "{detail}"
+    );
+    common::wait_for("the daemon to report the full disk", RUN, || {
+        farm.daemon_logs()
+            .contains("disk full: the job waits for disk space")
+            .then_some(())
+    });
+    let state = farm.job_by_source("room.yaml").expect("job");
+    assert!(
+        matches!(state["phase"].as_str(), Some("queued" | "running")),
+        "a full disk must not end the job: {state}"
+    );
+    let evs = events(&farm, &state);
+    let skips: Vec<u64> = evs
+        .iter()
+        .filter(|e| e["event"] == "checkpoint_skipped")
+        .filter_map(|e| e["clip"].as_u64())
+        .collect();
+    assert_eq!(skips.len(), 3, "{evs:?}");
+    assert!(skips.windows(2).all(|w| w[1] == w[0] + 1), "{skips:?}");
+    // Segments went on after the first skip: the clips after it were reported done.
+    let done_after_skip = clips_done(&evs)
+        .into_iter()
+        .filter(|&c| c >= skips[0])
+        .count();
+    assert!(done_after_skip >= 2, "{evs:?}");
+
+    std::fs::remove_file(&filler).expect("free the space");
+    let state = wait_finished(&farm, "room.yaml");
+    assert_eq!(state["phase"], "done", "{state}");
+    let evs = events(&farm, &state);
+    // Resumed right after the last checkpoint that was written, before the first skip.
+    assert_eq!(start_points(&evs), vec![0, skips[0]]);
+    assert_eq!(frame_digests(output_of(&state)), reference);
+    drop(_daemon);
 }

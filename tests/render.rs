@@ -167,13 +167,17 @@ fn worker_killed_at_every_kind_of_point_resumes_to_identical_frames() {
     // and says it again when rendered again: at most twice.
     let done = clips_done(&evs);
     let distinct: std::collections::BTreeSet<u64> = done.iter().copied().collect();
-    assert_eq!(distinct.into_iter().collect::<Vec<_>>(), vec![0, 1, 2, 4, 5, 6]);
+    assert_eq!(
+        distinct.into_iter().collect::<Vec<_>>(),
+        vec![0, 1, 2, 4, 5, 6]
+    );
     for clip in [0, 1, 4] {
         let times = done.iter().filter(|&&c| c == clip).count();
         assert_eq!(times, 1, "clip {clip} in {done:?}");
     }
     assert!(
-        done.iter().all(|c| done.iter().filter(|&d| d == c).count() <= 2),
+        done.iter()
+            .all(|c| done.iter().filter(|&d| d == c).count() <= 2),
         "{done:?}"
     );
 

@@ -707,7 +707,11 @@ fn accept_one(
 /// job needs room for two (the newest checkpoint is kept until the next one is whole) where
 /// its checkpoints go. Refused at intake rather than failing hours later. The words start like
 /// the operating system's ENOSPC message, so the rejection reads as a full disk.
-fn check_checkpoint_space(spec: &JobSpec, jobs_dir: &Path, shown_path: &Path) -> Result<(), String> {
+fn check_checkpoint_space(
+    spec: &JobSpec,
+    jobs_dir: &Path,
+    shown_path: &Path,
+) -> Result<(), String> {
     let Some(carry) = render::worker::carry_bytes(spec) else {
         return Ok(());
     };

@@ -9,7 +9,9 @@
 //! pass in [`crate::walk`], which reports unknown and duplicate keys with their exact position
 //! before serde sees the file. A test keeps the lists and the structs in step.
 
-use crate::spec::{CheckpointEvery, Codec, EngineKind, NoticeEvent, NumClip, Offload, Size, WebhookFormat};
+use crate::spec::{
+    CheckpointEvery, Codec, EngineKind, NoticeEvent, NumClip, Offload, Size, WebhookFormat,
+};
 use serde::Deserialize;
 use std::path::PathBuf;
 

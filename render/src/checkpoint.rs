@@ -358,8 +358,7 @@ impl CheckpointStore {
         if !in_order {
             return Err(CheckpointError::OutOfOrder {
                 clip,
-                detail: "the segment records do not cover every clip up to it in order"
-                    .to_string(),
+                detail: "the segment records do not cover every clip up to it in order".to_string(),
             });
         }
         let needed = carry_bytes.len() as u64 + CHECKPOINT_SLACK_BYTES;
@@ -412,7 +411,9 @@ impl CheckpointStore {
         write_atomic(&current, &json).map_err(io_err("write checkpoint", &current))?;
         // Only the carries of the two checkpoints on disk are still reachable.
         let keep_previous = base.map(|cp| cp.carry.file);
-        self.remove_carries(|name, _| name != carry_name && Some(name) != keep_previous.as_deref())?;
+        self.remove_carries(|name, _| {
+            name != carry_name && Some(name) != keep_previous.as_deref()
+        })?;
         tracing::debug!(clip = clip.0, "checkpoint written");
         Ok(())
     }
@@ -601,9 +602,7 @@ impl CheckpointStore {
                     tracing::warn!(reason = %why, "checkpoint refused");
                     self.remove_beyond(None)?;
                     return Ok(ResumePoint::Fresh {
-                        reason: Some(format!(
-                            "checkpoint refused: {why}; starting from clip 0"
-                        )),
+                        reason: Some(format!("checkpoint refused: {why}; starting from clip 0")),
                     });
                 }
                 Err(Unusable::Damaged(reason)) => reasons.push(reason),

@@ -707,10 +707,7 @@ fn render_job(
     }
     let mut checkpoints = Checkpoints {
         writer: CarryWriter::spawn(store.clone(), fingerprint.clone(), Some(identity)),
-        cadence: Cadence::new(
-            spec.render.checkpoint_every,
-            engine::carry_bytes(&settings),
-        ),
+        cadence: Cadence::new(spec.render.checkpoint_every, engine::carry_bytes(&settings)),
         durable_next: next_clip,
         since: next_clip,
         skipped_in_row: 0,
@@ -917,7 +914,14 @@ fn write_segment(
     frames: &[Vec<u8>],
     keep: u32,
 ) -> Result<(), Failure> {
-    write_segment_as(clip, path, &path.with_extension("jpg"), settings, frames, keep)
+    write_segment_as(
+        clip,
+        path,
+        &path.with_extension("jpg"),
+        settings,
+        frames,
+        keep,
+    )
 }
 
 /// Writes clip `clip`, rendered again after a resume, where a segment of it already is: the
@@ -932,10 +936,7 @@ fn write_segment_again(
     keep: u32,
     reporter: &Reporter,
 ) -> Result<(), Failure> {
-    let again = path.with_file_name(format!(
-        "{clip}{}mkv",
-        crate::checkpoint::RERENDER_INFIX
-    ));
+    let again = path.with_file_name(format!("{clip}{}mkv", crate::checkpoint::RERENDER_INFIX));
     write_segment_as(
         clip,
         &again,
@@ -960,7 +961,10 @@ fn write_segment_again(
                 format!("cannot remove {}: {err}", again.display()),
             )
         })?;
-        tracing::debug!(clip, "segment rendered again came out the same; kept the one on disk");
+        tracing::debug!(
+            clip,
+            "segment rendered again came out the same; kept the one on disk"
+        );
         return Ok(());
     }
     let detail = format!(
@@ -976,7 +980,11 @@ fn write_segment_again(
     crate::checkpoint::replace_durably(&again, path).map_err(|err| {
         Failure::new(
             FailureKind::Io,
-            format!("cannot move {} to {}: {err}", again.display(), path.display()),
+            format!(
+                "cannot move {} to {}: {err}",
+                again.display(),
+                path.display()
+            ),
         )
     })
 }
@@ -1005,8 +1013,7 @@ fn write_segment_as(
     // The dashboard's picture of the job: the clip's last frame, beside the segment. Only a
     // view, so a failure costs a warning, never the clip.
     if let Some(last) = frames.iter().take(keep as usize).next_back() {
-        if let Err(err) = media::write_thumbnail(thumbnail, last, settings.width, settings.height)
-        {
+        if let Err(err) = media::write_thumbnail(thumbnail, last, settings.width, settings.height) {
             tracing::warn!(clip, error = %err, "cannot write the clip's thumbnail");
         }
     }
@@ -1063,14 +1070,20 @@ mod tests {
         write_segment_again(3, &path, &settings, &frames(40), 4, &reporter()).expect("again");
         let after = std::fs::metadata(&path).expect("segment");
         use std::os::unix::fs::MetadataExt;
-        assert_eq!(before.ino(), after.ino(), "the file on disk was not replaced");
+        assert_eq!(
+            before.ino(),
+            after.ino(),
+            "the file on disk was not replaced"
+        );
         assert_eq!(std::fs::read(&path).expect("segment"), bytes);
         let names: Vec<String> = std::fs::read_dir(dir.path())
             .expect("list")
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
             .collect();
         assert!(
-            names.iter().all(|n| !n.contains(crate::checkpoint::RERENDER_INFIX)),
+            names
+                .iter()
+                .all(|n| !n.contains(crate::checkpoint::RERENDER_INFIX)),
             "{names:?}"
         );
     }
@@ -1087,7 +1100,10 @@ mod tests {
         write_segment_again(3, &path, &settings, &frames(200), 4, &reporter()).expect("again");
         let new = std::fs::read(&path).expect("segment");
         assert_ne!(new, old);
-        assert_eq!(new, std::fs::read(dir.path().join("ref.mkv")).expect("reference"));
+        assert_eq!(
+            new,
+            std::fs::read(dir.path().join("ref.mkv")).expect("reference")
+        );
     }
 
     #[test]

@@ -187,9 +187,9 @@ impl<'de> Deserialize<'de> for CheckpointEvery {
                 f.write_str("`auto` or a number of clips")
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<CheckpointEvery, E> {
-                u32::try_from(v).map(CheckpointEvery::Every).map_err(|_| {
-                    E::custom(format!("checkpoint_every {v} is far too large"))
-                })
+                u32::try_from(v)
+                    .map(CheckpointEvery::Every)
+                    .map_err(|_| E::custom(format!("checkpoint_every {v} is far too large")))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<CheckpointEvery, E> {
                 match u64::try_from(v) {

@@ -308,7 +308,13 @@ fn finish_clips_every(job: &Job, clips: u32, every: u32, identity: &CarryIdentit
                 .to_safetensors_bytes()
                 .expect("serialises");
             job.store
-                .save_prepared(ClipIndex(clip), &bytes, JOB, Some(identity), segments.clone())
+                .save_prepared(
+                    ClipIndex(clip),
+                    &bytes,
+                    JOB,
+                    Some(identity),
+                    segments.clone(),
+                )
                 .expect("checkpoint saves");
         }
     }
