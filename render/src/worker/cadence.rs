@@ -34,7 +34,8 @@ pub const ASSUMED_WRITE_BYTES_PER_SEC: f64 = 200e6;
 
 /// `auto`'s interval (see the module docs), at least 1.
 pub fn auto_every(carry_bytes: u64, write_bytes_per_sec: f64, clip_secs: f64) -> u32 {
-    if !(clip_secs > 0.0) || !(write_bytes_per_sec > 0.0) {
+    let positive = |x: f64| x.is_finite() && x > 0.0;
+    if !positive(clip_secs) || !positive(write_bytes_per_sec) {
         return 1;
     }
     let write_secs = carry_bytes as f64 / write_bytes_per_sec;
