@@ -330,3 +330,37 @@ fn checkpoints_without_room_are_skipped_then_the_job_waits_for_space() {
     assert_eq!(frame_digests(output_of(&state)), reference);
     drop(_daemon);
 }
+
+/// `checkpoint_every: auto` on the tiny model: the job reports the interval it picked from its
+/// measurements, ends with a checkpoint of its last clip, and renders the frames a job that
+/// checkpoints every clip renders.
+#[test]
+fn auto_cadence_reports_its_interval_and_changes_no_frame() {
+    let reference = reference_digests(|farm| job(farm, "auto", "  num_clip: 12\n"));
+    let farm = Farm::new(POOL);
+    let _daemon = farm.start_daemon();
+    let text = job(&farm, "auto", "  num_clip: 12\n  checkpoint_every: auto\n");
+    farm.drop_job("auto.yaml", &text);
+    let state = wait_finished(&farm, "auto.yaml");
+    assert_eq!(state["phase"], "done", "{state}");
+    let evs = events(&farm, &state);
+    let cadence = events_named(&evs, "checkpoint_cadence");
+    let first = cadence.first().expect("auto reports its interval");
+    let detail = first["detail"].as_str().unwrap_or_default();
+    let every: u32 = detail
+        .strip_prefix("checkpoint every ")
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no interval in {detail:?}"));
+    for event in &cadence {
+        eprintln!("auto on the tiny model: {}", event["detail"]);
+    }
+    assert!(every >= 1, "{detail}");
+    assert!(detail.contains("MB/s"), "{detail}");
+    let checkpoint: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(job_dir(&farm, &state).join("work/checkpoint.json")).expect("checkpoint"),
+    )
+    .expect("checkpoint JSON");
+    assert_eq!(checkpoint["last_clip"], 11, "{checkpoint}");
+    assert_eq!(frame_digests(output_of(&state)), reference);
+}

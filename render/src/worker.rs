@@ -431,7 +431,12 @@ impl Checkpoints {
     /// Whether clip `index`, just rendered, is a checkpoint clip.
     fn due(&mut self, index: u32, last: bool) -> bool {
         let every = self.cadence.every();
-        if self.cadence.is_auto() && self.every_reported != Some(every) {
+        // Reported the first time and when it moves by more than a quarter, not on every
+        // wobble of the measurements.
+        let moved = self.every_reported.is_none_or(|reported| {
+            f64::from(every.abs_diff(reported)) > 0.25 * f64::from(reported)
+        });
+        if self.cadence.is_auto() && moved {
             let speed = match self.cadence.write_bytes_per_sec() {
                 Some(speed) => format!("{:.1} MB/s measured", speed / 1e6),
                 None => format!(
