@@ -1,9 +1,13 @@
 //! The worker process: renders one job directory clip by clip.
 //!
 //! Order of work for clip *k* (DESIGN.md §5): denoise → decode → encode `work/clips/k.mkv`
-//! (atomic) → `work/carry-k.safetensors` → `work/checkpoint.json`. A SIGKILL at any point loses
-//! at most clip *k*: on restart the checkpoint names the last clip whose three files are all
-//! durable, and rendering continues from its carry. Because every random draw is derived from the
+//! (atomic); then, if *k* is a checkpoint clip (every `render.checkpoint_every` clips, and the
+//! last), the carry is serialised into host memory and handed to a background thread
+//! ([`cadence::CarryWriter`]) that writes `work/carry-k.safetensors` and `work/checkpoint.json`
+//! while the next clips render. A SIGKILL at any point loses at most the clips since the newest
+//! durable carry: on restart the checkpoint names the last clip whose carry is durable, and
+//! rendering continues from that carry; segments already on disk for the clips rendered again
+//! are kept when they come out byte-identical. Because every random draw is derived from the
 //! job's seed and the clip index, the resumed video is identical to an uninterrupted one.
 //!
 //! The tests prove the "at any moment" part by making the worker SIGKILL itself at exact points
