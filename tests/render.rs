@@ -161,11 +161,25 @@ fn worker_killed_at_every_kind_of_point_resumes_to_identical_frames() {
     let mut expected = vec![0];
     expected.extend(kills.iter().map(|(_, resume_at)| *resume_at as u64));
     assert_eq!(start_points(&evs), expected);
-    // No clip was reported finished twice; clip 3 was killed after its checkpoint but before
-    // it could say so, and was not rendered again.
-    let mut done = clips_done(&evs);
-    done.sort_unstable();
-    assert_eq!(done, vec![0, 1, 2, 4, 5, 6]);
+    // Clip 3 was killed after its checkpoint but before it could say so, and was not rendered
+    // again. A clip whose carry write was killed on the writer thread (`after_carry`,
+    // `mid_checkpoint`) may have said `clip_done` (its segment was durable) before the kill,
+    // and says it again when rendered again: at most twice.
+    let done = clips_done(&evs);
+    let distinct: std::collections::BTreeSet<u64> = done.iter().copied().collect();
+    assert_eq!(
+        distinct.into_iter().collect::<Vec<_>>(),
+        vec![0, 1, 2, 4, 5, 6]
+    );
+    for clip in [0, 1, 4] {
+        let times = done.iter().filter(|&&c| c == clip).count();
+        assert_eq!(times, 1, "clip {clip} in {done:?}");
+    }
+    assert!(
+        done.iter()
+            .all(|c| done.iter().filter(|&d| d == c).count() <= 2),
+        "{done:?}"
+    );
 
     let video = probe(output_of(&state));
     assert_eq!(

@@ -440,6 +440,9 @@ pub(crate) fn print_job_details(job: &JobState, events: &[JobEvent]) {
         escape_text(job.gpu.as_deref().unwrap_or("-"))
     );
     println!("clips:     {}", clip_progress(job));
+    if let Some(line) = resumed_from(events) {
+        println!("resumed:   {}", escape_text(&line));
+    }
     println!(
         "attempts:  {} ({} in a row without a new clip)",
         job.attempts, job.stalled_attempts
@@ -480,6 +483,33 @@ pub(crate) fn print_job_details(job: &JobState, events: &[JobEvent]) {
             escape_text(&fields.to_string())
         );
     }
+}
+
+/// Where the latest attempt started, when it resumed: the clip after the newest checkpoint,
+/// and why an older checkpoint was used if the newest one was not.
+fn resumed_from(events: &[JobEvent]) -> Option<String> {
+    let start = events
+        .iter()
+        .rposition(|event| event.event == "started" || event.event == "resumed")?;
+    let event = &events[start];
+    if event.event != "resumed" {
+        return None;
+    }
+    let clip = event.fields.get("next_clip").and_then(|v| v.as_u64())?;
+    let total = event.fields.get("clips_total").and_then(|v| v.as_u64());
+    let mut line = match total {
+        Some(total) => format!("clip {clip} of {total} (the clip after the newest checkpoint)"),
+        None => format!("clip {clip} (the clip after the newest checkpoint)"),
+    };
+    let fallback = events[start..]
+        .iter()
+        .find(|event| event.event == "checkpoint_fallback")
+        .and_then(|event| event.fields.get("detail"))
+        .and_then(|v| v.as_str());
+    if let Some(why) = fallback {
+        line.push_str(&format!("; {why}"));
+    }
+    Some(line)
 }
 
 /// One line per finished attempt (the last 10), from the `worker_exit` events: how it ended

@@ -693,6 +693,7 @@ fn accept_one(
         .admit(&spec)
         .map_err(|refusal| format!("error: {}: {refusal}", shown_path.display()))?;
     outputs.check(&spec, shown_path)?;
+    check_checkpoint_space(&spec, &context.layout.jobs, shown_path)?;
     let id_text = id.to_string();
     let staging = context.layout.staging_dir(&id_text);
     stage_job(&staging, id, name, &bytes, &spec, vram_estimate, owner)
@@ -700,6 +701,38 @@ fn accept_one(
         .map_err(|err| format!("error: cannot file job {}: {err}", shown_path.display()))?;
     outputs.add(&spec, id);
     Ok(())
+}
+
+/// A native job's carry has a size known before it starts (`render::worker::carry_bytes`); the
+/// job needs room for two (the newest checkpoint is kept until the next one is whole) where
+/// its checkpoints go. Refused at intake rather than failing hours later. The words start like
+/// the operating system's ENOSPC message, so the rejection reads as a full disk.
+fn check_checkpoint_space(
+    spec: &JobSpec,
+    jobs_dir: &Path,
+    shown_path: &Path,
+) -> Result<(), String> {
+    let Some(carry) = render::worker::carry_bytes(spec) else {
+        return Ok(());
+    };
+    let needed = carry
+        .saturating_mul(2)
+        .saturating_add(render::checkpoint::CHECKPOINT_SLACK_BYTES);
+    let Some(free) = crate::space::free_bytes(jobs_dir) else {
+        return Ok(());
+    };
+    if free >= needed {
+        return Ok(());
+    }
+    let enospc = std::io::Error::from_raw_os_error(libc::ENOSPC).to_string();
+    let enospc = enospc.split(" (os error").next().unwrap_or_default();
+    Err(format!(
+        "error: {}: {enospc} for this job's checkpoints: two carries of {carry} bytes need \
+         {needed} bytes in {}, which has {free} free\n  = help: free space there, or render a \
+         smaller render.size or fewer render.infer_frames",
+        shown_path.display(),
+        jobs_dir.display()
+    ))
 }
 
 fn stage_job(

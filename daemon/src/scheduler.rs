@@ -608,6 +608,18 @@ impl Scheduler {
                 state.details.insert("clips".into(), (*clips).into());
                 state.output = Some(PathBuf::from(output));
             }
+            WorkerMessage::Checkpoint { note, clip, detail } => {
+                if *note == render::protocol::CheckpointNote::Cadence {
+                    info!(job = %id, clip, "{}: {}", note.event_name(), jobs::escape_text(detail));
+                } else {
+                    warn!(job = %id, clip, "{}: {}", note.event_name(), jobs::escape_text(detail));
+                }
+                let _ = dir.append_event(&event(
+                    note.event_name(),
+                    [("clip", (*clip).into()), ("detail", detail.clone().into())],
+                ));
+                return;
+            }
             WorkerMessage::Interrupted { .. }
             | WorkerMessage::Heartbeat
             | WorkerMessage::Error { .. }

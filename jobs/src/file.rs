@@ -9,7 +9,9 @@
 //! pass in [`crate::walk`], which reports unknown and duplicate keys with their exact position
 //! before serde sees the file. A test keeps the lists and the structs in step.
 
-use crate::spec::{Codec, EngineKind, NoticeEvent, NumClip, Offload, Size, WebhookFormat};
+use crate::spec::{
+    CheckpointEvery, Codec, EngineKind, NoticeEvent, NumClip, Offload, Size, WebhookFormat,
+};
 use serde::Deserialize;
 use std::path::PathBuf;
 
@@ -47,6 +49,7 @@ pub(crate) struct RenderFile {
     pub online_decode: Option<bool>,
     pub offload: Option<Offload>,
     pub fps: Option<u32>,
+    pub checkpoint_every: Option<CheckpointEvery>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Deserialize)]
@@ -121,6 +124,7 @@ impl JobFile {
                 online_decode: o.online_decode.or(u.online_decode),
                 offload: o.offload.or(u.offload),
                 fps: o.fps.or(u.fps),
+                checkpoint_every: o.checkpoint_every.or(u.checkpoint_every),
             }),
             engine: merge(self.engine, under.engine, |o, u| EngineFile {
                 kind: o.kind.or(u.kind),
@@ -189,6 +193,7 @@ const RENDER_KEYS: &[Key] = &[
     leaf("online_decode"),
     leaf("offload"),
     leaf("fps"),
+    leaf("checkpoint_every"),
 ];
 const ENGINE_KEYS: &[Key] = &[leaf("kind"), leaf("name"), leaf("model"), leaf("profile")];
 const OUTPUT_KEYS: &[Key] = &[leaf("path"), leaf("codec"), leaf("crf"), leaf("overwrite")];

@@ -255,6 +255,7 @@ fn resolve(doc: JobFile, default_name: &str, job: &Source) -> Result<JobSpec, Ve
             online_decode: render.online_decode.unwrap_or(d.online_decode),
             offload: render.offload.unwrap_or(d.offload),
             fps: render.fps.unwrap_or(d.fps),
+            checkpoint_every: render.checkpoint_every.unwrap_or(d.checkpoint_every),
         },
         engine: EngineSpec {
             kind: engine_kind,

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
-pub use scalars::{NumClip, Offload, Size, SizeParseError};
+pub use scalars::{CheckpointEvery, NumClip, Offload, Size, SizeParseError};
 
 /// One render job, fully resolved.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -60,6 +60,10 @@ pub struct RenderSettings {
     pub offload: Offload,
     /// Frames per second of the output video.
     pub fps: u32,
+    /// How often the carry is checkpointed; changes what a crash costs, never the pixels.
+    /// Absent in job directories written before it existed, which checkpoint every clip.
+    #[serde(default)]
+    pub checkpoint_every: CheckpointEvery,
 }
 
 impl Default for RenderSettings {
@@ -74,6 +78,7 @@ impl Default for RenderSettings {
             online_decode: true,
             offload: Offload::Auto,
             fps: 16,
+            checkpoint_every: CheckpointEvery::default(),
         }
     }
 }
@@ -224,7 +229,8 @@ impl JobSpec {
     }
 
     /// A hex SHA-256 of everything that decides the rendered pixels: input paths and prompt,
-    /// the render settings (all but `online_decode`, which changes memory, not pixels), the
+    /// the render settings (all but `online_decode` and `checkpoint_every`, which change memory
+    /// and what a crash costs, not pixels), the
     /// engine kind and model. Name, priority, notices, retries and the output encoding are left
     /// out, so editing them keeps a checkpoint usable; changing anything else invalidates it.
     ///

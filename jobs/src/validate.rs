@@ -40,6 +40,7 @@ pub(crate) fn field_hint(key: &str) -> Option<&'static str> {
         "render.seed" => "any whole number from 0 to 18446744073709551615",
         "render.online_decode" => "write true (memory stays flat) or false",
         "render.offload" => "write auto, true (fits smaller cards, about 4x slower) or false",
+        "render.checkpoint_every" => "write auto (checkpoint I/O kept to 2 % of render time) or a number of clips from 1 (the default) to 10000",
         "render.fps" => "the model's native rate is 16; 25 and 30 suit broadcast and web delivery",
         "engine.kind" => "write native (the built-in engine) or command (an engine the operator declared in the daemon config)",
         "engine.name" => "the name of an engine under `engines:` in the daemon config; `reelspool check-config` lists them",
@@ -144,6 +145,9 @@ pub(crate) fn check_document(
             } else {
                 c.range(&["render", "guide_scale"], Some(scale), 0.0, 20.0);
             }
+        }
+        if let Some(crate::spec::CheckpointEvery::Every(n)) = render.checkpoint_every {
+            c.range(&["render", "checkpoint_every"], Some(n), 1, 10_000);
         }
         if let Some(fps) = render.fps {
             if ![16, 25, 30].contains(&fps) {

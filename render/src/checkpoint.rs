@@ -1,11 +1,14 @@
-//! Checkpoints after every clip (DESIGN.md §5), so a killed worker loses at most the clip in
-//! progress and a resumed job renders exactly what an uninterrupted one would.
+//! Checkpoints (DESIGN.md §5), so a killed worker loses at most the clips since the newest
+//! carry and a resumed job renders exactly what an uninterrupted one would.
 //!
-//! After clip *k* the worker has written its segment (`work/clips/k.mkv`). [`CheckpointStore::
-//! save`] then writes `work/carry-k.safetensors` and finally `work/checkpoint.json` naming *k*,
-//! each atomically, in that order: a checkpoint never names a file that is not yet durable.
-//! The checkpoint it replaces is kept as `checkpoint.prev.json` (with its carry) until the new
-//! one is on disk, so a torn or damaged latest checkpoint costs one clip, not the whole job.
+//! Segments (`work/clips/k.mkv`) are durable after every clip. The carry is checkpointed after
+//! every clip or every *N* clips (`render.checkpoint_every`): [`CheckpointStore::save_prepared`]
+//! writes `work/carry-k.safetensors` and then `work/checkpoint.json` naming *k*, each
+//! atomically, in that order: a checkpoint never names a file that is not yet durable. The
+//! checkpoint it replaces is kept as `checkpoint.prev.json` (with its carry) until the new one
+//! is on disk, so a torn or damaged latest checkpoint costs one cadence step, not the whole
+//! job. Segments of clips after the newest checkpoint are kept on resume: the worker renders
+//! those clips again and keeps a segment whose bytes come out the same (see `worker.rs`).
 
 mod files;
 
@@ -43,6 +46,52 @@ pub struct Checkpoint {
     /// One record per clip `0..=last_clip`, in order.
     pub segments: Vec<SegmentRecord>,
     pub written_at_unix_ms: u64,
+    /// What the carry was rendered with; a job with other values refuses it, saying which.
+    /// Absent in checkpoints written before it existed (their fingerprint still applies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub carry_written_for: Option<CarryIdentity>,
+}
+
+/// The settings a carry depends on: a carry from another model, size or seed would continue a
+/// different video, so it is refused with the difference named.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CarryIdentity {
+    pub model: String,
+    pub width: u32,
+    pub height: u32,
+    pub seed: u64,
+    pub infer_frames: u32,
+}
+
+impl CarryIdentity {
+    /// What differs between the carry's settings (`self`) and the job's, in words; `None`
+    /// when they agree.
+    pub fn mismatch(&self, job: &CarryIdentity) -> Option<String> {
+        let mut differences = Vec::new();
+        if self.model != job.model {
+            differences.push(format!(
+                "model `{}` (this job: `{}`)",
+                self.model, job.model
+            ));
+        }
+        if (self.width, self.height) != (job.width, job.height) {
+            differences.push(format!(
+                "size {}*{} (this job: {}*{})",
+                self.width, self.height, job.width, job.height
+            ));
+        }
+        if self.seed != job.seed {
+            differences.push(format!("seed {} (this job: {})", self.seed, job.seed));
+        }
+        if self.infer_frames != job.infer_frames {
+            differences.push(format!(
+                "infer_frames {} (this job: {})",
+                self.infer_frames, job.infer_frames
+            ));
+        }
+        (!differences.is_empty()).then(|| differences.join(", "))
+    }
 }
 
 /// A file a checkpoint depends on. `file` is relative to the work directory when it lies
@@ -107,8 +156,13 @@ pub enum ResumePoint<C = Carry> {
     /// none). Everything the old checkpoints named has been removed.
     Fresh { reason: Option<String> },
     /// Clips `0..=last_clip` are done; continue with `carry` (its `next_clip()` is
-    /// `last_clip + 1`).
-    After { last_clip: ClipIndex, carry: C },
+    /// `last_clip + 1`). `fell_back` says why the newest checkpoint was passed over for the
+    /// previous one, if it was.
+    After {
+        last_clip: ClipIndex,
+        carry: C,
+        fell_back: Option<String>,
+    },
 }
 
 /// Why a checkpoint could not be written or read.
@@ -125,6 +179,50 @@ pub enum CheckpointError {
     Carry { clip: ClipIndex, detail: String },
     #[error("cannot checkpoint {clip}: {detail}")]
     OutOfOrder { clip: ClipIndex, detail: String },
+    #[error(
+        "no space for the checkpoint of {clip}: its carry needs {needed} bytes in {dir}, which has \
+         {free} free; the previous checkpoint is kept"
+    )]
+    NoSpace {
+        clip: ClipIndex,
+        dir: PathBuf,
+        needed: u64,
+        free: u64,
+    },
+}
+
+impl CheckpointError {
+    /// Whether the file system was full (checked beforehand, or ENOSPC/EDQUOT while writing).
+    pub fn is_out_of_space(&self) -> bool {
+        match self {
+            CheckpointError::NoSpace { .. } => true,
+            CheckpointError::Io { source, .. } => {
+                matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Room left in a checkpoint beyond the carry itself: `checkpoint.json` (a segment record per
+/// clip) and file system metadata.
+pub const CHECKPOINT_SLACK_BYTES: u64 = 1 << 20;
+
+/// Bytes an unprivileged writer can still use on the file system holding `dir` (statvfs).
+pub fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(ErrorKind::InvalidInput, e))?;
+    // SAFETY: statvfs fills the zeroed struct we pass; the path is a valid C string.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // The field types differ between targets (u32 on some 32-bit ones).
+    #[allow(clippy::useless_conversion)]
+    let (blocks, block_size) = (u64::from(stat.f_bavail), u64::from(stat.f_frsize));
+    Ok(blocks.saturating_mul(block_size))
 }
 
 /// The checkpoints of one job's work directory.
@@ -136,6 +234,8 @@ pub struct CheckpointStore {
 /// Why a stored checkpoint cannot be used.
 enum Unusable {
     JobChanged,
+    /// The carry was rendered with other settings; the words say which.
+    Refused(String),
     Damaged(String),
 }
 
@@ -193,7 +293,8 @@ impl CheckpointStore {
         self.save_carry(clip, carry, fingerprint, segment)
     }
 
-    /// [`CheckpointStore::save`] for any kind of carry.
+    /// [`CheckpointStore::save`] for any kind of carry: the checkpoint that names `clip - 1`
+    /// must exist, as after a checkpoint per clip.
     pub fn save_carry<C: CheckpointCarry>(
         &self,
         clip: ClipIndex,
@@ -211,24 +312,75 @@ impl CheckpointStore {
                 ),
             });
         }
-        let (base_on_disk, mut segments) = self.base_for(clip, fingerprint)?;
+        let (_, mut segments) = self.base_for(clip, fingerprint)?;
+        segments.push(self.segment_record(clip, segment)?);
+        let carry_bytes = carry
+            .to_checkpoint_bytes()
+            .map_err(|detail| CheckpointError::Carry { clip, detail })?;
+        self.save_prepared(clip, &carry_bytes, fingerprint, None, segments)
+    }
+
+    /// The record of clip `clip`'s durable segment at `segment`: its size and SHA-256.
+    pub fn segment_record(
+        &self,
+        clip: ClipIndex,
+        segment: &Path,
+    ) -> Result<SegmentRecord, CheckpointError> {
         let (size_bytes, sha256) =
             size_and_sha256(segment).map_err(io_err("read segment", segment))?;
-        segments.push(SegmentRecord {
+        Ok(SegmentRecord {
             clip: clip.0,
             file: FileRecord {
                 file: self.relative(segment),
                 size_bytes,
                 sha256,
             },
-        });
+        })
+    }
 
-        let carry_bytes = carry
-            .to_checkpoint_bytes()
-            .map_err(|detail| CheckpointError::Carry { clip, detail })?;
+    /// Writes the checkpoint of `clip` from a carry already serialised (`carry_bytes`, so a
+    /// background thread can write it from host memory while the next clips render) and the
+    /// records of segments `0..=clip`. Checks free space first: without room for the carry it
+    /// fails with [`CheckpointError::NoSpace`] and leaves the checkpoints as they were.
+    pub fn save_prepared(
+        &self,
+        clip: ClipIndex,
+        carry_bytes: &[u8],
+        fingerprint: &str,
+        identity: Option<&CarryIdentity>,
+        segments: Vec<SegmentRecord>,
+    ) -> Result<(), CheckpointError> {
+        let in_order = segments.len() as u64 == u64::from(clip.0) + 1
+            && segments
+                .iter()
+                .enumerate()
+                .all(|(i, s)| s.clip as usize == i);
+        if !in_order {
+            return Err(CheckpointError::OutOfOrder {
+                clip,
+                detail: "the segment records do not cover every clip up to it in order".to_string(),
+            });
+        }
+        let needed = carry_bytes.len() as u64 + CHECKPOINT_SLACK_BYTES;
+        let free = free_bytes(&self.work_dir).map_err(io_err("statvfs", &self.work_dir))?;
+        if free < needed {
+            return Err(CheckpointError::NoSpace {
+                clip,
+                dir: self.work_dir.clone(),
+                needed,
+                free,
+            });
+        }
+        // The checkpoint on disk that this one follows: it becomes the previous one.
+        let base = self
+            .read(CHECKPOINT_FILE)
+            .ok()
+            .flatten()
+            .filter(|cp| cp.last_clip < clip.0 && cp.job_fingerprint == fingerprint);
         let carry_name = Self::carry_name(clip.0);
         let carry_path = self.work_dir.join(&carry_name);
-        write_atomic(&carry_path, &carry_bytes).map_err(io_err("write carry", &carry_path))?;
+        crate::worker::crash_point::reached("before_carry", clip.0);
+        write_atomic(&carry_path, carry_bytes).map_err(io_err("write carry", &carry_path))?;
         crate::worker::crash_point::reached("after_carry", clip.0);
 
         let checkpoint = Checkpoint {
@@ -236,28 +388,32 @@ impl CheckpointStore {
             last_clip: clip.0,
             job_fingerprint: fingerprint.to_string(),
             carry: FileRecord {
-                file: carry_name,
+                file: carry_name.clone(),
                 size_bytes: carry_bytes.len() as u64,
-                sha256: sha256_hex(&carry_bytes),
+                sha256: sha256_hex(carry_bytes),
             },
             segments,
             written_at_unix_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
+            carry_written_for: identity.cloned(),
         };
         let json = serde_json::to_vec_pretty(&checkpoint)
             .unwrap_or_else(|e| panic!("a Checkpoint always serialises to JSON: {e}"));
         let current = self.work_dir.join(CHECKPOINT_FILE);
-        if base_on_disk == Some(CHECKPOINT_FILE) {
+        if base.is_some() {
             let previous = self.work_dir.join(PREVIOUS_CHECKPOINT_FILE);
             std::fs::rename(&current, &previous)
                 .map_err(io_err("keep previous checkpoint", &previous))?;
             crate::worker::crash_point::reached("mid_checkpoint", clip.0);
         }
         write_atomic(&current, &json).map_err(io_err("write checkpoint", &current))?;
-        // Carries older than the previous checkpoint's are no longer reachable.
-        self.remove_carries(|k| k + 1 < clip.0)?;
+        // Only the carries of the two checkpoints on disk are still reachable.
+        let keep_previous = base.map(|cp| cp.carry.file);
+        self.remove_carries(|name, _| {
+            name != carry_name && Some(name) != keep_previous.as_deref()
+        })?;
         tracing::debug!(clip = clip.0, "checkpoint written");
         Ok(())
     }
@@ -304,7 +460,16 @@ impl CheckpointStore {
         &self,
         cp: &Checkpoint,
         fingerprint: &str,
+        identity: Option<&CarryIdentity>,
     ) -> Result<C, Unusable> {
+        if let (Some(written), Some(job)) = (&cp.carry_written_for, identity) {
+            if let Some(difference) = written.mismatch(job) {
+                return Err(Unusable::Refused(format!(
+                    "the carry of clip {} was written for {difference}",
+                    cp.last_clip
+                )));
+            }
+        }
         if cp.job_fingerprint != fingerprint {
             return Err(Unusable::JobChanged);
         }
@@ -378,13 +543,16 @@ impl CheckpointStore {
     /// Decides where the job with `fingerprint` starts, repairing the work directory so that
     /// it holds exactly what that start point needs (see [`ResumePoint`]).
     pub fn resume(&self, fingerprint: &str) -> Result<ResumePoint, CheckpointError> {
-        self.resume_carry(fingerprint)
+        self.resume_carry(fingerprint, None)
     }
 
     /// [`CheckpointStore::resume`] for any kind of carry.
+    /// With `identity`, a checkpoint whose carry was written for other settings is refused
+    /// and the job starts fresh, the reason naming what differs.
     pub fn resume_carry<C: CheckpointCarry>(
         &self,
         fingerprint: &str,
+        identity: Option<&CarryIdentity>,
     ) -> Result<ResumePoint<C>, CheckpointError> {
         let mut reasons = Vec::new();
         for name in [CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE] {
@@ -396,10 +564,20 @@ impl CheckpointStore {
                     continue;
                 }
             };
-            match self.verify(&cp, fingerprint) {
+            match self.verify(&cp, fingerprint, identity) {
                 Ok(carry) => {
+                    let mut fell_back = None;
                     if name != CHECKPOINT_FILE {
-                        tracing::warn!(reasons = ?reasons, clip = cp.last_clip, "falling back to the previous checkpoint");
+                        let why = if reasons.is_empty() {
+                            format!("{CHECKPOINT_FILE} is missing")
+                        } else {
+                            reasons.join("; ")
+                        };
+                        tracing::warn!(reason = %why, clip = cp.last_clip, "falling back to the previous checkpoint");
+                        fell_back = Some(format!(
+                            "newest checkpoint unusable ({why}); resumed from the previous one, after clip {}",
+                            cp.last_clip
+                        ));
                         let json = serde_json::to_vec_pretty(&cp).unwrap_or_else(|e| {
                             panic!("a Checkpoint always serialises to JSON: {e}")
                         });
@@ -411,12 +589,20 @@ impl CheckpointStore {
                     return Ok(ResumePoint::After {
                         last_clip: ClipIndex(cp.last_clip),
                         carry,
+                        fell_back,
                     });
                 }
                 Err(Unusable::JobChanged) => {
                     self.remove_beyond(None)?;
                     return Ok(ResumePoint::Fresh {
                         reason: Some("job changed since checkpoint".to_string()),
+                    });
+                }
+                Err(Unusable::Refused(why)) => {
+                    tracing::warn!(reason = %why, "checkpoint refused");
+                    self.remove_beyond(None)?;
+                    return Ok(ResumePoint::Fresh {
+                        reason: Some(format!("checkpoint refused: {why}; starting from clip 0")),
                     });
                 }
                 Err(Unusable::Damaged(reason)) => reasons.push(reason),
@@ -428,11 +614,35 @@ impl CheckpointStore {
         Ok(ResumePoint::Fresh { reason })
     }
 
-    /// Removes segments and carries of clips after `last` (everything for `None`), crash
-    /// leftovers of atomic writes, and for a fresh start the checkpoints themselves.
+    /// The segment records of `checkpoint.json` (after [`CheckpointStore::resume_carry`]
+    /// chose it): clips `0..=last_clip`.
+    pub fn current_segments(&self) -> Result<Vec<SegmentRecord>, CheckpointError> {
+        let path = self.work_dir.join(CHECKPOINT_FILE);
+        let bytes = std::fs::read(&path).map_err(io_err("read checkpoint", &path))?;
+        let cp: Checkpoint = serde_json::from_slice(&bytes).map_err(|e| {
+            io_err("parse checkpoint", &path)(std::io::Error::new(ErrorKind::InvalidData, e))
+        })?;
+        Ok(cp.segments)
+    }
+
+    /// Prepares the work directory for a start after clip `last` (`None`: a fresh start).
+    /// Fresh: removes everything the old checkpoints named, and the checkpoints. After a
+    /// clip: removes carries beyond it and those no checkpoint names; segments of later clips
+    /// stay, for the worker to compare with what it renders again. Either way, crash leftovers
+    /// of atomic writes and re-rendered segments go.
     fn remove_beyond(&self, last: Option<u32>) -> Result<(), CheckpointError> {
-        let beyond = |k: u32| last.is_none_or(|last| k > last);
-        self.remove_carries(|k| beyond(k) || last.is_some_and(|last| k + 1 < last))?;
+        match last {
+            None => self.remove_carries(|_, _| true)?,
+            Some(last) => {
+                let named: Vec<String> = [CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE]
+                    .iter()
+                    .filter_map(|name| self.read(name).ok().flatten())
+                    .filter(|cp| cp.last_clip <= last)
+                    .map(|cp| cp.carry.file)
+                    .collect();
+                self.remove_carries(|name, k| k > last || !named.iter().any(|n| n == name))?;
+            }
+        }
         if last.is_none() {
             for name in [CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE] {
                 remove_if_present(&self.work_dir.join(name))?;
@@ -448,10 +658,10 @@ impl CheckpointStore {
         }
         let clips = self.work_dir.join(CLIPS_DIR);
         for entry in list_dir(&clips)? {
-            let stem = entry.split('.').next().unwrap_or_default();
             // `.<k>.mkv.partial`: a segment whose encoder was killed; it never became `k.mkv`.
             let torn_segment = entry.starts_with('.') && entry.ends_with(".partial");
-            if torn_segment || stem.parse::<u32>().is_ok_and(beyond) {
+            let rerendered = entry.contains(RERENDER_INFIX);
+            if torn_segment || rerendered || (last.is_none() && !entry.starts_with('.')) {
                 remove_if_present(&clips.join(&entry))?;
             }
         }
@@ -460,19 +670,38 @@ impl CheckpointStore {
             .map_err(io_err("sync", &self.work_dir))
     }
 
-    fn remove_carries(&self, doomed: impl Fn(u32) -> bool) -> Result<(), CheckpointError> {
+    /// Removes every `carry-<k>.safetensors` for which `doomed(name, k)` holds.
+    fn remove_carries(&self, doomed: impl Fn(&str, u32) -> bool) -> Result<(), CheckpointError> {
         for entry in list_dir(&self.work_dir)? {
             let clip = entry
                 .strip_prefix(CARRY_PREFIX)
                 .and_then(|rest| rest.strip_suffix(CARRY_SUFFIX))
                 .and_then(|k| k.parse::<u32>().ok());
-            if clip.is_some_and(&doomed) {
+            if clip.is_some_and(|k| doomed(&entry, k)) {
                 remove_if_present(&self.work_dir.join(entry))?;
             }
         }
         Ok(())
     }
 }
+
+/// Lowercase hex SHA-256 of a file.
+pub fn file_sha256(path: &Path) -> std::io::Result<String> {
+    size_and_sha256(path).map(|(_, sha)| sha)
+}
+
+/// Renames `from` over `to` and makes the rename durable.
+pub fn replace_durably(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::rename(from, to)?;
+    match to.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => sync_dir(dir),
+        _ => Ok(()),
+    }
+}
+
+/// Part of the name of a segment rendered again after a resume, before it is compared with
+/// the segment already there: `clips/<k>.again.mkv`.
+pub const RERENDER_INFIX: &str = ".again.";
 
 fn ignore_missing(e: std::io::Error) -> std::io::Result<()> {
     if e.kind() == ErrorKind::NotFound {

@@ -54,8 +54,16 @@ pub enum WorkerMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         model_loaded: Option<bool>,
     },
-    /// Clip `index` is encoded and checkpointed.
+    /// Clip `index`'s segment is durable. Its carry is checkpointed with it, or with a later
+    /// clip under `render.checkpoint_every` > 1 (a crash before then renders it again).
     ClipDone { index: u32, frames: u32, secs: f64 },
+    /// Something about the job's checkpoints that the daemon records as an event of its own
+    /// ([`CheckpointNote::event_name`]).
+    Checkpoint {
+        note: CheckpointNote,
+        clip: u32,
+        detail: String,
+    },
     /// Still alive, inside a long clip.
     Heartbeat,
     /// The final video is in place, at `output`.
@@ -81,6 +89,35 @@ pub enum WorkerMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         model: Option<String>,
     },
+}
+
+/// What a [`WorkerMessage::Checkpoint`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckpointNote {
+    /// The newest checkpoint was unusable (damaged carry, torn file); the job resumed after
+    /// the previous one, `clip`.
+    Fallback,
+    /// The checkpoint of `clip` was not written (no space); the previous one is kept and the
+    /// job goes on.
+    Skipped,
+    /// Clip `clip`, rendered again after a resume, did not come out as the segment already
+    /// on disk; the segment was replaced. It never should: it means lost determinism.
+    SegmentDiffers,
+    /// `checkpoint_every: auto` now checkpoints every so many clips (`detail` says why).
+    Cadence,
+}
+
+impl CheckpointNote {
+    /// The name of the job event the daemon writes for it.
+    pub fn event_name(self) -> &'static str {
+        match self {
+            CheckpointNote::Fallback => "checkpoint_fallback",
+            CheckpointNote::Skipped => "checkpoint_skipped",
+            CheckpointNote::SegmentDiffers => "segment_differs",
+            CheckpointNote::Cadence => "checkpoint_cadence",
+        }
+    }
 }
 
 /// What the daemon tells a serving worker: one JSON object per line on its stdin. Closing
@@ -164,6 +201,11 @@ mod tests {
             },
             WorkerMessage::Heartbeat,
             WorkerMessage::Interrupted { next_clip: 4 },
+            WorkerMessage::Checkpoint {
+                note: CheckpointNote::Skipped,
+                clip: 6,
+                detail: "no space".into(),
+            },
             WorkerMessage::Error {
                 kind: FailureKind::OutOfMemory,
                 message: "CUDA out of memory".into(),

@@ -1,9 +1,13 @@
 //! The worker process: renders one job directory clip by clip.
 //!
 //! Order of work for clip *k* (DESIGN.md §5): denoise → decode → encode `work/clips/k.mkv`
-//! (atomic) → `work/carry-k.safetensors` → `work/checkpoint.json`. A SIGKILL at any point loses
-//! at most clip *k*: on restart the checkpoint names the last clip whose three files are all
-//! durable, and rendering continues from its carry. Because every random draw is derived from the
+//! (atomic); then, if *k* is a checkpoint clip (every `render.checkpoint_every` clips, and the
+//! last), the carry is serialised into host memory and handed to a background thread
+//! ([`cadence::CarryWriter`]) that writes `work/carry-k.safetensors` and `work/checkpoint.json`
+//! while the next clips render. A SIGKILL at any point loses at most the clips since the newest
+//! durable carry: on restart the checkpoint names the last clip whose carry is durable, and
+//! rendering continues from that carry; segments already on disk for the clips rendered again
+//! are kept when they come out byte-identical. Because every random draw is derived from the
 //! job's seed and the clip index, the resumed video is identical to an uninterrupted one.
 //!
 //! The tests prove the "at any moment" part by making the worker SIGKILL itself at exact points
@@ -22,15 +26,22 @@ use jobs::spec::{Codec, EngineKind, JobSpec, NumClip};
 use jobs::state::JobDir;
 use tracing::{info, warn};
 
-use crate::checkpoint::{CheckpointStore, ResumePoint};
+use crate::checkpoint::{CarryIdentity, CheckpointStore, ResumePoint, SegmentRecord};
 use crate::engine::{self, Carry, ClipIndex, ClipLatents, Conditioning, EngineSettings};
 use crate::media;
 #[cfg(doc)]
 use crate::protocol::WorkerCommand;
-use crate::protocol::{self, FailureKind, WorkerMessage};
+use crate::protocol::{self, CheckpointNote, FailureKind, WorkerMessage};
+use cadence::{Cadence, CarryWriter, WriteOrder, WriteOutcome};
 
+pub mod cadence;
 mod command;
 pub mod crash_point;
+
+/// Checkpoints in a row that may fail for want of space before the worker stops: past this,
+/// the job could not make its progress durable, so it waits for space instead (README
+/// "Reliability").
+const MAX_SKIPPED_CHECKPOINTS: u32 = 3;
 
 /// How often a worker inside a long clip tells the daemon it is alive.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
@@ -378,6 +389,170 @@ fn job_fingerprint(spec: &JobSpec, image: &[u8], audio: &[u8]) -> String {
     format!("{:x}", hasher.finalize())
 }
 
+/// What the job's carry depends on, for refusing a carry written with other settings.
+fn carry_identity(spec: &JobSpec) -> CarryIdentity {
+    CarryIdentity {
+        model: spec.engine.model.clone(),
+        width: spec.render.size.width,
+        height: spec.render.size.height,
+        seed: spec.render.seed,
+        infer_frames: spec.render.infer_frames,
+    }
+}
+
+/// Bytes one checkpoint's carry of `spec` takes on disk, known before the job starts; `None`
+/// for command engines, whose carry is whatever the program leaves.
+pub fn carry_bytes(spec: &JobSpec) -> Option<u64> {
+    (spec.engine.kind == EngineKind::Native).then(|| engine::carry_bytes(&engine_settings(spec)))
+}
+
+/// The checkpoint side of the clip loop: when to checkpoint, the writer thread, and what the
+/// writes achieved.
+struct Checkpoints {
+    writer: CarryWriter,
+    cadence: Cadence,
+    /// The clip after the newest durable carry: where a crash now would resume.
+    durable_next: u32,
+    /// The clip after the newest carry handed to the writer (or durable).
+    since: u32,
+    /// Checkpoints in a row that failed for want of space.
+    skipped_in_row: u32,
+    /// The interval `auto` last reported.
+    every_reported: Option<u32>,
+    reporter: Reporter,
+}
+
+impl Checkpoints {
+    /// A test kill point on the main thread: the writer finishes first, so the state on disk
+    /// at the kill is the one the point names (see [`crash_point`]).
+    fn kill_point(&mut self, point: &str, clip: u32) {
+        if crash_point::is_armed(point, clip) {
+            let _ = self.writer.wait();
+        }
+        crash_point::reached(point, clip);
+    }
+
+    /// Whether clip `index`, just rendered, is a checkpoint clip.
+    fn due(&mut self, index: u32, last: bool) -> bool {
+        let every = self.cadence.every();
+        // Reported the first time and when it moves by more than a quarter, not on every
+        // wobble of the measurements.
+        let moved = self.every_reported.is_none_or(|reported| {
+            f64::from(every.abs_diff(reported)) > 0.25 * f64::from(reported)
+        });
+        if self.cadence.is_auto() && moved {
+            let speed = match self.cadence.write_bytes_per_sec() {
+                Some(speed) => format!("{:.1} MB/s measured", speed / 1e6),
+                None => format!(
+                    "{:.1} MB/s assumed",
+                    cadence::ASSUMED_WRITE_BYTES_PER_SEC / 1e6
+                ),
+            };
+            let detail = format!(
+                "checkpoint every {every} clips: carry of {} bytes, clips take {:.3} s, writes at {speed}",
+                self.cadence.carry_bytes(),
+                self.cadence.clip_secs().unwrap_or(0.0),
+            );
+            info!(clip = index, every, "{detail}");
+            self.reporter.send(&WorkerMessage::Checkpoint {
+                note: CheckpointNote::Cadence,
+                clip: index,
+                detail,
+            });
+            self.every_reported = Some(every);
+        }
+        last || index + 1 >= self.since.saturating_add(every)
+    }
+
+    /// Serialises `carry` (which continues into `index + 1`) and hands it to the writer.
+    fn checkpoint(
+        &mut self,
+        index: u32,
+        carry: &Carry,
+        segments: &[SegmentRecord],
+    ) -> Result<(), Failure> {
+        let started = Instant::now();
+        let carry_bytes = carry
+            .to_safetensors_bytes()
+            .map_err(|err| Failure::new(FailureKind::Engine, err.to_string()))?;
+        let order = WriteOrder {
+            clip: ClipIndex(index),
+            carry_bytes,
+            segments: segments[..=index as usize].to_vec(),
+            serialise_secs: started.elapsed().as_secs_f64(),
+        };
+        self.since = index + 1;
+        if let Some(outcome) = self.writer.submit(order) {
+            self.settle(outcome)?;
+        }
+        Ok(())
+    }
+
+    /// Takes in how a write ended. A full disk skips that checkpoint (the previous one stays,
+    /// the next clip tries again) until [`MAX_SKIPPED_CHECKPOINTS`] in a row stop the job;
+    /// any other failure fails the attempt, as a failed checkpoint always did.
+    fn settle(&mut self, outcome: WriteOutcome) -> Result<(), Failure> {
+        let clip = outcome.clip.0;
+        match outcome.result {
+            Ok(()) => {
+                self.durable_next = self.durable_next.max(clip + 1);
+                self.skipped_in_row = 0;
+                self.cadence.carry_written(outcome.bytes, outcome.secs);
+                Ok(())
+            }
+            Err(err) if err.is_out_of_space() => {
+                self.skipped_in_row += 1;
+                // Try again with the next clip's carry.
+                self.since = self.durable_next;
+                let detail = format!(
+                    "{err} ({} in a row; a crash now resumes at clip {})",
+                    self.skipped_in_row, self.durable_next
+                );
+                warn!(clip, "{detail}");
+                self.reporter.send(&WorkerMessage::Checkpoint {
+                    note: CheckpointNote::Skipped,
+                    clip,
+                    detail,
+                });
+                if self.skipped_in_row >= MAX_SKIPPED_CHECKPOINTS {
+                    let enospc = std::io::Error::from_raw_os_error(libc::ENOSPC);
+                    return Err(Failure::new(
+                        FailureKind::Io,
+                        format!(
+                            "{enospc}: {} checkpoints in a row could not be written, so the job \
+                             stops where its progress is durable (clip {}): {err}",
+                            self.skipped_in_row, self.durable_next
+                        ),
+                    ));
+                }
+                Ok(())
+            }
+            Err(err) => Err(Failure::new(FailureKind::Io, err.to_string())),
+        }
+    }
+
+    /// A stop before clip `index`: waits for the write in flight, then checkpoints the carry
+    /// in memory if it is newer than the newest durable one, so nothing rendered is lost.
+    /// Returns the clip a resume starts at.
+    fn stop_at(
+        &mut self,
+        index: u32,
+        carry: &Carry,
+        segments: &[SegmentRecord],
+    ) -> Result<u32, Failure> {
+        if let Some(outcome) = self.writer.wait() {
+            self.settle(outcome)?;
+        }
+        if index > self.durable_next {
+            self.checkpoint(index - 1, carry, segments)?;
+            if let Some(outcome) = self.writer.wait() {
+                self.settle(outcome)?;
+            }
+        }
+        Ok(self.durable_next)
+    }
+}
+
 fn segment_path(work: &Path, index: u32) -> PathBuf {
     work.join("clips").join(format!("{index}.mkv"))
 }
@@ -477,14 +652,26 @@ fn render_job(
 
     crash_point::arm(&work);
     let store = CheckpointStore::new(work.clone());
-    let (mut carry, next_clip, fresh_reason) = match store
-        .resume(&fingerprint)
+    let identity = carry_identity(&spec);
+    let (mut carry, next_clip, fresh_reason, fell_back) = match store
+        .resume_carry::<Carry>(&fingerprint, Some(&identity))
         .map_err(|err| Failure::new(FailureKind::Io, err.to_string()))?
     {
-        ResumePoint::Fresh { reason } => (Carry::initial(&settings), 0, reason),
-        ResumePoint::After { last_clip, carry } => (carry, last_clip.0 + 1, None),
+        ResumePoint::Fresh { reason } => (Carry::initial(&settings), 0, reason, None),
+        ResumePoint::After {
+            last_clip,
+            carry,
+            fell_back,
+        } => (carry, last_clip.0 + 1, None, fell_back),
     };
-    info!(clips = plan.clips, next_clip, "rendering");
+    let mut segments = if next_clip > 0 {
+        store
+            .current_segments()
+            .map_err(|err| Failure::new(FailureKind::Io, err.to_string()))?
+    } else {
+        Vec::new()
+    };
+    info!(clips = plan.clips, next_clip, checkpoint_every = %spec.render.checkpoint_every, "rendering");
     let offload = std::env::var("REELSPOOL_OFFLOAD").is_ok_and(|value| value == "1");
     if offload {
         // The built-in model is small enough to stay resident; offload only changes where
@@ -500,6 +687,13 @@ fn render_job(
         pid: Some(std::process::id()),
         model_loaded: Some(model_loaded),
     });
+    if let Some(detail) = fell_back {
+        reporter.send(&WorkerMessage::Checkpoint {
+            note: CheckpointNote::Fallback,
+            clip: next_clip.saturating_sub(1),
+            detail,
+        });
+    }
 
     let encode = encode_settings(&spec);
     let mut kept_latents: Vec<(u32, ClipLatents)> = Vec::new();
@@ -520,29 +714,60 @@ fn render_job(
             kept_latents.push((index, latents));
         }
     }
+    let mut checkpoints = Checkpoints {
+        writer: CarryWriter::spawn(store.clone(), fingerprint.clone(), Some(identity)),
+        cadence: Cadence::new(spec.render.checkpoint_every, engine::carry_bytes(&settings)),
+        durable_next: next_clip,
+        since: next_clip,
+        skipped_in_row: 0,
+        every_reported: None,
+        reporter: reporter.clone(),
+    };
     for index in next_clip..plan.clips {
         if stop.load(Ordering::Relaxed) {
-            return Ok(WorkerMessage::Interrupted { next_clip: index });
+            let next_clip = checkpoints.stop_at(index, &carry, &segments)?;
+            return Ok(WorkerMessage::Interrupted { next_clip });
+        }
+        if let Some(outcome) = checkpoints.writer.poll() {
+            checkpoints.settle(outcome)?;
         }
         let started = Instant::now();
         let (latents, next_carry) = engine
             .render_clip(ClipIndex(index), &carry)
             .map_err(|err| Failure::new(FailureKind::Engine, err.to_string()))?;
-        crash_point::reached("after_denoise", index);
+        checkpoints.kill_point("after_denoise", index);
         let durable = if spec.render.online_decode {
             let frames = engine
                 .decode(&latents)
                 .map_err(|err| Failure::new(FailureKind::Engine, err.to_string()))?;
             drop(latents);
             let segment = segment_path(&work, index);
-            write_segment(
-                index,
-                &segment,
-                &encode,
-                &frames.rgb,
-                plan.frames_in_clip(index),
-            )?;
-            crash_point::reached("after_segment", index);
+            // `mid_encode` fires inside the encoder: settle the writer first, as
+            // `kill_point` does for the other points.
+            if crash_point::is_armed("mid_encode", index) {
+                let _ = checkpoints.writer.wait();
+            }
+            // A segment already there was written before a crash that lost its carry: this
+            // clip is being rendered again, and must come out the same.
+            if segment.exists() {
+                write_segment_again(
+                    index,
+                    &segment,
+                    &encode,
+                    &frames.rgb,
+                    plan.frames_in_clip(index),
+                    reporter,
+                )?;
+            } else {
+                write_segment(
+                    index,
+                    &segment,
+                    &encode,
+                    &frames.rgb,
+                    plan.frames_in_clip(index),
+                )?;
+            }
+            checkpoints.kill_point("after_segment", index);
             segment
         } else {
             // The original's behaviour: latents pile up in memory and are decoded at the end.
@@ -560,17 +785,32 @@ fn render_job(
             kept_latents.push((index, latents));
             path
         };
-        store
-            .save(ClipIndex(index), &next_carry, &fingerprint, &durable)
-            .map_err(|err| Failure::new(FailureKind::Io, err.to_string()))?;
-        crash_point::reached("after_checkpoint", index);
+        segments.truncate(index as usize);
+        segments.push(
+            store
+                .segment_record(ClipIndex(index), &durable)
+                .map_err(|err| Failure::new(FailureKind::Io, err.to_string()))?,
+        );
         carry = next_carry;
+        let secs = started.elapsed().as_secs_f64();
+        checkpoints.cadence.clip_rendered(secs);
+        let last = index + 1 == plan.clips;
+        if checkpoints.due(index, last) {
+            checkpoints.checkpoint(index, &carry, &segments)?;
+        }
+        checkpoints.kill_point("after_checkpoint", index);
         reporter.send(&WorkerMessage::ClipDone {
             index,
             frames: plan.frames_in_clip(index),
-            secs: started.elapsed().as_secs_f64(),
+            secs,
         });
     }
+    // The last clip's checkpoint: assembling needs no carry, but a crash from here on should
+    // not render anything again.
+    if let Some(outcome) = checkpoints.writer.wait() {
+        checkpoints.settle(outcome)?;
+    }
+    drop(checkpoints);
     for (index, latents) in kept_latents {
         // Decoding a long job's latents can take far longer than the daemon waits after
         // SIGTERM; stop between clips, and the next start decodes them all again.
@@ -683,6 +923,89 @@ fn write_segment(
     frames: &[Vec<u8>],
     keep: u32,
 ) -> Result<(), Failure> {
+    write_segment_as(
+        clip,
+        path,
+        &path.with_extension("jpg"),
+        settings,
+        frames,
+        keep,
+    )
+}
+
+/// Writes clip `clip`, rendered again after a resume, where a segment of it already is: the
+/// new encoding goes beside it and replaces it only if the bytes differ. They never should
+/// (the render is deterministic and the encoder bit-exact); if they do, the job gets a
+/// `segment_differs` event and the new segment is kept, so the video matches this render.
+fn write_segment_again(
+    clip: u32,
+    path: &Path,
+    settings: &media::EncodeSettings,
+    frames: &[Vec<u8>],
+    keep: u32,
+    reporter: &Reporter,
+) -> Result<(), Failure> {
+    let again = path.with_file_name(format!("{clip}{}mkv", crate::checkpoint::RERENDER_INFIX));
+    write_segment_as(
+        clip,
+        &again,
+        &path.with_extension("jpg"),
+        settings,
+        frames,
+        keep,
+    )?;
+    let digest = |file: &Path| {
+        crate::checkpoint::file_sha256(file).map_err(|err| {
+            Failure::new(
+                FailureKind::Io,
+                format!("cannot read {}: {err}", file.display()),
+            )
+        })
+    };
+    let (old, new) = (digest(path)?, digest(&again)?);
+    if old == new {
+        std::fs::remove_file(&again).map_err(|err| {
+            Failure::new(
+                FailureKind::Io,
+                format!("cannot remove {}: {err}", again.display()),
+            )
+        })?;
+        tracing::debug!(
+            clip,
+            "segment rendered again came out the same; kept the one on disk"
+        );
+        return Ok(());
+    }
+    let detail = format!(
+        "clip {clip} rendered again differs from its segment on disk (sha256 {old} before, \
+         {new} now); replaced it"
+    );
+    warn!(clip, "{detail}");
+    reporter.send(&WorkerMessage::Checkpoint {
+        note: CheckpointNote::SegmentDiffers,
+        clip,
+        detail,
+    });
+    crate::checkpoint::replace_durably(&again, path).map_err(|err| {
+        Failure::new(
+            FailureKind::Io,
+            format!(
+                "cannot move {} to {}: {err}",
+                again.display(),
+                path.display()
+            ),
+        )
+    })
+}
+
+fn write_segment_as(
+    clip: u32,
+    path: &Path,
+    thumbnail: &Path,
+    settings: &media::EncodeSettings,
+    frames: &[Vec<u8>],
+    keep: u32,
+) -> Result<(), Failure> {
     let mut encoder = media::ClipEncoder::create(path, settings)
         .map_err(|err| Failure::new(FailureKind::Io, err.to_string()))?;
     for (pushed, frame) in frames.iter().take(keep as usize).enumerate() {
@@ -699,9 +1022,7 @@ fn write_segment(
     // The dashboard's picture of the job: the clip's last frame, beside the segment. Only a
     // view, so a failure costs a warning, never the clip.
     if let Some(last) = frames.iter().take(keep as usize).next_back() {
-        let thumbnail = path.with_extension("jpg");
-        if let Err(err) = media::write_thumbnail(&thumbnail, last, settings.width, settings.height)
-        {
+        if let Err(err) = media::write_thumbnail(thumbnail, last, settings.width, settings.height) {
             tracing::warn!(clip, error = %err, "cannot write the clip's thumbnail");
         }
     }
@@ -732,6 +1053,65 @@ mod tests {
                 Path::new("/state/jobs/20261126-7")
             ),
             PathBuf::from("/out/talk.20261126-7.mp4")
+        );
+    }
+
+    fn frames(shade: u8) -> Vec<Vec<u8>> {
+        (0..4u8)
+            .map(|k| vec![shade.wrapping_add(k * 16); 64 * 64 * 3])
+            .collect()
+    }
+
+    fn reporter() -> Reporter {
+        Reporter {
+            out: Arc::new(Mutex::new(std::io::stdout())),
+        }
+    }
+
+    #[test]
+    fn a_segment_rendered_again_the_same_is_kept_as_it_was() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("3.mkv");
+        let settings = media::EncodeSettings::new(64, 64, 16, media::VideoCodec::H264, 18);
+        write_segment(3, &path, &settings, &frames(40), 4).expect("first encode");
+        let before = std::fs::metadata(&path).expect("segment");
+        let bytes = std::fs::read(&path).expect("segment");
+        write_segment_again(3, &path, &settings, &frames(40), 4, &reporter()).expect("again");
+        let after = std::fs::metadata(&path).expect("segment");
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(
+            before.ino(),
+            after.ino(),
+            "the file on disk was not replaced"
+        );
+        assert_eq!(std::fs::read(&path).expect("segment"), bytes);
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            names
+                .iter()
+                .all(|n| !n.contains(crate::checkpoint::RERENDER_INFIX)),
+            "{names:?}"
+        );
+    }
+
+    #[test]
+    fn a_segment_rendered_again_differently_replaces_the_old_one() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("3.mkv");
+        let settings = media::EncodeSettings::new(64, 64, 16, media::VideoCodec::H264, 18);
+        write_segment(3, &path, &settings, &frames(40), 4).expect("first encode");
+        let old = std::fs::read(&path).expect("segment");
+        write_segment(3, &dir.path().join("ref.mkv"), &settings, &frames(200), 4)
+            .expect("reference encode");
+        write_segment_again(3, &path, &settings, &frames(200), 4, &reporter()).expect("again");
+        let new = std::fs::read(&path).expect("segment");
+        assert_ne!(new, old);
+        assert_eq!(
+            new,
+            std::fs::read(dir.path().join("ref.mkv")).expect("reference")
         );
     }
 

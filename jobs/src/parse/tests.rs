@@ -1,5 +1,7 @@
 use super::*;
-use crate::spec::{Codec, EngineKind, NoticeEvent, NumClip, Offload, Size, WebhookFormat};
+use crate::spec::{
+    CheckpointEvery, Codec, EngineKind, NoticeEvent, NumClip, Offload, Size, WebhookFormat,
+};
 use crate::validate::MAX_PROMPT_CHARS;
 use proptest::prelude::*;
 
@@ -168,6 +170,7 @@ fn fills_documented_defaults() {
     assert!(spec.render.online_decode);
     assert_eq!(spec.render.offload, Offload::Auto);
     assert_eq!(spec.render.fps, 16);
+    assert_eq!(spec.render.checkpoint_every, CheckpointEvery::Every(1));
     assert_eq!(spec.engine.kind, EngineKind::Native);
     assert_eq!(spec.engine.model, "builtin:tiny");
     assert_eq!(spec.engine.profile, None);
@@ -231,6 +234,27 @@ fn rejects_out_of_range_value_like_rustc() {
 }
 
 #[test]
+fn reads_checkpoint_every_and_points_at_a_bad_one() {
+    let fx = fixture();
+    let text = format!("{}render:\n  checkpoint_every: auto\n", base(&fx));
+    let spec = parse(&fx, &text).unwrap_or_else(|e| panic!("auto must pass:\n{e}"));
+    assert_eq!(spec.render.checkpoint_every, CheckpointEvery::Auto);
+    let text = format!("{}render:\n  checkpoint_every: 3\n", base(&fx));
+    let spec = parse(&fx, &text).unwrap_or_else(|e| panic!("3 must pass:\n{e}"));
+    assert_eq!(spec.render.checkpoint_every, CheckpointEvery::Every(3));
+    let text = format!("{}render:\n  checkpoint_every: often\n", base(&fx));
+    let d = rejected(&fx, &text).remove(0);
+    assert_eq!(d.line, 8, "{d:?}");
+    assert!(d.message.contains("checkpoint_every"), "{}", d.message);
+    let hint = d.hint.as_deref().unwrap_or_default();
+    assert!(hint.contains("auto"), "{hint}");
+    let text = format!("{}render:\n  checkpoint_every: 20000\n", base(&fx));
+    let d = rejected(&fx, &text).remove(0);
+    assert_eq!((d.line, d.column), (8, 21));
+    assert!(d.message.contains("between 1 and 10000"), "{}", d.message);
+}
+
+#[test]
 fn rejects_size_not_multiple_of_16() {
     let fx = fixture();
     let text = format!("{}render:\n  size: 700x400\n", base(&fx));
@@ -253,6 +277,10 @@ fn rejects_each_out_of_range_value_at_its_line() {
         ("render: {sample_steps: 0}".to_string(), "sample_steps"),
         ("render: {num_clip: 0}".to_string(), "num_clip"),
         ("render: {fps: 24}".to_string(), "fps"),
+        (
+            "render: {checkpoint_every: 0}".to_string(),
+            "checkpoint_every",
+        ),
         ("render: {guide_scale: 20.5}".to_string(), "guide_scale"),
         ("render: {guide_scale: .nan}".to_string(), "guide_scale"),
         ("render: {size: 32*32}".to_string(), "size"),

@@ -141,6 +141,80 @@ impl<'de> Deserialize<'de> for NumClip {
     }
 }
 
+/// How often the worker writes the carry (the state the next clip needs) to disk:
+/// `Every(n)` after every `n`-th clip, `Auto` as often as keeps checkpoint writes at or below
+/// 2 % of render time (measured while the job runs). Segments are durable after every clip
+/// either way; a crash re-renders at most the clips since the newest carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CheckpointEvery {
+    Auto,
+    Every(u32),
+}
+
+impl Default for CheckpointEvery {
+    /// After every clip: a crash costs at most the clip in progress. Right for carries that
+    /// take milliseconds to write (the built-in tiny model, command engines); big native
+    /// models should use `auto`.
+    fn default() -> CheckpointEvery {
+        CheckpointEvery::Every(1)
+    }
+}
+
+impl fmt::Display for CheckpointEvery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CheckpointEvery::Auto => f.write_str("auto"),
+            CheckpointEvery::Every(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl Serialize for CheckpointEvery {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            CheckpointEvery::Auto => s.serialize_str("auto"),
+            CheckpointEvery::Every(n) => s.serialize_u32(*n),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for CheckpointEvery {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<CheckpointEvery, D::Error> {
+        struct EveryVisitor;
+        impl Visitor<'_> for EveryVisitor {
+            type Value = CheckpointEvery;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("`auto` or a number of clips")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<CheckpointEvery, E> {
+                u32::try_from(v)
+                    .map(CheckpointEvery::Every)
+                    .map_err(|_| E::custom(format!("checkpoint_every {v} is far too large")))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<CheckpointEvery, E> {
+                match u64::try_from(v) {
+                    Ok(v) => self.visit_u64(v),
+                    Err(_) => Err(E::custom(format!(
+                        "checkpoint_every must be `auto` or a positive number, got {v}"
+                    ))),
+                }
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<CheckpointEvery, E> {
+                if v == "auto" {
+                    return Ok(CheckpointEvery::Auto);
+                }
+                match v.parse::<u64>() {
+                    Ok(n) => self.visit_u64(n),
+                    Err(_) => Err(E::custom(format!(
+                        "checkpoint_every must be `auto` or a number, got `{v}`"
+                    ))),
+                }
+            }
+        }
+        d.deserialize_any(EveryVisitor)
+    }
+}
+
 /// Whether model weights live on the CPU between uses (fits small cards, ~4× slower).
 /// `Auto` lets placement decide from the GPU it gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -251,6 +325,22 @@ mod tests {
             Some(Offload::Off)
         );
         assert!(serde_yaml::from_str::<Offload>("sometimes").is_err());
+    }
+
+    #[test]
+    fn checkpoint_every_reads_auto_and_numbers() {
+        assert_eq!(
+            serde_yaml::from_str::<CheckpointEvery>("auto").ok(),
+            Some(CheckpointEvery::Auto)
+        );
+        assert_eq!(
+            serde_yaml::from_str::<CheckpointEvery>("3").ok(),
+            Some(CheckpointEvery::Every(3))
+        );
+        assert!(serde_yaml::from_str::<CheckpointEvery>("-1").is_err());
+        assert!(serde_yaml::from_str::<CheckpointEvery>("often").is_err());
+        let written = serde_yaml::to_string(&CheckpointEvery::Every(7)).expect("serializes");
+        assert_eq!(written.trim(), "7");
     }
 
     proptest! {

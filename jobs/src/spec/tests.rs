@@ -41,6 +41,7 @@ fn fingerprint_ignores_what_does_not_change_pixels() {
     other.template = None;
     other.priority = -5;
     other.render.online_decode = false;
+    other.render.checkpoint_every = CheckpointEvery::Auto;
     other.engine.profile = Some("fast".to_string());
     other.output.path = PathBuf::from("/elsewhere/v.mp4");
     other.output.codec = Codec::Hevc;
@@ -119,6 +120,10 @@ fn render() -> impl Strategy<Value = RenderSettings> {
         any::<bool>(),
         prop_oneof![Just(Offload::Auto), Just(Offload::On), Just(Offload::Off)],
         any::<u32>(),
+        prop_oneof![
+            Just(CheckpointEvery::Auto),
+            any::<u32>().prop_map(CheckpointEvery::Every)
+        ],
     )
         .prop_map(
             |(
@@ -131,6 +136,7 @@ fn render() -> impl Strategy<Value = RenderSettings> {
                 online_decode,
                 offload,
                 fps,
+                checkpoint_every,
             )| {
                 RenderSettings {
                     size: Size::new(w, h),
@@ -142,6 +148,7 @@ fn render() -> impl Strategy<Value = RenderSettings> {
                     online_decode,
                     offload,
                     fps,
+                    checkpoint_every,
                 }
             },
         )

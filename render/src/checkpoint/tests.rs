@@ -50,7 +50,9 @@ impl Job {
 
 fn resumed_after(point: &ResumePoint) -> u32 {
     match point {
-        ResumePoint::After { last_clip, carry } => {
+        ResumePoint::After {
+            last_clip, carry, ..
+        } => {
             assert_eq!(carry.next_clip().0, last_clip.0 + 1);
             assert_eq!(carry, &Job::carry_after(last_clip.0));
             last_clip.0
@@ -128,8 +130,9 @@ fn damaged_checkpoint_json_falls_back_to_the_previous_one() {
     )
     .expect("tear it");
     assert_eq!(resumed_after(&job.resume()), 1);
-    // The newer clip's files were strays of the unusable checkpoint and are gone.
-    assert!(!job.path("clips/2.mkv").exists());
+    // The carry of the unusable checkpoint is gone; clip 2's segment stays, for the worker to
+    // compare with what it renders again.
+    assert!(job.path("clips/2.mkv").exists());
     assert!(!job.path("carry-2.safetensors").exists());
 }
 
@@ -188,16 +191,19 @@ fn crash_between_keeping_previous_and_writing_latest_resumes_from_previous() {
 }
 
 #[test]
-fn stray_segments_and_carries_beyond_the_checkpoint_are_removed() {
+fn stray_carries_beyond_the_checkpoint_are_removed_and_later_segments_kept() {
     let job = Job::new();
     job.finish_clip(0);
     job.finish_clip(1);
-    std::fs::write(job.path("clips/2.mkv"), b"half a clip").expect("stray segment");
+    std::fs::write(job.path("clips/2.mkv"), b"a whole clip").expect("later segment");
+    std::fs::write(job.path("clips/2.again.mkv"), b"a clip again").expect("stray again");
     std::fs::write(job.path("carry-2.safetensors"), b"stray carry").expect("stray carry");
     std::fs::write(job.path(".checkpoint.json.abc123.tmp"), b"torn").expect("stray temp");
     std::fs::write(job.path("clips/notes.txt"), b"not ours").expect("unrelated file");
     assert_eq!(resumed_after(&job.resume()), 1);
-    assert!(!job.path("clips/2.mkv").exists());
+    // Segments are renamed into place whole; a later one is compared when rendered again.
+    assert!(job.path("clips/2.mkv").exists());
+    assert!(!job.path("clips/2.again.mkv").exists());
     assert!(!job.path("carry-2.safetensors").exists());
     assert!(!job.path(".checkpoint.json.abc123.tmp").exists());
     assert!(job.path("clips/notes.txt").exists());
@@ -282,4 +288,152 @@ fn missing_segment_file_is_an_error_naming_it() {
         .save(ClipIndex(0), &Job::carry_after(0), JOB, &segment)
         .unwrap_err();
     assert!(err.to_string().contains("clips/0.mkv"), "{err}");
+}
+
+/// Saves clips `0..clips` with a checkpoint every `every` clips (and after the last), the way
+/// the worker's writer does; returns the records of every segment.
+fn finish_clips_every(job: &Job, clips: u32, every: u32, identity: &CarryIdentity) {
+    let mut segments = Vec::new();
+    for clip in 0..clips {
+        let segment = job.store.segment_path(ClipIndex(clip));
+        std::fs::create_dir_all(segment.parent().expect("parent")).expect("clips dir");
+        std::fs::write(&segment, format!("segment {clip}")).expect("segment");
+        segments.push(
+            job.store
+                .segment_record(ClipIndex(clip), &segment)
+                .expect("record"),
+        );
+        if (clip + 1) % every == 0 || clip + 1 == clips {
+            let bytes = Job::carry_after(clip)
+                .to_safetensors_bytes()
+                .expect("serialises");
+            job.store
+                .save_prepared(
+                    ClipIndex(clip),
+                    &bytes,
+                    JOB,
+                    Some(identity),
+                    segments.clone(),
+                )
+                .expect("checkpoint saves");
+        }
+    }
+}
+
+fn identity(seed: u64) -> CarryIdentity {
+    CarryIdentity {
+        model: "builtin:tiny".to_string(),
+        width: 64,
+        height: 48,
+        seed,
+        infer_frames: 8,
+    }
+}
+
+#[test]
+fn every_third_clip_keeps_the_previous_carry_and_resumes_after_the_newest() {
+    let job = Job::new();
+    finish_clips_every(&job, 8, 3, &identity(5));
+    // Checkpoints after clips 2, 5 and 7 (the last): the newest two carries are on disk.
+    assert!(!job.path("carry-2.safetensors").exists());
+    assert!(job.path("carry-5.safetensors").exists());
+    assert!(job.path("carry-7.safetensors").exists());
+    let point = job
+        .store
+        .resume_carry::<Carry>(JOB, Some(&identity(5)))
+        .expect("resume");
+    assert_eq!(resumed_after(&point), 7);
+    assert_eq!(job.store.current_segments().expect("segments").len(), 8);
+}
+
+#[test]
+fn a_carry_that_fails_its_checksum_falls_back_and_says_why() {
+    let job = Job::new();
+    finish_clips_every(&job, 7, 3, &identity(5));
+    // Newest carry: clip 6 (the last). Damage one byte in its middle.
+    let path = job.path("carry-6.safetensors");
+    let mut bytes = std::fs::read(&path).expect("carry");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    std::fs::write(&path, &bytes).expect("damage");
+    let point = job
+        .store
+        .resume_carry::<Carry>(JOB, Some(&identity(5)))
+        .expect("resume");
+    assert_eq!(resumed_after(&point), 5);
+    let ResumePoint::After { fell_back, .. } = point else {
+        unreachable!("resumed_after checked it")
+    };
+    let why = fell_back.expect("a fallback says why");
+    assert!(why.contains("carry-6.safetensors"), "{why}");
+    assert!(why.contains("sha256"), "{why}");
+    assert!(why.contains("after clip 5"), "{why}");
+    // Clip 6's segment stays for the comparison; its carry is gone.
+    assert!(job.path("clips/6.mkv").exists());
+    assert!(!path.exists());
+}
+
+#[test]
+fn a_truncated_newest_carry_falls_back_too() {
+    let job = Job::new();
+    finish_clips_every(&job, 6, 3, &identity(5));
+    let path = job.path("carry-5.safetensors");
+    let bytes = std::fs::read(&path).expect("carry");
+    std::fs::write(&path, &bytes[..bytes.len() / 3]).expect("truncate");
+    let point = job
+        .store
+        .resume_carry::<Carry>(JOB, Some(&identity(5)))
+        .expect("resume");
+    assert_eq!(resumed_after(&point), 2);
+}
+
+#[test]
+fn a_carry_of_another_seed_model_or_size_is_refused_naming_the_difference() {
+    for (job_identity, expected) in [
+        (identity(6), "seed 5 (this job: 6)"),
+        (
+            CarryIdentity {
+                model: "/models/other".to_string(),
+                ..identity(5)
+            },
+            "model `builtin:tiny` (this job: `/models/other`)",
+        ),
+        (
+            CarryIdentity {
+                width: 128,
+                ..identity(5)
+            },
+            "size 64*48 (this job: 128*48)",
+        ),
+    ] {
+        let job = Job::new();
+        finish_clips_every(&job, 4, 2, &identity(5));
+        let point = job
+            .store
+            .resume_carry::<Carry>(JOB, Some(&job_identity))
+            .expect("resume");
+        let ResumePoint::Fresh {
+            reason: Some(reason),
+        } = point
+        else {
+            panic!("a foreign carry must not be used: {point:?}");
+        };
+        assert!(reason.contains("refused"), "{reason}");
+        assert!(reason.contains(expected), "{reason}");
+        assert!(!job.path(CHECKPOINT_FILE).exists());
+        assert!(!job.path("carry-3.safetensors").exists());
+    }
+}
+
+#[test]
+fn segment_records_that_skip_a_clip_are_refused() {
+    let job = Job::new();
+    finish_clips_every(&job, 2, 1, &identity(5));
+    let segments = job.store.current_segments().expect("segments");
+    let bytes = Job::carry_after(3).to_safetensors_bytes().expect("carry");
+    let err = job
+        .store
+        .save_prepared(ClipIndex(3), &bytes, JOB, Some(&identity(5)), segments)
+        .unwrap_err();
+    assert!(matches!(err, CheckpointError::OutOfOrder { .. }), "{err}");
 }

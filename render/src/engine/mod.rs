@@ -148,6 +148,21 @@ pub enum EngineError {
     Backend { detail: String },
 }
 
+/// Bytes of one serialised carry of a job with `settings` (an upper bound: the clip counter
+/// and seed at their widest). Known before the job starts, so intake and every checkpoint can
+/// check it against free disk space.
+pub fn carry_bytes(settings: &EngineSettings) -> u64 {
+    let mut carry = Carry::initial(settings);
+    carry.next_clip = u32::MAX;
+    carry.noise_seed = u64::MAX;
+    let tensor = carry.motion.data.len() as u64 * std::mem::size_of::<f32>() as u64;
+    carry
+        .to_safetensors_bytes()
+        .map(|bytes| bytes.len() as u64)
+        // A header of a few hundred bytes: 4 KiB covers it, should serialising ever fail.
+        .unwrap_or(tensor + 4096)
+}
+
 /// Loads the model named by `settings.model` for one job on [`EngineBackend`]'s default device.
 ///
 /// `builtin:tiny` weights are generated once into `model_cache_dir/builtin-tiny/` and then read
@@ -342,6 +357,21 @@ mod tests {
         let mut settings = small_settings(1);
         settings.guide_scale = -1.0;
         assert!(validate_settings(&settings).is_err());
+    }
+
+    #[test]
+    fn carry_bytes_bounds_every_carry_of_the_job() {
+        let settings = small_settings(u64::MAX);
+        let bound = carry_bytes(&settings);
+        let mut carry = Carry::initial(&settings);
+        for next_clip in [0, 7, 123_456, u32::MAX] {
+            carry.next_clip = next_clip;
+            let written = carry.to_safetensors_bytes().expect("serialises").len() as u64;
+            assert!(written <= bound, "{written} > {bound}");
+        }
+        // 2 motion frames of 4*3 cells with 16 channels in f32, and a small header.
+        let tensor = 2 * 4 * 3 * 16 * 4;
+        assert!((tensor..tensor + 1024).contains(&bound), "{bound}");
     }
 
     #[test]

@@ -122,11 +122,13 @@ pub(super) fn render_clips(
     crash_point::arm(&work);
     let store = CheckpointStore::new(work.clone());
     let resume = store
-        .resume_carry::<PackedCarry>(fingerprint)
+        .resume_carry::<PackedCarry>(fingerprint, None)
         .map_err(|err| Failure::new(FailureKind::Io, err.to_string()))?;
     let (mut next_clip, fresh_reason) = match resume {
         ResumePoint::Fresh { reason } => (0, reason),
-        ResumePoint::After { last_clip, carry } => {
+        ResumePoint::After {
+            last_clip, carry, ..
+        } => {
             carry
                 .write_dir(&paths.carry_in())
                 .map_err(|err| Failure::new(FailureKind::Io, err.to_string()))?;

@@ -15,9 +15,16 @@
 //! workers, so setting the variable on a test daemon is enough.
 //!
 //! Points, in the order a clip reaches them: `after_denoise`, `mid_encode` (half the clip's
-//! frames handed to the encoder), `after_segment`, `after_carry`, `mid_checkpoint` (previous
-//! checkpoint moved aside, new one not written), `after_checkpoint` (before `clip_done` is
-//! sent); `before_assemble@<clips>` fires once every clip is done.
+//! frames handed to the encoder), `after_segment`, `after_checkpoint` (carry handed to the
+//! writer, before `clip_done` is sent); `before_assemble@<clips>` fires once every clip is done.
+//! These run on the worker's main thread, which first waits for the checkpoint writer to finish
+//! what it was given, so each kill leaves one exact state on disk.
+//!
+//! The checkpoint writer's own points run on its background thread, while the main thread
+//! renders the next clips, so they land mid-render as a real crash would: `before_carry`,
+//! `after_carry` (carry durable, checkpoint not yet), `mid_checkpoint` (previous checkpoint
+//! moved aside, new one not written). They fire only at clips that are checkpointed
+//! (`render.checkpoint_every`).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
@@ -64,6 +71,20 @@ fn parse(spec: &str) -> Vec<(String, u32)> {
             Some((name.to_string(), clip.parse().ok()?))
         })
         .collect()
+}
+
+/// Whether `point@clip` is armed and has not fired yet for this job.
+pub(crate) fn is_armed(point: &str, clip: u32) -> bool {
+    let guard = ARMED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    guard.as_ref().is_some_and(|armed| {
+        armed.points.iter().any(|(p, c)| p == point && *c == clip)
+            && !armed
+                .work_dir
+                .join(format!("crash-point-{point}@{clip}"))
+                .exists()
+    })
 }
 
 /// SIGKILLs this process if `point@clip` is armed and has not fired yet for this job.
