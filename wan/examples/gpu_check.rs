@@ -413,61 +413,50 @@ fn resume<B: Backend>(phase: &str, dir: &Path) -> Result<(), String> {
                 t0.elapsed().as_secs_f64()
             );
             let carry_bytes = read("carry-1.bin".into())?;
-            // The same model, the carry from bytes.
-            let carry = Carry::<B>::from_bytes(&carry_bytes, &device).map_err(|e| e.to_string())?;
-            render_from(
-                &job,
+            // Clips `from..4` of `model` from `carry`, each compared with the first run's.
+            let pass = |name: &str, model: &WanS2v<B>, carry: Carry<B>, from: u64, keep: bool| {
+                render_from(
+                    &job,
+                    model,
+                    carry,
+                    from,
+                    sync_each,
+                    &device,
+                    |clip, lat, _| {
+                        let first = read(format!("full-{clip}.bin"))?;
+                        compare(&format!("{name}, clip {clip}"), &first, &lat);
+                        if keep {
+                            std::fs::write(path(format!("inproc-{clip}.bin")), &lat)
+                                .map_err(|e| e.to_string())?;
+                        }
+                        Ok(())
+                    },
+                )
+            };
+            let from_bytes =
+                || Carry::<B>::from_bytes(&carry_bytes, &device).map_err(|e| e.to_string());
+            pass(
+                "same model, carry from bytes",
                 &model,
-                carry,
+                from_bytes()?,
                 2,
-                sync_each,
-                &device,
-                |clip, lat, _| {
-                    compare(
-                        &format!("same model, carry from bytes, clip {clip}"),
-                        &read(format!("full-{clip}.bin"))?,
-                        &lat,
-                    );
-                    std::fs::write(path(format!("inproc-{clip}.bin")), lat)
-                        .map_err(|e| e.to_string())
-                },
+                true,
             )?;
-            // A fresh model loaded from the file, the carry from bytes.
             let fresh = load_model::<B>(&cfg, &weights, &device)?;
-            let carry = Carry::<B>::from_bytes(&carry_bytes, &device).map_err(|e| e.to_string())?;
-            render_from(
-                &job,
+            pass(
+                "fresh model, carry from bytes",
                 &fresh,
-                carry,
+                from_bytes()?,
                 2,
-                sync_each,
-                &device,
-                |clip, lat, _| {
-                    compare(
-                        &format!("fresh model, carry from bytes, clip {clip}"),
-                        &read(format!("full-{clip}.bin"))?,
-                        &lat,
-                    );
-                    Ok(())
-                },
+                false,
             )?;
             // The uninterrupted run again in the same process: is the loop itself repeatable?
-            let carry = job.start(&model, &device);
-            render_from(
-                &job,
+            pass(
+                "uninterrupted again",
                 &model,
-                carry,
+                job.start(&model, &device),
                 0,
-                sync_each,
-                &device,
-                |clip, lat, _| {
-                    compare(
-                        &format!("uninterrupted again, clip {clip}"),
-                        &read(format!("full-{clip}.bin"))?,
-                        &lat,
-                    );
-                    Ok(())
-                },
+                false,
             )?;
             Ok(())
         }
