@@ -5,35 +5,13 @@
 mod common;
 
 use burn::prelude::*;
-use common::{fixture_path, B};
+use common::{noise, B};
 use safetensors::SafeTensors;
 use wan::causal_loop::{carry_tensor_bytes, run_clip, Carry, CarryDims, CausalSettings, ClipInput};
-use wan::loader::load_s2v_file;
-use wan::{S2vConfig, WanS2v};
+use wan::WanS2v;
 
 fn model() -> WanS2v<B> {
-    let m = WanS2v::<B>::new(&S2vConfig::tiny(), &Default::default());
-    load_s2v_file(m, &fixture_path("s2v_tiny_weights.safetensors"))
-        .expect("tiny reference weights load")
-        .0
-}
-
-/// Deterministic pseudo-random values in [-1, 1) (64-bit LCG), independent of any
-/// backend RNG.
-fn noise<const D: usize>(seed: u64, shape: [usize; D]) -> Tensor<B, D> {
-    let n: usize = shape.iter().product();
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    let values: Vec<f32> = (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 23) as f32) - 1.0
-        })
-        .collect();
-    Tensor::from_data(TensorData::new(values, shape), &Default::default())
+    common::tiny_model()
 }
 
 fn clip_input(m: &WanS2v<B>, clip: u64) -> ClipInput<B> {

@@ -103,3 +103,29 @@ pub fn rel_l2<const D: usize>(actual: Tensor<B, D>, expected: Tensor<B, D>) -> f
     let den: f64 = e.iter().map(|y| f64::from(*y).powi(2)).sum();
     (num / den).sqrt()
 }
+
+/// The tiny S2V DiT with the reference's fixture weights.
+pub fn tiny_model() -> wan::WanS2v<B> {
+    let m = wan::WanS2v::<B>::new(&wan::S2vConfig::tiny(), &Default::default());
+    wan::loader::load_s2v_file(m, &fixture_path("s2v_tiny_weights.safetensors"))
+        .expect("tiny reference weights load")
+        .0
+}
+
+/// Deterministic pseudo-random values in [-1, 1) (64-bit LCG), independent of any
+/// backend RNG.
+pub fn noise<const D: usize>(seed: u64, shape: [usize; D]) -> Tensor<B, D> {
+    let n: usize = shape.iter().product();
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let values: Vec<f32> = (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 23) as f32) - 1.0
+        })
+        .collect();
+    Tensor::from_data(TensorData::new(values, shape), &Default::default())
+}
