@@ -106,21 +106,20 @@ fn main() -> Result<()> {
     let speed = (1u64 << 30) as f64 / best;
     println!("{:.2} s for 1 GiB: {:.0} MB/s", best, speed / 1e6);
 
-    println!("\n3. Live Avatar 14B carry at 704*384, 48 frames (wan::causal_loop formula)");
-    let dims = wan::causal_loop::CarryDims {
-        tokens_per_frame: 44 * 24,
-        frames_per_clip: 12,
-        sink_tokens: 2640,
-        layers: 40,
-        heads: 40,
-        head_dim: 128,
-        steps: 4,
-        motion_elements: 16 * 19 * 88 * 48,
+    println!("\n3. Live Avatar 14B carry file at 704*384, 48 frames (wan::pipeline::carry_bytes)");
+    let settings = wan::pipeline::JobParams {
+        width: 704,
+        height: 384,
+        infer_frames: 48,
+        sample_steps: 4,
+        seed: 0,
+        fps: 25,
     };
-    let carry = wan::causal_loop::carry_tensor_bytes(&dims, 2);
+    let carry = wan::pipeline::carry_bytes(&wan::pipeline::LiveAvatarConfig::release(), &settings)?;
     let write_secs = carry as f64 / speed;
     println!(
-        "carry {:.1} GB in bf16; at {:.0} MB/s one checkpoint takes {:.0} s",
+        "carry file {:.1} GB (f32 values, the VAE decoder cache included); at {:.0} MB/s one \
+         checkpoint takes {:.0} s",
         carry as f64 / 1e9,
         speed / 1e6,
         write_secs
