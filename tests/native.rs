@@ -24,6 +24,12 @@ const SPEECH_SECS: &str = "1.6";
 fn setup(farm: &Farm) -> PathBuf {
     let release = farm.root.path().join("liveavatar");
     wan::release::write_tiny_release(&release, 7).expect("write the tiny release");
+    cut_speech(farm);
+    release.canonicalize().expect("canonical release dir")
+}
+
+/// Writes `short.wav`, the first [`SPEECH_SECS`] of the shipped speech, into the farm's media.
+fn cut_speech(farm: &Farm) {
     let status = Command::new("ffmpeg")
         .args(["-v", "error", "-nostdin", "-y", "-i"])
         .arg(farm.media.join("hello.wav"))
@@ -32,7 +38,6 @@ fn setup(farm: &Farm) -> PathBuf {
         .status()
         .expect("run ffmpeg");
     assert!(status.success(), "ffmpeg could not cut the speech");
-    release.canonicalize().expect("canonical release dir")
 }
 
 /// A 64*64, 16-frame, 1-step job on `release`, fps left out; `render` lines are added.
@@ -56,12 +61,27 @@ fn output_of(state: &serde_json::Value) -> PathBuf {
     )
 }
 
+/// `examples/tiny-release.yaml` with its paths pointed into `farm`, the speech cut short.
+fn example_job(farm: &Farm, release: &Path) -> String {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/tiny-release.yaml");
+    let text = std::fs::read_to_string(&example).expect("read the example job");
+    let media = format!("{}/", farm.media.display());
+    let out = format!("{}/", farm.out.display());
+    text.replace("/srv/media/hello/", &media)
+        .replace("hello.wav", "short.wav")
+        .replace("/srv/renders/", &out)
+        .replace(
+            "/srv/models/liveavatar-tiny",
+            &release.display().to_string(),
+        )
+}
+
 #[test]
-fn a_release_directory_job_becomes_an_mp4_as_long_as_its_speech() {
+fn the_example_release_job_becomes_an_mp4_as_long_as_its_speech() {
     let farm = Farm::new(POOL);
     let release = setup(&farm);
     let _daemon = farm.start_daemon();
-    farm.drop_job("live.yaml", &native_job(&farm, "live", &release, ""));
+    farm.drop_job("live.yaml", &example_job(&farm, &release));
     let state = wait_finished(&farm, "live.yaml");
     assert_eq!(state["phase"], "done", "{state}\n{}", farm.daemon_logs());
 
@@ -136,4 +156,56 @@ fn a_release_job_killed_mid_job_resumes_from_its_device_carry_to_identical_frame
     assert_eq!(kills, 2, "{evs:?}");
     assert_eq!(start_points(&evs), vec![0, 1, 2], "{evs:?}");
     assert_eq!(frame_digests(&output_of(&state)), reference);
+}
+
+/// A directory holding only the tiny release's config: enough for everything intake reads.
+fn config_only_release(farm: &Farm, config: &str) -> PathBuf {
+    let dir = farm.root.path().join("config-only");
+    let s2v = dir.join(wan::release::S2V_DIR);
+    std::fs::create_dir_all(&s2v).expect("mkdir");
+    std::fs::write(s2v.join(wan::release::CONFIG_FILE), config).expect("write config");
+    dir.canonicalize().expect("canonical dir")
+}
+
+#[test]
+fn intake_refuses_settings_the_release_cannot_render_and_an_unreadable_config() {
+    let farm = Farm::new(POOL);
+    cut_speech(&farm);
+    let _daemon = farm.start_daemon();
+    let tiny = wan::pipeline::LiveAvatarConfig::tiny()
+        .to_json()
+        .to_string();
+    let release = config_only_release(&farm, &tiny);
+    // 80*80 passes the job file's rules (multiples of 16) but not the release's (of 64).
+    farm.drop_job(
+        "size.yaml",
+        &native_job(&farm, "size", &release, "  size: 80*80\n"),
+    );
+    farm.drop_job(
+        "guide.yaml",
+        &native_job(&farm, "guide", &release, "  guide_scale: 2\n"),
+    );
+    let broken = farm.root.path().join("broken");
+    std::fs::create_dir_all(broken.join(wan::release::S2V_DIR)).expect("mkdir");
+    std::fs::write(
+        broken
+            .join(wan::release::S2V_DIR)
+            .join(wan::release::CONFIG_FILE),
+        "{ not json",
+    )
+    .expect("write config");
+    farm.drop_job(
+        "broken.yaml",
+        &native_job(&farm, "broken", &broken.canonicalize().expect("dir"), ""),
+    );
+    for (file, expected) in [
+        ("size.yaml", "64"),
+        ("guide.yaml", "guide_scale"),
+        ("broken.yaml", "config.json"),
+    ] {
+        let error = common::wait_for(&format!("{file} rejected"), RUN, || farm.rejection(file));
+        assert!(error.contains("engine.model"), "{file}: {error}");
+        assert!(error.contains(expected), "{file}: {error}");
+    }
+    assert!(farm.job_by_source("size.yaml").is_none());
 }

@@ -131,7 +131,6 @@ pub(crate) struct LiveEngine<B: Backend> {
     frames: Option<(ClipIndex, Frames)>,
 }
 
-// SAFETY-free note: the engine moves between threads only as a whole, like the tiny one.
 impl<B: Backend> LiveEngine<B> {
     /// Prepares the job (reference and motion latents, text, audio features): the expensive
     /// once-per-job part.
@@ -346,5 +345,62 @@ mod tests {
             !is_live_avatar("Wan2.2-S2V-14B"),
             "relative paths never are"
         );
+    }
+
+    /// One tiny release, two jobs that differ only in their seed: each carry goes back into
+    /// its own job, and the other refuses it naming the seed.
+    #[test]
+    fn a_carry_goes_back_into_its_job_and_no_other() {
+        use super::super::test_support::{portrait, speech};
+        use super::super::EngineBackend;
+        let dir = tempfile::tempdir().expect("temp dir");
+        wan::release::write_tiny_release(dir.path(), 3).expect("tiny release");
+        let model_path = dir.path().display().to_string();
+        let model = Arc::new(
+            LiveModel::<EngineBackend>::load(&model_path, &Default::default()).expect("load"),
+        );
+        let settings = |seed| EngineSettings {
+            width: 64,
+            height: 64,
+            infer_frames: 16,
+            sample_steps: 1,
+            guide_scale: 0.0,
+            seed,
+            fps: 25,
+            model: model_path.clone(),
+        };
+        let cond = Conditioning {
+            reference_rgb: portrait(64, 64),
+            audio_16k_mono: speech(0.5),
+            prompt: "a test".to_string(),
+        };
+        let mut a = LiveEngine::bind(Arc::clone(&model), &settings(1), cond.clone()).expect("a");
+        let start = a.initial_carry().expect("initial");
+        let (latents, next) = a.render_clip(ClipIndex(0), &start).expect("clip 0");
+        assert_eq!(a.decode(&latents).expect("frames").rgb.len(), 13);
+        assert!(
+            a.decode(&latents).is_err(),
+            "the frames are handed out once"
+        );
+        assert!(
+            a.carry_to_bytes(&start).is_err(),
+            "the engine holds the carry after clip 0, not before it"
+        );
+        let bytes = a.carry_to_bytes(&next).expect("bytes");
+        assert_eq!(
+            bytes.len() as u64,
+            carry_bytes(&settings(1)).expect("size"),
+            "intake's size is the written size"
+        );
+
+        let mut b = LiveEngine::bind(model, &settings(2), cond).expect("b");
+        let err = b.carry_from_bytes(&bytes).expect_err("another seed");
+        assert!(matches!(err, EngineError::CarryMismatch { .. }), "{err}");
+        let text = err.to_string();
+        assert!(text.starts_with("carry does not fit this job"), "{text}");
+        assert!(text.contains("seed"), "{text}");
+
+        let token = a.carry_from_bytes(&bytes).expect("its own carry");
+        assert_eq!(token.next_clip(), ClipIndex(1));
     }
 }
