@@ -199,13 +199,13 @@ fn intake_refuses_settings_the_release_cannot_render_and_an_unreadable_config() 
         &native_job(&farm, "broken", &broken.canonicalize().expect("dir"), ""),
     );
     for (file, expected) in [
-        ("size.yaml", "64"),
-        ("guide.yaml", "guide_scale"),
-        ("broken.yaml", "config.json"),
+        ("size.yaml", "the width must be a positive multiple of 64"),
+        ("guide.yaml", "set render.guide_scale to 0"),
+        ("broken.yaml", "config cannot be used"),
     ] {
         let error = common::wait_for(&format!("{file} rejected"), RUN, || farm.rejection(file));
-        assert!(error.contains("engine.model"), "{file}: {error}");
         assert!(error.contains(expected), "{file}: {error}");
+        assert!(error.contains("= help:"), "{file}: {error}");
     }
     assert!(farm.job_by_source("size.yaml").is_none());
 }

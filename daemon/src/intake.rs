@@ -695,8 +695,8 @@ fn accept_one(
     outputs.check(&spec, shown_path)?;
     render::worker::check_native_model(&spec).map_err(|problem| {
         format!(
-            "error: {}: engine.model: {problem}\n  = help: point engine.model at a Live Avatar \
-             release directory (or builtin:tiny), and keep the render settings within what it renders",
+            "error: {}: {problem}\n  = help: change the render settings the message names, or \
+             point engine.model at another model (README \"The native Live Avatar model\")",
             shown_path.display()
         )
     })?;

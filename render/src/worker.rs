@@ -450,7 +450,16 @@ pub fn check_native_model(spec: &JobSpec) -> Result<(), String> {
     if spec.engine.kind != EngineKind::Native {
         return Ok(());
     }
-    engine::check_model(&engine_settings(spec)).map_err(|err| err.to_string())
+    engine::check_model(&engine_settings(spec)).map_err(|err| match err {
+        engine::EngineError::UnsupportedSettings { detail } => format!(
+            "render: the Live Avatar release at engine.model `{}` cannot render these settings: {detail}",
+            spec.engine.model
+        ),
+        other => format!(
+            "engine.model `{}` is a Live Avatar release whose config cannot be used: {other}",
+            spec.engine.model
+        ),
+    })
 }
 
 /// The checkpoint side of the clip loop: when to checkpoint, the writer thread, and what the
@@ -1190,6 +1199,23 @@ mod tests {
             new,
             std::fs::read(dir.path().join("ref.mkv")).expect("reference")
         );
+    }
+
+    #[test]
+    fn a_short_first_clip_is_counted_and_the_video_cut_at_the_audio() {
+        // 40 frames of speech, 16-frame clips whose first makes 13: 13 + 16 + 11.
+        let plan = ClipPlan::with_first_clip_shortfall(NumClip::Auto, 16, 3, 40);
+        assert_eq!((plan.clips, plan.total_frames), (3, 40));
+        let frames: Vec<u32> = (0..plan.clips).map(|k| plan.frames_in_clip(k)).collect();
+        assert_eq!(frames, vec![13, 16, 11]);
+        // 45 frames fill three clips exactly; 46 need a fourth with one frame.
+        let plan = ClipPlan::with_first_clip_shortfall(NumClip::Auto, 16, 3, 45);
+        assert_eq!((plan.clips, plan.frames_in_clip(2)), (3, 16));
+        let plan = ClipPlan::with_first_clip_shortfall(NumClip::Auto, 16, 3, 46);
+        assert_eq!((plan.clips, plan.frames_in_clip(3)), (4, 1));
+        // A count renders whole clips: the first still makes 3 frames fewer.
+        let plan = ClipPlan::with_first_clip_shortfall(NumClip::Count(2), 48, 3, 1000);
+        assert_eq!((plan.total_frames, plan.frames_in_clip(0)), (93, 45));
     }
 
     #[test]
