@@ -7,7 +7,11 @@
 //! [`ClipLatents`] and decodes at the end, which is what makes the original grow ~0.15 GB/clip.
 //!
 //! The native engine is the Burn one. Its backend is [`EngineBackend`]: the CPU `ndarray`
-//! backend by default, `burn-cuda` under the crate feature `cuda`. Command engines
+//! backend by default, `burn-cuda` under the crate feature `cuda`. It runs the built-in tiny
+//! model (`tiny`), or for a Live Avatar release directory the `wan` pipeline ([`live`]), whose
+//! carry stays on the device and whose decode is part of `render_clip`: the [`Carry`] the
+//! worker holds is then a token, and the engine copies its state out only when the worker
+//! checkpoints ([`Engine::carry_to_bytes`]). Command engines
 //! ([`external`]) are other programs: they hand over decoded frames, not latents, so the worker
 //! drives them with its own clip loop (`worker/command.rs`) instead of this trait.
 //!
