@@ -693,6 +693,13 @@ fn accept_one(
         .admit(&spec)
         .map_err(|refusal| format!("error: {}: {refusal}", shown_path.display()))?;
     outputs.check(&spec, shown_path)?;
+    render::worker::check_native_model(&spec).map_err(|problem| {
+        format!(
+            "error: {}: {problem}\n  = help: change the render settings the message names, or \
+             point engine.model at another model (README \"The native Live Avatar model\")",
+            shown_path.display()
+        )
+    })?;
     check_checkpoint_space(&spec, &context.layout.jobs, shown_path)?;
     let id_text = id.to_string();
     let staging = context.layout.staging_dir(&id_text);
@@ -712,8 +719,10 @@ fn check_checkpoint_space(
     jobs_dir: &Path,
     shown_path: &Path,
 ) -> Result<(), String> {
-    let Some(carry) = render::worker::carry_bytes(spec) else {
-        return Ok(());
+    let carry = match render::worker::carry_bytes(spec) {
+        Ok(Some(carry)) => carry,
+        Ok(None) => return Ok(()),
+        Err(problem) => return Err(format!("error: {}: {problem}", shown_path.display())),
     };
     let needed = carry
         .saturating_mul(2)

@@ -234,6 +234,18 @@ fn resolve(doc: JobFile, default_name: &str, job: &Source) -> Result<JobSpec, Ve
     let engine = doc.engine.unwrap_or_default();
     let engine_default = EngineSpec::default();
     let engine_kind = engine.kind.unwrap_or(engine_default.kind);
+    let engine_model = engine.model.unwrap_or_else(|| match engine_kind {
+        EngineKind::Native => engine_default.model,
+        EngineKind::Command => String::new(),
+    });
+    // Live Avatar is made for 25 frames per second; the tiny model keeps 16.
+    let default_fps = if engine_kind == EngineKind::Native
+        && crate::spec::is_live_avatar_release(&engine_model)
+    {
+        crate::spec::LIVE_AVATAR_FPS
+    } else {
+        d.fps
+    };
     let notify = doc.notify.unwrap_or_default();
     let notify_default = NotifySpec::default();
     Ok(JobSpec {
@@ -254,16 +266,13 @@ fn resolve(doc: JobFile, default_name: &str, job: &Source) -> Result<JobSpec, Ve
             seed: render.seed.unwrap_or(d.seed),
             online_decode: render.online_decode.unwrap_or(d.online_decode),
             offload: render.offload.unwrap_or(d.offload),
-            fps: render.fps.unwrap_or(d.fps),
+            fps: render.fps.unwrap_or(default_fps),
             checkpoint_every: render.checkpoint_every.unwrap_or(d.checkpoint_every),
         },
         engine: EngineSpec {
             kind: engine_kind,
             name: engine.name,
-            model: engine.model.unwrap_or_else(|| match engine_kind {
-                EngineKind::Native => engine_default.model,
-                EngineKind::Command => String::new(),
-            }),
+            model: engine_model,
             profile: engine.profile.or(engine_default.profile),
         },
         output: OutputSpec {

@@ -83,6 +83,21 @@ impl Default for RenderSettings {
     }
 }
 
+/// The file that makes a directory a Live Avatar release, relative to it (the render crate
+/// checks that it matches the `wan` crate's layout).
+pub const LIVE_AVATAR_MARKER: &str = "Wan2.2-S2V-14B/config.json";
+
+/// The frame rate a job for a Live Avatar release gets when it leaves `render.fps` out.
+pub const LIVE_AVATAR_FPS: u32 = 25;
+
+/// Whether `model` (an `engine.model`) is an absolute path to a Live Avatar release.
+pub fn is_live_avatar_release(model: &str) -> bool {
+    model.starts_with('/')
+        && std::path::Path::new(model)
+            .join(LIVE_AVATAR_MARKER)
+            .is_file()
+}
+
 /// Which engine renders the clips, and with which weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

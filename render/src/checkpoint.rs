@@ -149,6 +149,40 @@ impl CheckpointCarry for crate::engine::external::PackedCarry {
     }
 }
 
+/// A native engine's carry file as the checkpoint store sees it: its bytes, and the clip it
+/// continues into read from its header (`next_clip` for the tiny model, `clip` for Live
+/// Avatar). The engine parses the rest ([`crate::engine::Engine::carry_from_bytes`]), so a
+/// carry that lives on the device is read straight onto it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredCarry {
+    pub bytes: Vec<u8>,
+    next_clip: u32,
+}
+
+impl CheckpointCarry for StoredCarry {
+    fn continues_into(&self) -> ClipIndex {
+        ClipIndex(self.next_clip)
+    }
+    fn to_checkpoint_bytes(&self) -> Result<Vec<u8>, String> {
+        Ok(self.bytes.clone())
+    }
+    fn from_checkpoint_bytes(bytes: &[u8]) -> Result<Self, String> {
+        let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
+            .map_err(|e| format!("not a safetensors carry: {e}"))?;
+        let metadata = header.metadata().clone().unwrap_or_default();
+        let next_clip = ["next_clip", "clip"]
+            .iter()
+            .find_map(|key| metadata.get(*key))
+            .ok_or_else(|| "the carry's header names no clip".to_string())?
+            .parse::<u32>()
+            .map_err(|e| format!("the carry's clip: {e}"))?;
+        Ok(StoredCarry {
+            bytes: bytes.to_vec(),
+            next_clip,
+        })
+    }
+}
+
 /// Where a job starts.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ResumePoint<C = Carry> {

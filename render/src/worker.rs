@@ -26,7 +26,7 @@ use jobs::spec::{Codec, EngineKind, JobSpec, NumClip};
 use jobs::state::JobDir;
 use tracing::{info, warn};
 
-use crate::checkpoint::{CarryIdentity, CheckpointStore, ResumePoint, SegmentRecord};
+use crate::checkpoint::{CarryIdentity, CheckpointStore, ResumePoint, SegmentRecord, StoredCarry};
 use crate::engine::{self, Carry, ClipIndex, ClipLatents, Conditioning, EngineSettings};
 use crate::media;
 #[cfg(doc)]
@@ -316,6 +316,8 @@ fn spawn_heartbeat(reporter: Reporter, done: Arc<AtomicBool>) -> std::thread::Jo
 pub struct ClipPlan {
     pub clips: u32,
     pub frames_per_clip: u32,
+    /// Frames clip 0 has fewer than the others (Live Avatar: 3, the tiny model: 0).
+    pub first_clip_shortfall: u32,
     pub total_frames: u64,
 }
 
@@ -323,30 +325,60 @@ impl ClipPlan {
     /// `auto`: enough clips to cover the audio at the output rate, the last one trimmed so the
     /// video ends with the speech. A count: exactly that many full clips.
     pub fn new(num_clip: NumClip, frames_per_clip: u32, fps: u32, audio: Duration) -> ClipPlan {
-        match num_clip {
-            NumClip::Count(clips) => ClipPlan {
+        let frames = (audio.as_secs_f64() * f64::from(fps)).round().max(1.0) as u64;
+        ClipPlan::with_first_clip_shortfall(num_clip, frames_per_clip, 0, frames)
+    }
+
+    /// [`ClipPlan::new`] for an engine whose clip 0 has `shortfall` frames fewer than
+    /// `frames_per_clip`, with the audio lasting `audio_frames` video frames.
+    pub fn with_first_clip_shortfall(
+        num_clip: NumClip,
+        frames_per_clip: u32,
+        shortfall: u32,
+        audio_frames: u64,
+    ) -> ClipPlan {
+        let shortfall = shortfall.min(frames_per_clip.saturating_sub(1));
+        let per_clip = u64::from(frames_per_clip.max(1));
+        let (clips, total_frames) = match num_clip {
+            NumClip::Count(clips) => (
                 clips,
-                frames_per_clip,
-                total_frames: u64::from(clips) * u64::from(frames_per_clip),
-            },
+                (u64::from(clips) * per_clip).saturating_sub(u64::from(shortfall)),
+            ),
             NumClip::Auto => {
-                let frames = (audio.as_secs_f64() * f64::from(fps)).round().max(1.0) as u64;
-                let per_clip = u64::from(frames_per_clip.max(1));
-                ClipPlan {
-                    clips: frames.div_ceil(per_clip) as u32,
-                    frames_per_clip,
-                    total_frames: frames,
-                }
+                let frames = audio_frames.max(1);
+                let clips = (frames + u64::from(shortfall)).div_ceil(per_clip);
+                (u32::try_from(clips).unwrap_or(u32::MAX), frames)
             }
+        };
+        ClipPlan {
+            clips,
+            frames_per_clip,
+            first_clip_shortfall: shortfall,
+            total_frames,
+        }
+    }
+
+    /// Frames the engine makes for clip `index`.
+    fn clip_len(&self, index: u32) -> u64 {
+        let full = u64::from(self.frames_per_clip);
+        if index == 0 {
+            full - u64::from(self.first_clip_shortfall)
+        } else {
+            full
         }
     }
 
     /// Frames of clip `index` that belong in the video.
     pub fn frames_in_clip(&self, index: u32) -> u32 {
-        let start = u64::from(index) * u64::from(self.frames_per_clip);
+        let start =
+            (u64::from(index) * u64::from(self.frames_per_clip)).saturating_sub(if index == 0 {
+                0
+            } else {
+                u64::from(self.first_clip_shortfall)
+            });
         self.total_frames
             .saturating_sub(start)
-            .min(u64::from(self.frames_per_clip)) as u32
+            .min(self.clip_len(index)) as u32
     }
 }
 
@@ -401,9 +433,33 @@ fn carry_identity(spec: &JobSpec) -> CarryIdentity {
 }
 
 /// Bytes one checkpoint's carry of `spec` takes on disk, known before the job starts; `None`
-/// for command engines, whose carry is whatever the program leaves.
-pub fn carry_bytes(spec: &JobSpec) -> Option<u64> {
-    (spec.engine.kind == EngineKind::Native).then(|| engine::carry_bytes(&engine_settings(spec)))
+/// for command engines, whose carry is whatever the program leaves. An error when the model's
+/// config cannot be read or does not take the job's settings (see [`check_native_model`]).
+pub fn carry_bytes(spec: &JobSpec) -> Result<Option<u64>, String> {
+    if spec.engine.kind != EngineKind::Native {
+        return Ok(None);
+    }
+    engine::carry_bytes(&engine_settings(spec))
+        .map(Some)
+        .map_err(|err| err.to_string())
+}
+
+/// What intake can check of a native job's model without loading weights: a Live Avatar
+/// release's config, and the job's settings against it. The message says what to change.
+pub fn check_native_model(spec: &JobSpec) -> Result<(), String> {
+    if spec.engine.kind != EngineKind::Native {
+        return Ok(());
+    }
+    engine::check_model(&engine_settings(spec)).map_err(|err| match err {
+        engine::EngineError::UnsupportedSettings { detail } => format!(
+            "render: the Live Avatar release at engine.model `{}` cannot render these settings: {detail}",
+            spec.engine.model
+        ),
+        other => format!(
+            "engine.model `{}` is a Live Avatar release whose config cannot be used: {other}",
+            spec.engine.model
+        ),
+    })
 }
 
 /// The checkpoint side of the clip loop: when to checkpoint, the writer thread, and what the
@@ -468,12 +524,13 @@ impl Checkpoints {
     fn checkpoint(
         &mut self,
         index: u32,
+        engine: &mut dyn engine::Engine,
         carry: &Carry,
         segments: &[SegmentRecord],
     ) -> Result<(), Failure> {
         let started = Instant::now();
-        let carry_bytes = carry
-            .to_safetensors_bytes()
+        let carry_bytes = engine
+            .carry_to_bytes(carry)
             .map_err(|err| Failure::new(FailureKind::Engine, err.to_string()))?;
         let order = WriteOrder {
             clip: ClipIndex(index),
@@ -537,6 +594,7 @@ impl Checkpoints {
     fn stop_at(
         &mut self,
         index: u32,
+        engine: &mut dyn engine::Engine,
         carry: &Carry,
         segments: &[SegmentRecord],
     ) -> Result<u32, Failure> {
@@ -544,7 +602,7 @@ impl Checkpoints {
             self.settle(outcome)?;
         }
         if index > self.durable_next {
-            self.checkpoint(index - 1, carry, segments)?;
+            self.checkpoint(index - 1, engine, carry, segments)?;
             if let Some(outcome) = self.writer.wait() {
                 self.settle(outcome)?;
             }
@@ -653,17 +711,42 @@ fn render_job(
     crash_point::arm(&work);
     let store = CheckpointStore::new(work.clone());
     let identity = carry_identity(&spec);
+    let engine_failure =
+        |err: engine::EngineError| Failure::new(FailureKind::Engine, err.to_string());
     let (mut carry, next_clip, fresh_reason, fell_back) = match store
-        .resume_carry::<Carry>(&fingerprint, Some(&identity))
+        .resume_carry::<StoredCarry>(&fingerprint, Some(&identity))
         .map_err(|err| Failure::new(FailureKind::Io, err.to_string()))?
     {
-        ResumePoint::Fresh { reason } => (Carry::initial(&settings), 0, reason, None),
+        ResumePoint::Fresh { reason } => (
+            engine.initial_carry().map_err(engine_failure)?,
+            0,
+            reason,
+            None,
+        ),
         ResumePoint::After {
             last_clip,
             carry,
             fell_back,
-        } => (carry, last_clip.0 + 1, None, fell_back),
+        } => (
+            engine
+                .carry_from_bytes(&carry.bytes)
+                .map_err(engine_failure)?,
+            last_clip.0 + 1,
+            None,
+            fell_back,
+        ),
     };
+    // The engine knows best how long the video is and what its first clip holds.
+    let plan = match engine.audio_video_frames() {
+        Some(audio_frames) => ClipPlan::with_first_clip_shortfall(
+            spec.render.num_clip,
+            engine.frames_per_clip(),
+            engine.first_clip_shortfall(),
+            audio_frames,
+        ),
+        None => plan,
+    };
+    let online_decode = spec.render.online_decode || engine.decodes_online();
     let mut segments = if next_clip > 0 {
         store
             .current_segments()
@@ -697,7 +780,7 @@ fn render_job(
 
     let encode = encode_settings(&spec);
     let mut kept_latents: Vec<(u32, ClipLatents)> = Vec::new();
-    if !spec.render.online_decode {
+    if !online_decode {
         for index in 0..next_clip {
             let path = latents_path(&work, index);
             let latents = std::fs::read(&path)
@@ -716,7 +799,10 @@ fn render_job(
     }
     let mut checkpoints = Checkpoints {
         writer: CarryWriter::spawn(store.clone(), fingerprint.clone(), Some(identity)),
-        cadence: Cadence::new(spec.render.checkpoint_every, engine::carry_bytes(&settings)),
+        cadence: Cadence::new(
+            spec.render.checkpoint_every,
+            engine::carry_bytes(&settings).map_err(engine_failure)?,
+        ),
         durable_next: next_clip,
         since: next_clip,
         skipped_in_row: 0,
@@ -725,7 +811,7 @@ fn render_job(
     };
     for index in next_clip..plan.clips {
         if stop.load(Ordering::Relaxed) {
-            let next_clip = checkpoints.stop_at(index, &carry, &segments)?;
+            let next_clip = checkpoints.stop_at(index, engine.as_mut(), &carry, &segments)?;
             return Ok(WorkerMessage::Interrupted { next_clip });
         }
         if let Some(outcome) = checkpoints.writer.poll() {
@@ -736,7 +822,7 @@ fn render_job(
             .render_clip(ClipIndex(index), &carry)
             .map_err(|err| Failure::new(FailureKind::Engine, err.to_string()))?;
         checkpoints.kill_point("after_denoise", index);
-        let durable = if spec.render.online_decode {
+        let durable = if online_decode {
             let frames = engine
                 .decode(&latents)
                 .map_err(|err| Failure::new(FailureKind::Engine, err.to_string()))?;
@@ -796,7 +882,7 @@ fn render_job(
         checkpoints.cadence.clip_rendered(secs);
         let last = index + 1 == plan.clips;
         if checkpoints.due(index, last) {
-            checkpoints.checkpoint(index, &carry, &segments)?;
+            checkpoints.checkpoint(index, engine.as_mut(), &carry, &segments)?;
         }
         checkpoints.kill_point("after_checkpoint", index);
         reporter.send(&WorkerMessage::ClipDone {
@@ -1113,6 +1199,23 @@ mod tests {
             new,
             std::fs::read(dir.path().join("ref.mkv")).expect("reference")
         );
+    }
+
+    #[test]
+    fn a_short_first_clip_is_counted_and_the_video_cut_at_the_audio() {
+        // 40 frames of speech, 16-frame clips whose first makes 13: 13 + 16 + 11.
+        let plan = ClipPlan::with_first_clip_shortfall(NumClip::Auto, 16, 3, 40);
+        assert_eq!((plan.clips, plan.total_frames), (3, 40));
+        let frames: Vec<u32> = (0..plan.clips).map(|k| plan.frames_in_clip(k)).collect();
+        assert_eq!(frames, vec![13, 16, 11]);
+        // 45 frames fill three clips exactly; 46 need a fourth with one frame.
+        let plan = ClipPlan::with_first_clip_shortfall(NumClip::Auto, 16, 3, 45);
+        assert_eq!((plan.clips, plan.frames_in_clip(2)), (3, 16));
+        let plan = ClipPlan::with_first_clip_shortfall(NumClip::Auto, 16, 3, 46);
+        assert_eq!((plan.clips, plan.frames_in_clip(3)), (4, 1));
+        // A count renders whole clips: the first still makes 3 frames fewer.
+        let plan = ClipPlan::with_first_clip_shortfall(NumClip::Count(2), 48, 3, 1000);
+        assert_eq!((plan.total_frames, plan.frames_in_clip(0)), (93, 45));
     }
 
     #[test]

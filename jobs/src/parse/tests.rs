@@ -182,6 +182,28 @@ fn fills_documented_defaults() {
 }
 
 #[test]
+fn a_live_avatar_release_defaults_to_25_fps_and_a_stated_rate_stays() {
+    let fx = fixture();
+    let release = fx.elsewhere.join("release");
+    let marker = release.join(crate::spec::LIVE_AVATAR_MARKER);
+    fs::create_dir_all(marker.parent().expect("marker has a folder")).expect("mkdir");
+    let engine = format!("engine:\n  kind: native\n  model: {}\n", release.display());
+    let job = |render: &str| format!("{}{render}{engine}", base(&fx));
+    let fps = |text: String| {
+        parse(&fx, &text)
+            .unwrap_or_else(|e| panic!("{text}\n{e}"))
+            .render
+            .fps
+    };
+    // No config.json yet: not a release, so the tiny model's 16.
+    assert_eq!(fps(job("")), 16);
+    fs::write(&marker, "{}").expect("config");
+    assert_eq!(fps(job("")), crate::spec::LIVE_AVATAR_FPS);
+    assert_eq!(fps(job("render:\n  fps: 16\n")), 16);
+    assert_eq!(fps(base(&fx)), 16, "builtin:tiny keeps 16");
+}
+
+#[test]
 fn rejects_unknown_key_with_line_number() {
     let fx = fixture();
     let text = format!("{}render:\n  infer_frame: 32\n", base(&fx));

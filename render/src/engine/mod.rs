@@ -7,7 +7,11 @@
 //! [`ClipLatents`] and decodes at the end, which is what makes the original grow ~0.15 GB/clip.
 //!
 //! The native engine is the Burn one. Its backend is [`EngineBackend`]: the CPU `ndarray`
-//! backend by default, `burn-cuda` under the crate feature `cuda`. Command engines
+//! backend by default, `burn-cuda` under the crate feature `cuda`. It runs the built-in tiny
+//! model (`tiny`), or for a Live Avatar release directory the `wan` pipeline ([`live`]), whose
+//! carry stays on the device and whose decode is part of `render_clip`: the [`Carry`] the
+//! worker holds is then a token, and the engine copies its state out only when the worker
+//! checkpoints ([`Engine::carry_to_bytes`]). Command engines
 //! ([`external`]) are other programs: they hand over decoded frames, not latents, so the worker
 //! drives them with its own clip loop (`worker/command.rs`) instead of this trait.
 //!
@@ -22,6 +26,7 @@ mod carry;
 pub mod external;
 mod features;
 pub mod kernel_cache;
+pub mod live;
 mod rng;
 mod tiny;
 mod weights;
@@ -109,6 +114,40 @@ pub trait Engine: Send {
 
     /// Output frames per clip (`infer_frames`).
     fn frames_per_clip(&self) -> u32;
+
+    /// Frames clip 0 has fewer than the others (Live Avatar's causal VAE: 3).
+    fn first_clip_shortfall(&self) -> u32 {
+        0
+    }
+
+    /// Whether [`Engine::render_clip`] already decodes (the frames wait inside the engine for
+    /// [`Engine::decode`]); the worker then decodes every clip at once whatever
+    /// `render.online_decode` says.
+    fn decodes_online(&self) -> bool {
+        false
+    }
+
+    /// Video frames the speech lasts by the engine's own count, when it has one; the video
+    /// is cut there.
+    fn audio_video_frames(&self) -> Option<u64> {
+        None
+    }
+
+    /// The carry before clip 0.
+    fn initial_carry(&self) -> Result<Carry, EngineError>;
+
+    /// The bytes a checkpoint writes for `carry` (the carry that continues into
+    /// `carry.next_clip()`). Called only on checkpoint clips: an engine whose state lives on
+    /// the device copies it out here.
+    fn carry_to_bytes(&mut self, carry: &Carry) -> Result<Vec<u8>, EngineError> {
+        carry.to_safetensors_bytes()
+    }
+
+    /// Reads what [`Engine::carry_to_bytes`] wrote, on resume. A carry of another job is an
+    /// [`EngineError::CarryMismatch`] naming what differs.
+    fn carry_from_bytes(&mut self, bytes: &[u8]) -> Result<Carry, EngineError> {
+        Carry::from_safetensors_bytes(bytes)
+    }
 }
 
 /// Why an engine could not load or render. Every variant says what to change.
@@ -118,8 +157,9 @@ pub enum EngineError {
     UnknownBuiltin { name: String },
     #[error(
         "model `{model}` is neither `{BUILTIN_TINY}` nor a readable checkpoint directory \
-         ({path}: {reason}); set `engine.model` to `{BUILTIN_TINY}` or to a directory holding \
-         config.json and model.safetensors"
+         ({path}: {reason}); set `engine.model` to `{BUILTIN_TINY}`, to a directory holding \
+         config.json and model.safetensors, or to a Live Avatar release directory (holding \
+         Wan2.2-S2V-14B/config.json)"
     )]
     ModelNotFound {
         model: String,
@@ -150,8 +190,27 @@ pub enum EngineError {
 
 /// Bytes of one serialised carry of a job with `settings` (an upper bound: the clip counter
 /// and seed at their widest). Known before the job starts, so intake and every checkpoint can
-/// check it against free disk space.
-pub fn carry_bytes(settings: &EngineSettings) -> u64 {
+/// check it against free disk space. For a Live Avatar release it comes from the release's
+/// config (`wan::pipeline::carry_bytes`), so an unreadable config or settings the release
+/// cannot render are an error here.
+pub fn carry_bytes(settings: &EngineSettings) -> Result<u64, EngineError> {
+    if live::is_live_avatar(&settings.model) {
+        return live::carry_bytes(settings);
+    }
+    Ok(tiny_carry_bytes(settings))
+}
+
+/// Checks what can be checked of `settings.model` without loading weights: for a Live Avatar
+/// release, its config and the job's settings against it. Other models are checked when the
+/// worker loads them.
+pub fn check_model(settings: &EngineSettings) -> Result<(), EngineError> {
+    if live::is_live_avatar(&settings.model) {
+        live::check_release(settings)?;
+    }
+    Ok(())
+}
+
+fn tiny_carry_bytes(settings: &EngineSettings) -> u64 {
     let mut carry = Carry::initial(settings);
     carry.next_clip = u32::MAX;
     carry.noise_seed = u64::MAX;
@@ -181,7 +240,22 @@ pub fn load_engine(
 /// model; a job for another model gets a fresh worker, so there is never a second one here).
 #[derive(Default)]
 pub struct ModelCache {
-    loaded: Option<std::sync::Arc<tiny::TinyModel<EngineBackend>>>,
+    loaded: Option<Loaded>,
+}
+
+#[derive(Clone)]
+enum Loaded {
+    Tiny(std::sync::Arc<tiny::TinyModel<EngineBackend>>),
+    Live(std::sync::Arc<live::LiveModel<EngineBackend>>),
+}
+
+impl Loaded {
+    fn name(&self) -> &str {
+        match self {
+            Loaded::Tiny(model) => model.name(),
+            Loaded::Live(model) => model.name(),
+        }
+    }
 }
 
 impl ModelCache {
@@ -194,7 +268,10 @@ impl ModelCache {
         cond: Conditioning,
         model_cache_dir: &Path,
     ) -> Result<(Box<dyn Engine>, bool), EngineError> {
-        validate_settings(settings)?;
+        let live = live::is_live_avatar(&settings.model);
+        if !live {
+            validate_settings(settings)?;
+        }
         let kept = self
             .loaded
             .as_ref()
@@ -205,22 +282,32 @@ impl ModelCache {
             None => {
                 self.loaded = None;
                 let device = Default::default();
-                let model = std::sync::Arc::new(tiny::TinyModel::<EngineBackend>::load(
-                    &settings.model,
-                    model_cache_dir,
-                    &device,
-                )?);
-                self.loaded = Some(std::sync::Arc::clone(&model));
+                let model = if live {
+                    Loaded::Live(std::sync::Arc::new(live::LiveModel::load(
+                        &settings.model,
+                        &device,
+                    )?))
+                } else {
+                    Loaded::Tiny(std::sync::Arc::new(tiny::TinyModel::load(
+                        &settings.model,
+                        model_cache_dir,
+                        &device,
+                    )?))
+                };
+                self.loaded = Some(model.clone());
                 (model, true)
             }
         };
-        let engine = tiny::TinyEngine::bind(model, settings, cond)?;
-        Ok((Box::new(engine), loaded_now))
+        let engine: Box<dyn Engine> = match model {
+            Loaded::Tiny(model) => Box::new(tiny::TinyEngine::bind(model, settings, cond)?),
+            Loaded::Live(model) => Box::new(live::LiveEngine::bind(model, settings, cond)?),
+        };
+        Ok((engine, loaded_now))
     }
 
     /// The model kept loaded, if any.
     pub fn model(&self) -> Option<&str> {
-        self.loaded.as_ref().map(|model| model.name())
+        self.loaded.as_ref().map(Loaded::name)
     }
 }
 
@@ -362,7 +449,7 @@ mod tests {
     #[test]
     fn carry_bytes_bounds_every_carry_of_the_job() {
         let settings = small_settings(u64::MAX);
-        let bound = carry_bytes(&settings);
+        let bound = carry_bytes(&settings).expect("tiny carries have a size");
         let mut carry = Carry::initial(&settings);
         for next_clip in [0, 7, 123_456, u32::MAX] {
             carry.next_clip = next_clip;

@@ -176,6 +176,10 @@ fn download<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Result<Vec<f32>
 }
 
 impl<B: Backend> Engine for TinyEngine<B> {
+    fn initial_carry(&self) -> Result<Carry, EngineError> {
+        Ok(Carry::initial(&self.settings))
+    }
+
     fn render_clip(
         &mut self,
         index: ClipIndex,

@@ -1,0 +1,406 @@
+//! The Live Avatar engine: `wan::pipeline::LiveAvatar` behind the [`Engine`] trait.
+//!
+//! Its state between clips ([`wan::pipeline::LiveCarry`]: KV rings, sink, motion latents and
+//! the VAE decoder's cache) is large and stays on the device inside the engine. The [`Carry`]
+//! the worker holds is only a token naming the next clip; the engine turns its own state into
+//! bytes when the worker checkpoints ([`Engine::carry_to_bytes`]) and back on resume
+//! ([`Engine::carry_from_bytes`]). Decoding is online: [`Engine::render_clip`] denoises and
+//! decodes, and [`Engine::decode`] hands out the frames it kept.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use burn::tensor::backend::Backend;
+use wan::pipeline::{JobContext, JobParams, LiveAvatar, LiveAvatarConfig, LiveCarry};
+use wan::tokenizer::UmT5Tokenizer;
+use wan::WanError;
+
+use super::carry::{LatentBlock, LatentShape};
+use super::{
+    Carry, ClipIndex, ClipLatents, Conditioning, Engine, EngineError, EngineSettings, Frames,
+};
+
+/// The file whose presence makes a directory a Live Avatar release (relative to it).
+pub fn marker() -> std::path::PathBuf {
+    Path::new(wan::release::S2V_DIR).join(wan::release::CONFIG_FILE)
+}
+
+/// Whether `model` names a directory in the Live Avatar release layout (the same test as
+/// the job parser's, which picks the release's default frame rate).
+pub fn is_live_avatar(model: &str) -> bool {
+    jobs::spec::is_live_avatar_release(model)
+}
+
+/// The pipeline's settings of a job.
+pub(crate) fn job_params(settings: &EngineSettings) -> JobParams {
+    JobParams {
+        width: settings.width as usize,
+        height: settings.height as usize,
+        infer_frames: settings.infer_frames as usize,
+        sample_steps: settings.sample_steps as usize,
+        seed: settings.seed,
+        fps: settings.fps,
+    }
+}
+
+fn model_error(settings: &EngineSettings, err: WanError) -> EngineError {
+    EngineError::ModelFormat {
+        path: settings.model.clone().into(),
+        detail: err.to_string(),
+    }
+}
+
+/// Reads the release's config alone (no weights) and checks the job's settings against it:
+/// what intake can afford to check.
+pub fn check_release(settings: &EngineSettings) -> Result<LiveAvatarConfig, EngineError> {
+    let config = LiveAvatarConfig::from_dir(Path::new(&settings.model))
+        .map_err(|err| model_error(settings, err))?;
+    check_job_settings(&config, settings)?;
+    Ok(config)
+}
+
+fn check_job_settings(
+    config: &LiveAvatarConfig,
+    settings: &EngineSettings,
+) -> Result<(), EngineError> {
+    if settings.guide_scale != 0.0 {
+        return Err(EngineError::UnsupportedSettings {
+            detail: format!(
+                "guide_scale {} is not supported by Live Avatar, which is distilled to run without guidance; set render.guide_scale to 0",
+                settings.guide_scale
+            ),
+        });
+    }
+    config
+        .check_settings(&job_params(settings))
+        .map_err(|err| EngineError::UnsupportedSettings {
+            detail: err.to_string(),
+        })
+}
+
+/// Bytes of one checkpointed carry of a Live Avatar job, from the release's config.
+pub(crate) fn carry_bytes(settings: &EngineSettings) -> Result<u64, EngineError> {
+    let config = check_release(settings)?;
+    wan::pipeline::carry_bytes(&config, &job_params(settings)).map_err(|err| {
+        EngineError::UnsupportedSettings {
+            detail: err.to_string(),
+        }
+    })
+}
+
+/// A loaded release with its tokenizer: what a warm worker keeps between jobs.
+pub(crate) struct LiveModel<B: Backend> {
+    name: String,
+    live: LiveAvatar<B>,
+    tokenizer: UmT5Tokenizer,
+    device: B::Device,
+}
+
+impl<B: Backend> LiveModel<B> {
+    pub(crate) fn load(model: &str, device: &B::Device) -> Result<Self, EngineError> {
+        let dir = Path::new(model);
+        let format = |err: WanError| EngineError::ModelFormat {
+            path: dir.to_path_buf(),
+            detail: err.to_string(),
+        };
+        let live = LiveAvatar::load(dir, device).map_err(format)?;
+        let tokenizer =
+            UmT5Tokenizer::from_dir(dir.join(wan::release::TOKENIZER_DIR)).map_err(format)?;
+        tracing::debug!(model = %model, id = live.model_id(), "Live Avatar release loaded");
+        Ok(LiveModel {
+            name: model.to_string(),
+            live,
+            tokenizer,
+            device: device.clone(),
+        })
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// One job bound to a loaded release.
+pub(crate) struct LiveEngine<B: Backend> {
+    model: Arc<LiveModel<B>>,
+    ctx: JobContext<B>,
+    seed: u64,
+    /// The device state that continues into clip `held.clip()`.
+    held: Option<LiveCarry<B>>,
+    /// Frames of the clip rendered last, until [`Engine::decode`] takes them.
+    frames: Option<(ClipIndex, Frames)>,
+}
+
+impl<B: Backend> LiveEngine<B> {
+    /// Prepares the job (reference and motion latents, text, audio features): the expensive
+    /// once-per-job part.
+    pub(crate) fn bind(
+        model: Arc<LiveModel<B>>,
+        settings: &EngineSettings,
+        cond: Conditioning,
+    ) -> Result<Self, EngineError> {
+        check_job_settings(&model.live.config, settings)?;
+        let params = job_params(settings);
+        let ids = model
+            .tokenizer
+            .encode(&cond.prompt, model.live.config.s2v.text_len);
+        let ctx = model
+            .live
+            .prepare(&params, &cond.reference_rgb, &cond.audio_16k_mono, &ids)
+            .map_err(|err| match err {
+                WanError::Input { message } => EngineError::BadConditioning { detail: message },
+                other => backend(other),
+            })?;
+        let held = model.live.start(&ctx).map_err(backend)?;
+        Ok(LiveEngine {
+            model,
+            ctx,
+            seed: settings.seed,
+            held: Some(held),
+            frames: None,
+        })
+    }
+
+    /// Video frames of the audio at the job's rate: where the video is cut.
+    pub(crate) fn audio_video_frames(&self) -> u64 {
+        self.ctx.audio_video_frames() as u64
+    }
+
+    fn token(&self, next_clip: u64) -> Result<Carry, EngineError> {
+        let next_clip = u32::try_from(next_clip).map_err(|_| EngineError::CarryFormat {
+            detail: format!("clip {next_clip} is past the last clip a job can have"),
+        })?;
+        Ok(Carry {
+            next_clip,
+            noise_seed: self.seed,
+            motion: empty_block(),
+        })
+    }
+
+    /// The device carry continuing into `carry.next_clip()`, checked against the token.
+    fn held_for(&self, carry: &Carry) -> Result<&LiveCarry<B>, EngineError> {
+        let held = self
+            .held
+            .as_ref()
+            .ok_or_else(|| EngineError::CarryMismatch {
+                detail: "the engine holds no carry (a previous clip failed)".to_string(),
+            })?;
+        if held.clip() != u64::from(carry.next_clip) {
+            return Err(EngineError::CarryMismatch {
+                detail: format!(
+                    "the engine's carry continues into clip {}, the worker asked for {}",
+                    held.clip(),
+                    carry.next_clip
+                ),
+            });
+        }
+        Ok(held)
+    }
+}
+
+fn empty_block() -> LatentBlock {
+    LatentBlock {
+        shape: LatentShape {
+            frames: 0,
+            height: 0,
+            width: 0,
+            channels: 0,
+        },
+        data: Vec::new(),
+    }
+}
+
+fn backend(err: WanError) -> EngineError {
+    EngineError::Backend {
+        detail: err.to_string(),
+    }
+}
+
+impl<B: Backend> Engine for LiveEngine<B> {
+    fn render_clip(
+        &mut self,
+        index: ClipIndex,
+        carry: &Carry,
+    ) -> Result<(ClipLatents, Carry), EngineError> {
+        if carry.next_clip != index.0 {
+            return Err(EngineError::CarryMismatch {
+                detail: format!(
+                    "asked for {index} with a carry for clip {}",
+                    carry.next_clip
+                ),
+            });
+        }
+        self.held_for(carry)?;
+        let held = self.held.take().ok_or_else(|| EngineError::CarryMismatch {
+            detail: "the engine holds no carry".to_string(),
+        })?;
+        let (frames, next) = self
+            .model
+            .live
+            .render_clip(&self.ctx, held)
+            .map_err(backend)?;
+        let next_token = self.token(next.clip())?;
+        self.held = Some(next);
+        self.frames = Some((
+            index,
+            Frames {
+                width: frames.width as u32,
+                height: frames.height as u32,
+                rgb: frames.rgb,
+            },
+        ));
+        let latents = ClipLatents {
+            clip: index,
+            latents: empty_block(),
+            motion: empty_block(),
+        };
+        Ok((latents, next_token))
+    }
+
+    fn decode(&mut self, latents: &ClipLatents) -> Result<Frames, EngineError> {
+        match self.frames.take() {
+            Some((clip, frames)) if clip == latents.clip => Ok(frames),
+            Some((clip, frames)) => {
+                self.frames = Some((clip, frames));
+                Err(EngineError::LatentsMismatch {
+                    detail: format!(
+                        "Live Avatar decodes online: it holds the frames of {clip}, not of {}",
+                        latents.clip
+                    ),
+                })
+            }
+            None => Err(EngineError::LatentsMismatch {
+                detail: format!(
+                    "Live Avatar decodes online: the frames of {} were already taken",
+                    latents.clip
+                ),
+            }),
+        }
+    }
+
+    fn frames_per_clip(&self) -> u32 {
+        self.ctx.params.infer_frames as u32
+    }
+
+    fn first_clip_shortfall(&self) -> u32 {
+        wan::pipeline::FIRST_CLIP_SHORTFALL as u32
+    }
+
+    fn decodes_online(&self) -> bool {
+        true
+    }
+
+    fn audio_video_frames(&self) -> Option<u64> {
+        Some(LiveEngine::audio_video_frames(self))
+    }
+
+    fn initial_carry(&self) -> Result<Carry, EngineError> {
+        self.token(0)
+    }
+
+    fn carry_to_bytes(&mut self, carry: &Carry) -> Result<Vec<u8>, EngineError> {
+        let held = self.held_for(carry)?;
+        held.to_bytes(self.ctx.carry_id())
+            .map_err(|err| EngineError::CarryFormat {
+                detail: err.to_string(),
+            })
+    }
+
+    fn carry_from_bytes(&mut self, bytes: &[u8]) -> Result<Carry, EngineError> {
+        let live = LiveCarry::from_bytes(bytes, self.ctx.carry_id(), &self.model.device).map_err(
+            |err| match err {
+                WanError::CarryMismatch { .. } => EngineError::CarryMismatch {
+                    detail: err.to_string(),
+                },
+                other => EngineError::CarryFormat {
+                    detail: other.to_string(),
+                },
+            },
+        )?;
+        let token = self.token(live.clip())?;
+        self.held = Some(live);
+        Ok(token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_job_parser_detects_releases_by_the_wan_layout() {
+        assert_eq!(Path::new(jobs::spec::LIVE_AVATAR_MARKER), marker());
+    }
+
+    #[test]
+    fn a_directory_without_the_release_config_is_not_a_release() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let model = dir.path().display().to_string();
+        assert!(!is_live_avatar(&model));
+        let s2v = dir.path().join(wan::release::S2V_DIR);
+        std::fs::create_dir_all(&s2v).expect("mkdir");
+        std::fs::write(s2v.join(wan::release::CONFIG_FILE), "{}").expect("config");
+        assert!(is_live_avatar(&model));
+        assert!(
+            !is_live_avatar("Wan2.2-S2V-14B"),
+            "relative paths never are"
+        );
+    }
+
+    /// One tiny release, two jobs that differ only in their seed: each carry goes back into
+    /// its own job, and the other refuses it naming the seed.
+    #[test]
+    fn a_carry_goes_back_into_its_job_and_no_other() {
+        use super::super::test_support::{portrait, speech};
+        use super::super::EngineBackend;
+        let dir = tempfile::tempdir().expect("temp dir");
+        wan::release::write_tiny_release(dir.path(), 3).expect("tiny release");
+        let model_path = dir.path().display().to_string();
+        let model = Arc::new(
+            LiveModel::<EngineBackend>::load(&model_path, &Default::default()).expect("load"),
+        );
+        let settings = |seed| EngineSettings {
+            width: 64,
+            height: 64,
+            infer_frames: 16,
+            sample_steps: 1,
+            guide_scale: 0.0,
+            seed,
+            fps: 25,
+            model: model_path.clone(),
+        };
+        let cond = Conditioning {
+            reference_rgb: portrait(64, 64),
+            audio_16k_mono: speech(0.5),
+            prompt: "a test".to_string(),
+        };
+        let mut a = LiveEngine::bind(Arc::clone(&model), &settings(1), cond.clone()).expect("a");
+        let start = a.initial_carry().expect("initial");
+        let (latents, next) = a.render_clip(ClipIndex(0), &start).expect("clip 0");
+        assert_eq!(a.decode(&latents).expect("frames").rgb.len(), 13);
+        assert!(
+            a.decode(&latents).is_err(),
+            "the frames are handed out once"
+        );
+        assert!(
+            a.carry_to_bytes(&start).is_err(),
+            "the engine holds the carry after clip 0, not before it"
+        );
+        let bytes = a.carry_to_bytes(&next).expect("bytes");
+        assert_eq!(
+            bytes.len() as u64,
+            carry_bytes(&settings(1)).expect("size"),
+            "intake's size is the written size"
+        );
+
+        let mut b = LiveEngine::bind(model, &settings(2), cond).expect("b");
+        let err = b.carry_from_bytes(&bytes).expect_err("another seed");
+        assert!(matches!(err, EngineError::CarryMismatch { .. }), "{err}");
+        let text = err.to_string();
+        assert!(text.starts_with("carry does not fit this job"), "{text}");
+        assert!(text.contains("seed"), "{text}");
+
+        let token = a.carry_from_bytes(&bytes).expect("its own carry");
+        assert_eq!(token.next_clip(), ClipIndex(1));
+    }
+}

@@ -1,0 +1,211 @@
+//! End to end, the `native` engine on a Live Avatar release directory: a job whose
+//! `engine.model` is a tiny release written here by `wan::release::write_tiny_release` goes
+//! through the spool, the real daemon and a real worker on the CPU, and becomes an MP4 whose
+//! streams and duration `ffprobe` checks against the speech; a worker SIGKILLed mid-job
+//! resumes from its checkpointed device carry to frames identical to an uninterrupted run.
+
+mod common;
+#[path = "render/support.rs"]
+#[allow(dead_code)]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::Farm;
+use support::*;
+
+/// Seconds of speech the tests render: at 25 fps, 40 frames, so 3 clips of 16 (13 + 16 + 16,
+/// the last one cut).
+const SPEECH_SECS: &str = "1.6";
+
+/// Writes the tiny release under the farm's root and a 1.6 s cut of the shipped speech into
+/// its media; returns the release directory.
+fn setup(farm: &Farm) -> PathBuf {
+    let release = farm.root.path().join("liveavatar");
+    wan::release::write_tiny_release(&release, 7).expect("write the tiny release");
+    cut_speech(farm);
+    release.canonicalize().expect("canonical release dir")
+}
+
+/// Writes `short.wav`, the first [`SPEECH_SECS`] of the shipped speech, into the farm's media.
+fn cut_speech(farm: &Farm) {
+    let status = Command::new("ffmpeg")
+        .args(["-v", "error", "-nostdin", "-y", "-i"])
+        .arg(farm.media.join("hello.wav"))
+        .args(["-t", SPEECH_SECS])
+        .arg(farm.media.join("short.wav"))
+        .status()
+        .expect("run ffmpeg");
+    assert!(status.success(), "ffmpeg could not cut the speech");
+}
+
+/// A 64*64, 16-frame, 1-step job on `release`, fps left out; `render` lines are added.
+fn native_job(farm: &Farm, name: &str, release: &Path, render: &str) -> String {
+    let text = job(
+        farm,
+        name,
+        &format!(
+            "  infer_frames: 16\n{render}engine:\n  kind: native\n  model: {}\n",
+            release.display()
+        ),
+    );
+    text.replace("/hello.wav", "/short.wav")
+}
+
+fn output_of(state: &serde_json::Value) -> PathBuf {
+    PathBuf::from(
+        state["output"]
+            .as_str()
+            .expect("a done job names its output"),
+    )
+}
+
+/// `examples/tiny-release.yaml` with its paths pointed into `farm`, the speech cut short.
+fn example_job(farm: &Farm, release: &Path) -> String {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/tiny-release.yaml");
+    let text = std::fs::read_to_string(&example).expect("read the example job");
+    let media = format!("{}/", farm.media.display());
+    let out = format!("{}/", farm.out.display());
+    text.replace("/srv/media/hello/", &media)
+        .replace("hello.wav", "short.wav")
+        .replace("/srv/renders/", &out)
+        .replace(
+            "/srv/models/liveavatar-tiny",
+            &release.display().to_string(),
+        )
+}
+
+#[test]
+fn the_example_release_job_becomes_an_mp4_as_long_as_its_speech() {
+    let farm = Farm::new(POOL);
+    let release = setup(&farm);
+    let _daemon = farm.start_daemon();
+    farm.drop_job("live.yaml", &example_job(&farm, &release));
+    let state = wait_finished(&farm, "live.yaml");
+    assert_eq!(state["phase"], "done", "{state}\n{}", farm.daemon_logs());
+
+    let speech = input_secs(&farm.media.join("short.wav"));
+    let video = probe(&output_of(&state));
+    assert_eq!(
+        (video.video_codec.as_str(), video.audio_codec.as_str()),
+        ("h264", "aac")
+    );
+    assert_eq!((video.width, video.height), (64, 64));
+    // fps left out: the release's 25, so the speech lasts ceil(1.6 * 25) = 40 frames.
+    let frames = (speech * 25.0).ceil() as u64;
+    assert_eq!(video.video_frames, frames, "{video:?}");
+    assert!(
+        (video.video_secs - frames as f64 / 25.0).abs() < 1e-3,
+        "{video:?}"
+    );
+    assert!(
+        (video.video_secs - speech).abs() <= 0.04,
+        "{video:?} vs {speech} s of speech"
+    );
+    assert!(
+        (video.audio_secs - speech).abs() <= 0.05,
+        "{video:?} vs {speech} s of speech"
+    );
+
+    // Clip 0 makes 13 frames, the others 16: 40 frames take 3 clips, the last cut to 11.
+    let evs = events(&farm, &state);
+    let frames_per_clip: Vec<u64> = evs
+        .iter()
+        .filter(|e| e["event"] == "clip_done")
+        .map(|e| e["frames"].as_u64().expect("clip_done frames"))
+        .collect();
+    assert_eq!(frames_per_clip, vec![13, 16, 11], "{evs:?}");
+}
+
+#[test]
+fn a_release_job_killed_mid_job_resumes_from_its_device_carry_to_identical_frames() {
+    let reference = {
+        let farm = Farm::new(POOL);
+        let release = setup(&farm);
+        let _daemon = farm.start_daemon();
+        farm.drop_job(
+            "reference.yaml",
+            &native_job(&farm, "reference", &release, "  checkpoint_every: 1\n"),
+        );
+        let state = wait_finished(&farm, "reference.yaml");
+        assert_eq!(state["phase"], "done", "reference run: {state}");
+        assert_eq!(start_points(&events(&farm, &state)), vec![0]);
+        frame_digests(&output_of(&state))
+    };
+    assert_eq!(reference.len(), 40);
+
+    let farm = Farm::new(POOL);
+    let release = setup(&farm);
+    // Killed once after clip 0's carry is durable, and once halfway through encoding clip 2
+    // (clip 1's carry durable): each attempt resumes at the clip after the newest carry.
+    let _daemon = farm
+        .start_daemon_with_env(&[("REELSPOOL_TEST_CRASH_AT", "after_checkpoint@0,mid_encode@2")]);
+    farm.drop_job(
+        "killed.yaml",
+        &native_job(&farm, "killed", &release, "  checkpoint_every: 1\n"),
+    );
+    let state = wait_finished(&farm, "killed.yaml");
+    assert_eq!(state["phase"], "done", "{state}\n{}", farm.daemon_logs());
+    let evs = events(&farm, &state);
+    let kills = evs
+        .iter()
+        .filter(|e| e["event"] == "worker_exit")
+        .filter(|e| e["end"].as_str().is_some_and(|s| s.contains("SIGKILL")))
+        .count();
+    assert_eq!(kills, 2, "{evs:?}");
+    assert_eq!(start_points(&evs), vec![0, 1, 2], "{evs:?}");
+    assert_eq!(frame_digests(&output_of(&state)), reference);
+}
+
+/// A directory holding only the tiny release's config: enough for everything intake reads.
+fn config_only_release(farm: &Farm, config: &str) -> PathBuf {
+    let dir = farm.root.path().join("config-only");
+    let s2v = dir.join(wan::release::S2V_DIR);
+    std::fs::create_dir_all(&s2v).expect("mkdir");
+    std::fs::write(s2v.join(wan::release::CONFIG_FILE), config).expect("write config");
+    dir.canonicalize().expect("canonical dir")
+}
+
+#[test]
+fn intake_refuses_settings_the_release_cannot_render_and_an_unreadable_config() {
+    let farm = Farm::new(POOL);
+    cut_speech(&farm);
+    let _daemon = farm.start_daemon();
+    let tiny = wan::pipeline::LiveAvatarConfig::tiny()
+        .to_json()
+        .to_string();
+    let release = config_only_release(&farm, &tiny);
+    // 80*80 passes the job file's rules (multiples of 16) but not the release's (of 64).
+    farm.drop_job(
+        "size.yaml",
+        &native_job(&farm, "size", &release, "  size: 80*80\n"),
+    );
+    farm.drop_job(
+        "guide.yaml",
+        &native_job(&farm, "guide", &release, "  guide_scale: 2\n"),
+    );
+    let broken = farm.root.path().join("broken");
+    std::fs::create_dir_all(broken.join(wan::release::S2V_DIR)).expect("mkdir");
+    std::fs::write(
+        broken
+            .join(wan::release::S2V_DIR)
+            .join(wan::release::CONFIG_FILE),
+        "{ not json",
+    )
+    .expect("write config");
+    farm.drop_job(
+        "broken.yaml",
+        &native_job(&farm, "broken", &broken.canonicalize().expect("dir"), ""),
+    );
+    for (file, expected) in [
+        ("size.yaml", "the width must be a positive multiple of 64"),
+        ("guide.yaml", "set render.guide_scale to 0"),
+        ("broken.yaml", "config cannot be used"),
+    ] {
+        let error = common::wait_for(&format!("{file} rejected"), RUN, || farm.rejection(file));
+        assert!(error.contains(expected), "{file}: {error}");
+        assert!(error.contains("= help:"), "{file}: {error}");
+    }
+    assert!(farm.job_by_source("size.yaml").is_none());
+}
