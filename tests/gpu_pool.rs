@@ -255,6 +255,39 @@ fn job_too_big_for_every_card_is_refused_with_estimate_largest_card_and_suggesti
     assert!(pool.runs().is_empty());
 }
 
+/// A Live Avatar release on the native engine is planned with its own profile, fitted to the
+/// engine's accounting (`liveavatar-14b-native`: 46 + 3.364 × (704·384·48 / 1e6) + 1 margin =
+/// 90.7 GiB, no offload mode), not with the PyTorch original's (79.0 GiB, which would fit the
+/// 80 GB card).
+#[test]
+fn a_native_release_job_is_planned_with_the_native_engines_profile() {
+    let pool = Pool::new(POOL, "");
+    let _daemon = pool.farm.start_daemon();
+    let release = pool.farm.root.path().join("liveavatar");
+    wan::release::write_tiny_release(&release, 7).expect("write the tiny release");
+    let release = release.canonicalize().expect("canonical release dir");
+    let text = pool
+        .job(
+            "release",
+            "  size: 704*384
+  infer_frames: 48
+",
+            None,
+        )
+        .replace(
+            "model: builtin:tiny",
+            &format!("model: {}", release.display()),
+        );
+    pool.farm.drop_job("release.yaml", &text);
+    let error = wait_for("release.yaml to be rejected", WAIT, || {
+        pool.farm.rejection("release.yaml")
+    });
+    assert!(error.contains("profile `liveavatar-14b-native`"), "{error}");
+    assert!(error.contains("90.7 GiB"), "{error}");
+    assert!(error.contains("largest GPU has 80.0 GiB"), "{error}");
+    assert!(pool.runs().is_empty());
+}
+
 #[test]
 fn out_of_memory_exit_is_retried_with_offload_and_raises_the_estimate() {
     let act = "if [ \"$REELSPOOL_OFFLOAD\" != 1 ]; then\n\

@@ -68,3 +68,56 @@ fn the_liveavatar_profile_is_within_a_factor_of_the_engines_accounting() {
     }
     eprintln!("{}", seen.join("\n"));
 }
+
+/// The native engine's profile is fitted to that same accounting (see its yaml): at the sizes
+/// the release renders it must not plan less memory than the engine says it uses, nor more
+/// than 12 % above it.
+#[test]
+fn the_native_profile_covers_the_engines_accounting_closely() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates/profiles");
+    let profiles = load_profiles(&dir).expect("the shipped profiles load");
+    let cfg = LiveAvatarConfig::release();
+    let w2v = Wav2Vec2Config::large_xlsr53();
+    let mut seen = Vec::new();
+    for (width, height, frames) in [
+        (384, 256, 24),
+        (384, 256, 48),
+        (512, 512, 24),
+        (512, 512, 48),
+        (704, 384, 24),
+        (704, 384, 48),
+        (704, 384, 96),
+    ] {
+        let profile = profiles
+            .estimate(
+                "liveavatar-14b-native",
+                &EstimateRequest {
+                    width,
+                    height,
+                    frames,
+                    offload: OffloadChoice::Off,
+                },
+            )
+            .expect("the profile exists")
+            .vram_bytes as f64;
+        let params = JobParams {
+            width: width as usize,
+            height: height as usize,
+            infer_frames: frames as usize,
+            sample_steps: 4,
+            seed: 0,
+            fps: 25,
+        };
+        let engine = memory_estimate(&cfg, &w2v, &params, 2)
+            .expect("release settings")
+            .total() as f64;
+        let ratio = profile / engine;
+        seen.push(format!(
+            "{width}*{height}x{frames}: profile {:.1} GiB, engine {:.1} GiB, ratio {ratio:.3}",
+            profile / f64::from(1u32 << 30),
+            engine / f64::from(1u32 << 30)
+        ));
+        assert!((1.0..=1.12).contains(&ratio), "{}", seen.join("\n"));
+    }
+    eprintln!("{}", seen.join("\n"));
+}

@@ -3,13 +3,15 @@
 use std::sync::{Arc, RwLock};
 
 use gpu_pool::{EstimateRequest, OffloadChoice, ProfileSet, QueuedJob};
-use jobs::spec::{NumClip, Offload};
+use jobs::spec::{is_live_avatar_release, EngineKind, NumClip, Offload};
 use jobs::JobSpec;
 
 use crate::intake::Admission;
 
 /// The profile used for models that name none and are not built in.
 const DEFAULT_PROFILE: &str = "liveavatar-14b";
+/// The profile of a Live Avatar release rendered by the native engine (its own accounting).
+const NATIVE_RELEASE_PROFILE: &str = "liveavatar-14b-native";
 /// Clips assumed for the running-time estimate when the audio cannot be probed.
 const FALLBACK_CLIPS: u32 = 10;
 
@@ -20,6 +22,9 @@ pub fn profile_name(spec: &JobSpec) -> String {
     }
     match spec.engine.model.as_str() {
         "builtin:tiny" => "builtin-tiny".to_string(),
+        model if spec.engine.kind == EngineKind::Native && is_live_avatar_release(model) => {
+            NATIVE_RELEASE_PROFILE.to_string()
+        }
         _ => DEFAULT_PROFILE.to_string(),
     }
 }
