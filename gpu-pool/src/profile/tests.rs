@@ -35,7 +35,15 @@ const MINIMAL: &str = "resident_gib: 1\nactivation: { gib_per_megapixel_frame: 1
 #[test]
 fn shipped_profiles_are_named_after_their_files() {
     let names: Vec<String> = shipped().names().map(String::from).collect();
-    assert_eq!(names, ["builtin-tiny", "example-engine", "liveavatar-14b"]);
+    assert_eq!(
+        names,
+        [
+            "builtin-tiny",
+            "example-engine",
+            "liveavatar-14b",
+            "liveavatar-14b-native"
+        ]
+    );
 }
 
 #[test]
