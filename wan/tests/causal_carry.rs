@@ -4,8 +4,7 @@
 
 mod common;
 
-use burn::prelude::*;
-use common::{noise, B};
+use common::{bits, noise, same_carry_bytes as same_carry, B};
 use safetensors::SafeTensors;
 use wan::causal_loop::{carry_tensor_bytes, run_clip, Carry, CarryDims, CausalSettings, ClipInput};
 use wan::WanS2v;
@@ -31,36 +30,6 @@ fn start(m: &WanS2v<B>, s: &CausalSettings) -> Carry<B> {
         noise(2, [1, 16, 19, 8, 8]),
         m.embed_text(noise(7, [1, 7, 32])),
     )
-}
-
-fn bits(t: Tensor<B, 5>) -> Vec<u32> {
-    t.into_data()
-        .to_vec::<f32>()
-        .expect("f32 tensor")
-        .iter()
-        .map(|v| v.to_bits())
-        .collect()
-}
-
-/// Two saved carries hold the same tensors (bit for bit) and metadata. (The header's
-/// metadata order is not fixed by the safetensors crate, so bytes are not compared.)
-fn same_carry(a: &[u8], b: &[u8]) -> bool {
-    let (_, ma) = SafeTensors::read_metadata(a).expect("carry a");
-    let (_, mb) = SafeTensors::read_metadata(b).expect("carry b");
-    let (sa, sb) = (
-        SafeTensors::deserialize(a).expect("carry a"),
-        SafeTensors::deserialize(b).expect("carry b"),
-    );
-    let mut na = sa.names();
-    let mut nb = sb.names();
-    na.sort();
-    nb.sort();
-    ma.metadata() == mb.metadata()
-        && na == nb
-        && na.iter().all(|n| {
-            let (x, y) = (sa.tensor(n).expect("a"), sb.tensor(n).expect("b"));
-            x.shape() == y.shape() && x.data() == y.data()
-        })
 }
 
 #[test]

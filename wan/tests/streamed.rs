@@ -6,8 +6,7 @@
 mod common;
 
 use burn::prelude::*;
-use common::{noise, B};
-use safetensors::SafeTensors;
+use common::{bits, noise, same_carry_bytes, B};
 use wan::causal_loop::{run_clip, Carry, CausalSettings, ClipInput};
 use wan::memory::{clip_traffic, Geometry};
 use wan::streamed::{run_clip_streamed, HostCarry, StreamedModel};
@@ -35,34 +34,9 @@ fn start_args(m: &WanS2v<B>) -> (Tensor<B, 5>, Tensor<B, 5>, Tensor<B, 3>) {
     )
 }
 
-fn bits(t: Tensor<B, 5>) -> Vec<u32> {
-    t.into_data()
-        .to_vec::<f32>()
-        .expect("f32 tensor")
-        .iter()
-        .map(|v| v.to_bits())
-        .collect()
-}
-
 /// Two saved carries hold the same tensors (bit for bit) and metadata.
 fn same_carry(a: &Carry<B>, b: &Carry<B>) -> bool {
-    let (a, b) = (a.to_bytes().expect("saves"), b.to_bytes().expect("saves"));
-    let (_, ma) = SafeTensors::read_metadata(&a).expect("carry a");
-    let (_, mb) = SafeTensors::read_metadata(&b).expect("carry b");
-    let (sa, sb) = (
-        SafeTensors::deserialize(&a).expect("carry a"),
-        SafeTensors::deserialize(&b).expect("carry b"),
-    );
-    let mut na = sa.names();
-    let mut nb = sb.names();
-    na.sort();
-    nb.sort();
-    ma.metadata() == mb.metadata()
-        && na == nb
-        && na.iter().all(|n| {
-            let (x, y) = (sa.tensor(n).expect("a"), sb.tensor(n).expect("b"));
-            x.shape() == y.shape() && x.data() == y.data()
-        })
+    same_carry_bytes(&a.to_bytes().expect("saves"), &b.to_bytes().expect("saves"))
 }
 
 #[test]

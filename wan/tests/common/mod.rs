@@ -129,3 +129,34 @@ pub fn noise<const D: usize>(seed: u64, shape: [usize; D]) -> Tensor<B, D> {
         .collect();
     Tensor::from_data(TensorData::new(values, shape), &Default::default())
 }
+
+/// The bits of every value of a 5-D f32 tensor, in order: equal only if bit-identical.
+pub fn bits(t: Tensor<B, 5>) -> Vec<u32> {
+    t.into_data()
+        .to_vec::<f32>()
+        .expect("f32 tensor")
+        .iter()
+        .map(|v| v.to_bits())
+        .collect()
+}
+
+/// Two saved carries hold the same tensors (bit for bit) and metadata. (The header's
+/// metadata order is not fixed by the safetensors crate, so bytes are not compared.)
+pub fn same_carry_bytes(a: &[u8], b: &[u8]) -> bool {
+    let (_, ma) = SafeTensors::read_metadata(a).expect("carry a");
+    let (_, mb) = SafeTensors::read_metadata(b).expect("carry b");
+    let (sa, sb) = (
+        SafeTensors::deserialize(a).expect("carry a"),
+        SafeTensors::deserialize(b).expect("carry b"),
+    );
+    let mut na = sa.names();
+    let mut nb = sb.names();
+    na.sort();
+    nb.sort();
+    ma.metadata() == mb.metadata()
+        && na == nb
+        && na.iter().all(|n| {
+            let (x, y) = (sa.tensor(n).expect("a"), sb.tensor(n).expect("b"));
+            x.shape() == y.shape() && x.data() == y.data()
+        })
+}
