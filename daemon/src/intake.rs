@@ -215,6 +215,9 @@ async fn rescan(
     match created {
         Ok(file) => {
             drop(file);
+            // Removed however the wait ends, also when the daemon stops mid-listing and this
+            // future is dropped: a graceful stop leaves nothing of ours in the user's folder.
+            let _marker = MarkerFile(marker.clone());
             let deadline = tokio::time::Instant::now() + BARRIER_WAIT;
             loop {
                 match tokio::time::timeout_at(deadline, signals.recv()).await {
@@ -232,9 +235,6 @@ async fn rescan(
                     }
                 }
             }
-            if let Err(err) = std::fs::remove_file(&marker) {
-                warn!(marker = %marker.display(), error = %err, "cannot remove the listing marker");
-            }
         }
         Err(err) => warn!(
             marker = %marker.display(),
@@ -246,6 +246,17 @@ async fn rescan(
         .into_iter()
         .filter(|name| !being_written.contains(name))
         .collect()
+}
+
+/// A listing's marker file, removed when dropped.
+struct MarkerFile(PathBuf);
+
+impl Drop for MarkerFile {
+    fn drop(&mut self) {
+        if let Err(err) = std::fs::remove_file(&self.0) {
+            warn!(marker = %self.0.display(), error = %err, "cannot remove the listing marker");
+        }
+    }
 }
 
 /// Names of the complete-looking files now in `incoming/`, oldest name first.
@@ -956,6 +967,46 @@ mod tests {
             .map(|entry| entry.file_name())
             .collect();
         assert!(left.is_empty(), "left in incoming/: {left:?}");
+    }
+
+    #[tokio::test]
+    async fn a_listing_stopped_while_it_waits_for_its_marker_removes_the_marker() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let layout = Layout::new(&root.path().join("spool"), &root.path().join("state"));
+        layout.create().expect("layout");
+        std::fs::write(layout.incoming.join("a.yaml"), b"name: a").expect("job");
+        // No watcher: the marker's event never comes, so the listing waits until it is dropped.
+        let (_sender, mut signals) = mpsc::unbounded_channel();
+        let (mut seq, mut being_written, mut pending, mut again) =
+            (0u64, HashSet::new(), BTreeSet::new(), false);
+        let marker = layout.incoming.join(format!("{BARRIER_PREFIX}1"));
+        {
+            let listing = rescan(
+                &layout,
+                &mut signals,
+                &mut seq,
+                &mut being_written,
+                &mut pending,
+                &mut again,
+            );
+            tokio::pin!(listing);
+            let wait_for_marker = async {
+                while !marker.exists() {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            };
+            tokio::select! {
+                names = &mut listing => panic!("the listing ended without its marker: {names:?}"),
+                () = wait_for_marker => {}
+            }
+            assert!(marker.exists());
+        }
+        let left: Vec<_> = std::fs::read_dir(&layout.incoming)
+            .expect("list")
+            .filter_map(|entry| entry.ok())
+            .map(|entry| entry.file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("a.yaml")]);
     }
 
     #[test]
