@@ -11,6 +11,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use common::Farm;
 use support::*;
@@ -159,6 +160,56 @@ fn a_release_job_killed_mid_job_resumes_from_its_device_carry_to_identical_frame
 }
 
 /// A directory holding only the tiny release's config: enough for everything intake reads.
+/// A checkpoint whose carry the engine refuses (other weights put at the same path while the
+/// job was stopped: the job's records agree, the release's digest does not) starts the job
+/// over with the reason recorded; it does not fail the job.
+#[test]
+fn a_carry_made_with_other_weights_at_the_same_path_starts_the_job_over() {
+    let farm = Farm::new(POOL);
+    let release = setup(&farm);
+    let mut daemon = farm.start_daemon();
+    farm.drop_job(
+        "swapped.yaml",
+        &native_job(
+            &farm,
+            "swapped",
+            &release,
+            "  num_clip: 12
+  checkpoint_every: 1
+",
+        ),
+    );
+    let state = common::wait_for("clip 0 done", Duration::from_secs(120), || {
+        farm.job_by_source("swapped.yaml")
+            .filter(|state| state["clips_done"].as_u64() >= Some(1))
+    });
+    assert!(daemon.terminate(Duration::from_secs(60)).success());
+    let stopped = farm.job_by_source("swapped.yaml").expect("job");
+    assert_eq!(stopped["phase"], "queued", "stopped mid-job: {stopped}");
+    assert!(
+        job_dir(&farm, &state).join("work/checkpoint.json").exists(),
+        "a checkpoint to resume from"
+    );
+
+    wan::release::write_tiny_release(&release, 8).expect("other weights, same place");
+    let _daemon = farm.start_daemon();
+    let state = wait_finished(&farm, "swapped.yaml");
+    assert_eq!(state["phase"], "done", "{state}\n{}", farm.daemon_logs());
+    let evs = events(&farm, &state);
+    let starts = start_points(&evs);
+    assert_eq!(starts, vec![0, 0], "{evs:?}");
+    let reason = evs
+        .iter()
+        .filter_map(|e| e["fresh_reason"].as_str())
+        .next_back()
+        .unwrap_or_default();
+    assert!(
+        reason.contains("refused by the engine") && reason.contains("model"),
+        "{evs:?}"
+    );
+    assert_eq!(probe(&output_of(&state)).video_frames, 13 + 11 * 16);
+}
+
 fn config_only_release(farm: &Farm, config: &str) -> PathBuf {
     let dir = farm.root.path().join("config-only");
     let s2v = dir.join(wan::release::S2V_DIR);

@@ -648,6 +648,12 @@ impl CheckpointStore {
         Ok(ResumePoint::Fresh { reason })
     }
 
+    /// Forgets every checkpoint, carry and segment: the job starts from clip 0 (for a
+    /// checkpoint that passed its own checks but whose carry the engine refuses).
+    pub fn start_over(&self) -> Result<(), CheckpointError> {
+        self.remove_beyond(None)
+    }
+
     /// The segment records of `checkpoint.json` (after [`CheckpointStore::resume_carry`]
     /// chose it): clips `0..=last_clip`.
     pub fn current_segments(&self) -> Result<Vec<SegmentRecord>, CheckpointError> {

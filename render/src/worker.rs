@@ -727,14 +727,31 @@ fn render_job(
             last_clip,
             carry,
             fell_back,
-        } => (
-            engine
-                .carry_from_bytes(&carry.bytes)
-                .map_err(engine_failure)?,
-            last_clip.0 + 1,
-            None,
-            fell_back,
-        ),
+        } => match engine.carry_from_bytes(&carry.bytes) {
+            Ok(carry) => (carry, last_clip.0 + 1, None, fell_back),
+            // The checkpoint's own records agree with the job but the engine's do not (other
+            // weights at the same path, a carry format of another version): retrying would
+            // refuse it again, so the job starts over and says why.
+            Err(
+                refused @ (engine::EngineError::CarryMismatch { .. }
+                | engine::EngineError::CarryFormat { .. }),
+            ) => {
+                warn!(reason = %refused, "the engine refused the stored carry; starting over");
+                store
+                    .start_over()
+                    .map_err(|err| Failure::new(FailureKind::Io, err.to_string()))?;
+                (
+                    engine.initial_carry().map_err(engine_failure)?,
+                    0,
+                    Some(format!(
+                        "checkpoint after clip {} refused by the engine: {refused}; starting from clip 0",
+                        last_clip.0
+                    )),
+                    None,
+                )
+            }
+            Err(other) => return Err(engine_failure(other)),
+        },
     };
     // The engine knows best how long the video is and what its first clip holds.
     let plan = match engine.audio_video_frames() {

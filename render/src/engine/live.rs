@@ -151,12 +151,13 @@ impl<B: Backend> LiveEngine<B> {
                 WanError::Input { message } => EngineError::BadConditioning { detail: message },
                 other => backend(other),
             })?;
-        let held = model.live.start(&ctx).map_err(backend)?;
+        // The sink prefill of clip 0 waits for clip 0: a resumed job replaces it with the
+        // stored carry and would throw the work away.
         Ok(LiveEngine {
             model,
             ctx,
             seed: settings.seed,
-            held: Some(held),
+            held: None,
             frames: None,
         })
     }
@@ -183,7 +184,11 @@ impl<B: Backend> LiveEngine<B> {
             .held
             .as_ref()
             .ok_or_else(|| EngineError::CarryMismatch {
-                detail: "the engine holds no carry (a previous clip failed)".to_string(),
+                detail: format!(
+                    "the engine holds no carry for clip {} (none is made before clip 0 starts, \
+                     and a failed clip drops it)",
+                    carry.next_clip
+                ),
             })?;
         if held.clip() != u64::from(carry.next_clip) {
             return Err(EngineError::CarryMismatch {
@@ -229,6 +234,9 @@ impl<B: Backend> Engine for LiveEngine<B> {
                     carry.next_clip
                 ),
             });
+        }
+        if index.0 == 0 && self.held.as_ref().is_none_or(|held| held.clip() != 0) {
+            self.held = Some(self.model.live.start(&self.ctx).map_err(backend)?);
         }
         self.held_for(carry)?;
         let held = self.held.take().ok_or_else(|| EngineError::CarryMismatch {
@@ -393,7 +401,8 @@ mod tests {
             "intake's size is the written size"
         );
 
-        let mut b = LiveEngine::bind(model, &settings(2), cond).expect("b");
+        let mut b = LiveEngine::bind(Arc::clone(&model), &settings(2), cond.clone()).expect("b");
+        assert!(b.held.is_none(), "binding a job runs no prefill");
         let err = b.carry_from_bytes(&bytes).expect_err("another seed");
         assert!(matches!(err, EngineError::CarryMismatch { .. }), "{err}");
         let text = err.to_string();
@@ -402,5 +411,13 @@ mod tests {
 
         let token = a.carry_from_bytes(&bytes).expect("its own carry");
         assert_eq!(token.next_clip(), ClipIndex(1));
+
+        // A resumed engine that never made clip 0 renders clip 1 exactly as the first one did.
+        let (one, _) = a.render_clip(ClipIndex(1), &token).expect("clip 1 in a");
+        let expected = a.decode(&one).expect("frames of a");
+        let mut c = LiveEngine::bind(model, &settings(1), cond).expect("c");
+        let resumed = c.carry_from_bytes(&bytes).expect("carry into c");
+        let (one, _) = c.render_clip(ClipIndex(1), &resumed).expect("clip 1 in c");
+        assert_eq!(c.decode(&one).expect("frames of c").rgb, expected.rgb);
     }
 }
