@@ -290,10 +290,19 @@ fn a_native_release_job_is_planned_with_the_native_engines_profile() {
 
 #[test]
 fn out_of_memory_exit_is_retried_with_offload_and_raises_the_estimate() {
+    // The failing worker first waits (up to 20 s) until gpus.json shows its card holding the
+    // job's model, as it does while a job runs: the retry must still go to the best-fitting
+    // card, not back to the one whose worker just died as if it were warm there.
     let act = "if [ \"$REELSPOOL_OFFLOAD\" != 1 ]; then\n\
+               i=0; while [ $i -lt 400 ] && ! grep -q '\"worker_model\": \"builtin:tiny\"' \"$(cat \"$SCRIPTS/state\")/gpus.json\" 2>/dev/null; do sleep 0.05; i=$((i+1)); done\n\
                echo '{\"event\":\"error\",\"kind\":\"out_of_memory\",\"message\":\"CUDA out of memory (test worker)\"}'\n\
                exit 4\nfi";
     let pool = Pool::new(POOL, act);
+    std::fs::write(
+        pool.script_file("state"),
+        pool.farm.state.display().to_string(),
+    )
+    .expect("state path for the worker script");
     let _daemon = pool.farm.start_daemon();
     let (rtx, a100) = (pool.uuid_of("RTX 4090"), pool.uuid_of("A100 80GB"));
     // 64*64 × 4 frames: about 66 GiB without offload (only the A100), 6 GiB with it.

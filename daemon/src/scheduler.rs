@@ -272,6 +272,9 @@ impl Scheduler {
         if self.stopping {
             return;
         }
+        // Which model each card's worker holds, as of now: a worker that just exited (an out
+        // of memory, a crash) must not draw its job's retry back to its card as if warm.
+        self.note_worker_models();
         for decision in self.placement.next_placements() {
             self.start_worker(decision);
         }
@@ -991,6 +994,12 @@ impl Scheduler {
     fn tend_warm_workers(&mut self) {
         self.warm
             .reap(Duration::from_secs(self.config.worker.idle_unload_secs));
+        self.note_worker_models();
+    }
+
+    /// Tells placement which model each card's worker holds: the warm idle workers' and the
+    /// running jobs'.
+    fn note_worker_models(&mut self) {
         let mut models = self.warm.models();
         for job in self.running.values() {
             if let Some(model) = &job.model {
