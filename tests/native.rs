@@ -136,27 +136,40 @@ fn a_release_job_killed_mid_job_resumes_from_its_device_carry_to_identical_frame
     };
     assert_eq!(reference.len(), 40);
 
-    let farm = Farm::new(POOL);
-    let release = setup(&farm);
-    // Killed once after clip 0's carry is durable, and once halfway through encoding clip 2
-    // (clip 1's carry durable): each attempt resumes at the clip after the newest carry.
-    let _daemon = farm
-        .start_daemon_with_env(&[("REELSPOOL_TEST_CRASH_AT", "after_checkpoint@0,mid_encode@2")]);
-    farm.drop_job(
-        "killed.yaml",
-        &native_job(&farm, "killed", &release, "  checkpoint_every: 1\n"),
-    );
-    let state = wait_finished(&farm, "killed.yaml");
-    assert_eq!(state["phase"], "done", "{state}\n{}", farm.daemon_logs());
-    let evs = events(&farm, &state);
-    let kills = evs
-        .iter()
-        .filter(|e| e["event"] == "worker_exit")
-        .filter(|e| e["end"].as_str().is_some_and(|s| s.contains("SIGKILL")))
-        .count();
-    assert_eq!(kills, 2, "{evs:?}");
-    assert_eq!(start_points(&evs), vec![0, 1, 2], "{evs:?}");
-    assert_eq!(frame_digests(&output_of(&state)), reference);
+    // The carry copied to host memory and written on the writer thread, then (a host limit
+    // of 1 byte) streamed from the engine into its file on the render thread.
+    for host_limit in [None, Some("1")] {
+        let farm = Farm::new(POOL);
+        let release = setup(&farm);
+        // Killed once after clip 0's carry is durable, and once halfway through encoding
+        // clip 2 (clip 1's carry durable): each attempt resumes at the clip after the newest
+        // carry.
+        let mut env = vec![("REELSPOOL_TEST_CRASH_AT", "after_checkpoint@0,mid_encode@2")];
+        env.extend(host_limit.map(|limit| ("REELSPOOL_CARRY_HOST_LIMIT", limit)));
+        let _daemon = farm.start_daemon_with_env(&env);
+        farm.drop_job(
+            "killed.yaml",
+            &native_job(&farm, "killed", &release, "  checkpoint_every: 1\n"),
+        );
+        let state = wait_finished(&farm, "killed.yaml");
+        assert_eq!(state["phase"], "done", "{state}\n{}", farm.daemon_logs());
+        let evs = events(&farm, &state);
+        let kills = evs
+            .iter()
+            .filter(|e| e["event"] == "worker_exit")
+            .filter(|e| e["end"].as_str().is_some_and(|s| s.contains("SIGKILL")))
+            .count();
+        assert_eq!(kills, 2, "{evs:?}");
+        assert_eq!(start_points(&evs), vec![0, 1, 2], "{evs:?}");
+        assert_eq!(frame_digests(&output_of(&state)), reference);
+
+        let id = state["id"].as_str().expect("job id");
+        let logs = farm.cli(&["logs", id]);
+        let text = String::from_utf8_lossy(&logs.stdout);
+        let streamed = text.matches("streams it from the engine").count();
+        let expected = if host_limit.is_some() { 3 } else { 0 };
+        assert_eq!(streamed, expected, "one notice per attempt:\n{text}");
+    }
 }
 
 /// A directory holding only the tiny release's config: enough for everything intake reads.

@@ -20,7 +20,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{Carry, ClipIndex};
 pub(crate) use files::write_atomic;
-use files::{sha256_hex, size_and_sha256, sync_dir, TEMP_SUFFIX};
+pub use files::MappedFile;
+use files::{
+    file_size_and_sha256, sha256_hex, size_and_sha256, sync_dir, write_atomic_with, TEMP_SUFFIX,
+};
 
 /// The latest checkpoint, in the job's work directory.
 pub const CHECKPOINT_FILE: &str = "checkpoint.json";
@@ -123,6 +126,11 @@ pub trait CheckpointCarry: Sized {
     fn to_checkpoint_bytes(&self) -> Result<Vec<u8>, String>;
     /// Parses what [`CheckpointCarry::to_checkpoint_bytes`] wrote.
     fn from_checkpoint_bytes(bytes: &[u8]) -> Result<Self, String>;
+    /// [`CheckpointCarry::from_checkpoint_bytes`] of a carry file mapped into memory; a
+    /// carry that keeps its bytes keeps the mapping instead of copying them.
+    fn from_checkpoint_file(file: MappedFile) -> Result<Self, String> {
+        Self::from_checkpoint_bytes(&file)
+    }
 }
 
 impl CheckpointCarry for Carry {
@@ -153,10 +161,28 @@ impl CheckpointCarry for crate::engine::external::PackedCarry {
 /// continues into read from its header (`next_clip` for the tiny model, `clip` for Live
 /// Avatar). The engine parses the rest ([`crate::engine::Engine::carry_from_bytes`]), so a
 /// carry that lives on the device is read straight onto it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub struct StoredCarry {
-    pub bytes: Vec<u8>,
+    pub bytes: CarryBytes,
     next_clip: u32,
+}
+
+/// A stored carry's bytes: in memory, or the carry file mapped (read from disk as the engine
+/// parses it, never copied whole into host memory).
+#[derive(Debug)]
+pub enum CarryBytes {
+    Owned(Vec<u8>),
+    Mapped(MappedFile),
+}
+
+impl std::ops::Deref for CarryBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            CarryBytes::Owned(bytes) => bytes,
+            CarryBytes::Mapped(file) => file,
+        }
+    }
 }
 
 impl CheckpointCarry for StoredCarry {
@@ -164,9 +190,25 @@ impl CheckpointCarry for StoredCarry {
         ClipIndex(self.next_clip)
     }
     fn to_checkpoint_bytes(&self) -> Result<Vec<u8>, String> {
-        Ok(self.bytes.clone())
+        Ok(self.bytes.to_vec())
     }
     fn from_checkpoint_bytes(bytes: &[u8]) -> Result<Self, String> {
+        Ok(StoredCarry {
+            next_clip: Self::next_clip_of(bytes)?,
+            bytes: CarryBytes::Owned(bytes.to_vec()),
+        })
+    }
+    fn from_checkpoint_file(file: MappedFile) -> Result<Self, String> {
+        Ok(StoredCarry {
+            next_clip: Self::next_clip_of(&file)?,
+            bytes: CarryBytes::Mapped(file),
+        })
+    }
+}
+
+impl StoredCarry {
+    /// The clip a carry file continues into, from its safetensors metadata.
+    fn next_clip_of(bytes: &[u8]) -> Result<u32, String> {
         let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
             .map_err(|e| format!("not a safetensors carry: {e}"))?;
         let metadata = header.metadata().clone().unwrap_or_default();
@@ -176,10 +218,27 @@ impl CheckpointCarry for StoredCarry {
             .ok_or_else(|| "the carry's header names no clip".to_string())?
             .parse::<u32>()
             .map_err(|e| format!("the carry's clip: {e}"))?;
-        Ok(StoredCarry {
-            bytes: bytes.to_vec(),
-            next_clip,
-        })
+        Ok(next_clip)
+    }
+}
+
+/// Where the carry a checkpoint writes comes from.
+enum CarrySource<'a> {
+    /// Serialised in memory.
+    Bytes(&'a [u8]),
+    /// Written into the file by the engine, tensor by tensor.
+    Stream {
+        expected_bytes: u64,
+        write: &'a mut dyn FnMut(&mut std::fs::File) -> std::io::Result<u64>,
+    },
+}
+
+impl CarrySource<'_> {
+    fn expected_bytes(&self) -> u64 {
+        match self {
+            CarrySource::Bytes(bytes) => bytes.len() as u64,
+            CarrySource::Stream { expected_bytes, .. } => *expected_bytes,
+        }
     }
 }
 
@@ -384,6 +443,48 @@ impl CheckpointStore {
         identity: Option<&CarryIdentity>,
         segments: Vec<SegmentRecord>,
     ) -> Result<(), CheckpointError> {
+        self.save_from(
+            clip,
+            CarrySource::Bytes(carry_bytes),
+            fingerprint,
+            identity,
+            segments,
+        )
+    }
+
+    /// [`CheckpointStore::save_prepared`] with the carry streamed into its file by `write`
+    /// (which returns the bytes it wrote) instead of held in memory: for carries too big to
+    /// copy to the host whole. `expected_bytes` is checked against free space first; the
+    /// file is hashed by reading it back.
+    pub fn save_streamed(
+        &self,
+        clip: ClipIndex,
+        expected_bytes: u64,
+        write: &mut dyn FnMut(&mut std::fs::File) -> std::io::Result<u64>,
+        fingerprint: &str,
+        identity: Option<&CarryIdentity>,
+        segments: Vec<SegmentRecord>,
+    ) -> Result<(), CheckpointError> {
+        self.save_from(
+            clip,
+            CarrySource::Stream {
+                expected_bytes,
+                write,
+            },
+            fingerprint,
+            identity,
+            segments,
+        )
+    }
+
+    fn save_from(
+        &self,
+        clip: ClipIndex,
+        source: CarrySource<'_>,
+        fingerprint: &str,
+        identity: Option<&CarryIdentity>,
+        segments: Vec<SegmentRecord>,
+    ) -> Result<(), CheckpointError> {
         let in_order = segments.len() as u64 == u64::from(clip.0) + 1
             && segments
                 .iter()
@@ -395,7 +496,7 @@ impl CheckpointStore {
                 detail: "the segment records do not cover every clip up to it in order".to_string(),
             });
         }
-        let needed = carry_bytes.len() as u64 + CHECKPOINT_SLACK_BYTES;
+        let needed = source.expected_bytes() + CHECKPOINT_SLACK_BYTES;
         let free = free_bytes(&self.work_dir).map_err(io_err("statvfs", &self.work_dir))?;
         if free < needed {
             return Err(CheckpointError::NoSpace {
@@ -414,7 +515,24 @@ impl CheckpointStore {
         let carry_name = Self::carry_name(clip.0);
         let carry_path = self.work_dir.join(&carry_name);
         crate::worker::crash_point::reached("before_carry", clip.0);
-        write_atomic(&carry_path, carry_bytes).map_err(io_err("write carry", &carry_path))?;
+        let (carry_size, carry_sha256) = match source {
+            CarrySource::Bytes(bytes) => {
+                write_atomic(&carry_path, bytes).map_err(io_err("write carry", &carry_path))?;
+                (bytes.len() as u64, sha256_hex(bytes))
+            }
+            CarrySource::Stream { write, .. } => write_atomic_with(&carry_path, |file| {
+                let written = write(file)?;
+                file.sync_all()?;
+                let (size, sha256) = file_size_and_sha256(file)?;
+                if size != written {
+                    return Err(std::io::Error::other(format!(
+                        "the engine wrote {written} bytes but the file holds {size}"
+                    )));
+                }
+                Ok((size, sha256))
+            })
+            .map_err(io_err("write carry", &carry_path))?,
+        };
         crate::worker::crash_point::reached("after_carry", clip.0);
 
         let checkpoint = Checkpoint {
@@ -423,8 +541,8 @@ impl CheckpointStore {
             job_fingerprint: fingerprint.to_string(),
             carry: FileRecord {
                 file: carry_name.clone(),
-                size_bytes: carry_bytes.len() as u64,
-                sha256: sha256_hex(carry_bytes),
+                size_bytes: carry_size,
+                sha256: carry_sha256,
             },
             segments,
             written_at_unix_ms: SystemTime::now()
@@ -517,7 +635,7 @@ impl CheckpointStore {
             )));
         }
         let carry_path = self.absolute(&cp.carry.file);
-        let bytes = std::fs::read(&carry_path)
+        let bytes = MappedFile::open(&carry_path)
             .map_err(|e| damaged(format!("carry {}: {e}", carry_path.display())))?;
         if bytes.len() as u64 != cp.carry.size_bytes || sha256_hex(&bytes) != cp.carry.sha256 {
             return Err(damaged(format!(
@@ -525,7 +643,7 @@ impl CheckpointStore {
                 carry_path.display()
             )));
         }
-        let carry = C::from_checkpoint_bytes(&bytes).map_err(damaged)?;
+        let carry = C::from_checkpoint_file(bytes).map_err(damaged)?;
         if carry.continues_into().0 != cp.last_clip + 1 {
             return Err(damaged(format!(
                 "carry continues into {}",

@@ -476,6 +476,16 @@ struct Checkpoints {
     /// The interval `auto` last reported.
     every_reported: Option<u32>,
     reporter: Reporter,
+    /// Set when the carry is too big to copy into host memory: each checkpoint then streams
+    /// it from the engine into its file on this thread (see [`cadence::carry_host_limit`]).
+    direct: Option<DirectWrites>,
+}
+
+/// What a checkpoint written on the render thread needs (the writer thread holds the same).
+struct DirectWrites {
+    store: CheckpointStore,
+    fingerprint: String,
+    identity: Option<CarryIdentity>,
 }
 
 impl Checkpoints {
@@ -528,6 +538,37 @@ impl Checkpoints {
         carry: &Carry,
         segments: &[SegmentRecord],
     ) -> Result<(), Failure> {
+        if self.direct.is_some() {
+            // One write at a time: the one in flight (none, unless the mode changed) first.
+            if let Some(outcome) = self.writer.wait() {
+                self.settle(outcome)?;
+            }
+        }
+        if let Some(direct) = &self.direct {
+            let started = Instant::now();
+            let expected = self.cadence.carry_bytes();
+            let mut write = |file: &mut std::fs::File| {
+                engine.write_carry(carry, file).map_err(|err| match err {
+                    engine::EngineError::CarryWrite { source } => source,
+                    other => std::io::Error::other(other.to_string()),
+                })
+            };
+            let result = direct.store.save_streamed(
+                ClipIndex(index),
+                expected,
+                &mut write,
+                &direct.fingerprint,
+                direct.identity.as_ref(),
+                segments[..=index as usize].to_vec(),
+            );
+            self.since = index + 1;
+            return self.settle(WriteOutcome {
+                clip: ClipIndex(index),
+                bytes: expected,
+                secs: started.elapsed().as_secs_f64(),
+                result,
+            });
+        }
         let started = Instant::now();
         let carry_bytes = engine
             .carry_to_bytes(carry)
@@ -814,17 +855,30 @@ fn render_job(
             kept_latents.push((index, latents));
         }
     }
+    let carry_size = engine::carry_bytes(&settings).map_err(engine_failure)?;
+    let host_limit = cadence::carry_host_limit();
+    let direct = (carry_size > host_limit).then(|| {
+        info!(
+            carry_bytes = carry_size,
+            host_limit,
+            "the carry is bigger than the host memory a checkpoint may take: each checkpoint \
+             streams it from the engine into its file while rendering waits"
+        );
+        DirectWrites {
+            store: store.clone(),
+            fingerprint: fingerprint.clone(),
+            identity: Some(identity.clone()),
+        }
+    });
     let mut checkpoints = Checkpoints {
         writer: CarryWriter::spawn(store.clone(), fingerprint.clone(), Some(identity)),
-        cadence: Cadence::new(
-            spec.render.checkpoint_every,
-            engine::carry_bytes(&settings).map_err(engine_failure)?,
-        ),
+        cadence: Cadence::new(spec.render.checkpoint_every, carry_size),
         durable_next: next_clip,
         since: next_clip,
         skipped_in_row: 0,
         every_reported: None,
         reporter: reporter.clone(),
+        direct,
     };
     for index in next_clip..plan.clips {
         if stop.load(Ordering::Relaxed) {

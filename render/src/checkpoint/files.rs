@@ -5,7 +5,7 @@
 //! it, rename it over the target, fsync the directory so the rename itself is on disk.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
@@ -16,6 +16,15 @@ pub(crate) const TEMP_SUFFIX: &str = ".tmp";
 
 /// Replaces `path` with `bytes` atomically and durably (see the module docs).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_with(path, |file| file.write_all(bytes))
+}
+
+/// [`write_atomic`] with the contents written by `write` into the temporary file (opened
+/// for reading and writing), which is then synced and renamed over `path`.
+pub(crate) fn write_atomic_with<T>(
+    path: &Path,
+    write: impl FnOnce(&mut File) -> io::Result<T>,
+) -> io::Result<T> {
     let dir = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
@@ -28,10 +37,45 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         .prefix(&format!(".{name}."))
         .suffix(TEMP_SUFFIX)
         .tempfile_in(dir)?;
-    temp.write_all(bytes)?;
+    let value = write(temp.as_file_mut())?;
     temp.as_file().sync_all()?;
     temp.persist(path).map_err(|e| e.error)?;
-    sync_dir(dir)
+    sync_dir(dir)?;
+    Ok(value)
+}
+
+/// Size in bytes and SHA-256 of what `file` holds, read from its start in chunks.
+pub(crate) fn file_size_and_sha256(file: &mut File) -> io::Result<(u64, String)> {
+    file.seek(SeekFrom::Start(0))?;
+    hash_reader(file)
+}
+
+/// A carry file mapped into memory read-only: its bytes without a host copy of them (a Live
+/// Avatar carry is tens of GB).
+pub struct MappedFile(memmap2::Mmap);
+
+impl MappedFile {
+    pub(crate) fn open(path: &Path) -> io::Result<MappedFile> {
+        let file = File::open(path)?;
+        // SAFETY: carry files are never changed in place: a checkpoint writes a new file and
+        // renames it over the old one, and a mapping of a replaced or deleted file keeps
+        // the old contents. Only this worker writes its job's work directory.
+        let map = unsafe { memmap2::Mmap::map(&file)? };
+        Ok(MappedFile(map))
+    }
+}
+
+impl std::ops::Deref for MappedFile {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for MappedFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MappedFile({} bytes)", self.0.len())
+    }
 }
 
 /// Makes renames and deletions in `dir` durable.
@@ -41,9 +85,12 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// Size in bytes and lowercase hex SHA-256 of a file, read in chunks.
 pub(crate) fn size_and_sha256(path: &Path) -> io::Result<(u64, String)> {
-    let mut file = File::open(path)?;
+    hash_reader(&mut File::open(path)?)
+}
+
+fn hash_reader(file: &mut File) -> io::Result<(u64, String)> {
     let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 16];
+    let mut buffer = vec![0u8; 1 << 20];
     let mut size = 0u64;
     loop {
         let read = file.read(&mut buffer)?;

@@ -1,5 +1,6 @@
 use super::*;
 use crate::engine::test_support::small_settings;
+use std::io::Write;
 
 const JOB: &str = "fingerprint-of-job-a";
 
@@ -436,4 +437,82 @@ fn segment_records_that_skip_a_clip_are_refused() {
         .save_prepared(ClipIndex(3), &bytes, JOB, Some(&identity(5)), segments)
         .unwrap_err();
     assert!(matches!(err, CheckpointError::OutOfOrder { .. }), "{err}");
+}
+
+/// A carry streamed into its file by the engine is recorded with the size and hash of what
+/// the file holds, resumes through a mapping of that file, and a writer that claims more
+/// bytes than it wrote fails the checkpoint and keeps the one before.
+#[test]
+fn a_streamed_carry_resumes_like_one_written_from_memory() {
+    let job = Job::new();
+    job.finish_clip(0);
+    let bytes = Job::carry_after(1)
+        .to_safetensors_bytes()
+        .expect("carry bytes");
+    let segment = job.store.segment_path(ClipIndex(1));
+    std::fs::write(&segment, b"segment 1").expect("segment");
+    let mut segments = job.store.current_segments().expect("segments of clip 0");
+    segments.push(
+        job.store
+            .segment_record(ClipIndex(1), &segment)
+            .expect("record"),
+    );
+
+    let mut short = |file: &mut std::fs::File| {
+        file.write_all(&bytes[..bytes.len() / 2])?;
+        Ok(bytes.len() as u64)
+    };
+    let err = job
+        .store
+        .save_streamed(
+            ClipIndex(1),
+            bytes.len() as u64,
+            &mut short,
+            JOB,
+            None,
+            segments.clone(),
+        )
+        .expect_err("a short write is no checkpoint");
+    assert!(err.to_string().contains("wrote"), "{err}");
+    assert_eq!(resumed_after(&job.resume()), 0);
+
+    // Written in pieces, as an engine writes one tensor at a time.
+    let mut whole = |file: &mut std::fs::File| {
+        for piece in bytes.chunks(97) {
+            file.write_all(piece)?;
+        }
+        Ok(bytes.len() as u64)
+    };
+    job.store
+        .save_streamed(
+            ClipIndex(1),
+            bytes.len() as u64,
+            &mut whole,
+            JOB,
+            None,
+            segments,
+        )
+        .expect("streamed checkpoint");
+    let cp: Checkpoint =
+        serde_json::from_slice(&std::fs::read(job.path(CHECKPOINT_FILE)).expect("json"))
+            .expect("checkpoint");
+    assert_eq!(cp.carry.size_bytes, bytes.len() as u64);
+    assert_eq!(cp.carry.sha256, sha256_hex(&bytes));
+    assert_eq!(resumed_after(&job.resume()), 1);
+    match job
+        .store
+        .resume_carry::<StoredCarry>(JOB, None)
+        .expect("resume")
+    {
+        ResumePoint::After { carry, .. } => {
+            assert!(
+                matches!(carry.bytes, CarryBytes::Mapped(_)),
+                "{:?}",
+                carry.bytes
+            );
+            assert_eq!(&carry.bytes[..], &bytes[..]);
+            assert_eq!(carry.continues_into(), ClipIndex(2));
+        }
+        other => panic!("expected a resume point: {other:?}"),
+    }
 }

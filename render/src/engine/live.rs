@@ -314,6 +314,17 @@ impl<B: Backend> Engine for LiveEngine<B> {
             })
     }
 
+    fn write_carry(&mut self, carry: &Carry, out: &mut std::fs::File) -> Result<u64, EngineError> {
+        let id = self.ctx.carry_id();
+        let held = self.held_for(carry)?;
+        held.write_to(out, id).map_err(|err| match err {
+            WanError::Io { source, .. } => EngineError::CarryWrite { source },
+            other => EngineError::CarryFormat {
+                detail: other.to_string(),
+            },
+        })
+    }
+
     fn carry_from_bytes(&mut self, bytes: &[u8]) -> Result<Carry, EngineError> {
         let live = LiveCarry::from_bytes(bytes, self.ctx.carry_id(), &self.model.device).map_err(
             |err| match err {

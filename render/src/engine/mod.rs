@@ -143,6 +143,18 @@ pub trait Engine: Send {
         carry.to_safetensors_bytes()
     }
 
+    /// Writes the bytes of [`Engine::carry_to_bytes`] into `out` without first holding all
+    /// of them in host memory, returning how many it wrote: for carries of tens of GB, an
+    /// engine whose state lives on the device copies it out one tensor at a time. The
+    /// default goes through [`Engine::carry_to_bytes`].
+    fn write_carry(&mut self, carry: &Carry, out: &mut std::fs::File) -> Result<u64, EngineError> {
+        use std::io::Write;
+        let bytes = self.carry_to_bytes(carry)?;
+        out.write_all(&bytes)
+            .map_err(|source| EngineError::CarryWrite { source })?;
+        Ok(bytes.len() as u64)
+    }
+
     /// Reads what [`Engine::carry_to_bytes`] wrote, on resume. A carry of another job is an
     /// [`EngineError::CarryMismatch`] naming what differs.
     fn carry_from_bytes(&mut self, bytes: &[u8]) -> Result<Carry, EngineError> {
@@ -182,6 +194,11 @@ pub enum EngineError {
     CarryFormat { detail: String },
     #[error("carry does not fit this job: {detail}")]
     CarryMismatch { detail: String },
+    #[error("cannot write the carry: {source}")]
+    CarryWrite {
+        #[source]
+        source: std::io::Error,
+    },
     #[error("latents do not fit this engine: {detail}")]
     LatentsMismatch { detail: String },
     #[error("compute backend failed: {detail}")]

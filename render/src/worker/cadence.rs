@@ -32,6 +32,49 @@ pub const IO_SHARE: f64 = 0.02;
 /// The write speed `auto` assumes before this attempt measured one: a slow local disk.
 pub const ASSUMED_WRITE_BYTES_PER_SEC: f64 = 200e6;
 
+/// Environment variable that sets [`carry_host_limit`] in bytes (for hosts whose memory is
+/// promised elsewhere, and for tests).
+pub const CARRY_HOST_LIMIT_ENV: &str = "REELSPOOL_CARRY_HOST_LIMIT";
+
+/// The share of the host's available memory one worker's carry copy may take: a host runs a
+/// worker per GPU, and their checkpoints can coincide.
+pub const CARRY_HOST_SHARE: f64 = 0.25;
+
+/// The biggest carry a checkpoint copies into host memory for the background writer:
+/// [`CARRY_HOST_LIMIT_ENV`] when set, else [`CARRY_HOST_SHARE`] of `MemAvailable`. A bigger
+/// carry (a Live Avatar carry at 704*384 is ~90 GB) is streamed into its file tensor by tensor
+/// on the render thread instead, which costs render time but no host memory.
+pub fn carry_host_limit() -> u64 {
+    if let Some(bytes) = std::env::var(CARRY_HOST_LIMIT_ENV)
+        .ok()
+        .and_then(|value| value.trim().parse::<u64>().ok())
+    {
+        return bytes;
+    }
+    let available = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| mem_available_bytes(&text));
+    match available {
+        Some(bytes) => (bytes as f64 * CARRY_HOST_SHARE) as u64,
+        // Unknown: keep what fits anywhere in memory.
+        None => 1 << 30,
+    }
+}
+
+/// `MemAvailable` of a `/proc/meminfo` text, in bytes.
+fn mem_available_bytes(meminfo: &str) -> Option<u64> {
+    let line = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemAvailable:"))?;
+    let mut words = line.split_whitespace();
+    let value: u64 = words.next()?.parse().ok()?;
+    match words.next() {
+        Some("kB") => value.checked_mul(1024),
+        None => Some(value),
+        Some(_) => None,
+    }
+}
+
 /// `auto`'s interval (see the module docs), at least 1.
 pub fn auto_every(carry_bytes: u64, write_bytes_per_sec: f64, clip_secs: f64) -> u32 {
     let positive = |x: f64| x.is_finite() && x > 0.0;
@@ -258,6 +301,16 @@ impl Drop for CarryWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mem_available_is_read_in_bytes_from_meminfo() {
+        let text =
+            "MemTotal:       24576000 kB\nMemFree:         1000 kB\nMemAvailable:   20000000 kB\n";
+        assert_eq!(mem_available_bytes(text), Some(20_000_000 * 1024));
+        assert_eq!(mem_available_bytes("MemTotal: 5 kB\n"), None);
+        assert_eq!(mem_available_bytes("MemAvailable: many kB\n"), None);
+        assert_eq!(mem_available_bytes("MemAvailable: 5 MB\n"), None);
+    }
 
     #[test]
     fn auto_keeps_writes_within_two_percent_of_render_time() {
