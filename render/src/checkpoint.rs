@@ -223,10 +223,11 @@ impl StoredCarry {
 }
 
 /// Where the carry a checkpoint writes comes from.
-enum CarrySource<'a> {
+pub enum CarrySource<'a> {
     /// Serialised in memory.
     Bytes(&'a [u8]),
     /// Written into the file by the engine, tensor by tensor.
+    /// Written into the file by `write`, which returns the bytes it wrote.
     Stream {
         expected_bytes: u64,
         write: &'a mut dyn FnMut(&mut std::fs::File) -> std::io::Result<u64>,
@@ -452,32 +453,10 @@ impl CheckpointStore {
         )
     }
 
-    /// [`CheckpointStore::save_prepared`] with the carry streamed into its file by `write`
-    /// (which returns the bytes it wrote) instead of held in memory: for carries too big to
-    /// copy to the host whole. `expected_bytes` is checked against free space first; the
-    /// file is hashed by reading it back.
-    pub fn save_streamed(
-        &self,
-        clip: ClipIndex,
-        expected_bytes: u64,
-        write: &mut dyn FnMut(&mut std::fs::File) -> std::io::Result<u64>,
-        fingerprint: &str,
-        identity: Option<&CarryIdentity>,
-        segments: Vec<SegmentRecord>,
-    ) -> Result<(), CheckpointError> {
-        self.save_from(
-            clip,
-            CarrySource::Stream {
-                expected_bytes,
-                write,
-            },
-            fingerprint,
-            identity,
-            segments,
-        )
-    }
-
-    fn save_from(
+    /// [`CheckpointStore::save_prepared`] from either kind of [`CarrySource`]: a carry
+    /// streamed into its file (for carries too big to copy to the host whole) has its
+    /// expected size checked against free space first and is hashed by reading it back.
+    pub fn save_from(
         &self,
         clip: ClipIndex,
         source: CarrySource<'_>,

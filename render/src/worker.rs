@@ -26,7 +26,9 @@ use jobs::spec::{Codec, EngineKind, JobSpec, NumClip};
 use jobs::state::JobDir;
 use tracing::{info, warn};
 
-use crate::checkpoint::{CarryIdentity, CheckpointStore, ResumePoint, SegmentRecord, StoredCarry};
+use crate::checkpoint::{
+    CarryIdentity, CarrySource, CheckpointStore, ResumePoint, SegmentRecord, StoredCarry,
+};
 use crate::engine::{self, Carry, ClipIndex, ClipLatents, Conditioning, EngineSettings};
 use crate::media;
 #[cfg(doc)]
@@ -553,10 +555,12 @@ impl Checkpoints {
                     other => std::io::Error::other(other.to_string()),
                 })
             };
-            let result = direct.store.save_streamed(
+            let result = direct.store.save_from(
                 ClipIndex(index),
-                expected,
-                &mut write,
+                CarrySource::Stream {
+                    expected_bytes: expected,
+                    write: &mut write,
+                },
                 &direct.fingerprint,
                 direct.identity.as_ref(),
                 segments[..=index as usize].to_vec(),

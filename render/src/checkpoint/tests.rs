@@ -464,10 +464,12 @@ fn a_streamed_carry_resumes_like_one_written_from_memory() {
     };
     let err = job
         .store
-        .save_streamed(
+        .save_from(
             ClipIndex(1),
-            bytes.len() as u64,
-            &mut short,
+            CarrySource::Stream {
+                expected_bytes: bytes.len() as u64,
+                write: &mut short,
+            },
             JOB,
             None,
             segments.clone(),
@@ -484,10 +486,12 @@ fn a_streamed_carry_resumes_like_one_written_from_memory() {
         Ok(bytes.len() as u64)
     };
     job.store
-        .save_streamed(
+        .save_from(
             ClipIndex(1),
-            bytes.len() as u64,
-            &mut whole,
+            CarrySource::Stream {
+                expected_bytes: bytes.len() as u64,
+                write: &mut whole,
+            },
             JOB,
             None,
             segments,
