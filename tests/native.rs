@@ -119,60 +119,159 @@ fn the_example_release_job_becomes_an_mp4_as_long_as_its_speech() {
     assert_eq!(frames_per_clip, vec![13, 16, 11], "{evs:?}");
 }
 
-#[test]
-fn a_release_job_killed_mid_job_resumes_from_its_device_carry_to_identical_frames() {
-    let reference = {
-        let farm = Farm::new(POOL);
-        let release = setup(&farm);
-        let _daemon = farm.start_daemon();
-        farm.drop_job(
-            "reference.yaml",
-            &native_job(&farm, "reference", &release, "  checkpoint_every: 1\n"),
-        );
-        let state = wait_finished(&farm, "reference.yaml");
-        assert_eq!(state["phase"], "done", "reference run: {state}");
-        assert_eq!(start_points(&events(&farm, &state)), vec![0]);
-        frame_digests(&output_of(&state))
-    };
-    assert_eq!(reference.len(), 40);
+/// A test kill point (`point@clip`) and the clip the attempt after it starts at.
+type Kill = (&'static str, u64);
 
-    // The carry copied to host memory and written on the writer thread, then (a host limit
-    // of 1 byte) streamed from the engine into its file on the render thread.
-    for host_limit in [None, Some("1")] {
+/// Seven clips of the tiny release (13 + 6 × 16 frames, the speech padded with silence).
+const SEVEN_CLIPS: &str = "  num_clip: 7\n";
+
+/// Every kind of kill point, once with a checkpoint after every clip (the carry copied to
+/// host memory and written on the writer thread) and once every third clip with the carry
+/// streamed from the engine into its file on the render thread (a host limit of 1 byte).
+/// Each attempt resumes at the clip after the newest complete carry, and the frames equal an
+/// uninterrupted run's. (point, clip the attempt after the kill starts at); kills that make
+/// no new carry durable cost a retry backoff and come at most twice in a row.
+#[test]
+fn a_release_job_killed_at_every_kind_of_point_resumes_to_identical_frames() {
+    let every_clip = [
+        ("after_denoise@0", 0),
+        ("after_carry@1", 1),
+        ("mid_encode@2", 2),
+        ("after_segment@3", 3),
+        ("before_carry@4", 4),
+        ("mid_checkpoint@5", 5),
+        ("after_checkpoint@6", 7),
+        ("before_assemble@7", 7),
+    ];
+    let every_third = [
+        ("after_carry@2", 0),
+        ("mid_encode@3", 3),
+        ("after_segment@4", 3),
+        ("before_carry@5", 3),
+        ("after_checkpoint@5", 6),
+        ("after_denoise@6", 6),
+        ("mid_checkpoint@6", 6),
+        ("before_assemble@7", 7),
+    ];
+    let reference = reference_digests(|farm| {
+        let release = setup(farm);
+        native_job(farm, "reference", &release, SEVEN_CLIPS)
+    });
+    assert_eq!(reference.len(), 13 + 6 * 16);
+
+    let runs: [(&str, &[Kill], Option<&str>); 2] = [
+        ("  checkpoint_every: 1\n", &every_clip, None),
+        ("  checkpoint_every: 3\n", &every_third, Some("1")),
+    ];
+    for (cadence, kills, host_limit) in runs {
         let farm = Farm::new(POOL);
         let release = setup(&farm);
-        // Killed once after clip 0's carry is durable, and once halfway through encoding
-        // clip 2 (clip 1's carry durable): each attempt resumes at the clip after the newest
-        // carry.
-        let mut env = vec![("REELSPOOL_TEST_CRASH_AT", "after_checkpoint@0,mid_encode@2")];
+        let points: Vec<&str> = kills.iter().map(|(point, _)| *point).collect();
+        let points = points.join(",");
+        let mut env = vec![("REELSPOOL_TEST_CRASH_AT", points.as_str())];
         env.extend(host_limit.map(|limit| ("REELSPOOL_CARRY_HOST_LIMIT", limit)));
         let _daemon = farm.start_daemon_with_env(&env);
+        let render = format!("{SEVEN_CLIPS}{cadence}");
         farm.drop_job(
             "killed.yaml",
-            &native_job(&farm, "killed", &release, "  checkpoint_every: 1\n"),
+            &native_job(&farm, "killed", &release, &render),
         );
         let state = wait_finished(&farm, "killed.yaml");
-        assert_eq!(state["phase"], "done", "{state}\n{}", farm.daemon_logs());
+        assert_eq!(
+            state["phase"],
+            "done",
+            "{cadence}: {state}\n{}",
+            farm.daemon_logs()
+        );
         let evs = events(&farm, &state);
-        let kills = evs
+        let sigkills = evs
             .iter()
             .filter(|e| e["event"] == "worker_exit")
             .filter(|e| e["end"].as_str().is_some_and(|s| s.contains("SIGKILL")))
             .count();
-        assert_eq!(kills, 2, "{evs:?}");
-        assert_eq!(start_points(&evs), vec![0, 1, 2], "{evs:?}");
-        assert_eq!(frame_digests(&output_of(&state)), reference);
+        assert_eq!(
+            sigkills,
+            kills.len(),
+            "{cadence}: every point fired once: {evs:?}"
+        );
+        let mut expected = vec![0];
+        expected.extend(kills.iter().map(|(_, resume_at)| *resume_at));
+        assert_eq!(start_points(&evs), expected, "{cadence}: {evs:?}");
+        let differs: Vec<_> = evs
+            .iter()
+            .filter(|e| e["event"] == "segment_differs")
+            .collect();
+        assert!(differs.is_empty(), "{cadence}: {differs:?}");
+        assert_eq!(frame_digests(&output_of(&state)), reference, "{cadence}");
 
+        // The worker says how it writes the carry, once per attempt.
         let id = state["id"].as_str().expect("job id");
         let logs = farm.cli(&["logs", id]);
         let text = String::from_utf8_lossy(&logs.stdout);
         let streamed = text.matches("streams it from the engine").count();
-        let expected = if host_limit.is_some() { 3 } else { 0 };
-        assert_eq!(streamed, expected, "one notice per attempt:\n{text}");
+        let attempts_rendering = text.matches("rendering clips=").count();
+        let expected = if host_limit.is_some() {
+            attempts_rendering
+        } else {
+            0
+        };
+        assert!(attempts_rendering > 0, "{text}");
+        assert_eq!(streamed, expected, "{cadence}:\n{text}");
     }
 }
 
-/// A directory holding only the tiny release's config: enough for everything intake reads.
+/// One flipped byte in the newest carry of a release job stopped with the daemon: its
+/// checksum fails, the job resumes after the previous checkpoint, says so, and its frames
+/// are those of an uninterrupted run.
+#[test]
+fn a_release_jobs_damaged_newest_carry_falls_back_to_the_previous_one() {
+    const TWELVE_EVERY_THIRD: &str = "  num_clip: 12\n  checkpoint_every: 3\n";
+    let reference = reference_digests(|farm| {
+        let release = setup(farm);
+        native_job(farm, "reference", &release, TWELVE_EVERY_THIRD)
+    });
+    let farm = Farm::new(POOL);
+    let release = setup(&farm);
+    let mut daemon = farm.start_daemon();
+    farm.drop_job(
+        "bitrot.yaml",
+        &native_job(&farm, "bitrot", &release, TWELVE_EVERY_THIRD),
+    );
+    wait_event(&farm, "bitrot.yaml", "clip 5 done", |e| {
+        e["event"] == "clip_done" && e["index"].as_u64() >= Some(5)
+    });
+    assert!(daemon.terminate(Duration::from_secs(60)).success());
+    let state = farm.job_by_source("bitrot.yaml").expect("job");
+    assert_eq!(state["phase"], "queued", "stopped mid-job: {state}");
+    let work = job_dir(&farm, &state).join("work");
+    let read = |file: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(work.join(file)).expect(file)).expect("JSON")
+    };
+    let (newest, previous) = (read("checkpoint.json"), read("checkpoint.prev.json"));
+    let previous = previous["last_clip"].as_u64().expect("last_clip");
+    let carry = work.join(newest["carry"]["file"].as_str().expect("carry file"));
+    let mut bytes = std::fs::read(&carry).expect("carry");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&carry, &bytes).expect("damage the carry");
+
+    let _daemon = farm.start_daemon();
+    let state = wait_finished(&farm, "bitrot.yaml");
+    assert_eq!(state["phase"], "done", "{state}");
+    let evs = events(&farm, &state);
+    assert_eq!(start_points(&evs), vec![0, previous + 1], "{evs:?}");
+    let fallback = evs
+        .iter()
+        .find(|e| e["event"] == "checkpoint_fallback")
+        .expect("a fallback event");
+    let detail = fallback["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("does not match its recorded sha256"),
+        "{detail}"
+    );
+    assert_eq!(frame_digests(&output_of(&state)), reference);
+}
+
 /// A checkpoint whose carry the engine refuses (other weights put at the same path while the
 /// job was stopped: the job's records agree, the release's digest does not) starts the job
 /// over with the reason recorded; it does not fail the job.
