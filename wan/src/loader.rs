@@ -3,8 +3,10 @@
 //! plus `diffusion_pytorch_model.safetensors.index.json` (`weight_map`: key → shard),
 //! or a single `diffusion_pytorch_model.safetensors`.
 //!
-//! Shards are memory-mapped by burn-store and tensors keep the file's dtype (bf16 stays
-//! bf16). Keys need no remapping: the module tree is named after them. Every tensor
+//! Shards are memory-mapped by burn-store. Every float tensor takes the backend's float
+//! dtype as it is read ([`for_backend`]): the release's bf16 stays bf16 on a bf16 backend
+//! and is widened (exactly) to f32 on an f32 one, and the VAE's f32 becomes the backend's
+//! dtype too, so a module never mixes dtypes. Keys need no remapping: the module tree is named after them. Every tensor
 //! the model expects must be found exactly once with its exact shape, and every tensor
 //! in the files must belong to the model; otherwise loading fails naming the file, the
 //! key and both shapes.
@@ -13,7 +15,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
-use burn_store::{ApplyError, ModuleSnapshot, ModuleStore, PytorchStore, SafetensorsStore};
+use burn::tensor::{DType, Element};
+use burn_store::{
+    ApplyError, ModuleAdapter, ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter, PytorchStore,
+    SafetensorsStore, TensorSnapshot,
+};
 
 use crate::error::WanError;
 use crate::keys::list_params;
@@ -128,7 +134,7 @@ pub fn load_safetensors<B: Backend, M: ModuleSnapshot<B>>(
             .allow_partial(true)
             .validate(false)
             .skip_enum_variants(true);
-        let result = apply_store(&mut model, store, shard, &expected, device)?;
+        let result = apply_store(&mut model, store, None, &[], shard, &expected, device)?;
         for key in result.applied {
             if let Some(first) = found_in.insert(key.clone(), shard.clone()) {
                 return Err(WanError::BadTensor {
@@ -159,12 +165,48 @@ pub fn load_safetensors<B: Backend, M: ModuleSnapshot<B>>(
     ))
 }
 
+/// Whether `dtype` is a floating point one.
+fn is_float(dtype: DType) -> bool {
+    matches!(dtype, DType::F64 | DType::F32 | DType::F16 | DType::BF16)
+}
+
+/// The snapshots of one file as `B` will hold them: each float tensor stored in another
+/// float dtype is converted to the backend's as it is read (bf16 to f32 is exact; f32 to
+/// bf16 rounds to nearest even, as PyTorch's `.to(torch.bfloat16)` does). Other tensors
+/// are kept as they are. Nothing is read here: the conversion runs when the tensor is.
+pub(crate) fn for_backend<B: Backend>(
+    snapshots: &BTreeMap<String, TensorSnapshot>,
+) -> Vec<TensorSnapshot> {
+    let target = <B::FloatElem as Element>::dtype();
+    snapshots
+        .values()
+        .map(|snap| {
+            if !is_float(snap.dtype) || snap.dtype == target {
+                return snap.clone();
+            }
+            let read = snap.clone_data_fn();
+            TensorSnapshot::from_closure(
+                std::rc::Rc::new(move || Ok(read()?.convert_dtype(target))),
+                target,
+                snap.shape.clone(),
+                snap.path_stack.clone().unwrap_or_default(),
+                snap.container_stack.clone().unwrap_or_default(),
+                snap.tensor_id.unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
 /// Applies one file's tensors to `model` and turns every problem into a [`WanError`]
 /// naming `file`: a dtype the backend cannot hold, a shape mismatch, a tensor the model
-/// does not have.
-fn apply_store<B: Backend, M: ModuleSnapshot<B>, S: ModuleStore>(
+/// does not have. Float tensors take the backend's dtype ([`for_backend`]); `adapter` is
+/// the file format's own (PyTorch's layout for `.pth` files). Tensors whose key starts with
+/// one of `left_out` may be in the file and are left unused.
+pub(crate) fn apply_store<B: Backend, M: ModuleSnapshot<B>, S: ModuleStore>(
     model: &mut M,
     mut store: S,
+    adapter: Option<Box<dyn ModuleAdapter>>,
+    left_out: &[&str],
     file: &Path,
     expected: &BTreeMap<String, Vec<usize>>,
     device: &B::Device,
@@ -172,33 +214,35 @@ fn apply_store<B: Backend, M: ModuleSnapshot<B>, S: ModuleStore>(
 where
     S::Error: std::fmt::Display,
 {
-    // A dtype the backend cannot hold (bf16 on NdArray) would otherwise abort inside
-    // Burn; say which tensor and what to do instead.
     let snapshots = store.get_all_snapshots().map_err(|e| WanError::Store {
         path: file.to_path_buf(),
         message: e.to_string(),
     })?;
+    // A dtype the backend cannot hold (an integer kind it lacks) would otherwise abort
+    // inside Burn; say which tensor.
     if let Some((key, snap)) = snapshots
         .iter()
-        .find(|(_, s)| !B::supports_dtype(device, s.dtype))
+        .filter(|(key, _)| !left_out.iter().any(|prefix| key.starts_with(prefix)))
+        .find(|(_, s)| !is_float(s.dtype) && !B::supports_dtype(device, s.dtype))
     {
         return Err(WanError::BadTensor {
             path: file.to_path_buf(),
             key: key.clone(),
             message: format!(
-                "stored as {:?}, which this backend cannot hold; use a backend with {:?} support (the CUDA build) or convert the checkpoint to f32",
-                snap.dtype, snap.dtype
+                "stored as {:?}, which this backend cannot hold; convert the checkpoint",
+                snap.dtype
             ),
         });
     }
-    let result = model.load_from(&mut store).map_err(|e| WanError::Store {
-        path: file.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    let result = model.apply(for_backend::<B>(snapshots), None, adapter, true);
     if let Some(err) = result.errors.first() {
         return Err(apply_error(file, err, expected));
     }
-    if let Some(key) = result.unused.first() {
+    let unexpected = result
+        .unused
+        .iter()
+        .find(|key| !left_out.iter().any(|prefix| key.starts_with(prefix)));
+    if let Some(key) = unexpected {
         return Err(WanError::UnexpectedTensor {
             path: file.to_path_buf(),
             key: key.clone(),
@@ -232,7 +276,16 @@ pub fn load_pth<B: Backend, M: ModuleSnapshot<B>>(
         .validate(false)
         .skip_enum_variants(true)
         .map_indices_contiguous(false);
-    let result = apply_store(&mut model, store, file, &expected, device)?;
+    let adapter: Box<dyn ModuleAdapter> = Box::new(PyTorchToBurnAdapter);
+    let result = apply_store(
+        &mut model,
+        store,
+        Some(adapter),
+        &[],
+        file,
+        &expected,
+        device,
+    )?;
     let applied: std::collections::BTreeSet<&String> = result.applied.iter().collect();
     let report = single_file_report(file, &expected, &applied)?;
     Ok((model, report))

@@ -22,7 +22,7 @@ use burn::nn::Initializer;
 use burn::prelude::*;
 use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::ops::ConvOptions;
-use burn_store::{ModuleSnapshot, ModuleStore, PytorchStore, SafetensorsStore};
+use burn_store::{ModuleStore, PytorchStore, SafetensorsStore};
 
 use crate::audio_features::{bucket_per_video_frame, interpolate_to_30fps, AudioStates};
 use crate::error::WanError;
@@ -596,7 +596,7 @@ pub fn load_wav2vec2_file<B: Backend>(
         for (from, to) in REMAP {
             store = store.with_key_remapping(from, to);
         }
-        apply(&mut model, store, file, &expected, device)?
+        apply(&mut model, store, None, file, &expected, device)?
     } else {
         let mut store = PytorchStore::from_file(file)
             .allow_partial(true)
@@ -606,7 +606,9 @@ pub fn load_wav2vec2_file<B: Backend>(
         for (from, to) in REMAP {
             store = store.with_key_remapping(from, to);
         }
-        apply(&mut model, store, file, &expected, device)?
+        let adapter: Box<dyn burn_store::ModuleAdapter> =
+            Box::new(burn_store::PyTorchToBurnAdapter);
+        apply(&mut model, store, Some(adapter), file, &expected, device)?
     };
     let applied: BTreeSet<&String> = applied.iter().collect();
     let report = crate::loader::single_file_report(file, &expected, &applied)?;
@@ -617,7 +619,8 @@ pub fn load_wav2vec2_file<B: Backend>(
 /// of the CTC head are left out instead of refused.
 fn apply<B: Backend, S: ModuleStore>(
     model: &mut Wav2Vec2Model<B>,
-    mut store: S,
+    store: S,
+    adapter: Option<Box<dyn burn_store::ModuleAdapter>>,
     file: &Path,
     expected: &BTreeMap<String, Vec<usize>>,
     device: &B::Device,
@@ -625,36 +628,7 @@ fn apply<B: Backend, S: ModuleStore>(
 where
     S::Error: std::fmt::Display,
 {
-    let store_error = |e: S::Error| WanError::Store {
-        path: file.to_path_buf(),
-        message: e.to_string(),
-    };
-    let snapshots = store.get_all_snapshots().map_err(store_error)?;
-    if let Some((key, snap)) = snapshots
-        .iter()
-        .find(|(k, s)| !k.starts_with("lm_head.") && !B::supports_dtype(device, s.dtype))
-    {
-        return Err(WanError::BadTensor {
-            path: file.to_path_buf(),
-            key: key.clone(),
-            message: format!(
-                "stored as {:?}, which this backend cannot hold; use a backend with {:?} support or convert the file to f32",
-                snap.dtype, snap.dtype
-            ),
-        });
-    }
-    let result = model.load_from(&mut store).map_err(|e| WanError::Store {
-        path: file.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    if let Some(err) = result.errors.first() {
-        return Err(crate::loader::apply_error(file, err, expected));
-    }
-    if let Some(key) = result.unused.iter().find(|k| !k.starts_with("lm_head.")) {
-        return Err(WanError::UnexpectedTensor {
-            path: file.to_path_buf(),
-            key: key.clone(),
-        });
-    }
+    let result =
+        crate::loader::apply_store(model, store, adapter, &["lm_head."], file, expected, device)?;
     Ok(result.applied.into_iter().collect())
 }

@@ -371,12 +371,12 @@ mod tests {
     #[test]
     fn a_carry_goes_back_into_its_job_and_no_other() {
         use super::super::test_support::{portrait, speech};
-        use super::super::EngineBackend;
+        use super::super::ReleaseBackend;
         let dir = tempfile::tempdir().expect("temp dir");
         wan::release::write_tiny_release(dir.path(), 3).expect("tiny release");
         let model_path = dir.path().display().to_string();
         let model = Arc::new(
-            LiveModel::<EngineBackend>::load(&model_path, &Default::default()).expect("load"),
+            LiveModel::<ReleaseBackend>::load(&model_path, &Default::default()).expect("load"),
         );
         let settings = |seed| EngineSettings {
             width: 64,

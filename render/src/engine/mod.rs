@@ -45,6 +45,17 @@ pub type EngineBackend = burn::backend::NdArray<f32>;
 #[cfg(feature = "cuda")]
 pub type EngineBackend = burn_cuda::Cuda<f32, i32>;
 
+/// The backend a Live Avatar release runs on. On the CPU it is [`EngineBackend`] (f32: the
+/// release's bf16 weights are widened as they load). Under `cuda` it is bf16, the dtype of
+/// the release's DiT and umT5 weights, of the `liveavatar-14b-native` memory profile and of
+/// the only GPU runs of these modules so far (`wan/examples/gpu_check.rs`); the f32 VAE
+/// and wav2vec2 weights are rounded to bf16 as they load, so no module mixes dtypes.
+#[cfg(not(feature = "cuda"))]
+pub type ReleaseBackend = EngineBackend;
+/// The backend a Live Avatar release runs on (see the CPU build's documentation).
+#[cfg(feature = "cuda")]
+pub type ReleaseBackend = burn_cuda::Cuda<burn::tensor::bf16, i32>;
+
 /// Index of a clip within a job, from 0. Clip *k* covers output frames `[k*F, (k+1)*F)` where
 /// `F` is [`Engine::frames_per_clip`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -263,7 +274,7 @@ pub struct ModelCache {
 #[derive(Clone)]
 enum Loaded {
     Tiny(std::sync::Arc<tiny::TinyModel<EngineBackend>>),
-    Live(std::sync::Arc<live::LiveModel<EngineBackend>>),
+    Live(std::sync::Arc<live::LiveModel<ReleaseBackend>>),
 }
 
 impl Loaded {
