@@ -7,6 +7,8 @@
 use wan::memory::{
     clip_traffic, full_tick_traffic, resident_peak, streamed_peak, Geometry, ParamCounts, Plan,
 };
+use wan::pipeline::LiveAvatarConfig;
+use wan::wav2vec2::Wav2Vec2Config;
 use wan::S2vConfig;
 
 fn gb(b: u64) -> String {
@@ -93,8 +95,15 @@ fn main() {
         &streamed_peak(&cfg, &g, width, height, bpv),
     );
     print_plan(
-        "Resident mode, peak device memory",
-        &resident_peak(&cfg, &g, width, height, bpv),
+        "Resident mode (as the engine runs a release), peak device memory",
+        &resident_peak(
+            &LiveAvatarConfig::release(),
+            &Wav2Vec2Config::large_xlsr53(),
+            &g,
+            width,
+            height,
+            bpv,
+        ),
     );
 
     let b = bpv as u64;

@@ -16,8 +16,10 @@ use burn::backend::NdArray;
 use crate::config::S2vConfig;
 use crate::keys::list_params;
 use crate::model::WanS2v;
+use crate::pipeline::LiveAvatarConfig;
 use crate::streamed::Traffic;
 use crate::vae::{VaeConfig, WanVae};
+use crate::wav2vec2::Wav2Vec2Config;
 
 /// The clip geometry of the causal loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,10 +194,28 @@ fn score_values(cfg: &S2vConfig, g: &Geometry) -> u64 {
     2 * cfg.num_heads as u64 * g.block_tokens() as u64 * keys
 }
 
+/// Values in the VAE decoder's streaming cache at a `lat_h`×`lat_w` latent: exactly the
+/// slots [`crate::vae::decode_cache_shapes`] lists, which the job carry saves too.
+pub(crate) fn vae_cache_values(cfg: &VaeConfig, lat_h: usize, lat_w: usize) -> u64 {
+    crate::vae::decode_cache_shapes(cfg, lat_h, lat_w)
+        .iter()
+        .map(|shape| shape.iter().map(|&d| d as u64).product::<u64>())
+        .sum()
+}
+
+/// Values alive at the decoder's widest point for one latent frame at `width`×`height`:
+/// the full-resolution stage (`dim · dim_mult[0]` channels, 4 video frames) holds its input,
+/// the normed copy, the conv input with its 2 cached frames (×1.5) and the output, 4.5
+/// copies in all. An estimate (see the module docs).
+pub(crate) fn vae_working_values(cfg: &VaeConfig, width: usize, height: usize) -> u64 {
+    let channels = (cfg.dim * cfg.dim_mult.first().copied().unwrap_or(1)) as u64;
+    channels * 4 * (width * height) as u64 * 9 / 2
+}
+
 /// Estimated device bytes of decoding one latent frame with the Wan 2.1 VAE at
-/// `width`×`height`: decoder weights, the per-conv feature cache (2 frames of each
-/// causal conv's input) and the widest stage's live tensors. Returns (weights, cache,
-/// working).
+/// `width`×`height`: decoder weights, the per-conv feature cache
+/// ([`vae_cache_values`]) and the widest stage's live tensors ([`vae_working_values`]).
+/// Returns (weights, cache, working).
 pub fn vae_decode_bytes(width: usize, height: usize, bytes_per_value: usize) -> (u64, u64, u64) {
     let cfg = VaeConfig::wan21();
     let vae = WanVae::<NdArray>::new(&cfg, &Default::default());
@@ -204,25 +224,8 @@ pub fn vae_decode_bytes(width: usize, height: usize, bytes_per_value: usize) -> 
         .filter(|e| e.key.starts_with("decoder.") || e.key.starts_with("conv2."))
         .map(|e| e.shape.iter().map(|&d| d as u64).product::<u64>())
         .sum();
-    // Decoder stages: output widths dim·[4, 4, 2, 1] at 1/8, 1/4, 1/2, 1 of the frame,
-    // 1, 2, 4, 4 video frames per latent frame; num_res_blocks + 1 residual blocks of
-    // two causal convs each, plus a resample time conv in the first two.
-    let stages = [(4, 8, 1), (4, 4, 2), (2, 2, 4), (1, 1, 4)];
-    let pixels = (width * height) as u64;
-    let mut cache = 0u64;
-    let mut widest = 0u64;
-    for (mult, down, frames) in stages {
-        let c = (cfg.dim * mult) as u64;
-        let plane = pixels / (down * down) as u64;
-        let convs = 2 * (cfg.num_res_blocks as u64 + 1) + 1;
-        cache += convs * 2 * c * plane;
-        widest = widest.max(c * plane * frames);
-    }
-    // Middle blocks and the head conv at the ends.
-    let top = (cfg.dim * 4) as u64 * pixels / 64;
-    cache += 4 * 2 * top + 2 * cfg.dim as u64 * pixels;
-    // Widest stage: input, normed, conv input with its 2 cached frames (×1.5), output.
-    let working = widest * 9 / 2;
+    let cache = vae_cache_values(&cfg, height / 8, width / 8);
+    let working = vae_working_values(&cfg, width, height);
     let b = bytes_per_value as u64;
     (weights * b, cache * b, working * b)
 }
@@ -289,40 +292,57 @@ pub fn streamed_peak(
     }
 }
 
-/// Peak device bytes of the resident mode: all weights and the whole carry on the
-/// device, one block forward at a time.
+/// Peak device bytes of the resident mode, as the engine runs a release: every model's
+/// weights (it keeps umT5, wav2vec2 and the VAE encoder for the whole job) and the whole
+/// carry on the device, one block forward at a time. Weights, carry and VAE decode are the
+/// same sums as [`crate::pipeline::memory_estimate`] (a test holds them equal); its
+/// activations differ: it counts the attention scores in them and with a coarser formula,
+/// where this plan lists them apart ([`Plan::attention_scores`]).
 pub fn resident_peak(
-    cfg: &S2vConfig,
+    cfg: &LiveAvatarConfig,
+    w2v: &Wav2Vec2Config,
     g: &Geometry,
     width: usize,
     height: usize,
     bytes_per_value: usize,
 ) -> Plan {
     let b = bytes_per_value as u64;
-    let p = ParamCounts::of(cfg);
-    let layers = cfg.num_layers as u64;
+    let s2v = &cfg.s2v;
+    let p = ParamCounts::of(s2v);
+    let layers = s2v.num_layers as u64;
     let (vw, vc, vx) = vae_decode_bytes(width, height, bytes_per_value);
+    let others = crate::pipeline::parameter_count(cfg, w2v) * b - p.total * b - vw;
+    let (lat_h, lat_w) = (height / 8, width / 8);
+    let lat_motion = MOTION_VIDEO_FRAMES.div_ceil(4) as u64;
     Plan {
         items: vec![
             Item {
-                what: "all weights",
+                what: "all DiT weights",
                 bytes: p.total * b,
             },
             Item {
+                what: "all umT5, wav2vec2 and VAE encoder weights",
+                bytes: others,
+            },
+            Item {
                 what: "all rings (carry)",
-                bytes: layers * g.steps as u64 * kv_values(g.ring_tokens(), cfg.dim) * b,
+                bytes: layers * g.steps as u64 * kv_values(g.ring_tokens(), s2v.dim) * b,
             },
             Item {
                 what: "all sink slices (carry)",
-                bytes: layers * kv_values(g.sink_tokens, cfg.dim) * b,
+                bytes: layers * kv_values(g.sink_tokens, s2v.dim) * b,
+            },
+            Item {
+                what: "all motion latents (carry)",
+                bytes: cfg.vae.z_dim as u64 * lat_motion * (lat_h * lat_w) as u64 * b,
             },
             Item {
                 what: "resident text context",
-                bytes: cfg.text_len as u64 * cfg.dim as u64 * b,
+                bytes: s2v.text_len as u64 * s2v.dim as u64 * b,
             },
             Item {
                 what: "activations: one block forward",
-                bytes: (g.block_tokens() as u64 * cfg.dim as u64 + layer_working_values(cfg, g))
+                bytes: (g.block_tokens() as u64 * s2v.dim as u64 + layer_working_values(s2v, g))
                     * b,
             },
             Item {
@@ -338,7 +358,7 @@ pub fn resident_peak(
                 bytes: vx,
             },
         ],
-        attention_scores: score_values(cfg, g) * b,
+        attention_scores: score_values(s2v, g) * b,
     }
 }
 
@@ -398,6 +418,42 @@ mod tests {
         assert!((1.8e9..1.95e9).contains(&(p.injectors as f64)), "{p:?}");
         assert!((16.2e9..16.4e9).contains(&(p.total as f64)), "{p:?}");
         assert_eq!(p.total, p.resident + 40 * p.per_block);
+    }
+
+    /// The resident plan and the placement profile's accounting
+    /// (`pipeline::memory_estimate`) add up the same weights, carry and VAE decode.
+    #[test]
+    fn resident_plan_and_memory_estimate_count_the_same_parts() {
+        use crate::pipeline::{memory_estimate, JobParams};
+        let cfg = LiveAvatarConfig::release();
+        let w2v = Wav2Vec2Config::large_xlsr53();
+        for (width, height, frames) in [(704, 384, 48), (384, 256, 24), (1024, 576, 48)] {
+            let g = Geometry::live_avatar(width, height, frames).expect("geometry");
+            let plan = resident_peak(&cfg, &w2v, &g, width, height, 2);
+            let sum = |words: &[&str]| -> u64 {
+                plan.items
+                    .iter()
+                    .filter(|i| words.iter().any(|w| i.what.contains(w)))
+                    .map(|i| i.bytes)
+                    .sum()
+            };
+            let params = JobParams {
+                width,
+                height,
+                infer_frames: frames,
+                sample_steps: 4,
+                seed: 0,
+                fps: 25,
+            };
+            let e = memory_estimate(&cfg, &w2v, &params, 2).expect("estimate");
+            assert_eq!(sum(&["weights"]), e.weights, "{width}*{height}");
+            assert_eq!(sum(&["(carry)"]), e.kv, "{width}*{height}");
+            assert_eq!(
+                sum(&["VAE decode feature cache", "VAE decode working"]),
+                e.vae_decode,
+                "{width}*{height}"
+            );
+        }
     }
 
     #[test]

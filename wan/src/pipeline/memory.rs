@@ -10,7 +10,7 @@ use crate::error::WanError;
 use crate::keys::list_params;
 use crate::rope::RopeGroup;
 use crate::t5::T5Encoder;
-use crate::vae::{decode_cache_shapes, WanVae};
+use crate::vae::WanVae;
 use crate::wav2vec2::{Wav2Vec2Config, Wav2Vec2Model};
 use crate::WanS2v;
 
@@ -54,8 +54,8 @@ pub fn parameter_count(cfg: &LiveAvatarConfig, w2v: &Wav2Vec2Config) -> u64 {
 ///
 /// - `weights` = parameters · b (all four models resident);
 /// - `kv` = `S·L·2·(F·P)·N·D + L·2·T_s·N·D + M` values (the carry's DiT part);
-/// - `vae_decode` = (`V` + 3 · C_full · (2 + 4) · H · W) values: the cache, and three live
-///   copies of the widest full-resolution layer's input (2 cached + 4 new frames);
+/// - `vae_decode` = (`V` + 4.5 · 4 · C_full · H · W) values: the cache and the widest
+///   full-resolution stage's live tensors (`crate::memory::vae_working_values`);
 /// - `activations` = (N · q · k + 2 · k · d + 8 · q · d + q · ffn) values for one block
 ///   forward: the attention scores of `q = frames_per_block · P` queries over
 ///   `k = F·P + T_s` keys (an upper bound: flash attention does not materialise them), the
@@ -90,12 +90,8 @@ pub fn memory_estimate(
         },
         b as usize,
     );
-    let cache: u64 = decode_cache_shapes(&cfg.vae, lh, lw)
-        .iter()
-        .map(|sh| sh.iter().product::<usize>() as u64)
-        .sum();
-    let full_width = (cfg.vae.dim * cfg.vae.dim_mult.first().copied().unwrap_or(1)) as u64;
-    let working = 3 * full_width * 6 * (s.height * s.width) as u64;
+    let cache = crate::memory::vae_cache_values(&cfg.vae, lh, lw);
+    let working = crate::memory::vae_working_values(&cfg.vae, s.width, s.height);
     let q = (cfg.frames_per_block * p) as u64;
     let k = (s.latent_frames() * p + sink_tokens) as u64;
     let d = c.dim as u64;
