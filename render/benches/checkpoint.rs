@@ -115,24 +115,36 @@ fn main() -> Result<()> {
         seed: 0,
         fps: 25,
     };
-    let carry = wan::pipeline::carry_bytes(&wan::pipeline::LiveAvatarConfig::release(), &settings)?;
-    let write_secs = carry as f64 / speed;
-    println!(
-        "carry file {:.1} GB (f32 values, the VAE decoder cache included); at {:.0} MB/s one \
-         checkpoint takes {:.0} s",
-        carry as f64 / 1e9,
-        speed / 1e6,
-        write_secs
-    );
-    for clip_secs in [4.0, 40.0] {
-        let every = auto_every(carry, speed, clip_secs);
+    // Stored in the engine's float dtype: f32 in the CPU build, bf16 for a release under
+    // `cuda` (render's ReleaseBackend).
+    for (dtype, label) in [
+        (burn::tensor::DType::F32, "f32 (CPU build)"),
+        (burn::tensor::DType::BF16, "bf16 (cuda build)"),
+    ] {
+        let carry = wan::pipeline::carry_bytes(
+            &wan::pipeline::LiveAvatarConfig::release(),
+            &settings,
+            dtype,
+        )?;
+        let write_secs = carry as f64 / speed;
         println!(
-            "clip of {clip_secs:>4} s: auto checkpoints every {every} clips \
-             ({:.1} % of render time in checkpoint I/O; a crash re-renders up to {:.0} min)",
-            100.0 * write_secs / (clip_secs * f64::from(every)),
-            clip_secs * f64::from(every) / 60.0
+            "carry file in {label}: {:.1} GB (the VAE decoder cache included); at {:.0} MB/s \
+             one checkpoint takes {:.0} s",
+            carry as f64 / 1e9,
+            speed / 1e6,
+            write_secs
         );
-        assert!(write_secs <= IO_SHARE * clip_secs * f64::from(every) * (1.0 + 1e-9));
+        for clip_secs in [4.0, 40.0] {
+            let every = auto_every(carry, speed, clip_secs);
+            println!(
+                "clip of {clip_secs:>4} s: auto checkpoints every {every} clips \
+                 ({:.1} % of render time in checkpoint I/O; a crash re-renders up to {:.0} min)",
+                100.0 * write_secs / (clip_secs * f64::from(every)),
+                clip_secs * f64::from(every) / 60.0
+            );
+            assert!(write_secs <= IO_SHARE * clip_secs * f64::from(every) * (1.0 + 1e-9));
+        }
     }
+
     Ok(())
 }

@@ -51,7 +51,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "to_bytes        {:>8.3} s  ({} bytes, formula {})",
         t.elapsed().as_secs_f64(),
         bytes.len(),
-        carry_bytes(&m.config, &s)?
+        carry_bytes(&m.config, &s, wan::carry_io::float_dtype::<NdArray>())?
     );
     Ok(())
 }

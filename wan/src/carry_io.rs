@@ -1,7 +1,9 @@
 //! [`Carry`] to and from bytes (a safetensors file), so a job can stop after any clip
 //! and resume bit-exactly.
 //!
-//! Tensors are stored as little-endian f32 under `ring.<step>.<layer>.{k,v}`,
+//! Tensors are stored little-endian in the backend's float dtype (f32 on the CPU, bf16 for a
+//! release under `cuda`: the values exactly as they were, so a resume is exact and a bf16
+//! carry takes half the bytes) under `ring.<step>.<layer>.{k,v}`,
 //! `sink.<layer>.{k,v}`, `motion` and, when the carry holds the VAE decoder's streaming
 //! cache, `vae.<slot>` for each slot holding frames; the counters, the token grid, the
 //! sink RoPE groups, the kinds of the VAE cache slots and a digest of the tensor bytes are
@@ -9,12 +11,13 @@
 //! header is built here (not by the safetensors crate), so the file's size is a function
 //! of the geometry alone ([`file_bytes`]): the same for every clip of a job and known
 //! before it starts. Loading checks the format version, the digest (a damaged tensor byte
-//! is refused), that every tensor is present with the shape the counts imply, and the
-//! dtype.
+//! is refused), that every tensor is present with the shape the counts imply, and that the
+//! dtype is the loading backend's (a carry of another dtype is refused, not converted).
 
 use std::collections::{BTreeMap, HashMap};
 
 use burn::prelude::*;
+use burn::tensor::{DType, Element};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::{json, Value};
 
@@ -54,27 +57,59 @@ impl<B: Backend> AnyTensor<'_, B> {
         }
     }
 
-    /// Little-endian f32 bytes, read back from the device.
-    fn f32_bytes(&self) -> Result<Vec<u8>, WanError> {
+    /// The tensor's bytes in the backend's float dtype, read back from the device.
+    fn raw_bytes(&self) -> Result<Vec<u8>, WanError> {
         let data = match self {
             AnyTensor::R4(t) => (*t).clone().into_data(),
             AnyTensor::R5(t) => (*t).clone().into_data(),
         };
-        let values = data
-            .convert::<f32>()
-            .to_vec::<f32>()
-            .map_err(|e| err(format!("cannot read a tensor back from the device: {e:?}")))?;
-        Ok(values.iter().flat_map(|v| v.to_le_bytes()).collect())
+        let want = float_dtype::<B>();
+        if data.dtype != want {
+            return Err(err(format!(
+                "a carry tensor came back as {:?}, not the backend's {want:?}",
+                data.dtype
+            )));
+        }
+        Ok(data.into_bytes().to_vec())
+    }
+}
+
+/// The float dtype of backend `B`: the dtype its carry is stored in.
+pub fn float_dtype<B: Backend>() -> DType {
+    <B::FloatElem as Element>::dtype()
+}
+
+/// The safetensors name and the size in bytes of a float `dtype` a carry can be stored in.
+fn stored_as(dtype: DType) -> Result<(&'static str, usize), WanError> {
+    match dtype {
+        DType::F64 => Ok(("F64", 8)),
+        DType::F32 => Ok(("F32", 4)),
+        DType::F16 => Ok(("F16", 2)),
+        DType::BF16 => Ok(("BF16", 2)),
+        other => Err(err(format!("a carry cannot be stored as {other:?}"))),
+    }
+}
+
+fn safetensors_dtype(dtype: DType) -> Option<Dtype> {
+    match dtype {
+        DType::F64 => Some(Dtype::F64),
+        DType::F32 => Some(Dtype::F32),
+        DType::F16 => Some(Dtype::F16),
+        DType::BF16 => Some(Dtype::BF16),
+        _ => None,
     }
 }
 
 /// A streaming 64-bit digest of the tensor bytes (not cryptographic: it catches damage,
-/// such as a flipped bit or a block of zeros, not tampering). It reads 4-byte words, so
-/// feeding the data in pieces of whole f32 values gives the digest of the whole.
+/// such as a flipped bit or a block of zeros, not tampering). It reads 4-byte words and
+/// keeps a partial word until the next piece, so the data fed in pieces of any size gives
+/// the digest of the whole (bytes left over at the very end are mixed in one by one).
 #[derive(Debug, Clone)]
 pub struct DataDigest {
     h: u64,
     len: u64,
+    /// Bytes of a word not complete yet (at most 3).
+    pending: Vec<u8>,
 }
 
 impl Default for DataDigest {
@@ -82,49 +117,69 @@ impl Default for DataDigest {
         Self {
             h: 0x243F_6A88_85A3_08D3,
             len: 0,
+            pending: Vec::new(),
         }
     }
 }
 
+const DIGEST_K: u64 = 0x9E37_79B9_7F4A_7C15;
+
 impl DataDigest {
-    /// Adds `bytes` (a whole number of 4-byte words, except possibly at the very end).
-    pub fn update(&mut self, bytes: &[u8]) {
-        const K: u64 = 0x9E37_79B9_7F4A_7C15;
+    /// Adds `bytes`, continuing the data fed so far.
+    pub fn update(&mut self, mut bytes: &[u8]) {
         self.len += bytes.len() as u64;
+        if !self.pending.is_empty() {
+            let take = (4 - self.pending.len()).min(bytes.len());
+            self.pending.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if self.pending.len() < 4 {
+                return;
+            }
+            let word = std::mem::take(&mut self.pending);
+            self.mix_word(&word);
+        }
         let mut words = bytes.chunks_exact(4);
         for w in &mut words {
-            let v = u64::from(u32::from_le_bytes([w[0], w[1], w[2], w[3]]));
-            self.h = (self.h ^ v).wrapping_mul(K).rotate_left(29);
+            self.mix_word(w);
         }
-        for &b in words.remainder() {
-            self.h = (self.h ^ u64::from(b) ^ (1 << 40))
-                .wrapping_mul(K)
-                .rotate_left(29);
-        }
+        self.pending.extend_from_slice(words.remainder());
+    }
+
+    fn mix_word(&mut self, w: &[u8]) {
+        let v = u64::from(u32::from_le_bytes([w[0], w[1], w[2], w[3]]));
+        self.h = (self.h ^ v).wrapping_mul(DIGEST_K).rotate_left(29);
     }
 
     /// The digest as 16 hex digits.
     pub fn hex(&self) -> String {
-        let mut h = self.h ^ self.len;
+        let mut h = self.h;
+        for &b in &self.pending {
+            h = (h ^ u64::from(b) ^ (1 << 40))
+                .wrapping_mul(DIGEST_K)
+                .rotate_left(29);
+        }
+        h ^= self.len;
         h = (h ^ (h >> 31)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         format!("{:016x}", h ^ (h >> 29))
     }
 }
 
 /// The safetensors header (8-byte length and JSON padded with spaces to a multiple of
-/// 8) for `tensors` (f32, stored in this order) and `metadata`.
+/// 8) for `tensors` (all stored as `dtype`, in this order) and `metadata`.
 pub fn header_bytes(
     metadata: &BTreeMap<String, String>,
     tensors: &[(String, Vec<usize>)],
-) -> Vec<u8> {
+    dtype: DType,
+) -> Result<Vec<u8>, WanError> {
+    let (name_of_dtype, size) = stored_as(dtype)?;
     let mut map = serde_json::Map::new();
     map.insert("__metadata__".into(), json!(metadata));
     let mut offset = 0usize;
     for (name, shape) in tensors {
-        let len = 4 * shape.iter().product::<usize>();
+        let len = size * shape.iter().product::<usize>();
         map.insert(
             name.clone(),
-            json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + len]}),
+            json!({"dtype": name_of_dtype, "shape": shape, "data_offsets": [offset, offset + len]}),
         );
         offset += len;
     }
@@ -134,16 +189,21 @@ pub fn header_bytes(
     }
     let mut out = (text.len() as u64).to_le_bytes().to_vec();
     out.extend(text);
-    out
+    Ok(out)
 }
 
-/// Size of a carry file with `tensors` and `metadata`: header plus f32 data.
-pub fn file_bytes(metadata: &BTreeMap<String, String>, tensors: &[(String, Vec<usize>)]) -> u64 {
+/// Size of a carry file with `tensors` stored as `dtype` and `metadata`: header plus data.
+pub fn file_bytes(
+    metadata: &BTreeMap<String, String>,
+    tensors: &[(String, Vec<usize>)],
+    dtype: DType,
+) -> Result<u64, WanError> {
+    let (_, size) = stored_as(dtype)?;
     let data: u64 = tensors
         .iter()
-        .map(|(_, s)| 4 * s.iter().product::<usize>() as u64)
+        .map(|(_, s)| size as u64 * s.iter().product::<usize>() as u64)
         .sum();
-    header_bytes(metadata, tensors).len() as u64 + data
+    Ok(header_bytes(metadata, tensors, dtype)?.len() as u64 + data)
 }
 
 fn group_json(g: &RopeGroup) -> Value {
@@ -282,19 +342,20 @@ impl<B: Backend> Carry<B> {
         };
         let mut meta = self.metadata(extra);
         let layout = self.layout();
+        let dtype = float_dtype::<B>();
         let start = w.stream_position().map_err(io)?;
-        let header = header_bytes(&meta, &layout);
+        let header = header_bytes(&meta, &layout, dtype)?;
         w.write_all(&header).map_err(io)?;
         let mut digest = DataDigest::default();
         let mut written = header.len() as u64;
         self.each_tensor(|_, t| {
-            let bytes = t.f32_bytes()?;
+            let bytes = t.raw_bytes()?;
             digest.update(&bytes);
             written += bytes.len() as u64;
             w.write_all(&bytes).map_err(io)
         })?;
         meta.insert(DIGEST_KEY.into(), digest.hex());
-        let final_header = header_bytes(&meta, &layout);
+        let final_header = header_bytes(&meta, &layout, dtype)?;
         if final_header.len() != header.len() {
             return Err(err("the header changed length with the digest"));
         }
@@ -373,23 +434,25 @@ impl<B: Backend> Carry<B> {
             .map(group_from)
             .collect::<Result<Vec<_>, _>>()?;
 
+        let dtype = float_dtype::<B>();
+        let want = safetensors_dtype(dtype)
+            .ok_or_else(|| err(format!("a carry cannot be loaded as {dtype:?}")))?;
         let load = |name: &str, rank: usize| -> Result<TensorData, WanError> {
             let view = st
                 .tensor(name)
                 .map_err(|_| err(format!("tensor `{name}` is missing")))?;
-            if view.dtype() != Dtype::F32 || view.shape().len() != rank {
+            if view.dtype() != want || view.shape().len() != rank {
                 return Err(err(format!(
-                    "tensor `{name}`: expected f32 of rank {rank}, found {:?} {:?}",
+                    "tensor `{name}`: expected {want:?} of rank {rank} (this engine computes in {dtype:?}), found {:?} {:?}",
                     view.dtype(),
                     view.shape()
                 )));
             }
-            let values: Vec<f32> = view
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            Ok(TensorData::new(values, view.shape().to_vec()))
+            Ok(TensorData::from_bytes_vec(
+                view.data().to_vec(),
+                view.shape().to_vec(),
+                dtype,
+            ))
         };
         let pair = |prefix: String| -> Result<KvPair<B>, WanError> {
             let k = load(&format!("{prefix}.k"), 4)?;
@@ -471,11 +534,19 @@ mod tests {
             .collect();
         let mut whole = DataDigest::default();
         whole.update(&data);
-        let mut pieces = DataDigest::default();
-        for chunk in data.chunks(12) {
-            pieces.update(chunk);
+        // Pieces of whole words, of 2-byte values (bf16) and of odd sizes, with and without
+        // a partial word at the very end.
+        for end in [data.len(), data.len() - 1, data.len() - 2] {
+            let mut once = DataDigest::default();
+            once.update(&data[..end]);
+            for size in [12, 2, 7, 1] {
+                let mut pieces = DataDigest::default();
+                for chunk in data[..end].chunks(size) {
+                    pieces.update(chunk);
+                }
+                assert_eq!(once.hex(), pieces.hex(), "pieces of {size}, {end} bytes");
+            }
         }
-        assert_eq!(whole.hex(), pieces.hex());
         assert_eq!(whole.hex().len(), 16);
         let mut flipped = data.clone();
         flipped[1234] ^= 1;
@@ -489,6 +560,76 @@ mod tests {
             short.hex(),
             "a missing word changes the digest"
         );
+    }
+
+    /// A carry of a backend whose float dtype is not f32 (f64: NdArray's other float, the
+    /// same path as bf16 under `cuda`) is stored in that dtype, exactly as big as
+    /// `file_bytes` says, comes back bit for bit, and is refused by an f32 backend.
+    #[test]
+    fn a_carry_is_stored_in_the_backends_dtype_and_refused_by_another() {
+        use burn::backend::NdArray;
+        type Wide = NdArray<f64>;
+        let device = Default::default();
+        let values = |n: usize, seed: f64| -> Vec<f64> {
+            (0..n)
+                .map(|i| (i as f64 * 0.37 + seed).sin() / 3.0)
+                .collect()
+        };
+        let r4 = |shape: [usize; 4], seed: f64| {
+            Tensor::<Wide, 4>::from_data(
+                TensorData::new(values(shape.iter().product(), seed), shape),
+                &device,
+            )
+        };
+        let pair = |seed: f64| KvPair {
+            k: r4([1, 6, 2, 3], seed),
+            v: r4([1, 6, 2, 3], seed + 1.0),
+        };
+        let motion_shape = [1, 2, 3, 2, 2];
+        let motion =
+            Tensor::<Wide, 5>::from_data(TensorData::new(values(24, 9.0), motion_shape), &device);
+        let slot = Tensor::<Wide, 5>::from_data(
+            TensorData::new(values(2 * 2 * 4 * 4, 5.0), [1, 2, 2, 4, 4]),
+            &device,
+        );
+        let carry = Carry::<Wide> {
+            rings: vec![vec![pair(1.0), pair(2.0)]],
+            sink: vec![pair(3.0), pair(4.0)],
+            sink_groups: vec![RopeGroup::from_grid([30, 0, 0], [31, 2, 2], [1, 2, 2])],
+            frames_done: 3,
+            clip: 1,
+            motion,
+            grid_hw: [2, 2],
+            vae_decode: Some(DecodeCache::from_slots(vec![
+                CacheSlot::Empty,
+                CacheSlot::Frames(slot),
+                CacheSlot::Repeat,
+            ])),
+        };
+        let bytes = carry.to_bytes().expect("saves");
+        let expected = file_bytes(
+            &carry.metadata(&BTreeMap::new()),
+            &carry.layout(),
+            DType::F64,
+        )
+        .expect("size");
+        assert_eq!(bytes.len() as u64, expected);
+        let st = SafeTensors::deserialize(&bytes).expect("a safetensors file");
+        assert_eq!(st.tensor("motion").expect("motion").dtype(), Dtype::F64);
+
+        let back = Carry::<Wide>::from_bytes(&bytes, &device).expect("loads");
+        assert_eq!(back.to_bytes().expect("saves again"), bytes, "bit for bit");
+        let bits = |t: Tensor<Wide, 4>| t.into_data().to_vec::<f64>().expect("f64");
+        assert_eq!(
+            bits(back.rings[0][1].v.clone()),
+            bits(carry.rings[0][1].v.clone())
+        );
+
+        let Err(err) = Carry::<NdArray<f32>>::from_bytes(&bytes, &device) else {
+            panic!("an f32 engine must refuse an f64 carry");
+        };
+        let text = err.to_string();
+        assert!(text.contains("F64") && text.contains("F32"), "{text}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use common::B;
+use wan::carry_io::float_dtype;
 use wan::pipeline::{
     carry_bytes, CarryId, ClipFrames, JobContext, JobParams, LiveAvatar, LiveAvatarConfig,
     LiveCarry,
@@ -189,9 +190,12 @@ fn carry_size_is_known_before_the_job() {
     let m = model(7);
     let s = params(5);
     let ctx = prepare(&m, &s);
-    let expected = carry_bytes(&m.config, &s).expect("size");
+    let expected = carry_bytes(&m.config, &s, float_dtype::<B>()).expect("size");
     let cfg = LiveAvatarConfig::from_dir(&release_dir(7)).expect("config reads alone");
-    assert_eq!(carry_bytes(&cfg, &s).expect("size"), expected);
+    assert_eq!(
+        carry_bytes(&cfg, &s, float_dtype::<B>()).expect("size"),
+        expected
+    );
     let clips = render(&m, &ctx, m.start(&ctx).expect("start"), 2);
     for (k, (_, c)) in clips.iter().enumerate() {
         let bytes = c.to_bytes(ctx.carry_id()).expect("saves");
@@ -202,7 +206,7 @@ fn carry_size_is_known_before_the_job() {
         width: 128,
         ..s.clone()
     };
-    assert!(carry_bytes(&cfg, &wider).expect("size") > expected);
+    assert!(carry_bytes(&cfg, &wider, float_dtype::<B>()).expect("size") > expected);
 }
 
 #[test]

@@ -81,7 +81,8 @@ fn check_job_settings(
 /// Bytes of one checkpointed carry of a Live Avatar job, from the release's config.
 pub(crate) fn carry_bytes(settings: &EngineSettings) -> Result<u64, EngineError> {
     let config = check_release(settings)?;
-    wan::pipeline::carry_bytes(&config, &job_params(settings)).map_err(|err| {
+    let dtype = wan::carry_io::float_dtype::<super::ReleaseBackend>();
+    wan::pipeline::carry_bytes(&config, &job_params(settings), dtype).map_err(|err| {
         EngineError::UnsupportedSettings {
             detail: err.to_string(),
         }

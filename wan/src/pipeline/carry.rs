@@ -154,10 +154,15 @@ impl<B: Backend> LiveCarry<B> {
 }
 
 /// Exact size in bytes of [`LiveCarry::to_bytes`] for any carry after a clip of a job
-/// with settings `s` on a model with `cfg` (the carry of [`super::LiveAvatar::start`], before
-/// any decode, is smaller: its VAE cache is empty). A function of the geometry only:
-/// KV rings, sink, motion latents, VAE cache slots, and the fixed-size header.
-pub fn carry_bytes(cfg: &LiveAvatarConfig, s: &JobParams) -> Result<u64, WanError> {
+/// with settings `s` on a model with `cfg`, computed in `dtype` (the backend's float dtype,
+/// [`crate::carry_io::float_dtype`]; the carry of [`super::LiveAvatar::start`], before any
+/// decode, is smaller: its VAE cache is empty). A function of the geometry only: KV rings,
+/// sink, motion latents, VAE cache slots, and the fixed-size header.
+pub fn carry_bytes(
+    cfg: &LiveAvatarConfig,
+    s: &JobParams,
+    dtype: burn::tensor::DType,
+) -> Result<u64, WanError> {
     cfg.check_settings(s)?;
     let c = &cfg.s2v;
     let [lh, lw] = s.latent_hw();
@@ -199,7 +204,7 @@ pub fn carry_bytes(cfg: &LiveAvatarConfig, s: &JobParams) -> Result<u64, WanErro
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     meta.extend(CarryId::new(&"0".repeat(MODEL_ID_LEN), s).metadata());
-    Ok(file_bytes(&meta, &tensors))
+    file_bytes(&meta, &tensors, dtype)
 }
 
 /// The sink's RoPE groups for a token grid `grid_hw` and latents of `lat_hw`: the
@@ -232,7 +237,8 @@ mod tests {
             seed: 0,
             fps: 25,
         };
-        let total = carry_bytes(&cfg, &s).expect("release settings are valid");
+        let total = carry_bytes(&cfg, &s, burn::tensor::DType::F32).expect("valid settings");
+        let half = carry_bytes(&cfg, &s, burn::tensor::DType::BF16).expect("valid settings");
         // The DiT part from the causal loop's own formula, in f32.
         let dit = carry_tensor_bytes(
             &CarryDims {
@@ -256,5 +262,13 @@ mod tests {
         // The VAE decoder's cache: 2.56 GB in f32 at this size (32 slots of 2 frames).
         assert!((2.5e9..2.6e9).contains(&(vae as f64)), "{vae}");
         eprintln!("release carry: {total} bytes (DiT {dit}, VAE cache {vae}, header {header})");
+        // In bf16 every tensor takes half the bytes; the header differs only in the dtype
+        // names ("BF16" for "F32", padded to 8 bytes).
+        let half_header = half - (dit + vae) / 2;
+        assert!(
+            half_header.abs_diff(header) < 4096,
+            "{half_header} vs {header}"
+        );
+        eprintln!("release carry in bf16: {half} bytes");
     }
 }

@@ -9,7 +9,7 @@
 //! start(&ctx) -> carry              clip 0 state: sink prefilled, empty rings, fresh decode cache
 //! render_clip(&ctx, carry)          -> (frames, next carry)
 //! carry.to_bytes / write_to         LiveCarry::from_bytes(bytes, id, device) refuses another job's
-//! carry_bytes(&config, &params)     the carry file's exact size, before the job starts
+//! carry_bytes(&config, &params, dt) the carry file's exact size, before the job starts
 //! memory_estimate(..)               device bytes of a job by part
 //! ```
 //!
