@@ -226,8 +226,8 @@ impl StoredCarry {
 pub enum CarrySource<'a> {
     /// Serialised in memory.
     Bytes(&'a [u8]),
-    /// Written into the file by the engine, tensor by tensor.
-    /// Written into the file by `write`, which returns the bytes it wrote.
+    /// Written into the file by `write` (an engine writes one tensor at a time), which
+    /// returns the bytes it wrote.
     Stream {
         expected_bytes: u64,
         write: &'a mut dyn FnMut(&mut std::fs::File) -> std::io::Result<u64>,
@@ -501,7 +501,7 @@ impl CheckpointStore {
             }
             CarrySource::Stream { write, .. } => write_atomic_with(&carry_path, |file| {
                 let written = write(file)?;
-                file.sync_all()?;
+                // Read back through the page cache; the file is synced before its rename.
                 let (size, sha256) = file_size_and_sha256(file)?;
                 if size != written {
                     return Err(std::io::Error::other(format!(
