@@ -6,10 +6,10 @@
 //! Shards are memory-mapped by burn-store. Every float tensor takes the backend's float
 //! dtype as it is read ([`for_backend`]): the release's bf16 stays bf16 on a bf16 backend
 //! and is widened (exactly) to f32 on an f32 one, and the VAE's f32 becomes the backend's
-//! dtype too, so a module never mixes dtypes. Keys need no remapping: the module tree is named after them. Every tensor
-//! the model expects must be found exactly once with its exact shape, and every tensor
-//! in the files must belong to the model; otherwise loading fails naming the file, the
-//! key and both shapes.
+//! dtype too, so a module never mixes dtypes. Keys need no remapping: the module tree is
+//! named after them. Every tensor the model expects must be found exactly once with its
+//! exact shape, and every tensor in the files must belong to the model; otherwise loading
+//! fails naming the file, the key and both shapes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
