@@ -230,6 +230,25 @@ pub fn vae_decode_bytes(width: usize, height: usize, bytes_per_value: usize) -> 
     (weights * b, cache * b, working * b)
 }
 
+/// The three VAE decode lines of a plan ([`vae_decode_bytes`]).
+fn vae_decode_items(width: usize, height: usize, bytes_per_value: usize) -> [Item; 3] {
+    let (weights, cache, working) = vae_decode_bytes(width, height, bytes_per_value);
+    [
+        Item {
+            what: "VAE decoder weights",
+            bytes: weights,
+        },
+        Item {
+            what: "VAE decode feature cache",
+            bytes: cache,
+        },
+        Item {
+            what: "VAE decode working tensors",
+            bytes: working,
+        },
+    ]
+}
+
 /// Peak device bytes of the layer-streamed mode (the items of ENGINE.md §5.4).
 pub fn streamed_peak(
     cfg: &S2vConfig,
@@ -244,9 +263,9 @@ pub fn streamed_peak(
     let rings = g.steps as u64 * kv_values(g.ring_tokens(), cfg.dim);
     let sink = kv_values(g.sink_tokens, cfg.dim);
     let len = g.block_tokens() as u64;
-    let (vw, vc, vx) = vae_decode_bytes(width, height, bytes_per_value);
+    let vae = vae_decode_items(width, height, bytes_per_value);
     Plan {
-        items: vec![
+        items: [
             Item {
                 what: "resident parts (embeddings, head, audio encoder and injectors, packer)",
                 bytes: p.resident * b,
@@ -275,19 +294,10 @@ pub fn streamed_peak(
                 what: "activations: one pair's layer forward",
                 bytes: layer_working_values(cfg, g) * b,
             },
-            Item {
-                what: "VAE decoder weights",
-                bytes: vw,
-            },
-            Item {
-                what: "VAE decode feature cache",
-                bytes: vc,
-            },
-            Item {
-                what: "VAE decode working tensors",
-                bytes: vx,
-            },
-        ],
+        ]
+        .into_iter()
+        .chain(vae)
+        .collect(),
         attention_scores: score_values(cfg, g) * b,
     }
 }
@@ -310,12 +320,13 @@ pub fn resident_peak(
     let s2v = &cfg.s2v;
     let p = ParamCounts::of(s2v);
     let layers = s2v.num_layers as u64;
-    let (vw, vc, vx) = vae_decode_bytes(width, height, bytes_per_value);
+    let vae = vae_decode_items(width, height, bytes_per_value);
+    let vw = vae[0].bytes;
     let others = crate::pipeline::parameter_count(cfg, w2v) * b - p.total * b - vw;
     let (lat_h, lat_w) = (height / 8, width / 8);
     let lat_motion = MOTION_VIDEO_FRAMES.div_ceil(4) as u64;
     Plan {
-        items: vec![
+        items: [
             Item {
                 what: "all DiT weights",
                 bytes: p.total * b,
@@ -345,19 +356,10 @@ pub fn resident_peak(
                 bytes: (g.block_tokens() as u64 * s2v.dim as u64 + layer_working_values(s2v, g))
                     * b,
             },
-            Item {
-                what: "VAE decoder weights",
-                bytes: vw,
-            },
-            Item {
-                what: "VAE decode feature cache",
-                bytes: vc,
-            },
-            Item {
-                what: "VAE decode working tensors",
-                bytes: vx,
-            },
-        ],
+        ]
+        .into_iter()
+        .chain(vae)
+        .collect(),
         attention_scores: score_values(s2v, g) * b,
     }
 }
@@ -437,14 +439,7 @@ mod tests {
                     .map(|i| i.bytes)
                     .sum()
             };
-            let params = JobParams {
-                width,
-                height,
-                infer_frames: frames,
-                sample_steps: 4,
-                seed: 0,
-                fps: 25,
-            };
+            let params = JobParams::release_defaults(width, height, frames);
             let e = memory_estimate(&cfg, &w2v, &params, 2).expect("estimate");
             assert_eq!(sum(&["weights"]), e.weights, "{width}*{height}");
             assert_eq!(sum(&["(carry)"]), e.kv, "{width}*{height}");
