@@ -45,14 +45,8 @@ fn profile_and_engine(profile: &str, sizes: &[(u32, u32, u32)]) -> Vec<(String, 
                 )
                 .expect("the profile exists")
                 .vram_bytes as f64;
-            let params = JobParams {
-                width: width as usize,
-                height: height as usize,
-                infer_frames: frames as usize,
-                sample_steps: 4,
-                seed: 0,
-                fps: 25,
-            };
+            let params =
+                JobParams::release_defaults(width as usize, height as usize, frames as usize);
             let engine = memory_estimate(&cfg, &w2v, &params, 2)
                 .expect("release settings")
                 .total() as f64;

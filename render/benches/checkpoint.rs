@@ -107,14 +107,7 @@ fn main() -> Result<()> {
     println!("{:.2} s for 1 GiB: {:.0} MB/s", best, speed / 1e6);
 
     println!("\n3. Live Avatar 14B carry file at 704*384, 48 frames (wan::pipeline::carry_bytes)");
-    let settings = wan::pipeline::JobParams {
-        width: 704,
-        height: 384,
-        infer_frames: 48,
-        sample_steps: 4,
-        seed: 0,
-        fps: 25,
-    };
+    let settings = wan::pipeline::JobParams::release_defaults(704, 384, 48);
     // Stored in the engine's float dtype: f32 in the CPU build, bf16 for a release under
     // `cuda` (render's ReleaseBackend).
     for (dtype, label) in [

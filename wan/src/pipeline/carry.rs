@@ -229,14 +229,7 @@ mod tests {
     #[test]
     fn carry_size_at_the_release_geometry_adds_the_vae_cache_to_the_dit_carry() {
         let cfg = LiveAvatarConfig::release();
-        let s = JobParams {
-            width: 704,
-            height: 384,
-            infer_frames: 48,
-            sample_steps: 4,
-            seed: 0,
-            fps: 25,
-        };
+        let s = JobParams::release_defaults(704, 384, 48);
         let total = carry_bytes(&cfg, &s, burn::tensor::DType::F32).expect("valid settings");
         let half = carry_bytes(&cfg, &s, burn::tensor::DType::BF16).expect("valid settings");
         // The DiT part from the causal loop's own formula, in f32.

@@ -118,14 +118,7 @@ mod tests {
         // models_t5_umt5-xxl-enc-bf16.pth is 11.4 GB: ≈5.7B parameters.
         let t5 = params(&T5Encoder::<NdArray>::new(&cfg.t5, &device));
         assert!((5.5e9..5.9e9).contains(&(t5 as f64)), "{t5}");
-        let s = JobParams {
-            width: 704,
-            height: 384,
-            infer_frames: 48,
-            sample_steps: 4,
-            seed: 0,
-            fps: 25,
-        };
+        let s = JobParams::release_defaults(704, 384, 48);
         let e = memory_estimate(&cfg, &Wav2Vec2Config::large_xlsr53(), &s, 2).expect("valid");
         // The carry's DiT part in bf16, as in the README: 43.69 GB.
         assert!((43.6e9..43.8e9).contains(&(e.kv as f64)), "{e:?}");

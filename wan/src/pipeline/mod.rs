@@ -87,6 +87,20 @@ pub struct JobParams {
 }
 
 impl JobParams {
+    /// A job at `width`×`height` with `infer_frames` video frames per clip and the release's
+    /// other settings (4 steps, 25 fps), seed 0: the sizes the memory and carry accounting
+    /// are quoted at.
+    pub fn release_defaults(width: usize, height: usize, infer_frames: usize) -> Self {
+        Self {
+            width,
+            height,
+            infer_frames,
+            sample_steps: 4,
+            seed: 0,
+            fps: 25,
+        }
+    }
+
     /// Latent frames per clip.
     pub fn latent_frames(&self) -> usize {
         self.infer_frames / VIDEO_FRAMES_PER_LATENT
