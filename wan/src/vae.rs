@@ -722,20 +722,7 @@ impl<B: Backend> WanVae<B> {
     /// `conv2`, then the decoder one latent frame at a time with its feature cache.
     /// Returns video `[b, 3, 1 + 4·(t − 1), 8·h, 8·w]` (not clamped).
     pub fn decode(&self, z: Tensor<B, 5>, mean: &[f32], std: &[f32]) -> Tensor<B, 5> {
-        let device = z.device();
-        let channel =
-            |v: &[f32]| {
-                Tensor::<B, 1>::from_data(TensorData::new(v.to_vec(), [v.len()]), &device)
-                    .reshape([1, v.len(), 1, 1, 1])
-            };
-        let z = z * channel(std) + channel(mean);
-        let x = causal_conv3d(&self.conv2, z, None);
-        let mut cache = DecodeCache::default();
-        let t = x.dims()[2];
-        let chunks: Vec<Tensor<B, 5>> = (0..t)
-            .map(|i| self.decoder.forward(x.clone().narrow(2, i, 1), &mut cache))
-            .collect();
-        Tensor::cat(chunks, 2)
+        self.decode_stream(z, mean, std, &mut DecodeCache::default())
     }
 
     /// Streaming decode: [`WanVae::decode`] of the next latents `[b, z, t, h, w]` of a
