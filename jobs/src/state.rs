@@ -20,7 +20,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub use dir::{
     fsync_dir, list_jobs, rename_no_replace, scan_jobs, write_atomic, JobDir, JobListing,
 };
-pub use id::JobId;
+pub use id::{civil_date, JobId};
 
 /// Milliseconds since the Unix epoch, the unit of every timestamp in job state (0 if the
 /// clock reads before 1970).

@@ -16,36 +16,14 @@ pub(crate) fn now_ms() -> u64 {
 pub(crate) fn format_utc(ms: u64) -> String {
     let secs = ms / 1000;
     let (days, secs_of_day) = (secs / 86_400, secs % 86_400);
-    let (year, month, day) = civil_date(days);
+    let days = i64::try_from(days).unwrap_or(i64::MAX);
+    let (year, month, day) = jobs::state::civil_date(days);
     format!(
         "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
         secs_of_day / 3600,
         secs_of_day / 60 % 60,
         secs_of_day % 60
     )
-}
-
-/// The proleptic Gregorian date of a day count since 1970-01-01.
-///
-/// Works in 400-year eras (146,097 days each), with years starting on
-/// 1 March so that the leap day falls at the end of a year.
-fn civil_date(days_since_epoch: u64) -> (u64, u64, u64) {
-    // Shift the origin to 0000-03-01, which starts an era.
-    let days = days_since_epoch + 719_468;
-    let era = days / 146_097;
-    let day_of_era = days % 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_from_march = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
-    let month = if month_from_march < 10 {
-        month_from_march + 3
-    } else {
-        month_from_march - 9
-    };
-    let year = year_of_era + era * 400 + u64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]

@@ -827,13 +827,9 @@ pub fn file_sha256(path: &Path) -> std::io::Result<String> {
     size_and_sha256(path).map(|(_, sha)| sha)
 }
 
-/// Renames `from` over `to` and makes the rename durable.
+/// Renames `from` over `to` (a file of the same directory) and makes the rename durable.
 pub fn replace_durably(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::rename(from, to)?;
-    match to.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => sync_dir(dir),
-        _ => Ok(()),
-    }
+    atomic_write::publish(from, to).map(drop)
 }
 
 /// Part of the name of a segment rendered again after a resume, before it is compared with

@@ -13,81 +13,17 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Distinguishes temporary files of concurrent writers within one process.
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Replaces `path` with `bytes` atomically and durably: temp file in the same folder, write,
-/// fsync, rename over `path`, fsync the folder. Temp files start with `.` so folder scans
-/// (intake, [`list_jobs`]) skip them.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let name = path.file_name().ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "an atomic write needs a file name",
-        )
-    })?;
-    let dir = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    let temp = dir.join(format!(
-        ".{}.tmp-{}-{}",
-        name.to_string_lossy(),
-        std::process::id(),
-        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&temp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&temp, path)?;
-        fsync_dir(dir)
-    })();
-    if result.is_err() {
-        // Best effort: the temp file may already be renamed away, or never created.
-        let _ = fs::remove_file(&temp);
-    }
-    result
-}
+/// Replaces `path` with `bytes` atomically and durably (temp file in the same folder, fsync,
+/// rename, fsync the folder; see the `atomic-write` crate). Temp files start with `.` so
+/// folder scans (intake, [`list_jobs`]) skip them.
+pub use atomic_write::write_atomic;
 
 /// Makes a folder's entries (new, renamed or removed files) durable.
-pub fn fsync_dir(path: &Path) -> io::Result<()> {
-    File::open(path)?.sync_all()
-}
+pub use atomic_write::sync_dir as fsync_dir;
 
-/// Renames `from` to `to` unless `to` exists (`EEXIST` then), atomically: `renameat2` with
-/// `RENAME_NOREPLACE`, or a hard link and an unlink on file systems without it.
-pub fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let from_c = CString::new(from.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    let to_c = CString::new(to.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    // SAFETY: both pointers are valid NUL-terminated strings that outlive the call.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            from_c.as_ptr(),
-            libc::AT_FDCWD,
-            to_c.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
-    if rc == 0 {
-        return Ok(());
-    }
-    let err = io::Error::last_os_error();
-    if matches!(err.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) {
-        std::fs::hard_link(from, to)?;
-        return std::fs::remove_file(from);
-    }
-    Err(err)
-}
+/// Renames `from` to `to` unless `to` exists (`EEXIST` then), atomically.
+pub use atomic_write::rename_no_replace;
 
 /// One job's folder under `state/jobs/`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -87,7 +87,8 @@ impl JobId {
 
 /// The proleptic Gregorian (year, month, day) of a day count since 1970-01-01, by shifting
 /// the year to start in March (so the leap day is the year's last) and counting 400-year eras.
-fn civil_date(days_since_epoch: i64) -> (i64, u32, u32) {
+/// Job ids and the notices' timestamps are both dated with it.
+pub fn civil_date(days_since_epoch: i64) -> (i64, u32, u32) {
     let shifted = days_since_epoch + 719_468; // days from 0000-03-01 to 1970-01-01
     let era = shifted.div_euclid(146_097);
     let day_of_era = shifted.rem_euclid(146_097);

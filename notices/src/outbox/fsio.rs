@@ -5,76 +5,48 @@
 //! contents reach the disk before the name does, and the fsync of the
 //! directory makes the rename itself survive a power cut.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::fs;
 use std::path::Path;
+
+use atomic_write::Dir;
 
 use crate::NoticeError;
 
 /// Writes `bytes` to `target` through a temp file in `tmp_dir` (same file
-/// system). The caller fsyncs `target`'s directory once it has renamed
+/// system), mode 0600: records hold recipients and webhook URLs (which may
+/// embed tokens). The caller fsyncs `target`'s directory once it has renamed
 /// everything it meant to, so a batch costs one directory sync.
 pub(crate) fn write_file_atomically(
     tmp_dir: &Path,
     target: &Path,
     bytes: &[u8],
 ) -> Result<(), NoticeError> {
-    let file_name = target
-        .file_name()
-        .expect("invariant: outbox record paths end in a file name")
-        .to_string_lossy();
-    let tmp = tmp_dir.join(format!(
-        "{file_name}.{}.{:016x}.tmp",
-        std::process::id(),
-        fastrand::u64(..)
-    ));
-    let result = write_and_sync(&tmp, bytes).and_then(|()| {
-        fs::rename(&tmp, target).map_err(|source| NoticeError::Io {
-            action: "rename into place",
-            path: target.to_path_buf(),
-            source,
-        })
-    });
-    if result.is_err() {
-        // Best effort: a leftover temp file is removed by the next
-        // `Outbox::open` anyway, and the write error is what matters.
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
-fn write_and_sync(path: &Path, bytes: &[u8]) -> Result<(), NoticeError> {
-    let io_error = |action| {
+    let io_error = |action: &'static str, path: &Path| {
+        let path = path.to_path_buf();
         move |source| NoticeError::Io {
             action,
-            path: path.to_path_buf(),
+            path,
             source,
         }
     };
-    let mut options = OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        // Records hold recipients and webhook URLs (which may embed tokens).
-        options.mode(0o600);
-    }
-    let mut file = options
-        .open(path)
-        .map_err(io_error("create the temp file"))?;
-    file.write_all(bytes).map_err(io_error("write"))?;
-    file.sync_all().map_err(io_error("fsync"))
+    let staging = Dir::open(tmp_dir).map_err(io_error("open the temp directory", tmp_dir))?;
+    let (dir, name) =
+        atomic_write::open_parent(target).map_err(io_error("open the directory of", target))?;
+    dir.replace(name)
+        .staged_in(&staging)
+        .mode(0o600)
+        .without_dir_sync()
+        .write(bytes)
+        .map_err(io_error("write and rename into place", target))
 }
 
 /// Makes the renames and removals done in `dir` durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), NoticeError> {
-    File::open(dir)
-        .and_then(|handle| handle.sync_all())
-        .map_err(|source| NoticeError::Io {
-            action: "fsync the directory",
-            path: dir.to_path_buf(),
-            source,
-        })
+    atomic_write::sync_dir(dir).map_err(|source| NoticeError::Io {
+        action: "fsync the directory",
+        path: dir.to_path_buf(),
+        source,
+    })
 }
 
 /// Creates `dir` (and parents) readable by the daemon's user only.

@@ -12,7 +12,11 @@ use sha2::{Digest, Sha256};
 
 /// Suffix of the temporary files [`write_atomic`] creates; [`super::CheckpointStore::resume`]
 /// removes leftovers of a crash.
-pub(crate) const TEMP_SUFFIX: &str = ".tmp";
+pub(crate) use atomic_write::TEMP_SUFFIX;
+
+/// Permission bits of checkpoint files: the worker's own (as the temporary files they start as
+/// always were).
+const MODE: u32 = 0o600;
 
 /// Replaces `path` with `bytes` atomically and durably (see the module docs).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
@@ -25,23 +29,8 @@ pub(crate) fn write_atomic_with<T>(
     path: &Path,
     write: impl FnOnce(&mut File) -> io::Result<T>,
 ) -> io::Result<T> {
-    let dir = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?
-        .to_string_lossy();
-    let mut temp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(TEMP_SUFFIX)
-        .tempfile_in(dir)?;
-    let value = write(temp.as_file_mut())?;
-    temp.as_file().sync_all()?;
-    temp.persist(path).map_err(|e| e.error)?;
-    sync_dir(dir)?;
-    Ok(value)
+    let (dir, name) = atomic_write::open_parent(path)?;
+    dir.replace(name).mode(MODE).write_with(write)
 }
 
 /// Size in bytes and SHA-256 of what `file` holds, read from its start in chunks.
@@ -79,9 +68,7 @@ impl std::fmt::Debug for MappedFile {
 }
 
 /// Makes renames and deletions in `dir` durable.
-pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
+pub(crate) use atomic_write::sync_dir;
 
 /// Size in bytes and lowercase hex SHA-256 of a file, read in chunks.
 pub(crate) fn size_and_sha256(path: &Path) -> io::Result<(u64, String)> {

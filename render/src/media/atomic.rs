@@ -2,13 +2,15 @@
 //!
 //! A segment `k.mkv` existing is how a resumed job knows clip *k* is done, so it must never
 //! exist half-written. Each output is written as `.<name>.partial` in the same directory
-//! (same file system, so the rename is atomic), fsynced, renamed, and the directory fsynced so
-//! the rename itself survives a power cut. The partial name is fixed rather than random: a
+//! (same file system, so the rename is atomic), then fsynced, renamed, and the directory
+//! fsynced so the rename itself survives a power cut (`atomic_write::Dir::publish`: FFmpeg
+//! writes by path, so the file is synced after it closes, not through the write itself). The partial name is fixed rather than random: a
 //! worker killed mid-write leaves one stale file that the retry simply overwrites.
 
-use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+use atomic_write::Dir;
 
 use super::MediaError;
 
@@ -80,18 +82,23 @@ impl PartialFile {
     ///
     /// The caller must have closed every handle FFmpeg held on the partial file.
     pub(crate) fn commit(mut self) -> Result<u64, MediaError> {
-        let bytes = self.sync_partial()?.len();
-        std::fs::rename(&self.partial, &self.target).map_err(io("rename into", &self.target))?;
+        let (dir, name) = self.target_dir()?;
+        let meta = dir
+            .publish(self.partial_name(), name)
+            .map_err(io("move into place", &self.target))?;
         self.committed = true;
-        sync_parent(&self.target)?;
-        Ok(bytes)
+        Ok(meta.len())
     }
 
-    /// Makes the partial file's bytes durable; returns its metadata.
-    fn sync_partial(&self) -> Result<std::fs::Metadata, MediaError> {
-        let file = File::open(&self.partial).map_err(io("open", &self.partial))?;
-        file.sync_all().map_err(io("fsync", &self.partial))?;
-        file.metadata().map_err(io("stat", &self.partial))
+    /// The target's directory, open, and the target's name in it.
+    fn target_dir(&self) -> Result<(Dir, &std::ffi::OsStr), MediaError> {
+        atomic_write::open_parent(&self.target).map_err(io("open the directory of", &self.target))
+    }
+
+    fn partial_name(&self) -> &std::ffi::OsStr {
+        self.partial
+            .file_name()
+            .expect("invariant: a partial path is made from a file name by `beside`")
     }
 }
 
@@ -105,17 +112,6 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Media
     }
 }
 
-/// Makes a rename into `path`'s directory durable.
-fn sync_parent(path: &Path) -> Result<(), MediaError> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("fsync directory", dir))
-}
-
 impl PartialFile {
     /// [`PartialFile::commit`] that never replaces a file it did not put there itself: the
     /// target if it is free (or holds this job's own earlier video), else `keep.fallback`.
@@ -124,7 +120,10 @@ impl PartialFile {
         mut self,
         keep: &KeepExisting,
     ) -> Result<(u64, PathBuf), MediaError> {
-        let meta = self.sync_partial()?;
+        let (dir, _) = self.target_dir()?;
+        let meta = dir
+            .sync_file(self.partial_name())
+            .map_err(io("fsync", &self.partial))?;
         let bytes = meta.len();
         // Remember this file before it moves, so a retry recognises it whatever happens next.
         let mut ours = read_identities(&keep.record);
@@ -134,12 +133,12 @@ impl PartialFile {
             .collect();
         let (dev, ino, len) = identity(&meta);
         text.push_str(&format!("{dev} {ino} {len}\n"));
-        jobs::state::write_atomic(&keep.record, text.as_bytes())
+        atomic_write::write_atomic(&keep.record, text.as_bytes())
             .map_err(io("record", &keep.record))?;
         ours.retain(|known| *known != identity(&meta));
         let mut placed = None;
         for candidate in [&self.target, &keep.fallback] {
-            match jobs::state::rename_no_replace(&self.partial, candidate) {
+            match atomic_write::rename_no_replace(&self.partial, candidate) {
                 Ok(()) => {
                     placed = Some(candidate.clone());
                     break;
@@ -172,7 +171,8 @@ impl PartialFile {
             });
         };
         self.committed = true;
-        sync_parent(&placed)?;
+        atomic_write::sync_dir(placed.parent().unwrap_or(Path::new(".")))
+            .map_err(io("fsync directory", &placed))?;
         Ok((bytes, placed))
     }
 }
