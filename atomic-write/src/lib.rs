@@ -299,11 +299,8 @@ impl<'a> Replace<'a> {
         )?;
         let written = write(&mut file).and_then(|value| file.sync_all().map(|()| value));
         drop(file);
-        let placed = written.and_then(|value| {
-            temp_dir
-                .rename_at(&temp, self.dir, &target)
-                .map(|()| value)
-        });
+        let placed =
+            written.and_then(|value| temp_dir.rename_at(&temp, self.dir, &target).map(|()| value));
         if placed.is_err() {
             // Best effort: the write error is what the caller needs to hear about.
             let _ = temp_dir.unlink_at(&temp);

@@ -90,7 +90,10 @@ fn a_staged_write_keeps_its_temporary_out_of_the_target_directory() {
     pending.sync().expect("sync");
     let record = tmp.path().join("pending/record.json");
     assert_eq!(std::fs::read(&record).expect("read"), b"{}");
-    let mode = std::fs::metadata(&record).expect("stat").permissions().mode();
+    let mode = std::fs::metadata(&record)
+        .expect("stat")
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     assert!(names(&tmp.path().join("tmp")).is_empty());
 }

@@ -94,12 +94,12 @@ mod tests {
 
     #[test]
     fn unknown_engine_is_refused_with_the_configured_names() {
-        let spec = spec_with(EngineSpec {
-            kind: EngineKind::Command,
-            name: Some("torch".into()),
-            model: String::new(),
-            profile: None,
-        });
+        let spec = spec_with(EngineSpec::new(
+            EngineKind::Command,
+            Some("torch".into()),
+            String::new(),
+            None,
+        ));
         let err = resolve(&table(), spec).unwrap_err();
         assert!(
             err.contains("`torch` is not configured") && err.contains("numpy-demo"),
@@ -109,12 +109,12 @@ mod tests {
 
     #[test]
     fn known_engine_resolves_and_lends_its_profile() {
-        let spec = spec_with(EngineSpec {
-            kind: EngineKind::Command,
-            name: Some("numpy-demo".into()),
-            model: "x".into(),
-            profile: None,
-        });
+        let spec = spec_with(EngineSpec::new(
+            EngineKind::Command,
+            Some("numpy-demo".into()),
+            "x".into(),
+            None,
+        ));
         let (spec, resolved) = resolve(&table(), spec).expect("configured engine");
         assert_eq!(spec.engine.profile.as_deref(), Some("builtin-tiny"));
         assert_eq!(resolved.expect("declaration").name, "numpy-demo");

@@ -44,9 +44,9 @@ pub struct WorkerKey {
 /// command engine's name (its process is started per job, so holding it saves nothing, but it
 /// keeps jobs of different engines from sharing a worker).
 pub fn model_key(spec: &jobs::JobSpec) -> String {
-    match spec.engine.kind {
-        jobs::spec::EngineKind::Command => format!("command:{}", spec.engine.model),
-        _ => spec.engine.model.clone(),
+    match &spec.engine.model_ref {
+        jobs::spec::ModelRef::Command { model, .. } => format!("command:{model}"),
+        native => native.to_string(),
     }
 }
 

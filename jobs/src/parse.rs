@@ -238,10 +238,15 @@ fn resolve(doc: JobFile, default_name: &str, job: &Source) -> Result<JobSpec, Ve
         EngineKind::Native => engine_default.model,
         EngineKind::Command => String::new(),
     });
+    // Which model this is, decided here once and kept in the job.
+    let engine = EngineSpec::new(
+        engine_kind,
+        engine.name,
+        engine_model,
+        engine.profile.or(engine_default.profile),
+    );
     // Live Avatar is made for 25 frames per second; the tiny model keeps 16.
-    let default_fps = if engine_kind == EngineKind::Native
-        && crate::spec::is_live_avatar_release(&engine_model)
-    {
+    let default_fps = if engine.model_ref.is_release() {
         crate::spec::LIVE_AVATAR_FPS
     } else {
         d.fps
@@ -269,12 +274,7 @@ fn resolve(doc: JobFile, default_name: &str, job: &Source) -> Result<JobSpec, Ve
             fps: render.fps.unwrap_or(default_fps),
             checkpoint_every: render.checkpoint_every.unwrap_or(d.checkpoint_every),
         },
-        engine: EngineSpec {
-            kind: engine_kind,
-            name: engine.name,
-            model: engine_model,
-            profile: engine.profile.or(engine_default.profile),
-        },
+        engine,
         output: OutputSpec {
             path: output_path,
             codec: output.codec.unwrap_or(DEFAULT_CODEC),

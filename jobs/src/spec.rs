@@ -6,12 +6,14 @@
 //! no dependence on the template or the defaults of the version that accepted it. The defaults
 //! live here, in the `Default` impls, and nowhere else.
 
+mod model;
 mod scalars;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
+pub use model::{ModelRef, BUILTIN_PREFIX};
 pub use scalars::{CheckpointEvery, NumClip, Offload, Size, SizeParseError};
 
 /// One render job, fully resolved.
@@ -83,24 +85,17 @@ impl Default for RenderSettings {
     }
 }
 
-/// The file that makes a directory a Live Avatar release, relative to it (the render crate
-/// checks that it matches the `wan` crate's layout).
-pub const LIVE_AVATAR_MARKER: &str = "Wan2.2-S2V-14B/config.json";
-
 /// The frame rate a job for a Live Avatar release gets when it leaves `render.fps` out.
 pub const LIVE_AVATAR_FPS: u32 = 25;
 
-/// Whether `model` (an `engine.model`) is an absolute path to a Live Avatar release.
-pub fn is_live_avatar_release(model: &str) -> bool {
-    model.starts_with('/')
-        && std::path::Path::new(model)
-            .join(LIVE_AVATAR_MARKER)
-            .is_file()
-}
-
 /// Which engine renders the clips, and with which weights.
+///
+/// `kind`, `name` and `model` are the job file's words (the render fingerprint and the
+/// checkpoint's records use them); `model_ref` is what they were resolved to at intake, and
+/// what every later decision reads. A `job.yaml` written before `model_ref` existed gets it
+/// resolved when read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "EngineSpecFile")]
 pub struct EngineSpec {
     pub kind: EngineKind,
     /// For `kind: command`: the name of an engine the operator declared in the daemon config
@@ -114,16 +109,62 @@ pub struct EngineSpec {
     /// A named engine profile (memory/speed trade-offs), when the operator defines some.
     #[serde(default)]
     pub profile: Option<String>,
+    /// What `kind`, `name` and `model` refer to ([`ModelRef::resolve`]).
+    pub model_ref: ModelRef,
+}
+
+impl EngineSpec {
+    /// An engine spec from the job file's words, resolved.
+    pub fn new(
+        kind: EngineKind,
+        name: Option<String>,
+        model: String,
+        profile: Option<String>,
+    ) -> EngineSpec {
+        let model_ref = ModelRef::resolve(kind, name.as_deref(), &model);
+        EngineSpec {
+            kind,
+            name,
+            model,
+            profile,
+            model_ref,
+        }
+    }
+}
+
+/// [`EngineSpec`] as `job.yaml` holds it, `model_ref` absent in files written before it
+/// existed.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EngineSpecFile {
+    kind: EngineKind,
+    #[serde(default)]
+    name: Option<String>,
+    model: String,
+    #[serde(default)]
+    profile: Option<String>,
+    #[serde(default)]
+    model_ref: Option<ModelRef>,
+}
+
+impl From<EngineSpecFile> for EngineSpec {
+    fn from(file: EngineSpecFile) -> EngineSpec {
+        match file.model_ref {
+            Some(model_ref) => EngineSpec {
+                kind: file.kind,
+                name: file.name,
+                model: file.model,
+                profile: file.profile,
+                model_ref,
+            },
+            None => EngineSpec::new(file.kind, file.name, file.model, file.profile),
+        }
+    }
 }
 
 impl Default for EngineSpec {
     fn default() -> EngineSpec {
-        EngineSpec {
-            kind: EngineKind::Native,
-            name: None,
-            model: "builtin:tiny".to_string(),
-            profile: None,
-        }
+        EngineSpec::new(EngineKind::Native, None, "builtin:tiny".to_string(), None)
     }
 }
 

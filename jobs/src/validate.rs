@@ -217,7 +217,7 @@ fn check_prompt(c: &mut Checker, prompt: &str) {
 
 fn check_model(c: &mut Checker, model: &str) {
     let path = ["engine", "model"];
-    if let Some(name) = model.strip_prefix("builtin:") {
+    if let Some(name) = model.strip_prefix(crate::spec::BUILTIN_PREFIX) {
         if let Err(why) = check_name(name) {
             c.value(&path, format!("built-in model name `{name}` {why}"));
         }

@@ -34,7 +34,11 @@ fn settings(width: u32, height: u32, frames: u32) -> EngineSettings {
         guide_scale: 0.0,
         seed: 42,
         fps: 16,
-        model: engine::BUILTIN_TINY.to_string(),
+        model: jobs::spec::ModelRef::resolve(
+            jobs::spec::EngineKind::Native,
+            None,
+            engine::BUILTIN_TINY,
+        ),
     }
 }
 

@@ -377,7 +377,11 @@ fn engine_settings(width: u32, height: u32, frames: u32, steps: u32) -> EngineSe
         guide_scale: 0.0,
         seed: 42,
         fps: FPS,
-        model: engine::BUILTIN_TINY.to_string(),
+        model: jobs::spec::ModelRef::resolve(
+            jobs::spec::EngineKind::Native,
+            None,
+            engine::BUILTIN_TINY,
+        ),
     }
 }
 

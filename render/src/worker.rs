@@ -178,7 +178,7 @@ pub fn serve(first_job: &Path, model_cache_dir: &Path, idle_exit: Duration) -> i
         eprintln!("{}", protocol::LOG_JOB_END);
         reporter.send(&WorkerMessage::JobEnded {
             code,
-            model: models.model().map(str::to_string),
+            model: models.model().map(ToString::to_string),
         });
         if flags.terminate.load(Ordering::Relaxed) {
             return protocol::EXIT_OK;
@@ -393,7 +393,7 @@ fn engine_settings(spec: &JobSpec) -> EngineSettings {
         guide_scale: spec.render.guide_scale,
         seed: spec.render.seed,
         fps: spec.render.fps,
-        model: spec.engine.model.clone(),
+        model: spec.engine.model_ref.clone(),
     }
 }
 
@@ -438,7 +438,7 @@ fn carry_identity(spec: &JobSpec) -> CarryIdentity {
 /// for command engines, whose carry is whatever the program leaves. An error when the model's
 /// config cannot be read or does not take the job's settings (see [`check_native_model`]).
 pub fn carry_bytes(spec: &JobSpec) -> Result<Option<u64>, String> {
-    if spec.engine.kind != EngineKind::Native {
+    if spec.engine.model_ref.engine_kind() != EngineKind::Native {
         return Ok(None);
     }
     engine::carry_bytes(&engine_settings(spec))
@@ -449,7 +449,7 @@ pub fn carry_bytes(spec: &JobSpec) -> Result<Option<u64>, String> {
 /// What intake can check of a native job's model without loading weights: a Live Avatar
 /// release's config, and the job's settings against it. The message says what to change.
 pub fn check_native_model(spec: &JobSpec) -> Result<(), String> {
-    if spec.engine.kind != EngineKind::Native {
+    if spec.engine.model_ref.engine_kind() != EngineKind::Native {
         return Ok(());
     }
     engine::check_model(&engine_settings(spec)).map_err(|err| match err {
@@ -719,7 +719,7 @@ fn render_job(
     let fingerprint = job_fingerprint(&spec, &image_bytes, &audio_bytes);
     drop((image_bytes, audio_bytes));
 
-    if spec.engine.kind == EngineKind::Command {
+    if spec.engine.model_ref.engine_kind() == EngineKind::Command {
         let inputs = command::PreparedInputs {
             reference_rgb,
             audio_16k_mono: audio.samples_16k_mono,

@@ -17,23 +17,12 @@ use crate::vae::WanVae;
 use crate::wav2vec2::{Wav2Vec2Config, Wav2Vec2Model, W2V_SAFETENSORS};
 use crate::WanS2v;
 
-/// The Wan2.2-S2V-14B folder inside a Live Avatar directory (`ckpt/` in the original).
-pub const S2V_DIR: &str = "Wan2.2-S2V-14B";
-/// The S2V config, inside [`S2V_DIR`].
-pub const CONFIG_FILE: &str = "config.json";
-/// The Live Avatar LoRA, relative to the directory.
-pub const LORA_FILE: &str = "LiveAvatar/liveavatar.safetensors";
-/// The VAE as released (torch pickle) and as the tiny checkpoint writes it, in [`S2V_DIR`].
-pub const VAE_PTH: &str = "Wan2.1_VAE.pth";
-pub const VAE_SAFETENSORS: &str = "Wan2.1_VAE.safetensors";
-/// The umT5 encoder as released and as the tiny checkpoint writes it, in [`S2V_DIR`].
-pub const T5_PTH: &str = "models_t5_umt5-xxl-enc-bf16.pth";
-pub const T5_SAFETENSORS: &str = "models_t5_umt5-xxl-enc.safetensors";
-/// The wav2vec2 folder, in [`S2V_DIR`].
-pub const W2V_DIR: &str = "wav2vec2-large-xlsr-53-english";
-/// The umT5 tokenizer folder, relative to the directory (written by the tokenizer
-/// module, not by [`write_tiny_release`]).
-pub const TOKENIZER_DIR: &str = "Wan2.2-S2V-14B/google/umt5-xxl";
+/// The names of a release directory's files live in the `release-layout` crate, which `jobs`
+/// shares to tell a release at intake; they are re-exported here for the model's own code.
+pub use release_layout::{
+    CONFIG_FILE, LORA_FILE, S2V_DIR, T5_PTH, T5_SAFETENSORS, TOKENIZER_DIR, VAE_PTH,
+    VAE_SAFETENSORS, W2V_DIR,
+};
 
 /// LoRA rank of the tiny checkpoint's adapter.
 pub const TINY_LORA_RANK: usize = 4;

@@ -3,7 +3,7 @@
 use std::sync::{Arc, RwLock};
 
 use gpu_pool::{EstimateRequest, OffloadChoice, ProfileSet, QueuedJob};
-use jobs::spec::{is_live_avatar_release, EngineKind, NumClip, Offload};
+use jobs::spec::{ModelRef, NumClip, Offload};
 use jobs::JobSpec;
 
 use crate::intake::Admission;
@@ -20,11 +20,12 @@ pub fn profile_name(spec: &JobSpec) -> String {
     if let Some(profile) = &spec.engine.profile {
         return profile.clone();
     }
-    match spec.engine.model.as_str() {
-        "builtin:tiny" => "builtin-tiny".to_string(),
-        model if spec.engine.kind == EngineKind::Native && is_live_avatar_release(model) => {
-            NATIVE_RELEASE_PROFILE.to_string()
-        }
+    match &spec.engine.model_ref {
+        model if model.is_builtin("tiny") => "builtin-tiny".to_string(),
+        // Kept from when the profile was picked by the model string alone: a command engine
+        // without a profile of its own whose model is the string `builtin:tiny`.
+        ModelRef::Command { model, .. } if model == "builtin:tiny" => "builtin-tiny".to_string(),
+        ModelRef::Release { .. } => NATIVE_RELEASE_PROFILE.to_string(),
         _ => DEFAULT_PROFILE.to_string(),
     }
 }

@@ -185,7 +185,7 @@ fn fills_documented_defaults() {
 fn a_live_avatar_release_defaults_to_25_fps_and_a_stated_rate_stays() {
     let fx = fixture();
     let release = fx.elsewhere.join("release");
-    let marker = release.join(crate::spec::LIVE_AVATAR_MARKER);
+    let marker = release.join(release_layout::marker());
     fs::create_dir_all(marker.parent().expect("marker has a folder")).expect("mkdir");
     let engine = format!("engine:\n  kind: native\n  model: {}\n", release.display());
     let job = |render: &str| format!("{}{render}{engine}", base(&fx));

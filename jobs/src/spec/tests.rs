@@ -230,6 +230,7 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
                     },
                     render,
                     engine: EngineSpec {
+                        model_ref: ModelRef::resolve(kind, None, &model),
                         kind,
                         name: None,
                         model,
@@ -256,4 +257,43 @@ proptest! {
             .map_err(|e| TestCaseError::fail(format!("{e}\n{yaml}")))?;
         prop_assert_eq!(back, spec);
     }
+}
+
+#[test]
+fn a_job_yaml_from_before_model_ref_gets_its_model_resolved_when_read() {
+    let mut spec = example();
+    spec.engine = EngineSpec::new(
+        EngineKind::Command,
+        Some("numpy-example".to_string()),
+        "/models/x".to_string(),
+        None,
+    );
+    let yaml = spec.to_yaml();
+    assert!(yaml.contains("model_ref:"), "{yaml}");
+    let old: String = yaml
+        .lines()
+        .scan(false, |inside, line| {
+            // Drop the `model_ref:` mapping, as an older reelspool wrote the file.
+            if line.trim_start().starts_with("model_ref:") {
+                *inside = true;
+                return Some(None);
+            }
+            if *inside && line.starts_with("    ") {
+                return Some(None);
+            }
+            *inside = false;
+            Some(Some(format!("{line}\n")))
+        })
+        .flatten()
+        .collect();
+    assert!(!old.contains("model_ref"), "{old}");
+    let back: JobSpec = serde_yaml::from_str(&old).expect("an older job.yaml still loads");
+    assert_eq!(back, spec);
+    assert_eq!(
+        back.engine.model_ref,
+        ModelRef::Command {
+            engine: "numpy-example".to_string(),
+            model: "/models/x".to_string()
+        }
+    );
 }

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
+use jobs::spec::ModelRef;
 use wan::pipeline::{JobContext, JobParams, LiveAvatar, LiveAvatarConfig, LiveCarry};
 use wan::tokenizer::UmT5Tokenizer;
 use wan::WanError;
@@ -19,17 +20,6 @@ use super::carry::{LatentBlock, LatentShape};
 use super::{
     Carry, ClipIndex, ClipLatents, Conditioning, Engine, EngineError, EngineSettings, Frames,
 };
-
-/// The file whose presence makes a directory a Live Avatar release (relative to it).
-pub fn marker() -> std::path::PathBuf {
-    Path::new(wan::release::S2V_DIR).join(wan::release::CONFIG_FILE)
-}
-
-/// Whether `model` names a directory in the Live Avatar release layout (the same test as
-/// the job parser's, which picks the release's default frame rate).
-pub fn is_live_avatar(model: &str) -> bool {
-    jobs::spec::is_live_avatar_release(model)
-}
 
 /// The pipeline's settings of a job.
 pub(crate) fn job_params(settings: &EngineSettings) -> JobParams {
@@ -43,18 +33,20 @@ pub(crate) fn job_params(settings: &EngineSettings) -> JobParams {
     }
 }
 
-fn model_error(settings: &EngineSettings, err: WanError) -> EngineError {
+fn model_error(dir: &Path, err: WanError) -> EngineError {
     EngineError::ModelFormat {
-        path: settings.model.clone().into(),
+        path: dir.to_path_buf(),
         detail: err.to_string(),
     }
 }
 
-/// Reads the release's config alone (no weights) and checks the job's settings against it:
-/// what intake can afford to check.
-pub fn check_release(settings: &EngineSettings) -> Result<LiveAvatarConfig, EngineError> {
-    let config = LiveAvatarConfig::from_dir(Path::new(&settings.model))
-        .map_err(|err| model_error(settings, err))?;
+/// Reads the config of the release at `dir` alone (no weights) and checks the job's settings
+/// against it: what intake can afford to check.
+pub fn check_release(
+    dir: &Path,
+    settings: &EngineSettings,
+) -> Result<LiveAvatarConfig, EngineError> {
+    let config = LiveAvatarConfig::from_dir(dir).map_err(|err| model_error(dir, err))?;
     check_job_settings(&config, settings)?;
     Ok(config)
 }
@@ -78,9 +70,10 @@ fn check_job_settings(
         })
 }
 
-/// Bytes of one checkpointed carry of a Live Avatar job, from the release's config.
-pub(crate) fn carry_bytes(settings: &EngineSettings) -> Result<u64, EngineError> {
-    let config = check_release(settings)?;
+/// Bytes of one checkpointed carry of a Live Avatar job, from the config of the release at
+/// `dir`.
+pub(crate) fn carry_bytes(dir: &Path, settings: &EngineSettings) -> Result<u64, EngineError> {
+    let config = check_release(dir, settings)?;
     let dtype = wan::carry_io::float_dtype::<super::ReleaseBackend>();
     wan::pipeline::carry_bytes(&config, &job_params(settings), dtype).map_err(|err| {
         EngineError::UnsupportedSettings {
@@ -91,33 +84,37 @@ pub(crate) fn carry_bytes(settings: &EngineSettings) -> Result<u64, EngineError>
 
 /// A loaded release with its tokenizer: what a warm worker keeps between jobs.
 pub(crate) struct LiveModel<B: Backend> {
-    name: String,
+    model: ModelRef,
     live: LiveAvatar<B>,
     tokenizer: UmT5Tokenizer,
     device: B::Device,
 }
 
 impl<B: Backend> LiveModel<B> {
-    pub(crate) fn load(model: &str, device: &B::Device) -> Result<Self, EngineError> {
-        let dir = Path::new(model);
+    /// Loads `model`, the release at `dir`.
+    pub(crate) fn load(
+        model: &ModelRef,
+        dir: &Path,
+        device: &B::Device,
+    ) -> Result<Self, EngineError> {
         let format = |err: WanError| EngineError::ModelFormat {
             path: dir.to_path_buf(),
             detail: err.to_string(),
         };
         let live = LiveAvatar::load(dir, device).map_err(format)?;
         let tokenizer =
-            UmT5Tokenizer::from_dir(dir.join(wan::release::TOKENIZER_DIR)).map_err(format)?;
+            UmT5Tokenizer::from_dir(release_layout::tokenizer_dir(dir)).map_err(format)?;
         tracing::debug!(model = %model, id = live.model_id(), "Live Avatar release loaded");
         Ok(LiveModel {
-            name: model.to_string(),
+            model: model.clone(),
             live,
             tokenizer,
             device: device.clone(),
         })
     }
 
-    pub(crate) fn name(&self) -> &str {
-        &self.name
+    pub(crate) fn model(&self) -> &ModelRef {
+        &self.model
     }
 }
 
@@ -347,9 +344,15 @@ impl<B: Backend> Engine for LiveEngine<B> {
 mod tests {
     use super::*;
 
+    /// Whether a native job naming `model` renders a release.
+    fn is_live_avatar(model: &str) -> bool {
+        ModelRef::resolve(jobs::spec::EngineKind::Native, None, model).is_release()
+    }
+
     #[test]
     fn the_job_parser_detects_releases_by_the_wan_layout() {
-        assert_eq!(Path::new(jobs::spec::LIVE_AVATAR_MARKER), marker());
+        let marker = Path::new(wan::release::S2V_DIR).join(wan::release::CONFIG_FILE);
+        assert_eq!(release_layout::marker(), marker);
     }
 
     #[test]
@@ -375,9 +378,12 @@ mod tests {
         use super::super::ReleaseBackend;
         let dir = tempfile::tempdir().expect("temp dir");
         wan::release::write_tiny_release(dir.path(), 3).expect("tiny release");
-        let model_path = dir.path().display().to_string();
+        let model_path = ModelRef::Release {
+            dir: dir.path().to_path_buf(),
+        };
         let model = Arc::new(
-            LiveModel::<ReleaseBackend>::load(&model_path, &Default::default()).expect("load"),
+            LiveModel::<ReleaseBackend>::load(&model_path, dir.path(), &Default::default())
+                .expect("load"),
         );
         let settings = |seed| EngineSettings {
             width: 64,
@@ -409,7 +415,7 @@ mod tests {
         let bytes = a.carry_to_bytes(&next).expect("bytes");
         assert_eq!(
             bytes.len() as u64,
-            carry_bytes(&settings(1)).expect("size"),
+            carry_bytes(dir.path(), &settings(1)).expect("size"),
             "intake's size is the written size"
         );
 

@@ -34,6 +34,8 @@ mod weights;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use jobs::spec::ModelRef;
+
 pub use carry::{Carry, ClipLatents};
 pub use features::AUDIO_SAMPLE_RATE_HZ;
 pub use weights::BUILTIN_TINY;
@@ -85,8 +87,9 @@ pub struct EngineSettings {
     pub seed: u64,
     /// Output frame rate: it decides which audio samples belong to which frame.
     pub fps: u32,
-    /// `builtin:tiny` or a checkpoint directory holding `config.json` and `model.safetensors`.
-    pub model: String,
+    /// The model, as intake resolved it: `builtin:tiny`, a checkpoint directory holding
+    /// `config.json` and `model.safetensors`, or a Live Avatar release directory.
+    pub model: ModelRef,
 }
 
 /// What a job conditions on, already prepared by the media side.
@@ -222,18 +225,18 @@ pub enum EngineError {
 /// config (`wan::pipeline::carry_bytes`), so an unreadable config or settings the release
 /// cannot render are an error here.
 pub fn carry_bytes(settings: &EngineSettings) -> Result<u64, EngineError> {
-    if live::is_live_avatar(&settings.model) {
-        return live::carry_bytes(settings);
+    match &settings.model {
+        ModelRef::Release { dir } => live::carry_bytes(dir, settings),
+        _ => Ok(tiny_carry_bytes(settings)),
     }
-    Ok(tiny_carry_bytes(settings))
 }
 
 /// Checks what can be checked of `settings.model` without loading weights: for a Live Avatar
 /// release, its config and the job's settings against it. Other models are checked when the
 /// worker loads them.
 pub fn check_model(settings: &EngineSettings) -> Result<(), EngineError> {
-    if live::is_live_avatar(&settings.model) {
-        live::check_release(settings)?;
+    if let ModelRef::Release { dir } = &settings.model {
+        live::check_release(dir, settings)?;
     }
     Ok(())
 }
@@ -278,10 +281,10 @@ enum Loaded {
 }
 
 impl Loaded {
-    fn name(&self) -> &str {
+    fn model(&self) -> &ModelRef {
         match self {
-            Loaded::Tiny(model) => model.name(),
-            Loaded::Live(model) => model.name(),
+            Loaded::Tiny(model) => model.model(),
+            Loaded::Live(model) => model.model(),
         }
     }
 }
@@ -296,23 +299,27 @@ impl ModelCache {
         cond: Conditioning,
         model_cache_dir: &Path,
     ) -> Result<(Box<dyn Engine>, bool), EngineError> {
-        let live = live::is_live_avatar(&settings.model);
-        if !live {
+        let release = match &settings.model {
+            ModelRef::Release { dir } => Some(dir),
+            _ => None,
+        };
+        if release.is_none() {
             validate_settings(settings)?;
         }
         let kept = self
             .loaded
             .as_ref()
-            .filter(|model| model.name() == settings.model)
+            .filter(|model| *model.model() == settings.model)
             .cloned();
         let (model, loaded_now) = match kept {
             Some(model) => (model, false),
             None => {
                 self.loaded = None;
                 let device = Default::default();
-                let model = if live {
+                let model = if let Some(dir) = release {
                     Loaded::Live(std::sync::Arc::new(live::LiveModel::load(
                         &settings.model,
+                        dir,
                         &device,
                     )?))
                 } else {
@@ -334,8 +341,8 @@ impl ModelCache {
     }
 
     /// The model kept loaded, if any.
-    pub fn model(&self) -> Option<&str> {
-        self.loaded.as_ref().map(Loaded::name)
+    pub fn model(&self) -> Option<&ModelRef> {
+        self.loaded.as_ref().map(Loaded::model)
     }
 }
 
@@ -397,7 +404,7 @@ pub(crate) mod test_support {
             guide_scale: 0.0,
             seed,
             fps: 25,
-            model: BUILTIN_TINY.to_string(),
+            model: ModelRef::resolve(jobs::spec::EngineKind::Native, None, BUILTIN_TINY),
         }
     }
 

@@ -17,9 +17,12 @@ use super::architecture::{
 use super::carry::f32s_from_le_bytes;
 use super::EngineError;
 use crate::checkpoint::write_atomic;
+use jobs::spec::ModelRef;
 
 /// The model string that selects the generated tiny model.
 pub const BUILTIN_TINY: &str = "builtin:tiny";
+/// Its name after `builtin:` ([`ModelRef::Builtin`]).
+const TINY_NAME: &str = "tiny";
 
 pub(crate) const CONFIG_FILE: &str = "config.json";
 pub(crate) const WEIGHTS_FILE: &str = "model.safetensors";
@@ -133,33 +136,23 @@ fn write_builtin(dir: &Path) -> Result<(), EngineError> {
     Ok(())
 }
 
-/// Resolves a model string to a loaded checkpoint. `builtin:tiny` is generated into
-/// `cache_dir` on first use (and regenerated if the cached copy fails to load: it is
-/// reproducible, so a damaged cache must not stop a job).
+/// Loads the checkpoint a model refers to. `builtin:tiny` is generated into `cache_dir` on
+/// first use (and regenerated if the cached copy fails to load: it is reproducible, so a
+/// damaged cache must not stop a job).
 pub(crate) fn load_model(
-    model: &str,
+    model: &ModelRef,
     cache_dir: &Path,
 ) -> Result<(TinyConfig, WeightSet), EngineError> {
-    if model == BUILTIN_TINY {
-        let dir = cache_dir.join(CACHE_SUBDIR);
-        if !dir.join(CONFIG_FILE).is_file() {
-            write_builtin(&dir)?;
+    let path = match model {
+        ModelRef::Builtin { name } if name == TINY_NAME => return load_builtin_tiny(cache_dir),
+        ModelRef::Builtin { name } => {
+            return Err(EngineError::UnknownBuiltin { name: name.clone() })
         }
-        return match load_checkpoint_dir(&dir) {
-            Ok(loaded) => Ok(loaded),
-            Err(err) => {
-                tracing::warn!(error = %err, "cached builtin:tiny weights unusable, regenerating");
-                write_builtin(&dir)?;
-                load_checkpoint_dir(&dir)
-            }
-        };
-    }
-    if let Some(name) = model.strip_prefix("builtin:") {
-        return Err(EngineError::UnknownBuiltin {
-            name: name.to_string(),
-        });
-    }
-    let path = PathBuf::from(model);
+        ModelRef::Checkpoint { dir } | ModelRef::Release { dir } => dir.clone(),
+        // Never sent here (the worker drives command engines itself); read as a directory,
+        // it fails with the message that says what `engine.model` may be.
+        ModelRef::Command { model, .. } => PathBuf::from(model),
+    };
     let not_found = |reason: String| EngineError::ModelNotFound {
         model: model.to_string(),
         path: path.clone(),
@@ -181,14 +174,35 @@ pub(crate) fn load_model(
     load_checkpoint_dir(&path)
 }
 
+/// `builtin:tiny` from the model cache, generated into it when missing or damaged.
+fn load_builtin_tiny(cache_dir: &Path) -> Result<(TinyConfig, WeightSet), EngineError> {
+    let dir = cache_dir.join(CACHE_SUBDIR);
+    if !dir.join(CONFIG_FILE).is_file() {
+        write_builtin(&dir)?;
+    }
+    match load_checkpoint_dir(&dir) {
+        Ok(loaded) => Ok(loaded),
+        Err(err) => {
+            tracing::warn!(error = %err, "cached builtin:tiny weights unusable, regenerating");
+            write_builtin(&dir)?;
+            load_checkpoint_dir(&dir)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The model a job naming `words` gets.
+    fn model(words: &str) -> ModelRef {
+        ModelRef::resolve(jobs::spec::EngineKind::Native, None, words)
+    }
+
     #[test]
     fn builtin_weights_are_written_then_loaded_back_unchanged() {
         let cache = tempfile::tempdir().expect("temp dir");
-        let (cfg, mut loaded) = load_model(BUILTIN_TINY, cache.path()).expect("loads");
+        let (cfg, mut loaded) = load_model(&model(BUILTIN_TINY), cache.path()).expect("loads");
         assert_eq!(cfg, TinyConfig::builtin());
         assert!(cache
             .path()
@@ -203,16 +217,17 @@ mod tests {
     #[test]
     fn damaged_builtin_cache_is_regenerated() {
         let cache = tempfile::tempdir().expect("temp dir");
-        load_model(BUILTIN_TINY, cache.path()).expect("first load");
+        load_model(&model(BUILTIN_TINY), cache.path()).expect("first load");
         let weights = cache.path().join("builtin-tiny").join(WEIGHTS_FILE);
         std::fs::write(&weights, b"garbage").expect("damage the cache");
-        load_model(BUILTIN_TINY, cache.path()).expect("regenerates");
+        load_model(&model(BUILTIN_TINY), cache.path()).expect("regenerates");
         assert!(std::fs::metadata(&weights).expect("exists").len() > 100_000);
     }
 
     #[test]
     fn missing_directory_is_a_clear_error() {
-        let err = load_model("/nonexistent/reelspool-model", Path::new("/tmp")).unwrap_err();
+        let err =
+            load_model(&model("/nonexistent/reelspool-model"), Path::new("/tmp")).unwrap_err();
         assert!(matches!(err, EngineError::ModelNotFound { .. }), "{err}");
         assert!(err.to_string().contains("does not exist"), "{err}");
         assert!(err.to_string().contains(BUILTIN_TINY), "{err}");
@@ -223,13 +238,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join(CONFIG_FILE), b"{}").expect("write config");
         let model = dir.path().to_string_lossy().to_string();
-        let err = load_model(&model, dir.path()).unwrap_err();
+        let err = load_model(&self::model(&model), dir.path()).unwrap_err();
         assert!(err.to_string().contains("no model.safetensors"), "{err}");
     }
 
     #[test]
     fn unknown_builtin_is_rejected() {
-        let err = load_model("builtin:huge", Path::new("/tmp")).unwrap_err();
+        let err = load_model(&model("builtin:huge"), Path::new("/tmp")).unwrap_err();
         assert!(matches!(err, EngineError::UnknownBuiltin { .. }), "{err}");
     }
 

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
+use jobs::spec::ModelRef;
 
 use super::architecture::{HostTensor, AUDIO_FEATURES_PER_LATENT};
 use super::carry::{
@@ -31,8 +32,8 @@ use vae::{DecodedFields, Vae};
 
 /// The loaded weights of one model on one device: what a warm worker keeps between jobs.
 pub(crate) struct TinyModel<B: Backend> {
-    /// What `engine.model` named.
-    name: String,
+    /// The model it was loaded for.
+    model: ModelRef,
     device: B::Device,
     denoiser: Denoiser<B>,
     vae: Vae<B>,
@@ -42,7 +43,7 @@ pub(crate) struct TinyModel<B: Backend> {
 impl<B: Backend> TinyModel<B> {
     /// Reads (or for `builtin:tiny`, generates once) the weights and puts them on `device`.
     pub(crate) fn load(
-        model: &str,
+        model: &ModelRef,
         model_cache_dir: &Path,
         device: &B::Device,
     ) -> Result<Self, EngineError> {
@@ -55,7 +56,7 @@ impl<B: Backend> TinyModel<B> {
             .unwrap_or_else(|_| panic!("mouth shape was verified as [4] at load"));
         tracing::debug!(model = %model, d_model = cfg.d_model, layers = cfg.layers, "tiny model loaded");
         Ok(TinyModel {
-            name: model.to_string(),
+            model: model.clone(),
             device: device.clone(),
             denoiser,
             vae,
@@ -63,9 +64,9 @@ impl<B: Backend> TinyModel<B> {
         })
     }
 
-    /// The `engine.model` this model was loaded for.
-    pub(crate) fn name(&self) -> &str {
-        &self.name
+    /// The model it was loaded for.
+    pub(crate) fn model(&self) -> &ModelRef {
+        &self.model
     }
 }
 

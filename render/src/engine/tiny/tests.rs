@@ -113,7 +113,9 @@ fn checkpoint_directory_loads_like_the_builtin_model() {
         .expect("copy");
     }
     let mut from_dir = settings.clone();
-    from_dir.model = dir.path().to_string_lossy().into_owned();
+    from_dir.model = jobs::spec::ModelRef::Checkpoint {
+        dir: dir.path().to_path_buf(),
+    };
     let other_cache = tempfile::tempdir().expect("temp dir");
     let (loaded, _) = render(&mut engine(&from_dir, other_cache.path()), 1);
     assert_eq!(loaded, builtin);
@@ -123,7 +125,9 @@ fn checkpoint_directory_loads_like_the_builtin_model() {
 fn bad_model_path_is_a_clear_error() {
     let cache = tempfile::tempdir().expect("temp dir");
     let mut settings = small_settings(1);
-    settings.model = "/no/such/checkpoint".to_string();
+    settings.model = jobs::spec::ModelRef::Checkpoint {
+        dir: "/no/such/checkpoint".into(),
+    };
     let err = TinyEngine::<Cpu>::load(
         &settings,
         conditioning(&settings),
