@@ -12,6 +12,7 @@
 
 mod files;
 
+use crate::RenderError;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -259,45 +260,6 @@ pub enum ResumePoint<C = Carry> {
     },
 }
 
-/// Why a checkpoint could not be written or read.
-#[derive(Debug, thiserror::Error)]
-pub enum CheckpointError {
-    #[error("cannot {action} {path}: {source}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot serialise the carry for {clip}: {detail}")]
-    Carry { clip: ClipIndex, detail: String },
-    #[error("cannot checkpoint {clip}: {detail}")]
-    OutOfOrder { clip: ClipIndex, detail: String },
-    #[error(
-        "no space for the checkpoint of {clip}: its carry needs {needed} bytes in {dir}, which has \
-         {free} free; the previous checkpoint is kept"
-    )]
-    NoSpace {
-        clip: ClipIndex,
-        dir: PathBuf,
-        needed: u64,
-        free: u64,
-    },
-}
-
-impl CheckpointError {
-    /// Whether the file system was full (checked beforehand, or ENOSPC/EDQUOT while writing).
-    pub fn is_out_of_space(&self) -> bool {
-        match self {
-            CheckpointError::NoSpace { .. } => true,
-            CheckpointError::Io { source, .. } => {
-                matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
-            }
-            _ => false,
-        }
-    }
-}
-
 /// Room left in a checkpoint beyond the carry itself: `checkpoint.json` (a segment record per
 /// clip) and file system metadata.
 pub const CHECKPOINT_SLACK_BYTES: u64 = 1 << 20;
@@ -331,15 +293,6 @@ enum Unusable {
     /// The carry was rendered with other settings; the words say which.
     Refused(String),
     Damaged(String),
-}
-
-fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError {
-    let path = path.to_path_buf();
-    move |source| CheckpointError::Io {
-        action,
-        path,
-        source,
-    }
 }
 
 impl CheckpointStore {
@@ -383,7 +336,7 @@ impl CheckpointStore {
         carry: &Carry,
         fingerprint: &str,
         segment: &Path,
-    ) -> Result<(), CheckpointError> {
+    ) -> Result<(), RenderError> {
         self.save_carry(clip, carry, fingerprint, segment)
     }
 
@@ -395,9 +348,9 @@ impl CheckpointStore {
         carry: &C,
         fingerprint: &str,
         segment: &Path,
-    ) -> Result<(), CheckpointError> {
+    ) -> Result<(), RenderError> {
         if carry.continues_into().0 != clip.0 + 1 {
-            return Err(CheckpointError::OutOfOrder {
+            return Err(RenderError::OutOfOrder {
                 clip,
                 detail: format!(
                     "the carry continues into {}, not clip {}",
@@ -410,7 +363,7 @@ impl CheckpointStore {
         segments.push(self.segment_record(clip, segment)?);
         let carry_bytes = carry
             .to_checkpoint_bytes()
-            .map_err(|detail| CheckpointError::Carry { clip, detail })?;
+            .map_err(|detail| RenderError::CheckpointCarry { clip, detail })?;
         self.save_prepared(clip, &carry_bytes, fingerprint, None, segments)
     }
 
@@ -419,9 +372,9 @@ impl CheckpointStore {
         &self,
         clip: ClipIndex,
         segment: &Path,
-    ) -> Result<SegmentRecord, CheckpointError> {
+    ) -> Result<SegmentRecord, RenderError> {
         let (size_bytes, sha256) =
-            size_and_sha256(segment).map_err(io_err("read segment", segment))?;
+            size_and_sha256(segment).map_err(RenderError::io("read segment", segment))?;
         Ok(SegmentRecord {
             clip: clip.0,
             file: FileRecord {
@@ -435,7 +388,7 @@ impl CheckpointStore {
     /// Writes the checkpoint of `clip` from a carry already serialised (`carry_bytes`, so a
     /// background thread can write it from host memory while the next clips render) and the
     /// records of segments `0..=clip`. Checks free space first: without room for the carry it
-    /// fails with [`CheckpointError::NoSpace`] and leaves the checkpoints as they were.
+    /// fails with [`RenderError::NoSpace`] and leaves the checkpoints as they were.
     pub fn save_prepared(
         &self,
         clip: ClipIndex,
@@ -443,7 +396,7 @@ impl CheckpointStore {
         fingerprint: &str,
         identity: Option<&CarryIdentity>,
         segments: Vec<SegmentRecord>,
-    ) -> Result<(), CheckpointError> {
+    ) -> Result<(), RenderError> {
         self.save_from(
             clip,
             CarrySource::Bytes(carry_bytes),
@@ -463,22 +416,23 @@ impl CheckpointStore {
         fingerprint: &str,
         identity: Option<&CarryIdentity>,
         segments: Vec<SegmentRecord>,
-    ) -> Result<(), CheckpointError> {
+    ) -> Result<(), RenderError> {
         let in_order = segments.len() as u64 == u64::from(clip.0) + 1
             && segments
                 .iter()
                 .enumerate()
                 .all(|(i, s)| s.clip as usize == i);
         if !in_order {
-            return Err(CheckpointError::OutOfOrder {
+            return Err(RenderError::OutOfOrder {
                 clip,
                 detail: "the segment records do not cover every clip up to it in order".to_string(),
             });
         }
         let needed = source.expected_bytes() + CHECKPOINT_SLACK_BYTES;
-        let free = free_bytes(&self.work_dir).map_err(io_err("statvfs", &self.work_dir))?;
+        let free =
+            free_bytes(&self.work_dir).map_err(RenderError::io("statvfs", &self.work_dir))?;
         if free < needed {
-            return Err(CheckpointError::NoSpace {
+            return Err(RenderError::NoSpace {
                 clip,
                 dir: self.work_dir.clone(),
                 needed,
@@ -496,7 +450,8 @@ impl CheckpointStore {
         crate::worker::crash_point::reached("before_carry", clip.0);
         let (carry_size, carry_sha256) = match source {
             CarrySource::Bytes(bytes) => {
-                write_atomic(&carry_path, bytes).map_err(io_err("write carry", &carry_path))?;
+                write_atomic(&carry_path, bytes)
+                    .map_err(RenderError::io("write carry", &carry_path))?;
                 (bytes.len() as u64, sha256_hex(bytes))
             }
             CarrySource::Stream { write, .. } => write_atomic_with(&carry_path, |file| {
@@ -510,7 +465,7 @@ impl CheckpointStore {
                 }
                 Ok((size, sha256))
             })
-            .map_err(io_err("write carry", &carry_path))?,
+            .map_err(RenderError::io("write carry", &carry_path))?,
         };
         crate::worker::crash_point::reached("after_carry", clip.0);
 
@@ -536,10 +491,10 @@ impl CheckpointStore {
         if base.is_some() {
             let previous = self.work_dir.join(PREVIOUS_CHECKPOINT_FILE);
             std::fs::rename(&current, &previous)
-                .map_err(io_err("keep previous checkpoint", &previous))?;
+                .map_err(RenderError::io("keep previous checkpoint", &previous))?;
             crate::worker::crash_point::reached("mid_checkpoint", clip.0);
         }
-        write_atomic(&current, &json).map_err(io_err("write checkpoint", &current))?;
+        write_atomic(&current, &json).map_err(RenderError::io("write checkpoint", &current))?;
         // Only the carries of the two checkpoints on disk are still reachable.
         let keep_previous = base.map(|cp| cp.carry.file);
         self.remove_carries(|name, _| {
@@ -554,7 +509,7 @@ impl CheckpointStore {
         &self,
         clip: ClipIndex,
         fingerprint: &str,
-    ) -> Result<(Option<&'static str>, Vec<SegmentRecord>), CheckpointError> {
+    ) -> Result<(Option<&'static str>, Vec<SegmentRecord>), RenderError> {
         if clip.0 == 0 {
             return Ok((None, Vec::new()));
         }
@@ -565,7 +520,7 @@ impl CheckpointStore {
                 }
             }
         }
-        Err(CheckpointError::OutOfOrder {
+        Err(RenderError::OutOfOrder {
             clip,
             detail: format!(
                 "no checkpoint of this job names clip {}; resume before saving",
@@ -673,7 +628,7 @@ impl CheckpointStore {
 
     /// Decides where the job with `fingerprint` starts, repairing the work directory so that
     /// it holds exactly what that start point needs (see [`ResumePoint`]).
-    pub fn resume(&self, fingerprint: &str) -> Result<ResumePoint, CheckpointError> {
+    pub fn resume(&self, fingerprint: &str) -> Result<ResumePoint, RenderError> {
         self.resume_carry(fingerprint, None)
     }
 
@@ -684,7 +639,7 @@ impl CheckpointStore {
         &self,
         fingerprint: &str,
         identity: Option<&CarryIdentity>,
-    ) -> Result<ResumePoint<C>, CheckpointError> {
+    ) -> Result<ResumePoint<C>, RenderError> {
         let mut reasons = Vec::new();
         for name in [CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE] {
             let cp = match self.read(name) {
@@ -714,7 +669,7 @@ impl CheckpointStore {
                         });
                         let current = self.work_dir.join(CHECKPOINT_FILE);
                         write_atomic(&current, &json)
-                            .map_err(io_err("restore checkpoint", &current))?;
+                            .map_err(RenderError::io("restore checkpoint", &current))?;
                     }
                     self.remove_beyond(Some(cp.last_clip))?;
                     return Ok(ResumePoint::After {
@@ -747,17 +702,20 @@ impl CheckpointStore {
 
     /// Forgets every checkpoint, carry and segment: the job starts from clip 0 (for a
     /// checkpoint that passed its own checks but whose carry the engine refuses).
-    pub fn start_over(&self) -> Result<(), CheckpointError> {
+    pub fn start_over(&self) -> Result<(), RenderError> {
         self.remove_beyond(None)
     }
 
     /// The segment records of `checkpoint.json` (after [`CheckpointStore::resume_carry`]
     /// chose it): clips `0..=last_clip`.
-    pub fn current_segments(&self) -> Result<Vec<SegmentRecord>, CheckpointError> {
+    pub fn current_segments(&self) -> Result<Vec<SegmentRecord>, RenderError> {
         let path = self.work_dir.join(CHECKPOINT_FILE);
-        let bytes = std::fs::read(&path).map_err(io_err("read checkpoint", &path))?;
+        let bytes = std::fs::read(&path).map_err(RenderError::io("read checkpoint", &path))?;
         let cp: Checkpoint = serde_json::from_slice(&bytes).map_err(|e| {
-            io_err("parse checkpoint", &path)(std::io::Error::new(ErrorKind::InvalidData, e))
+            RenderError::io("parse checkpoint", &path)(std::io::Error::new(
+                ErrorKind::InvalidData,
+                e,
+            ))
         })?;
         Ok(cp.segments)
     }
@@ -767,7 +725,7 @@ impl CheckpointStore {
     /// clip: removes carries beyond it and those no checkpoint names; segments of later clips
     /// stay, for the worker to compare with what it renders again. Either way, crash leftovers
     /// of atomic writes and re-rendered segments go.
-    fn remove_beyond(&self, last: Option<u32>) -> Result<(), CheckpointError> {
+    fn remove_beyond(&self, last: Option<u32>) -> Result<(), RenderError> {
         match last {
             None => self.remove_carries(|_, _| true)?,
             Some(last) => {
@@ -804,11 +762,11 @@ impl CheckpointStore {
         }
         sync_dir(&self.work_dir)
             .or_else(ignore_missing)
-            .map_err(io_err("sync", &self.work_dir))
+            .map_err(RenderError::io("sync", &self.work_dir))
     }
 
     /// Removes every `carry-<k>.safetensors` for which `doomed(name, k)` holds.
-    fn remove_carries(&self, doomed: impl Fn(&str, u32) -> bool) -> Result<(), CheckpointError> {
+    fn remove_carries(&self, doomed: impl Fn(&str, u32) -> bool) -> Result<(), RenderError> {
         for entry in list_dir(&self.work_dir)? {
             let clip = entry
                 .strip_prefix(CARRY_PREFIX)
@@ -844,22 +802,22 @@ fn ignore_missing(e: std::io::Error) -> std::io::Result<()> {
     }
 }
 
-fn remove_if_present(path: &Path) -> Result<(), CheckpointError> {
+fn remove_if_present(path: &Path) -> Result<(), RenderError> {
     std::fs::remove_file(path)
         .or_else(ignore_missing)
-        .map_err(io_err("remove", path))
+        .map_err(RenderError::io("remove", path))
 }
 
 /// File names in `dir`; empty when the directory does not exist yet.
-fn list_dir(dir: &Path) -> Result<Vec<String>, CheckpointError> {
+fn list_dir(dir: &Path) -> Result<Vec<String>, RenderError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io_err("list", dir)(e)),
+        Err(e) => return Err(RenderError::io("list", dir)(e)),
     };
     let mut names = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(io_err("list", dir))?;
+        let entry = entry.map_err(RenderError::io("list", dir))?;
         names.push(entry.file_name().to_string_lossy().into_owned());
     }
     Ok(names)

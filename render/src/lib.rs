@@ -3,6 +3,9 @@
 
 pub mod checkpoint;
 pub mod engine;
+mod error;
 pub mod media;
 pub mod protocol;
 pub mod worker;
+
+pub use error::RenderError;

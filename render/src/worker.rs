@@ -34,6 +34,7 @@ use crate::media;
 #[cfg(doc)]
 use crate::protocol::WorkerCommand;
 use crate::protocol::{self, CheckpointNote, FailureKind, WorkerMessage};
+use crate::RenderError;
 use cadence::{Cadence, CarryWriter, WriteOrder, WriteOutcome};
 
 pub mod cadence;
@@ -453,7 +454,7 @@ pub fn check_native_model(spec: &JobSpec) -> Result<(), String> {
         return Ok(());
     }
     engine::check_model(&engine_settings(spec)).map_err(|err| match err {
-        engine::EngineError::UnsupportedSettings { detail } => format!(
+        RenderError::UnsupportedSettings { detail } => format!(
             "render: the Live Avatar release at engine.model `{}` cannot render these settings: {detail}",
             spec.engine.model
         ),
@@ -551,7 +552,7 @@ impl Checkpoints {
             let expected = self.cadence.carry_bytes();
             let mut write = |file: &mut std::fs::File| {
                 engine.write_carry(carry, file).map_err(|err| match err {
-                    engine::EngineError::CarryWrite { source } => source,
+                    RenderError::CarryWrite { source } => source,
                     other => std::io::Error::other(other.to_string()),
                 })
             };
@@ -756,8 +757,7 @@ fn render_job(
     crash_point::arm(&work);
     let store = CheckpointStore::new(work.clone());
     let identity = carry_identity(&spec);
-    let engine_failure =
-        |err: engine::EngineError| Failure::new(FailureKind::Engine, err.to_string());
+    let engine_failure = |err: RenderError| Failure::new(FailureKind::Engine, err.to_string());
     let (mut carry, next_clip, fresh_reason, fell_back) = match store
         .resume_carry::<StoredCarry>(&fingerprint, Some(&identity))
         .map_err(|err| Failure::new(FailureKind::Io, err.to_string()))?
@@ -778,8 +778,7 @@ fn render_job(
             // weights at the same path, a carry format of another version): retrying would
             // refuse it again, so the job starts over and says why.
             Err(
-                refused @ (engine::EngineError::CarryMismatch { .. }
-                | engine::EngineError::CarryFormat { .. }),
+                refused @ (RenderError::CarryMismatch { .. } | RenderError::CarryFormat { .. }),
             ) => {
                 warn!(reason = %refused, "the engine refused the stored carry; starting over");
                 store

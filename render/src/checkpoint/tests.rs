@@ -261,7 +261,7 @@ fn saving_a_clip_without_its_predecessor_is_refused() {
         .store
         .save(ClipIndex(2), &Job::carry_after(2), JOB, &segment)
         .unwrap_err();
-    assert!(matches!(err, CheckpointError::OutOfOrder { .. }), "{err}");
+    assert!(matches!(err, RenderError::OutOfOrder { .. }), "{err}");
 }
 
 #[test]
@@ -436,7 +436,7 @@ fn segment_records_that_skip_a_clip_are_refused() {
         .store
         .save_prepared(ClipIndex(3), &bytes, JOB, Some(&identity(5)), segments)
         .unwrap_err();
-    assert!(matches!(err, CheckpointError::OutOfOrder { .. }), "{err}");
+    assert!(matches!(err, RenderError::OutOfOrder { .. }), "{err}");
 }
 
 /// A carry streamed into its file by the engine is recorded with the size and hash of what

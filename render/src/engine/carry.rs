@@ -5,7 +5,8 @@ use std::collections::HashMap;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
-use super::{ClipIndex, EngineError, EngineSettings};
+use super::{ClipIndex, EngineSettings};
+use crate::RenderError;
 
 /// Latent channels of the tiny model, as in the Wan VAE it stands in for.
 pub(crate) const LATENT_CHANNELS: usize = 16;
@@ -138,7 +139,7 @@ impl Carry {
 
     /// Serialises to a safetensors file: one `F32` tensor `motion_latents`
     /// `[frames, height, width, channels]`, the scalars as metadata strings (exact for `u64`).
-    pub fn to_safetensors_bytes(&self) -> Result<Vec<u8>, EngineError> {
+    pub fn to_safetensors_bytes(&self) -> Result<Vec<u8>, RenderError> {
         let bytes: Vec<u8> = self
             .motion
             .data
@@ -158,8 +159,8 @@ impl Carry {
     }
 
     /// Parses what [`Carry::to_safetensors_bytes`] wrote; anything else is a
-    /// [`EngineError::CarryFormat`] (a torn or foreign file must never be half-trusted).
-    pub fn from_safetensors_bytes(bytes: &[u8]) -> Result<Carry, EngineError> {
+    /// [`RenderError::CarryFormat`] (a torn or foreign file must never be half-trusted).
+    pub fn from_safetensors_bytes(bytes: &[u8]) -> Result<Carry, RenderError> {
         let file = SafeTensors::deserialize(bytes)
             .map_err(|e| carry_format(format!("not a safetensors file: {e}")))?;
         let (_, header) = SafeTensors::read_metadata(bytes)
@@ -215,7 +216,7 @@ fn le_bytes(block: &LatentBlock) -> Vec<u8> {
 }
 
 /// Reads one F32 `[frames, height, width, channels]` tensor back into a block.
-fn block_from(file: &SafeTensors, name: &str) -> Result<LatentBlock, EngineError> {
+fn block_from(file: &SafeTensors, name: &str) -> Result<LatentBlock, RenderError> {
     let tensor = file
         .tensor(name)
         .map_err(|e| carry_format(format!("tensor `{name}`: {e}")))?;
@@ -239,7 +240,7 @@ impl ClipLatents {
     /// Serialises to safetensors (tensors `latents` and `motion_latents`, the clip index as
     /// metadata), so a worker without online decode can keep finished clips on disk and still
     /// resume after a crash.
-    pub fn to_safetensors_bytes(&self) -> Result<Vec<u8>, EngineError> {
+    pub fn to_safetensors_bytes(&self) -> Result<Vec<u8>, RenderError> {
         let latents = le_bytes(&self.latents);
         let motion = le_bytes(&self.motion);
         let views = [
@@ -264,7 +265,7 @@ impl ClipLatents {
     }
 
     /// Parses what [`ClipLatents::to_safetensors_bytes`] wrote.
-    pub fn from_safetensors_bytes(bytes: &[u8]) -> Result<ClipLatents, EngineError> {
+    pub fn from_safetensors_bytes(bytes: &[u8]) -> Result<ClipLatents, RenderError> {
         let file = SafeTensors::deserialize(bytes)
             .map_err(|e| carry_format(format!("not a safetensors file: {e}")))?;
         let (_, header) = SafeTensors::read_metadata(bytes)
@@ -292,8 +293,8 @@ pub(crate) fn f32s_from_le_bytes(bytes: &[u8]) -> Vec<f32> {
         .collect()
 }
 
-fn carry_format(detail: String) -> EngineError {
-    EngineError::CarryFormat { detail }
+fn carry_format(detail: String) -> RenderError {
+    RenderError::CarryFormat { detail }
 }
 
 #[cfg(test)]
@@ -332,7 +333,7 @@ mod tests {
     fn truncated_carry_bytes_are_rejected() {
         let bytes = sample_carry().to_safetensors_bytes().expect("serialises");
         let err = Carry::from_safetensors_bytes(&bytes[..bytes.len() - 9]).unwrap_err();
-        assert!(matches!(err, EngineError::CarryFormat { .. }), "{err}");
+        assert!(matches!(err, RenderError::CarryFormat { .. }), "{err}");
     }
 
     #[test]

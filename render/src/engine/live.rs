@@ -17,9 +17,8 @@ use wan::tokenizer::UmT5Tokenizer;
 use wan::WanError;
 
 use super::carry::{LatentBlock, LatentShape};
-use super::{
-    Carry, ClipIndex, ClipLatents, Conditioning, Engine, EngineError, EngineSettings, Frames,
-};
+use super::{Carry, ClipIndex, ClipLatents, Conditioning, Engine, EngineSettings, Frames};
+use crate::RenderError;
 
 /// The pipeline's settings of a job.
 pub(crate) fn job_params(settings: &EngineSettings) -> JobParams {
@@ -33,8 +32,8 @@ pub(crate) fn job_params(settings: &EngineSettings) -> JobParams {
     }
 }
 
-fn model_error(dir: &Path, err: WanError) -> EngineError {
-    EngineError::ModelFormat {
+fn model_error(dir: &Path, err: WanError) -> RenderError {
+    RenderError::ModelFormat {
         path: dir.to_path_buf(),
         detail: err.to_string(),
     }
@@ -45,7 +44,7 @@ fn model_error(dir: &Path, err: WanError) -> EngineError {
 pub fn check_release(
     dir: &Path,
     settings: &EngineSettings,
-) -> Result<LiveAvatarConfig, EngineError> {
+) -> Result<LiveAvatarConfig, RenderError> {
     let config = LiveAvatarConfig::from_dir(dir).map_err(|err| model_error(dir, err))?;
     check_job_settings(&config, settings)?;
     Ok(config)
@@ -54,9 +53,9 @@ pub fn check_release(
 fn check_job_settings(
     config: &LiveAvatarConfig,
     settings: &EngineSettings,
-) -> Result<(), EngineError> {
+) -> Result<(), RenderError> {
     if settings.guide_scale != 0.0 {
-        return Err(EngineError::UnsupportedSettings {
+        return Err(RenderError::UnsupportedSettings {
             detail: format!(
                 "guide_scale {} is not supported by Live Avatar, which is distilled to run without guidance; set render.guide_scale to 0",
                 settings.guide_scale
@@ -65,18 +64,18 @@ fn check_job_settings(
     }
     config
         .check_settings(&job_params(settings))
-        .map_err(|err| EngineError::UnsupportedSettings {
+        .map_err(|err| RenderError::UnsupportedSettings {
             detail: err.to_string(),
         })
 }
 
 /// Bytes of one checkpointed carry of a Live Avatar job, from the config of the release at
 /// `dir`.
-pub(crate) fn carry_bytes(dir: &Path, settings: &EngineSettings) -> Result<u64, EngineError> {
+pub(crate) fn carry_bytes(dir: &Path, settings: &EngineSettings) -> Result<u64, RenderError> {
     let config = check_release(dir, settings)?;
     let dtype = wan::carry_io::float_dtype::<super::ReleaseBackend>();
     wan::pipeline::carry_bytes(&config, &job_params(settings), dtype).map_err(|err| {
-        EngineError::UnsupportedSettings {
+        RenderError::UnsupportedSettings {
             detail: err.to_string(),
         }
     })
@@ -96,8 +95,8 @@ impl<B: Backend> LiveModel<B> {
         model: &ModelRef,
         dir: &Path,
         device: &B::Device,
-    ) -> Result<Self, EngineError> {
-        let format = |err: WanError| EngineError::ModelFormat {
+    ) -> Result<Self, RenderError> {
+        let format = |err: WanError| RenderError::ModelFormat {
             path: dir.to_path_buf(),
             detail: err.to_string(),
         };
@@ -136,7 +135,7 @@ impl<B: Backend> LiveEngine<B> {
         model: Arc<LiveModel<B>>,
         settings: &EngineSettings,
         cond: Conditioning,
-    ) -> Result<Self, EngineError> {
+    ) -> Result<Self, RenderError> {
         check_job_settings(&model.live.config, settings)?;
         let params = job_params(settings);
         let ids = model
@@ -146,7 +145,7 @@ impl<B: Backend> LiveEngine<B> {
             .live
             .prepare(&params, &cond.reference_rgb, &cond.audio_16k_mono, &ids)
             .map_err(|err| match err {
-                WanError::Input { message } => EngineError::BadConditioning { detail: message },
+                WanError::Input { message } => RenderError::BadConditioning { detail: message },
                 other => backend(other),
             })?;
         // The sink prefill of clip 0 waits for clip 0: a resumed job replaces it with the
@@ -165,8 +164,8 @@ impl<B: Backend> LiveEngine<B> {
         self.ctx.audio_video_frames() as u64
     }
 
-    fn token(&self, next_clip: u64) -> Result<Carry, EngineError> {
-        let next_clip = u32::try_from(next_clip).map_err(|_| EngineError::CarryFormat {
+    fn token(&self, next_clip: u64) -> Result<Carry, RenderError> {
+        let next_clip = u32::try_from(next_clip).map_err(|_| RenderError::CarryFormat {
             detail: format!("clip {next_clip} is past the last clip a job can have"),
         })?;
         Ok(Carry {
@@ -177,11 +176,11 @@ impl<B: Backend> LiveEngine<B> {
     }
 
     /// The device carry continuing into `carry.next_clip()`, checked against the token.
-    fn held_for(&self, carry: &Carry) -> Result<&LiveCarry<B>, EngineError> {
+    fn held_for(&self, carry: &Carry) -> Result<&LiveCarry<B>, RenderError> {
         let held = self
             .held
             .as_ref()
-            .ok_or_else(|| EngineError::CarryMismatch {
+            .ok_or_else(|| RenderError::CarryMismatch {
                 detail: format!(
                     "the engine holds no carry for clip {} (none is made before clip 0 starts, \
                      and a failed clip drops it)",
@@ -189,7 +188,7 @@ impl<B: Backend> LiveEngine<B> {
                 ),
             })?;
         if held.clip() != u64::from(carry.next_clip) {
-            return Err(EngineError::CarryMismatch {
+            return Err(RenderError::CarryMismatch {
                 detail: format!(
                     "the engine's carry continues into clip {}, the worker asked for {}",
                     held.clip(),
@@ -213,8 +212,8 @@ fn empty_block() -> LatentBlock {
     }
 }
 
-fn backend(err: WanError) -> EngineError {
-    EngineError::Backend {
+fn backend(err: WanError) -> RenderError {
+    RenderError::Backend {
         detail: err.to_string(),
     }
 }
@@ -224,9 +223,9 @@ impl<B: Backend> Engine for LiveEngine<B> {
         &mut self,
         index: ClipIndex,
         carry: &Carry,
-    ) -> Result<(ClipLatents, Carry), EngineError> {
+    ) -> Result<(ClipLatents, Carry), RenderError> {
         if carry.next_clip != index.0 {
-            return Err(EngineError::CarryMismatch {
+            return Err(RenderError::CarryMismatch {
                 detail: format!(
                     "asked for {index} with a carry for clip {}",
                     carry.next_clip
@@ -237,7 +236,7 @@ impl<B: Backend> Engine for LiveEngine<B> {
             self.held = Some(self.model.live.start(&self.ctx).map_err(backend)?);
         }
         self.held_for(carry)?;
-        let held = self.held.take().ok_or_else(|| EngineError::CarryMismatch {
+        let held = self.held.take().ok_or_else(|| RenderError::CarryMismatch {
             detail: "the engine holds no carry".to_string(),
         })?;
         let (frames, next) = self
@@ -263,19 +262,19 @@ impl<B: Backend> Engine for LiveEngine<B> {
         Ok((latents, next_token))
     }
 
-    fn decode(&mut self, latents: &ClipLatents) -> Result<Frames, EngineError> {
+    fn decode(&mut self, latents: &ClipLatents) -> Result<Frames, RenderError> {
         match self.frames.take() {
             Some((clip, frames)) if clip == latents.clip => Ok(frames),
             Some((clip, frames)) => {
                 self.frames = Some((clip, frames));
-                Err(EngineError::LatentsMismatch {
+                Err(RenderError::LatentsMismatch {
                     detail: format!(
                         "Live Avatar decodes online: it holds the frames of {clip}, not of {}",
                         latents.clip
                     ),
                 })
             }
-            None => Err(EngineError::LatentsMismatch {
+            None => Err(RenderError::LatentsMismatch {
                 detail: format!(
                     "Live Avatar decodes online: the frames of {} were already taken",
                     latents.clip
@@ -300,36 +299,36 @@ impl<B: Backend> Engine for LiveEngine<B> {
         Some(LiveEngine::audio_video_frames(self))
     }
 
-    fn initial_carry(&self) -> Result<Carry, EngineError> {
+    fn initial_carry(&self) -> Result<Carry, RenderError> {
         self.token(0)
     }
 
-    fn carry_to_bytes(&mut self, carry: &Carry) -> Result<Vec<u8>, EngineError> {
+    fn carry_to_bytes(&mut self, carry: &Carry) -> Result<Vec<u8>, RenderError> {
         let held = self.held_for(carry)?;
         held.to_bytes(self.ctx.carry_id())
-            .map_err(|err| EngineError::CarryFormat {
+            .map_err(|err| RenderError::CarryFormat {
                 detail: err.to_string(),
             })
     }
 
-    fn write_carry(&mut self, carry: &Carry, out: &mut std::fs::File) -> Result<u64, EngineError> {
+    fn write_carry(&mut self, carry: &Carry, out: &mut std::fs::File) -> Result<u64, RenderError> {
         let id = self.ctx.carry_id();
         let held = self.held_for(carry)?;
         held.write_to(out, id).map_err(|err| match err {
-            WanError::Io { source, .. } => EngineError::CarryWrite { source },
-            other => EngineError::CarryFormat {
+            WanError::Io { source, .. } => RenderError::CarryWrite { source },
+            other => RenderError::CarryFormat {
                 detail: other.to_string(),
             },
         })
     }
 
-    fn carry_from_bytes(&mut self, bytes: &[u8]) -> Result<Carry, EngineError> {
+    fn carry_from_bytes(&mut self, bytes: &[u8]) -> Result<Carry, RenderError> {
         let live = LiveCarry::from_bytes(bytes, self.ctx.carry_id(), &self.model.device).map_err(
             |err| match err {
-                WanError::CarryMismatch { .. } => EngineError::CarryMismatch {
+                WanError::CarryMismatch { .. } => RenderError::CarryMismatch {
                     detail: err.to_string(),
                 },
-                other => EngineError::CarryFormat {
+                other => RenderError::CarryFormat {
                     detail: other.to_string(),
                 },
             },
@@ -422,7 +421,7 @@ mod tests {
         let mut b = LiveEngine::bind(Arc::clone(&model), &settings(2), cond.clone()).expect("b");
         assert!(b.held.is_none(), "binding a job runs no prefill");
         let err = b.carry_from_bytes(&bytes).expect_err("another seed");
-        assert!(matches!(err, EngineError::CarryMismatch { .. }), "{err}");
+        assert!(matches!(err, RenderError::CarryMismatch { .. }), "{err}");
         let text = err.to_string();
         assert!(text.starts_with("carry does not fit this job"), "{text}");
         assert!(text.contains("seed"), "{text}");

@@ -31,8 +31,9 @@ mod rng;
 mod tiny;
 mod weights;
 
+use crate::RenderError;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use jobs::spec::ModelRef;
 
@@ -121,10 +122,10 @@ pub trait Engine: Send {
         &mut self,
         index: ClipIndex,
         carry: &Carry,
-    ) -> Result<(ClipLatents, Carry), EngineError>;
+    ) -> Result<(ClipLatents, Carry), RenderError>;
 
     /// Decodes latents from [`Engine::render_clip`] into [`Engine::frames_per_clip`] frames.
-    fn decode(&mut self, latents: &ClipLatents) -> Result<Frames, EngineError>;
+    fn decode(&mut self, latents: &ClipLatents) -> Result<Frames, RenderError>;
 
     /// Output frames per clip (`infer_frames`).
     fn frames_per_clip(&self) -> u32;
@@ -148,12 +149,12 @@ pub trait Engine: Send {
     }
 
     /// The carry before clip 0.
-    fn initial_carry(&self) -> Result<Carry, EngineError>;
+    fn initial_carry(&self) -> Result<Carry, RenderError>;
 
     /// The bytes a checkpoint writes for `carry` (the carry that continues into
     /// `carry.next_clip()`). Called only on checkpoint clips: an engine whose state lives on
     /// the device copies it out here.
-    fn carry_to_bytes(&mut self, carry: &Carry) -> Result<Vec<u8>, EngineError> {
+    fn carry_to_bytes(&mut self, carry: &Carry) -> Result<Vec<u8>, RenderError> {
         carry.to_safetensors_bytes()
     }
 
@@ -161,62 +162,19 @@ pub trait Engine: Send {
     /// of them in host memory, returning how many it wrote: for carries of tens of GB, an
     /// engine whose state lives on the device copies it out one tensor at a time. The
     /// default goes through [`Engine::carry_to_bytes`].
-    fn write_carry(&mut self, carry: &Carry, out: &mut std::fs::File) -> Result<u64, EngineError> {
+    fn write_carry(&mut self, carry: &Carry, out: &mut std::fs::File) -> Result<u64, RenderError> {
         use std::io::Write;
         let bytes = self.carry_to_bytes(carry)?;
         out.write_all(&bytes)
-            .map_err(|source| EngineError::CarryWrite { source })?;
+            .map_err(|source| RenderError::CarryWrite { source })?;
         Ok(bytes.len() as u64)
     }
 
     /// Reads what [`Engine::carry_to_bytes`] wrote, on resume. A carry of another job is an
-    /// [`EngineError::CarryMismatch`] naming what differs.
-    fn carry_from_bytes(&mut self, bytes: &[u8]) -> Result<Carry, EngineError> {
+    /// [`RenderError::CarryMismatch`] naming what differs.
+    fn carry_from_bytes(&mut self, bytes: &[u8]) -> Result<Carry, RenderError> {
         Carry::from_safetensors_bytes(bytes)
     }
-}
-
-/// Why an engine could not load or render. Every variant says what to change.
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    #[error("unknown built-in model `{name}`: the only built-in model is `{BUILTIN_TINY}`")]
-    UnknownBuiltin { name: String },
-    #[error(
-        "model `{model}` is neither `{BUILTIN_TINY}` nor a readable checkpoint directory \
-         ({path}: {reason}); set `engine.model` to `{BUILTIN_TINY}`, to a directory holding \
-         config.json and model.safetensors, or to a Live Avatar release directory (holding \
-         Wan2.2-S2V-14B/config.json)"
-    )]
-    ModelNotFound {
-        model: String,
-        path: PathBuf,
-        reason: String,
-    },
-    #[error("model file {path} is invalid: {detail}")]
-    ModelFormat { path: PathBuf, detail: String },
-    #[error("cannot write model cache file {path}: {source}; check that the model cache directory is writable")]
-    CacheWrite {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("unsupported render settings: {detail}")]
-    UnsupportedSettings { detail: String },
-    #[error("bad conditioning input: {detail}")]
-    BadConditioning { detail: String },
-    #[error("carry is not a valid reelspool carry: {detail}")]
-    CarryFormat { detail: String },
-    #[error("carry does not fit this job: {detail}")]
-    CarryMismatch { detail: String },
-    #[error("cannot write the carry: {source}")]
-    CarryWrite {
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("latents do not fit this engine: {detail}")]
-    LatentsMismatch { detail: String },
-    #[error("compute backend failed: {detail}")]
-    Backend { detail: String },
 }
 
 /// Bytes of one serialised carry of a job with `settings` (an upper bound: the clip counter
@@ -224,7 +182,7 @@ pub enum EngineError {
 /// check it against free disk space. For a Live Avatar release it comes from the release's
 /// config (`wan::pipeline::carry_bytes`), so an unreadable config or settings the release
 /// cannot render are an error here.
-pub fn carry_bytes(settings: &EngineSettings) -> Result<u64, EngineError> {
+pub fn carry_bytes(settings: &EngineSettings) -> Result<u64, RenderError> {
     match &settings.model {
         ModelRef::Release { dir } => live::carry_bytes(dir, settings),
         _ => Ok(tiny_carry_bytes(settings)),
@@ -234,7 +192,7 @@ pub fn carry_bytes(settings: &EngineSettings) -> Result<u64, EngineError> {
 /// Checks what can be checked of `settings.model` without loading weights: for a Live Avatar
 /// release, its config and the job's settings against it. Other models are checked when the
 /// worker loads them.
-pub fn check_model(settings: &EngineSettings) -> Result<(), EngineError> {
+pub fn check_model(settings: &EngineSettings) -> Result<(), RenderError> {
     if let ModelRef::Release { dir } = &settings.model {
         live::check_release(dir, settings)?;
     }
@@ -261,7 +219,7 @@ pub fn load_engine(
     settings: &EngineSettings,
     cond: Conditioning,
     model_cache_dir: &Path,
-) -> Result<Box<dyn Engine>, EngineError> {
+) -> Result<Box<dyn Engine>, RenderError> {
     ModelCache::default()
         .engine(settings, cond, model_cache_dir)
         .map(|(engine, _)| engine)
@@ -298,7 +256,7 @@ impl ModelCache {
         settings: &EngineSettings,
         cond: Conditioning,
         model_cache_dir: &Path,
-    ) -> Result<(Box<dyn Engine>, bool), EngineError> {
+    ) -> Result<(Box<dyn Engine>, bool), RenderError> {
         let release = match &settings.model {
             ModelRef::Release { dir } => Some(dir),
             _ => None,
@@ -351,9 +309,9 @@ fn divides(divisor: u32, n: u32) -> bool {
 }
 
 /// Checks what the tiny architecture can represent; the messages name the setting to change.
-fn validate_settings(settings: &EngineSettings) -> Result<(), EngineError> {
+fn validate_settings(settings: &EngineSettings) -> Result<(), RenderError> {
     let cell = carry::SPATIAL_DOWNSCALE;
-    let unsupported = |detail: String| Err(EngineError::UnsupportedSettings { detail });
+    let unsupported = |detail: String| Err(RenderError::UnsupportedSettings { detail });
     if settings.width == 0
         || settings.height == 0
         || !divides(cell, settings.width)
@@ -470,7 +428,7 @@ mod tests {
         settings.infer_frames = 30;
         assert!(matches!(
             validate_settings(&settings),
-            Err(EngineError::UnsupportedSettings { .. })
+            Err(RenderError::UnsupportedSettings { .. })
         ));
     }
 

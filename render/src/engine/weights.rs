@@ -15,8 +15,8 @@ use super::architecture::{
     generate, weight_specs, HostTensor, TinyConfig, ARCHITECTURE, BUILTIN_WEIGHTS_SEED,
 };
 use super::carry::f32s_from_le_bytes;
-use super::EngineError;
 use crate::checkpoint::write_atomic;
+use crate::RenderError;
 use jobs::spec::ModelRef;
 
 /// The model string that selects the generated tiny model.
@@ -61,10 +61,10 @@ impl WeightSet {
 }
 
 /// Reads and verifies a tiny-architecture checkpoint directory.
-pub(crate) fn load_checkpoint_dir(dir: &Path) -> Result<(TinyConfig, WeightSet), EngineError> {
+pub(crate) fn load_checkpoint_dir(dir: &Path) -> Result<(TinyConfig, WeightSet), RenderError> {
     let config_path = dir.join(CONFIG_FILE);
     let weights_path = dir.join(WEIGHTS_FILE);
-    let format_err = |path: &Path, detail: String| EngineError::ModelFormat {
+    let format_err = |path: &Path, detail: String| RenderError::ModelFormat {
         path: path.to_path_buf(),
         detail,
     };
@@ -115,18 +115,18 @@ pub(crate) fn load_checkpoint_dir(dir: &Path) -> Result<(TinyConfig, WeightSet),
 
 /// Writes generated `builtin:tiny` weights into `dir`: weights first, config last, each
 /// atomically, so a directory with a config always has complete weights.
-fn write_builtin(dir: &Path) -> Result<(), EngineError> {
-    let cache_err = |path: PathBuf| move |source| EngineError::CacheWrite { path, source };
+fn write_builtin(dir: &Path) -> Result<(), RenderError> {
+    let cache_err = |path: PathBuf| move |source| RenderError::CacheWrite { path, source };
     std::fs::create_dir_all(dir).map_err(cache_err(dir.to_path_buf()))?;
     let cfg = TinyConfig::builtin();
     let weights = generate(&cfg, BUILTIN_WEIGHTS_SEED);
-    let bytes = weights_to_safetensors(&weights).map_err(|detail| EngineError::ModelFormat {
+    let bytes = weights_to_safetensors(&weights).map_err(|detail| RenderError::ModelFormat {
         path: dir.join(WEIGHTS_FILE),
         detail,
     })?;
     let weights_path = dir.join(WEIGHTS_FILE);
     write_atomic(&weights_path, &bytes).map_err(cache_err(weights_path.clone()))?;
-    let config = serde_json::to_vec_pretty(&cfg).map_err(|e| EngineError::ModelFormat {
+    let config = serde_json::to_vec_pretty(&cfg).map_err(|e| RenderError::ModelFormat {
         path: dir.join(CONFIG_FILE),
         detail: e.to_string(),
     })?;
@@ -142,18 +142,18 @@ fn write_builtin(dir: &Path) -> Result<(), EngineError> {
 pub(crate) fn load_model(
     model: &ModelRef,
     cache_dir: &Path,
-) -> Result<(TinyConfig, WeightSet), EngineError> {
+) -> Result<(TinyConfig, WeightSet), RenderError> {
     let path = match model {
         ModelRef::Builtin { name } if name == TINY_NAME => return load_builtin_tiny(cache_dir),
         ModelRef::Builtin { name } => {
-            return Err(EngineError::UnknownBuiltin { name: name.clone() })
+            return Err(RenderError::UnknownBuiltin { name: name.clone() })
         }
         ModelRef::Checkpoint { dir } | ModelRef::Release { dir } => dir.clone(),
         // Never sent here (the worker drives command engines itself); read as a directory,
         // it fails with the message that says what `engine.model` may be.
         ModelRef::Command { model, .. } => PathBuf::from(model),
     };
-    let not_found = |reason: String| EngineError::ModelNotFound {
+    let not_found = |reason: String| RenderError::ModelNotFound {
         model: model.to_string(),
         path: path.clone(),
         reason,
@@ -175,7 +175,7 @@ pub(crate) fn load_model(
 }
 
 /// `builtin:tiny` from the model cache, generated into it when missing or damaged.
-fn load_builtin_tiny(cache_dir: &Path) -> Result<(TinyConfig, WeightSet), EngineError> {
+fn load_builtin_tiny(cache_dir: &Path) -> Result<(TinyConfig, WeightSet), RenderError> {
     let dir = cache_dir.join(CACHE_SUBDIR);
     if !dir.join(CONFIG_FILE).is_file() {
         write_builtin(&dir)?;
@@ -228,7 +228,7 @@ mod tests {
     fn missing_directory_is_a_clear_error() {
         let err =
             load_model(&model("/nonexistent/reelspool-model"), Path::new("/tmp")).unwrap_err();
-        assert!(matches!(err, EngineError::ModelNotFound { .. }), "{err}");
+        assert!(matches!(err, RenderError::ModelNotFound { .. }), "{err}");
         assert!(err.to_string().contains("does not exist"), "{err}");
         assert!(err.to_string().contains(BUILTIN_TINY), "{err}");
     }
@@ -245,7 +245,7 @@ mod tests {
     #[test]
     fn unknown_builtin_is_rejected() {
         let err = load_model(&model("builtin:huge"), Path::new("/tmp")).unwrap_err();
-        assert!(matches!(err, EngineError::UnknownBuiltin { .. }), "{err}");
+        assert!(matches!(err, RenderError::UnknownBuiltin { .. }), "{err}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use ffmpeg_next::format::{sample, Sample};
 use ffmpeg_next::{codec, encoder, frame, ChannelLayout, Packet, Rational};
 
 use super::audio_source::AudioSource;
-use super::MediaError;
+use crate::RenderError;
 
 /// The output sample rate: what players and editors expect of video sound.
 pub(crate) const AAC_RATE_HZ: u32 = 48_000;
@@ -44,15 +44,15 @@ impl AacTrack {
         output: &mut ffmpeg::format::context::Output,
         output_path: &Path,
         audio: &Path,
-    ) -> Result<AacTrack, MediaError> {
+    ) -> Result<AacTrack, RenderError> {
         let source = AudioSource::open(audio, AAC_RATE_HZ, 2)?;
         let channels = usize::from(source.format().channels);
         let layout = ChannelLayout::default(channels as i32);
-        let fail = |reason: String| MediaError::Write {
+        let fail = |reason: String| RenderError::Write {
             path: output_path.to_path_buf(),
             reason,
         };
-        let codec = encoder::find_by_name("aac").ok_or_else(|| MediaError::EncoderMissing {
+        let codec = encoder::find_by_name("aac").ok_or_else(|| RenderError::EncoderMissing {
             path: output_path.to_path_buf(),
             encoder: "aac",
         })?;
@@ -101,7 +101,7 @@ impl AacTrack {
         &mut self,
         output: &mut ffmpeg::format::context::Output,
         end_sample: u64,
-    ) -> Result<(), MediaError> {
+    ) -> Result<(), RenderError> {
         while self.samples_encoded + self.frame_size as u64 <= end_sample {
             self.encode_frame(output, self.frame_size)?;
         }
@@ -114,7 +114,7 @@ impl AacTrack {
         &mut self,
         output: &mut ffmpeg::format::context::Output,
         total_samples: u64,
-    ) -> Result<(), MediaError> {
+    ) -> Result<(), RenderError> {
         self.encode_until(output, total_samples)?;
         let rest = total_samples.saturating_sub(self.samples_encoded) as usize;
         if rest > 0 {
@@ -128,7 +128,7 @@ impl AacTrack {
         &mut self,
         output: &mut ffmpeg::format::context::Output,
         samples: usize,
-    ) -> Result<(), MediaError> {
+    ) -> Result<(), RenderError> {
         let wanted = samples * self.channels;
         while self.pending.len() < wanted && !self.source_exhausted {
             if !self.source.read_chunk(&mut self.pending)? {
@@ -158,7 +158,7 @@ impl AacTrack {
     fn write_ready_packets(
         &mut self,
         output: &mut ffmpeg::format::context::Output,
-    ) -> Result<(), MediaError> {
+    ) -> Result<(), RenderError> {
         let mut packet = Packet::empty();
         loop {
             match super::receive_ready_packet(&mut self.encoder, &mut packet) {
@@ -174,8 +174,8 @@ impl AacTrack {
         }
     }
 
-    fn write_error(&self, error: ffmpeg::Error) -> MediaError {
-        MediaError::Write {
+    fn write_error(&self, error: ffmpeg::Error) -> RenderError {
+        RenderError::Write {
             path: self.output_path.clone(),
             reason: format!("AAC from {}: {error}", self.audio_path.display()),
         }

@@ -15,7 +15,8 @@ use ffmpeg_next::{codec, encoder, media, Dictionary, Packet, Rational};
 use super::aac::{AacTrack, AAC_RATE_HZ};
 use super::atomic::{KeepExisting, PartialFile};
 use super::audio::samples_to_duration;
-use super::{ensure_init, ffmpeg_url, MediaError};
+use super::{ensure_init, ffmpeg_url};
+use crate::RenderError;
 
 /// What the final video must add up to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +46,7 @@ pub fn assemble_output(
     audio: &Path,
     plan: &AssemblePlan,
     output: &Path,
-) -> Result<OutputInfo, MediaError> {
+) -> Result<OutputInfo, RenderError> {
     assemble_output_keeping(segments, audio, plan, output, None).map(|(info, _)| info)
 }
 
@@ -57,9 +58,9 @@ pub fn assemble_output_keeping(
     plan: &AssemblePlan,
     output: &Path,
     keep: Option<&KeepExisting>,
-) -> Result<(OutputInfo, PathBuf), MediaError> {
+) -> Result<(OutputInfo, PathBuf), RenderError> {
     ensure_init()?;
-    let plan_error = |reason: String| MediaError::Plan {
+    let plan_error = |reason: String| RenderError::Plan {
         path: output.to_path_buf(),
         reason,
     };
@@ -82,7 +83,7 @@ pub fn assemble_output_keeping(
             scan_segment(path, plan.fps)?
         };
         if let Some(reason) = first_layout.stream.mismatch(&layout.stream) {
-            return Err(MediaError::Segment {
+            return Err(RenderError::Segment {
                 path: path.clone(),
                 reason: format!("{reason} than the first segment {}", first.display()),
             });
@@ -98,7 +99,7 @@ pub fn assemble_output_keeping(
         )));
     }
 
-    let write_error = |e: ffmpeg::Error| MediaError::Write {
+    let write_error = |e: ffmpeg::Error| RenderError::Write {
         path: output.to_path_buf(),
         reason: e.to_string(),
     };
@@ -177,7 +178,7 @@ struct SegmentLayout {
     reorder_depth: u64,
 }
 
-fn scan_segment(path: &Path, fps: u32) -> Result<SegmentLayout, MediaError> {
+fn scan_segment(path: &Path, fps: u32) -> Result<SegmentLayout, RenderError> {
     let (mut input, index) = open_segment(path)?;
     let shape = StreamShape::of(&input, index, path)?;
     let mut frames_in_decode_order = Vec::new();
@@ -188,7 +189,7 @@ fn scan_segment(path: &Path, fps: u32) -> Result<SegmentLayout, MediaError> {
     let mut sorted = frames_in_decode_order.clone();
     sorted.sort_unstable();
     if sorted.iter().copied().ne(0..sorted.len() as u64) {
-        return Err(MediaError::Segment {
+        return Err(RenderError::Segment {
             path: path.to_path_buf(),
             reason: format!(
                 "its {} frames are not numbered 0.. at {fps} fps; it was encoded at another rate or is damaged",
@@ -214,8 +215,8 @@ fn scan_segment(path: &Path, fps: u32) -> Result<SegmentLayout, MediaError> {
 fn copy_segment(
     path: &Path,
     fps: u32,
-    mut write: impl FnMut(&mut Packet, u64, u64) -> Result<(), MediaError>,
-) -> Result<u64, MediaError> {
+    mut write: impl FnMut(&mut Packet, u64, u64) -> Result<(), RenderError>,
+) -> Result<u64, RenderError> {
     let (mut input, index) = open_segment(path)?;
     let mut position = 0;
     read_frame_numbers(&mut input, index, fps, path, |packet, frame| {
@@ -226,8 +227,8 @@ fn copy_segment(
     Ok(position)
 }
 
-fn open_segment(path: &Path) -> Result<(ffmpeg::format::context::Input, usize), MediaError> {
-    let fail = |reason: String| MediaError::Segment {
+fn open_segment(path: &Path) -> Result<(ffmpeg::format::context::Input, usize), RenderError> {
+    let fail = |reason: String| RenderError::Segment {
         path: path.to_path_buf(),
         reason,
     };
@@ -246,9 +247,9 @@ fn read_frame_numbers(
     index: usize,
     fps: u32,
     path: &Path,
-    mut each: impl FnMut(&mut Packet, u64) -> Result<(), MediaError>,
-) -> Result<(), MediaError> {
-    let fail = |reason: String| MediaError::Segment {
+    mut each: impl FnMut(&mut Packet, u64) -> Result<(), RenderError>,
+) -> Result<(), RenderError> {
+    let fail = |reason: String| RenderError::Segment {
         path: path.to_path_buf(),
         reason,
     };
@@ -294,12 +295,12 @@ impl StreamShape {
         input: &ffmpeg::format::context::Input,
         index: usize,
         path: &Path,
-    ) -> Result<StreamShape, MediaError> {
+    ) -> Result<StreamShape, RenderError> {
         let parameters =
             input
                 .stream(index)
                 .map(|s| s.parameters())
-                .ok_or_else(|| MediaError::Segment {
+                .ok_or_else(|| RenderError::Segment {
                     path: path.to_path_buf(),
                     reason: "its video stream vanished".to_string(),
                 })?;

@@ -180,7 +180,7 @@ fn frame_count_other_than_the_plan_is_refused_without_output() {
     let parts = segments(dir.path(), &[8, 8], VideoCodec::H264);
     let out = dir.path().join("out.mp4");
     let err = assemble_output(&parts, &tone(dir.path(), 1.0, 1), &plan(24), &out).unwrap_err();
-    assert!(matches!(err, MediaError::Plan { .. }), "{err}");
+    assert!(matches!(err, RenderError::Plan { .. }), "{err}");
     assert!(err.to_string().contains("16 frames"), "{err}");
     assert!(!out.exists());
 }
@@ -204,7 +204,7 @@ fn segment_of_another_size_is_named_in_the_error() {
         &dir.path().join("o.mp4"),
     )
     .unwrap_err();
-    assert!(matches!(err, MediaError::Segment { .. }), "{err}");
+    assert!(matches!(err, RenderError::Segment { .. }), "{err}");
     assert!(err.to_string().contains(odd.to_str().unwrap()), "{err}");
 }
 

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use atomic_write::Dir;
 
-use super::MediaError;
+use crate::RenderError;
 
 /// How a finished video takes its place when the job did not ask to overwrite: a file already
 /// at the target (one that appeared while the job rendered) is kept, and the video goes to
@@ -58,8 +58,8 @@ pub(crate) struct PartialFile {
 
 impl PartialFile {
     /// Plans a write of `target`; nothing is created yet (FFmpeg opens the partial file).
-    pub(crate) fn beside(target: &Path) -> Result<PartialFile, MediaError> {
-        let name = target.file_name().ok_or_else(|| MediaError::Write {
+    pub(crate) fn beside(target: &Path) -> Result<PartialFile, RenderError> {
+        let name = target.file_name().ok_or_else(|| RenderError::Write {
             path: target.to_path_buf(),
             reason: "the path names no file".to_string(),
         })?;
@@ -81,34 +81,25 @@ impl PartialFile {
     /// Makes the written file durable and moves it into place; returns its size in bytes.
     ///
     /// The caller must have closed every handle FFmpeg held on the partial file.
-    pub(crate) fn commit(mut self) -> Result<u64, MediaError> {
+    pub(crate) fn commit(mut self) -> Result<u64, RenderError> {
         let (dir, name) = self.target_dir()?;
         let meta = dir
             .publish(self.partial_name(), name)
-            .map_err(io("move into place", &self.target))?;
+            .map_err(RenderError::io("move into place", &self.target))?;
         self.committed = true;
         Ok(meta.len())
     }
 
     /// The target's directory, open, and the target's name in it.
-    fn target_dir(&self) -> Result<(Dir, &std::ffi::OsStr), MediaError> {
-        atomic_write::open_parent(&self.target).map_err(io("open the directory of", &self.target))
+    fn target_dir(&self) -> Result<(Dir, &std::ffi::OsStr), RenderError> {
+        atomic_write::open_parent(&self.target)
+            .map_err(RenderError::io("open the directory of", &self.target))
     }
 
     fn partial_name(&self) -> &std::ffi::OsStr {
         self.partial
             .file_name()
             .expect("invariant: a partial path is made from a file name by `beside`")
-    }
-}
-
-/// Maps an I/O error to [`MediaError::Io`] naming what was done to which path.
-fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> MediaError {
-    let path = path.to_path_buf();
-    move |source| MediaError::Io {
-        action,
-        path,
-        source,
     }
 }
 
@@ -119,11 +110,11 @@ impl PartialFile {
     pub(crate) fn commit_keeping(
         mut self,
         keep: &KeepExisting,
-    ) -> Result<(u64, PathBuf), MediaError> {
+    ) -> Result<(u64, PathBuf), RenderError> {
         let (dir, _) = self.target_dir()?;
         let meta = dir
             .sync_file(self.partial_name())
-            .map_err(io("fsync", &self.partial))?;
+            .map_err(RenderError::io("fsync", &self.partial))?;
         let bytes = meta.len();
         // Remember this file before it moves, so a retry recognises it whatever happens next.
         let mut ours = read_identities(&keep.record);
@@ -134,7 +125,7 @@ impl PartialFile {
         let (dev, ino, len) = identity(&meta);
         text.push_str(&format!("{dev} {ino} {len}\n"));
         atomic_write::write_atomic(&keep.record, text.as_bytes())
-            .map_err(io("record", &keep.record))?;
+            .map_err(RenderError::io("record", &keep.record))?;
         ours.retain(|known| *known != identity(&meta));
         let mut placed = None;
         for candidate in [&self.target, &keep.fallback] {
@@ -148,16 +139,16 @@ impl PartialFile {
                         .is_ok_and(|there| ours.contains(&identity(&there)));
                     if own {
                         std::fs::rename(&self.partial, candidate)
-                            .map_err(io("rename into", candidate))?;
+                            .map_err(RenderError::io("rename into", candidate))?;
                         placed = Some(candidate.clone());
                         break;
                     }
                 }
-                Err(err) => return Err(io("rename into", candidate)(err)),
+                Err(err) => return Err(RenderError::io("rename into", candidate)(err)),
             }
         }
         let Some(placed) = placed else {
-            return Err(MediaError::Io {
+            return Err(RenderError::Io {
                 action: "rename into",
                 path: keep.fallback.clone(),
                 source: std::io::Error::new(
@@ -172,7 +163,7 @@ impl PartialFile {
         };
         self.committed = true;
         atomic_write::sync_dir(placed.parent().unwrap_or(Path::new(".")))
-            .map_err(io("fsync directory", &placed))?;
+            .map_err(RenderError::io("fsync directory", &placed))?;
         Ok((bytes, placed))
     }
 }

@@ -10,7 +10,7 @@ use ffmpeg_next as ffmpeg;
 use ffmpeg_next::{media, Packet, Rational};
 
 use super::audio_source::AudioSource;
-use super::MediaError;
+use crate::RenderError;
 
 /// The sample rate the model's audio encoder expects.
 pub const AUDIO_SAMPLE_RATE_HZ: u32 = 16_000;
@@ -26,7 +26,7 @@ pub struct AudioTrack {
 
 /// Decodes the best audio stream of `path` (WAV, MP3, FLAC, M4A/AAC, Ogg Vorbis or Opus, or
 /// anything else FFmpeg reads) to 16 kHz mono f32.
-pub fn load_audio(path: &Path) -> Result<AudioTrack, MediaError> {
+pub fn load_audio(path: &Path) -> Result<AudioTrack, RenderError> {
     let mut source = AudioSource::open(path, AUDIO_SAMPLE_RATE_HZ, 1)?;
     let mut samples = Vec::new();
     while source.read_chunk(&mut samples)? {}
@@ -42,8 +42,8 @@ pub fn load_audio(path: &Path) -> Result<AudioTrack, MediaError> {
 ///
 /// Uses the duration the container declares; where it declares none (raw ADTS, some Ogg
 /// files) the packets are read, not decoded, and their timestamps give the end.
-pub fn probe_audio_duration(path: &Path) -> Result<Duration, MediaError> {
-    let fail = |reason: String| MediaError::AudioDecode {
+pub fn probe_audio_duration(path: &Path) -> Result<Duration, RenderError> {
+    let fail = |reason: String| RenderError::AudioDecode {
         path: path.to_path_buf(),
         reason,
     };
@@ -52,7 +52,7 @@ pub fn probe_audio_duration(path: &Path) -> Result<Duration, MediaError> {
         input
             .streams()
             .best(media::Type::Audio)
-            .ok_or_else(|| MediaError::NoAudioStream {
+            .ok_or_else(|| RenderError::NoAudioStream {
                 path: path.to_path_buf(),
             })?;
     let (index, time_base) = (stream.index(), stream.time_base());

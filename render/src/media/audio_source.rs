@@ -12,7 +12,7 @@ use ffmpeg_next::format::{sample, Sample};
 use ffmpeg_next::software::resampling;
 use ffmpeg_next::{codec, frame, media, ChannelLayout, Packet};
 
-use super::MediaError;
+use crate::RenderError;
 
 /// The sample layout an [`AudioSource`] delivers: packed f32, interleaved by channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,8 +48,8 @@ enum State {
 impl AudioSource {
     /// Opens the best audio stream of `path`. `max_channels` caps the output channel count
     /// (1 downmixes to mono); the output keeps fewer channels when the source has fewer.
-    pub(crate) fn open(path: &Path, rate_hz: u32, max_channels: u16) -> Result<Self, MediaError> {
-        let fail = |reason: String| MediaError::AudioDecode {
+    pub(crate) fn open(path: &Path, rate_hz: u32, max_channels: u16) -> Result<Self, RenderError> {
+        let fail = |reason: String| RenderError::AudioDecode {
             path: path.to_path_buf(),
             reason,
         };
@@ -58,7 +58,7 @@ impl AudioSource {
             input
                 .streams()
                 .best(media::Type::Audio)
-                .ok_or_else(|| MediaError::NoAudioStream {
+                .ok_or_else(|| RenderError::NoAudioStream {
                     path: path.to_path_buf(),
                 })?;
         let stream_index = stream.index();
@@ -91,7 +91,7 @@ impl AudioSource {
 
     /// Appends the next decoded samples (interleaved) to `out`. Returns `false` once the
     /// file is exhausted, and an error if it ends without a single decodable sample.
-    pub(crate) fn read_chunk(&mut self, out: &mut Vec<f32>) -> Result<bool, MediaError> {
+    pub(crate) fn read_chunk(&mut self, out: &mut Vec<f32>) -> Result<bool, RenderError> {
         let before = out.len();
         while out.len() == before {
             match self.state {
@@ -104,7 +104,7 @@ impl AudioSource {
     }
 
     /// One unit of progress: a decoded frame out, a packet in, or the end-of-file drain.
-    fn step(&mut self, out: &mut Vec<f32>) -> Result<(), MediaError> {
+    fn step(&mut self, out: &mut Vec<f32>) -> Result<(), RenderError> {
         if self.decoder.receive_frame(&mut self.decoded_frame).is_ok() {
             return self.resample_decoded(out);
         }
@@ -143,7 +143,7 @@ impl AudioSource {
         }
     }
 
-    fn resample_decoded(&mut self, out: &mut Vec<f32>) -> Result<(), MediaError> {
+    fn resample_decoded(&mut self, out: &mut Vec<f32>) -> Result<(), RenderError> {
         let frame = &self.decoded_frame;
         let channels = frame.channels().max(1);
         let layout = match frame.channel_layout() {
@@ -173,7 +173,7 @@ impl AudioSource {
         Ok(())
     }
 
-    fn finished(&self) -> Result<bool, MediaError> {
+    fn finished(&self) -> Result<bool, RenderError> {
         if self.delivered_samples > 0 {
             if self.rejected_packets > 0 {
                 tracing::warn!(path = %self.path.display(), packets = self.rejected_packets,
@@ -181,7 +181,7 @@ impl AudioSource {
             }
             return Ok(false);
         }
-        Err(MediaError::AudioDecode {
+        Err(RenderError::AudioDecode {
             path: self.path.clone(),
             reason: match self.first_error {
                 Some(e) => e.to_string(),
@@ -191,8 +191,8 @@ impl AudioSource {
     }
 }
 
-fn decode_error(path: &Path, error: ffmpeg::Error) -> MediaError {
-    MediaError::AudioDecode {
+fn decode_error(path: &Path, error: ffmpeg::Error) -> RenderError {
+    RenderError::AudioDecode {
         path: path.to_path_buf(),
         reason: error.to_string(),
     }

@@ -135,7 +135,7 @@ fn corrupt_audio_is_an_error_naming_the_file() {
     let path = dir.path().join("speech.wav");
     std::fs::write(&path, vec![0x5a; 4096]).unwrap();
     let err = load_audio(&path).unwrap_err();
-    assert!(matches!(err, MediaError::AudioDecode { .. }), "{err}");
+    assert!(matches!(err, RenderError::AudioDecode { .. }), "{err}");
     assert!(err.to_string().contains(path.to_str().unwrap()), "{err}");
 }
 
@@ -160,9 +160,9 @@ fn video_without_audio_is_a_no_audio_stream_error() {
         path.to_str().unwrap(),
     ]);
     let err = load_audio(&path).unwrap_err();
-    assert!(matches!(err, MediaError::NoAudioStream { .. }), "{err}");
+    assert!(matches!(err, RenderError::NoAudioStream { .. }), "{err}");
     let err = probe_audio_duration(&path).unwrap_err();
-    assert!(matches!(err, MediaError::NoAudioStream { .. }), "{err}");
+    assert!(matches!(err, RenderError::NoAudioStream { .. }), "{err}");
 }
 
 #[test]

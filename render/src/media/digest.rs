@@ -11,13 +11,14 @@ use ffmpeg_next::ffi;
 use ffmpeg_next::{codec, frame, media};
 use sha2::{Digest, Sha256};
 
-use super::{ensure_init, ffmpeg_url, MediaError};
+use super::{ensure_init, ffmpeg_url};
+use crate::RenderError;
 
 /// Decodes the first video stream of `path` and returns one lowercase hex SHA-256 per frame,
 /// in presentation order, over the visible pixels of every plane (line padding excluded).
-pub fn decode_video_frame_digests(path: &Path) -> Result<Vec<String>, MediaError> {
+pub fn decode_video_frame_digests(path: &Path) -> Result<Vec<String>, RenderError> {
     ensure_init()?;
-    let fail = |e: ffmpeg::Error| MediaError::VideoDecode {
+    let fail = |e: ffmpeg::Error| RenderError::VideoDecode {
         path: path.to_path_buf(),
         reason: e.to_string(),
     };
@@ -26,7 +27,7 @@ pub fn decode_video_frame_digests(path: &Path) -> Result<Vec<String>, MediaError
         input
             .streams()
             .best(media::Type::Video)
-            .ok_or_else(|| MediaError::VideoDecode {
+            .ok_or_else(|| RenderError::VideoDecode {
                 path: path.to_path_buf(),
                 reason: "it has no video stream".to_string(),
             })?;

@@ -17,7 +17,8 @@ use ffmpeg_next::{codec, encoder, frame, Dictionary, Packet, Rational};
 
 use super::atomic::PartialFile;
 use super::scale::{fill_rgb_frame, Layout, Scaler};
-use super::{ensure_init, ffmpeg_url, MediaError};
+use super::{ensure_init, ffmpeg_url};
+use crate::RenderError;
 
 /// The x264/x265 speed preset used unless a job says otherwise. `veryfast` encodes 704x384
 /// far faster than real time on one core (see the `encode_bench` example) while costing
@@ -86,9 +87,9 @@ impl EncodeSettings {
         }
     }
 
-    fn check(&self, path: &Path) -> Result<(), MediaError> {
+    fn check(&self, path: &Path) -> Result<(), RenderError> {
         let fail = |reason: String| {
-            Err(MediaError::EncodeSettings {
+            Err(RenderError::EncodeSettings {
                 path: path.to_path_buf(),
                 reason,
             })
@@ -211,10 +212,10 @@ pub struct ClipEncoder {
 impl ClipEncoder {
     /// Starts a segment that will appear at `path` (Matroska, whatever the extension) when
     /// finished.
-    pub fn create(path: &Path, settings: &EncodeSettings) -> Result<ClipEncoder, MediaError> {
+    pub fn create(path: &Path, settings: &EncodeSettings) -> Result<ClipEncoder, RenderError> {
         ensure_init()?;
         settings.check(path)?;
-        let fail = |reason: String| MediaError::Write {
+        let fail = |reason: String| RenderError::Write {
             path: path.to_path_buf(),
             reason,
         };
@@ -224,7 +225,7 @@ impl ClipEncoder {
                 .map_err(|e| fail(e.to_string()))?;
 
         let name = settings.codec.encoder_name();
-        let codec = encoder::find_by_name(name).ok_or_else(|| MediaError::EncoderMissing {
+        let codec = encoder::find_by_name(name).ok_or_else(|| RenderError::EncoderMissing {
             path: path.to_path_buf(),
             encoder: name,
         })?;
@@ -249,7 +250,7 @@ impl ClipEncoder {
         video.set_flags(super::encoder_flags(&output));
         let encoder = video
             .open_as_with(codec, settings.encoder_options())
-            .map_err(|e| MediaError::EncodeSettings {
+            .map_err(|e| RenderError::EncodeSettings {
                 path: path.to_path_buf(),
                 reason: format!(
                     "{name} refused preset {:?} / crf {}: {e}",
@@ -297,10 +298,10 @@ impl ClipEncoder {
     }
 
     /// Encodes one frame: packed RGB24, `width * height * 3` bytes, in display order.
-    pub fn push_frame(&mut self, rgb: &[u8]) -> Result<(), MediaError> {
+    pub fn push_frame(&mut self, rgb: &[u8]) -> Result<(), RenderError> {
         let expected = self.settings.width as usize * self.settings.height as usize * 3;
         if rgb.len() != expected {
-            return Err(MediaError::FrameSize {
+            return Err(RenderError::FrameSize {
                 path: self.target.clone(),
                 index: self.frames_pushed,
                 expected,
@@ -322,9 +323,9 @@ impl ClipEncoder {
     }
 
     /// Flushes the encoder, closes the file and renames it into place.
-    pub fn finish(mut self) -> Result<SegmentInfo, MediaError> {
+    pub fn finish(mut self) -> Result<SegmentInfo, RenderError> {
         if self.frames_pushed == 0 {
-            return Err(MediaError::EncodeSettings {
+            return Err(RenderError::EncodeSettings {
                 path: self.target.clone(),
                 reason: "no frames were pushed; a segment needs at least one".to_string(),
             });
@@ -335,7 +336,7 @@ impl ClipEncoder {
             .write_trailer()
             .map_err(|e| self.write_error(e))?;
         if self.packets_written != self.frames_pushed {
-            return Err(MediaError::Write {
+            return Err(RenderError::Write {
                 path: self.target.clone(),
                 reason: format!(
                     "the encoder returned {} packets for {} frames",
@@ -360,7 +361,7 @@ impl ClipEncoder {
     }
 
     /// Moves every packet the encoder has ready into the file.
-    fn write_ready_packets(&mut self) -> Result<(), MediaError> {
+    fn write_ready_packets(&mut self) -> Result<(), RenderError> {
         let mut packet = Packet::empty();
         loop {
             match super::receive_ready_packet(&mut self.encoder, &mut packet) {
@@ -378,8 +379,8 @@ impl ClipEncoder {
         }
     }
 
-    fn write_error(&self, error: ffmpeg::Error) -> MediaError {
-        MediaError::Write {
+    fn write_error(&self, error: ffmpeg::Error) -> RenderError {
+        RenderError::Write {
             path: self.target.clone(),
             reason: error.to_string(),
         }

@@ -157,7 +157,7 @@ fn frame_of_the_wrong_size_is_refused() {
         ClipEncoder::create(&dir.path().join("0.mkv"), &small(VideoCodec::H264)).unwrap();
     let err = encoder.push_frame(&[0u8; 64 * 47 * 3]).unwrap_err();
     assert!(
-        matches!(err, MediaError::FrameSize { expected, got, .. } if expected == 64 * 48 * 3 && got == 64 * 47 * 3),
+        matches!(err, RenderError::FrameSize { expected, got, .. } if expected == 64 * 48 * 3 && got == 64 * 47 * 3),
         "{err}"
     );
 }
@@ -169,7 +169,7 @@ fn odd_frame_size_is_refused_before_encoding() {
     let err = ClipEncoder::create(&dir.path().join("0.mkv"), &settings)
         .err()
         .unwrap();
-    assert!(matches!(err, MediaError::EncodeSettings { .. }), "{err}");
+    assert!(matches!(err, RenderError::EncodeSettings { .. }), "{err}");
     assert!(err.to_string().contains("65x48"), "{err}");
 }
 

@@ -15,7 +15,8 @@ use ffmpeg_next::{codec, frame, media};
 
 use super::orientation::Orientation;
 use super::scale::{fill_rgb_frame, rgb_image_from_frame, Layout, RgbImage, Scaler};
-use super::{ensure_init, ffmpeg_url, MediaError};
+use super::{ensure_init, ffmpeg_url};
+use crate::RenderError;
 
 /// Pictures above this many pixels are refused rather than decoded into gigabytes of RGB.
 const MAX_SOURCE_PIXELS: u64 = 100_000_000;
@@ -25,16 +26,16 @@ const MAX_SOURCE_PIXELS: u64 = 100_000_000;
 /// Reads whatever FFmpeg decodes (PNG, JPEG, WebP, BMP, ...), including grayscale, palette,
 /// RGBA (laid over white) and CMYK JPEGs; applies the EXIF orientation; scales to cover the
 /// target and centre-crops.
-pub fn load_reference_image(path: &Path, width: u32, height: u32) -> Result<Vec<u8>, MediaError> {
+pub fn load_reference_image(path: &Path, width: u32, height: u32) -> Result<Vec<u8>, RenderError> {
     if width == 0 || height == 0 {
-        return Err(MediaError::ImageSize {
+        return Err(RenderError::ImageSize {
             path: path.to_path_buf(),
             width,
             height,
         });
     }
     ensure_init()?;
-    let fail = |reason: String| MediaError::ImageDecode {
+    let fail = |reason: String| RenderError::ImageDecode {
         path: path.to_path_buf(),
         reason,
     };
@@ -60,8 +61,8 @@ pub fn load_reference_image(path: &Path, width: u32, height: u32) -> Result<Vec<
 
 /// Decodes the first picture of the first video stream (an image file is a one-frame video
 /// to FFmpeg).
-fn decode_first_picture(path: &Path) -> Result<frame::Video, MediaError> {
-    let fail = |reason: String| MediaError::ImageDecode {
+fn decode_first_picture(path: &Path) -> Result<frame::Video, RenderError> {
+    let fail = |reason: String| RenderError::ImageDecode {
         path: path.to_path_buf(),
         reason,
     };

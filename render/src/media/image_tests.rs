@@ -281,7 +281,7 @@ fn corrupt_file_is_an_error_naming_the_file() {
     let path = dir.path().join("face.png");
     std::fs::write(&path, b"\x89PNG\r\n\x1a\n this is not really a png at all").unwrap();
     let err = load_reference_image(&path, 64, 64).unwrap_err();
-    assert!(matches!(err, MediaError::ImageDecode { .. }), "{err}");
+    assert!(matches!(err, RenderError::ImageDecode { .. }), "{err}");
     let message = err.to_string();
     assert!(message.contains(path.to_str().unwrap()), "{message}");
     assert!(message.contains("convert it to PNG or JPEG"), "{message}");
@@ -310,7 +310,7 @@ fn missing_file_is_an_error_naming_the_file() {
 #[test]
 fn zero_target_size_is_refused() {
     let err = load_reference_image(Path::new("/any.png"), 0, 64).unwrap_err();
-    assert!(matches!(err, MediaError::ImageSize { .. }), "{err}");
+    assert!(matches!(err, RenderError::ImageSize { .. }), "{err}");
 }
 
 #[test]

@@ -22,7 +22,6 @@ mod audio;
 mod audio_source;
 mod digest;
 mod encode;
-mod error;
 mod image;
 mod orientation;
 mod scale;
@@ -38,17 +37,18 @@ pub use atomic::KeepExisting;
 pub use audio::{load_audio, probe_audio_duration, AudioTrack, AUDIO_SAMPLE_RATE_HZ};
 pub use digest::decode_video_frame_digests;
 pub use encode::{ClipEncoder, EncodeSettings, SegmentInfo, VideoCodec, DEFAULT_PRESET};
-pub use error::MediaError;
 pub use image::load_reference_image;
 pub use thumbnail::{thumbnail_size, write_thumbnail, THUMBNAIL_MAX_SIDE};
 
 use ffmpeg_next as ffmpeg;
 
+use crate::RenderError;
+
 /// Initialises FFmpeg once per process and lowers its log level to warnings.
 ///
 /// FFmpeg logs straight to stderr, which in a worker is the daemon's log; at its default
 /// level it prints stream details for every file opened, drowning the lines that matter.
-fn ensure_init() -> Result<(), MediaError> {
+fn ensure_init() -> Result<(), RenderError> {
     static INIT: OnceLock<Result<(), String>> = OnceLock::new();
     INIT.get_or_init(|| {
         ffmpeg::init().map_err(|e| e.to_string())?;
@@ -56,7 +56,7 @@ fn ensure_init() -> Result<(), MediaError> {
         Ok(())
     })
     .clone()
-    .map_err(|reason| MediaError::Init { reason })
+    .map_err(|reason| RenderError::Init { reason })
 }
 
 /// Encoder flags for a stream of `output`: bit-exact always (a resumed job must write the same
@@ -88,9 +88,9 @@ fn receive_ready_packet(
 }
 
 /// Opens an audio file for reading, refusing an empty file with a message that says so.
-fn open_audio_input(path: &Path) -> Result<ffmpeg::format::context::Input, MediaError> {
+fn open_audio_input(path: &Path) -> Result<ffmpeg::format::context::Input, RenderError> {
     ensure_init()?;
-    let fail = |reason: String| MediaError::AudioDecode {
+    let fail = |reason: String| RenderError::AudioDecode {
         path: path.to_path_buf(),
         reason,
     };
@@ -108,10 +108,10 @@ fn open_audio_input(path: &Path) -> Result<ffmpeg::format::context::Input, Media
 /// so a relative file called `a:b.wav` would not be read as a file at all; the explicit
 /// `file:` protocol rules that out. `ffmpeg-next` panics on names that are not UTF-8 or hold
 /// NUL bytes, so those are refused here with an error instead.
-fn ffmpeg_url(path: &Path) -> Result<String, MediaError> {
+fn ffmpeg_url(path: &Path) -> Result<String, RenderError> {
     match path.to_str() {
         Some(name) if !name.contains('\0') => Ok(format!("file:{name}")),
-        _ => Err(MediaError::UnusablePath {
+        _ => Err(RenderError::UnusablePath {
             path: path.to_path_buf(),
         }),
     }
@@ -133,6 +133,6 @@ mod tests {
         use std::os::unix::ffi::OsStrExt;
         let path = PathBuf::from(std::ffi::OsStr::from_bytes(b"/tmp/\xff.wav"));
         let err = ffmpeg_url(&path).unwrap_err();
-        assert!(matches!(err, MediaError::UnusablePath { .. }), "{err}");
+        assert!(matches!(err, RenderError::UnusablePath { .. }), "{err}");
     }
 }

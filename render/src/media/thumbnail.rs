@@ -8,8 +8,9 @@ use ffmpeg_next::software::scaling::Flags;
 use ffmpeg_next::util::color;
 use ffmpeg_next::{codec, encoder, frame, Dictionary, Packet, Rational};
 
+use super::ensure_init;
 use super::scale::{fill_rgb_frame, Layout, Scaler};
-use super::{ensure_init, MediaError};
+use crate::RenderError;
 
 /// The longer side of a thumbnail, in pixels.
 pub const THUMBNAIL_MAX_SIDE: u32 = 160;
@@ -25,15 +26,20 @@ pub fn thumbnail_size(width: u32, height: u32) -> (u32, u32) {
 
 /// Writes `rgb` (packed RGB24, `width` x `height`) as a small JPEG at `path`: a temporary name
 /// beside it, then a rename, so a reader never sees half a file.
-pub fn write_thumbnail(path: &Path, rgb: &[u8], width: u32, height: u32) -> Result<(), MediaError> {
+pub fn write_thumbnail(
+    path: &Path,
+    rgb: &[u8],
+    width: u32,
+    height: u32,
+) -> Result<(), RenderError> {
     ensure_init()?;
-    let fail = |reason: String| MediaError::Write {
+    let fail = |reason: String| RenderError::Write {
         path: path.to_path_buf(),
         reason,
     };
     let expected = width as usize * height as usize * 3;
     if rgb.len() != expected || expected == 0 {
-        return Err(MediaError::FrameSize {
+        return Err(RenderError::FrameSize {
             path: path.to_path_buf(),
             index: 0,
             expected,
@@ -56,7 +62,7 @@ pub fn write_thumbnail(path: &Path, rgb: &[u8], width: u32, height: u32) -> Resu
         .map_err(|e| fail(e.to_string()))?;
     yuv.set_pts(Some(0));
 
-    let mjpeg = encoder::find(codec::Id::MJPEG).ok_or_else(|| MediaError::EncoderMissing {
+    let mjpeg = encoder::find(codec::Id::MJPEG).ok_or_else(|| RenderError::EncoderMissing {
         path: path.to_path_buf(),
         encoder: "mjpeg",
     })?;
@@ -150,6 +156,6 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let err = write_thumbnail(&dir.path().join("x.jpg"), &[0; 10], 4, 4)
             .expect_err("10 bytes is not 4x4 RGB");
-        assert!(matches!(err, MediaError::FrameSize { .. }), "{err}");
+        assert!(matches!(err, RenderError::FrameSize { .. }), "{err}");
     }
 }

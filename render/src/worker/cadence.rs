@@ -24,8 +24,9 @@ use std::time::{Duration, Instant};
 
 use jobs::spec::CheckpointEvery;
 
-use crate::checkpoint::{CarryIdentity, CheckpointError, CheckpointStore, SegmentRecord};
+use crate::checkpoint::{CarryIdentity, CheckpointStore, SegmentRecord};
 use crate::engine::ClipIndex;
+use crate::RenderError;
 
 /// The most of render time checkpoint I/O may take under `checkpoint_every: auto`.
 pub const IO_SHARE: f64 = 0.02;
@@ -175,7 +176,7 @@ pub struct WriteOutcome {
     pub clip: ClipIndex,
     pub bytes: u64,
     pub secs: f64,
-    pub result: Result<(), CheckpointError>,
+    pub result: Result<(), RenderError>,
 }
 
 /// The background thread writing carries; see the module docs.
@@ -251,7 +252,7 @@ impl CarryWriter {
                 clip,
                 bytes: 0,
                 secs: 0.0,
-                result: Err(CheckpointError::OutOfOrder {
+                result: Err(RenderError::OutOfOrder {
                     clip,
                     detail: "the checkpoint writer thread is not running".to_string(),
                 }),
@@ -267,7 +268,7 @@ impl CarryWriter {
             clip,
             bytes: 0,
             secs: 0.0,
-            result: Err(CheckpointError::OutOfOrder {
+            result: Err(RenderError::OutOfOrder {
                 clip,
                 detail: "the checkpoint writer thread ended mid-write".to_string(),
             }),

@@ -27,9 +27,10 @@ use crate::engine::external::carry_dir::reset_dir;
 use crate::engine::external::protocol::{
     ErrorKind, LoadDevice, LoadInputs, LoadSettings, Request, PROTOCOL_VERSION,
 };
-use crate::engine::external::{CommandEngine, ExternalError, PackedCarry, ResolvedEngine};
+use crate::engine::external::{CommandEngine, PackedCarry, ResolvedEngine};
 use crate::engine::ClipIndex;
 use crate::protocol::{FailureKind, WorkerMessage};
+use crate::RenderError;
 
 /// The inputs as the worker decoded them.
 pub(super) struct PreparedInputs {
@@ -65,7 +66,7 @@ impl EnginePaths {
 
 /// The failure a worker reports for an engine error: `oom` takes the out-of-memory path, a
 /// process that died or hung may be retried, an engine that answered wrongly fails the job.
-fn engine_failure(err: ExternalError) -> Failure {
+fn engine_failure(err: RenderError) -> Failure {
     let kind = match err.reported_kind() {
         Some(ErrorKind::Oom) => FailureKind::OutOfMemory,
         Some(ErrorKind::BadInput) => FailureKind::Input,
@@ -210,7 +211,7 @@ pub(super) fn render_clips(
         let frames_failure = |detail: String| {
             Failure::new(
                 FailureKind::Engine,
-                ExternalError::Frames {
+                RenderError::Frames {
                     engine: engine.name().to_string(),
                     clip: index,
                     detail,

@@ -8,8 +8,9 @@
 //! continues into as metadata. Symlinks, devices and the like are refused rather than followed:
 //! a carry must be plain bytes the worker can reproduce.
 
+use crate::RenderError;
 use std::collections::HashMap;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Component, Path};
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
@@ -18,33 +19,8 @@ use crate::engine::ClipIndex;
 const FORMAT: &str = "reelspool.engine-carry";
 const VERSION: &str = "1";
 
-/// Why a carry directory could not be packed or unpacked.
-#[derive(Debug, thiserror::Error)]
-pub enum CarryDirError {
-    #[error("cannot {action} {path}: {source}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path} in the engine's carry is not a regular file or directory; a carry holds plain files only")]
-    NotPlain { path: PathBuf },
-    #[error("packed engine carry is invalid: {detail}")]
-    Format { detail: String },
-}
-
-fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CarryDirError {
-    let path = path.to_path_buf();
-    move |source| CarryDirError::Io {
-        action,
-        path,
-        source,
-    }
-}
-
-fn format_err(detail: impl Into<String>) -> CarryDirError {
-    CarryDirError::Format {
+fn format_err(detail: impl Into<String>) -> RenderError {
+    RenderError::PackedCarryFormat {
         detail: detail.into(),
     }
 }
@@ -58,7 +34,7 @@ pub struct PackedCarry {
 
 impl PackedCarry {
     /// Reads every file under `dir` (recursively); the carry continues into `next_clip`.
-    pub fn read_dir(dir: &Path, next_clip: ClipIndex) -> Result<PackedCarry, CarryDirError> {
+    pub fn read_dir(dir: &Path, next_clip: ClipIndex) -> Result<PackedCarry, RenderError> {
         let mut files = Vec::new();
         collect(dir, "", &mut files)?;
         files.sort_by(|a, b| a.0.cmp(&b.0));
@@ -81,20 +57,20 @@ impl PackedCarry {
     }
 
     /// Recreates the directory: `dir` is emptied (or created) and filled with the files.
-    pub fn write_dir(&self, dir: &Path) -> Result<(), CarryDirError> {
+    pub fn write_dir(&self, dir: &Path) -> Result<(), RenderError> {
         reset_dir(dir)?;
         for (name, bytes) in &self.files {
             let path = dir.join(name);
             if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent).map_err(io("create", parent))?;
+                std::fs::create_dir_all(parent).map_err(RenderError::io("create", parent))?;
             }
-            std::fs::write(&path, bytes).map_err(io("write", &path))?;
+            std::fs::write(&path, bytes).map_err(RenderError::io("write", &path))?;
         }
         Ok(())
     }
 
     /// Serialises to the packed form described in the module docs.
-    pub fn to_bytes(&self) -> Result<Vec<u8>, CarryDirError> {
+    pub fn to_bytes(&self) -> Result<Vec<u8>, RenderError> {
         let mut views = Vec::with_capacity(self.files.len());
         for (name, bytes) in &self.files {
             let view = TensorView::new(Dtype::U8, vec![bytes.len()], bytes)
@@ -111,7 +87,7 @@ impl PackedCarry {
     }
 
     /// Parses what [`PackedCarry::to_bytes`] wrote; anything else is an error.
-    pub fn from_bytes(bytes: &[u8]) -> Result<PackedCarry, CarryDirError> {
+    pub fn from_bytes(bytes: &[u8]) -> Result<PackedCarry, RenderError> {
         let file = SafeTensors::deserialize(bytes)
             .map_err(|e| format_err(format!("not a safetensors file: {e}")))?;
         let (_, header) = SafeTensors::read_metadata(bytes)
@@ -151,19 +127,17 @@ fn is_safe_relative(name: &str) -> bool {
     !name.is_empty() && path.components().all(|c| matches!(c, Component::Normal(_)))
 }
 
-fn collect(
-    dir: &Path,
-    prefix: &str,
-    out: &mut Vec<(String, Vec<u8>)>,
-) -> Result<(), CarryDirError> {
-    let entries = std::fs::read_dir(dir).map_err(io("list", dir))?;
+fn collect(dir: &Path, prefix: &str, out: &mut Vec<(String, Vec<u8>)>) -> Result<(), RenderError> {
+    let entries = std::fs::read_dir(dir).map_err(RenderError::io("list", dir))?;
     for entry in entries {
-        let entry = entry.map_err(io("list", dir))?;
+        let entry = entry.map_err(RenderError::io("list", dir))?;
         let path = entry.path();
-        let kind = entry.file_type().map_err(io("inspect", &path))?;
+        let kind = entry
+            .file_type()
+            .map_err(RenderError::io("inspect", &path))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else {
-            return Err(CarryDirError::NotPlain { path });
+            return Err(RenderError::NotPlain { path });
         };
         let relative = if prefix.is_empty() {
             name.to_string()
@@ -173,23 +147,23 @@ fn collect(
         if kind.is_dir() {
             collect(&path, &relative, out)?;
         } else if kind.is_file() {
-            let bytes = std::fs::read(&path).map_err(io("read", &path))?;
+            let bytes = std::fs::read(&path).map_err(RenderError::io("read", &path))?;
             out.push((relative, bytes));
         } else {
-            return Err(CarryDirError::NotPlain { path });
+            return Err(RenderError::NotPlain { path });
         }
     }
     Ok(())
 }
 
 /// Empties `dir`, creating it if needed.
-pub(crate) fn reset_dir(dir: &Path) -> Result<(), CarryDirError> {
+pub(crate) fn reset_dir(dir: &Path) -> Result<(), RenderError> {
     match std::fs::remove_dir_all(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io("remove", dir)(e)),
+        Err(e) => return Err(RenderError::io("remove", dir)(e)),
     }
-    std::fs::create_dir_all(dir).map_err(io("create", dir))
+    std::fs::create_dir_all(dir).map_err(RenderError::io("create", dir))
 }
 
 #[cfg(test)]
@@ -227,7 +201,7 @@ mod tests {
         std::os::unix::fs::symlink("/etc/passwd", temp.path().join("link")).expect("symlink");
         assert!(matches!(
             PackedCarry::read_dir(temp.path(), ClipIndex(1)),
-            Err(CarryDirError::NotPlain { .. })
+            Err(RenderError::NotPlain { .. })
         ));
     }
 

@@ -5,7 +5,7 @@
 //! (the engine's carry is an opaque directory, packed by [`carry_dir`]), the final mux. This
 //! module only starts the program, speaks the protocol, and turns every way it can misbehave
 //! (exit, silence past the heartbeat timeout, a line that is not a message, the wrong number
-//! of frames) into an [`ExternalError`] that names the engine.
+//! of frames) into an [`RenderError`] that names the engine.
 //!
 //! A job never names a program: intake resolves the job's `engine.name` against the daemon
 //! config and writes the declaration into the job directory ([`RESOLVED_ENGINE_FILE`]), where
@@ -14,6 +14,7 @@
 pub mod carry_dir;
 pub mod protocol;
 
+use crate::RenderError;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -23,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-pub use carry_dir::{CarryDirError, PackedCarry};
-use protocol::{ErrorKind, Reply, Request, PROTOCOL_VERSION};
+pub use carry_dir::PackedCarry;
+use protocol::{Reply, Request, PROTOCOL_VERSION};
 
 /// The resolved engine declaration in a job directory.
 pub const RESOLVED_ENGINE_FILE: &str = "engine.json";
@@ -95,81 +96,6 @@ impl ResolvedEngine {
     }
 }
 
-/// How a command engine failed. Every message names the engine.
-#[derive(Debug, thiserror::Error)]
-pub enum ExternalError {
-    #[error("engine `{engine}`: cannot start {program}: {source}")]
-    Spawn {
-        engine: String,
-        program: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(
-        "engine `{engine}` exited during {during} ({status}); its log is in the job's worker log"
-    )]
-    Exited {
-        engine: String,
-        during: String,
-        status: String,
-    },
-    #[error("engine `{engine}` sent nothing for {secs} s during {during} (heartbeat_timeout_secs); killed it")]
-    Silent {
-        engine: String,
-        during: String,
-        secs: u64,
-    },
-    #[error("engine `{engine}` broke the protocol during {during}: {detail}; line: {line:?} (logs belong on stderr)")]
-    Malformed {
-        engine: String,
-        during: String,
-        line: String,
-        detail: String,
-    },
-    #[error("engine `{engine}` speaks protocol {got}; this worker speaks {PROTOCOL_VERSION}")]
-    Version { engine: String, got: u32 },
-    #[error("engine `{engine}` reported {kind} during {during}: {message}")]
-    Reported {
-        engine: String,
-        during: String,
-        kind: ErrorKind,
-        message: String,
-    },
-    #[error("engine `{engine}`: clip {clip}: {detail}")]
-    Frames {
-        engine: String,
-        clip: u32,
-        detail: String,
-    },
-    #[error("engine `{engine}`: cannot write to it: {source}")]
-    Pipe {
-        engine: String,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-impl ExternalError {
-    /// The engine's own error kind, when it reported one.
-    pub fn reported_kind(&self) -> Option<ErrorKind> {
-        match self {
-            ExternalError::Reported { kind, .. } => Some(*kind),
-            _ => None,
-        }
-    }
-
-    /// Whether another attempt may succeed: the process died or hung (a crash, the kernel's
-    /// OOM killer, a stuck driver), as opposed to an engine that answered wrongly.
-    pub fn may_be_transient(&self) -> bool {
-        matches!(
-            self,
-            ExternalError::Exited { .. }
-                | ExternalError::Silent { .. }
-                | ExternalError::Pipe { .. }
-        )
-    }
-}
-
 enum Line {
     Text(String),
     TooLong,
@@ -193,11 +119,11 @@ impl CommandEngine {
         resolved: &ResolvedEngine,
         default_dir: &Path,
         extra_env: &[(String, String)],
-    ) -> Result<CommandEngine, ExternalError> {
+    ) -> Result<CommandEngine, RenderError> {
         let declaration = &resolved.declaration;
         let name = resolved.name.clone();
         let Some((program, args)) = declaration.command.split_first() else {
-            return Err(ExternalError::Spawn {
+            return Err(RenderError::Spawn {
                 engine: name,
                 program: String::new(),
                 source: std::io::Error::other("the declaration's command is empty"),
@@ -225,7 +151,7 @@ impl CommandEngine {
                 Ok(())
             });
         }
-        let mut child = command.spawn().map_err(|source| ExternalError::Spawn {
+        let mut child = command.spawn().map_err(|source| RenderError::Spawn {
             engine: name.clone(),
             program: program.clone(),
             source,
@@ -253,7 +179,7 @@ impl CommandEngine {
             } => {
                 if protocol != PROTOCOL_VERSION {
                     engine.kill();
-                    return Err(ExternalError::Version {
+                    return Err(RenderError::Version {
                         engine: engine.name.clone(),
                         got: protocol,
                     });
@@ -276,7 +202,7 @@ impl CommandEngine {
     }
 
     /// Sends `load` and waits for its `ok`.
-    pub fn load(&mut self, request: &Request) -> Result<(), ExternalError> {
+    pub fn load(&mut self, request: &Request) -> Result<(), RenderError> {
         self.send(request)?;
         match self.final_reply("load")? {
             Reply::Ok { .. } => Ok(()),
@@ -286,7 +212,7 @@ impl CommandEngine {
 
     /// Sends `render_clip` and waits for its `ok`; returns the frame count the engine claims.
     /// Heartbeat and progress lines on the way only reset the timeout.
-    pub fn render_clip(&mut self, request: &Request) -> Result<u32, ExternalError> {
+    pub fn render_clip(&mut self, request: &Request) -> Result<u32, RenderError> {
         let Request::RenderClip { index, .. } = request else {
             panic!("render_clip called with a {} request", request.name());
         };
@@ -294,7 +220,7 @@ impl CommandEngine {
         self.send(request)?;
         match self.final_reply(&during)? {
             Reply::Ok { frames: Some(n) } => Ok(n),
-            Reply::Ok { frames: None } => Err(ExternalError::Malformed {
+            Reply::Ok { frames: None } => Err(RenderError::Malformed {
                 engine: self.name.clone(),
                 during,
                 line: "{\"type\":\"ok\"}".into(),
@@ -338,7 +264,7 @@ impl CommandEngine {
         let _ = self.child.wait();
     }
 
-    fn send(&mut self, request: &Request) -> Result<(), ExternalError> {
+    fn send(&mut self, request: &Request) -> Result<(), RenderError> {
         let line = request.to_line();
         let result = match self.stdin.as_mut() {
             Some(stdin) => stdin
@@ -350,7 +276,7 @@ impl CommandEngine {
             // A broken pipe usually means the engine died: report that if it did.
             match self.wait_for_exit(Duration::from_millis(500)) {
                 Some(status) => self.exited(request.name(), status),
-                None => ExternalError::Pipe {
+                None => RenderError::Pipe {
                     engine: self.name.clone(),
                     source,
                 },
@@ -359,7 +285,7 @@ impl CommandEngine {
     }
 
     /// The next reply that is not a heartbeat or progress line.
-    fn final_reply(&mut self, during: &str) -> Result<Reply, ExternalError> {
+    fn final_reply(&mut self, during: &str) -> Result<Reply, RenderError> {
         loop {
             match self.next_reply(during)? {
                 Reply::Heartbeat => {}
@@ -371,7 +297,7 @@ impl CommandEngine {
                     tracing::debug!(engine = %self.name, during, ?step, ?total, ?message, "engine progress")
                 }
                 Reply::Error { kind, message } => {
-                    return Err(ExternalError::Reported {
+                    return Err(RenderError::Reported {
                         engine: self.name.clone(),
                         during: during.to_string(),
                         kind,
@@ -383,11 +309,11 @@ impl CommandEngine {
         }
     }
 
-    fn next_reply(&mut self, during: &str) -> Result<Reply, ExternalError> {
+    fn next_reply(&mut self, during: &str) -> Result<Reply, RenderError> {
         match self.lines.recv_timeout(self.timeout) {
             Ok(Line::Text(line)) => Reply::from_line(&line).map_err(|detail| {
                 self.kill();
-                ExternalError::Malformed {
+                RenderError::Malformed {
                     engine: self.name.clone(),
                     during: during.to_string(),
                     line: line.chars().take(200).collect(),
@@ -396,7 +322,7 @@ impl CommandEngine {
             }),
             Ok(Line::TooLong) => {
                 self.kill();
-                Err(ExternalError::Malformed {
+                Err(RenderError::Malformed {
                     engine: self.name.clone(),
                     during: during.to_string(),
                     line: String::new(),
@@ -405,7 +331,7 @@ impl CommandEngine {
             }
             Err(RecvTimeoutError::Timeout) => {
                 self.kill();
-                Err(ExternalError::Silent {
+                Err(RenderError::Silent {
                     engine: self.name.clone(),
                     during: during.to_string(),
                     secs: self.timeout.as_secs(),
@@ -417,7 +343,7 @@ impl CommandEngine {
                     Some(status) => status,
                     None => {
                         self.kill();
-                        return Err(ExternalError::Exited {
+                        return Err(RenderError::Exited {
                             engine: self.name.clone(),
                             during: during.to_string(),
                             status: "closed its stdout".into(),
@@ -429,23 +355,23 @@ impl CommandEngine {
         }
     }
 
-    fn exited(&self, during: &str, status: ExitStatus) -> ExternalError {
+    fn exited(&self, during: &str, status: ExitStatus) -> RenderError {
         use std::os::unix::process::ExitStatusExt;
         let status = match (status.code(), status.signal()) {
             (Some(code), _) => format!("exit status {code}"),
             (None, Some(signal)) => format!("killed by signal {signal}"),
             _ => status.to_string(),
         };
-        ExternalError::Exited {
+        RenderError::Exited {
             engine: self.name.clone(),
             during: during.to_string(),
             status,
         }
     }
 
-    fn unexpected(&mut self, during: &str, reply: &Reply) -> ExternalError {
+    fn unexpected(&mut self, during: &str, reply: &Reply) -> RenderError {
         self.kill();
-        ExternalError::Malformed {
+        RenderError::Malformed {
             engine: self.name.clone(),
             during: during.to_string(),
             line: serde_json::to_string(reply).unwrap_or_default(),

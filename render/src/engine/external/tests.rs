@@ -1,5 +1,6 @@
 //! The driver against tiny shell engines: each misbehaviour gives its own error.
 
+use super::protocol::ErrorKind;
 use super::*;
 
 const HELLO: &str = r#"{"type":"hello","protocol":1}"#;
@@ -17,7 +18,7 @@ fn engine(script: &str, timeout_secs: u64) -> ResolvedEngine {
     }
 }
 
-fn start(script: &str, timeout_secs: u64) -> Result<CommandEngine, ExternalError> {
+fn start(script: &str, timeout_secs: u64) -> Result<CommandEngine, RenderError> {
     CommandEngine::start(&engine(script, timeout_secs), Path::new("/tmp"), &[])
 }
 
@@ -47,7 +48,7 @@ fn a_line_that_is_not_a_message_fails_naming_the_engine() {
     let script = format!("echo '{HELLO}'; read line; echo 'Loading shards 50%'; exec sleep 30");
     let mut engine = start(&script, 5).expect("engine starts");
     let err = engine.render_clip(&clip_request()).unwrap_err();
-    assert!(matches!(err, ExternalError::Malformed { .. }), "{err}");
+    assert!(matches!(err, RenderError::Malformed { .. }), "{err}");
     assert!(
         err.to_string().contains("shell-test") && err.to_string().contains("Loading shards"),
         "{err}"
@@ -68,10 +69,7 @@ fn a_silent_engine_is_killed_after_the_heartbeat_timeout() {
     let script = format!("echo '{HELLO}'; read line; exec sleep 60");
     let mut engine = start(&script, 1).expect("engine starts");
     let err = engine.render_clip(&clip_request()).unwrap_err();
-    assert!(
-        matches!(err, ExternalError::Silent { secs: 1, .. }),
-        "{err}"
-    );
+    assert!(matches!(err, RenderError::Silent { secs: 1, .. }), "{err}");
 }
 
 #[test]
@@ -89,10 +87,7 @@ fn another_protocol_version_is_refused() {
     let err = start(r#"echo '{"type":"hello","protocol":99}'; exec sleep 5"#, 5)
         .err()
         .expect("version 99 must be refused");
-    assert!(
-        matches!(err, ExternalError::Version { got: 99, .. }),
-        "{err}"
-    );
+    assert!(matches!(err, RenderError::Version { got: 99, .. }), "{err}");
 }
 
 #[test]
@@ -110,5 +105,5 @@ fn a_missing_program_is_a_spawn_error() {
     let err = CommandEngine::start(&resolved, Path::new("/tmp"), &[])
         .err()
         .expect("must fail");
-    assert!(matches!(err, ExternalError::Spawn { .. }), "{err}");
+    assert!(matches!(err, RenderError::Spawn { .. }), "{err}");
 }

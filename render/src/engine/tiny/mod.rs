@@ -22,9 +22,9 @@ use super::features::{pool_reference, prompt_embedding, AudioTrack, REFERENCE_CE
 use super::rng::{SeededRng, Stream};
 use super::weights::load_model;
 use super::{
-    validate_settings, Carry, ClipIndex, ClipLatents, Conditioning, Engine, EngineError,
-    EngineSettings, Frames,
+    validate_settings, Carry, ClipIndex, ClipLatents, Conditioning, Engine, EngineSettings, Frames,
 };
+use crate::RenderError;
 use dit::Denoiser;
 use layers::to_tensor;
 use paint::Painter;
@@ -46,7 +46,7 @@ impl<B: Backend> TinyModel<B> {
         model: &ModelRef,
         model_cache_dir: &Path,
         device: &B::Device,
-    ) -> Result<Self, EngineError> {
+    ) -> Result<Self, RenderError> {
         let (cfg, mut weights) = load_model(model, model_cache_dir)?;
         let denoiser = Denoiser::load(&cfg, &mut weights, device);
         let vae = Vae::load(&mut weights, device);
@@ -90,7 +90,7 @@ impl<B: Backend> TinyEngine<B> {
         cond: Conditioning,
         model_cache_dir: &Path,
         device: &B::Device,
-    ) -> Result<Self, EngineError> {
+    ) -> Result<Self, RenderError> {
         validate_settings(settings)?;
         let model = Arc::new(TinyModel::load(&settings.model, model_cache_dir, device)?);
         Self::bind(model, settings, cond)
@@ -101,11 +101,11 @@ impl<B: Backend> TinyEngine<B> {
         model: Arc<TinyModel<B>>,
         settings: &EngineSettings,
         cond: Conditioning,
-    ) -> Result<Self, EngineError> {
+    ) -> Result<Self, RenderError> {
         validate_settings(settings)?;
         let (width, height) = (settings.width as usize, settings.height as usize);
         if cond.reference_rgb.len() != width * height * 3 {
-            return Err(EngineError::BadConditioning {
+            return Err(RenderError::BadConditioning {
                 detail: format!(
                     "reference image has {} bytes, expected {width}*{height}*3 = {} (RGB24 at the output size)",
                     cond.reference_rgb.len(),
@@ -167,8 +167,8 @@ impl<B: Backend> TinyEngine<B> {
     }
 }
 
-fn download<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Result<Vec<f32>, EngineError> {
-    let backend = |detail: String| EngineError::Backend { detail };
+fn download<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Result<Vec<f32>, RenderError> {
+    let backend = |detail: String| RenderError::Backend { detail };
     tensor
         .try_into_data()
         .map_err(|e| backend(format!("reading a tensor back failed: {e:?}")))?
@@ -177,7 +177,7 @@ fn download<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Result<Vec<f32>
 }
 
 impl<B: Backend> Engine for TinyEngine<B> {
-    fn initial_carry(&self) -> Result<Carry, EngineError> {
+    fn initial_carry(&self) -> Result<Carry, RenderError> {
         Ok(Carry::initial(&self.settings))
     }
 
@@ -185,9 +185,9 @@ impl<B: Backend> Engine for TinyEngine<B> {
         &mut self,
         index: ClipIndex,
         carry: &Carry,
-    ) -> Result<(ClipLatents, Carry), EngineError> {
+    ) -> Result<(ClipLatents, Carry), RenderError> {
         if carry.next_clip() != index {
-            return Err(EngineError::CarryMismatch {
+            return Err(RenderError::CarryMismatch {
                 detail: format!(
                     "asked for {index} but the carry continues into {}",
                     carry.next_clip()
@@ -195,7 +195,7 @@ impl<B: Backend> Engine for TinyEngine<B> {
             });
         }
         if carry.motion.shape != self.motion_shape() {
-            return Err(EngineError::CarryMismatch {
+            return Err(RenderError::CarryMismatch {
                 detail: format!(
                     "motion latents {:?}, this job needs {:?}",
                     carry.motion.shape,
@@ -252,9 +252,9 @@ impl<B: Backend> Engine for TinyEngine<B> {
         ))
     }
 
-    fn decode(&mut self, latents: &ClipLatents) -> Result<Frames, EngineError> {
+    fn decode(&mut self, latents: &ClipLatents) -> Result<Frames, RenderError> {
         if latents.latents.shape != self.shape || latents.motion.shape != self.motion_shape() {
-            return Err(EngineError::LatentsMismatch {
+            return Err(RenderError::LatentsMismatch {
                 detail: format!(
                     "latents {:?} after motion {:?}; this engine decodes {:?} after {:?}",
                     latents.latents.shape,

@@ -136,7 +136,7 @@ fn bad_model_path_is_a_clear_error() {
     )
     .err()
     .expect("load fails");
-    assert!(matches!(err, EngineError::ModelNotFound { .. }), "{err}");
+    assert!(matches!(err, RenderError::ModelNotFound { .. }), "{err}");
 }
 
 #[test]
@@ -148,7 +148,7 @@ fn reference_of_the_wrong_size_is_rejected() {
     let err = TinyEngine::<Cpu>::load(&settings, cond, cache.path(), &Default::default())
         .err()
         .expect("fails");
-    assert!(matches!(err, EngineError::BadConditioning { .. }), "{err}");
+    assert!(matches!(err, RenderError::BadConditioning { .. }), "{err}");
 }
 
 #[test]
@@ -159,7 +159,7 @@ fn rendering_a_clip_the_carry_does_not_lead_to_is_refused() {
     let err = engine
         .render_clip(ClipIndex(3), &Carry::initial(&settings))
         .expect_err("refused");
-    assert!(matches!(err, EngineError::CarryMismatch { .. }), "{err}");
+    assert!(matches!(err, RenderError::CarryMismatch { .. }), "{err}");
 }
 
 #[test]
@@ -171,7 +171,7 @@ fn carry_from_a_job_of_another_size_is_refused() {
     let err = engine(&settings, cache.path())
         .render_clip(ClipIndex(0), &Carry::initial(&other))
         .expect_err("refused");
-    assert!(matches!(err, EngineError::CarryMismatch { .. }), "{err}");
+    assert!(matches!(err, RenderError::CarryMismatch { .. }), "{err}");
 }
 
 #[test]
