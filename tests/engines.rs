@@ -55,9 +55,21 @@ fn farm_with(engines: &[String]) -> Farm {
 
 /// A 64x64 job of `clips` clips of 4 frames through engine `engine`.
 fn engine_job(farm: &Farm, name: &str, engine: &str, clips: u32, attempts: u32) -> String {
+    engine_job_with(farm, name, engine, clips, attempts, "")
+}
+
+/// [`engine_job`] with more `render:` keys (`render` holds whole indented lines).
+fn engine_job_with(
+    farm: &Farm,
+    name: &str,
+    engine: &str,
+    clips: u32,
+    attempts: u32,
+    render: &str,
+) -> String {
     format!(
         "name: {name}\ninputs:\n  image: {m}/portrait.png\n  audio: {m}/hello.wav\n  prompt: \"a test\"\n\
-         render:\n  size: 64*64\n  infer_frames: 4\n  num_clip: {clips}\n  seed: 7\n\
+         render:\n  size: 64*64\n  infer_frames: 4\n  num_clip: {clips}\n  seed: 7\n{render}\
          engine:\n  kind: command\n  name: {engine}\n  model: demo\n\
          output:\n  path: {o}/{name}.mp4\nretry:\n  max_attempts: {attempts}\n",
         m = farm.media.display(),
@@ -177,6 +189,62 @@ fn killed_worker_and_engine_resume_to_identical_frames() {
             .is_empty()
             .then_some(())
     });
+}
+
+/// `render.checkpoint_every` holds for command engines as for native ones: with 3, the
+/// engine's carry is checkpointed after clips 2, 5 and 7 (the last) only, so a worker
+/// SIGKILLed at each kind of point resumes at the clip after the newest complete carry (not
+/// after the clip it was killed in), renders the clips since again, keeps their segments
+/// because they come out the same, and the video is identical to an uninterrupted run.
+#[test]
+fn a_command_engine_checkpoints_every_n_clips_and_resumes_to_identical_frames() {
+    const CLIPS: u32 = 8;
+    let reference = reference_frames(CLIPS);
+    // (point, clip the attempt after the kill starts at).
+    let kills = [
+        // Carry 2 written, checkpoint 2 not yet: nothing durable, from the start again.
+        ("after_carry@2", 0),
+        // Clip 4's segment is durable, its carry never is: back to the clip after 2.
+        ("after_segment@4", 3),
+        ("after_checkpoint@5", 6),
+        // Clip 6 rendered and reported, its carry not checkpointed: back to 6.
+        ("after_denoise@7", 6),
+    ];
+    let farm = farm_with(&[engine_entry("numpy-example", &example_script(), &[], 30)]);
+    let points: Vec<&str> = kills.iter().map(|(point, _)| *point).collect();
+    let _daemon = farm.start_daemon_with_env(&[("REELSPOOL_TEST_CRASH_AT", &points.join(","))]);
+    farm.drop_job(
+        "every3.yaml",
+        &engine_job_with(
+            &farm,
+            "every3",
+            "numpy-example",
+            CLIPS,
+            10,
+            "  checkpoint_every: 3\n",
+        ),
+    );
+    let state = wait_finished(&farm, "every3.yaml");
+    assert_eq!(state["phase"], "done", "{state}");
+    let evs = events(&farm, &state);
+    let sigkills = evs
+        .iter()
+        .filter(|e| e["event"] == "worker_exit")
+        .filter(|e| e["end"].as_str().is_some_and(|s| s.contains("SIGKILL")))
+        .count();
+    assert_eq!(sigkills, kills.len(), "every point fired once: {evs:?}");
+    let mut expected = vec![0];
+    expected.extend(kills.iter().map(|(_, resume_at)| *resume_at as u64));
+    assert_eq!(start_points(&evs), expected, "{evs:?}");
+    assert!(
+        !evs.iter().any(|e| e["event"] == "segment_differs"),
+        "clips rendered again came out the same: {evs:?}"
+    );
+    assert_eq!(
+        frame_digests(&output(&state)),
+        reference,
+        "resumed video differs from an uninterrupted one"
+    );
 }
 
 /// Pids of processes whose working directory lies under `root` (engines run in their job's

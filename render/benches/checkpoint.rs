@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use render::checkpoint::{CheckpointStore, SegmentRecord};
-use render::engine::{self, Carry, ClipIndex, EngineSettings};
+use render::engine::{self, ClipIndex, EngineCarry, EngineSettings};
 use render::worker::cadence::{auto_every, IO_SHARE};
 
 type Result<T> = std::result::Result<T, Box<dyn Error>>;
@@ -84,7 +84,7 @@ fn main() -> Result<()> {
     );
     for (width, height, frames) in [(64, 64, 4), (256, 256, 16), (704, 384, 48)] {
         let s = settings(width, height, frames);
-        let bytes = Carry::initial(&s).to_safetensors_bytes()?;
+        let bytes = EngineCarry::initial(&s).to_safetensors_bytes()?;
         assert!(bytes.len() as u64 <= engine::carry_bytes(&s)?);
         let secs = median_write_secs(&root, "tiny", &bytes)?;
         println!(

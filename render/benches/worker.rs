@@ -29,7 +29,7 @@ use jobs::spec::{
 use jobs::state::JobDir;
 use jobs::JobSpec;
 use render::checkpoint::CheckpointStore;
-use render::engine::{self, Carry, ClipIndex, Conditioning, EngineSettings};
+use render::engine::{self, ClipIndex, Conditioning, EngineCarry, EngineSettings};
 use render::media::{self, ClipEncoder, EncodeSettings, VideoCodec};
 use render::protocol::WorkerMessage;
 
@@ -226,7 +226,7 @@ impl Bench {
         println!("\n## H.264 encode at {width}x{height}, one thread, pinned to one CPU");
         let settings = engine_settings(width, height, frames, BENCH_STEPS);
         let mut engine = engine::load_engine(&settings, conditioning(width, height)?, &self.cache)?;
-        let mut carry = Carry::initial(&settings);
+        let mut carry = EngineCarry::initial(&settings);
         let mut pictures = Vec::new();
         for k in 0..clips {
             let (latents, next) = engine.render_clip(ClipIndex(k), &carry)?;
@@ -273,7 +273,7 @@ impl Bench {
         let store = CheckpointStore::new(&work);
         std::fs::create_dir_all(work.join("clips"))?;
         let encode = EncodeSettings::new(width, height, FPS, VideoCodec::H264, 18);
-        let mut carry = Carry::initial(&settings);
+        let mut carry = EngineCarry::initial(&settings);
         let mut totals = [Duration::ZERO; 4];
         let mut checkpoint_ms = Vec::new();
         for k in 0..clips {

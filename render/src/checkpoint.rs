@@ -8,7 +8,8 @@
 //! checkpoint it replaces is kept as `checkpoint.prev.json` (with its carry) until the new one
 //! is on disk, so a torn or damaged latest checkpoint costs one cadence step, not the whole
 //! job. Segments of clips after the newest checkpoint are kept on resume: the worker renders
-//! those clips again and keeps a segment whose bytes come out the same (see `worker.rs`).
+//! those clips again and keeps a segment whose bytes come out the same (see
+//! `worker/clip_loop.rs`).
 
 mod files;
 
@@ -19,7 +20,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Carry, ClipIndex};
+use crate::engine::{ClipIndex, EngineCarry};
 pub(crate) use files::write_atomic;
 pub use files::MappedFile;
 use files::{
@@ -53,14 +54,14 @@ pub struct Checkpoint {
     /// What the carry was rendered with; a job with other values refuses it, saying which.
     /// Absent in checkpoints written before it existed (their fingerprint still applies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub carry_written_for: Option<CarryIdentity>,
+    pub carry_written_for: Option<CarrySettings>,
 }
 
 /// The settings a carry depends on: a carry from another model, size or seed would continue a
 /// different video, so it is refused with the difference named.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CarryIdentity {
+pub struct CarrySettings {
     pub model: String,
     pub width: u32,
     pub height: u32,
@@ -68,10 +69,10 @@ pub struct CarryIdentity {
     pub infer_frames: u32,
 }
 
-impl CarryIdentity {
+impl CarrySettings {
     /// What differs between the carry's settings (`self`) and the job's, in words; `None`
     /// when they agree.
-    pub fn mismatch(&self, job: &CarryIdentity) -> Option<String> {
+    pub fn mismatch(&self, job: &CarrySettings) -> Option<String> {
         let mut differences = Vec::new();
         if self.model != job.model {
             differences.push(format!(
@@ -117,9 +118,9 @@ pub struct SegmentRecord {
     pub file: FileRecord,
 }
 
-/// What a checkpoint can carry from one clip to the next: the native engine's [`Carry`], or a
-/// command engine's packed carry directory. The store only needs its bytes and the clip it
-/// continues into.
+/// What a checkpoint can carry from one clip to the next: the worker writes and reads every
+/// engine's carry as a [`CarryFile`] (bytes), and the tests and benches the tiny engine's
+/// [`EngineCarry`] itself. The store only needs its bytes and the clip it continues into.
 pub trait CheckpointCarry: Sized {
     /// The clip this carry continues into.
     fn continues_into(&self) -> ClipIndex;
@@ -134,7 +135,7 @@ pub trait CheckpointCarry: Sized {
     }
 }
 
-impl CheckpointCarry for Carry {
+impl CheckpointCarry for EngineCarry {
     fn continues_into(&self) -> ClipIndex {
         self.next_clip()
     }
@@ -142,28 +143,17 @@ impl CheckpointCarry for Carry {
         self.to_safetensors_bytes().map_err(|e| e.to_string())
     }
     fn from_checkpoint_bytes(bytes: &[u8]) -> Result<Self, String> {
-        Carry::from_safetensors_bytes(bytes).map_err(|e| e.to_string())
+        EngineCarry::from_safetensors_bytes(bytes).map_err(|e| e.to_string())
     }
 }
 
-impl CheckpointCarry for crate::engine::external::PackedCarry {
-    fn continues_into(&self) -> ClipIndex {
-        self.next_clip()
-    }
-    fn to_checkpoint_bytes(&self) -> Result<Vec<u8>, String> {
-        self.to_bytes().map_err(|e| e.to_string())
-    }
-    fn from_checkpoint_bytes(bytes: &[u8]) -> Result<Self, String> {
-        Self::from_bytes(bytes).map_err(|e| e.to_string())
-    }
-}
-
-/// A native engine's carry file as the checkpoint store sees it: its bytes, and the clip it
-/// continues into read from its header (`next_clip` for the tiny model, `clip` for Live
-/// Avatar). The engine parses the rest ([`crate::engine::Engine::carry_from_bytes`]), so a
-/// carry that lives on the device is read straight onto it.
+/// A carry file as the checkpoint store reads it back, whatever engine wrote it: its bytes,
+/// and the clip it continues into read from its header (`next_clip` for the tiny model and a
+/// command engine's packed carry, `clip` for Live Avatar). The engine parses the rest
+/// ([`crate::engine::Engine::carry_from_bytes`] for the native ones), so a carry that lives on
+/// the device is read straight onto it.
 #[derive(Debug)]
-pub struct StoredCarry {
+pub struct CarryFile {
     pub bytes: CarryBytes,
     next_clip: u32,
 }
@@ -186,7 +176,7 @@ impl std::ops::Deref for CarryBytes {
     }
 }
 
-impl CheckpointCarry for StoredCarry {
+impl CheckpointCarry for CarryFile {
     fn continues_into(&self) -> ClipIndex {
         ClipIndex(self.next_clip)
     }
@@ -194,20 +184,20 @@ impl CheckpointCarry for StoredCarry {
         Ok(self.bytes.to_vec())
     }
     fn from_checkpoint_bytes(bytes: &[u8]) -> Result<Self, String> {
-        Ok(StoredCarry {
+        Ok(CarryFile {
             next_clip: Self::next_clip_of(bytes)?,
             bytes: CarryBytes::Owned(bytes.to_vec()),
         })
     }
     fn from_checkpoint_file(file: MappedFile) -> Result<Self, String> {
-        Ok(StoredCarry {
+        Ok(CarryFile {
             next_clip: Self::next_clip_of(&file)?,
             bytes: CarryBytes::Mapped(file),
         })
     }
 }
 
-impl StoredCarry {
+impl CarryFile {
     /// The clip a carry file continues into, from its safetensors metadata.
     fn next_clip_of(bytes: &[u8]) -> Result<u32, String> {
         let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
@@ -246,7 +236,7 @@ impl CarrySource<'_> {
 
 /// Where a job starts.
 #[derive(Debug, Clone, PartialEq)]
-pub enum ResumePoint<C = Carry> {
+pub enum ResumePoint<C = EngineCarry> {
     /// From clip 0. `reason` says why an existing checkpoint was not used (`None`: there was
     /// none). Everything the old checkpoints named has been removed.
     Fresh { reason: Option<String> },
@@ -333,7 +323,7 @@ impl CheckpointStore {
     pub fn save(
         &self,
         clip: ClipIndex,
-        carry: &Carry,
+        carry: &EngineCarry,
         fingerprint: &str,
         segment: &Path,
     ) -> Result<(), RenderError> {
@@ -394,7 +384,7 @@ impl CheckpointStore {
         clip: ClipIndex,
         carry_bytes: &[u8],
         fingerprint: &str,
-        identity: Option<&CarryIdentity>,
+        identity: Option<&CarrySettings>,
         segments: Vec<SegmentRecord>,
     ) -> Result<(), RenderError> {
         self.save_from(
@@ -414,7 +404,7 @@ impl CheckpointStore {
         clip: ClipIndex,
         source: CarrySource<'_>,
         fingerprint: &str,
-        identity: Option<&CarryIdentity>,
+        identity: Option<&CarrySettings>,
         segments: Vec<SegmentRecord>,
     ) -> Result<(), RenderError> {
         let in_order = segments.len() as u64 == u64::from(clip.0) + 1
@@ -546,7 +536,7 @@ impl CheckpointStore {
         &self,
         cp: &Checkpoint,
         fingerprint: &str,
-        identity: Option<&CarryIdentity>,
+        identity: Option<&CarrySettings>,
     ) -> Result<C, Unusable> {
         if let (Some(written), Some(job)) = (&cp.carry_written_for, identity) {
             if let Some(difference) = written.mismatch(job) {
@@ -638,7 +628,7 @@ impl CheckpointStore {
     pub fn resume_carry<C: CheckpointCarry>(
         &self,
         fingerprint: &str,
-        identity: Option<&CarryIdentity>,
+        identity: Option<&CarrySettings>,
     ) -> Result<ResumePoint<C>, RenderError> {
         let mut reasons = Vec::new();
         for name in [CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE] {

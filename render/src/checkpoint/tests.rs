@@ -17,8 +17,8 @@ impl Job {
         Job { _dir: dir, store }
     }
 
-    fn carry_after(clip: u32) -> Carry {
-        let mut carry = Carry::initial(&small_settings(5));
+    fn carry_after(clip: u32) -> EngineCarry {
+        let mut carry = EngineCarry::initial(&small_settings(5));
         carry.next_clip = clip + 1;
         for (i, v) in carry.motion.data.iter_mut().enumerate() {
             *v = (clip as f32) + i as f32 * 0.001;
@@ -293,7 +293,7 @@ fn missing_segment_file_is_an_error_naming_it() {
 
 /// Saves clips `0..clips` with a checkpoint every `every` clips (and after the last), the way
 /// the worker's writer does; returns the records of every segment.
-fn finish_clips_every(job: &Job, clips: u32, every: u32, identity: &CarryIdentity) {
+fn finish_clips_every(job: &Job, clips: u32, every: u32, identity: &CarrySettings) {
     let mut segments = Vec::new();
     for clip in 0..clips {
         let segment = job.store.segment_path(ClipIndex(clip));
@@ -321,8 +321,8 @@ fn finish_clips_every(job: &Job, clips: u32, every: u32, identity: &CarryIdentit
     }
 }
 
-fn identity(seed: u64) -> CarryIdentity {
-    CarryIdentity {
+fn identity(seed: u64) -> CarrySettings {
+    CarrySettings {
         model: "builtin:tiny".to_string(),
         width: 64,
         height: 48,
@@ -341,7 +341,7 @@ fn every_third_clip_keeps_the_previous_carry_and_resumes_after_the_newest() {
     assert!(job.path("carry-7.safetensors").exists());
     let point = job
         .store
-        .resume_carry::<Carry>(JOB, Some(&identity(5)))
+        .resume_carry::<EngineCarry>(JOB, Some(&identity(5)))
         .expect("resume");
     assert_eq!(resumed_after(&point), 7);
     assert_eq!(job.store.current_segments().expect("segments").len(), 8);
@@ -359,7 +359,7 @@ fn a_carry_that_fails_its_checksum_falls_back_and_says_why() {
     std::fs::write(&path, &bytes).expect("damage");
     let point = job
         .store
-        .resume_carry::<Carry>(JOB, Some(&identity(5)))
+        .resume_carry::<EngineCarry>(JOB, Some(&identity(5)))
         .expect("resume");
     assert_eq!(resumed_after(&point), 5);
     let ResumePoint::After { fell_back, .. } = point else {
@@ -383,7 +383,7 @@ fn a_truncated_newest_carry_falls_back_too() {
     std::fs::write(&path, &bytes[..bytes.len() / 3]).expect("truncate");
     let point = job
         .store
-        .resume_carry::<Carry>(JOB, Some(&identity(5)))
+        .resume_carry::<EngineCarry>(JOB, Some(&identity(5)))
         .expect("resume");
     assert_eq!(resumed_after(&point), 2);
 }
@@ -393,14 +393,14 @@ fn a_carry_of_another_seed_model_or_size_is_refused_naming_the_difference() {
     for (job_identity, expected) in [
         (identity(6), "seed 5 (this job: 6)"),
         (
-            CarryIdentity {
+            CarrySettings {
                 model: "/models/other".to_string(),
                 ..identity(5)
             },
             "model `builtin:tiny` (this job: `/models/other`)",
         ),
         (
-            CarryIdentity {
+            CarrySettings {
                 width: 128,
                 ..identity(5)
             },
@@ -411,7 +411,7 @@ fn a_carry_of_another_seed_model_or_size_is_refused_naming_the_difference() {
         finish_clips_every(&job, 4, 2, &identity(5));
         let point = job
             .store
-            .resume_carry::<Carry>(JOB, Some(&job_identity))
+            .resume_carry::<EngineCarry>(JOB, Some(&job_identity))
             .expect("resume");
         let ResumePoint::Fresh {
             reason: Some(reason),
@@ -505,7 +505,7 @@ fn a_streamed_carry_resumes_like_one_written_from_memory() {
     assert_eq!(resumed_after(&job.resume()), 1);
     match job
         .store
-        .resume_carry::<StoredCarry>(JOB, None)
+        .resume_carry::<CarryFile>(JOB, None)
         .expect("resume")
     {
         ResumePoint::After { carry, .. } => {

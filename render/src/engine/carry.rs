@@ -1,5 +1,5 @@
 //! What crosses a clip boundary: the latents a clip produced ([`ClipLatents`], for decoding) and
-//! the state the next clip needs ([`Carry`], for denoising and for checkpoints).
+//! the state the next clip needs ([`EngineCarry`], for denoising and for checkpoints).
 
 use std::collections::HashMap;
 
@@ -54,7 +54,7 @@ impl LatentShape {
     }
 }
 
-/// A host-side block of latents. Host memory keeps [`ClipLatents`] and [`Carry`] independent of
+/// A host-side block of latents. Host memory keeps [`ClipLatents`] and [`EngineCarry`] independent of
 /// the backend, so a worker can hold them across clips whatever device denoised them.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct LatentBlock {
@@ -116,16 +116,16 @@ impl ClipLatents {
 /// (per-clip noise streams are derived from it and the clip index, so this *is* the RNG state),
 /// and the index of the next clip. Saved after every clip as safetensors.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Carry {
+pub struct EngineCarry {
     pub(crate) next_clip: u32,
     pub(crate) noise_seed: u64,
     pub(crate) motion: LatentBlock,
 }
 
-impl Carry {
+impl EngineCarry {
     /// The carry before clip 0: the rest pose (all-zero motion latents) and the job's seed.
-    pub fn initial(settings: &EngineSettings) -> Carry {
-        Carry {
+    pub fn initial(settings: &EngineSettings) -> EngineCarry {
+        EngineCarry {
             next_clip: 0,
             noise_seed: settings.seed,
             motion: LatentBlock::zeros(LatentShape::for_settings(settings, MOTION_LATENT_FRAMES)),
@@ -158,9 +158,9 @@ impl Carry {
             .map_err(|e| carry_format(format!("cannot serialise: {e}")))
     }
 
-    /// Parses what [`Carry::to_safetensors_bytes`] wrote; anything else is a
+    /// Parses what [`EngineCarry::to_safetensors_bytes`] wrote; anything else is a
     /// [`RenderError::CarryFormat`] (a torn or foreign file must never be half-trusted).
-    pub fn from_safetensors_bytes(bytes: &[u8]) -> Result<Carry, RenderError> {
+    pub fn from_safetensors_bytes(bytes: &[u8]) -> Result<EngineCarry, RenderError> {
         let file = SafeTensors::deserialize(bytes)
             .map_err(|e| carry_format(format!("not a safetensors file: {e}")))?;
         let (_, header) = SafeTensors::read_metadata(bytes)
@@ -192,7 +192,7 @@ impl Carry {
             return Err(carry_format(format!("`{MOTION_TENSOR}` must be F32")));
         }
         let data = f32s_from_le_bytes(tensor.data());
-        Ok(Carry {
+        Ok(EngineCarry {
             next_clip,
             noise_seed,
             motion: LatentBlock {
@@ -302,8 +302,8 @@ mod tests {
     use super::*;
     use crate::engine::test_support::small_settings;
 
-    fn sample_carry() -> Carry {
-        let mut carry = Carry::initial(&small_settings(7));
+    fn sample_carry() -> EngineCarry {
+        let mut carry = EngineCarry::initial(&small_settings(7));
         carry.next_clip = 5;
         carry.noise_seed = u64::MAX - 3;
         for (i, v) in carry.motion.data.iter_mut().enumerate() {
@@ -316,13 +316,13 @@ mod tests {
     fn carry_round_trips_through_safetensors_bytes() {
         let carry = sample_carry();
         let bytes = carry.to_safetensors_bytes().expect("serialises");
-        let back = Carry::from_safetensors_bytes(&bytes).expect("parses");
+        let back = EngineCarry::from_safetensors_bytes(&bytes).expect("parses");
         assert_eq!(back, carry);
     }
 
     #[test]
     fn initial_carry_starts_at_clip_zero_with_the_job_seed() {
-        let carry = Carry::initial(&small_settings(99));
+        let carry = EngineCarry::initial(&small_settings(99));
         assert_eq!(carry.next_clip(), ClipIndex(0));
         assert_eq!(carry.noise_seed, 99);
         assert_eq!(carry.motion.shape.frames, MOTION_LATENT_FRAMES);
@@ -332,7 +332,7 @@ mod tests {
     #[test]
     fn truncated_carry_bytes_are_rejected() {
         let bytes = sample_carry().to_safetensors_bytes().expect("serialises");
-        let err = Carry::from_safetensors_bytes(&bytes[..bytes.len() - 9]).unwrap_err();
+        let err = EngineCarry::from_safetensors_bytes(&bytes[..bytes.len() - 9]).unwrap_err();
         assert!(matches!(err, RenderError::CarryFormat { .. }), "{err}");
     }
 
@@ -341,7 +341,7 @@ mod tests {
         let data = [0u8; 8];
         let view = TensorView::new(Dtype::F32, vec![2], &data).expect("valid view");
         let bytes = safetensors::serialize([("weights", view)], None).expect("serialises");
-        let err = Carry::from_safetensors_bytes(&bytes).unwrap_err();
+        let err = EngineCarry::from_safetensors_bytes(&bytes).unwrap_err();
         assert!(err.to_string().contains("format"), "{err}");
     }
 

@@ -1,7 +1,7 @@
 //! The Live Avatar engine: `wan::pipeline::LiveAvatar` behind the [`Engine`] trait.
 //!
 //! Its state between clips ([`wan::pipeline::LiveCarry`]: KV rings, sink, motion latents and
-//! the VAE decoder's cache) is large and stays on the device inside the engine. The [`Carry`]
+//! the VAE decoder's cache) is large and stays on the device inside the engine. The [`EngineCarry`]
 //! the worker holds is only a token naming the next clip; the engine turns its own state into
 //! bytes when the worker checkpoints ([`Engine::carry_to_bytes`]) and back on resume
 //! ([`Engine::carry_from_bytes`]). Decoding is online: [`Engine::render_clip`] denoises and
@@ -17,7 +17,7 @@ use wan::tokenizer::UmT5Tokenizer;
 use wan::WanError;
 
 use super::carry::{LatentBlock, LatentShape};
-use super::{Carry, ClipIndex, ClipLatents, Conditioning, Engine, EngineSettings, Frames};
+use super::{ClipIndex, ClipLatents, Conditioning, Engine, EngineCarry, EngineSettings, Frames};
 use crate::RenderError;
 
 /// The pipeline's settings of a job.
@@ -164,11 +164,11 @@ impl<B: Backend> LiveEngine<B> {
         self.ctx.audio_video_frames() as u64
     }
 
-    fn token(&self, next_clip: u64) -> Result<Carry, RenderError> {
+    fn token(&self, next_clip: u64) -> Result<EngineCarry, RenderError> {
         let next_clip = u32::try_from(next_clip).map_err(|_| RenderError::CarryFormat {
             detail: format!("clip {next_clip} is past the last clip a job can have"),
         })?;
-        Ok(Carry {
+        Ok(EngineCarry {
             next_clip,
             noise_seed: self.seed,
             motion: empty_block(),
@@ -176,7 +176,7 @@ impl<B: Backend> LiveEngine<B> {
     }
 
     /// The device carry continuing into `carry.next_clip()`, checked against the token.
-    fn held_for(&self, carry: &Carry) -> Result<&LiveCarry<B>, RenderError> {
+    fn held_for(&self, carry: &EngineCarry) -> Result<&LiveCarry<B>, RenderError> {
         let held = self
             .held
             .as_ref()
@@ -222,8 +222,8 @@ impl<B: Backend> Engine for LiveEngine<B> {
     fn render_clip(
         &mut self,
         index: ClipIndex,
-        carry: &Carry,
-    ) -> Result<(ClipLatents, Carry), RenderError> {
+        carry: &EngineCarry,
+    ) -> Result<(ClipLatents, EngineCarry), RenderError> {
         if carry.next_clip != index.0 {
             return Err(RenderError::CarryMismatch {
                 detail: format!(
@@ -299,11 +299,11 @@ impl<B: Backend> Engine for LiveEngine<B> {
         Some(LiveEngine::audio_video_frames(self))
     }
 
-    fn initial_carry(&self) -> Result<Carry, RenderError> {
+    fn initial_carry(&self) -> Result<EngineCarry, RenderError> {
         self.token(0)
     }
 
-    fn carry_to_bytes(&mut self, carry: &Carry) -> Result<Vec<u8>, RenderError> {
+    fn carry_to_bytes(&mut self, carry: &EngineCarry) -> Result<Vec<u8>, RenderError> {
         let held = self.held_for(carry)?;
         held.to_bytes(self.ctx.carry_id())
             .map_err(|err| RenderError::CarryFormat {
@@ -311,7 +311,11 @@ impl<B: Backend> Engine for LiveEngine<B> {
             })
     }
 
-    fn write_carry(&mut self, carry: &Carry, out: &mut std::fs::File) -> Result<u64, RenderError> {
+    fn write_carry(
+        &mut self,
+        carry: &EngineCarry,
+        out: &mut std::fs::File,
+    ) -> Result<u64, RenderError> {
         let id = self.ctx.carry_id();
         let held = self.held_for(carry)?;
         held.write_to(out, id).map_err(|err| match err {
@@ -322,7 +326,7 @@ impl<B: Backend> Engine for LiveEngine<B> {
         })
     }
 
-    fn carry_from_bytes(&mut self, bytes: &[u8]) -> Result<Carry, RenderError> {
+    fn carry_from_bytes(&mut self, bytes: &[u8]) -> Result<EngineCarry, RenderError> {
         let live = LiveCarry::from_bytes(bytes, self.ctx.carry_id(), &self.model.device).map_err(
             |err| match err {
                 WanError::CarryMismatch { .. } => RenderError::CarryMismatch {

@@ -1,4 +1,4 @@
-//! Engines: load a model once, then turn one clip index plus the previous clip's [`Carry`] into
+//! Engines: load a model once, then turn one clip index plus the previous clip's [`EngineCarry`] into
 //! that clip's latents, and latents into frames.
 //!
 //! Denoising ([`Engine::render_clip`]) and decoding ([`Engine::decode`]) are separate calls so
@@ -9,11 +9,12 @@
 //! The native engine is the Burn one. Its backend is [`EngineBackend`]: the CPU `ndarray`
 //! backend by default, `burn-cuda` under the crate feature `cuda`. It runs the built-in tiny
 //! model (`tiny`), or for a Live Avatar release directory the `wan` pipeline ([`live`]), whose
-//! carry stays on the device and whose decode is part of `render_clip`: the [`Carry`] the
+//! carry stays on the device and whose decode is part of `render_clip`: the [`EngineCarry`] the
 //! worker holds is then a token, and the engine copies its state out only when the worker
 //! checkpoints ([`Engine::carry_to_bytes`]). Command engines
-//! ([`external`]) are other programs: they hand over decoded frames, not latents, so the worker
-//! drives them with its own clip loop (`worker/command.rs`) instead of this trait.
+//! ([`external`]) are other programs: they hand over decoded frames, not latents, so they do not
+//! implement this trait; the worker's clip loop drives both kinds through its own seam
+//! (`worker/renderer.rs`).
 //!
 //! Determinism: a resumed job must produce the frames an uninterrupted one would, so every
 //! random draw comes from our own generator keyed by (seed, clip index), never from a stream
@@ -37,7 +38,7 @@ use std::path::Path;
 
 use jobs::spec::ModelRef;
 
-pub use carry::{Carry, ClipLatents};
+pub use carry::{ClipLatents, EngineCarry};
 pub use features::AUDIO_SAMPLE_RATE_HZ;
 pub use weights::BUILTIN_TINY;
 
@@ -121,8 +122,8 @@ pub trait Engine: Send {
     fn render_clip(
         &mut self,
         index: ClipIndex,
-        carry: &Carry,
-    ) -> Result<(ClipLatents, Carry), RenderError>;
+        carry: &EngineCarry,
+    ) -> Result<(ClipLatents, EngineCarry), RenderError>;
 
     /// Decodes latents from [`Engine::render_clip`] into [`Engine::frames_per_clip`] frames.
     fn decode(&mut self, latents: &ClipLatents) -> Result<Frames, RenderError>;
@@ -149,12 +150,12 @@ pub trait Engine: Send {
     }
 
     /// The carry before clip 0.
-    fn initial_carry(&self) -> Result<Carry, RenderError>;
+    fn initial_carry(&self) -> Result<EngineCarry, RenderError>;
 
     /// The bytes a checkpoint writes for `carry` (the carry that continues into
     /// `carry.next_clip()`). Called only on checkpoint clips: an engine whose state lives on
     /// the device copies it out here.
-    fn carry_to_bytes(&mut self, carry: &Carry) -> Result<Vec<u8>, RenderError> {
+    fn carry_to_bytes(&mut self, carry: &EngineCarry) -> Result<Vec<u8>, RenderError> {
         carry.to_safetensors_bytes()
     }
 
@@ -162,7 +163,11 @@ pub trait Engine: Send {
     /// of them in host memory, returning how many it wrote: for carries of tens of GB, an
     /// engine whose state lives on the device copies it out one tensor at a time. The
     /// default goes through [`Engine::carry_to_bytes`].
-    fn write_carry(&mut self, carry: &Carry, out: &mut std::fs::File) -> Result<u64, RenderError> {
+    fn write_carry(
+        &mut self,
+        carry: &EngineCarry,
+        out: &mut std::fs::File,
+    ) -> Result<u64, RenderError> {
         use std::io::Write;
         let bytes = self.carry_to_bytes(carry)?;
         out.write_all(&bytes)
@@ -172,8 +177,8 @@ pub trait Engine: Send {
 
     /// Reads what [`Engine::carry_to_bytes`] wrote, on resume. A carry of another job is an
     /// [`RenderError::CarryMismatch`] naming what differs.
-    fn carry_from_bytes(&mut self, bytes: &[u8]) -> Result<Carry, RenderError> {
-        Carry::from_safetensors_bytes(bytes)
+    fn carry_from_bytes(&mut self, bytes: &[u8]) -> Result<EngineCarry, RenderError> {
+        EngineCarry::from_safetensors_bytes(bytes)
     }
 }
 
@@ -200,7 +205,7 @@ pub fn check_model(settings: &EngineSettings) -> Result<(), RenderError> {
 }
 
 fn tiny_carry_bytes(settings: &EngineSettings) -> u64 {
-    let mut carry = Carry::initial(settings);
+    let mut carry = EngineCarry::initial(settings);
     carry.next_clip = u32::MAX;
     carry.noise_seed = u64::MAX;
     let tensor = carry.motion.data.len() as u64 * std::mem::size_of::<f32>() as u64;
@@ -443,7 +448,7 @@ mod tests {
     fn carry_bytes_bounds_every_carry_of_the_job() {
         let settings = small_settings(u64::MAX);
         let bound = carry_bytes(&settings).expect("tiny carries have a size");
-        let mut carry = Carry::initial(&settings);
+        let mut carry = EngineCarry::initial(&settings);
         for next_clip in [0, 7, 123_456, u32::MAX] {
             carry.next_clip = next_clip;
             let written = carry.to_safetensors_bytes().expect("serialises").len() as u64;

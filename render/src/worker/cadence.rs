@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use jobs::spec::CheckpointEvery;
 
-use crate::checkpoint::{CarryIdentity, CheckpointStore, SegmentRecord};
+use crate::checkpoint::{CarrySettings, CheckpointStore, SegmentRecord};
 use crate::engine::ClipIndex;
 use crate::RenderError;
 
@@ -151,7 +151,14 @@ impl Cadence {
         }
     }
 
-    /// Bytes of one carry, as known before the job started.
+    /// A carry of `bytes` was serialised: a carry whose size was not known before the job
+    /// (a command engine's, 0 until then) is sized by the biggest one seen.
+    pub fn carry_seen(&mut self, bytes: u64) {
+        self.carry_bytes = self.carry_bytes.max(bytes);
+    }
+
+    /// Bytes of one carry, as known before the job started (or seen since, see
+    /// [`Cadence::carry_seen`]).
     pub fn carry_bytes(&self) -> u64 {
         self.carry_bytes
     }
@@ -191,7 +198,7 @@ impl CarryWriter {
     pub fn spawn(
         store: CheckpointStore,
         fingerprint: String,
-        identity: Option<CarryIdentity>,
+        carry_settings: Option<CarrySettings>,
     ) -> CarryWriter {
         let (orders_tx, orders_rx) = mpsc::channel::<WriteOrder>();
         let (outcomes_tx, outcomes_rx) = mpsc::channel::<WriteOutcome>();
@@ -205,7 +212,7 @@ impl CarryWriter {
                         order.clip,
                         &order.carry_bytes,
                         &fingerprint,
-                        identity.as_ref(),
+                        carry_settings.as_ref(),
                         order.segments,
                     );
                     drop(order.carry_bytes);
@@ -348,5 +355,26 @@ mod tests {
         fixed.clip_rendered(1.0);
         fixed.carry_written(100_000_000, 10.0);
         assert_eq!(fixed.every(), 3);
+    }
+
+    #[test]
+    fn a_carry_of_unknown_size_is_sized_by_the_biggest_one_seen() {
+        // A command engine's carry: 0 bytes known, so `auto` checkpoints every clip at first.
+        let mut auto = Cadence::new(CheckpointEvery::Auto, 0);
+        auto.clip_rendered(1.0);
+        assert_eq!(auto.every(), 1);
+        auto.carry_seen(100_000_000);
+        assert_eq!(auto.carry_bytes(), 100_000_000);
+        assert_eq!(
+            auto.every(),
+            25,
+            "0.1 GB at the assumed 0.2 GB/s against 0.02 s"
+        );
+        auto.carry_seen(1_000);
+        assert_eq!(
+            auto.carry_bytes(),
+            100_000_000,
+            "a smaller carry lowers nothing"
+        );
     }
 }

@@ -27,18 +27,18 @@ fn format_err(detail: impl Into<String>) -> RenderError {
 
 /// The files of one carry directory, in memory, sorted by relative path.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PackedCarry {
+pub struct CommandCarry {
     next_clip: u32,
     files: Vec<(String, Vec<u8>)>,
 }
 
-impl PackedCarry {
+impl CommandCarry {
     /// Reads every file under `dir` (recursively); the carry continues into `next_clip`.
-    pub fn read_dir(dir: &Path, next_clip: ClipIndex) -> Result<PackedCarry, RenderError> {
+    pub fn read_dir(dir: &Path, next_clip: ClipIndex) -> Result<CommandCarry, RenderError> {
         let mut files = Vec::new();
         collect(dir, "", &mut files)?;
         files.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(PackedCarry {
+        Ok(CommandCarry {
             next_clip: next_clip.0,
             files,
         })
@@ -86,8 +86,8 @@ impl PackedCarry {
             .map_err(|e| format_err(format!("cannot serialise: {e}")))
     }
 
-    /// Parses what [`PackedCarry::to_bytes`] wrote; anything else is an error.
-    pub fn from_bytes(bytes: &[u8]) -> Result<PackedCarry, RenderError> {
+    /// Parses what [`CommandCarry::to_bytes`] wrote; anything else is an error.
+    pub fn from_bytes(bytes: &[u8]) -> Result<CommandCarry, RenderError> {
         let file = SafeTensors::deserialize(bytes)
             .map_err(|e| format_err(format!("not a safetensors file: {e}")))?;
         let (_, header) = SafeTensors::read_metadata(bytes)
@@ -118,7 +118,7 @@ impl PackedCarry {
             files.push((name, tensor.data().to_vec()));
         }
         files.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(PackedCarry { next_clip, files })
+        Ok(CommandCarry { next_clip, files })
     }
 }
 
@@ -178,9 +178,9 @@ mod tests {
         std::fs::write(src.join("state.npy"), [1u8, 2, 3]).expect("write");
         std::fs::write(src.join("kv/step0/ring.bin"), vec![7u8; 1000]).expect("write");
         std::fs::write(src.join("empty"), b"").expect("write");
-        let packed = PackedCarry::read_dir(&src, ClipIndex(3)).expect("pack");
+        let packed = CommandCarry::read_dir(&src, ClipIndex(3)).expect("pack");
         let bytes = packed.to_bytes().expect("serialise");
-        let back = PackedCarry::from_bytes(&bytes).expect("parse");
+        let back = CommandCarry::from_bytes(&bytes).expect("parse");
         assert_eq!(back, packed);
         assert_eq!(back.next_clip(), ClipIndex(3));
         let dst = temp.path().join("in");
@@ -200,7 +200,7 @@ mod tests {
         let temp = tempfile::tempdir().expect("temp dir");
         std::os::unix::fs::symlink("/etc/passwd", temp.path().join("link")).expect("symlink");
         assert!(matches!(
-            PackedCarry::read_dir(temp.path(), ClipIndex(1)),
+            CommandCarry::read_dir(temp.path(), ClipIndex(1)),
             Err(RenderError::NotPlain { .. })
         ));
     }
@@ -216,11 +216,11 @@ mod tests {
         ]);
         let packed =
             safetensors::serialize([("../escape", view)], Some(metadata)).expect("serialise");
-        assert!(PackedCarry::from_bytes(&packed).is_err());
+        assert!(CommandCarry::from_bytes(&packed).is_err());
     }
 
     #[test]
     fn native_carry_bytes_are_not_an_engine_carry() {
-        assert!(PackedCarry::from_bytes(b"not safetensors").is_err());
+        assert!(CommandCarry::from_bytes(b"not safetensors").is_err());
     }
 }

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-pub use carry_dir::PackedCarry;
+pub use carry_dir::CommandCarry;
 use protocol::{Reply, Request, PROTOCOL_VERSION};
 
 /// The resolved engine declaration in a job directory.

@@ -22,7 +22,8 @@ use super::features::{pool_reference, prompt_embedding, AudioTrack, REFERENCE_CE
 use super::rng::{SeededRng, Stream};
 use super::weights::load_model;
 use super::{
-    validate_settings, Carry, ClipIndex, ClipLatents, Conditioning, Engine, EngineSettings, Frames,
+    validate_settings, ClipIndex, ClipLatents, Conditioning, Engine, EngineCarry, EngineSettings,
+    Frames,
 };
 use crate::RenderError;
 use dit::Denoiser;
@@ -177,15 +178,15 @@ fn download<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Result<Vec<f32>
 }
 
 impl<B: Backend> Engine for TinyEngine<B> {
-    fn initial_carry(&self) -> Result<Carry, RenderError> {
-        Ok(Carry::initial(&self.settings))
+    fn initial_carry(&self) -> Result<EngineCarry, RenderError> {
+        Ok(EngineCarry::initial(&self.settings))
     }
 
     fn render_clip(
         &mut self,
         index: ClipIndex,
-        carry: &Carry,
-    ) -> Result<(ClipLatents, Carry), RenderError> {
+        carry: &EngineCarry,
+    ) -> Result<(ClipLatents, EngineCarry), RenderError> {
         if carry.next_clip() != index {
             return Err(RenderError::CarryMismatch {
                 detail: format!(
@@ -237,7 +238,7 @@ impl<B: Backend> Engine for TinyEngine<B> {
             shape,
             data: download(x)?,
         };
-        let next = Carry {
+        let next = EngineCarry {
             next_clip: index.0 + 1,
             noise_seed: carry.noise_seed,
             motion: carry.motion.tail_after(&latents, MOTION_LATENT_FRAMES),

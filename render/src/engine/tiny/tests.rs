@@ -14,8 +14,8 @@ fn engine(settings: &EngineSettings, cache: &Path) -> TinyEngine<Cpu> {
 }
 
 /// Renders and decodes clips `0..clips` from the initial carry.
-fn render(engine: &mut TinyEngine<Cpu>, clips: u32) -> (Vec<Frames>, Carry) {
-    let mut carry = Carry::initial(&engine.settings);
+fn render(engine: &mut TinyEngine<Cpu>, clips: u32) -> (Vec<Frames>, EngineCarry) {
+    let mut carry = EngineCarry::initial(&engine.settings);
     let mut frames = Vec::new();
     for clip in 0..clips {
         let (latents, next) = engine
@@ -70,7 +70,7 @@ fn resuming_from_a_saved_carry_renders_the_same_next_clip_as_an_uninterrupted_ru
     let saved = carry.to_safetensors_bytes().expect("serialises");
     // A new process: new engine, carry read back from bytes.
     let mut resumed = engine(&settings, cache.path());
-    let carry = Carry::from_safetensors_bytes(&saved).expect("parses");
+    let carry = EngineCarry::from_safetensors_bytes(&saved).expect("parses");
     let (latents, _) = resumed.render_clip(ClipIndex(2), &carry).expect("renders");
     assert_eq!(resumed.decode(&latents).expect("decodes"), uninterrupted[2]);
 }
@@ -83,7 +83,7 @@ fn decoding_later_gives_the_same_frames_as_decoding_at_once() {
     let (decoded_at_once, _) = render(&mut online, 2);
     let mut offline = engine(&settings, cache.path());
     let first = offline
-        .render_clip(ClipIndex(0), &Carry::initial(&settings))
+        .render_clip(ClipIndex(0), &EngineCarry::initial(&settings))
         .expect("renders");
     let second = offline
         .render_clip(ClipIndex(1), &first.1)
@@ -157,7 +157,7 @@ fn rendering_a_clip_the_carry_does_not_lead_to_is_refused() {
     let settings = small_settings(1);
     let mut engine = engine(&settings, cache.path());
     let err = engine
-        .render_clip(ClipIndex(3), &Carry::initial(&settings))
+        .render_clip(ClipIndex(3), &EngineCarry::initial(&settings))
         .expect_err("refused");
     assert!(matches!(err, RenderError::CarryMismatch { .. }), "{err}");
 }
@@ -169,7 +169,7 @@ fn carry_from_a_job_of_another_size_is_refused() {
     let mut other = settings.clone();
     other.width = 128;
     let err = engine(&settings, cache.path())
-        .render_clip(ClipIndex(0), &Carry::initial(&other))
+        .render_clip(ClipIndex(0), &EngineCarry::initial(&other))
         .expect_err("refused");
     assert!(matches!(err, RenderError::CarryMismatch { .. }), "{err}");
 }
