@@ -26,7 +26,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{bf16, f16, TensorData};
 use burn_cuda::Cuda;
 use safetensors::tensor::{Dtype, TensorView};
-use wan::causal_loop::{forward_block, run_clip, Carry, CausalSettings, ClipInput, KvPair};
+use wan::causal_loop::{forward_block, run_clip, CausalSettings, ClipInput, DitCarry, KvPair};
 use wan::keys::list_params;
 use wan::loader::load_s2v_file;
 use wan::rope::RopeGroup;
@@ -168,7 +168,7 @@ fn block<B: Backend>(dt: &str, layer_counts: &[usize]) -> Result<(), String> {
             RopeGroup::grid(-19, 1, rows / 2, cols / 2),
         ];
         let sink_tokens: usize = sink_groups.iter().map(RopeGroup::len).sum();
-        let mut carry = Carry {
+        let mut carry = DitCarry {
             rings: vec![(0..layers).map(|_| kv(12 * rows * cols)).collect()],
             sink: (0..layers).map(|_| kv(sink_tokens)).collect(),
             sink_groups,
@@ -317,11 +317,11 @@ impl<B: Backend> Job<B> {
         }
     }
 
-    fn start(&self, model: &WanS2v<B>, device: &B::Device) -> Carry<B> {
+    fn start(&self, model: &WanS2v<B>, device: &B::Device) -> DitCarry<B> {
         let [h, w] = self.lat;
         let r = host::<B, 5>(1, [1, 16, 1, h, w], 1.0, device);
         let m = host::<B, 5>(2, [1, 16, 19, h, w], 1.0, device);
-        Carry::start(model, &self.settings, r, m, self.context.clone())
+        DitCarry::start(model, &self.settings, r, m, self.context.clone())
     }
 }
 
@@ -358,11 +358,11 @@ fn compare(label: &str, a: &[u8], b: &[u8]) {
 fn render_from<B: Backend>(
     job: &Job<B>,
     model: &WanS2v<B>,
-    mut carry: Carry<B>,
+    mut carry: DitCarry<B>,
     from: u64,
     sync_each: bool,
     device: &B::Device,
-    mut keep: impl FnMut(u64, Vec<u8>, &Carry<B>) -> Result<(), String>,
+    mut keep: impl FnMut(u64, Vec<u8>, &DitCarry<B>) -> Result<(), String>,
 ) -> Result<(), String> {
     for clip in from..4 {
         let (lat, next) = run_clip(model, &job.settings, carry, job.input(clip, device));
@@ -414,27 +414,28 @@ fn resume<B: Backend>(phase: &str, dir: &Path) -> Result<(), String> {
             );
             let carry_bytes = read("carry-1.bin".into())?;
             // Clips `from..4` of `model` from `carry`, each compared with the first run's.
-            let pass = |name: &str, model: &WanS2v<B>, carry: Carry<B>, from: u64, keep: bool| {
-                render_from(
-                    &job,
-                    model,
-                    carry,
-                    from,
-                    sync_each,
-                    &device,
-                    |clip, lat, _| {
-                        let first = read(format!("full-{clip}.bin"))?;
-                        compare(&format!("{name}, clip {clip}"), &first, &lat);
-                        if keep {
-                            std::fs::write(path(format!("inproc-{clip}.bin")), &lat)
-                                .map_err(|e| e.to_string())?;
-                        }
-                        Ok(())
-                    },
-                )
-            };
+            let pass =
+                |name: &str, model: &WanS2v<B>, carry: DitCarry<B>, from: u64, keep: bool| {
+                    render_from(
+                        &job,
+                        model,
+                        carry,
+                        from,
+                        sync_each,
+                        &device,
+                        |clip, lat, _| {
+                            let first = read(format!("full-{clip}.bin"))?;
+                            compare(&format!("{name}, clip {clip}"), &first, &lat);
+                            if keep {
+                                std::fs::write(path(format!("inproc-{clip}.bin")), &lat)
+                                    .map_err(|e| e.to_string())?;
+                            }
+                            Ok(())
+                        },
+                    )
+                };
             let from_bytes =
-                || Carry::<B>::from_bytes(&carry_bytes, &device).map_err(|e| e.to_string());
+                || DitCarry::<B>::from_bytes(&carry_bytes, &device).map_err(|e| e.to_string());
             pass(
                 "same model, carry from bytes",
                 &model,
@@ -464,7 +465,7 @@ fn resume<B: Backend>(phase: &str, dir: &Path) -> Result<(), String> {
             let t0 = Instant::now();
             let model = load_model::<B>(&cfg, &weights, &device)?;
             let job = Job::new(&cfg, &device);
-            let carry = Carry::<B>::from_bytes(&read("carry-1.bin".into())?, &device)
+            let carry = DitCarry::<B>::from_bytes(&read("carry-1.bin".into())?, &device)
                 .map_err(|e| e.to_string())?;
             render_from(
                 &job,

@@ -46,7 +46,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         carry = next;
     }
     let t = Instant::now();
-    let bytes = carry.to_bytes(ctx.carry_id())?;
+    let bytes = carry.to_bytes(ctx.carry_stamp())?;
     println!(
         "to_bytes        {:>8.3} s  ({} bytes, formula {})",
         t.elapsed().as_secs_f64(),

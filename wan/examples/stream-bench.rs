@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use burn::backend::NdArray;
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use wan::causal_loop::{run_clip, Carry, CausalSettings, ClipInput};
-use wan::streamed::{run_clip_streamed, HostCarry, StreamedModel};
+use wan::causal_loop::{run_clip, CausalSettings, ClipInput, DitCarry};
+use wan::streamed::{run_clip_streamed, HostDitCarry, StreamedModel};
 use wan::{S2vConfig, WanS2v};
 
 type B = NdArray<f32>;
@@ -68,7 +68,7 @@ fn main() {
             )),
         })
         .collect();
-    let c0 = Carry::start(
+    let c0 = DitCarry::start(
         &model,
         &s,
         rand([1, 16, 1, lat, lat]),
@@ -92,7 +92,7 @@ fn main() {
 
     let streamed_model = StreamedModel::from_model(model.clone());
     let mut streamed = Vec::new();
-    let mut host = HostCarry::from_carry(c0);
+    let mut host = HostDitCarry::from_carry(c0);
     let mut streamed_last = None;
     for (i, input) in inputs.iter().enumerate() {
         let t = Instant::now();

@@ -1,4 +1,4 @@
-//! [`Carry`] to and from bytes (a safetensors file), so a job can stop after any clip
+//! [`DitCarry`] to and from bytes (a safetensors file), so a job can stop after any clip
 //! and resume bit-exactly.
 //!
 //! Tensors are stored little-endian in the backend's float dtype (f32 on the CPU, bf16 for a
@@ -21,7 +21,7 @@ use burn::tensor::{DType, Element};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::{json, Value};
 
-use crate::causal_loop::{Carry, KvPair};
+use crate::causal_loop::{DitCarry, KvPair};
 use crate::error::WanError;
 use crate::rope::RopeGroup;
 use crate::vae::{CacheSlot, DecodeCache};
@@ -252,13 +252,13 @@ pub const VAE_SLOTS_KEY: &str = "vae_slots";
 /// Metadata key of the data digest (16 hex digits).
 pub const DIGEST_KEY: &str = "digest";
 
-impl<B: Backend> Carry<B> {
+impl<B: Backend> DitCarry<B> {
     /// The carry as one safetensors file (see the module docs).
     pub fn to_bytes(&self) -> Result<Vec<u8>, WanError> {
         self.to_bytes_with(&BTreeMap::new())
     }
 
-    /// The metadata [`Carry::to_bytes_with`] writes, before the digest, with `extra`.
+    /// The metadata [`DitCarry::to_bytes_with`] writes, before the digest, with `extra`.
     pub fn metadata(&self, extra: &BTreeMap<String, String>) -> BTreeMap<String, String> {
         let mut meta: BTreeMap<String, String> = [
             ("format", CARRY_FORMAT.to_string()),
@@ -282,7 +282,7 @@ impl<B: Backend> Carry<B> {
         meta
     }
 
-    /// [`Carry::to_bytes`] with `extra` metadata entries (an identity, for instance).
+    /// [`DitCarry::to_bytes`] with `extra` metadata entries (an identity, for instance).
     pub fn to_bytes_with(&self, extra: &BTreeMap<String, String>) -> Result<Vec<u8>, WanError> {
         let mut out = std::io::Cursor::new(Vec::new());
         self.write_to(&mut out, extra)
@@ -366,7 +366,7 @@ impl<B: Backend> Carry<B> {
         Ok(written)
     }
 
-    /// A carry saved by [`Carry::to_bytes`], onto `device`.
+    /// A carry saved by [`DitCarry::to_bytes`], onto `device`.
     pub fn from_bytes(bytes: &[u8], device: &B::Device) -> Result<Self, WanError> {
         Self::from_bytes_with_meta(bytes, device).map(|(c, _)| c)
     }
@@ -381,7 +381,7 @@ impl<B: Backend> Carry<B> {
             .ok_or_else(|| err("no metadata: not a carry file"))
     }
 
-    /// [`Carry::from_bytes`], also returning the file's metadata.
+    /// [`DitCarry::from_bytes`], also returning the file's metadata.
     pub fn from_bytes_with_meta(
         bytes: &[u8],
         device: &B::Device,
@@ -592,7 +592,7 @@ mod tests {
             TensorData::new(values(2 * 2 * 4 * 4, 5.0), [1, 2, 2, 4, 4]),
             &device,
         );
-        let carry = Carry::<Wide> {
+        let carry = DitCarry::<Wide> {
             rings: vec![vec![pair(1.0), pair(2.0)]],
             sink: vec![pair(3.0), pair(4.0)],
             sink_groups: vec![RopeGroup::from_grid([30, 0, 0], [31, 2, 2], [1, 2, 2])],
@@ -617,7 +617,7 @@ mod tests {
         let st = SafeTensors::deserialize(&bytes).expect("a safetensors file");
         assert_eq!(st.tensor("motion").expect("motion").dtype(), Dtype::F64);
 
-        let back = Carry::<Wide>::from_bytes(&bytes, &device).expect("loads");
+        let back = DitCarry::<Wide>::from_bytes(&bytes, &device).expect("loads");
         assert_eq!(back.to_bytes().expect("saves again"), bytes, "bit for bit");
         let bits = |t: Tensor<Wide, 4>| t.into_data().to_vec::<f64>().expect("f64");
         assert_eq!(
@@ -625,7 +625,7 @@ mod tests {
             bits(carry.rings[0][1].v.clone())
         );
 
-        let Err(err) = Carry::<NdArray<f32>>::from_bytes(&bytes, &device) else {
+        let Err(err) = DitCarry::<NdArray<f32>>::from_bytes(&bytes, &device) else {
             panic!("an f32 engine must refuse an f64 carry");
         };
         let text = err.to_string();

@@ -13,7 +13,7 @@
 //!
 //! Noisy tokens take the absolute frame position `frames_done + f`, so positions grow
 //! without bound across blocks and clips. Everything clip `k + 1` needs from clip `k`
-//! is in [`Carry`]; [`run_clip`] takes a carry and returns the clip's latents and the
+//! is in [`DitCarry`]; [`run_clip`] takes a carry and returns the clip's latents and the
 //! next carry. With audio (`ClipInput::audio`) each block encodes its own window of
 //! the clip's audio features and runs the audio injectors after the blocks that have
 //! one (ENGINE.md §2 item 6); no audio state carries between blocks.
@@ -68,9 +68,11 @@ pub struct KvPair<B: Backend> {
     pub v: Tensor<B, 4>,
 }
 
-/// Everything clip `k + 1` needs from clip `k`: the exact resume state.
+/// Everything clip `k + 1` needs from clip `k` at the DiT's level: the exact resume state
+/// (the pipeline's [`crate::pipeline::PipelineCarry`] wraps it with the job's stamp; the
+/// streamed loop's [`crate::streamed::HostDitCarry`] is the same state in host memory).
 #[derive(Debug, Clone)]
-pub struct Carry<B: Backend> {
+pub struct DitCarry<B: Backend> {
     /// `rings[step][layer]`: RoPE'd keys and values, `[1, ring_tokens, heads, head_dim]`,
     /// `ring_tokens = frames_per_clip · tokens_per_frame`, written modulo that length.
     pub rings: Vec<Vec<KvPair<B>>>,
@@ -224,7 +226,7 @@ pub(crate) fn prefill_layer<B: Backend>(
     (x, kept.expect("the attention closure ran"))
 }
 
-impl<B: Backend> Carry<B> {
+impl<B: Backend> DitCarry<B> {
     /// The state before the first clip: empty rings, the sink prefilled from the
     /// reference latent `[1, 16, 1, H, W]` and the initial motion latents
     /// `[1, 16, T, H, W]` (Live Avatar: the reference image repeated, VAE-encoded).
@@ -287,7 +289,7 @@ impl<B: Backend> Carry<B> {
 #[allow(clippy::too_many_arguments)]
 pub fn forward_block<B: Backend>(
     model: &WanS2v<B>,
-    carry: &mut Carry<B>,
+    carry: &mut DitCarry<B>,
     step: usize,
     noisy: Tensor<B, 5>,
     cond: Tensor<B, 5>,
@@ -519,9 +521,9 @@ pub fn block_audio<B: Backend>(
 pub fn run_clip<B: Backend>(
     model: &WanS2v<B>,
     settings: &CausalSettings,
-    carry: Carry<B>,
+    carry: DitCarry<B>,
     input: ClipInput<B>,
-) -> (Tensor<B, 5>, Carry<B>) {
+) -> (Tensor<B, 5>, DitCarry<B>) {
     let (frames_done, clip) = (carry.frames_done, carry.clip);
     let mut next = carry;
     let fpb = settings.frames_per_block;
@@ -565,7 +567,7 @@ pub fn run_clip<B: Backend>(
     (latents, next)
 }
 
-/// The shape numbers that size a [`Carry`].
+/// The shape numbers that size a [`DitCarry`].
 #[derive(Debug, Clone, Copy)]
 pub struct CarryDims {
     /// Noisy tokens per latent frame: `(H/8/2)·(W/8/2)` for an H×W video.

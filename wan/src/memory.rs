@@ -3,7 +3,7 @@
 //! and the layer-streamed mode ([`crate::streamed`]).
 //!
 //! Parameter counts come from the module tree itself ([`crate::keys::list_params`] on
-//! a lazily built model: nothing is allocated). Carry and traffic figures are exact
+//! a lazily built model: nothing is allocated). DitCarry and traffic figures are exact
 //! for the code in this crate (a test checks the traffic against a streamed run).
 //! Activations and the VAE decode are **estimates**: they count the tensors alive at
 //! the widest point of a layer forward and of a one-latent-frame decode, not what a

@@ -10,7 +10,7 @@
 //!   of it the 12 injectors; see [`crate::memory`]).
 //! - **Host**: each block's weights ([`StreamedModel`], one [`TensorData`] per parameter,
 //!   in the module's visiting order) and each layer's 4 rings and sink slice
-//!   ([`HostCarry`], layer-major so one layer's state is one contiguous entry).
+//!   ([`HostDitCarry`], layer-major so one layer's state is one contiguous entry).
 //! - **Device, per layer**: before layer `l` runs, its weights, the rings the running
 //!   pairs need and its sink slice are uploaded; the upload of layer `l + 1` runs on a
 //!   background thread while layer `l` computes (double buffer). After layer `l`, only
@@ -53,7 +53,7 @@
 //! per clip in steady state), but then a clip boundary would have blocks of the next
 //! clip half denoised: the carry would have to hold their latents and the next clip's
 //! inputs, and a job could no longer stop or switch mode after any clip. So streaming
-//! runs per clip, the carry is exactly [`Carry`](crate::causal_loop::Carry) (convertible both ways, so a job can
+//! runs per clip, the carry is exactly [`DitCarry`](crate::causal_loop::DitCarry) (convertible both ways, so a job can
 //! change mode at resume), and the cost is 7 instead of 4 weight crossings per clip
 //! (×1.75 weight traffic; rings cost the same either way: each forward needs its ring).
 //! Sequential streaming without ticks would cross 16 times.
@@ -77,7 +77,7 @@ use crate::model::WanS2v;
 use crate::nn::seq_linear;
 
 mod host_carry;
-pub use host_carry::{HostCarry, HostKv, HostKvLayer};
+pub use host_carry::{HostDitCarry, HostKv, HostKvLayer};
 
 fn err(message: impl Into<String>) -> WanError {
     WanError::Carry {
@@ -359,7 +359,7 @@ struct BlockState<B: Backend> {
 pub struct StreamedClip<B: Backend> {
     /// Clean latents `[1, out_dim, frames_per_clip, H, W]`.
     pub latents: Tensor<B, 5>,
-    pub carry: HostCarry<B>,
+    pub carry: HostDitCarry<B>,
     pub traffic: Traffic,
 }
 
@@ -375,7 +375,7 @@ pub struct StreamedClip<B: Backend> {
 pub fn run_clip_streamed<B: Backend>(
     model: &StreamedModel<B>,
     settings: &CausalSettings,
-    carry: HostCarry<B>,
+    carry: HostDitCarry<B>,
     input: ClipInput<B>,
 ) -> Result<StreamedClip<B>, WanError> {
     let steps = settings.schedule.steps();

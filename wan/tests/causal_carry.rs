@@ -6,7 +6,9 @@ mod common;
 
 use common::{bits, noise, same_carry_bytes as same_carry, B};
 use safetensors::SafeTensors;
-use wan::causal_loop::{carry_tensor_bytes, run_clip, Carry, CarryDims, CausalSettings, ClipInput};
+use wan::causal_loop::{
+    carry_tensor_bytes, run_clip, CarryDims, CausalSettings, ClipInput, DitCarry,
+};
 use wan::WanS2v;
 
 fn model() -> WanS2v<B> {
@@ -22,8 +24,8 @@ fn clip_input(m: &WanS2v<B>, clip: u64) -> ClipInput<B> {
     }
 }
 
-fn start(m: &WanS2v<B>, s: &CausalSettings) -> Carry<B> {
-    Carry::start(
+fn start(m: &WanS2v<B>, s: &CausalSettings) -> DitCarry<B> {
+    DitCarry::start(
         m,
         s,
         noise(1, [1, 16, 1, 8, 8]),
@@ -41,7 +43,7 @@ fn resume_from_a_saved_carry_is_bit_identical() {
     let (clip2, c2) = run_clip(&m, &s, c1.clone(), clip_input(&m, 2));
 
     let saved = c1.to_bytes().expect("carry saves");
-    let loaded = Carry::<B>::from_bytes(&saved, &Default::default()).expect("carry loads");
+    let loaded = DitCarry::<B>::from_bytes(&saved, &Default::default()).expect("carry loads");
     assert!(
         same_carry(&loaded.to_bytes().expect("saves again"), &saved),
         "load/save round trip changed the carry"
@@ -110,10 +112,10 @@ fn broken_carry_files_are_refused_with_the_reason() {
     let saved = c0.to_bytes().expect("carry saves");
     let dev = Default::default();
 
-    let truncated = Carry::<B>::from_bytes(&saved[..saved.len() / 2], &dev);
+    let truncated = DitCarry::<B>::from_bytes(&saved[..saved.len() / 2], &dev);
     assert!(truncated.is_err(), "a truncated file loads");
 
-    let other = Carry::<B>::from_bytes(b"not a carry at all", &dev);
+    let other = DitCarry::<B>::from_bytes(b"not a carry at all", &dev);
     let msg = other.expect_err("garbage loads").to_string();
     assert!(msg.contains("not a carry file"), "{msg}");
 
@@ -124,7 +126,7 @@ fn broken_carry_files_are_refused_with_the_reason() {
         .expect("the header names ring.0.1.k");
     let mut renamed = saved.clone();
     renamed[pos..pos + 10].copy_from_slice(b"ring.9.1.k");
-    let msg = Carry::<B>::from_bytes(&renamed, &dev)
+    let msg = DitCarry::<B>::from_bytes(&renamed, &dev)
         .expect_err("a renamed tensor loads")
         .to_string();
     assert!(msg.contains("ring.0.1.k"), "{msg}");

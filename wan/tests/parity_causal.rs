@@ -8,7 +8,7 @@ mod common;
 use burn::prelude::*;
 use common::{assert_close, fixture_path, rel_l2, Fixture, B};
 use wan::causal::sink_rope_offset;
-use wan::causal_loop::{forward_block, run_clip, Carry, CausalSettings, ClipInput};
+use wan::causal_loop::{forward_block, run_clip, CausalSettings, ClipInput, DitCarry};
 use wan::loader::load_s2v_file;
 use wan::{S2vConfig, WanS2v};
 
@@ -39,8 +39,8 @@ fn setup() -> Setup {
 }
 
 impl Setup {
-    fn start(&self) -> Carry<B> {
-        Carry::start(
+    fn start(&self) -> DitCarry<B> {
+        DitCarry::start(
             &self.m,
             &self.s,
             self.fx.tensor::<4>("in.ref").unsqueeze::<5>(),
@@ -176,7 +176,7 @@ fn the_fp16_rope_table_is_what_the_reference_uses() {
             rope_fp16: fp16,
             ..st.s.clone()
         };
-        let c0 = Carry::start(
+        let c0 = DitCarry::start(
             &st.m,
             &s,
             st.fx.tensor::<4>("in.ref").unsqueeze::<5>(),

@@ -10,7 +10,7 @@ use burn::prelude::*;
 use common::{assert_close, fixture_path, rel_l2, Fixture, B};
 use wan::causal::sink_rope_offset;
 use wan::causal_loop::{
-    block_audio, forward_block, run_clip, BlockAudio, Carry, CausalSettings, ClipInput,
+    block_audio, forward_block, run_clip, BlockAudio, CausalSettings, ClipInput, DitCarry,
 };
 use wan::loader::load_s2v_file;
 use wan::{S2vConfig, WanS2v};
@@ -46,8 +46,8 @@ fn setup() -> Setup {
 }
 
 impl Setup {
-    fn start(&self) -> Carry<B> {
-        Carry::start(
+    fn start(&self) -> DitCarry<B> {
+        DitCarry::start(
             &self.m,
             &self.s,
             self.inputs.tensor::<4>("in.ref").unsqueeze::<5>(),
@@ -95,7 +95,7 @@ fn block_forwards_with_audio_match() {
     for b in 0..2usize {
         let t = vec![f64::from(st.s.schedule.timesteps[0]); 3];
         let audio = block_audio(&st.m, &st.s, &features, b);
-        let call = |carry: &mut Carry<B>, audio: &BlockAudio<B>| {
+        let call = |carry: &mut DitCarry<B>, audio: &BlockAudio<B>| {
             forward_block(
                 &st.m,
                 carry,

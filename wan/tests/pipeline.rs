@@ -11,8 +11,8 @@ use std::sync::OnceLock;
 use common::B;
 use wan::carry_io::float_dtype;
 use wan::pipeline::{
-    carry_bytes, CarryId, ClipFrames, JobContext, JobParams, LiveAvatar, LiveAvatarConfig,
-    LiveCarry,
+    carry_bytes, CarryStamp, ClipFrames, JobContext, JobParams, LiveAvatar, LiveAvatarConfig,
+    PipelineCarry,
 };
 use wan::release::write_tiny_release;
 use wan::WanError;
@@ -86,9 +86,9 @@ fn prepare(m: &LiveAvatar<B>, s: &JobParams) -> JobContext<B> {
 fn render(
     m: &LiveAvatar<B>,
     ctx: &JobContext<B>,
-    mut carry: LiveCarry<B>,
+    mut carry: PipelineCarry<B>,
     n: usize,
-) -> Vec<(ClipFrames, LiveCarry<B>)> {
+) -> Vec<(ClipFrames, PipelineCarry<B>)> {
     let mut out = Vec::new();
     for _ in 0..n {
         let (frames, next) = m.render_clip(ctx, carry).expect("clip renders");
@@ -143,13 +143,13 @@ fn resume_from_saved_carries_gives_identical_frames() {
     let m = model(7);
     let s = params(3);
     let ctx = prepare(&m, &s);
-    let id = ctx.carry_id().clone();
+    let id = ctx.carry_stamp().clone();
     let full = render(&m, &ctx, m.start(&ctx).expect("start"), 3);
     let dev = Default::default();
 
     // Stop after clip 0: resume clips 1 and 2 from the saved carry.
     let saved = full[0].1.to_bytes(&id).expect("carry saves");
-    let loaded = LiveCarry::<B>::from_bytes(&saved, &id, &dev).expect("carry loads");
+    let loaded = PipelineCarry::<B>::from_bytes(&saved, &id, &dev).expect("carry loads");
     assert_eq!(loaded.clip(), 1);
     let resumed = render(&m, &ctx, loaded, 2);
     for (k, (a, b)) in full[1..].iter().zip(&resumed).enumerate() {
@@ -169,7 +169,7 @@ fn resume_from_saved_carries_gives_identical_frames() {
     // Stop after clip 1 (a prepared context of its own, as a restarted worker has).
     let ctx2 = prepare(&m, &s);
     let saved = full[1].1.to_bytes(&id).expect("carry saves");
-    let loaded = LiveCarry::<B>::from_bytes(&saved, ctx2.carry_id(), &dev).expect("loads");
+    let loaded = PipelineCarry::<B>::from_bytes(&saved, ctx2.carry_stamp(), &dev).expect("loads");
     let resumed = render(&m, &ctx2, loaded, 1);
     assert!(
         full[2].0 == resumed[0].0,
@@ -177,7 +177,7 @@ fn resume_from_saved_carries_gives_identical_frames() {
     );
 
     // The check can fail: a carry from one clip earlier gives other frames.
-    let stale = LiveCarry::<B>::from_bytes(&full[0].1.to_bytes(&id).expect("saves"), &id, &dev)
+    let stale = PipelineCarry::<B>::from_bytes(&full[0].1.to_bytes(&id).expect("saves"), &id, &dev)
         .expect("loads");
     let mut stale = stale;
     stale.inner.clip = 2;
@@ -198,7 +198,7 @@ fn carry_size_is_known_before_the_job() {
     );
     let clips = render(&m, &ctx, m.start(&ctx).expect("start"), 2);
     for (k, (_, c)) in clips.iter().enumerate() {
-        let bytes = c.to_bytes(ctx.carry_id()).expect("saves");
+        let bytes = c.to_bytes(ctx.carry_stamp()).expect("saves");
         assert_eq!(bytes.len() as u64, expected, "carry after clip {k}");
     }
     // The formula moves with the size: a 128×64 job needs more.
@@ -217,42 +217,42 @@ fn carries_of_another_job_are_refused_naming_the_field() {
     let (_, carry) = m
         .render_clip(&ctx, m.start(&ctx).expect("start"))
         .expect("clip 0");
-    let bytes = carry.to_bytes(ctx.carry_id()).expect("saves");
+    let bytes = carry.to_bytes(ctx.carry_stamp()).expect("saves");
     let dev = Default::default();
-    let id = ctx.carry_id().clone();
+    let id = ctx.carry_stamp().clone();
 
-    let cases: Vec<(&str, CarryId)> = vec![
+    let cases: Vec<(&str, CarryStamp)> = vec![
         (
             "seed",
-            CarryId {
+            CarryStamp {
                 seed: 10,
                 ..id.clone()
             },
         ),
         (
             "width",
-            CarryId {
+            CarryStamp {
                 width: 128,
                 ..id.clone()
             },
         ),
         (
             "sample_steps",
-            CarryId {
+            CarryStamp {
                 sample_steps: 2,
                 ..id.clone()
             },
         ),
         (
             "model",
-            CarryId {
+            CarryStamp {
                 model: model(8).model_id().to_string(),
                 ..id.clone()
             },
         ),
     ];
     for (field, other) in cases {
-        let err = LiveCarry::<B>::from_bytes(&bytes, &other, &dev).expect_err(field);
+        let err = PipelineCarry::<B>::from_bytes(&bytes, &other, &dev).expect_err(field);
         let msg = err.to_string();
         assert!(
             matches!(&err, WanError::CarryMismatch { field: f, .. } if f == field),
@@ -263,7 +263,7 @@ fn carries_of_another_job_are_refused_naming_the_field() {
     // Two releases with other weights have other ids; the same one keeps its id.
     assert_ne!(model(8).model_id(), m.model_id());
     assert_eq!(model(7).model_id(), m.model_id());
-    assert!(LiveCarry::<B>::from_bytes(&bytes, &id, &dev).is_ok());
+    assert!(PipelineCarry::<B>::from_bytes(&bytes, &id, &dev).is_ok());
 }
 
 #[test]
@@ -274,11 +274,11 @@ fn truncated_or_damaged_carries_fail_cleanly() {
     let (_, carry) = m
         .render_clip(&ctx, m.start(&ctx).expect("start"))
         .expect("clip 0");
-    let id = ctx.carry_id();
+    let id = ctx.carry_stamp();
     let bytes = carry.to_bytes(id).expect("saves");
     let dev = Default::default();
     for cut in [0, 7, 100, bytes.len() / 2, bytes.len() - 1] {
-        let err = LiveCarry::<B>::from_bytes(&bytes[..cut], id, &dev)
+        let err = PipelineCarry::<B>::from_bytes(&bytes[..cut], id, &dev)
             .expect_err("a truncated carry loads");
         assert!(matches!(err, WanError::Carry { .. }), "cut at {cut}: {err}");
     }
@@ -286,16 +286,16 @@ fn truncated_or_damaged_carries_fail_cleanly() {
     let mut flipped = bytes.clone();
     let at = bytes.len() - 1000;
     flipped[at] ^= 0x10;
-    let msg = LiveCarry::<B>::from_bytes(&flipped, id, &dev)
+    let msg = PipelineCarry::<B>::from_bytes(&flipped, id, &dev)
         .expect_err("a damaged carry loads")
         .to_string();
     assert!(msg.contains("damaged"), "{msg}");
     // A carry of the bare causal loop (no decode cache, no identity) is not a job carry.
-    let bare = wan::causal_loop::Carry {
+    let bare = wan::causal_loop::DitCarry {
         vae_decode: None,
         ..carry.inner.clone()
     };
-    let msg = LiveCarry::<B>::from_bytes(&bare.to_bytes().expect("saves"), id, &dev)
+    let msg = PipelineCarry::<B>::from_bytes(&bare.to_bytes().expect("saves"), id, &dev)
         .expect_err("bare carry")
         .to_string();
     assert!(msg.contains("id.model"), "{msg}");

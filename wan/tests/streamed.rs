@@ -7,9 +7,9 @@ mod common;
 
 use burn::prelude::*;
 use common::{bits, noise, same_carry_bytes, B};
-use wan::causal_loop::{run_clip, Carry, CausalSettings, ClipInput};
+use wan::causal_loop::{run_clip, CausalSettings, ClipInput, DitCarry};
 use wan::memory::{clip_traffic, Geometry};
-use wan::streamed::{run_clip_streamed, HostCarry, StreamedModel};
+use wan::streamed::{run_clip_streamed, HostDitCarry, StreamedModel};
 use wan::{S2vConfig, WanS2v};
 
 fn model() -> WanS2v<B> {
@@ -35,7 +35,7 @@ fn start_args(m: &WanS2v<B>) -> (Tensor<B, 5>, Tensor<B, 5>, Tensor<B, 3>) {
 }
 
 /// Two saved carries hold the same tensors (bit for bit) and metadata.
-fn same_carry(a: &Carry<B>, b: &Carry<B>) -> bool {
+fn same_carry(a: &DitCarry<B>, b: &DitCarry<B>) -> bool {
     same_carry_bytes(&a.to_bytes().expect("saves"), &b.to_bytes().expect("saves"))
 }
 
@@ -44,13 +44,13 @@ fn streamed_clips_equal_resident_clips_bit_for_bit() {
     let s = CausalSettings::live_avatar(42);
     let m = model();
     let (r, mo, ctx) = start_args(&m);
-    let c0 = Carry::start(&m, &s, r.clone(), mo.clone(), ctx.clone());
+    let c0 = DitCarry::start(&m, &s, r.clone(), mo.clone(), ctx.clone());
     let (l1, c1) = run_clip(&m, &s, c0.clone(), clip_input(&m, 0));
     let (l2, c2) = run_clip(&m, &s, c1, clip_input(&m, 1));
 
     let sm = StreamedModel::from_model(model());
     assert!(sm.resident.blocks.is_empty(), "blocks left on the device");
-    let h0 = HostCarry::start(&sm, &s, r, mo, ctx);
+    let h0 = HostDitCarry::start(&sm, &s, r, mo, ctx);
     assert!(
         same_carry(&h0.clone().into_carry(&Default::default()), &c0),
         "the streamed sink prefill differs"
@@ -102,12 +102,12 @@ fn a_job_switches_mode_between_clips() {
     let sm = StreamedModel::from_model(model());
     let dev = Default::default();
     let (r, mo, ctx) = start_args(&m);
-    let c0 = Carry::start(&m, &s, r, mo, ctx);
+    let c0 = DitCarry::start(&m, &s, r, mo, ctx);
     let (_, c1) = run_clip(&m, &s, c0.clone(), clip_input(&m, 0));
     let (l2, c2) = run_clip(&m, &s, c1.clone(), clip_input(&m, 1));
 
     // Resident clip 0, streamed clip 1.
-    let h1 = HostCarry::from_carry(c1.clone());
+    let h1 = HostDitCarry::from_carry(c1.clone());
     let two = run_clip_streamed(&sm, &s, h1, clip_input(&sm.resident, 1)).expect("clip 1");
     assert!(
         bits(two.latents) == bits(l2.clone()),
@@ -119,12 +119,12 @@ fn a_job_switches_mode_between_clips() {
     let one = run_clip_streamed(
         &sm,
         &s,
-        HostCarry::from_carry(c0),
+        HostDitCarry::from_carry(c0),
         clip_input(&sm.resident, 0),
     )
     .expect("clip 0");
     let saved = one.carry.into_carry(&dev).to_bytes().expect("carry saves");
-    let loaded = Carry::<B>::from_bytes(&saved, &dev).expect("carry loads");
+    let loaded = DitCarry::<B>::from_bytes(&saved, &dev).expect("carry loads");
     let (l2_resumed, _) = run_clip(&m, &s, loaded, clip_input(&m, 1));
     assert!(bits(l2_resumed) == bits(l2), "streamed → resident differs");
 }
@@ -135,12 +135,12 @@ fn the_streamed_clip_depends_on_every_ring_and_refuses_a_foreign_carry() {
     let m = model();
     let sm = StreamedModel::from_model(model());
     let (r, mo, ctx) = start_args(&m);
-    let c0 = Carry::start(&m, &s, r, mo, ctx);
+    let c0 = DitCarry::start(&m, &s, r, mo, ctx);
     let (_, c1) = run_clip(&m, &s, c0, clip_input(&m, 0));
     let (l2, _) = run_clip(&m, &s, c1.clone(), clip_input(&m, 1));
 
     // Ring 2 of layer 1 dropped (zeroed) in the host carry: clip 1 changes.
-    let mut h1 = HostCarry::from_carry(c1.clone());
+    let mut h1 = HostDitCarry::from_carry(c1.clone());
     let ring = &mut h1.layers[1].rings[2];
     for t in [&mut ring.k, &mut ring.v] {
         *t = TensorData::full_dtype(t.shape.clone(), 0.0, t.dtype);
@@ -153,7 +153,7 @@ fn the_streamed_clip_depends_on_every_ring_and_refuses_a_foreign_carry() {
     );
 
     // A carry with a layer missing, or of another clip length, is refused with the reason.
-    let mut short = HostCarry::from_carry(c1.clone());
+    let mut short = HostDitCarry::from_carry(c1.clone());
     short.layers.pop();
     let msg = run_clip_streamed(&sm, &s, short, clip_input(&sm.resident, 1))
         .expect_err("a 3-layer carry runs on a 4-layer model")
@@ -166,7 +166,7 @@ fn the_streamed_clip_depends_on_every_ring_and_refuses_a_foreign_carry() {
     let msg = run_clip_streamed(
         &sm,
         &longer,
-        HostCarry::from_carry(c1),
+        HostDitCarry::from_carry(c1),
         clip_input(&sm.resident, 1),
     )
     .expect_err("a carry of 12-frame clips runs 15-frame clips")

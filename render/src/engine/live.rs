@@ -1,6 +1,6 @@
 //! The Live Avatar engine: `wan::pipeline::LiveAvatar` behind the [`Engine`] trait.
 //!
-//! Its state between clips ([`wan::pipeline::LiveCarry`]: KV rings, sink, motion latents and
+//! Its state between clips ([`wan::pipeline::PipelineCarry`]: KV rings, sink, motion latents and
 //! the VAE decoder's cache) is large and stays on the device inside the engine. The [`EngineCarry`]
 //! the worker holds is only a token naming the next clip; the engine turns its own state into
 //! bytes when the worker checkpoints ([`Engine::carry_to_bytes`]) and back on resume
@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
 use jobs::spec::ModelRef;
-use wan::pipeline::{JobContext, JobParams, LiveAvatar, LiveAvatarConfig, LiveCarry};
+use wan::pipeline::{JobContext, JobParams, LiveAvatar, LiveAvatarConfig, PipelineCarry};
 use wan::tokenizer::UmT5Tokenizer;
 use wan::WanError;
 
@@ -123,7 +123,7 @@ pub(crate) struct LiveEngine<B: Backend> {
     ctx: JobContext<B>,
     seed: u64,
     /// The device state that continues into clip `held.clip()`.
-    held: Option<LiveCarry<B>>,
+    held: Option<PipelineCarry<B>>,
     /// Frames of the clip rendered last, until [`Engine::decode`] takes them.
     frames: Option<(ClipIndex, Frames)>,
 }
@@ -176,7 +176,7 @@ impl<B: Backend> LiveEngine<B> {
     }
 
     /// The device carry continuing into `carry.next_clip()`, checked against the token.
-    fn held_for(&self, carry: &EngineCarry) -> Result<&LiveCarry<B>, RenderError> {
+    fn held_for(&self, carry: &EngineCarry) -> Result<&PipelineCarry<B>, RenderError> {
         let held = self
             .held
             .as_ref()
@@ -305,7 +305,7 @@ impl<B: Backend> Engine for LiveEngine<B> {
 
     fn carry_to_bytes(&mut self, carry: &EngineCarry) -> Result<Vec<u8>, RenderError> {
         let held = self.held_for(carry)?;
-        held.to_bytes(self.ctx.carry_id())
+        held.to_bytes(self.ctx.carry_stamp())
             .map_err(|err| RenderError::CarryFormat {
                 detail: err.to_string(),
             })
@@ -316,7 +316,7 @@ impl<B: Backend> Engine for LiveEngine<B> {
         carry: &EngineCarry,
         out: &mut std::fs::File,
     ) -> Result<u64, RenderError> {
-        let id = self.ctx.carry_id();
+        let id = self.ctx.carry_stamp();
         let held = self.held_for(carry)?;
         held.write_to(out, id).map_err(|err| match err {
             WanError::Io { source, .. } => RenderError::CarryWrite { source },
@@ -327,16 +327,15 @@ impl<B: Backend> Engine for LiveEngine<B> {
     }
 
     fn carry_from_bytes(&mut self, bytes: &[u8]) -> Result<EngineCarry, RenderError> {
-        let live = LiveCarry::from_bytes(bytes, self.ctx.carry_id(), &self.model.device).map_err(
-            |err| match err {
+        let live = PipelineCarry::from_bytes(bytes, self.ctx.carry_stamp(), &self.model.device)
+            .map_err(|err| match err {
                 WanError::CarryMismatch { .. } => RenderError::CarryMismatch {
                     detail: err.to_string(),
                 },
                 other => RenderError::CarryFormat {
                     detail: other.to_string(),
                 },
-            },
-        )?;
+            })?;
         let token = self.token(live.clip())?;
         self.held = Some(live);
         Ok(token)

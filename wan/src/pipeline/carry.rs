@@ -1,5 +1,5 @@
-//! The carry of a job ([`LiveCarry`]): the DiT's carry with the VAE decoder's streaming
-//! cache, saved with the job's identity ([`CarryId`]), and its exact size before the job
+//! The carry of a job ([`PipelineCarry`]): the DiT's carry with the VAE decoder's streaming
+//! cache, saved with the job's identity ([`CarryStamp`]), and its exact size before the job
 //! starts ([`carry_bytes`]).
 
 use std::collections::BTreeMap;
@@ -12,19 +12,19 @@ use crate::audio::MOTION_FRAMES;
 use crate::carry_io::{
     counter, file_bytes, sink_groups_json, CARRY_FORMAT, DIGEST_KEY, VAE_SLOTS_KEY,
 };
-use crate::causal_loop::Carry;
+use crate::causal_loop::DitCarry;
 use crate::error::WanError;
 use crate::model::REF_FRAME_POSITION;
 use crate::rope::RopeGroup;
 use crate::vae::decode_cache_shapes;
 
-/// Length of [`CarryId::model`]: a SHA-256 in hex.
+/// Length of [`CarryStamp::model`]: a SHA-256 in hex.
 pub const MODEL_ID_LEN: usize = 64;
 
-/// Identifies what a carry belongs to; [`LiveCarry::from_bytes`] refuses a carry whose
-/// identity differs, naming the field.
+/// What a carry file is stamped with (the model's digest and the job's settings):
+/// [`PipelineCarry::from_bytes`] refuses a carry whose stamp differs, naming the field.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CarryId {
+pub struct CarryStamp {
     /// Digest of the model directory ([`super::LiveAvatar::model_id`]), 64 hex digits.
     pub model: String,
     pub width: usize,
@@ -35,7 +35,7 @@ pub struct CarryId {
     pub fps: u32,
 }
 
-impl CarryId {
+impl CarryStamp {
     /// The identity of a job with settings `s` on the model `model_id`.
     pub fn new(model_id: &str, s: &JobParams) -> Self {
         Self {
@@ -70,21 +70,21 @@ impl CarryId {
     }
 }
 
-/// The state between two clips of a job: the DiT's [`Carry`] with the VAE decoder's
+/// The state between two clips of a job: the DiT's [`DitCarry`] with the VAE decoder's
 /// streaming cache in `inner.vae_decode`.
 #[derive(Debug, Clone)]
-pub struct LiveCarry<B: Backend> {
-    pub inner: Carry<B>,
+pub struct PipelineCarry<B: Backend> {
+    pub inner: DitCarry<B>,
 }
 
-impl<B: Backend> LiveCarry<B> {
+impl<B: Backend> PipelineCarry<B> {
     /// Index of the next clip this carry renders.
     pub fn clip(&self) -> u64 {
         self.inner.clip
     }
 
     /// The carry as a file (see [`crate::carry_io`]), stamped with `id`.
-    pub fn to_bytes(&self, id: &CarryId) -> Result<Vec<u8>, WanError> {
+    pub fn to_bytes(&self, id: &CarryStamp) -> Result<Vec<u8>, WanError> {
         if id.model.len() != MODEL_ID_LEN {
             return Err(input_err(format!(
                 "carry id: the model id must have {MODEL_ID_LEN} characters (LiveAvatar::model_id), found {}",
@@ -94,12 +94,12 @@ impl<B: Backend> LiveCarry<B> {
         self.inner.to_bytes_with(&id.metadata())
     }
 
-    /// [`LiveCarry::to_bytes`] streamed to `w` one tensor at a time (for carries of tens
+    /// [`PipelineCarry::to_bytes`] streamed to `w` one tensor at a time (for carries of tens
     /// of GB); returns the bytes written, [`carry_bytes`] of the job.
     pub fn write_to<W: std::io::Write + std::io::Seek>(
         &self,
         w: &mut W,
-        id: &CarryId,
+        id: &CarryStamp,
     ) -> Result<u64, WanError> {
         if id.model.len() != MODEL_ID_LEN {
             return Err(input_err(format!(
@@ -110,16 +110,16 @@ impl<B: Backend> LiveCarry<B> {
         self.inner.write_to(w, &id.metadata())
     }
 
-    /// A carry saved by [`LiveCarry::to_bytes`] onto `device`. A carry stamped with another
+    /// A carry saved by [`PipelineCarry::to_bytes`] onto `device`. A carry stamped with another
     /// identity is refused with [`WanError::CarryMismatch`] naming the first field that
     /// differs (model, width, height, infer_frames, sample_steps, seed, fps); a damaged or
     /// truncated file with [`WanError::Carry`].
     pub fn from_bytes(
         bytes: &[u8],
-        expected: &CarryId,
+        expected: &CarryStamp,
         device: &B::Device,
     ) -> Result<Self, WanError> {
-        let meta = Carry::<B>::read_metadata(bytes)?;
+        let meta = DitCarry::<B>::read_metadata(bytes)?;
         for (field, want) in expected.entries() {
             let key = format!("id.{field}");
             let found = meta.get(&key).ok_or_else(|| WanError::Carry {
@@ -143,7 +143,7 @@ impl<B: Backend> LiveCarry<B> {
                 });
             }
         }
-        let (inner, _) = Carry::from_bytes_with_meta(bytes, device)?;
+        let (inner, _) = DitCarry::from_bytes_with_meta(bytes, device)?;
         if inner.vae_decode.is_none() {
             return Err(WanError::Carry {
                 message: "the carry has no VAE decode cache: not a Live Avatar job carry".into(),
@@ -153,7 +153,7 @@ impl<B: Backend> LiveCarry<B> {
     }
 }
 
-/// Exact size in bytes of [`LiveCarry::to_bytes`] for any carry after a clip of a job
+/// Exact size in bytes of [`PipelineCarry::to_bytes`] for any carry after a clip of a job
 /// with settings `s` on a model with `cfg`, computed in `dtype` (the backend's float dtype,
 /// [`crate::carry_io::float_dtype`]; the carry of [`super::LiveAvatar::start`], before any
 /// decode, is smaller: its VAE cache is empty). A function of the geometry only: KV rings,
@@ -203,7 +203,7 @@ pub fn carry_bytes(
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    meta.extend(CarryId::new(&"0".repeat(MODEL_ID_LEN), s).metadata());
+    meta.extend(CarryStamp::new(&"0".repeat(MODEL_ID_LEN), s).metadata());
     file_bytes(&meta, &tensors, dtype)
 }
 

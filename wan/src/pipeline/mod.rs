@@ -8,7 +8,7 @@
 //! prepare(&params, rgb, audio, ids) once per job: ref latent, motion latents, text, audio features
 //! start(&ctx) -> carry              clip 0 state: sink prefilled, empty rings, fresh decode cache
 //! render_clip(&ctx, carry)          -> (frames, next carry)
-//! carry.to_bytes / write_to         LiveCarry::from_bytes(bytes, id, device) refuses another job's
+//! carry.to_bytes / write_to         PipelineCarry::from_bytes(bytes, id, device) refuses another job's
 //! carry_bytes(&config, &params, dt) the carry file's exact size, before the job starts
 //! memory_estimate(..)               device bytes of a job by part
 //! ```
@@ -25,7 +25,7 @@ mod carry;
 mod config;
 mod memory;
 
-pub use carry::{carry_bytes, sink_rope_groups, CarryId, LiveCarry, MODEL_ID_LEN};
+pub use carry::{carry_bytes, sink_rope_groups, CarryStamp, PipelineCarry, MODEL_ID_LEN};
 pub use config::{LiveAvatarConfig, WAN21_MEAN, WAN21_STD};
 pub use memory::{memory_estimate, parameter_count, MemoryEstimate};
 
@@ -35,7 +35,7 @@ use burn::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::audio::MOTION_FRAMES;
-use crate::causal_loop::{run_clip, Carry, ClipInput};
+use crate::causal_loop::{run_clip, ClipInput, DitCarry};
 use crate::error::WanError;
 use crate::loader::{load_pth, load_s2v, load_safetensors, s2v_shards};
 use crate::lora::merge_lora_file;
@@ -147,7 +147,7 @@ pub struct JobContext<B: Backend> {
     pub audio: Tensor<B, 4>,
     clips: u64,
     audio_video_frames: usize,
-    id: CarryId,
+    id: CarryStamp,
 }
 
 impl<B: Backend> JobContext<B> {
@@ -164,7 +164,7 @@ impl<B: Backend> JobContext<B> {
     }
 
     /// The identity every carry of this job is saved and checked with.
-    pub fn carry_id(&self) -> &CarryId {
+    pub fn carry_stamp(&self) -> &CarryStamp {
         &self.id
     }
 }
@@ -444,7 +444,7 @@ impl<B: Backend> LiveAvatar<B> {
             audio,
             clips: batches as u64,
             audio_video_frames,
-            id: CarryId::new(&self.model_id, s),
+            id: CarryStamp::new(&self.model_id, s),
         })
     }
 
@@ -477,10 +477,10 @@ impl<B: Backend> LiveAvatar<B> {
 
     /// The state before clip 0: the sink prefilled from the reference and motion
     /// latents, empty KV rings, a fresh VAE decode cache.
-    pub fn start(&self, ctx: &JobContext<B>) -> Result<LiveCarry<B>, WanError> {
+    pub fn start(&self, ctx: &JobContext<B>) -> Result<PipelineCarry<B>, WanError> {
         self.check_settings(&ctx.params)?;
         let settings = self.config.causal_settings(&ctx.params);
-        let mut inner = Carry::start(
+        let mut inner = DitCarry::start(
             &self.dit,
             &settings,
             ctx.ref_latent.clone(),
@@ -488,7 +488,7 @@ impl<B: Backend> LiveAvatar<B> {
             ctx.context.clone(),
         );
         inner.vae_decode = Some(DecodeCache::default());
-        Ok(LiveCarry { inner })
+        Ok(PipelineCarry { inner })
     }
 
     /// Renders clip `carry.clip()`: noise from (seed, clip), the clip's audio window,
@@ -499,8 +499,8 @@ impl<B: Backend> LiveAvatar<B> {
     pub fn render_clip(
         &self,
         ctx: &JobContext<B>,
-        carry: LiveCarry<B>,
-    ) -> Result<(ClipFrames, LiveCarry<B>), WanError> {
+        carry: PipelineCarry<B>,
+    ) -> Result<(ClipFrames, PipelineCarry<B>), WanError> {
         let s = &ctx.params;
         let settings = self.config.causal_settings(s);
         let [lh, lw] = s.latent_hw();
@@ -550,7 +550,7 @@ impl<B: Backend> LiveAvatar<B> {
                 height: s.height,
                 rgb,
             },
-            LiveCarry { inner: next },
+            PipelineCarry { inner: next },
         ))
     }
 

@@ -1,10 +1,10 @@
-//! The carry of the streamed loop in host memory: [`HostCarry`] holds the same state as
-//! [`Carry`], with the rings and the sink as host data, layer-major.
+//! The carry of the streamed loop in host memory: [`HostDitCarry`] holds the same state as
+//! [`DitCarry`], with the rings and the sink as host data, layer-major.
 
 use burn::prelude::*;
 
 use super::{stream_layers, Need};
-use crate::causal_loop::{prefill_layer, prefill_tokens, Carry, CausalSettings, KvPair};
+use crate::causal_loop::{prefill_layer, prefill_tokens, CausalSettings, DitCarry, KvPair};
 use crate::rope::RopeGroup;
 use crate::vae::DecodeCache;
 
@@ -44,12 +44,12 @@ pub struct HostKvLayer {
     pub sink: HostKv,
 }
 
-/// [`Carry`] with the rings and the sink in host memory, layer-major
+/// [`DitCarry`] with the rings and the sink in host memory, layer-major
 /// (`layers[layer].rings[step]`); the small parts stay on the device. Converts to and
-/// from [`Carry`] without changing a bit, so a job can resume in either mode and the
+/// from [`DitCarry`] without changing a bit, so a job can resume in either mode and the
 /// carry file is the same.
 #[derive(Debug, Clone)]
-pub struct HostCarry<B: Backend> {
+pub struct HostDitCarry<B: Backend> {
     pub layers: Vec<HostKvLayer>,
     pub sink_groups: Vec<RopeGroup>,
     pub frames_done: usize,
@@ -59,10 +59,10 @@ pub struct HostCarry<B: Backend> {
     pub vae_decode: Option<DecodeCache<B>>,
 }
 
-impl<B: Backend> HostCarry<B> {
+impl<B: Backend> HostDitCarry<B> {
     /// Moves a carry's rings and sink to host memory (tensor by tensor).
-    pub fn from_carry(carry: Carry<B>) -> Self {
-        let Carry {
+    pub fn from_carry(carry: DitCarry<B>) -> Self {
+        let DitCarry {
             rings,
             sink,
             sink_groups,
@@ -99,8 +99,8 @@ impl<B: Backend> HostCarry<B> {
         }
     }
 
-    /// The same state as a resident [`Carry`] on `device`.
-    pub fn into_carry(self, device: &B::Device) -> Carry<B> {
+    /// The same state as a resident [`DitCarry`] on `device`.
+    pub fn into_carry(self, device: &B::Device) -> DitCarry<B> {
         let steps = self.layers.first().map_or(0, |l| l.rings.len());
         let rings = (0..steps)
             .map(|s| {
@@ -115,7 +115,7 @@ impl<B: Backend> HostCarry<B> {
             .iter()
             .map(|l| l.sink.to_device(device))
             .collect();
-        Carry {
+        DitCarry {
             rings,
             sink,
             sink_groups: self.sink_groups,
@@ -127,7 +127,7 @@ impl<B: Backend> HostCarry<B> {
         }
     }
 
-    /// The state before the first clip, as [`Carry::start`] builds it, with the sink
+    /// The state before the first clip, as [`DitCarry::start`] builds it, with the sink
     /// prefill streamed layer by layer.
     pub fn start(
         model: &StreamedModel<B>,
