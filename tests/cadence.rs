@@ -62,10 +62,7 @@ fn every_third_clip_checkpointed_and_killed_at_every_kind_of_point_gives_identic
     assert_eq!(state["phase"], "done", "{state}");
 
     let evs = events(&farm, &state);
-    let crashes = events_named(&evs, "worker_exit")
-        .iter()
-        .filter(|e| e["end"].as_str().is_some_and(|s| s.contains("SIGKILL")))
-        .count();
+    let crashes = sigkilled_workers(&evs);
     assert_eq!(crashes, kills.len(), "every point fired once: {evs:?}");
     let mut expected = vec![0];
     expected.extend(kills.iter().map(|(_, resume_at)| *resume_at as u64));

@@ -227,11 +227,7 @@ fn a_command_engine_checkpoints_every_n_clips_and_resumes_to_identical_frames() 
     let state = wait_finished(&farm, "every3.yaml");
     assert_eq!(state["phase"], "done", "{state}");
     let evs = events(&farm, &state);
-    let sigkills = evs
-        .iter()
-        .filter(|e| e["event"] == "worker_exit")
-        .filter(|e| e["end"].as_str().is_some_and(|s| s.contains("SIGKILL")))
-        .count();
+    let sigkills = sigkilled_workers(&evs);
     assert_eq!(sigkills, kills.len(), "every point fired once: {evs:?}");
     let mut expected = vec![0];
     expected.extend(kills.iter().map(|(_, resume_at)| *resume_at as u64));

@@ -184,11 +184,7 @@ fn a_release_job_killed_at_every_kind_of_point_resumes_to_identical_frames() {
             farm.daemon_logs()
         );
         let evs = events(&farm, &state);
-        let sigkills = evs
-            .iter()
-            .filter(|e| e["event"] == "worker_exit")
-            .filter(|e| e["end"].as_str().is_some_and(|s| s.contains("SIGKILL")))
-            .count();
+        let sigkills = sigkilled_workers(&evs);
         assert_eq!(
             sigkills,
             kills.len(),

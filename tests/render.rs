@@ -149,12 +149,7 @@ fn worker_killed_at_every_kind_of_point_resumes_to_identical_frames() {
     assert_eq!(state["phase"], "done", "{state}");
 
     let evs = events(&farm, &state);
-    let crashes = evs
-        .iter()
-        .filter(|e| {
-            e["event"] == "worker_exit" && e["end"].as_str().is_some_and(|s| s.contains("SIGKILL"))
-        })
-        .count();
+    let crashes = sigkilled_workers(&evs);
     assert_eq!(crashes, kills.len(), "every point fired once: {evs:?}");
     // Where each attempt started: the first from 0, then after each kill exactly where the
     // last durable checkpoint left off, never earlier.

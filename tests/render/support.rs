@@ -88,6 +88,15 @@ pub fn start_points(events: &[serde_json::Value]) -> Vec<u64> {
         .collect()
 }
 
+/// How many of a job's workers ended killed by SIGKILL (`worker_exit` events).
+pub fn sigkilled_workers(events: &[serde_json::Value]) -> usize {
+    events
+        .iter()
+        .filter(|e| e["event"] == "worker_exit")
+        .filter(|e| e["end"].as_str().is_some_and(|s| s.contains("SIGKILL")))
+        .count()
+}
+
 /// Indices of every `clip_done` event, in order.
 pub fn clips_done(events: &[serde_json::Value]) -> Vec<u64> {
     events

@@ -51,26 +51,6 @@ fn state_round_trips_through_disk() {
 }
 
 #[test]
-fn atomic_write_replaces_and_leaves_no_temp_files() {
-    let tmp = tempfile::tempdir().expect("temp dir");
-    let path = tmp.path().join("state.json");
-    write_atomic(&path, b"one").expect("first write");
-    write_atomic(&path, b"two").expect("second write");
-    assert_eq!(fs::read(&path).expect("read"), b"two");
-    let names: Vec<String> = fs::read_dir(tmp.path())
-        .expect("list")
-        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .collect();
-    assert_eq!(names, vec!["state.json"]);
-}
-
-#[test]
-fn atomic_write_into_missing_folder_fails_cleanly() {
-    let tmp = tempfile::tempdir().expect("temp dir");
-    assert!(write_atomic(&tmp.path().join("nope/state.json"), b"x").is_err());
-}
-
-#[test]
 fn spec_round_trips_through_job_yaml() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let (dir, _) = new_job(tmp.path(), "j1");
