@@ -22,8 +22,8 @@ use tracing::{debug, info, warn};
 
 use crate::backlog;
 use crate::cancels;
-use crate::config::DaemonConfig;
-use crate::executor::{self, ExecutorConfig, SlurmConfig};
+use crate::config::{DaemonConfig, ExecutorConfig, SlurmConfig};
+use crate::executor;
 use crate::intake::Admission;
 use crate::notify_glue::{self, Notices};
 use crate::placement::{self, Placement, PlacementDecision, RunEnd};

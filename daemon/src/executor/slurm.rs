@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
-use super::SlurmConfig;
+use crate::config::SlurmConfig;
 use crate::supervisor::{StopRequest, WorkerEnd, WorkerLaunch, WorkerReport, STDERR_TAIL_LINES};
 
 /// The batch script, in the job folder.
@@ -800,7 +800,7 @@ pub async fn probe(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::executor::SlurmGpuType;
+    use crate::config::executor::SlurmGpuType;
 
     fn config(gpu_types: Vec<SlurmGpuType>) -> SlurmConfig {
         SlurmConfig {

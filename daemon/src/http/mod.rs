@@ -25,7 +25,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::Router;
-use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
@@ -40,22 +39,6 @@ use crate::spool::Layout;
 pub const DEFAULT_TOKEN_FILE: &str = "/etc/reelspool/credentials/http-token";
 /// The token's name in `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential=http-token:…`).
 const TOKEN_CREDENTIAL: &str = "http-token";
-
-/// `http:` in the config file.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct HttpConfig {
-    /// `address:port` to listen on, e.g. `127.0.0.1:7878`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub listen: Option<String>,
-    /// A unix socket to listen on, e.g. `/run/reelspool/http.sock`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub socket: Option<PathBuf>,
-    /// The file holding the token for actions [default: `$CREDENTIALS_DIRECTORY/http-token`
-    /// under systemd, else /etc/reelspool/credentials/http-token when it exists].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token_file: Option<PathBuf>,
-}
 
 /// Why the web server cannot start.
 #[derive(Debug, thiserror::Error)]
