@@ -1,7 +1,6 @@
 //! The client commands: they read the config and the state directory and never talk to the
 //! daemon's memory. A job's files on disk are the whole truth (see `jobs::state`).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -14,6 +13,7 @@ use jobs::state::{self, JobDir, JobEvent, JobId, JobState, Phase};
 use crate::cancels;
 use crate::config::{self, DaemonConfig};
 use crate::daemon;
+use crate::spool;
 
 /// Loads the config, or, when none was named and the default is absent, returns `None` so that
 /// commands that can work without one (validate, submit --spool) still do.
@@ -93,69 +93,9 @@ pub fn submit(config_flag: Option<&Path>, file: &Path, spool: Option<&Path>) -> 
         ),
     };
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let written = deliver_to_spool(&spool_dir, file, &bytes)?;
+    let written = spool::deliver_to_spool(&spool_dir, file, &bytes)?;
     println!("{}", escape_text(&written.display().to_string()));
     Ok(ExitCode::SUCCESS)
-}
-
-/// Writes into `tmp/`, then renames into `incoming/` without replacing a file already waiting
-/// there under the same name (a `-2`, `-3`, ... suffix is added instead).
-pub fn deliver_to_spool(spool_dir: &Path, file: &Path, bytes: &[u8]) -> Result<PathBuf> {
-    let tmp_dir = spool_dir.join("tmp");
-    let incoming = spool_dir.join("incoming");
-    if !incoming.is_dir() {
-        bail!(
-            "{} is not a spool (no incoming/ directory); is the daemon configured with this spool_dir?",
-            spool_dir.display()
-        );
-    }
-    std::fs::create_dir_all(&tmp_dir)
-        .with_context(|| format!("cannot create {}", tmp_dir.display()))?;
-    let stem = file
-        .file_stem()
-        .and_then(|stem| stem.to_str())
-        .filter(|stem| !stem.is_empty() && !stem.starts_with('.'))
-        .unwrap_or("job");
-    let tmp_path = tmp_dir.join(format!("{stem}.{}.tmp", std::process::id()));
-    let written = std::fs::File::create(&tmp_path).and_then(|mut out| {
-        out.write_all(bytes)?;
-        out.sync_all()
-    });
-    if let Err(err) = written {
-        // Nothing half-written stays in the spool (a full disk is the usual reason).
-        let _ = std::fs::remove_file(&tmp_path);
-        return Err(err).with_context(|| {
-            format!(
-                "cannot write the job into the spool at {}; nothing was submitted",
-                tmp_path.display()
-            )
-        });
-    }
-    for attempt in 1..1000u32 {
-        let name = if attempt == 1 {
-            format!("{stem}.yaml")
-        } else {
-            format!("{stem}-{attempt}.yaml")
-        };
-        let target = incoming.join(&name);
-        match state::rename_no_replace(&tmp_path, &target) {
-            Ok(()) => {
-                state::fsync_dir(&incoming)?;
-                return Ok(target);
-            }
-            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(err) => {
-                let _ = std::fs::remove_file(&tmp_path);
-                return Err(err)
-                    .with_context(|| format!("cannot move job into {}", incoming.display()));
-            }
-        }
-    }
-    let _ = std::fs::remove_file(&tmp_path);
-    bail!(
-        "too many files named {stem}*.yaml waiting in {}",
-        incoming.display()
-    )
 }
 
 pub fn check_config(config_flag: Option<&Path>) -> Result<ExitCode> {
@@ -553,7 +493,7 @@ pub fn cancel(config_flag: Option<&Path>, wanted: &str, wait_secs: u64) -> Resul
     state::write_atomic(&dir.cancel_request(), b"cancel\n")
         .with_context(|| format!("cannot write {}", dir.cancel_request().display()))?;
     // Without a daemon nobody else touches the job: cancel it here.
-    if let Some(_lock) = daemon::try_lock_state(&config.state_dir)? {
+    if let Some(_lock) = spool::try_lock_state(&config.state_dir)? {
         if !config.executor.is_local() {
             // Its batch job runs on in Slurm without the daemon: cancel that too.
             if let Some(slurm_job) = crate::executor::slurm::cancel_recorded(dir.root())? {
@@ -613,7 +553,7 @@ pub fn priority(
     let dir = JobDir::new(jobs_dir.join(job.id.to_string()));
     // SAFETY: geteuid cannot fail and touches no memory.
     let by = crate::owner::look_up(unsafe { libc::geteuid() }).to_string();
-    if let Some(_lock) = daemon::try_lock_state(&config.state_dir)? {
+    if let Some(_lock) = spool::try_lock_state(&config.state_dir)? {
         // Without a daemon nobody else touches the job: change it here.
         let (saved, from) = crate::priorities::apply_offline(&dir, new, Some(&by))?;
         jobs::index::append_standalone(&config.state_dir.join(jobs::index::INDEX_FILE), &saved)?;
@@ -664,22 +604,5 @@ mod tests {
         assert_eq!(human_secs(42.4), "42s");
         assert_eq!(human_secs(185.0), "3m05s");
         assert_eq!(human_secs(3720.0), "1h02m");
-    }
-
-    #[test]
-    fn delivery_never_replaces_a_waiting_file() {
-        let spool = tempfile::tempdir().expect("temp dir");
-        std::fs::create_dir_all(spool.path().join("incoming")).expect("incoming");
-        let first = deliver_to_spool(spool.path(), Path::new("/x/job.yaml"), b"a: 1\n")
-            .expect("first delivery");
-        let second = deliver_to_spool(spool.path(), Path::new("/x/job.yaml"), b"a: 2\n")
-            .expect("second delivery");
-        assert_ne!(first, second);
-        assert_eq!(std::fs::read(&first).expect("first file"), b"a: 1\n");
-        assert_eq!(std::fs::read(&second).expect("second file"), b"a: 2\n");
-        let leftovers = std::fs::read_dir(spool.path().join("tmp"))
-            .expect("tmp dir")
-            .count();
-        assert_eq!(leftovers, 0, "tmp/ must be empty after delivery");
     }
 }

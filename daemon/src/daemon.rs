@@ -12,8 +12,6 @@
 //! clip. SIGHUP re-reads the config file (see `reload`). systemd hears about all of it through
 //! the notify socket (see `systemd`).
 
-use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -34,7 +32,7 @@ use crate::logging;
 use crate::notify_glue::Notices;
 use crate::reload::{self, Reconfigure};
 use crate::scheduler::{self, Scheduler};
-use crate::spool::Layout;
+use crate::spool::{try_lock_state, Layout};
 use crate::systemd::{self, SchedulerVitals, ServiceManager};
 
 /// How long a stopping daemon waits for due notices to go out.
@@ -42,34 +40,6 @@ const NOTICE_FLUSH: Duration = Duration::from_secs(5);
 
 /// The notice outbox, under the state dir.
 const OUTBOX_DIR: &str = "outbox";
-
-/// Name of the lock file that marks a running daemon in the state dir.
-const LOCK_FILE: &str = "daemon.lock";
-
-/// Takes the daemon lock without waiting; `None` when another process holds it.
-pub fn try_lock_state(state_dir: &Path) -> Result<Option<File>> {
-    std::fs::create_dir_all(state_dir)
-        .with_context(|| format!("cannot create state dir {}", state_dir.display()))?;
-    let path = state_dir.join(LOCK_FILE);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    // SAFETY: flock only reads the descriptor, which lives as long as `file`.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc == 0 {
-        Ok(Some(file))
-    } else {
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            Ok(None)
-        } else {
-            Err(err).with_context(|| format!("cannot lock {}", path.display()))
-        }
-    }
-}
 
 /// Cancels a job that no worker is running; returns its state as saved.
 pub fn mark_cancelled(dir: &JobDir, reason: &str) -> Result<JobState> {
