@@ -229,7 +229,7 @@ fn respond(context: &ControlContext, person: &Person, request: Request) -> Resul
             let job = crate::cli::find_job(jobs_dir, &job)?;
             let log = jobs_dir
                 .join(job.id.to_string())
-                .join(crate::logs::WORKER_LOG);
+                .join(crate::worker_log::WORKER_LOG);
             authorize(context, person, &job, "read", log.clone())?;
             let (bytes, offset) = read_chunk(&log, offset)?;
             Ok(json!({

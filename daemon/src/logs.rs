@@ -16,9 +16,7 @@ use jobs::state::JobDir;
 
 use crate::cli;
 use crate::config::{self, DaemonConfig};
-
-/// The worker's stderr, in the job directory.
-pub const WORKER_LOG: &str = "worker.log";
+use crate::worker_log::WORKER_LOG;
 
 /// How often `--follow` looks for new lines and for the job's end.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);

@@ -34,6 +34,7 @@ mod spool;
 mod supervisor;
 mod systemd;
 mod warm;
+mod worker_log;
 
 /// Render farm daemon for audio-driven talking-avatar video models.
 ///
