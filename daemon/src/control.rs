@@ -190,7 +190,7 @@ fn respond(context: &ControlContext, person: &Person, request: Request) -> Resul
             // From the queue index, like a local `status`: a member's list costs the same
             // with 100,000 jobs queued. Full details are read only for the asker's own jobs.
             let entries = if jobs_dir.is_dir() {
-                crate::cli::index_entries(jobs_dir)?
+                crate::jobview::index_entries(jobs_dir)?
             } else {
                 Vec::new()
             };
@@ -212,7 +212,7 @@ fn respond(context: &ControlContext, person: &Person, request: Request) -> Resul
             Ok(json!({ "jobs": shown }))
         }
         Request::Status { job } => {
-            let job = crate::cli::find_job(jobs_dir, &job)?;
+            let job = crate::jobview::find_job(jobs_dir, &job)?;
             let dir = JobDir::new(jobs_dir.join(job.id.to_string()));
             authorize(
                 context,
@@ -222,11 +222,11 @@ fn respond(context: &ControlContext, person: &Person, request: Request) -> Resul
                 dir.state_json(),
             )?;
             let events = dir.read_events().unwrap_or_default();
-            let notices = crate::cli::notice_statuses(&context.state_dir, &job.id.to_string());
+            let notices = crate::jobview::notice_statuses(&context.state_dir, &job.id.to_string());
             Ok(json!({ "job": job, "events": events, "notices": notices }))
         }
         Request::Logs { job, offset } => {
-            let job = crate::cli::find_job(jobs_dir, &job)?;
+            let job = crate::jobview::find_job(jobs_dir, &job)?;
             let log = jobs_dir
                 .join(job.id.to_string())
                 .join(crate::worker_log::WORKER_LOG);
@@ -240,7 +240,7 @@ fn respond(context: &ControlContext, person: &Person, request: Request) -> Resul
             }))
         }
         Request::Cancel { job } => {
-            let job = crate::cli::find_job(jobs_dir, &job)?;
+            let job = crate::jobview::find_job(jobs_dir, &job)?;
             let dir = JobDir::new(jobs_dir.join(job.id.to_string()));
             authorize(context, person, &job, "cancel", dir.root().to_path_buf())?;
             if !job.phase.is_terminal() {
@@ -260,7 +260,7 @@ fn respond(context: &ControlContext, person: &Person, request: Request) -> Resul
         }
         Request::Priority { job, priority } => {
             let wanted = crate::priorities::check_range(priority)?;
-            let job = crate::cli::find_job(jobs_dir, &job)?;
+            let job = crate::jobview::find_job(jobs_dir, &job)?;
             let dir = JobDir::new(jobs_dir.join(job.id.to_string()));
             authorize(
                 context,
@@ -386,7 +386,7 @@ pub fn status(
     spool_dir: &Path,
     id: Option<&str>,
     json: bool,
-    filter: &crate::cli::StatusFilter,
+    filter: &crate::jobview::StatusFilter,
 ) -> Result<()> {
     let Some(wanted) = id else {
         let value = ask(
@@ -400,7 +400,7 @@ pub fn status(
         if json {
             println!("{}", serde_json::to_string_pretty(&all)?);
         } else {
-            crate::cli::print_table(&all);
+            crate::jobview::print_table(&all);
         }
         return Ok(());
     };
@@ -417,8 +417,8 @@ pub fn status(
     let job: JobState = serde_json::from_value(value["job"].clone())?;
     let events: Vec<JobEvent> = serde_json::from_value(value["events"].clone())?;
     let notices: Vec<notices::DeliveryStatus> = serde_json::from_value(value["notices"].clone())?;
-    crate::cli::print_job_details(&job, &events);
-    crate::cli::print_notices(&notices);
+    crate::jobview::print_job_details(&job, &events);
+    crate::jobview::print_notices(&notices);
     Ok(())
 }
 

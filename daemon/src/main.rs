@@ -21,6 +21,7 @@ mod executor;
 mod gpus;
 mod http;
 mod intake;
+mod jobview;
 mod logging;
 mod logs;
 mod notify_glue;
@@ -79,7 +80,7 @@ enum Command {
         json: bool,
         /// Only jobs in this state (queued, running, done, failed, cancelled); repeat for
         /// several.
-        #[arg(long = "state", value_name = "STATE", value_parser = cli::parse_phase)]
+        #[arg(long = "state", value_name = "STATE", value_parser = jobview::parse_phase)]
         states: Vec<jobs::state::Phase>,
         /// List at most this many jobs, oldest first.
         #[arg(long, value_name = "N")]
@@ -159,7 +160,7 @@ fn main() -> ExitCode {
             config_flag,
             id.as_deref(),
             json,
-            &cli::StatusFilter {
+            &jobview::StatusFilter {
                 phases: states,
                 limit,
             },

@@ -128,7 +128,7 @@ pub fn parse_states(text: Option<&str>) -> ApiResult<Vec<Phase>> {
     text.split(',')
         .filter(|part| !part.trim().is_empty())
         .map(|part| {
-            crate::cli::parse_phase(part.trim())
+            crate::jobview::parse_phase(part.trim())
                 .map_err(|message| ApiError::new(StatusCode::BAD_REQUEST, message))
         })
         .collect()
@@ -159,7 +159,8 @@ pub fn select_jobs(
 ) -> ApiResult<(usize, Vec<IndexEntry>)> {
     let jobs_dir = &shared.layout.jobs;
     let mut entries = if jobs_dir.is_dir() {
-        crate::cli::index_entries(jobs_dir).map_err(|err| ApiError::internal(format!("{err:#}")))?
+        crate::jobview::index_entries(jobs_dir)
+            .map_err(|err| ApiError::internal(format!("{err:#}")))?
     } else {
         Vec::new()
     };

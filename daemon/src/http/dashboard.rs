@@ -50,7 +50,7 @@ fn esc(text: &str) -> String {
 }
 
 fn human_secs(secs: f64) -> String {
-    crate::cli::human_secs(secs)
+    crate::jobview::human_secs(secs)
 }
 
 const STYLE: &str = r#"

@@ -105,7 +105,7 @@ impl Follower {
 
     fn follow_jobs(&mut self, shared: &Shared, snapshot: Option<&PoolSnapshot>) {
         let jobs_dir = &shared.layout.jobs;
-        let entries = match crate::cli::index_entries(jobs_dir) {
+        let entries = match crate::jobview::index_entries(jobs_dir) {
             Ok(entries) => entries,
             Err(err) => {
                 debug!(error = %format!("{err:#}"), "cannot read the queue index");
