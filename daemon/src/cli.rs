@@ -8,11 +8,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use jobs::escape_text;
 use jobs::index::IndexEntry;
-use jobs::state::{self, JobDir, JobState};
+use jobs::state::{JobDir, JobState};
 
-use crate::cancels;
+use crate::cancels::{self, Cancel};
 use crate::config::{self, DaemonConfig};
-use crate::daemon;
 use crate::jobview::{
     find_job, index_entries, notice_statuses, phase_name, print_job_details, print_notices,
     print_table, StatusFilter,
@@ -175,35 +174,21 @@ pub fn cancel(config_flag: Option<&Path>, wanted: &str, wait_secs: u64) -> Resul
     }
     let jobs_dir = config.state_dir.join("jobs");
     let job = find_job(&jobs_dir, wanted)?;
-    if job.phase.is_terminal() {
-        println!("job {} is already {}", job.id, phase_name(job.phase));
-        return Ok(ExitCode::SUCCESS);
-    }
     let dir = JobDir::new(jobs_dir.join(job.id.to_string()));
-    state::write_atomic(&dir.cancel_request(), b"cancel\n")
-        .with_context(|| format!("cannot write {}", dir.cancel_request().display()))?;
-    // Without a daemon nobody else touches the job: cancel it here.
-    if let Some(_lock) = spool::try_lock_state(&config.state_dir)? {
-        if !config.executor.is_local() {
-            // Its batch job runs on in Slurm without the daemon: cancel that too.
-            if let Some(slurm_job) = crate::executor::slurm::cancel_recorded(dir.root())? {
+    match cancels::cancel(&config.state_dir, &config.executor, &dir, &job)? {
+        Cancel::AlreadyEnded(phase) => {
+            println!("job {} is already {}", job.id, phase_name(phase));
+            return Ok(ExitCode::SUCCESS);
+        }
+        Cancel::Done { slurm_job } => {
+            if let Some(slurm_job) = slurm_job {
                 println!("cancelled Slurm job {slurm_job}");
             }
+            println!("job {} cancelled", job.id);
+            return Ok(ExitCode::SUCCESS);
         }
-        let cancelled = daemon::mark_cancelled(&dir, "cancelled while the daemon was not running")?;
-        jobs::index::append_standalone(
-            &config.state_dir.join(jobs::index::INDEX_FILE),
-            &cancelled,
-        )?;
-        println!("job {} cancelled", job.id);
-        return Ok(ExitCode::SUCCESS);
+        Cancel::Requested => {}
     }
-    cancels::request(&config.state_dir, &job.id).with_context(|| {
-        format!(
-            "cannot leave the cancel request in {}",
-            cancels::requests_dir(&config.state_dir).display()
-        )
-    })?;
     let deadline = Instant::now() + Duration::from_secs(wait_secs);
     loop {
         let current = dir.load_state()?;

@@ -26,6 +26,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::cancels::{self, Cancel};
+use crate::config::ExecutorConfig;
 use crate::owner::Policy;
 
 /// The socket's name in the spool directory.
@@ -73,6 +75,8 @@ pub struct ControlContext {
     pub jobs_dir: PathBuf,
     pub state_dir: PathBuf,
     pub policy: Policy,
+    /// Where workers run (a cancel made without a daemon also cancels a job's Slurm job).
+    pub executor: ExecutorConfig,
 }
 
 /// Binds the socket (replacing one left by an earlier daemon: the caller holds the state lock)
@@ -243,17 +247,8 @@ fn respond(context: &ControlContext, person: &Person, request: Request) -> Resul
             let job = crate::jobview::find_job(jobs_dir, &job)?;
             let dir = JobDir::new(jobs_dir.join(job.id.to_string()));
             authorize(context, person, &job, "cancel", dir.root().to_path_buf())?;
-            if !job.phase.is_terminal() {
-                state::write_atomic(&dir.cancel_request(), b"cancel\n")
-                    .with_context(|| format!("cannot write {}", dir.cancel_request().display()))?;
-                // The marker is how the scheduler finds the request without reading every job.
-                let state_dir = &context.state_dir;
-                crate::cancels::request(state_dir, &job.id).with_context(|| {
-                    format!(
-                        "cannot leave the cancel request in {}",
-                        crate::cancels::requests_dir(state_dir).display()
-                    )
-                })?;
+            let done = cancels::cancel(&context.state_dir, &context.executor, &dir, &job)?;
+            if done != Cancel::AlreadyEnded(job.phase) {
                 info!(job = %job.id, by = %person, "cancel requested");
             }
             Ok(json!({ "id": job.id, "phase": job.phase }))
@@ -569,6 +564,7 @@ mod tests {
             jobs_dir: PathBuf::from("/nonexistent/jobs"),
             state_dir: PathBuf::from("/nonexistent"),
             policy: Policy::new("reelspool-no-such-group-y"),
+            executor: ExecutorConfig::Local,
         };
         let reply = answer(&context, 3_999_999_917, r#"{"op":"list"}"#);
         let error = reply["error"].as_str().expect("a refusal");
@@ -582,6 +578,7 @@ mod tests {
             jobs_dir: PathBuf::from("/nonexistent/jobs"),
             state_dir: PathBuf::from("/nonexistent"),
             policy: Policy::new("root"),
+            executor: ExecutorConfig::Local,
         };
         // SAFETY: geteuid cannot fail.
         let me = unsafe { libc::geteuid() };

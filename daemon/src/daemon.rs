@@ -18,7 +18,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use jobs::state::{now_ms, JobDir, JobEvent, JobState, Phase};
+use jobs::state::now_ms;
 use notices::{DeliveryReport, Dispatcher, Outbox};
 use sd_notify::NotifyState;
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -40,26 +40,6 @@ const NOTICE_FLUSH: Duration = Duration::from_secs(5);
 
 /// The notice outbox, under the state dir.
 const OUTBOX_DIR: &str = "outbox";
-
-/// Cancels a job that no worker is running; returns its state as saved.
-pub fn mark_cancelled(dir: &JobDir, reason: &str) -> Result<JobState> {
-    let mut state = dir.load_state()?;
-    if state.phase.is_terminal() {
-        return Ok(state);
-    }
-    state.phase = Phase::Cancelled;
-    state.finished_at_ms = Some(now_ms());
-    state.eta_secs = None;
-    dir.save_state(&state)?;
-    let mut fields = serde_json::Map::new();
-    fields.insert("reason".into(), reason.into());
-    dir.append_event(&JobEvent {
-        ts_ms: now_ms(),
-        event: "cancelled".into(),
-        fields,
-    })?;
-    Ok(state)
-}
 
 pub fn run_from_cli(config_flag: Option<&Path>) -> Result<ExitCode> {
     // First, while this is the only thread: it edits the environment.
@@ -250,6 +230,7 @@ async fn serve(
                 jobs_dir: layout.jobs.clone(),
                 state_dir: config.state_dir.clone(),
                 policy: crate::owner::Policy::new(&config.submit_group),
+                executor: config.executor.clone(),
             }),
             shutdown_rx.clone(),
         ))),

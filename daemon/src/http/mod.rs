@@ -170,6 +170,7 @@ pub fn start(
             jobs_dir: layout.jobs.clone(),
             state_dir: config.state_dir.clone(),
             policy: crate::owner::Policy::new(&config.submit_group),
+            executor: config.executor.clone(),
         },
         config,
         layout,
