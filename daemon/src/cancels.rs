@@ -134,7 +134,7 @@ pub fn clear(state_dir: &Path, id: &JobId) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -154,11 +154,11 @@ mod tests {
         assert_eq!(pending(tmp.path()).expect("list"), vec![late]);
     }
 
-    /// A job folder under `state_dir/jobs` whose state is in `phase`.
-    fn job_in(state_dir: &Path, phase: &str) -> (JobDir, JobState) {
+    /// A job folder under `state_dir/jobs` whose state is in `phase`, at priority 3.
+    pub(crate) fn job_in(state_dir: &Path, phase: &str) -> (JobDir, JobState) {
         let text = format!(
             r#"{{"id":"20261123-150102-123-0007","name":"portrait","phase":"{phase}",
-            "priority":0,"source_file":"a.yaml","submitted_at_ms":5}}"#
+            "priority":3,"source_file":"a.yaml","submitted_at_ms":5}}"#
         );
         let job: JobState = serde_json::from_str(&text).expect("state parses");
         let dir = JobDir::new(state_dir.join("jobs").join(job.id.as_str()));

@@ -16,6 +16,7 @@ use crate::jobview::{
     find_job, index_entries, notice_statuses, phase_name, print_job_details, print_notices,
     print_table, StatusFilter,
 };
+use crate::priorities::{self, Change};
 use crate::spool;
 
 /// Loads the config, or, when none was named and the default is absent, returns `None` so that
@@ -217,32 +218,23 @@ pub fn priority(
     wait_secs: u64,
 ) -> Result<ExitCode> {
     let config = required_config(config_flag)?;
-    let new = crate::priorities::check_range(priority)?;
+    let new = priorities::check_range(priority)?;
     if crate::control::must_ask_daemon(&config.state_dir) {
         crate::control::priority(&config.spool_dir, wanted, priority, wait_secs)?;
         return Ok(ExitCode::SUCCESS);
     }
     let jobs_dir = config.state_dir.join("jobs");
     let job = find_job(&jobs_dir, wanted)?;
-    crate::priorities::check_not_finished(&job)?;
     let dir = JobDir::new(jobs_dir.join(job.id.to_string()));
     // SAFETY: geteuid cannot fail and touches no memory.
     let by = crate::owner::look_up(unsafe { libc::geteuid() }).to_string();
-    if let Some(_lock) = spool::try_lock_state(&config.state_dir)? {
-        // Without a daemon nobody else touches the job: change it here.
-        let (saved, from) = crate::priorities::apply_offline(&dir, new, Some(&by))?;
-        jobs::index::append_standalone(&config.state_dir.join(jobs::index::INDEX_FILE), &saved)?;
-        println!("job {} priority {new} (was {from})", job.id);
-        return Ok(ExitCode::SUCCESS);
+    match priorities::change(&config.state_dir, &dir, &job, new, by)? {
+        Change::Applied { from } => {
+            println!("job {} priority {new} (was {from})", job.id);
+            return Ok(ExitCode::SUCCESS);
+        }
+        Change::Requested => {}
     }
-    crate::priorities::request(
-        &config.state_dir,
-        &job.id,
-        &crate::priorities::PriorityRequest {
-            priority: new,
-            by: Some(by),
-        },
-    )?;
     let deadline = Instant::now() + Duration::from_secs(wait_secs);
     loop {
         let current = dir.load_state()?;

@@ -29,6 +29,7 @@ use tracing::{debug, info, warn};
 use crate::cancels::{self, Cancel};
 use crate::config::ExecutorConfig;
 use crate::owner::Policy;
+use crate::priorities;
 
 /// The socket's name in the spool directory.
 pub const SOCKET_NAME: &str = "control.sock";
@@ -254,7 +255,7 @@ fn respond(context: &ControlContext, person: &Person, request: Request) -> Resul
             Ok(json!({ "id": job.id, "phase": job.phase }))
         }
         Request::Priority { job, priority } => {
-            let wanted = crate::priorities::check_range(priority)?;
+            let wanted = priorities::check_range(priority)?;
             let job = crate::jobview::find_job(jobs_dir, &job)?;
             let dir = JobDir::new(jobs_dir.join(job.id.to_string()));
             authorize(
@@ -264,15 +265,7 @@ fn respond(context: &ControlContext, person: &Person, request: Request) -> Resul
                 "change the priority of",
                 dir.root().to_path_buf(),
             )?;
-            crate::priorities::check_not_finished(&job)?;
-            crate::priorities::request(
-                &context.state_dir,
-                &job.id,
-                &crate::priorities::PriorityRequest {
-                    priority: wanted,
-                    by: Some(person.to_string()),
-                },
-            )?;
+            priorities::change(&context.state_dir, &dir, &job, wanted, person.to_string())?;
             info!(job = %job.id, by = %person, from = job.priority, to = wanted, "priority change requested");
             Ok(json!({
                 "id": job.id,
