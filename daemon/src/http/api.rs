@@ -19,50 +19,8 @@ use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
 use super::auth::Access;
-use super::Shared;
+use super::shared::{ApiError, ApiResult, Shared};
 use crate::placement::pool_files::{self, CardAction, CardRequest, PoolPaths, PoolSnapshot};
-
-/// A refusal or failure, sent as `{"error": message}`.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    message: String,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            message: message.into(),
-        }
-    }
-
-    fn internal(err: impl std::fmt::Display) -> ApiError {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string())
-    }
-
-    /// A message from the control-socket logic, with a status guessed from its wording.
-    fn from_control(message: String) -> ApiError {
-        let status = if message.starts_with("refused") {
-            StatusCode::FORBIDDEN
-        } else if message.starts_with("no job") {
-            StatusCode::NOT_FOUND
-        } else if message.contains("matches") || message.contains("cannot change") {
-            StatusCode::CONFLICT
-        } else {
-            StatusCode::BAD_REQUEST
-        };
-        ApiError::new(status, message)
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": self.message }))).into_response()
-    }
-}
-
-type ApiResult<T> = Result<T, ApiError>;
 
 pub fn routes() -> Router<Arc<Shared>> {
     Router::new()

@@ -22,7 +22,7 @@ use super::metrics::{
     rejection_kind, retry_reason, CardLabels, ChannelLabel, DeliveryLabels, KindLabel, ModelLabels,
     OutcomeLabel, SourceLabel, StateLabel, UuidLabel,
 };
-use super::Shared;
+use super::shared::Shared;
 use crate::placement::pool_files::{PoolPaths, PoolSnapshot};
 
 const TICK: Duration = Duration::from_secs(1);

@@ -19,6 +19,7 @@ mod auth;
 mod dashboard;
 mod follow;
 pub mod metrics;
+mod shared;
 
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::path::{Path, PathBuf};
@@ -33,6 +34,7 @@ use tracing::{info, warn};
 use crate::config::DaemonConfig;
 use crate::control::ControlContext;
 use crate::spool::Layout;
+use shared::Shared;
 
 /// Where the token is read from when `http.token_file` is not set and systemd passed no
 /// credentials directory.
@@ -137,19 +139,6 @@ fn read_token(
         }
         Err(error) => Err(HttpError::Token { path, error }),
     }
-}
-
-/// What every handler may read.
-pub struct Shared {
-    pub config: Arc<DaemonConfig>,
-    pub layout: Layout,
-    pub token: Option<String>,
-    pub control: ControlContext,
-    pub metrics: metrics::Metrics,
-    /// New job events as JSON text, for `/api/v1/events`.
-    pub events: broadcast::Sender<String>,
-    /// Turns true when the daemon stops; open event streams end then.
-    pub stopping: watch::Receiver<bool>,
 }
 
 /// Starts the follower (when the web server or the DCGM mapping is configured) and the
