@@ -17,6 +17,7 @@ mod daemon;
 mod death;
 mod demo;
 mod engines;
+mod events;
 mod executor;
 mod gpus;
 mod http;

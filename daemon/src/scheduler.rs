@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use jobs::index::IndexWriter;
-use jobs::state::{now_ms, JobDir, JobEvent, JobId, JobState, Phase};
+use jobs::state::{now_ms, JobDir, JobId, JobState, Phase};
 use jobs::JobSpec;
 use notices::{DeliveryOutcome, DeliveryReport, NoticeKind};
 use render::protocol::{FailureKind, WorkerMessage};
@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 use crate::backlog;
 use crate::cancels;
 use crate::config::{DaemonConfig, ExecutorConfig, SlurmConfig};
+use crate::events::event;
 use crate::executor;
 use crate::intake::Admission;
 use crate::notify_glue::{self, Notices};
@@ -1161,21 +1162,6 @@ impl Scheduler {
             }
             priorities::clear_if_unchanged(&state_dir, &pending);
         }
-    }
-}
-
-/// Builds an event with a few fields.
-pub fn event(
-    name: &str,
-    fields: impl IntoIterator<Item = (&'static str, serde_json::Value)>,
-) -> JobEvent {
-    JobEvent {
-        ts_ms: now_ms(),
-        event: name.to_string(),
-        fields: fields
-            .into_iter()
-            .map(|(key, value)| (key.to_string(), value))
-            .collect(),
     }
 }
 
