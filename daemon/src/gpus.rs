@@ -79,7 +79,7 @@ fn report(config: &DaemonConfig) -> Result<GpusReport> {
     Ok(GpusReport {
         daemon_running,
         updated_at_ms: None,
-        cards: crate::placement::discover_cards(config)?,
+        cards: crate::placement::cards::discover_cards(config)?,
     })
 }
 
@@ -248,7 +248,7 @@ fn change_offline(
     let mut drained = DrainedCards::load(&paths.drained)?;
     match action {
         CardAction::Drain => {
-            let cards = crate::placement::discover_cards(config)
+            let cards = crate::placement::cards::discover_cards(config)
                 .context("cannot check the UUID against the pool")?;
             if !cards.iter().any(|card| card.uuid == uuid) {
                 bail!(
