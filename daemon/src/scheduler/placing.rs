@@ -53,13 +53,7 @@ impl Scheduler {
         }
         if dir.cancel_request().exists() {
             self.placement.release(&id, RunEnd::NotTheCard);
-            self.cancel_on_slurm(&dir);
-            self.finish(
-                &id,
-                Phase::Cancelled,
-                Some("cancelled by request".into()),
-                None,
-            );
+            self.cancel_unstarted(&id);
             cancels::clear(&self.config.state_dir, &id);
             return;
         }

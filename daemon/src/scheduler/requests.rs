@@ -3,7 +3,7 @@
 //! with 10 or 100,000 jobs queued), and the Slurm side of a cancel. Card drains are placement's
 //! (see `placement::pool_files`).
 
-use jobs::state::{JobDir, Phase};
+use jobs::state::{JobDir, JobId, Phase};
 use tracing::{info, warn};
 
 use super::Scheduler;
@@ -42,14 +42,7 @@ impl Scheduler {
                     }
                     self.backing_off.remove(&id);
                     self.waiting_for_space.remove(&id);
-                    let dir = self.job_dir(&id);
-                    self.cancel_on_slurm(&dir);
-                    self.finish(
-                        &id,
-                        Phase::Cancelled,
-                        Some("cancelled by request".into()),
-                        None,
-                    );
+                    self.cancel_unstarted(&id);
                 }
                 cancels::clear(&state_dir, &id);
                 continue;
@@ -70,9 +63,22 @@ impl Scheduler {
         }
     }
 
+    /// Cancels, as requested, a job no worker runs (one waiting, or one about to start): its
+    /// Slurm job first, then the job itself.
+    pub(super) fn cancel_unstarted(&mut self, id: &JobId) {
+        let dir = self.job_dir(id);
+        self.cancel_on_slurm(&dir);
+        self.finish(
+            id,
+            Phase::Cancelled,
+            Some("cancelled by request".into()),
+            None,
+        );
+    }
+
     /// Under Slurm, cancels the batch job a job cancelled before it ran (again) may still
     /// have there, e.g. one cancelled while the daemon was stopped.
-    pub(super) fn cancel_on_slurm(&self, dir: &JobDir) {
+    fn cancel_on_slurm(&self, dir: &JobDir) {
         if self.config.executor.is_local() {
             return;
         }
