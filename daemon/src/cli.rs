@@ -1,7 +1,6 @@
 //! The client commands: they read the config and the state directory and never talk to the
 //! daemon's memory. A job's files on disk are the whole truth (see `jobs::state`).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -9,11 +8,16 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use jobs::escape_text;
 use jobs::index::IndexEntry;
-use jobs::state::{self, JobDir, JobEvent, JobId, JobState, Phase};
+use jobs::state::{JobDir, JobState};
 
-use crate::cancels;
+use crate::cancels::{self, Cancel};
 use crate::config::{self, DaemonConfig};
-use crate::daemon;
+use crate::jobview::{
+    find_job, index_entries, notice_statuses, phase_name, print_job_details, print_notices,
+    print_table, StatusFilter,
+};
+use crate::priorities::{self, Change};
+use crate::spool;
 
 /// Loads the config, or, when none was named and the default is absent, returns `None` so that
 /// commands that can work without one (validate, submit --spool) still do.
@@ -93,69 +97,9 @@ pub fn submit(config_flag: Option<&Path>, file: &Path, spool: Option<&Path>) -> 
         ),
     };
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let written = deliver_to_spool(&spool_dir, file, &bytes)?;
+    let written = spool::deliver_to_spool(&spool_dir, file, &bytes)?;
     println!("{}", escape_text(&written.display().to_string()));
     Ok(ExitCode::SUCCESS)
-}
-
-/// Writes into `tmp/`, then renames into `incoming/` without replacing a file already waiting
-/// there under the same name (a `-2`, `-3`, ... suffix is added instead).
-pub fn deliver_to_spool(spool_dir: &Path, file: &Path, bytes: &[u8]) -> Result<PathBuf> {
-    let tmp_dir = spool_dir.join("tmp");
-    let incoming = spool_dir.join("incoming");
-    if !incoming.is_dir() {
-        bail!(
-            "{} is not a spool (no incoming/ directory); is the daemon configured with this spool_dir?",
-            spool_dir.display()
-        );
-    }
-    std::fs::create_dir_all(&tmp_dir)
-        .with_context(|| format!("cannot create {}", tmp_dir.display()))?;
-    let stem = file
-        .file_stem()
-        .and_then(|stem| stem.to_str())
-        .filter(|stem| !stem.is_empty() && !stem.starts_with('.'))
-        .unwrap_or("job");
-    let tmp_path = tmp_dir.join(format!("{stem}.{}.tmp", std::process::id()));
-    let written = std::fs::File::create(&tmp_path).and_then(|mut out| {
-        out.write_all(bytes)?;
-        out.sync_all()
-    });
-    if let Err(err) = written {
-        // Nothing half-written stays in the spool (a full disk is the usual reason).
-        let _ = std::fs::remove_file(&tmp_path);
-        return Err(err).with_context(|| {
-            format!(
-                "cannot write the job into the spool at {}; nothing was submitted",
-                tmp_path.display()
-            )
-        });
-    }
-    for attempt in 1..1000u32 {
-        let name = if attempt == 1 {
-            format!("{stem}.yaml")
-        } else {
-            format!("{stem}-{attempt}.yaml")
-        };
-        let target = incoming.join(&name);
-        match state::rename_no_replace(&tmp_path, &target) {
-            Ok(()) => {
-                state::fsync_dir(&incoming)?;
-                return Ok(target);
-            }
-            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(err) => {
-                let _ = std::fs::remove_file(&tmp_path);
-                return Err(err)
-                    .with_context(|| format!("cannot move job into {}", incoming.display()));
-            }
-        }
-    }
-    let _ = std::fs::remove_file(&tmp_path);
-    bail!(
-        "too many files named {stem}*.yaml waiting in {}",
-        incoming.display()
-    )
 }
 
 pub fn check_config(config_flag: Option<&Path>) -> Result<ExitCode> {
@@ -173,77 +117,6 @@ pub fn check_config(config_flag: Option<&Path>) -> Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
     }
-}
-
-/// Finds a job by id or unique id prefix.
-/// Finds one job by its id, a unique prefix of it, or its name. An id or a prefix costs a
-/// listing of the folder names; only a name needs the queue index (or, without one, every
-/// job's state).
-pub(crate) fn find_job(jobs_dir: &Path, wanted: &str) -> Result<JobState> {
-    if let Ok(id) = wanted.parse::<JobId>() {
-        let dir = JobDir::new(jobs_dir.join(id.as_str()));
-        if dir.state_json().is_file() {
-            return Ok(dir.load_state()?);
-        }
-    }
-    let by_prefix: Vec<JobId> = jobs::index::job_folder_ids(jobs_dir)?
-        .into_iter()
-        .filter(|id| id.as_str().starts_with(wanted))
-        .collect();
-    let matches: Vec<JobId> = if by_prefix.is_empty() {
-        index_entries(jobs_dir)?
-            .into_iter()
-            .filter(|entry| entry.name == wanted)
-            .map(|entry| entry.id)
-            .collect()
-    } else {
-        by_prefix
-    };
-    match matches.as_slice() {
-        [] => bail!("no job `{wanted}` in {}", jobs_dir.display()),
-        [id] => Ok(JobDir::new(jobs_dir.join(id.as_str())).load_state()?),
-        many => bail!(
-            "`{wanted}` matches {} jobs; give more of the id",
-            many.len()
-        ),
-    }
-}
-
-/// Every job as the queue index has it, checked against the job folders (read-only: the
-/// daemon keeps the index; without one this reads every job's state).
-pub(crate) fn index_entries(jobs_dir: &Path) -> Result<Vec<IndexEntry>> {
-    let state_dir = jobs_dir.parent().unwrap_or(Path::new("."));
-    let reconciled = jobs::index::reconcile(
-        &state_dir.join(jobs::index::INDEX_FILE),
-        jobs_dir,
-        |_, _| None,
-    )?;
-    Ok(reconciled.entries.into_values().collect())
-}
-
-/// Which jobs `status` lists.
-#[derive(Debug, Clone, Default)]
-pub struct StatusFilter {
-    /// Only jobs in these phases (all when empty).
-    pub phases: Vec<Phase>,
-    /// At most this many, oldest first.
-    pub limit: Option<usize>,
-}
-
-/// Parses a `--state` value: a phase name.
-pub fn parse_phase(text: &str) -> std::result::Result<Phase, String> {
-    [
-        Phase::Queued,
-        Phase::Running,
-        Phase::Done,
-        Phase::Failed,
-        Phase::Cancelled,
-    ]
-    .into_iter()
-    .find(|phase| phase.as_str() == text)
-    .ok_or_else(|| {
-        format!("`{text}` is not a job state; use queued, running, done, failed or cancelled")
-    })
 }
 
 pub fn status(
@@ -294,249 +167,6 @@ pub fn status(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The job's notice deliveries, read from the outbox without touching the daemon.
-pub(crate) fn notice_statuses(state_dir: &Path, job_id: &str) -> Vec<notices::DeliveryStatus> {
-    let outbox_dir = state_dir.join("outbox");
-    if !outbox_dir.is_dir() {
-        return Vec::new();
-    }
-    notices::Outbox::open(&outbox_dir)
-        .and_then(|outbox| outbox.status_for_job(job_id))
-        .unwrap_or_default()
-}
-
-pub(crate) fn print_notices(statuses: &[notices::DeliveryStatus]) {
-    if statuses.is_empty() {
-        return;
-    }
-    println!("notices:");
-    for status in statuses {
-        let state = match status.state {
-            notices::DeliveryState::Pending => "pending",
-            notices::DeliveryState::Delivered => "delivered",
-            notices::DeliveryState::PermanentFailure => "FAILED PERMANENTLY",
-        };
-        let channel = format!("{:?}", status.channel).to_lowercase();
-        print!(
-            "  {:<9} {:<7} {:<40} {} (attempts: {})",
-            status.event.as_str(),
-            channel,
-            escape_text(&status.target),
-            state,
-            status.attempts
-        );
-        match &status.last_error {
-            Some(error) => println!(": {}", escape_text(error)),
-            None => println!(),
-        }
-    }
-}
-
-fn phase_name(phase: Phase) -> &'static str {
-    match phase {
-        Phase::Queued => "queued",
-        Phase::Running => "running",
-        Phase::Done => "done",
-        Phase::Failed => "failed",
-        Phase::Cancelled => "cancelled",
-    }
-}
-
-/// The state column: the phase, flagged when a notice about the job failed for good.
-fn state_label(job: &JobState) -> String {
-    let notice_failures = job
-        .details
-        .get("notice_failures")
-        .and_then(|v| v.as_u64())
-        .unwrap_or(0);
-    if notice_failures > 0 {
-        format!("{}!", phase_name(job.phase))
-    } else {
-        phase_name(job.phase).to_string()
-    }
-}
-
-fn clip_progress(job: &JobState) -> String {
-    match job.clips_total {
-        Some(total) => format!("{}/{}", job.clips_done, total),
-        None if job.clips_done > 0 => format!("{}/?", job.clips_done),
-        None => "-".to_string(),
-    }
-}
-
-/// Seconds as "1h02m", "3m05s" or "42s".
-pub fn human_secs(secs: f64) -> String {
-    let total = secs.max(0.0).round() as u64;
-    let (hours, minutes, seconds) = (total / 3600, (total / 60) % 60, total % 60);
-    if hours > 0 {
-        format!("{hours}h{minutes:02}m")
-    } else if minutes > 0 {
-        format!("{minutes}m{seconds:02}s")
-    } else {
-        format!("{seconds}s")
-    }
-}
-
-pub(crate) fn print_table(all: &[JobState]) {
-    if all.is_empty() {
-        println!("no jobs");
-        return;
-    }
-    let now = state::now_ms();
-    println!(
-        "{:<26} {:<24} {:<10} {:>5} {:<20} {:>9} {:>7} {:>7} OWNER",
-        "ID", "NAME", "STATE", "PRIO", "GPU", "CLIP", "ETA", "AGE"
-    );
-    let flagged = all
-        .iter()
-        .filter(|job| state_label(job).ends_with('!'))
-        .count();
-    for job in all {
-        let eta = match (job.phase, job.eta_secs) {
-            (Phase::Running, Some(eta)) => human_secs(eta),
-            _ => "-".to_string(),
-        };
-        let age = human_secs(now.saturating_sub(job.submitted_at_ms) as f64 / 1000.0);
-        let mut name = escape_text(&job.name).into_owned();
-        if name.chars().count() > 24 {
-            name = name.chars().take(23).collect::<String>() + "…";
-        }
-        let owner = job
-            .owner
-            .as_ref()
-            .map_or_else(|| "-".to_string(), |owner| owner.name.clone());
-        println!(
-            "{:<26} {:<24} {:<10} {:>5} {:<20} {:>9} {:>7} {:>7} {}",
-            job.id.to_string(),
-            name,
-            state_label(job),
-            job.priority,
-            escape_text(job.gpu.as_deref().unwrap_or("-")),
-            clip_progress(job),
-            eta,
-            age,
-            owner
-        );
-    }
-    if flagged > 0 {
-        println!("! = a notice about the job failed permanently; `reelspool status ID` shows why");
-    }
-}
-
-/// Everything printed here may hold user text (file names, paths, messages quoting them), so
-/// it goes through [`escape_text`]; event fields are JSON, whose escaping misses DEL, C1 and
-/// bidi controls, so the JSON text is escaped as well.
-pub(crate) fn print_job_details(job: &JobState, events: &[JobEvent]) {
-    println!("id:        {}", job.id);
-    println!("name:      {}", escape_text(&job.name));
-    println!("state:     {}", phase_name(job.phase));
-    println!("priority:  {}", job.priority);
-    if let Some(owner) = &job.owner {
-        println!("owner:     {}", escape_text(&owner.to_string()));
-    }
-    println!("source:    {}", escape_text(&job.source_file));
-    println!(
-        "gpu:       {}",
-        escape_text(job.gpu.as_deref().unwrap_or("-"))
-    );
-    println!("clips:     {}", clip_progress(job));
-    if let Some(line) = resumed_from(events) {
-        println!("resumed:   {}", escape_text(&line));
-    }
-    println!(
-        "attempts:  {} ({} in a row without a new clip)",
-        job.attempts, job.stalled_attempts
-    );
-    if let Some(at) = job.retry_at_ms.filter(|_| job.phase == Phase::Queued) {
-        let wait = at.saturating_sub(state::now_ms()) as f64 / 1000.0;
-        println!("retry in:  {}", human_secs(wait));
-    }
-    if let Some(eta) = job.eta_secs {
-        println!("eta:       {}", human_secs(eta));
-    }
-    if let Some(bytes) = job.vram_estimate_bytes {
-        println!("vram est.: {:.1} GB", bytes as f64 / 1e9);
-    }
-    if let Some(output) = &job.output {
-        println!("output:    {}", escape_text(&output.display().to_string()));
-    }
-    if let Some(error) = &job.error {
-        println!("error:     {}", escape_text(error));
-    }
-    if let Some(wait) = job
-        .details
-        .get("waiting_for_space")
-        .and_then(|v| v.as_str())
-        .filter(|_| job.phase == Phase::Queued)
-    {
-        println!("waiting:   disk full: {wait}");
-    }
-    print_attempt_ends(events);
-    println!("events (last 20):");
-    let skip = events.len().saturating_sub(20);
-    for event in &events[skip..] {
-        let fields = serde_json::Value::Object(event.fields.clone());
-        println!(
-            "  {} {:<16} {}",
-            event.ts_ms,
-            escape_text(&event.event),
-            escape_text(&fields.to_string())
-        );
-    }
-}
-
-/// Where the latest attempt started, when it resumed: the clip after the newest checkpoint,
-/// and why an older checkpoint was used if the newest one was not.
-fn resumed_from(events: &[JobEvent]) -> Option<String> {
-    let start = events
-        .iter()
-        .rposition(|event| event.event == "started" || event.event == "resumed")?;
-    let event = &events[start];
-    if event.event != "resumed" {
-        return None;
-    }
-    let clip = event.fields.get("next_clip").and_then(|v| v.as_u64())?;
-    let total = event.fields.get("clips_total").and_then(|v| v.as_u64());
-    let mut line = match total {
-        Some(total) => format!("clip {clip} of {total} (the clip after the newest checkpoint)"),
-        None => format!("clip {clip} (the clip after the newest checkpoint)"),
-    };
-    let fallback = events[start..]
-        .iter()
-        .find(|event| event.event == "checkpoint_fallback")
-        .and_then(|event| event.fields.get("detail"))
-        .and_then(|v| v.as_str());
-    if let Some(why) = fallback {
-        line.push_str(&format!("; {why}"));
-    }
-    Some(line)
-}
-
-/// One line per finished attempt (the last 10), from the `worker_exit` events: how it ended
-/// and whether it made a new clip durable.
-fn print_attempt_ends(events: &[JobEvent]) {
-    let ends: Vec<&JobEvent> = events
-        .iter()
-        .filter(|event| event.event == "worker_exit")
-        .collect();
-    if ends.is_empty() {
-        return;
-    }
-    println!("attempt ends (last 10 of {}):", ends.len());
-    for event in &ends[ends.len().saturating_sub(10)..] {
-        let field = |key: &str| event.fields.get(key);
-        let attempt = field("attempt").and_then(|v| v.as_u64()).unwrap_or(0);
-        let progress = match field("progressed").and_then(|v| v.as_bool()) {
-            Some(true) => "progressed",
-            Some(false) => "no progress",
-            None => "progress unknown",
-        };
-        let durable = field("durable_clips").and_then(|v| v.as_u64()).unwrap_or(0);
-        let end = field("end").and_then(|v| v.as_str()).unwrap_or("?");
-        println!("  #{attempt:<4} {progress:<16} {durable:>5} clips durable  {end}");
-    }
-}
-
 pub fn cancel(config_flag: Option<&Path>, wanted: &str, wait_secs: u64) -> Result<ExitCode> {
     let config = required_config(config_flag)?;
     if crate::control::must_ask_daemon(&config.state_dir) {
@@ -545,35 +175,21 @@ pub fn cancel(config_flag: Option<&Path>, wanted: &str, wait_secs: u64) -> Resul
     }
     let jobs_dir = config.state_dir.join("jobs");
     let job = find_job(&jobs_dir, wanted)?;
-    if job.phase.is_terminal() {
-        println!("job {} is already {}", job.id, phase_name(job.phase));
-        return Ok(ExitCode::SUCCESS);
-    }
     let dir = JobDir::new(jobs_dir.join(job.id.to_string()));
-    state::write_atomic(&dir.cancel_request(), b"cancel\n")
-        .with_context(|| format!("cannot write {}", dir.cancel_request().display()))?;
-    // Without a daemon nobody else touches the job: cancel it here.
-    if let Some(_lock) = daemon::try_lock_state(&config.state_dir)? {
-        if !config.executor.is_local() {
-            // Its batch job runs on in Slurm without the daemon: cancel that too.
-            if let Some(slurm_job) = crate::executor::slurm::cancel_recorded(dir.root())? {
+    match cancels::cancel(&config.state_dir, &config.executor, &dir, &job)? {
+        Cancel::AlreadyEnded(phase) => {
+            println!("job {} is already {}", job.id, phase_name(phase));
+            return Ok(ExitCode::SUCCESS);
+        }
+        Cancel::Done { slurm_job } => {
+            if let Some(slurm_job) = slurm_job {
                 println!("cancelled Slurm job {slurm_job}");
             }
+            println!("job {} cancelled", job.id);
+            return Ok(ExitCode::SUCCESS);
         }
-        let cancelled = daemon::mark_cancelled(&dir, "cancelled while the daemon was not running")?;
-        jobs::index::append_standalone(
-            &config.state_dir.join(jobs::index::INDEX_FILE),
-            &cancelled,
-        )?;
-        println!("job {} cancelled", job.id);
-        return Ok(ExitCode::SUCCESS);
+        Cancel::Requested => {}
     }
-    cancels::request(&config.state_dir, &job.id).with_context(|| {
-        format!(
-            "cannot leave the cancel request in {}",
-            cancels::requests_dir(&config.state_dir).display()
-        )
-    })?;
     let deadline = Instant::now() + Duration::from_secs(wait_secs);
     loop {
         let current = dir.load_state()?;
@@ -602,32 +218,23 @@ pub fn priority(
     wait_secs: u64,
 ) -> Result<ExitCode> {
     let config = required_config(config_flag)?;
-    let new = crate::priorities::check_range(priority)?;
+    let new = priorities::check_range(priority)?;
     if crate::control::must_ask_daemon(&config.state_dir) {
         crate::control::priority(&config.spool_dir, wanted, priority, wait_secs)?;
         return Ok(ExitCode::SUCCESS);
     }
     let jobs_dir = config.state_dir.join("jobs");
     let job = find_job(&jobs_dir, wanted)?;
-    crate::priorities::check_not_finished(&job)?;
     let dir = JobDir::new(jobs_dir.join(job.id.to_string()));
     // SAFETY: geteuid cannot fail and touches no memory.
     let by = crate::owner::look_up(unsafe { libc::geteuid() }).to_string();
-    if let Some(_lock) = daemon::try_lock_state(&config.state_dir)? {
-        // Without a daemon nobody else touches the job: change it here.
-        let (saved, from) = crate::priorities::apply_offline(&dir, new, Some(&by))?;
-        jobs::index::append_standalone(&config.state_dir.join(jobs::index::INDEX_FILE), &saved)?;
-        println!("job {} priority {new} (was {from})", job.id);
-        return Ok(ExitCode::SUCCESS);
+    match priorities::change(&config.state_dir, &dir, &job, new, by)? {
+        Change::Applied { from } => {
+            println!("job {} priority {new} (was {from})", job.id);
+            return Ok(ExitCode::SUCCESS);
+        }
+        Change::Requested => {}
     }
-    crate::priorities::request(
-        &config.state_dir,
-        &job.id,
-        &crate::priorities::PriorityRequest {
-            priority: new,
-            by: Some(by),
-        },
-    )?;
     let deadline = Instant::now() + Duration::from_secs(wait_secs);
     loop {
         let current = dir.load_state()?;
@@ -652,34 +259,5 @@ pub fn priority(
             return Ok(ExitCode::SUCCESS);
         }
         std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn human_secs_picks_the_largest_useful_unit() {
-        assert_eq!(human_secs(42.4), "42s");
-        assert_eq!(human_secs(185.0), "3m05s");
-        assert_eq!(human_secs(3720.0), "1h02m");
-    }
-
-    #[test]
-    fn delivery_never_replaces_a_waiting_file() {
-        let spool = tempfile::tempdir().expect("temp dir");
-        std::fs::create_dir_all(spool.path().join("incoming")).expect("incoming");
-        let first = deliver_to_spool(spool.path(), Path::new("/x/job.yaml"), b"a: 1\n")
-            .expect("first delivery");
-        let second = deliver_to_spool(spool.path(), Path::new("/x/job.yaml"), b"a: 2\n")
-            .expect("second delivery");
-        assert_ne!(first, second);
-        assert_eq!(std::fs::read(&first).expect("first file"), b"a: 1\n");
-        assert_eq!(std::fs::read(&second).expect("second file"), b"a: 2\n");
-        let leftovers = std::fs::read_dir(spool.path().join("tmp"))
-            .expect("tmp dir")
-            .count();
-        assert_eq!(leftovers, 0, "tmp/ must be empty after delivery");
     }
 }

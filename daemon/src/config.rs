@@ -10,6 +10,10 @@ use std::path::{Path, PathBuf};
 use jobs::diag::{self, Diagnostic};
 use serde::{Deserialize, Serialize};
 
+pub mod executor;
+
+pub use executor::{ExecutorConfig, SlurmConfig};
+
 /// Where the config lives when neither `--config` nor `REELSPOOL_CONFIG` names one.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/reelspool/reelspool.yaml";
 
@@ -56,6 +60,22 @@ impl Default for WorkerConfig {
     }
 }
 
+/// `http:` in the config file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// `address:port` to listen on, e.g. `127.0.0.1:7878`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// A unix socket to listen on, e.g. `/run/reelspool/http.sock`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
+    /// The file holding the token for actions [default: `$CREDENTIALS_DIRECTORY/http-token`
+    /// under systemd, else /etc/reelspool/credentials/http-token when it exists].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+}
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -92,17 +112,14 @@ pub struct DaemonConfig {
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub engines: std::collections::BTreeMap<String, render::engine::external::EngineDeclaration>,
     /// Where workers run: this machine (`kind: local`, the default) or a Slurm cluster.
-    #[serde(
-        default,
-        skip_serializing_if = "crate::executor::ExecutorConfig::is_local"
-    )]
-    pub executor: crate::executor::ExecutorConfig,
+    #[serde(default, skip_serializing_if = "ExecutorConfig::is_local")]
+    pub executor: ExecutorConfig,
     /// The group whose members may submit jobs (besides root and the service user).
     #[serde(default = "default_submit_group")]
     pub submit_group: String,
     /// The web server (dashboard, JSON API, `/metrics`); off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub http: Option<crate::http::HttpConfig>,
+    pub http: Option<HttpConfig>,
     /// While a job runs on a card, `<dir>/<card index>` holds the job id (dcgm-exporter's
     /// HPC job mapping), so DCGM's own series get a job label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -155,7 +172,7 @@ impl DaemonConfig {
     }
 
     fn check_executor(&self, file: &str, text: &str) -> Result<(), ConfigError> {
-        let crate::executor::ExecutorConfig::Slurm(slurm) = &self.executor else {
+        let ExecutorConfig::Slurm(slurm) = &self.executor else {
             return Ok(());
         };
         let Some(message) = slurm.problem() else {
@@ -349,7 +366,7 @@ mod tests {
             "{GOOD}executor:\n  kind: slurm\n  partition: gpu\n  gres: \"gpu:1\"\n  extra_args: [--qos=video]\n  gpu_types:\n    - {{ name: l4, memory_gb: 24 }}\n"
         );
         let config = DaemonConfig::parse("c.yaml", &text).expect("valid");
-        let crate::executor::ExecutorConfig::Slurm(slurm) = &config.executor else {
+        let ExecutorConfig::Slurm(slurm) = &config.executor else {
             panic!("slurm executor expected: {:?}", config.executor);
         };
         assert_eq!(slurm.partition.as_deref(), Some("gpu"));

@@ -26,7 +26,10 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::cancels::{self, Cancel};
+use crate::config::ExecutorConfig;
 use crate::owner::Policy;
+use crate::priorities;
 
 /// The socket's name in the spool directory.
 pub const SOCKET_NAME: &str = "control.sock";
@@ -73,6 +76,8 @@ pub struct ControlContext {
     pub jobs_dir: PathBuf,
     pub state_dir: PathBuf,
     pub policy: Policy,
+    /// Where workers run (a cancel made without a daemon also cancels a job's Slurm job).
+    pub executor: ExecutorConfig,
 }
 
 /// Binds the socket (replacing one left by an earlier daemon: the caller holds the state lock)
@@ -190,7 +195,7 @@ fn respond(context: &ControlContext, person: &Person, request: Request) -> Resul
             // From the queue index, like a local `status`: a member's list costs the same
             // with 100,000 jobs queued. Full details are read only for the asker's own jobs.
             let entries = if jobs_dir.is_dir() {
-                crate::cli::index_entries(jobs_dir)?
+                crate::jobview::index_entries(jobs_dir)?
             } else {
                 Vec::new()
             };
@@ -212,7 +217,7 @@ fn respond(context: &ControlContext, person: &Person, request: Request) -> Resul
             Ok(json!({ "jobs": shown }))
         }
         Request::Status { job } => {
-            let job = crate::cli::find_job(jobs_dir, &job)?;
+            let job = crate::jobview::find_job(jobs_dir, &job)?;
             let dir = JobDir::new(jobs_dir.join(job.id.to_string()));
             authorize(
                 context,
@@ -222,14 +227,14 @@ fn respond(context: &ControlContext, person: &Person, request: Request) -> Resul
                 dir.state_json(),
             )?;
             let events = dir.read_events().unwrap_or_default();
-            let notices = crate::cli::notice_statuses(&context.state_dir, &job.id.to_string());
+            let notices = crate::jobview::notice_statuses(&context.state_dir, &job.id.to_string());
             Ok(json!({ "job": job, "events": events, "notices": notices }))
         }
         Request::Logs { job, offset } => {
-            let job = crate::cli::find_job(jobs_dir, &job)?;
+            let job = crate::jobview::find_job(jobs_dir, &job)?;
             let log = jobs_dir
                 .join(job.id.to_string())
-                .join(crate::logs::WORKER_LOG);
+                .join(crate::worker_log::WORKER_LOG);
             authorize(context, person, &job, "read", log.clone())?;
             let (bytes, offset) = read_chunk(&log, offset)?;
             Ok(json!({
@@ -240,27 +245,18 @@ fn respond(context: &ControlContext, person: &Person, request: Request) -> Resul
             }))
         }
         Request::Cancel { job } => {
-            let job = crate::cli::find_job(jobs_dir, &job)?;
+            let job = crate::jobview::find_job(jobs_dir, &job)?;
             let dir = JobDir::new(jobs_dir.join(job.id.to_string()));
             authorize(context, person, &job, "cancel", dir.root().to_path_buf())?;
-            if !job.phase.is_terminal() {
-                state::write_atomic(&dir.cancel_request(), b"cancel\n")
-                    .with_context(|| format!("cannot write {}", dir.cancel_request().display()))?;
-                // The marker is how the scheduler finds the request without reading every job.
-                let state_dir = &context.state_dir;
-                crate::cancels::request(state_dir, &job.id).with_context(|| {
-                    format!(
-                        "cannot leave the cancel request in {}",
-                        crate::cancels::requests_dir(state_dir).display()
-                    )
-                })?;
+            let done = cancels::cancel(&context.state_dir, &context.executor, &dir, &job)?;
+            if done != Cancel::AlreadyEnded(job.phase) {
                 info!(job = %job.id, by = %person, "cancel requested");
             }
             Ok(json!({ "id": job.id, "phase": job.phase }))
         }
         Request::Priority { job, priority } => {
-            let wanted = crate::priorities::check_range(priority)?;
-            let job = crate::cli::find_job(jobs_dir, &job)?;
+            let wanted = priorities::check_range(priority)?;
+            let job = crate::jobview::find_job(jobs_dir, &job)?;
             let dir = JobDir::new(jobs_dir.join(job.id.to_string()));
             authorize(
                 context,
@@ -269,15 +265,7 @@ fn respond(context: &ControlContext, person: &Person, request: Request) -> Resul
                 "change the priority of",
                 dir.root().to_path_buf(),
             )?;
-            crate::priorities::check_not_finished(&job)?;
-            crate::priorities::request(
-                &context.state_dir,
-                &job.id,
-                &crate::priorities::PriorityRequest {
-                    priority: wanted,
-                    by: Some(person.to_string()),
-                },
-            )?;
+            priorities::change(&context.state_dir, &dir, &job, wanted, person.to_string())?;
             info!(job = %job.id, by = %person, from = job.priority, to = wanted, "priority change requested");
             Ok(json!({
                 "id": job.id,
@@ -386,7 +374,7 @@ pub fn status(
     spool_dir: &Path,
     id: Option<&str>,
     json: bool,
-    filter: &crate::cli::StatusFilter,
+    filter: &crate::jobview::StatusFilter,
 ) -> Result<()> {
     let Some(wanted) = id else {
         let value = ask(
@@ -400,7 +388,7 @@ pub fn status(
         if json {
             println!("{}", serde_json::to_string_pretty(&all)?);
         } else {
-            crate::cli::print_table(&all);
+            crate::jobview::print_table(&all);
         }
         return Ok(());
     };
@@ -417,8 +405,8 @@ pub fn status(
     let job: JobState = serde_json::from_value(value["job"].clone())?;
     let events: Vec<JobEvent> = serde_json::from_value(value["events"].clone())?;
     let notices: Vec<notices::DeliveryStatus> = serde_json::from_value(value["notices"].clone())?;
-    crate::cli::print_job_details(&job, &events);
-    crate::cli::print_notices(&notices);
+    crate::jobview::print_job_details(&job, &events);
+    crate::jobview::print_notices(&notices);
     Ok(())
 }
 
@@ -569,6 +557,7 @@ mod tests {
             jobs_dir: PathBuf::from("/nonexistent/jobs"),
             state_dir: PathBuf::from("/nonexistent"),
             policy: Policy::new("reelspool-no-such-group-y"),
+            executor: ExecutorConfig::Local,
         };
         let reply = answer(&context, 3_999_999_917, r#"{"op":"list"}"#);
         let error = reply["error"].as_str().expect("a refusal");
@@ -582,6 +571,7 @@ mod tests {
             jobs_dir: PathBuf::from("/nonexistent/jobs"),
             state_dir: PathBuf::from("/nonexistent"),
             policy: Policy::new("root"),
+            executor: ExecutorConfig::Local,
         };
         // SAFETY: geteuid cannot fail.
         let me = unsafe { libc::geteuid() };

@@ -12,15 +12,13 @@
 //! clip. SIGHUP re-reads the config file (see `reload`). systemd hears about all of it through
 //! the notify socket (see `systemd`).
 
-use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use jobs::state::{now_ms, JobDir, JobEvent, JobState, Phase};
+use jobs::state::now_ms;
 use notices::{DeliveryReport, Dispatcher, Outbox};
 use sd_notify::NotifyState;
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -34,7 +32,7 @@ use crate::logging;
 use crate::notify_glue::Notices;
 use crate::reload::{self, Reconfigure};
 use crate::scheduler::{self, Scheduler};
-use crate::spool::Layout;
+use crate::spool::{try_lock_state, Layout};
 use crate::systemd::{self, SchedulerVitals, ServiceManager};
 
 /// How long a stopping daemon waits for due notices to go out.
@@ -42,54 +40,6 @@ const NOTICE_FLUSH: Duration = Duration::from_secs(5);
 
 /// The notice outbox, under the state dir.
 const OUTBOX_DIR: &str = "outbox";
-
-/// Name of the lock file that marks a running daemon in the state dir.
-const LOCK_FILE: &str = "daemon.lock";
-
-/// Takes the daemon lock without waiting; `None` when another process holds it.
-pub fn try_lock_state(state_dir: &Path) -> Result<Option<File>> {
-    std::fs::create_dir_all(state_dir)
-        .with_context(|| format!("cannot create state dir {}", state_dir.display()))?;
-    let path = state_dir.join(LOCK_FILE);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    // SAFETY: flock only reads the descriptor, which lives as long as `file`.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc == 0 {
-        Ok(Some(file))
-    } else {
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            Ok(None)
-        } else {
-            Err(err).with_context(|| format!("cannot lock {}", path.display()))
-        }
-    }
-}
-
-/// Cancels a job that no worker is running; returns its state as saved.
-pub fn mark_cancelled(dir: &JobDir, reason: &str) -> Result<JobState> {
-    let mut state = dir.load_state()?;
-    if state.phase.is_terminal() {
-        return Ok(state);
-    }
-    state.phase = Phase::Cancelled;
-    state.finished_at_ms = Some(now_ms());
-    state.eta_secs = None;
-    dir.save_state(&state)?;
-    let mut fields = serde_json::Map::new();
-    fields.insert("reason".into(), reason.into());
-    dir.append_event(&JobEvent {
-        ts_ms: now_ms(),
-        event: "cancelled".into(),
-        fields,
-    })?;
-    Ok(state)
-}
 
 pub fn run_from_cli(config_flag: Option<&Path>) -> Result<ExitCode> {
     // First, while this is the only thread: it edits the environment.
@@ -280,6 +230,7 @@ async fn serve(
                 jobs_dir: layout.jobs.clone(),
                 state_dir: config.state_dir.clone(),
                 policy: crate::owner::Policy::new(&config.submit_group),
+                executor: config.executor.clone(),
             }),
             shutdown_rx.clone(),
         ))),

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use jobs::state::{self, Phase};
 
-use crate::cli;
 use crate::config::DaemonConfig;
 
 /// The longest the demo waits for its job before giving up.
@@ -107,7 +106,7 @@ pub fn run(dir: Option<&Path>) -> Result<ExitCode> {
     println!("reelspool demo in {}", root.display());
     let (config, job_path) = prepare(&root)?;
     let submitted =
-        cli::deliver_to_spool(&config.spool_dir, &job_path, &std::fs::read(&job_path)?)?;
+        crate::spool::deliver_to_spool(&config.spool_dir, &job_path, &std::fs::read(&job_path)?)?;
     println!("submitted {}", submitted.display());
 
     let jobs_dir = config.state_dir.join("jobs");

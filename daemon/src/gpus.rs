@@ -15,10 +15,10 @@ use jobs::state::now_ms;
 use serde::Serialize;
 
 use crate::config::{self, DaemonConfig};
-use crate::daemon;
 use crate::placement::pool_files::{
     self, CardAction, CardRequest, CardView, DrainRecord, DrainedCards, PoolPaths, PoolSnapshot,
 };
+use crate::spool;
 
 /// `reelspool gpus drain|undrain`.
 #[derive(Debug, Subcommand)]
@@ -66,7 +66,7 @@ pub fn run(config_flag: Option<&Path>, action: Option<GpusAction>, json: bool) -
 /// The cards as the running daemon last described them, or as discovery sees them now.
 fn report(config: &DaemonConfig) -> Result<GpusReport> {
     let paths = PoolPaths::new(&config.state_dir);
-    let daemon_running = daemon::try_lock_state(&config.state_dir)?.is_none();
+    let daemon_running = spool::try_lock_state(&config.state_dir)?.is_none();
     if daemon_running {
         if let Some(snapshot) = PoolSnapshot::load(&paths.snapshot)? {
             return Ok(GpusReport {
@@ -79,7 +79,7 @@ fn report(config: &DaemonConfig) -> Result<GpusReport> {
     Ok(GpusReport {
         daemon_running,
         updated_at_ms: None,
-        cards: crate::placement::discover_cards(config)?,
+        cards: crate::placement::cards::discover_cards(config)?,
     })
 }
 
@@ -180,7 +180,7 @@ fn change(
         CardAction::Drain => "drained",
         CardAction::Undrain => "undrained",
     };
-    if let Some(_lock) = daemon::try_lock_state(&config.state_dir)? {
+    if let Some(_lock) = spool::try_lock_state(&config.state_dir)? {
         change_offline(config, &paths, uuid, action)?;
         println!(
             "{uuid} {word}; the daemon is not running, so this applies when it starts ({})",
@@ -248,7 +248,7 @@ fn change_offline(
     let mut drained = DrainedCards::load(&paths.drained)?;
     match action {
         CardAction::Drain => {
-            let cards = crate::placement::discover_cards(config)
+            let cards = crate::placement::cards::discover_cards(config)
                 .context("cannot check the UUID against the pool")?;
             if !cards.iter().any(|card| card.uuid == uuid) {
                 bail!(

@@ -14,11 +14,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use jobs::state::JobDir;
 
-use crate::cli;
 use crate::config::{self, DaemonConfig};
-
-/// The worker's stderr, in the job directory.
-pub const WORKER_LOG: &str = "worker.log";
+use crate::jobview;
+use crate::worker_log::WORKER_LOG;
 
 /// How often `--follow` looks for new lines and for the job's end.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
@@ -34,7 +32,7 @@ pub fn run(config_flag: Option<&Path>, wanted: &str, follow: bool) -> Result<Exi
         };
     }
     let jobs_dir = config.state_dir.join("jobs");
-    let job = cli::find_job(&jobs_dir, wanted)?;
+    let job = jobview::find_job(&jobs_dir, wanted)?;
     let dir = JobDir::new(jobs_dir.join(job.id.to_string()));
     let log = dir.root().join(WORKER_LOG);
     let mut out = std::io::stdout().lock();

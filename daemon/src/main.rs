@@ -2,6 +2,38 @@
 //!
 //! This file only parses arguments and maps results to exit codes (0 ok, 1 error, 2 usage);
 //! every command lives in its own module.
+//!
+//! ## Layers
+//!
+//! The crate reads top to bottom. A module imports only from its own layer and the layers
+//! below it, and no import cycle spans more than two files (a parent module and its child may
+//! name each other); `layers.rs` checks both against this list on every test run.
+//!
+//! 1. commands: `cli`, `demo`, `gpus`, `logs`
+//! 2. the running daemon: `daemon`
+//! 3. servers: `control`, `http`
+//! 4. service: `scheduler`, `intake`, `backlog`, `reload`, `notify_glue`, `systemd`,
+//!    `cancels`, `priorities`, `executor`, `placement`, `supervisor`, `warm`, `death`,
+//!    `engines`
+//! 5. job views: `jobview`
+//! 6. ground: `config`, `spool`, `owner`, `space`, `events`, `worker_log`, `logging`, `layers`
+//!
+//! - **Commands** are what `main` runs. Each reads the config and the state directory, never
+//!   the daemon's memory; for members, who cannot read job folders, it asks the daemon over
+//!   the control socket.
+//! - **The daemon** starts every task below it (intake, the scheduler, the control socket, the
+//!   web server, the notice dispatcher, the systemd notifier) and stops them in order.
+//! - **Servers** answer over sockets: the control socket (members' `status`, `logs`, `cancel`,
+//!   `priority`) and the web server (dashboard, JSON API, metrics), which applies the control
+//!   socket's rules to everything about jobs.
+//! - **Service** is the work: intake turns files into jobs; the scheduler, the one writer of
+//!   job state, queues and places them; supervisors and executors run the workers; placement
+//!   picks the card. An operator's cancel or priority change has one path, in `cancels` and
+//!   `priorities`, whichever front end it comes from.
+//! - **Job views** find a job and show it: the read-and-print helpers every front end shares.
+//! - **Ground** is what everything stands on: the config file and all its types, the spool and
+//!   state layout with the daemon's lock, job owners, disk space, job events, the worker log's
+//!   name, logging.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,10 +49,14 @@ mod daemon;
 mod death;
 mod demo;
 mod engines;
+mod events;
 mod executor;
 mod gpus;
 mod http;
 mod intake;
+mod jobview;
+#[cfg(test)]
+mod layers;
 mod logging;
 mod logs;
 mod notify_glue;
@@ -34,6 +70,7 @@ mod spool;
 mod supervisor;
 mod systemd;
 mod warm;
+mod worker_log;
 
 /// Render farm daemon for audio-driven talking-avatar video models.
 ///
@@ -78,7 +115,7 @@ enum Command {
         json: bool,
         /// Only jobs in this state (queued, running, done, failed, cancelled); repeat for
         /// several.
-        #[arg(long = "state", value_name = "STATE", value_parser = cli::parse_phase)]
+        #[arg(long = "state", value_name = "STATE", value_parser = jobview::parse_phase)]
         states: Vec<jobs::state::Phase>,
         /// List at most this many jobs, oldest first.
         #[arg(long, value_name = "N")]
@@ -158,7 +195,7 @@ fn main() -> ExitCode {
             config_flag,
             id.as_deref(),
             json,
-            &cli::StatusFilter {
+            &jobview::StatusFilter {
                 phases: states,
                 limit,
             },

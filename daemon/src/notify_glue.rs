@@ -10,7 +10,7 @@ use notices::{
 };
 use tracing::warn;
 
-use crate::scheduler::event;
+use crate::events::event;
 
 /// How many lines of the worker's stderr go into a failure notice.
 const LOG_TAIL_IN_NOTICE: usize = 20;

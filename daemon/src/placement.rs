@@ -8,7 +8,7 @@
 //! cards change state on operator requests and NVML readings (see [`cards`]).
 
 mod admission;
-mod cards;
+pub mod cards;
 mod health;
 pub mod pool_files;
 
@@ -30,7 +30,6 @@ use crate::config::DaemonConfig;
 use crate::supervisor::WorkerEnd;
 use admission::{clip_count, estimate_request, offload_choice, read_profiles};
 pub use admission::{profile_name, PoolAdmission};
-pub use cards::discover_cards;
 use health::{CardVerdict, PoolWatch};
 use pool_files::{DrainedCards, PoolPaths};
 

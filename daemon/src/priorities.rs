@@ -7,12 +7,17 @@
 //! applies the newest number it finds to the job's `state.json`, the queue index and, for a
 //! queued job, its place in line, and removes the marker. A second request for the same job
 //! before the first is applied replaces it: the last word counts.
+//!
+//! [`change`] is the one way a priority is changed, whoever asks; without a running daemon it
+//! changes the job on the spot instead.
 
 use std::io;
 use std::path::{Path, PathBuf};
 
 use jobs::state::{self, now_ms, JobDir, JobEvent, JobId, JobState};
 use serde::{Deserialize, Serialize};
+
+use crate::spool::try_lock_state;
 
 /// The range a job file's `priority:` accepts (see `jobs::validate`); a change must stay in it.
 pub const MIN: i64 = -1000;
@@ -142,9 +147,47 @@ pub fn changed_event(from: i32, to: i32, by: Option<&str>) -> JobEvent {
     }
 }
 
+/// What [`change`] did.
+#[derive(Debug)]
+pub enum Change {
+    /// No daemon runs, so the job was changed here, from this priority.
+    Applied { from: i32 },
+    /// The request is left for the running daemon's scheduler.
+    Requested,
+}
+
+/// Changes the priority of `job` (whose folder is `dir`) to `priority` (checked with
+/// [`check_range`]) for `by`: refused for a job that has ended; changed here when no daemon
+/// runs (under its lock, with the queue index told); otherwise left as a request for the
+/// scheduler. The caller has found the job and checked that the asker may change it.
+pub fn change(
+    state_dir: &Path,
+    dir: &JobDir,
+    job: &JobState,
+    priority: i32,
+    by: String,
+) -> anyhow::Result<Change> {
+    check_not_finished(job)?;
+    if let Some(_lock) = try_lock_state(state_dir)? {
+        // Without a daemon nobody else touches the job: change it here.
+        let (saved, from) = apply_offline(dir, priority, Some(&by))?;
+        jobs::index::append_standalone(&state_dir.join(jobs::index::INDEX_FILE), &saved)?;
+        return Ok(Change::Applied { from });
+    }
+    request(
+        state_dir,
+        &job.id,
+        &PriorityRequest {
+            priority,
+            by: Some(by),
+        },
+    )?;
+    Ok(Change::Requested)
+}
+
 /// Changes the job's priority on disk (state.json, then the event) when no daemon runs: the
 /// caller holds the state lock. Returns the state as saved and the old priority.
-pub fn apply_offline(
+fn apply_offline(
     dir: &JobDir,
     priority: i32,
     by: Option<&str>,
@@ -162,6 +205,7 @@ pub fn apply_offline(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cancels::tests::job_in;
 
     fn id(text: &str) -> JobId {
         text.parse().expect("id")
@@ -223,5 +267,46 @@ mod tests {
         assert_eq!(found.len(), 1, "{found:?}");
         let problem = found[0].request.as_ref().expect_err("out of range");
         assert!(problem.contains("5000"), "{problem}");
+    }
+
+    #[test]
+    fn without_a_daemon_the_priority_changes_on_the_spot() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let (dir, job) = job_in(tmp.path(), "queued");
+        let done = change(tmp.path(), &dir, &job, -7, "ben (uid 1002)".into()).expect("change");
+        assert!(matches!(done, Change::Applied { from: 3 }), "{done:?}");
+        assert_eq!(dir.load_state().expect("state").priority, -7);
+        let events = dir.read_events().expect("events");
+        let last = events.last().expect("an event");
+        assert_eq!(last.event, "priority_changed");
+        assert_eq!(last.fields["by"], "ben (uid 1002)");
+        assert!(pending(tmp.path()).expect("list").is_empty());
+    }
+
+    #[test]
+    fn with_a_daemon_the_change_is_left_for_its_scheduler() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let (dir, job) = job_in(tmp.path(), "running");
+        let _daemon = try_lock_state(tmp.path())
+            .expect("lock")
+            .expect("no other holder");
+        let done = change(tmp.path(), &dir, &job, 9, "root (uid 0)".into()).expect("change");
+        assert!(matches!(done, Change::Requested), "{done:?}");
+        assert_eq!(dir.load_state().expect("state").priority, 3);
+        let left = pending(tmp.path()).expect("list");
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].request.as_ref().expect("readable").priority, 9);
+    }
+
+    #[test]
+    fn an_ended_job_keeps_its_priority() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let (dir, job) = job_in(tmp.path(), "failed");
+        let err = change(tmp.path(), &dir, &job, 9, "root (uid 0)".into())
+            .expect_err("refused")
+            .to_string();
+        assert!(err.contains("cannot change"), "{err}");
+        assert_eq!(dir.load_state().expect("state").priority, 3);
+        assert!(pending(tmp.path()).expect("list").is_empty());
     }
 }

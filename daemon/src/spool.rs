@@ -14,9 +14,16 @@
 //! `processing/` only after its job directory has been renamed into place and synced. After a
 //! crash, a claim whose job directory exists is finished business and is dropped; any other claim
 //! is processed again under the id it already has. Nothing is lost and nothing is doubled.
+//!
+//! Two things every front end shares live here too: delivering a job file into a spool the way
+//! `reelspool submit` does, and `state/daemon.lock`, which a running daemon holds (a command
+//! that takes it knows no daemon runs and may change job files itself).
 
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use jobs::state;
 
 /// Every directory the daemon writes to.
 #[derive(Debug, Clone)]
@@ -105,6 +112,95 @@ pub fn sync_filesystem(dir: &Path) -> io::Result<()> {
     }
 }
 
+/// Writes into `tmp/`, then renames into `incoming/` without replacing a file already waiting
+/// there under the same name (a `-2`, `-3`, ... suffix is added instead).
+pub fn deliver_to_spool(spool_dir: &Path, file: &Path, bytes: &[u8]) -> anyhow::Result<PathBuf> {
+    let tmp_dir = spool_dir.join("tmp");
+    let incoming = spool_dir.join("incoming");
+    if !incoming.is_dir() {
+        bail!(
+            "{} is not a spool (no incoming/ directory); is the daemon configured with this spool_dir?",
+            spool_dir.display()
+        );
+    }
+    std::fs::create_dir_all(&tmp_dir)
+        .with_context(|| format!("cannot create {}", tmp_dir.display()))?;
+    let stem = file
+        .file_stem()
+        .and_then(|stem| stem.to_str())
+        .filter(|stem| !stem.is_empty() && !stem.starts_with('.'))
+        .unwrap_or("job");
+    let tmp_path = tmp_dir.join(format!("{stem}.{}.tmp", std::process::id()));
+    let written = std::fs::File::create(&tmp_path).and_then(|mut out| {
+        out.write_all(bytes)?;
+        out.sync_all()
+    });
+    if let Err(err) = written {
+        // Nothing half-written stays in the spool (a full disk is the usual reason).
+        let _ = std::fs::remove_file(&tmp_path);
+        return Err(err).with_context(|| {
+            format!(
+                "cannot write the job into the spool at {}; nothing was submitted",
+                tmp_path.display()
+            )
+        });
+    }
+    for attempt in 1..1000u32 {
+        let name = if attempt == 1 {
+            format!("{stem}.yaml")
+        } else {
+            format!("{stem}-{attempt}.yaml")
+        };
+        let target = incoming.join(&name);
+        match state::rename_no_replace(&tmp_path, &target) {
+            Ok(()) => {
+                state::fsync_dir(&incoming)?;
+                return Ok(target);
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(err) => {
+                let _ = std::fs::remove_file(&tmp_path);
+                return Err(err)
+                    .with_context(|| format!("cannot move job into {}", incoming.display()));
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&tmp_path);
+    bail!(
+        "too many files named {stem}*.yaml waiting in {}",
+        incoming.display()
+    )
+}
+
+/// Name of the lock file that marks a running daemon in the state dir.
+const LOCK_FILE: &str = "daemon.lock";
+
+/// Takes the daemon lock without waiting; `None` when another process holds it.
+pub fn try_lock_state(state_dir: &Path) -> anyhow::Result<Option<std::fs::File>> {
+    use std::os::fd::AsRawFd;
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("cannot create state dir {}", state_dir.display()))?;
+    let path = state_dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: flock only reads the descriptor, which lives as long as `file`.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        Ok(Some(file))
+    } else {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            Ok(None)
+        } else {
+            Err(err).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,5 +219,22 @@ mod tests {
         assert!(!is_candidate_name(".job.yaml.swp"));
         assert!(!is_candidate_name("job.yaml.tmp"));
         assert!(is_candidate_name("job.yaml"));
+    }
+
+    #[test]
+    fn delivery_never_replaces_a_waiting_file() {
+        let spool = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir_all(spool.path().join("incoming")).expect("incoming");
+        let first = deliver_to_spool(spool.path(), Path::new("/x/job.yaml"), b"a: 1\n")
+            .expect("first delivery");
+        let second = deliver_to_spool(spool.path(), Path::new("/x/job.yaml"), b"a: 2\n")
+            .expect("second delivery");
+        assert_ne!(first, second);
+        assert_eq!(std::fs::read(&first).expect("first file"), b"a: 1\n");
+        assert_eq!(std::fs::read(&second).expect("second file"), b"a: 2\n");
+        let leftovers = std::fs::read_dir(spool.path().join("tmp"))
+            .expect("tmp dir")
+            .count();
+        assert_eq!(leftovers, 0, "tmp/ must be empty after delivery");
     }
 }

@@ -17,9 +17,6 @@ use tracing::{debug, info, warn};
 
 use crate::warm::{WarmPool, WarmWorker, WorkerKey};
 
-/// How many stderr lines of a worker are kept for the job's events and failure notices.
-pub const STDERR_TAIL_LINES: usize = 40;
-
 /// Everything needed to start one worker.
 #[derive(Debug, Clone)]
 pub struct WorkerLaunch {

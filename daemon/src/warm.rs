@@ -24,7 +24,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::supervisor::STDERR_TAIL_LINES;
+use crate::worker_log::STDERR_TAIL_LINES;
 
 /// How much longer than the daemon's idle limit a worker waits before it exits by itself, so
 /// the daemon, not the worker, decides (a worker exiting just as a job is sent would cost that
@@ -153,7 +153,7 @@ struct JobLog {
 
 impl JobLog {
     async fn open(job_dir: &Path) -> JobLog {
-        let path = job_dir.join(crate::logs::WORKER_LOG);
+        let path = job_dir.join(crate::worker_log::WORKER_LOG);
         let file = match tokio::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -344,7 +344,7 @@ mod tests {
             Some(vec!["rendering second".to_string()])
         );
         let log = |dir: &Path| {
-            std::fs::read_to_string(dir.join(crate::logs::WORKER_LOG)).expect("worker.log")
+            std::fs::read_to_string(dir.join(crate::worker_log::WORKER_LOG)).expect("worker.log")
         };
         assert_eq!(log(&first), "early line of first\nrendering first\n");
         assert_eq!(log(&second), "rendering second\n");

@@ -25,8 +25,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
-use super::SlurmConfig;
-use crate::supervisor::{StopRequest, WorkerEnd, WorkerLaunch, WorkerReport, STDERR_TAIL_LINES};
+use crate::config::SlurmConfig;
+use crate::supervisor::{StopRequest, WorkerEnd, WorkerLaunch, WorkerReport};
+use crate::worker_log::{STDERR_TAIL_LINES, WORKER_LOG};
 
 /// The batch script, in the job folder.
 pub const SCRIPT_FILE: &str = "slurm-job.sh";
@@ -129,10 +130,7 @@ pub fn sbatch_args(
         format!("--job-name={}", job_name(id)),
         format!("--chdir={}", job_dir.display()),
         format!("--output={}", job_dir.join(OUTPUT_FILE).display()),
-        format!(
-            "--error={}",
-            job_dir.join(crate::logs::WORKER_LOG).display()
-        ),
+        format!("--error={}", job_dir.join(WORKER_LOG).display()),
         "--open-mode=append".to_string(),
         "--requeue".to_string(),
         // The worker itself is the batch shell (the script execs it): TERM makes it
@@ -524,7 +522,7 @@ fn read_lines(path: &Path, offset: u64) -> (Vec<String>, u64) {
 
 /// The last lines of the worker's stderr log.
 fn stderr_tail(job_dir: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(job_dir.join(crate::logs::WORKER_LOG)).unwrap_or_default();
+    let text = std::fs::read_to_string(job_dir.join(WORKER_LOG)).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     let start = lines.len().saturating_sub(STDERR_TAIL_LINES);
     lines[start..].iter().map(|line| line.to_string()).collect()
@@ -800,7 +798,7 @@ pub async fn probe(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::executor::SlurmGpuType;
+    use crate::config::executor::SlurmGpuType;
 
     fn config(gpu_types: Vec<SlurmGpuType>) -> SlurmConfig {
         SlurmConfig {

@@ -19,50 +19,8 @@ use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
 use super::auth::Access;
-use super::Shared;
+use super::shared::{ApiError, ApiResult, Shared};
 use crate::placement::pool_files::{self, CardAction, CardRequest, PoolPaths, PoolSnapshot};
-
-/// A refusal or failure, sent as `{"error": message}`.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    message: String,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            message: message.into(),
-        }
-    }
-
-    fn internal(err: impl std::fmt::Display) -> ApiError {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string())
-    }
-
-    /// A message from the control-socket logic, with a status guessed from its wording.
-    fn from_control(message: String) -> ApiError {
-        let status = if message.starts_with("refused") {
-            StatusCode::FORBIDDEN
-        } else if message.starts_with("no job") {
-            StatusCode::NOT_FOUND
-        } else if message.contains("matches") || message.contains("cannot change") {
-            StatusCode::CONFLICT
-        } else {
-            StatusCode::BAD_REQUEST
-        };
-        ApiError::new(status, message)
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": self.message }))).into_response()
-    }
-}
-
-type ApiResult<T> = Result<T, ApiError>;
 
 pub fn routes() -> Router<Arc<Shared>> {
     Router::new()
@@ -128,7 +86,7 @@ pub fn parse_states(text: Option<&str>) -> ApiResult<Vec<Phase>> {
     text.split(',')
         .filter(|part| !part.trim().is_empty())
         .map(|part| {
-            crate::cli::parse_phase(part.trim())
+            crate::jobview::parse_phase(part.trim())
                 .map_err(|message| ApiError::new(StatusCode::BAD_REQUEST, message))
         })
         .collect()
@@ -159,7 +117,8 @@ pub fn select_jobs(
 ) -> ApiResult<(usize, Vec<IndexEntry>)> {
     let jobs_dir = &shared.layout.jobs;
     let mut entries = if jobs_dir.is_dir() {
-        crate::cli::index_entries(jobs_dir).map_err(|err| ApiError::internal(format!("{err:#}")))?
+        crate::jobview::index_entries(jobs_dir)
+            .map_err(|err| ApiError::internal(format!("{err:#}")))?
     } else {
         Vec::new()
     };

@@ -12,8 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::serve::IncomingStream;
 use tokio::net::UnixListener;
 
-use super::api::ApiError;
-use super::Shared;
+use super::shared::{ApiError, Shared};
 
 /// The uid of a process on the other end of the socket, from the kernel.
 #[derive(Clone, Debug)]

@@ -17,9 +17,9 @@ use axum::Router;
 use jobs::state::{now_ms, Phase};
 use serde_json::Value;
 
-use super::api::{blocking, card_list, job_detail, reader, select_jobs, ApiError};
+use super::api::{blocking, card_list, job_detail, reader, select_jobs};
 use super::auth::Access;
-use super::Shared;
+use super::shared::{ApiError, Shared};
 
 /// Finished jobs shown on the front page (all unfinished ones are).
 const RECENT_FINISHED: usize = 20;
@@ -50,7 +50,7 @@ fn esc(text: &str) -> String {
 }
 
 fn human_secs(secs: f64) -> String {
-    crate::cli::human_secs(secs)
+    crate::jobview::human_secs(secs)
 }
 
 const STYLE: &str = r#"

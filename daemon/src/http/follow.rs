@@ -22,7 +22,7 @@ use super::metrics::{
     rejection_kind, retry_reason, CardLabels, ChannelLabel, DeliveryLabels, KindLabel, ModelLabels,
     OutcomeLabel, SourceLabel, StateLabel, UuidLabel,
 };
-use super::Shared;
+use super::shared::Shared;
 use crate::placement::pool_files::{PoolPaths, PoolSnapshot};
 
 const TICK: Duration = Duration::from_secs(1);
@@ -105,7 +105,7 @@ impl Follower {
 
     fn follow_jobs(&mut self, shared: &Shared, snapshot: Option<&PoolSnapshot>) {
         let jobs_dir = &shared.layout.jobs;
-        let entries = match crate::cli::index_entries(jobs_dir) {
+        let entries = match crate::jobview::index_entries(jobs_dir) {
             Ok(entries) => entries,
             Err(err) => {
                 debug!(error = %format!("{err:#}"), "cannot read the queue index");

@@ -19,13 +19,13 @@ mod auth;
 mod dashboard;
 mod follow;
 pub mod metrics;
+mod shared;
 
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::Router;
-use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
@@ -34,28 +34,13 @@ use tracing::{info, warn};
 use crate::config::DaemonConfig;
 use crate::control::ControlContext;
 use crate::spool::Layout;
+use shared::Shared;
 
 /// Where the token is read from when `http.token_file` is not set and systemd passed no
 /// credentials directory.
 pub const DEFAULT_TOKEN_FILE: &str = "/etc/reelspool/credentials/http-token";
 /// The token's name in `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential=http-token:…`).
 const TOKEN_CREDENTIAL: &str = "http-token";
-
-/// `http:` in the config file.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct HttpConfig {
-    /// `address:port` to listen on, e.g. `127.0.0.1:7878`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub listen: Option<String>,
-    /// A unix socket to listen on, e.g. `/run/reelspool/http.sock`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub socket: Option<PathBuf>,
-    /// The file holding the token for actions [default: `$CREDENTIALS_DIRECTORY/http-token`
-    /// under systemd, else /etc/reelspool/credentials/http-token when it exists].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token_file: Option<PathBuf>,
-}
 
 /// Why the web server cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -156,19 +141,6 @@ fn read_token(
     }
 }
 
-/// What every handler may read.
-pub struct Shared {
-    pub config: Arc<DaemonConfig>,
-    pub layout: Layout,
-    pub token: Option<String>,
-    pub control: ControlContext,
-    pub metrics: metrics::Metrics,
-    /// New job events as JSON text, for `/api/v1/events`.
-    pub events: broadcast::Sender<String>,
-    /// Turns true when the daemon stops; open event streams end then.
-    pub stopping: watch::Receiver<bool>,
-}
-
 /// Starts the follower (when the web server or the DCGM mapping is configured) and the
 /// listeners. The tasks end when `shutdown` turns true.
 pub fn start(
@@ -187,6 +159,7 @@ pub fn start(
             jobs_dir: layout.jobs.clone(),
             state_dir: config.state_dir.clone(),
             policy: crate::owner::Policy::new(&config.submit_group),
+            executor: config.executor.clone(),
         },
         config,
         layout,

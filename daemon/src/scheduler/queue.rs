@@ -1,0 +1,232 @@
+//! The queue and its index: where a job waits (in line, out a retry backoff, or until its
+//! disk has room again) and how it gets there, and every write of a job's state, which goes to
+//! `state.json` and then to the queue index. A job that ends goes through
+//! [`Scheduler::finish`], which makes its notices durable before its state says so.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use jobs::state::{now_ms, JobDir, JobId, JobState, Phase};
+use jobs::JobSpec;
+use tracing::{debug, info, warn};
+
+use super::Scheduler;
+use crate::events::event;
+use crate::notify_glue;
+use crate::placement::Placement;
+use crate::space::SpaceWait;
+use crate::supervisor::WorkerEnd;
+use crate::warm;
+
+impl Scheduler {
+    /// Puts a job in line with its plan, as intake, a retry or the end of a wait hand it over;
+    /// a job still in its backoff waits it out first, and one that has ended only fixes the
+    /// index.
+    pub(super) fn enqueue(&mut self, id: JobId) {
+        let dir = self.job_dir(&id);
+        let (state, spec) = match (dir.load_state(), dir.load_spec()) {
+            (Ok(state), Ok(spec)) => (state, spec),
+            (Err(err), _) => {
+                warn!(job = %id, error = %err, "cannot read job state; skipping it");
+                return;
+            }
+            (_, Err(err)) => {
+                warn!(job = %id, error = %err, "cannot read job.yaml; failing the job");
+                self.finish(
+                    &id,
+                    Phase::Failed,
+                    Some(format!("cannot read job.yaml: {err}")),
+                    None,
+                );
+                return;
+            }
+        };
+        if state.phase.is_terminal() {
+            // The queue index was behind (a crash right after the job finished): fix it.
+            self.index_record(&state);
+            return;
+        }
+        if let Some(at) = state.retry_at_ms.filter(|at| *at > now_ms()) {
+            // Still in its backoff after a stalled attempt (a job read after start-up).
+            self.backing_off.insert(id, at);
+            return;
+        }
+        let plan = match self.index.as_ref().and_then(|index| index.plan(&id)) {
+            Some(plan) => plan.clone(),
+            None => jobs::index::read_plan(&dir).unwrap_or_else(|| {
+                let plan = Placement::plan_of(&spec);
+                if let Err(err) = jobs::index::write_plan(&dir, &plan) {
+                    debug!(job = %id, error = %err, "cannot keep the job's plan in its folder");
+                }
+                plan
+            }),
+        };
+        if let Some(index) = &mut self.index {
+            index.set_plan(&id, plan.clone());
+        }
+        let mut state = state;
+        if state.phase != Phase::Queued {
+            state.phase = Phase::Queued;
+            state.gpu = None;
+            state.eta_secs = None;
+            self.save(&dir, &state);
+        } else {
+            // A job from intake: its state.json is already durable.
+            self.index_record(&state);
+        }
+        self.placement
+            .enqueue(&id, state.priority, &plan, Some(warm::model_key(&spec)));
+    }
+
+    pub(super) fn save(&mut self, dir: &JobDir, state: &JobState) {
+        if let Err(err) = dir.save_state(state) {
+            warn!(job = %state.id, error = %err, "cannot write state.json");
+            return;
+        }
+        self.index_record(state);
+    }
+
+    /// Tells the queue index about a state that is on disk.
+    pub(super) fn index_record(&mut self, state: &JobState) {
+        if let Some(index) = &mut self.index {
+            if let Err(err) = index.record(state) {
+                warn!(job = %state.id, error = %err, "cannot update the queue index; the next start rebuilds it");
+                if let Some(index) = self.index.take() {
+                    index.discard();
+                }
+            }
+        }
+    }
+
+    /// Puts a job back in line at once, or after `backoff` (kept in its state, so a restarted
+    /// daemon waits it out too).
+    pub(super) fn requeue_after(&mut self, id: &JobId, backoff: Duration) {
+        if backoff.is_zero() {
+            self.enqueue(id.clone());
+            return;
+        }
+        let dir = self.job_dir(id);
+        let Ok(mut state) = dir.load_state() else {
+            return;
+        };
+        let at = now_ms().saturating_add(u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX));
+        state.phase = Phase::Queued;
+        state.gpu = None;
+        state.eta_secs = None;
+        state.retry_at_ms = Some(at);
+        self.save(&dir, &state);
+        self.backing_off.insert(id.clone(), at);
+    }
+
+    /// Parks a job whose worker stopped on a full disk until its folders have room again.
+    pub(super) fn wait_for_space(&mut self, id: &JobId, folders: &[PathBuf], end: &WorkerEnd) {
+        let dir = self.job_dir(id);
+        let wait = SpaceWait::new(folders);
+        let reason = match end {
+            WorkerEnd::Failed { message, .. } => message.clone(),
+            other => format!("{other:?}"),
+        };
+        let short: Vec<String> = wait
+            .needs
+            .iter()
+            .map(|(folder, need)| format!("{} ({} bytes free wanted)", folder.display(), need))
+            .collect();
+        warn!(job = %id, reason = %reason, "disk full: the job waits for disk space before it goes on");
+        if let Ok(mut state) = dir.load_state() {
+            state.phase = Phase::Queued;
+            state.gpu = None;
+            state.eta_secs = None;
+            state.details.insert(
+                "waiting_for_space".into(),
+                format!("{reason}; waiting for room in {}", short.join(", ")).into(),
+            );
+            self.save(&dir, &state);
+        }
+        let _ = dir.append_event(&event(
+            "waiting_for_space",
+            [("reason", reason.into()), ("folders", short.into())],
+        ));
+        self.waiting_for_space.insert(id.clone(), wait);
+    }
+
+    /// Queues the jobs that waited for disk space once their folders have room again.
+    pub(super) fn release_space_waits(&mut self) {
+        let ready: Vec<JobId> = self
+            .waiting_for_space
+            .iter()
+            .filter(|(_, wait)| wait.over())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ready {
+            let Some(wait) = self.waiting_for_space.remove(&id) else {
+                continue;
+            };
+            let dir = self.job_dir(&id);
+            let waited = wait.since.elapsed().as_secs_f64();
+            info!(job = %id, waited_secs = waited, "disk space is back; the job goes on");
+            if let Ok(mut state) = dir.load_state() {
+                state.details.remove("waiting_for_space");
+                self.save(&dir, &state);
+            }
+            let _ = dir.append_event(&event(
+                "space_available",
+                [
+                    ("waited_secs", waited.into()),
+                    ("timed_out", wait.short().is_some().into()),
+                ],
+            ));
+            self.enqueue(id);
+        }
+    }
+
+    /// Queues the jobs whose retry backoff is over.
+    pub(super) fn release_backoffs(&mut self) {
+        let now = now_ms();
+        let due: Vec<JobId> = self
+            .backing_off
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            self.backing_off.remove(&id);
+            self.enqueue(id);
+        }
+    }
+
+    /// Moves a job to a terminal phase and queues its notices.
+    pub(super) fn finish(
+        &mut self,
+        id: &JobId,
+        phase: Phase,
+        error: Option<String>,
+        spec: Option<&JobSpec>,
+    ) {
+        let dir = self.job_dir(id);
+        let Ok(mut state) = dir.load_state() else {
+            return;
+        };
+        state.phase = phase;
+        state.finished_at_ms = Some(now_ms());
+        state.eta_secs = None;
+        state.error = error.clone();
+        let mut fields = Vec::new();
+        if let Some(error) = &error {
+            fields.push(("error", error.clone().into()));
+        }
+        // The outbox is written before the state: a job never shows as finished without its
+        // notices being durable.
+        if let Some(kind) = notify_glue::terminal_kind(phase) {
+            self.notices.announce(&dir, &state, spec, kind);
+        }
+        self.save(&dir, &state);
+        let name = match phase {
+            Phase::Done => "done",
+            Phase::Failed => "failed",
+            Phase::Cancelled => "cancelled",
+            Phase::Queued | Phase::Running => "state",
+        };
+        let _ = dir.append_event(&event(name, fields));
+        info!(job = %id, state = name, "job finished");
+    }
+}
