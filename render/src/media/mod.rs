@@ -25,6 +25,7 @@ mod encode;
 mod error;
 mod image;
 mod orientation;
+mod preview;
 mod scale;
 #[cfg(test)]
 mod test_support;
@@ -40,6 +41,7 @@ pub use digest::decode_video_frame_digests;
 pub use encode::{ClipEncoder, EncodeSettings, SegmentInfo, VideoCodec, DEFAULT_PRESET};
 pub use error::MediaError;
 pub use image::load_reference_image;
+pub use preview::{frame_jpeg, remux_to_mpegts, TsSegment, REORDER_ALLOWANCE_FRAMES};
 pub use thumbnail::{thumbnail_size, write_thumbnail, THUMBNAIL_MAX_SIDE};
 
 use ffmpeg_next as ffmpeg;
