@@ -402,13 +402,22 @@ fn live_html(shared: &Shared) -> Result<String, ApiError> {
     Ok(out)
 }
 
+/// The job's details as the caller may see them (the control socket's rules).
+async fn visible_detail(
+    shared: Arc<Shared>,
+    access: &Access,
+    id: String,
+) -> Result<Value, ApiError> {
+    let uid = reader(access);
+    blocking(move || job_detail(&shared, uid, &id)).await
+}
+
 async fn job_page(
     State(shared): State<Arc<Shared>>,
     Extension(access): Extension<Access>,
     Path(id): Path<String>,
 ) -> Result<Html<String>, ApiError> {
-    let uid = reader(&access);
-    let detail = blocking(move || job_detail(&shared, uid, &id)).await?;
+    let detail = visible_detail(shared, &access, id).await?;
     Ok(page(
         detail["job"]["name"].as_str().unwrap_or("job"),
         &job_html(&detail),
@@ -420,9 +429,9 @@ async fn job_parts(
     Extension(access): Extension<Access>,
     Path(id): Path<String>,
 ) -> Result<Html<String>, ApiError> {
-    let uid = reader(&access);
-    let detail = blocking(move || job_detail(&shared, uid, &id)).await?;
-    Ok(Html(job_parts_html(&detail)))
+    Ok(Html(job_parts_html(
+        &visible_detail(shared, &access, id).await?,
+    )))
 }
 
 /// HTML text of a JSON value: `-` for null, strings without their quotes.
@@ -463,13 +472,21 @@ fn clip_seconds(detail: &Value) -> Vec<Option<f64>> {
     secs
 }
 
+/// A job's state, id, phase and finished clips, from its details.
+fn job_basics(detail: &Value) -> (&Value, &str, &str, u64) {
+    let job = &detail["job"];
+    (
+        job,
+        job["id"].as_str().unwrap_or(""),
+        job["phase"].as_str().unwrap_or(""),
+        job["clips_done"].as_u64().unwrap_or(0),
+    )
+}
+
 /// The part of a job's page that changes while it runs: the table, the latest frame, the
 /// seconds per clip and a thumbnail per finished clip.
 fn job_parts_html(detail: &Value) -> String {
-    let job = &detail["job"];
-    let id = job["id"].as_str().unwrap_or("");
-    let phase = job["phase"].as_str().unwrap_or("");
-    let done = job["clips_done"].as_u64().unwrap_or(0);
+    let (job, id, phase, done) = job_basics(detail);
     let mut out = String::new();
     let _ = write!(
         out,
@@ -527,10 +544,7 @@ fn job_parts_html(detail: &Value) -> String {
 }
 
 fn job_html(detail: &Value) -> String {
-    let job = &detail["job"];
-    let id = job["id"].as_str().unwrap_or("");
-    let phase = job["phase"].as_str().unwrap_or("");
-    let done = job["clips_done"].as_u64().unwrap_or(0);
+    let (job, id, phase, done) = job_basics(detail);
     let mut out = String::new();
     let _ = write!(
         out,

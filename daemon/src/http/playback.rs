@@ -12,7 +12,8 @@ use std::fs::File;
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Arc;
 
-use axum::extract::{Extension, Path, State};
+use axum::extract::{FromRequestParts, Path};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -111,32 +112,62 @@ fn locked<T>(shared: &Shared, work: impl FnOnce() -> T) -> T {
     work()
 }
 
-async fn video(
-    State(shared): State<Arc<Shared>>,
-    Extension(access): Extension<Access>,
-    Path(id): Path<String>,
+/// What every handler here needs: the shared state, the uid reads are answered as, and the
+/// request's headers (for ranges).
+struct Asker {
+    shared: Arc<Shared>,
+    uid: u32,
     headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let uid = reader(&access);
-    blocking(move || {
-        let detail = job_detail(&shared, uid, &id)?;
-        let file = open_video(&shared, &detail)?;
-        serve_file(file, "video/mp4", "no-cache", &headers)
-    })
-    .await
 }
 
-async fn live_playlist(
-    State(shared): State<Arc<Shared>>,
-    Extension(access): Extension<Access>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    let uid = reader(&access);
+impl FromRequestParts<Arc<Shared>> for Asker {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<Shared>) -> Result<Asker, ApiError> {
+        let access = parts
+            .extensions
+            .get::<Access>()
+            .ok_or_else(|| ApiError::internal("the caller was not identified"))?;
+        Ok(Asker {
+            shared: Arc::clone(state),
+            uid: reader(access),
+            headers: parts.headers.clone(),
+        })
+    }
+}
+
+impl Asker {
+    /// Serves the file `pick` finds for job `id`, as this caller may see the job.
+    async fn job_file(
+        self,
+        id: String,
+        content_type: &'static str,
+        cache_control: &'static str,
+        pick: impl FnOnce(&Shared, &Value, &Dir) -> Result<File, ApiError> + Send + 'static,
+    ) -> Result<Response, ApiError> {
+        blocking(move || {
+            let (detail, job) = open_job(&self.shared, self.uid, &id)?;
+            let file = pick(&self.shared, &detail, &job)?;
+            serve_file(file, content_type, cache_control, &self.headers)
+        })
+        .await
+    }
+}
+
+async fn video(asker: Asker, Path(id): Path<String>) -> Result<Response, ApiError> {
+    asker
+        .job_file(id, "video/mp4", "no-cache", |shared, detail, _| {
+            open_video(shared, detail)
+        })
+        .await
+}
+
+async fn live_playlist(asker: Asker, Path(id): Path<String>) -> Result<Response, ApiError> {
     let text = blocking(move || {
-        let (detail, job) = open_job(&shared, uid, &id)?;
+        let (detail, job) = open_job(&asker.shared, asker.uid, &id)?;
         // The phase is read before the clips: a job that ended has all its clips by then.
         let ended = crate::jobview::parse_phase(phase(&detail)).is_ok_and(|p| p.is_terminal());
-        let segments = locked(&shared, || preview::update_segments(&job))?;
+        let segments = locked(&asker.shared, || preview::update_segments(&job))?;
         Ok(preview::playlist(&segments, ended))
     })
     .await?;
@@ -150,95 +181,77 @@ async fn live_playlist(
         .into_response())
 }
 
-fn unknown_name(name: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        format!("no file `{name}` here: names are a clip number and an extension, like `0.ts`"),
-    )
+/// The clip number in `name` (`<k><extension>`), or a 404 for any other name.
+fn clip_in(name: &str, extension: &str) -> Result<u32, ApiError> {
+    preview::clip_number(name, extension).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no file `{name}` here: names are a clip number and `{extension}`, like `0{extension}`"),
+        )
+    })
 }
 
 async fn live_segment(
-    State(shared): State<Arc<Shared>>,
-    Extension(access): Extension<Access>,
+    asker: Asker,
     Path((id, name)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let uid = reader(&access);
-    let k = preview::clip_number(&name, ".ts").ok_or_else(|| unknown_name(&name))?;
-    blocking(move || {
-        let (_, job) = open_job(&shared, uid, &id)?;
-        let file = preview::segment_file(&job, k)?;
-        serve_file(file, "video/mp2t", "no-cache", &headers)
-    })
-    .await
+    let k = clip_in(&name, ".ts")?;
+    asker
+        .job_file(id, "video/mp2t", "no-cache", move |_, _, job| {
+            preview::segment_file(job, k)
+        })
+        .await
 }
 
 async fn clip_thumbnail(
-    State(shared): State<Arc<Shared>>,
-    Extension(access): Extension<Access>,
+    asker: Asker,
     Path((id, name)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let uid = reader(&access);
-    let k = preview::clip_number(&name, ".jpg").ok_or_else(|| unknown_name(&name))?;
-    blocking(move || {
-        let (_, job) = open_job(&shared, uid, &id)?;
-        let file = locked(&shared, || preview::clip_thumbnail(&job, k))?;
-        serve_file(file, "image/jpeg", "no-cache", &headers)
-    })
-    .await
+    let k = clip_in(&name, ".jpg")?;
+    asker
+        .job_file(id, "image/jpeg", "no-cache", move |shared, _, job| {
+            locked(shared, || preview::clip_thumbnail(job, k))
+        })
+        .await
 }
 
-async fn poster(
-    State(shared): State<Arc<Shared>>,
-    Extension(access): Extension<Access>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let uid = reader(&access);
-    blocking(move || {
-        let (detail, job) = open_job(&shared, uid, &id)?;
-        let video = open_video(&shared, &detail).ok();
-        let file = locked(&shared, || preview::poster(&job, video))?;
-        serve_file(file, "image/jpeg", "no-cache", &headers)
-    })
-    .await
+async fn poster(asker: Asker, Path(id): Path<String>) -> Result<Response, ApiError> {
+    asker
+        .job_file(id, "image/jpeg", "no-cache", |shared, detail, job| {
+            let video = open_video(shared, detail).ok();
+            locked(shared, || preview::poster(job, video))
+        })
+        .await
 }
 
 /// The newest clip thumbnail: the worker's own (`work/clips/<k>.jpg`, highest k) when it
 /// wrote one, else one made here from the newest clip.
-async fn thumbnail(
-    State(shared): State<Arc<Shared>>,
-    Extension(access): Extension<Access>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let uid = reader(&access);
-    blocking(move || {
-        let (_, job) = open_job(&shared, uid, &id)?;
-        let clips = job
-            .subdir("work")
-            .and_then(|work| work.subdir("clips"))
-            .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "no clip of this job is done yet"))?;
-        let names = clips.names().unwrap_or_default();
-        let newest = |extension: &str| {
-            names
-                .iter()
-                .filter_map(|name| preview::clip_number(name, extension))
-                .max()
-        };
-        let from_worker = newest(".jpg").and_then(|k| clips.open_file(&format!("{k}.jpg")).ok());
-        let file = match (from_worker, newest(".mkv")) {
-            (Some(file), _) => file,
-            (None, Some(k)) => locked(&shared, || preview::clip_thumbnail(&job, k))?,
-            (None, None) => {
-                return Err(ApiError::new(
+async fn thumbnail(asker: Asker, Path(id): Path<String>) -> Result<Response, ApiError> {
+    asker
+        .job_file(id, "image/jpeg", "no-store", |shared, _, job| {
+            let clips = job
+                .subdir("work")
+                .and_then(|work| work.subdir("clips"))
+                .map_err(|_| {
+                    ApiError::new(StatusCode::NOT_FOUND, "no clip of this job is done yet")
+                })?;
+            let names = clips.names().unwrap_or_default();
+            let newest = |extension: &str| {
+                names
+                    .iter()
+                    .filter_map(|name| preview::clip_number(name, extension))
+                    .max()
+            };
+            let from_worker =
+                newest(".jpg").and_then(|k| clips.open_file(&format!("{k}.jpg")).ok());
+            match (from_worker, newest(".mkv")) {
+                (Some(file), _) => Ok(file),
+                (None, Some(k)) => locked(shared, || preview::clip_thumbnail(job, k)),
+                (None, None) => Err(ApiError::new(
                     StatusCode::NOT_FOUND,
                     "no clip of this job has a thumbnail yet",
-                ))
+                )),
             }
-        };
-        serve_file(file, "image/jpeg", "no-store", &headers)
-    })
-    .await
+        })
+        .await
 }

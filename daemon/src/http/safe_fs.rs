@@ -11,6 +11,7 @@ use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// An open directory; names are looked up relative to it.
@@ -41,37 +42,37 @@ impl Dir {
     /// Opens `path` as a directory, following symlinks on the way: for paths from the config
     /// (the jobs directory), which the operator chose.
     pub fn open_trusted(path: &Path) -> io::Result<Dir> {
-        let name = CString::new(path.as_os_str().as_encoded_bytes())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in a path"))?;
-        // SAFETY: a plain syscall on a NUL-terminated string we own.
+        let dir = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(path)?;
+        Ok(Dir {
+            fd: OwnedFd::from(dir),
+        })
+    }
+
+    /// `openat(name)` relative to this directory, never through a symlink at `name`.
+    fn open_at(&self, name: &str, flags: libc::c_int, mode: libc::c_uint) -> io::Result<OwnedFd> {
+        let c = plain_name(name)?;
+        // SAFETY: a plain syscall on a NUL-terminated string we own, relative to a descriptor
+        // we own.
         let fd = check(unsafe {
-            libc::open(
-                name.as_ptr(),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            libc::openat(
+                self.fd.as_raw_fd(),
+                c.as_ptr(),
+                flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                mode,
             )
         })?;
         // SAFETY: `fd` was just opened and is owned by nobody else.
-        Ok(Dir {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 
     /// The directory `name` in this one; `ErrorKind::NotFound` if absent, an error if it is a
     /// symlink or not a directory.
     pub fn subdir(&self, name: &str) -> io::Result<Dir> {
-        let c = plain_name(name)?;
-        // SAFETY: as in `open_trusted`, relative to a descriptor we own.
-        let fd = check(unsafe {
-            libc::openat(
-                self.fd.as_raw_fd(),
-                c.as_ptr(),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            )
-        })?;
-        // SAFETY: just opened, owned by nobody else.
-        Ok(Dir {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = self.open_at(name, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+        Ok(Dir { fd })
     }
 
     /// [`Dir::subdir`], creating it (mode 0700) when absent.
@@ -94,18 +95,8 @@ impl Dir {
 
     /// The regular file `name` for reading; an error if it is a symlink or anything else.
     pub fn open_file(&self, name: &str) -> io::Result<File> {
-        let c = plain_name(name)?;
-        // SAFETY: as above. O_NONBLOCK keeps a planted FIFO from blocking the open; it is
-        // refused below anyway.
-        let fd = check(unsafe {
-            libc::openat(
-                self.fd.as_raw_fd(),
-                c.as_ptr(),
-                libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC,
-            )
-        })?;
-        // SAFETY: just opened, owned by nobody else.
-        let file = unsafe { File::from_raw_fd(fd) };
+        // O_NONBLOCK keeps a planted FIFO from blocking the open; it is refused below anyway.
+        let file = File::from(self.open_at(name, libc::O_RDONLY | libc::O_NONBLOCK, 0)?);
         if !file.metadata()?.file_type().is_file() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -124,16 +115,11 @@ impl Dir {
         // A leftover from a crashed write of ours: the name is ours, whatever it points to.
         // SAFETY: plain syscalls relative to a descriptor we own.
         unsafe { libc::unlinkat(self.fd.as_raw_fd(), temp.as_ptr(), 0) };
-        let fd = check(unsafe {
-            libc::openat(
-                self.fd.as_raw_fd(),
-                temp.as_ptr(),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                0o600 as libc::c_uint,
-            )
-        })?;
-        // SAFETY: just opened, owned by nobody else.
-        let mut file = unsafe { File::from_raw_fd(fd) };
+        let mut file = File::from(self.open_at(
+            &temp_name,
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+            0o600,
+        )?);
         let written = file.write_all(bytes).and_then(|()| file.sync_data());
         drop(file);
         let renamed = written.and_then(|()| {

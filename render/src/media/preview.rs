@@ -15,12 +15,9 @@
 use std::path::Path;
 
 use ffmpeg_next as ffmpeg;
-use ffmpeg_next::format::Pixel;
-use ffmpeg_next::software::scaling::Flags;
-use ffmpeg_next::util::color::Range;
 use ffmpeg_next::{codec, encoder, frame, media, Dictionary, Packet, Rational};
 
-use super::scale::{rgb_image_from_frame, Layout, Scaler};
+use super::image::to_rgb;
 use super::{ensure_init, ffmpeg_url, write_thumbnail, MediaError};
 
 /// How far presentation times are placed after decode times, in frames: the most frames
@@ -73,11 +70,7 @@ pub fn remux_to_mpegts(
         (stream.index(), stream.parameters(), stream.time_base(), fps)
     };
 
-    let scratch = tempfile::tempdir().map_err(|source| MediaError::Io {
-        action: "create a temporary directory for",
-        path: segment.to_path_buf(),
-        source,
-    })?;
+    let scratch = scratch_dir(segment)?;
     let ts_path = scratch.path().join("segment.ts");
     let write_error = |e: ffmpeg::Error| MediaError::Write {
         path: ts_path.clone(),
@@ -140,11 +133,7 @@ pub fn remux_to_mpegts(
     }
     output.write_trailer().map_err(write_error)?;
     drop(output);
-    let bytes = std::fs::read(&ts_path).map_err(|source| MediaError::Io {
-        action: "read back",
-        path: ts_path.clone(),
-        source,
-    })?;
+    let bytes = read_back(&ts_path)?;
     Ok((
         bytes,
         TsSegment {
@@ -231,29 +220,27 @@ pub fn frame_jpeg(video: &Path, index: u64) -> Result<Vec<u8>, MediaError> {
         receive(&mut decoder, &mut latest, &mut spare);
     }
     let picture = latest.ok_or_else(|| fail("it holds no video frames".to_string()))?;
-    let (width, height) = (picture.width(), picture.height());
-    let mut scaler = Scaler::new(
-        Layout::new(picture.format(), width, height),
-        picture.color_range() == Range::JPEG,
-        Layout::new(Pixel::RGB24, width, height),
-        Flags::BILINEAR,
-    )
-    .map_err(|e| fail(format!("cannot convert the frame to RGB: {e}")))?;
-    let mut rgb = frame::Video::empty();
-    scaler
-        .run(&picture, &mut rgb)
-        .map_err(|e| fail(format!("cannot convert the frame to RGB: {e}")))?;
-    let image = rgb_image_from_frame(&rgb);
-    let scratch = tempfile::tempdir().map_err(|source| MediaError::Io {
-        action: "create a temporary directory for a thumbnail of",
-        path: video.to_path_buf(),
-        source,
-    })?;
+    let image =
+        to_rgb(&picture).map_err(|e| fail(format!("cannot convert the frame to RGB: {e}")))?;
+    let scratch = scratch_dir(video)?;
     let jpeg = scratch.path().join("frame.jpg");
     write_thumbnail(&jpeg, &image.pixels, image.width, image.height)?;
-    std::fs::read(&jpeg).map_err(|source| MediaError::Io {
+    read_back(&jpeg)
+}
+
+/// A temporary directory to write what is made from `source` into.
+fn scratch_dir(source: &Path) -> Result<tempfile::TempDir, MediaError> {
+    tempfile::tempdir().map_err(|error| MediaError::Io {
+        action: "create a temporary directory for what is made from",
+        path: source.to_path_buf(),
+        source: error,
+    })
+}
+
+fn read_back(path: &Path) -> Result<Vec<u8>, MediaError> {
+    std::fs::read(path).map_err(|source| MediaError::Io {
         action: "read back",
-        path: jpeg,
+        path: path.to_path_buf(),
         source,
     })
 }
