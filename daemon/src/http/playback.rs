@@ -168,7 +168,11 @@ async fn live_playlist(asker: Asker, Path(id): Path<String>) -> Result<Response,
         // The phase is read before the clips: a job that ended has all its clips by then.
         let ended = crate::jobview::parse_phase(phase(&detail)).is_ok_and(|p| p.is_terminal());
         let segments = locked(&asker.shared, || preview::update_segments(&job))?;
-        Ok(preview::playlist(&segments, ended))
+        Ok(preview::playlist(
+            &segments,
+            ended,
+            preview::clip_secs(&job),
+        ))
     })
     .await?;
     Ok((

@@ -166,10 +166,26 @@ pub fn update_segments(job: &Dir) -> Result<Vec<Segment>, ApiError> {
     Ok(index.segments)
 }
 
+/// How long one clip of the job is, in seconds (`render.infer_frames / render.fps` from the
+/// job's `job.yaml`), when it can be read.
+pub fn clip_secs(job: &Dir) -> Option<f64> {
+    let mut text = String::new();
+    job.open_file("job.yaml")
+        .and_then(|mut file| file.read_to_string(&mut text))
+        .ok()?;
+    let spec: jobs::spec::JobSpec = serde_yaml::from_str(&text).ok()?;
+    Some(f64::from(spec.render.infer_frames) / f64::from(spec.render.fps.max(1)))
+}
+
 /// The HLS playlist of `segments` (served at `/jobs/{id}/live.m3u8`, segments at
-/// `live/<k>.ts` beside it); closed with `EXT-X-ENDLIST` once the job has ended.
-pub fn playlist(segments: &[Segment], ended: bool) -> String {
-    let longest = segments.iter().map(Segment::secs).fold(1.0f64, f64::max);
+/// `live/<k>.ts` beside it); closed with `EXT-X-ENDLIST` once the job has ended. The target
+/// duration, which must not change while the playlist grows, comes from the clip length
+/// (`clip_secs`) when known, so it is right before the first clip is there.
+pub fn playlist(segments: &[Segment], ended: bool, clip_secs: Option<f64>) -> String {
+    let longest = segments
+        .iter()
+        .map(Segment::secs)
+        .fold(clip_secs.unwrap_or(1.0).max(1.0), f64::max);
     let mut text = format!(
         "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:{}\n#EXT-X-MEDIA-SEQUENCE:0\n#EXT-X-PLAYLIST-TYPE:EVENT\n",
         longest.ceil() as u64
@@ -291,15 +307,17 @@ mod tests {
             fps: 16,
             source: String::new(),
         };
-        let open = playlist(&[segment(40), segment(40)], false);
+        let open = playlist(&[segment(40), segment(40)], false, None);
         assert!(open.starts_with("#EXTM3U\n"), "{open}");
         assert!(open.contains("#EXT-X-PLAYLIST-TYPE:EVENT"));
         assert!(open.contains("#EXT-X-TARGETDURATION:3\n"), "{open}");
         assert!(open.contains("#EXTINF:2.500,\nlive/0.ts\n#EXTINF:2.500,\nlive/1.ts\n"));
         assert!(!open.contains("ENDLIST"));
-        let ended = playlist(&[segment(40)], true);
+        let ended = playlist(&[segment(40)], true, None);
         assert!(ended.ends_with("#EXT-X-ENDLIST\n"), "{ended}");
-        assert!(playlist(&[], false).contains("#EXT-X-TARGETDURATION:1\n"));
+        assert!(playlist(&[], false, None).contains("#EXT-X-TARGETDURATION:1\n"));
+        // Before the first clip, the clip length sets it already.
+        assert!(playlist(&[], false, Some(3.2)).contains("#EXT-X-TARGETDURATION:4\n"));
     }
 
     #[test]
