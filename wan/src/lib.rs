@@ -14,6 +14,7 @@ pub mod causal;
 pub mod causal_loop;
 pub mod config;
 pub mod error;
+pub mod fp8;
 pub mod keys;
 pub mod loader;
 pub mod lora;
