@@ -368,6 +368,36 @@ mod tests {
     }
 
     #[test]
+    fn an_fp8_layer_stays_within_five_percent_of_the_float_layer() {
+        use crate::nn::TorchLinear;
+        type B = NdArray<f32>;
+        let device = Default::default();
+        let mut state = 7u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        };
+        let w: Vec<f32> = (0..96 * 64).map(|_| next() * 0.1).collect();
+        let x: Vec<f32> = (0..5 * 64).map(|_| next()).collect();
+        let mut layer = TorchLinear::<B>::new(64, 96, true, &device);
+        layer.weight = Param::initialized(
+            layer.weight.id,
+            Tensor::from_data(TensorData::new(w, [96, 64]), &device),
+        );
+        let x = Tensor::<B, 2>::from_data(TensorData::new(x, [5, 64]), &device);
+        let float: Vec<f32> = layer.forward(x.clone()).into_data().to_vec().expect("f32");
+        layer.to_fp8();
+        assert!(layer.is_fp8() && !layer.weight.is_initialized());
+        let fp8: Vec<f32> = layer.forward(x).into_data().to_vec().expect("f32");
+        let num: f32 = float.iter().zip(&fp8).map(|(a, b)| (a - b).powi(2)).sum();
+        let den: f32 = float.iter().map(|a| a.powi(2)).sum();
+        let rel = (num / den).sqrt();
+        assert!((0.002..0.05).contains(&rel), "relative L2 {rel}");
+    }
+
+    #[test]
     fn the_full_precision_layers_are_the_originals() {
         for kept in [
             "text_embedding.0",
