@@ -62,7 +62,7 @@ pub fn merge_into<B: Backend>(
 }
 
 /// The module path a peft LoRA key adapts, and whether it is the A or the B matrix.
-fn parse_key(key: &str) -> Option<(String, bool)> {
+pub(crate) fn parse_key(key: &str) -> Option<(String, bool)> {
     let key = key.strip_prefix("base_model.model.").unwrap_or(key);
     for (suffix, is_a) in [
         (".lora_A.default.weight", true),
