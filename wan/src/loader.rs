@@ -4,7 +4,7 @@
 //! or a single `diffusion_pytorch_model.safetensors`.
 //!
 //! Shards are memory-mapped by burn-store. Every float tensor takes the backend's float
-//! dtype as it is read ([`for_backend`]): the release's bf16 stays bf16 on a bf16 backend
+//! dtype as it is read (`for_backend`): the release's bf16 stays bf16 on a bf16 backend
 //! and is widened (exactly) to f32 on an f32 one, and the VAE's f32 becomes the backend's
 //! dtype too, so a module never mixes dtypes. Keys need no remapping: the module tree is
 //! named after them. Every tensor the model expects must be found exactly once with its
