@@ -592,9 +592,6 @@ impl<B: Backend> HostCarry<B> {
                 "{found} tensors, expected {expected} for {steps} steps, {layers} layers and {vae_tensors} VAE cache slots"
             )));
         }
-        for l in &mut host_layers {
-            l.stage::<B>(device);
-        }
         let carry = Self {
             resident,
             layers: host_layers,

@@ -24,17 +24,22 @@
 //!
 //! # Uploads, pinned memory and streams, by backend
 //!
-//! Host copies (block weights, host rings and sink slices) are handed to
-//! `Backend::staging` once, when they are made ([`StreamedModel`], [`HostCarry`]). What that
-//! does, by backend, in Burn 0.21:
+//! Every upload (a block's parameters, a ring, a sink slice) goes through
+//! `Backend::staging` first ([`staged`]): the host copy is duplicated into a staging buffer
+//! that the upload then consumes. The long-lived host copies stay in ordinary memory: Burn's
+//! uploads take their data by value, and a copy of a pinned buffer is an ordinary one, so
+//! pinning them once would not make later uploads pinned (and 72 GB of page-locked memory
+//! would exhaust the pool). What staging does, by backend, in Burn 0.21:
 //!
 //! - **cubecl (`Cuda`, and `Fusion<Cuda>`, which forwards to it)**: the bytes are copied into
-//!   page-locked (pinned) buffers from the device's pinned-memory pool (cubecl-cuda's
-//!   `reserve_cpu(.., pinned = true)`; when the pool cannot grow, the data stay in ordinary
-//!   memory), so later uploads are DMA copies. cubecl gives each host thread its own stream
-//!   (`StreamId::current()` is per thread), so the prefetch thread's `Tensor::from_data` runs
-//!   on another CUDA stream than the compute; cubecl orders the two where a tensor crosses.
-//!   Not measured on a GPU yet.
+//!   a page-locked (pinned) buffer from the device's pinned-memory pool (cubecl-cuda's
+//!   `reserve_cpu(.., pinned = true)`; when the pool cannot grow, ordinary memory), so the
+//!   upload is an asynchronous DMA copy of any size (without staging, cubecl copies tensors
+//!   above 100 MB, such as a 259 MB ring, synchronously from pageable memory). cubecl gives each
+//!   host thread its own stream (`StreamId::current()` is per thread), so the prefetch thread's
+//!   uploads run on another CUDA stream than the compute; cubecl orders the two where a tensor
+//!   crosses. The cost: one host memcpy into the staging buffer per upload, on the prefetch
+//!   thread. Not measured on a GPU yet.
 //! - **NdArray**: no-op; an "upload" is a copy in RAM.
 //! - **LibTorch (`tch`)**: `staging` is Burn's default no-op, and `from_data` builds a CPU
 //!   tensor from pageable memory and calls `.to(device)` on the current stream, which every
@@ -216,18 +221,14 @@ impl HostBlock {
     pub fn is_fp8(&self) -> bool {
         self.fp8
     }
+}
 
-    /// Marks the host copies as staging buffers for uploads to `device` (pinned memory where
-    /// the backend has it: see the module docs).
-    fn stage<B: Backend>(&mut self, device: &B::Device) {
-        B::staging(
-            self.params.iter_mut().filter_map(|p| match p {
-                HostParam::Float(d) | HostParam::Int(d) => Some(d),
-                HostParam::Dropped => None,
-            }),
-            device,
-        );
-    }
+/// A copy of `data` for an upload to `device`, in a staging buffer where the backend has
+/// them (pinned memory on cubecl: see the module docs).
+pub(crate) fn staged<B: Backend>(data: &TensorData, device: &B::Device) -> TensorData {
+    let mut copy = data.clone();
+    B::staging(std::iter::once(&mut copy), device);
+    copy
 }
 
 /// Collects a module's parameters as host data, in visiting order.
@@ -265,7 +266,10 @@ impl<B: Backend> ModuleMapper<B> for Upload<'_, B> {
         {
             HostParam::Float(data) => {
                 self.bytes += data.bytes.len() as u64;
-                Param::initialized(param.id, Tensor::from_data(data.clone(), self.device))
+                Param::initialized(
+                    param.id,
+                    Tensor::from_data(staged::<B>(data, self.device), self.device),
+                )
             }
             HostParam::Dropped => param,
             HostParam::Int(_) => unreachable!("a float parameter's slot holds float data"),
@@ -285,7 +289,10 @@ impl<B: Backend> ModuleMapper<B> for Upload<'_, B> {
                 self.bytes += data.bytes.len() as u64;
                 let options =
                     TensorCreationOptions::new(self.device.clone()).with_dtype(data.dtype);
-                Param::initialized(param.id, Tensor::from_data(data.clone(), options))
+                Param::initialized(
+                    param.id,
+                    Tensor::from_data(staged::<B>(data, self.device), options),
+                )
             }
             _ => unreachable!("an integer parameter's slot holds integer data"),
         }
@@ -333,17 +340,14 @@ impl<B: Backend> StreamedModel<B> {
     }
 
     /// A split model from its parts: `resident` holds the resident parts and the first blocks,
-    /// `host` the weights of the blocks after them (as [`HostBlock::from_block`] made them).
-    /// The host copies are staged for uploads to `device`.
+    /// `host` the weights of the blocks after them (as [`HostBlock::from_block`] made them),
+    /// uploaded to `device`.
     pub fn from_parts(
         resident: WanS2v<B>,
-        mut host: Vec<HostBlock>,
+        host: Vec<HostBlock>,
         shape: BlockShape,
         device: &B::Device,
     ) -> Self {
-        for block in &mut host {
-            block.stage::<B>(device);
-        }
         Self {
             resident,
             layers: host,
@@ -373,9 +377,7 @@ impl<B: Backend> StreamedModel<B> {
                 .blocks
                 .pop()
                 .expect("more resident blocks than wanted, so at least one");
-            let mut host = HostBlock::from_block(block);
-            host.stage::<B>(&self.device);
-            self.layers.insert(0, host);
+            self.layers.insert(0, HostBlock::from_block(block));
         }
         while self.resident.blocks.len() < n {
             let host = self.layers.remove(0);

@@ -29,8 +29,8 @@ impl HostKv {
 
     pub(crate) fn to_device<B: Backend>(&self, device: &B::Device) -> KvPair<B> {
         KvPair {
-            k: Tensor::from_data(self.k.clone(), device),
-            v: Tensor::from_data(self.v.clone(), device),
+            k: Tensor::from_data(super::staged::<B>(&self.k, device), device),
+            v: Tensor::from_data(super::staged::<B>(&self.v, device), device),
         }
     }
 
@@ -59,16 +59,6 @@ impl HostKvLayer {
             rings: self.rings.iter().map(|r| r.to_device(device)).collect(),
             sink: self.sink.to_device(device),
         }
-    }
-
-    pub(crate) fn stage<B: Backend>(&mut self, device: &B::Device) {
-        B::staging(
-            self.rings
-                .iter_mut()
-                .chain(std::iter::once(&mut self.sink))
-                .flat_map(|kv| [&mut kv.k, &mut kv.v]),
-            device,
-        );
     }
 }
 
@@ -118,7 +108,6 @@ impl<B: Backend> HostCarry<B> {
             grid_hw,
             vae_decode,
         } = carry;
-        let device = motion.device();
         let mut per_layer: Vec<Vec<KvPair<B>>> = (0..sink.len()).map(|_| Vec::new()).collect();
         for step in rings {
             for (layer, p) in step.into_iter().enumerate() {
@@ -134,9 +123,7 @@ impl<B: Backend> HostCarry<B> {
             if i < resident_layers {
                 resident.push(layer);
             } else {
-                let mut host = HostKvLayer::from_device(layer);
-                host.stage::<B>(&device);
-                layers.push(host);
+                layers.push(HostKvLayer::from_device(layer));
             }
         }
         Self {
@@ -198,9 +185,7 @@ impl<B: Backend> HostCarry<B> {
                 .resident
                 .pop()
                 .expect("more resident layers than wanted, so at least one");
-            let mut host = HostKvLayer::from_device(layer);
-            host.stage::<B>(device);
-            self.layers.insert(0, host);
+            self.layers.insert(0, HostKvLayer::from_device(layer));
         }
         while self.resident.len() < n {
             let host = self.layers.remove(0);
@@ -295,9 +280,6 @@ impl<B: Backend> HostCarry<B> {
                 0
             },
         );
-        for l in &mut layers {
-            l.stage::<B>(&device);
-        }
         Self {
             resident: state.1,
             layers,
