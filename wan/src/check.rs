@@ -12,8 +12,9 @@
 //!   its header says (a truncated download is caught).
 //! - **torch pickles** (`Wan2.1_VAE.pth`, `models_t5_umt5-xxl-enc-bf16.pth`,
 //!   `pytorch_model.bin`): burn-store's `PytorchStore` reads the zip directory and the
-//!   pickle's tensor records (names, shapes, dtypes) without reading the tensor data; the
-//!   same name, shape and dtype checks apply. Not checked: whether each tensor's stored bytes
+//!   pickle's tensor records (names, shapes, dtypes) without reading the tensor data (for the
+//!   zip format `torch.save` has written since PyTorch 1.6, the released files' format; an
+//!   old-style plain pickle is read whole); the same name, shape and dtype checks apply. Not checked: whether each tensor's stored bytes
 //!   are complete (a file cut inside the data is found only when it loads; a file cut so its
 //!   zip directory is gone is reported as unreadable).
 //! - **configs**: `config.json` as the engine reads it (with the release's defaults for what
