@@ -25,7 +25,7 @@
 //! # Uploads, pinned memory and streams, by backend
 //!
 //! Every upload (a block's parameters, a ring, a sink slice) goes through
-//! `Backend::staging` first ([`staged`]): the host copy is duplicated into a staging buffer
+//! `Backend::staging` first (`staged`): the host copy is duplicated into a staging buffer
 //! that the upload then consumes. The long-lived host copies stay in ordinary memory: Burn's
 //! uploads take their data by value, and a copy of a pinned buffer is an ordinary one, so
 //! pinning them once would not make later uploads pinned (and 72 GB of page-locked memory
