@@ -16,6 +16,7 @@ use crate::causal_loop::Carry;
 use crate::error::WanError;
 use crate::model::REF_FRAME_POSITION;
 use crate::rope::RopeGroup;
+use crate::streamed::HostCarry;
 use crate::vae::decode_cache_shapes;
 
 /// Length of [`CarryId::model`]: a SHA-256 in hex.
@@ -70,11 +71,13 @@ impl CarryId {
     }
 }
 
-/// The state between two clips of a job: the DiT's [`Carry`] with the VAE decoder's
-/// streaming cache in `inner.vae_decode`.
+/// The state between two clips of a job: the DiT's carry with the VAE decoder's streaming
+/// cache in `inner.vae_decode`. Its layers (rings and sink slices) are on the device or in
+/// host memory as the memory mode of the clip that made it wants them
+/// ([`HostCarry::set_resident_layers`] moves them); the file is the same either way.
 #[derive(Debug, Clone)]
 pub struct LiveCarry<B: Backend> {
-    pub inner: Carry<B>,
+    pub inner: HostCarry<B>,
 }
 
 impl<B: Backend> LiveCarry<B> {
@@ -119,6 +122,18 @@ impl<B: Backend> LiveCarry<B> {
         expected: &CarryId,
         device: &B::Device,
     ) -> Result<Self, WanError> {
+        Self::from_bytes_split(bytes, expected, device, usize::MAX)
+    }
+
+    /// [`LiveCarry::from_bytes`] with the rings and sink of the first `resident_layers`
+    /// layers on `device` and the others in host memory (0 for a streamed job, whose carry
+    /// need not fit on the device).
+    pub fn from_bytes_split(
+        bytes: &[u8],
+        expected: &CarryId,
+        device: &B::Device,
+        resident_layers: usize,
+    ) -> Result<Self, WanError> {
         let meta = Carry::<B>::read_metadata(bytes)?;
         for (field, want) in expected.entries() {
             let key = format!("id.{field}");
@@ -143,7 +158,7 @@ impl<B: Backend> LiveCarry<B> {
                 });
             }
         }
-        let (inner, _) = Carry::from_bytes_with_meta(bytes, device)?;
+        let (inner, _) = HostCarry::from_bytes_split(bytes, device, resident_layers)?;
         if inner.vae_decode.is_none() {
             return Err(WanError::Carry {
                 message: "the carry has no VAE decode cache: not a Live Avatar job carry".into(),
