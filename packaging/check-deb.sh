@@ -24,6 +24,8 @@ for path in \
     ./usr/share/reelspool/examples/hello.yaml \
     ./usr/share/reelspool/engines/python/reelspool_engine.py \
     ./usr/share/reelspool/engines/python/example_engine.py \
+    ./usr/share/reelspool/prometheus/reelspool-alerts.yml \
+    ./usr/share/reelspool/grafana/reelspool-dashboard.json \
     ./usr/share/doc/reelspool/README.md; do
     if ! grep -q " ${path}\$" <<<"$listing"; then
         echo "missing from the package: $path" >&2
@@ -55,6 +57,10 @@ expect_dir /var/lib/reelspool/jobs 2750 reelspool reelspool-submit
 expect_dir /var/log/reelspool 2750 reelspool adm
 expect_dir /etc/reelspool/credentials 700 root root
 /usr/bin/reelspool --config /etc/reelspool/reelspool.yaml check-config
+# The shipped alert rules load as installed.
+if command -v promtool >/dev/null; then
+    promtool check rules /usr/share/reelspool/prometheus/reelspool-alerts.yml
+fi
 echo "install ok"
 
 shopt -s nullglob

@@ -17,6 +17,8 @@ PACKAGES=(
   # Slurm (22.05 on Debian 12) and munge: tests/slurm.rs runs jobs on a real one-node cluster
   # that tests/slurm/start-slurm.sh brings up
   slurm-wlm munge
+  # prometheus ships promtool: tests/monitoring.rs checks and unit-tests the alert rules
+  prometheus
 )
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -379,6 +379,131 @@ fn metrics_and_api_follow_a_job_from_queue_to_done() {
         .expect("video bytes");
     let output = std::fs::read(state["output"].as_str().expect("output")).expect("output file");
     assert_eq!(served, output);
+    check_ranges(&format!("{base}/jobs/{id}/video"), &output);
+
+    // The preview of the finished job: its 3 clips, closed; only names the daemon makes.
+    let job_dir = farm.jobs_dir().join(&id);
+    let (status, playlist) = request("GET", &format!("{base}/jobs/{id}/live.m3u8"), None);
+    assert_eq!(status, 200, "{playlist}");
+    assert_eq!(playlist.matches("#EXTINF:").count(), 3, "{playlist}");
+    assert!(playlist.ends_with("#EXT-X-ENDLIST\n"), "{playlist}");
+    let segment = fetch_bytes(&format!("{base}/jobs/{id}/live/0.ts"));
+    assert_eq!(segment[0], 0x47, "MPEG-TS");
+    let ts = job_dir.join("preview/0.ts");
+    let codec = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_name",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(&ts)
+        .output()
+        .expect("ffprobe");
+    let codecs = String::from_utf8_lossy(&codec.stdout).into_owned();
+    assert!(
+        codecs.lines().any(|line| line.trim() == "h264")
+            && codecs
+                .lines()
+                .all(|line| line.trim().is_empty() || line.trim() == "h264"),
+        "{codecs}"
+    );
+    // A symlink planted where a clip would be, and one in the preview folder: never followed.
+    std::os::unix::fs::symlink(job_dir.join("state.json"), job_dir.join("work/clips/3.mkv"))
+        .expect("plant a symlink");
+    std::os::unix::fs::symlink(job_dir.join("state.json"), job_dir.join("preview/7.ts"))
+        .expect("plant a symlink");
+    let state_text = std::fs::read_to_string(job_dir.join("state.json")).expect("state");
+    let (_, again) = request("GET", &format!("{base}/jobs/{id}/live.m3u8"), None);
+    assert_eq!(again.matches("#EXTINF:").count(), 3, "{again}");
+    for path in [
+        "live/7.ts",
+        "live/00.ts",
+        "live/..%2Fstate.json",
+        "live/..%2F..%2Fstate.json",
+        "live/index.json",
+        "live/0.mkv",
+        "clips/3.jpg",
+        "clips/9.jpg",
+        "clips/..%2F0.jpg",
+    ] {
+        let (status, body) = request("GET", &format!("{base}/jobs/{id}/{path}"), None);
+        assert!(matches!(status, 403 | 404), "{path}: {status} {body}");
+        assert!(!body.contains(&state_text), "{path} leaked the state");
+    }
+    for path in ["clips/0.jpg", "clips/2.jpg", "poster.jpg", "thumbnail.jpg"] {
+        let jpeg = fetch_bytes(&format!("{base}/jobs/{id}/{path}"));
+        assert!(jpeg.starts_with(&[0xFF, 0xD8]), "{path} is a JPEG");
+    }
+    // The poster shows in the job list, the thumbnails and the seconds per clip on the job page.
+    let (_, front) = request("GET", &format!("{base}/"), None);
+    assert!(front.contains(&format!("/jobs/{id}/poster.jpg")), "{front}");
+    assert!(page.contains(&format!("/jobs/{id}/clips/2.jpg")), "{page}");
+    assert!(page.contains("id=\"clip-seconds\""), "{page}");
+}
+
+/// The whole body of a GET that must succeed.
+fn fetch_bytes(url: &str) -> Vec<u8> {
+    let response = ureq::get(url)
+        .timeout(Duration::from_secs(30))
+        .call()
+        .unwrap_or_else(|err| panic!("GET {url}: {err}"));
+    let mut bytes = Vec::new();
+    response
+        .into_reader()
+        .read_to_end(&mut bytes)
+        .expect("body");
+    bytes
+}
+
+/// (status, Content-Range, body) of a GET with `Range: range`.
+fn get_range(url: &str, range: &str) -> (u16, Option<String>, Vec<u8>) {
+    let response = match ureq::get(url)
+        .set("Range", range)
+        .timeout(Duration::from_secs(30))
+        .call()
+    {
+        Ok(response) | Err(ureq::Error::Status(_, response)) => response,
+        Err(err) => panic!("GET {url} ({range}): {err}"),
+    };
+    let status = response.status();
+    let content_range = response.header("Content-Range").map(str::to_string);
+    let mut body = Vec::new();
+    response.into_reader().read_to_end(&mut body).expect("body");
+    (status, content_range, body)
+}
+
+/// Single ranges of `file` served at `url` come back as 206 with the right bytes, ranges past
+/// the end as 416, several ranges as the whole file.
+fn check_ranges(url: &str, file: &[u8]) {
+    let len = file.len();
+    assert!(len > 200, "a video of {len} bytes");
+    let whole = ureq::get(url).call().expect("GET");
+    assert_eq!(whole.header("Accept-Ranges"), Some("bytes"));
+    let cases: [(String, usize, usize); 4] = [
+        ("bytes=0-99".into(), 0, 100),
+        ("bytes=100-".into(), 100, len),
+        ("bytes=-64".into(), len - 64, len),
+        (format!("bytes={}-{}", len - 10, len + 1000), len - 10, len),
+    ];
+    for (range, from, to) in cases {
+        let (status, content_range, body) = get_range(url, &range);
+        assert_eq!(status, 206, "{range}");
+        assert_eq!(
+            content_range.as_deref(),
+            Some(format!("bytes {from}-{}/{len}", to - 1).as_str()),
+            "{range}"
+        );
+        assert!(body == file[from..to], "{range}: other bytes");
+    }
+    let (status, content_range, _) = get_range(url, &format!("bytes={len}-"));
+    assert_eq!(status, 416);
+    assert_eq!(content_range, Some(format!("bytes */{len}")));
+    let (status, _, body) = get_range(url, "bytes=0-1,10-20");
+    assert_eq!(status, 200, "several ranges: the whole file");
+    assert!(body == file, "the whole file");
 }
 
 /// An HTTP request over the unix socket; returns (status, body).
@@ -635,6 +760,27 @@ impl Browser<'_> {
     }
 }
 
+/// A headless Chromium session of the given window size (`"W,H"`).
+fn open_browser<'a>(driver: &'a Driver, window: &str) -> Browser<'a> {
+    let session = webdriver(
+        "POST",
+        &format!("{}/session", driver.base),
+        json!({ "capabilities": { "alwaysMatch": { "goog:chromeOptions": {
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                     "--disable-gpu", format!("--window-size={window}"),
+                     "--autoplay-policy=no-user-gesture-required"]
+        }}}}),
+    );
+    Browser {
+        session: session["sessionId"]
+            .as_str()
+            .expect("session id")
+            .to_string(),
+        driver,
+    }
+}
+
 impl Drop for Browser<'_> {
     fn drop(&mut self) {
         let _ = ureq::delete(&self.url("")).call();
@@ -684,22 +830,7 @@ fn the_dashboard_shows_a_running_job_live_and_cancels_it_with_the_token() {
     let id = wait_running(&farm, "watched.yaml");
 
     let driver = start_driver();
-    let session = webdriver(
-        "POST",
-        &format!("{}/session", driver.base),
-        json!({ "capabilities": { "alwaysMatch": { "goog:chromeOptions": {
-            "binary": "/usr/bin/chromium",
-            "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                     "--disable-gpu", "--window-size=1100,800"]
-        }}}}),
-    );
-    let browser = Browser {
-        session: session["sessionId"]
-            .as_str()
-            .expect("session id")
-            .to_string(),
-        driver: &driver,
-    };
+    let browser = open_browser(&driver, "1100,800");
     webdriver(
         "POST",
         &browser.url("/url"),
@@ -811,4 +942,335 @@ fn the_dashboard_shows_a_running_job_live_and_cancels_it_with_the_token() {
             .then_some(())
     });
     wait_cancelled(&farm, "watched.yaml");
+}
+
+/// A farm serving HTTP whose `slow` engine is tests/engines/chaos_engine.py sleeping 0.15 s
+/// per clip: a job of many clips runs long enough to be watched.
+fn slow_engine_farm() -> (Farm, String) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/engines/chaos_engine.py");
+    web_farm(&format!(
+        "engines:\n  slow:\n    command: [python3, {}]\n    profile: example-engine\n    \
+         heartbeat_timeout_secs: 60\n    env:\n      CHAOS: slow\n",
+        script.display()
+    ))
+}
+
+/// A 64x64 job of `clips` clips of 4 frames (a quarter second each) through the slow engine.
+fn slow_job(farm: &Farm, name: &str, clips: u32) -> String {
+    format!(
+        "name: {name}\ninputs:\n  image: {m}/portrait.png\n  audio: {m}/hello.wav\n  prompt: \"a test\"\n\
+         render:\n  size: 64*64\n  infer_frames: 4\n  num_clip: {clips}\n  seed: 7\n\
+         engine:\n  kind: command\n  name: slow\n  model: demo\n\
+         output:\n  path: {o}/{name}.mp4\n",
+        m = farm.media.display(),
+        o = farm.out.display(),
+    )
+}
+
+/// Segments in the job's live playlist, and whether it is closed.
+fn playlist_segments(base: &str, id: &str) -> (usize, bool) {
+    let (status, text) = request("GET", &format!("{base}/jobs/{id}/live.m3u8"), None);
+    assert_eq!(status, 200, "{text}");
+    assert!(text.starts_with("#EXTM3U\n"), "{text}");
+    (
+        text.matches("#EXTINF:").count(),
+        text.contains("#EXT-X-ENDLIST"),
+    )
+}
+
+#[test]
+fn the_live_preview_plays_while_the_job_runs_and_the_finished_video_seeks() {
+    let (farm, base) = slow_engine_farm();
+    let _daemon = farm.start_daemon();
+    wait_http(&base);
+    farm.drop_job("watched.yaml", &slow_job(&farm, "watched", 400));
+    let id = wait_running(&farm, "watched.yaml");
+    wait_for("three clips", Duration::from_secs(60), || {
+        (job_state(&farm, "watched.yaml")?["clips_done"].as_u64()? >= 3).then_some(())
+    });
+
+    let driver = start_driver();
+    let browser = open_browser(&driver, "1100,900");
+    webdriver(
+        "POST",
+        &browser.url("/url"),
+        json!({ "url": format!("{base}/jobs/{id}") }),
+    );
+    // The job page plays the clips there are so far (HLS, played by Chromium itself).
+    let ready = wait_for(
+        "the live preview to have a picture",
+        Duration::from_secs(60),
+        || {
+            let state = browser.script(
+                "const v = document.getElementById('livevideo');\
+                 return v ? [v.readyState, v.error ? v.error.code : 0, v.currentSrc] : null;",
+            );
+            (state[0].as_u64()? >= 2).then_some(state)
+        },
+    );
+    assert_eq!(ready[1], 0, "no media error: {ready}");
+    assert!(
+        ready[2]
+            .as_str()
+            .is_some_and(|src| src.ends_with("live.m3u8")),
+        "{ready}"
+    );
+    assert_eq!(
+        job_state(&farm, "watched.yaml").expect("state")["phase"],
+        "running",
+        "the preview played while the job ran"
+    );
+    assert_eq!(
+        browser.script(
+            "const v = document.getElementById('livevideo');\
+             return v.canPlayType('application/vnd.apple.mpegurl') !== '' \
+                    && document.getElementById('livenote').hidden;"
+        ),
+        json!(true),
+        "this Chromium plays HLS itself; no note shown"
+    );
+    // It follows new clips: the playlist grows, the player's buffer with it.
+    let (before, closed) = playlist_segments(&base, &id);
+    assert!(before >= 3 && !closed, "{before} {closed}");
+    let buffered = "const v = document.getElementById('livevideo');\
+                    return v.buffered.length ? v.buffered.end(v.buffered.length - 1) : 0;";
+    let first_end = browser.script(buffered).as_f64().unwrap_or(0.0);
+    wait_for("the playlist to grow", Duration::from_secs(60), || {
+        (playlist_segments(&base, &id).0 > before + 2).then_some(())
+    });
+    wait_for(
+        "the player to buffer the new clips",
+        Duration::from_secs(60),
+        || (browser.script(buffered).as_f64()? > first_end).then_some(()),
+    );
+    // A thumbnail per finished clip, made by the daemon.
+    wait_for("a clip thumbnail", Duration::from_secs(30), || {
+        let shown = browser.script(
+            "const img = document.querySelector('#strip img');\
+             return !!img && img.complete && img.naturalWidth > 0;",
+        );
+        (shown == json!(true)).then_some(())
+    });
+    let shot = webdriver("GET", &browser.url("/screenshot"), json!({}));
+    save_png(
+        shot.as_str().expect("base64 PNG"),
+        &artifacts_dir().join("live-preview.png"),
+    );
+    // Cancelled, the playlist is closed with what was rendered.
+    let out = farm.cli(&["cancel", &id]);
+    assert!(out.status.success(), "{out:?}");
+    wait_cancelled(&farm, "watched.yaml");
+    let (count, closed) = playlist_segments(&base, &id);
+    assert!(closed && count > before, "{count} {closed}");
+
+    // A finished video seeks in the browser (range requests).
+    farm.drop_job(
+        "short.yaml",
+        &job(&farm, "short", "  infer_frames: 8\n  num_clip: 8\n"),
+    );
+    let done = wait_for("the short job", Duration::from_secs(120), || {
+        job_state(&farm, "short.yaml").filter(|s| s["phase"] == "done")
+    });
+    let short = done["id"].as_str().expect("id").to_string();
+    webdriver(
+        "POST",
+        &browser.url("/url"),
+        json!({ "url": format!("{base}/jobs/{short}") }),
+    );
+    let duration = wait_for("the video's metadata", Duration::from_secs(30), || {
+        let duration = browser
+            .script("const v = document.getElementById('video'); return v && v.readyState >= 1 ? v.duration : null;")
+            .as_f64()?;
+        (duration > 1.0).then_some(duration)
+    });
+    browser.script(&format!(
+        "const v = document.getElementById('video'); window.seekedTo = null;\
+         v.addEventListener('seeked', () => window.seekedTo = v.currentTime, {{ once: true }});\
+         v.currentTime = {};",
+        duration * 0.75
+    ));
+    let landed = wait_for("the seek", Duration::from_secs(30), || {
+        let state = browser.script(
+            "const v = document.getElementById('video'); return [window.seekedTo, v.readyState];",
+        );
+        let to = state[0].as_f64()?;
+        (state[1].as_u64()? >= 2).then_some(to)
+    });
+    assert!(
+        (landed - duration * 0.75).abs() < 0.5,
+        "seeked to {landed} of {duration}"
+    );
+}
+
+#[test]
+fn the_dashboard_plots_the_cards_the_farm_and_a_jobs_clips() {
+    let (farm, base) = web_farm("");
+    let _daemon = farm.start_daemon();
+    wait_http(&base);
+    farm.drop_job(
+        "plotted.yaml",
+        &job(&farm, "plotted", "  infer_frames: 8\n  num_clip: 24\n"),
+    );
+    let state = wait_for("the job to finish", Duration::from_secs(120), || {
+        job_state(&farm, "plotted.yaml").filter(|s| s["phase"] == "done")
+    });
+    let id = state["id"].as_str().expect("id").to_string();
+    // The history: the farm's minutes hold the 24 clips, the host has two samples or more
+    // (a CPU pool: one series for the host, not one per slot).
+    let history = wait_for("the history", Duration::from_secs(60), || {
+        let history = get_json(&format!("{base}/api/v1/history"));
+        let clips: u64 = history["farm"]
+            .as_array()?
+            .iter()
+            .filter_map(|p| p["clips"].as_u64())
+            .sum();
+        let host = history["cards"]
+            .as_array()?
+            .iter()
+            .find(|card| card["uuid"] == "host")?
+            .clone();
+        (clips == 24 && host["points"].as_array()?.len() >= 2).then_some(history)
+    });
+    assert_eq!(
+        history["cards"].as_array().map(Vec::len),
+        Some(1),
+        "{history}"
+    );
+    let frames: u64 = history["farm"]
+        .as_array()
+        .expect("farm")
+        .iter()
+        .filter_map(|p| p["frames"].as_u64())
+        .sum();
+    assert_eq!(frames, 24 * 8, "{history}");
+    // A CPU slot shows the host's RAM, not a nominal 1024 GiB.
+    let gpus = get_json(&format!("{base}/api/v1/gpus"));
+    assert_eq!(gpus["cards"][0]["kind"], "cpu", "{gpus}");
+    assert!(
+        gpus["cards"][0]["host"]["memory_total_bytes"].as_u64() > Some(0),
+        "{gpus}"
+    );
+    let (_, front) = request("GET", &format!("{base}/"), None);
+    assert!(
+        !front.contains("1024.0 GiB"),
+        "a CPU slot's nominal memory shown"
+    );
+    assert!(front.contains("host RAM"), "{front}");
+
+    let driver = start_driver();
+    let browser = open_browser(&driver, "1200,1500");
+    webdriver(
+        "POST",
+        &browser.url("/url"),
+        json!({ "url": format!("{base}/") }),
+    );
+    // Lines in the host's chart and the farm's, and the finished job's poster in the list.
+    wait_for("the plots and the poster", Duration::from_secs(30), || {
+        let drawn = browser.script(&format!(
+            "const poster = document.querySelector('tr.job[data-job=\"{id}\"] img.poster');\
+             return !!document.querySelector('#card-host path')\
+                 && !!document.querySelector('#farm-clips path, #farm-clips circle')\
+                 && !!document.querySelector('#farm-queue path, #farm-queue circle')\
+                 && !!poster && poster.complete && poster.naturalWidth > 0;"
+        ));
+        (drawn == json!(true)).then_some(())
+    });
+    let shot = webdriver("GET", &browser.url("/screenshot"), json!({}));
+    save_png(
+        shot.as_str().expect("base64 PNG"),
+        &artifacts_dir().join("dashboard-plots.png"),
+    );
+    // The job's page: seconds per clip, one bar per clip, and a thumbnail per clip.
+    webdriver(
+        "POST",
+        &browser.url("/url"),
+        json!({ "url": format!("{base}/jobs/{id}") }),
+    );
+    wait_for("the job's chart and clips", Duration::from_secs(30), || {
+        let shown = browser.script(
+            "const imgs = [...document.querySelectorAll('#strip img')];\
+             return [document.querySelectorAll('#clip-seconds rect.clipbar').length, imgs.length,\
+                     imgs.every(i => i.complete && i.naturalWidth > 0)];",
+        );
+        (shown == json!([24, 24, true])).then_some(())
+    });
+    // Every bar stands on the chart's zero line, however tall it is.
+    let standing = browser.script(
+        "const zero = document.querySelector('#clip-seconds line.grid').getBBox().y;\
+         const bars = [...document.querySelectorAll('#clip-seconds rect.clipbar')].map(r => r.getBBox());\
+         return bars.every(b => Math.abs(b.y + b.height - zero) < 0.5 && b.height > 1);",
+    );
+    assert_eq!(standing, json!(true), "bars float above the axis");
+    let shot = webdriver("GET", &browser.url("/screenshot"), json!({}));
+    save_png(
+        shot.as_str().expect("base64 PNG"),
+        &artifacts_dir().join("job-page.png"),
+    );
+}
+
+#[test]
+fn the_preview_and_the_video_follow_the_owner_rules_on_the_socket() {
+    // `nobody` (group `nogroup`) is a member of the submit group here, but owns no job.
+    let scratch = tempfile::tempdir().expect("temp dir");
+    std::fs::set_permissions(
+        scratch.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let socket = scratch.path().join("http.sock");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let farm = Farm::new(&format!(
+        "{POOL}submit_group: nogroup\nhttp: {{ listen: \"127.0.0.1:{port}\", socket: {} }}\n",
+        socket.display()
+    ));
+    let _daemon = farm.start_daemon();
+    wait_http(&base);
+    farm.drop_job(
+        "mine.yaml",
+        &job(&farm, "mine", "  infer_frames: 4\n  num_clip: 3\n"),
+    );
+    let state = wait_for("the job", Duration::from_secs(120), || {
+        job_state(&farm, "mine.yaml").filter(|s| s["phase"] == "done")
+    });
+    let id = state["id"].as_str().expect("id").to_string();
+    let paths = [
+        format!("/jobs/{id}/live.m3u8"),
+        format!("/jobs/{id}/live/0.ts"),
+        format!("/jobs/{id}/clips/0.jpg"),
+        format!("/jobs/{id}/poster.jpg"),
+        format!("/jobs/{id}/thumbnail.jpg"),
+        format!("/jobs/{id}/video"),
+    ];
+    // curl over the socket as `user` (group `group`), with `Range: bytes=0-9`; (status, body).
+    let curl = |user: &str, group: &str, path: &str| -> (u16, String) {
+        let out = Command::new("setpriv")
+            .args(["--reuid", user, "--regid", group, "--init-groups", "--"])
+            .args([
+                "curl",
+                "-s",
+                "-H",
+                "Range: bytes=0-9",
+                "-w",
+                "\n%{http_code}",
+            ])
+            .arg("--unix-socket")
+            .arg(&socket)
+            .arg(format!("http://localhost{path}"))
+            .output()
+            .expect("setpriv and curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (status.trim().parse().unwrap_or(0), body.to_string())
+    };
+    // The owner (root made the job) sees everything; the playlist is made on the way.
+    for path in &paths {
+        let (status, body) = curl("root", "root", path);
+        assert!(matches!(status, 200 | 206), "root {path}: {status} {body}");
+    }
+    for path in &paths {
+        let (status, body) = curl("nobody", "nogroup", path);
+        assert_eq!(status, 403, "nobody {path}: {body}");
+        assert!(body.contains("refused"), "nobody {path}: {body}");
+    }
 }

@@ -1,5 +1,5 @@
 //! The `liveavatar-14b` placement profile against the native engine's own accounting
-//! (`wan::pipeline::memory_estimate`: weights, KV carry, VAE decode and one block's
+//! (`wan::memory::memory_estimate`: weights, KV carry, VAE decode and one block's
 //! activations, from the release's module shapes in bf16).
 //!
 //! They cannot agree closely: the profile is fitted to what operators report for the PyTorch
@@ -17,7 +17,8 @@
 use std::path::Path;
 
 use gpu_pool::{load_profiles, EstimateRequest, OffloadChoice};
-use wan::pipeline::{memory_estimate, JobParams, LiveAvatarConfig};
+use wan::memory::memory_estimate;
+use wan::pipeline::{JobParams, LiveAvatarConfig};
 use wan::wav2vec2::Wav2Vec2Config;
 
 /// How far apart the two totals may be, either way.

@@ -14,11 +14,13 @@
 //! <dir>/Wan2.2-S2V-14B/models_t5_umt5-xxl-enc-bf16.pth
 //! <dir>/Wan2.2-S2V-14B/google/umt5-xxl/          the tokenizer
 //! <dir>/Wan2.2-S2V-14B/wav2vec2-large-xlsr-53-english/
-//! <dir>/LiveAvatar/liveavatar.safetensors        the Live Avatar LoRA
+//! <dir>/LiveAvatar/liveavatar.safetensors        the Live Avatar LoRA, or in a Hugging Face
+//!                                               cache: LiveAvatar/models--Quark-Vision--
+//!                                               Live-Avatar/snapshots/<rev>/liveavatar.safetensors
 //! ```
-//! The functions that find a file ([`config_file`], [`lora_file`], [`tokenizer_dir`]) take
-//! the release directory and return the path of that file in it; where a file may sit in more
-//! than one place (a LoRA in a Hugging Face cache, say), the function is where the search goes.
+//! The functions that find a file ([`config_file`], [`tokenizer_dir`]) take the release
+//! directory and return the path of that file in it. The LoRA may sit in either of two places;
+//! `wan::release::find_lora` (the one that loads it) searches them, with these names.
 
 use std::path::{Path, PathBuf};
 
@@ -28,6 +30,13 @@ pub const S2V_DIR: &str = "Wan2.2-S2V-14B";
 pub const CONFIG_FILE: &str = "config.json";
 /// The Live Avatar LoRA, relative to the release directory.
 pub const LORA_FILE: &str = "LiveAvatar/liveavatar.safetensors";
+/// Where `hf_hub_download(repo_id="Quark-Vision/Live-Avatar", cache_dir="ckpt/LiveAvatar")`
+/// (Live Avatar's README) leaves the LoRA: a Hugging Face cache holding `refs/main` (the
+/// revision) and `snapshots/<revision>/liveavatar.safetensors`, relative to the release
+/// directory. `wan::release::find_lora` looks in both places.
+pub const LORA_HF_CACHE: &str = "LiveAvatar/models--Quark-Vision--Live-Avatar";
+/// The LoRA's file name, in either layout.
+pub const LORA_NAME: &str = "liveavatar.safetensors";
 /// The VAE as released (torch pickle), in [`S2V_DIR`].
 pub const VAE_PTH: &str = "Wan2.1_VAE.pth";
 /// The VAE as safetensors (how the tiny test release writes it), in [`S2V_DIR`].
@@ -60,11 +69,6 @@ pub fn s2v_dir(dir: &Path) -> PathBuf {
 /// The S2V config of the release at `dir`.
 pub fn config_file(dir: &Path) -> PathBuf {
     dir.join(marker())
-}
-
-/// The Live Avatar LoRA of the release at `dir`.
-pub fn lora_file(dir: &Path) -> PathBuf {
-    dir.join(LORA_FILE)
 }
 
 /// The umT5 tokenizer folder of the release at `dir`.

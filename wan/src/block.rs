@@ -77,6 +77,41 @@ impl<B: Backend> S2vBlock<B> {
         }
     }
 
+    /// The block's linear layers with their paths inside the block (`self_attn.q`, ...,
+    /// `cross_attn.o`, `ffn.0`, `ffn.2`), in that order.
+    pub fn linears_mut(&mut self) -> Vec<(String, &mut TorchLinear<B>)> {
+        let mut out = Vec::with_capacity(10);
+        for (name, a) in [
+            ("self_attn", &mut self.self_attn),
+            ("cross_attn", &mut self.cross_attn),
+        ] {
+            out.push((format!("{name}.q"), &mut a.q));
+            out.push((format!("{name}.k"), &mut a.k));
+            out.push((format!("{name}.v"), &mut a.v));
+            out.push((format!("{name}.o"), &mut a.o));
+        }
+        for (i, l) in self.ffn.iter_mut().enumerate() {
+            if let Some(l) = l.as_mut() {
+                out.push((format!("ffn.{i}"), l));
+            }
+        }
+        out
+    }
+
+    /// Stores every linear weight of the block as fp8 (all of them are fp8 targets).
+    pub fn to_fp8(&mut self) {
+        for (_, l) in self.linears_mut() {
+            l.to_fp8();
+        }
+    }
+
+    /// Gives a fresh (unallocated) block the structure of an fp8 block.
+    pub fn fp8_skeleton(&mut self) {
+        for (_, l) in self.linears_mut() {
+            l.fp8_skeleton();
+        }
+    }
+
     /// `x`: `[batch, tokens, dim]`; `segments` cover all tokens in order, each with its
     /// time projection `[batch, 6, dim]`; `context`: the embedded text `[batch, keys, dim]`.
     pub fn forward(

@@ -21,9 +21,10 @@ use burn::tensor::{DType, Element};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::{json, Value};
 
-use crate::causal_loop::{DitCarry, KvPair};
+use crate::causal_loop::DitCarry;
 use crate::error::WanError;
 use crate::rope::RopeGroup;
+use crate::streamed::{HostDitCarry, HostKv, HostKvLayer, KvLayer};
 use crate::vae::{CacheSlot, DecodeCache};
 
 /// Written into the metadata; a file with another value is refused.
@@ -43,10 +44,11 @@ pub fn counter(v: u64) -> String {
     format!("{v:0width$}", width = COUNTER_DIGITS)
 }
 
-/// A stored tensor of either rank.
+/// A stored tensor: on the device (either rank) or in host memory.
 enum AnyTensor<'a, B: Backend> {
     R4(&'a Tensor<B, 4>),
     R5(&'a Tensor<B, 5>),
+    Host(&'a TensorData),
 }
 
 impl<B: Backend> AnyTensor<'_, B> {
@@ -54,23 +56,34 @@ impl<B: Backend> AnyTensor<'_, B> {
         match self {
             AnyTensor::R4(t) => t.dims().to_vec(),
             AnyTensor::R5(t) => t.dims().to_vec(),
+            AnyTensor::Host(d) => d.shape.to_vec(),
         }
     }
 
-    /// The tensor's bytes in the backend's float dtype, read back from the device.
-    fn raw_bytes(&self) -> Result<Vec<u8>, WanError> {
+    /// The tensor's bytes in the backend's float dtype, read back from the device (or taken
+    /// from host memory as they are).
+    fn raw_bytes(&self) -> Result<std::borrow::Cow<'_, [u8]>, WanError> {
+        let want = float_dtype::<B>();
         let data = match self {
             AnyTensor::R4(t) => (*t).clone().into_data(),
             AnyTensor::R5(t) => (*t).clone().into_data(),
+            AnyTensor::Host(d) => {
+                if d.dtype != want {
+                    return Err(err(format!(
+                        "a host carry tensor holds {:?}, not the backend's {want:?}",
+                        d.dtype
+                    )));
+                }
+                return Ok(std::borrow::Cow::Borrowed(d.as_bytes()));
+            }
         };
-        let want = float_dtype::<B>();
         if data.dtype != want {
             return Err(err(format!(
                 "a carry tensor came back as {:?}, not the backend's {want:?}",
                 data.dtype
             )));
         }
-        Ok(data.into_bytes().to_vec())
+        Ok(std::borrow::Cow::Owned(data.into_bytes().to_vec()))
     }
 }
 
@@ -253,19 +266,72 @@ pub const VAE_SLOTS_KEY: &str = "vae_slots";
 pub const DIGEST_KEY: &str = "digest";
 
 impl<B: Backend> DitCarry<B> {
-    /// The carry as one safetensors file (see the module docs).
+    /// The carry as a file (see the module docs).
     pub fn to_bytes(&self) -> Result<Vec<u8>, WanError> {
         self.to_bytes_with(&BTreeMap::new())
     }
 
-    /// The metadata [`DitCarry::to_bytes_with`] writes, before the digest, with `extra`.
+    /// The header metadata of this carry's file, with `extra` entries added.
+    pub fn metadata(&self, extra: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+        self.view().metadata(extra)
+    }
+
+    /// [`DitCarry::to_bytes`] with `extra` metadata entries (a job's identity).
+    pub fn to_bytes_with(&self, extra: &BTreeMap<String, String>) -> Result<Vec<u8>, WanError> {
+        self.view().to_bytes_with(extra)
+    }
+
+    /// The same tensors regrouped by layer, all on the device (no copy).
+    fn view(&self) -> HostDitCarry<B> {
+        HostDitCarry::from_carry_split(self.clone(), usize::MAX)
+    }
+
+    /// Writes the file to `w` one tensor at a time (the header first with a placeholder
+    /// digest, then the tensors, then the header again with the digest). Returns the bytes
+    /// written.
+    pub fn write_to<W: std::io::Write + std::io::Seek>(
+        &self,
+        w: &mut W,
+        extra: &BTreeMap<String, String>,
+    ) -> Result<u64, WanError> {
+        self.view().write_to(w, extra)
+    }
+
+    /// Loads a carry saved by [`DitCarry::to_bytes`] onto `device`.
+    pub fn from_bytes(bytes: &[u8], device: &B::Device) -> Result<Self, WanError> {
+        Self::from_bytes_with_meta(bytes, device).map(|(c, _)| c)
+    }
+
+    /// The metadata of a carry file (read from the header only).
+    pub fn read_metadata(bytes: &[u8]) -> Result<HashMap<String, String>, WanError> {
+        let (_, header) =
+            SafeTensors::read_metadata(bytes).map_err(|e| err(format!("not a carry file: {e}")))?;
+        header
+            .metadata()
+            .clone()
+            .ok_or_else(|| err("no metadata: not a carry file"))
+    }
+
+    /// [`DitCarry::from_bytes`] and the file's metadata.
+    pub fn from_bytes_with_meta(
+        bytes: &[u8],
+        device: &B::Device,
+    ) -> Result<(Self, HashMap<String, String>), WanError> {
+        let (carry, meta) = HostDitCarry::from_bytes_split(bytes, device, usize::MAX)?;
+        Ok((carry.into_carry(device), meta))
+    }
+}
+
+impl<B: Backend> HostDitCarry<B> {
+    /// The header metadata of this carry's file (the same as the equal [`DitCarry`]'s), with
+    /// `extra` entries added.
     pub fn metadata(&self, extra: &BTreeMap<String, String>) -> BTreeMap<String, String> {
         let mut meta: BTreeMap<String, String> = [
             ("format", CARRY_FORMAT.to_string()),
             ("frames_done", counter(self.frames_done as u64)),
             ("clip", counter(self.clip)),
-            ("steps", self.rings.len().to_string()),
-            ("layers", self.sink.len().to_string()),
+            ("steps", self.steps().to_string()),
+            ("layers", self.total_layers().to_string()),
             ("grid_hw", json!(self.grid_hw).to_string()),
             ("sink_groups", sink_groups_json(&self.sink_groups)),
             (DIGEST_KEY, DataDigest::default().hex()),
@@ -282,7 +348,8 @@ impl<B: Backend> DitCarry<B> {
         meta
     }
 
-    /// [`DitCarry::to_bytes`] with `extra` metadata entries (an identity, for instance).
+    /// The carry as a file, from wherever its layers are (host layers are written from host
+    /// memory; nothing goes through the device).
     pub fn to_bytes_with(&self, extra: &BTreeMap<String, String>) -> Result<Vec<u8>, WanError> {
         let mut out = std::io::Cursor::new(Vec::new());
         self.write_to(&mut out, extra)
@@ -290,7 +357,6 @@ impl<B: Backend> DitCarry<B> {
         Ok(out.into_inner())
     }
 
-    /// Names and shapes of the tensors in the order they are stored.
     fn layout(&self) -> Vec<(String, Vec<usize>)> {
         let mut out = Vec::new();
         self.each_tensor(|name, t| {
@@ -301,20 +367,42 @@ impl<B: Backend> DitCarry<B> {
         out
     }
 
-    /// Calls `f` with each stored tensor in order.
+    /// Every stored tensor with its name, in file order: rings by step then layer, sink
+    /// slices by layer, motion latents, VAE cache slots holding frames.
     fn each_tensor(
         &self,
         mut f: impl FnMut(String, AnyTensor<'_, B>) -> Result<(), WanError>,
     ) -> Result<(), WanError> {
-        for (s, ring) in self.rings.iter().enumerate() {
-            for (l, p) in ring.iter().enumerate() {
-                f(format!("ring.{s}.{l}.k"), AnyTensor::R4(&p.k))?;
-                f(format!("ring.{s}.{l}.v"), AnyTensor::R4(&p.v))?;
+        let n = self.resident.len();
+        for s in 0..self.steps() {
+            for l in 0..self.total_layers() {
+                let (k, v) = match l.checked_sub(n) {
+                    None => {
+                        let p = &self.resident[l].rings[s];
+                        (AnyTensor::R4(&p.k), AnyTensor::R4(&p.v))
+                    }
+                    Some(i) => {
+                        let p = &self.layers[i].rings[s];
+                        (AnyTensor::Host(&p.k), AnyTensor::Host(&p.v))
+                    }
+                };
+                f(format!("ring.{s}.{l}.k"), k)?;
+                f(format!("ring.{s}.{l}.v"), v)?;
             }
         }
-        for (l, p) in self.sink.iter().enumerate() {
-            f(format!("sink.{l}.k"), AnyTensor::R4(&p.k))?;
-            f(format!("sink.{l}.v"), AnyTensor::R4(&p.v))?;
+        for l in 0..self.total_layers() {
+            let (k, v) = match l.checked_sub(n) {
+                None => {
+                    let p = &self.resident[l].sink;
+                    (AnyTensor::R4(&p.k), AnyTensor::R4(&p.v))
+                }
+                Some(i) => {
+                    let p = &self.layers[i].sink;
+                    (AnyTensor::Host(&p.k), AnyTensor::Host(&p.v))
+                }
+            };
+            f(format!("sink.{l}.k"), k)?;
+            f(format!("sink.{l}.v"), v)?;
         }
         f("motion".into(), AnyTensor::R5(&self.motion))?;
         if let Some(cache) = &self.vae_decode {
@@ -327,10 +415,9 @@ impl<B: Backend> DitCarry<B> {
         Ok(())
     }
 
-    /// Streams the carry file to `w` one tensor at a time (host memory holds one tensor,
-    /// not the whole carry), then seeks back to write the header with the data digest.
-    /// I/O errors come back as [`WanError::Io`] with the path `<carry>`; the caller knows
-    /// the real one.
+    /// Writes the file to `w` one tensor at a time (the header first with a placeholder
+    /// digest, then the tensors, then the header again with the digest). Returns the bytes
+    /// written.
     pub fn write_to<W: std::io::Write + std::io::Seek>(
         &self,
         w: &mut W,
@@ -366,27 +453,15 @@ impl<B: Backend> DitCarry<B> {
         Ok(written)
     }
 
-    /// A carry saved by [`DitCarry::to_bytes`], onto `device`.
-    pub fn from_bytes(bytes: &[u8], device: &B::Device) -> Result<Self, WanError> {
-        Self::from_bytes_with_meta(bytes, device).map(|(c, _)| c)
-    }
-
-    /// The metadata of a carry file, checked only for being a carry file.
-    pub fn read_metadata(bytes: &[u8]) -> Result<HashMap<String, String>, WanError> {
-        let (_, header) =
-            SafeTensors::read_metadata(bytes).map_err(|e| err(format!("not a carry file: {e}")))?;
-        header
-            .metadata()
-            .clone()
-            .ok_or_else(|| err("no metadata: not a carry file"))
-    }
-
-    /// [`DitCarry::from_bytes`], also returning the file's metadata.
-    pub fn from_bytes_with_meta(
+    /// Loads a carry file with the rings and sink of layers `0..resident_layers` onto
+    /// `device` and those of the others into host memory (`usize::MAX`: all on the device);
+    /// returns it with the file's metadata. The checks are [`DitCarry::from_bytes`]'s.
+    pub fn from_bytes_split(
         bytes: &[u8],
         device: &B::Device,
+        resident_layers: usize,
     ) -> Result<(Self, HashMap<String, String>), WanError> {
-        let meta = Self::read_metadata(bytes)?;
+        let meta = DitCarry::<B>::read_metadata(bytes)?;
         let st =
             SafeTensors::deserialize(bytes).map_err(|e| err(format!("not a carry file: {e}")))?;
         // Safetensors checked that the header length is inside the file.
@@ -454,30 +529,38 @@ impl<B: Backend> DitCarry<B> {
                 dtype,
             ))
         };
-        let pair = |prefix: String| -> Result<KvPair<B>, WanError> {
+        let pair = |prefix: String| -> Result<HostKv, WanError> {
             let k = load(&format!("{prefix}.k"), 4)?;
             let v = load(&format!("{prefix}.v"), 4)?;
             if k.shape != v.shape {
                 return Err(err(format!("`{prefix}`: k and v shapes differ")));
             }
-            Ok(KvPair {
-                k: Tensor::from_data(k, device),
-                v: Tensor::from_data(v, device),
-            })
+            Ok(HostKv { k, v })
         };
-        let rings = (0..steps)
-            .map(|s| (0..layers).map(|l| pair(format!("ring.{s}.{l}"))).collect())
-            .collect::<Result<Vec<Vec<_>>, _>>()?;
-        let sink = (0..layers)
-            .map(|l| pair(format!("sink.{l}")))
-            .collect::<Result<Vec<_>, _>>()?;
-        let ring_shape = rings.first().and_then(|r| r.first()).map(|p| p.k.dims());
-        if rings
-            .iter()
-            .flatten()
-            .any(|p| Some(p.k.dims()) != ring_shape)
-        {
-            return Err(err("the KV rings do not all have the same shape"));
+        let mut ring_shape = None;
+        let mut resident = Vec::new();
+        let mut host_layers = Vec::new();
+        for l in 0..layers {
+            let rings = (0..steps)
+                .map(|s| pair(format!("ring.{s}.{l}")))
+                .collect::<Result<Vec<_>, _>>()?;
+            for r in &rings {
+                if *ring_shape.get_or_insert_with(|| r.k.shape.clone()) != r.k.shape {
+                    return Err(err("the KV rings do not all have the same shape"));
+                }
+            }
+            let layer = HostKvLayer {
+                rings,
+                sink: pair(format!("sink.{l}"))?,
+            };
+            if l < resident_layers {
+                resident.push(KvLayer {
+                    rings: layer.rings.iter().map(|r| r.to_device(device)).collect(),
+                    sink: layer.sink.to_device(device),
+                });
+            } else {
+                host_layers.push(layer);
+            }
         }
         let vae_decode = match meta.get(VAE_SLOTS_KEY) {
             None => None,
@@ -510,8 +593,8 @@ impl<B: Backend> DitCarry<B> {
             )));
         }
         let carry = Self {
-            rings,
-            sink,
+            resident,
+            layers: host_layers,
             sink_groups,
             frames_done,
             clip,
@@ -526,6 +609,7 @@ impl<B: Backend> DitCarry<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::causal_loop::KvPair;
 
     #[test]
     fn digest_of_pieces_equals_digest_of_the_whole_and_sees_one_bit() {
@@ -609,7 +693,7 @@ mod tests {
         let bytes = carry.to_bytes().expect("saves");
         let expected = file_bytes(
             &carry.metadata(&BTreeMap::new()),
-            &carry.layout(),
+            &carry.view().layout(),
             DType::F64,
         )
         .expect("size");
@@ -619,6 +703,19 @@ mod tests {
 
         let back = DitCarry::<Wide>::from_bytes(&bytes, &device).expect("loads");
         assert_eq!(back.to_bytes().expect("saves again"), bytes, "bit for bit");
+        // With layer 1 in host memory (a hybrid or streamed carry) the file is the same, both
+        // ways, and the layers come back where they are asked for.
+        let none = BTreeMap::new();
+        let split = HostDitCarry::from_carry_split(carry.clone(), 1);
+        assert_eq!((split.resident.len(), split.layers.len()), (1, 1));
+        assert_eq!(split.to_bytes_with(&none).expect("saves"), bytes);
+        let (host, _) = HostDitCarry::<Wide>::from_bytes_split(&bytes, &device, 0).expect("loads");
+        assert_eq!((host.resident.len(), host.layers.len()), (0, 2));
+        assert_eq!(host.to_bytes_with(&none).expect("saves"), bytes);
+        let mut moved = host;
+        moved.set_resident_layers(2, &device);
+        assert_eq!((moved.resident.len(), moved.layers.len()), (2, 0));
+        assert_eq!(moved.to_bytes_with(&none).expect("saves"), bytes);
         let bits = |t: Tensor<Wide, 4>| t.into_data().to_vec::<f64>().expect("f64");
         assert_eq!(
             bits(back.rings[0][1].v.clone()),

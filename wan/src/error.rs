@@ -41,6 +41,13 @@ pub enum WanError {
     BadConfig { path: PathBuf, message: String },
     #[error("LoRA: {message}")]
     Lora { message: String },
+    #[error("{path}: the LoRA adapts {found} linear layers ({} tensors), the model expects {expected} ({} tensors): a partial LoRA is not merged; missing: {missing}", 2 * found, 2 * expected)]
+    LoraIncomplete {
+        path: PathBuf,
+        found: usize,
+        expected: usize,
+        missing: String,
+    },
     #[error("carry: {message}")]
     Carry { message: String },
     #[error("{path}: not a usable umT5 tokenizer: {message}")]

@@ -4,7 +4,7 @@
 //! or a single `diffusion_pytorch_model.safetensors`.
 //!
 //! Shards are memory-mapped by burn-store. Every float tensor takes the backend's float
-//! dtype as it is read ([`for_backend`]): the release's bf16 stays bf16 on a bf16 backend
+//! dtype as it is read (`for_backend`): the release's bf16 stays bf16 on a bf16 backend
 //! and is widened (exactly) to f32 on an f32 one, and the VAE's f32 becomes the backend's
 //! dtype too, so a module never mixes dtypes. Keys need no remapping: the module tree is
 //! named after them. Every tensor the model expects must be found exactly once with its
@@ -24,6 +24,9 @@ use burn_store::{
 use crate::error::WanError;
 use crate::keys::list_params;
 use crate::model::WanS2v;
+
+mod split;
+pub use split::S2vSource;
 
 /// Index file of the sharded DiT.
 pub const S2V_INDEX: &str = "diffusion_pytorch_model.safetensors.index.json";
@@ -85,14 +88,21 @@ pub fn s2v_shards(dir: &Path) -> Result<Vec<PathBuf>, WanError> {
     Ok(files.into_iter().map(|f| dir.join(f)).collect())
 }
 
-/// Loads every DiT tensor from `dir` into `model` (built with the matching config).
+/// Loads every DiT tensor from `dir` into `model` (built with the matching config): the
+/// headers are checked first ([`S2vSource::check`]), then the tensors are loaded block by
+/// block.
 pub fn load_s2v<B: Backend>(
     model: WanS2v<B>,
     dir: &Path,
 ) -> Result<(WanS2v<B>, LoadReport), WanError> {
-    let shards = s2v_shards(dir)?;
-    let device = model.patch_embedding.weight.lazy_device();
-    load_safetensors(model, dir, shards, &device)
+    let source = S2vSource::open(dir)?;
+    let mut blocks = Vec::with_capacity(model.blocks.len());
+    let (mut model, report) = source.load_each(model, |_, block| {
+        blocks.push(block);
+        Ok(())
+    })?;
+    model.blocks = blocks;
+    Ok((model, report))
 }
 
 /// Loads every DiT tensor from one safetensors file (converted or test checkpoints).
@@ -165,8 +175,46 @@ pub fn load_safetensors<B: Backend, M: ModuleSnapshot<B>>(
     ))
 }
 
+/// `snap` as `B` will hold it, renamed without its first `strip` path segments: a float
+/// tensor stored in another float dtype is converted to the backend's as it is read (see
+/// [`for_backend`]). Nothing is read here.
+pub(crate) fn retarget<B: Backend>(snap: &TensorSnapshot, strip: usize) -> TensorSnapshot {
+    let target = <B::FloatElem as Element>::dtype();
+    let convert = is_float(snap.dtype) && snap.dtype != target;
+    let path: Vec<String> = snap
+        .path_stack
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .skip(strip)
+        .collect();
+    let containers: Vec<String> = snap
+        .container_stack
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .skip(strip)
+        .collect();
+    let read = snap.clone_data_fn();
+    TensorSnapshot::from_closure(
+        std::rc::Rc::new(move || {
+            let data = read()?;
+            Ok(if convert {
+                data.convert_dtype(target)
+            } else {
+                data
+            })
+        }),
+        if convert { target } else { snap.dtype },
+        snap.shape.clone(),
+        path,
+        containers,
+        snap.tensor_id.unwrap_or_default(),
+    )
+}
+
 /// Whether `dtype` is a floating point one.
-fn is_float(dtype: DType) -> bool {
+pub(crate) fn is_float(dtype: DType) -> bool {
     matches!(dtype, DType::F64 | DType::F32 | DType::F16 | DType::BF16)
 }
 

@@ -12,7 +12,7 @@ use crate::audio::{AudioInjector, CausalAudioEncoder};
 use crate::block::{S2vBlock, S2vHead, Segment};
 use crate::config::S2vConfig;
 use crate::motion::FramePacker;
-use crate::nn::{gelu_tanh, seq_linear, sparse_sequential, SparseSequential};
+use crate::nn::{gelu_tanh, seq_linear, sparse_sequential, SparseSequential, TorchLinear};
 use crate::rope::{RopeGroup, RopeTable};
 
 /// Frame position the reference image takes in the non-causal model
@@ -109,6 +109,57 @@ impl<B: Backend> WanS2v<B> {
             out_dim: cfg.out_dim,
             patch_size: cfg.patch_size,
             audio_inject_layers: cfg.audio_inject_layers.clone(),
+        }
+    }
+
+    /// The linear layers outside `blocks`, with their checkpoint module paths: the text,
+    /// time and projection embeddings, the head, the audio encoder's final linear and the
+    /// audio injectors' attention and AdaLN layers.
+    pub fn resident_linears_mut(&mut self) -> Vec<(String, &mut TorchLinear<B>)> {
+        let mut out = Vec::new();
+        for (name, seq) in [
+            ("text_embedding", &mut self.text_embedding),
+            ("time_embedding", &mut self.time_embedding),
+            ("time_projection", &mut self.time_projection),
+        ] {
+            for (i, l) in seq.iter_mut().enumerate() {
+                if let Some(l) = l.as_mut() {
+                    out.push((format!("{name}.{i}"), l));
+                }
+            }
+        }
+        out.push(("head.head".into(), &mut self.head.head));
+        out.push((
+            "casual_audio_encoder.encoder.final_linear".into(),
+            &mut self.casual_audio_encoder.encoder.final_linear,
+        ));
+        let inj = &mut self.audio_injector;
+        for (i, a) in inj.injector.iter_mut().enumerate() {
+            out.push((format!("audio_injector.injector.{i}.q"), &mut a.q));
+            out.push((format!("audio_injector.injector.{i}.k"), &mut a.k));
+            out.push((format!("audio_injector.injector.{i}.v"), &mut a.v));
+            out.push((format!("audio_injector.injector.{i}.o"), &mut a.o));
+        }
+        for (i, a) in inj.injector_adain_layers.iter_mut().enumerate() {
+            out.push((
+                format!("audio_injector.injector_adain_layers.{i}.linear"),
+                &mut a.linear,
+            ));
+        }
+        out
+    }
+
+    /// Stores the DiT's linear weights as fp8, except the layers the original keeps in full
+    /// precision ([`crate::fp8::FULL_PRECISION`]): the parts outside `blocks` and every block
+    /// present (a model whose blocks were moved elsewhere quantizes what it holds).
+    pub fn to_fp8(&mut self) {
+        for (path, l) in self.resident_linears_mut() {
+            if crate::fp8::is_fp8_target(&path) {
+                l.to_fp8();
+            }
+        }
+        for block in &mut self.blocks {
+            block.to_fp8();
         }
     }
 

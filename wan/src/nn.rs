@@ -2,15 +2,40 @@
 //! layouts are the PyTorch ones (`weight` as `[out, in]`): the released tensors then
 //! load as they are, with no transpose at load time and no renaming.
 
-use burn::module::{Module, Param};
+use burn::module::{Module, Param, ParamId};
 use burn::nn::Initializer;
 use burn::prelude::*;
 
+use crate::fp8::Fp8Weight;
+
 /// `torch.nn.Linear` with the weight kept in PyTorch layout `[out, in]`.
+///
+/// With fp8 storage ([`TorchLinear::to_fp8`]) the weight lives in `fp8` (E4M3 codes and
+/// their table) and is dequantized right before each matmul; `weight` then keeps only its
+/// shape (a lazy parameter that is never read).
 #[derive(Module, Debug)]
 pub struct TorchLinear<B: Backend> {
     pub weight: Param<Tensor<B, 2>>,
     pub bias: Option<Param<Tensor<B, 1>>>,
+    pub fp8: Option<Fp8Weight<B>>,
+}
+
+/// A weight parameter of `shape` that holds nothing: its float values were replaced by fp8
+/// storage, so reading it is a bug in this crate.
+fn dropped_weight<B: Backend>(
+    id: ParamId,
+    shape: [usize; 2],
+    device: &B::Device,
+) -> Param<Tensor<B, 2>> {
+    Param::uninitialized(
+        id,
+        |_: &B::Device, _| -> Tensor<B, 2> {
+            panic!("the float weight of an fp8 linear layer was dropped; use TorchLinear::weight_value")
+        },
+        device.clone(),
+        false,
+        shape.into(),
+    )
 }
 
 impl<B: Backend> TorchLinear<B> {
@@ -24,7 +49,48 @@ impl<B: Backend> TorchLinear<B> {
         Self {
             weight: init.init([d_out, d_in], device),
             bias: bias.then(|| Initializer::Zeros.init([d_out], device)),
+            fp8: None,
         }
+    }
+
+    /// `[out, in]`, without reading the parameters.
+    pub fn shape(&self) -> [usize; 2] {
+        let s = self.weight.lazy_shape();
+        [s[0], s[1]]
+    }
+
+    /// Whether the weight is stored as fp8.
+    pub fn is_fp8(&self) -> bool {
+        self.fp8.is_some()
+    }
+
+    /// The weight `[out, in]` in the float dtype (dequantized when stored as fp8).
+    pub fn weight_value(&self) -> Tensor<B, 2> {
+        match &self.fp8 {
+            Some(q) => q.dequantize(),
+            None => self.weight.val(),
+        }
+    }
+
+    /// Replaces the float weight by E4M3 codes with a per-tensor scale (quantized on the
+    /// host, codes put back on the weight's device); the float weight is freed. Idempotent.
+    pub fn to_fp8(&mut self) {
+        if self.fp8.is_some() {
+            return;
+        }
+        let w = self.weight.val();
+        let device = w.device();
+        self.fp8 = Some(Fp8Weight::from_tensor(w));
+        self.weight = dropped_weight(self.weight.id, self.shape(), &device);
+    }
+
+    /// The structure of an fp8 layer with nothing allocated: a skeleton that an upload of
+    /// an fp8 layer's parameters fills.
+    pub fn fp8_skeleton(&mut self) {
+        let device = self.weight.lazy_device();
+        let shape = self.shape();
+        self.fp8 = Some(Fp8Weight::lazy(shape, &device));
+        self.weight = dropped_weight(self.weight.id, shape, &device);
     }
 
     /// Applies the layer to the last dimension of `x`.
@@ -32,7 +98,7 @@ impl<B: Backend> TorchLinear<B> {
         let dims = x.dims();
         let d_in = dims[D - 1];
         let rows: usize = dims[..D - 1].iter().product();
-        let w = self.weight.val();
+        let w = self.weight_value();
         let d_out = w.dims()[0];
         let mut y = x.reshape([rows, d_in]).matmul(w.transpose());
         if let Some(b) = &self.bias {

@@ -20,9 +20,78 @@ use crate::WanS2v;
 /// The names of a release directory's files live in the `release-layout` crate, which `jobs`
 /// shares to tell a release at intake; they are re-exported here for the model's own code.
 pub use release_layout::{
-    CONFIG_FILE, LORA_FILE, S2V_DIR, T5_PTH, T5_SAFETENSORS, TOKENIZER_DIR, VAE_PTH,
-    VAE_SAFETENSORS, W2V_DIR,
+    CONFIG_FILE, LORA_FILE, LORA_HF_CACHE, LORA_NAME, S2V_DIR, T5_PTH, T5_SAFETENSORS,
+    TOKENIZER_DIR, VAE_PTH, VAE_SAFETENSORS, W2V_DIR,
 };
+
+/// The Live Avatar LoRA of the model directory `dir`, in either layout users have:
+/// `LiveAvatar/liveavatar.safetensors`, or the Hugging Face cache
+/// `LiveAvatar/models--Quark-Vision--Live-Avatar/snapshots/<rev>/liveavatar.safetensors`,
+/// where `<rev>` is the revision `refs/main` names, else the only snapshot holding the file.
+/// Several snapshots and no `refs/main` is an error naming them; so is a `refs/main` naming a
+/// snapshot that is not there.
+pub fn find_lora(dir: &Path) -> Result<std::path::PathBuf, WanError> {
+    let plain = dir.join(LORA_FILE);
+    if plain.exists() {
+        return Ok(plain);
+    }
+    let cache = dir.join(LORA_HF_CACHE);
+    let not_found = |path: std::path::PathBuf, why: String| WanError::Io {
+        path,
+        source: std::io::Error::new(std::io::ErrorKind::NotFound, why),
+    };
+    let main = cache.join("refs").join("main");
+    if main.exists() {
+        let rev = std::fs::read_to_string(&main).map_err(io_err(&main))?;
+        let rev = rev.trim();
+        if rev.is_empty() || rev.contains('/') || rev.contains("..") {
+            return Err(not_found(
+                main.clone(),
+                format!("`{rev}` is not a revision"),
+            ));
+        }
+        let file = cache.join("snapshots").join(rev).join(LORA_NAME);
+        if file.exists() {
+            return Ok(file);
+        }
+        return Err(not_found(
+            file,
+            format!("refs/main names revision {rev}, whose snapshot has no {LORA_NAME}"),
+        ));
+    }
+    let snapshots = cache.join("snapshots");
+    let mut found: Vec<std::path::PathBuf> = match std::fs::read_dir(&snapshots) {
+        Ok(entries) => entries
+            .filter_map(Result::ok)
+            .map(|e| e.path().join(LORA_NAME))
+            .filter(|p| p.exists())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    found.sort();
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(not_found(
+            plain,
+            format!(
+                "the Live Avatar LoRA is not in the model directory (looked for {LORA_FILE} and {LORA_HF_CACHE}/snapshots/*/{LORA_NAME})"
+            ),
+        )),
+        _ => Err(WanError::Io {
+            path: snapshots,
+            source: std::io::Error::other(format!(
+                "{} snapshots hold {LORA_NAME} and there is no refs/main to choose: {}; remove the stale ones or write the revision to {LORA_HF_CACHE}/refs/main",
+                found.len(),
+                found
+                    .iter()
+                    .filter_map(|p| p.parent()?.file_name())
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }),
+    }
+}
 
 /// LoRA rank of the tiny checkpoint's adapter.
 pub const TINY_LORA_RANK: usize = 4;
@@ -169,7 +238,8 @@ fn w2v_config_json(cfg: &Wav2Vec2Config) -> serde_json::Value {
 /// dir/Wan2.2-S2V-14B/Wan2.1_VAE.safetensors
 /// dir/Wan2.2-S2V-14B/models_t5_umt5-xxl-enc.safetensors
 /// dir/Wan2.2-S2V-14B/wav2vec2-large-xlsr-53-english/{config.json, model.safetensors}
-/// dir/LiveAvatar/liveavatar.safetensors                 peft LoRA, rank 4
+/// dir/LiveAvatar/liveavatar.safetensors                 peft LoRA, rank 4, on the layers
+///                                                       Live Avatar's adapts
 /// ```
 ///
 /// The same `seed` writes the same bytes. The tokenizer is a small Unigram vocabulary in
@@ -209,29 +279,35 @@ pub fn write_tiny_release(dir: &Path, seed: u64) -> Result<(), WanError> {
         &random_tensors(&w2v_model, seed ^ 3),
     )?;
 
-    // The LoRA adapts every attention projection and feed-forward matrix of the blocks,
-    // as Live Avatar's does (without the injectors, to keep the file small).
+    // The LoRA adapts the layers Live Avatar's does (`lora::lora_targets`): every block's
+    // attention projections and feed-forward matrices and the injectors' attention.
     let mut lora: Named = Vec::new();
-    let d = cfg.s2v.dim;
-    for b in 0..cfg.s2v.num_layers {
-        let mut targets: Vec<(String, usize, usize)> = ["q", "k", "v", "o"]
+    let mut shapes = dit;
+    let mut linears: Vec<(String, [usize; 2])> = Vec::new();
+    for (path, l) in shapes.resident_linears_mut() {
+        linears.push((path, l.shape()));
+    }
+    for (n, block) in shapes.blocks.iter_mut().enumerate() {
+        for (path, l) in block.linears_mut() {
+            linears.push((format!("blocks.{n}.{path}"), l.shape()));
+        }
+    }
+    for module in crate::lora::lora_targets(&cfg.s2v) {
+        let [fan_out, fan_in] = linears
             .iter()
-            .map(|p| (format!("blocks.{b}.self_attn.{p}"), d, d))
-            .collect();
-        targets.push((format!("blocks.{b}.ffn.0"), d, cfg.s2v.ffn_dim));
-        targets.push((format!("blocks.{b}.ffn.2"), cfg.s2v.ffn_dim, d));
-        for (module, fan_in, fan_out) in targets {
-            for (name, shape) in [
-                ("lora_A", vec![TINY_LORA_RANK, fan_in]),
-                ("lora_B", vec![fan_out, TINY_LORA_RANK]),
-            ] {
-                let key = format!("base_model.model.{module}.{name}.weight");
-                let bytes = random_values(seed ^ 4, &key, &shape)
-                    .iter()
-                    .flat_map(|v| v.to_le_bytes())
-                    .collect();
-                lora.push((key, shape, bytes));
-            }
+            .find(|(p, _)| *p == module)
+            .map(|(_, s)| *s)
+            .expect("every LoRA target is a linear layer of the model");
+        for (name, shape) in [
+            ("lora_A", vec![TINY_LORA_RANK, fan_in]),
+            ("lora_B", vec![fan_out, TINY_LORA_RANK]),
+        ] {
+            let key = format!("base_model.model.{module}.{name}.weight");
+            let bytes = random_values(seed ^ 4, &key, &shape)
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
+            lora.push((key, shape, bytes));
         }
     }
     write_safetensors(&lora_path, &lora)

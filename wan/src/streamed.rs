@@ -17,6 +17,34 @@
 //!   the ring slots the pairs wrote are read back into the host rings; the rest of the
 //!   ring is unchanged and is not copied back. On NdArray an "upload" is a copy in RAM;
 //!   the structure is the same on a GPU backend.
+//! - **Hybrid** ([`MemoryMode::Hybrid`]): the first `n` blocks stay on the device with their
+//!   rings and sink slices ([`HostDitCarry::resident`]); only blocks `n..` are streamed. The
+//!   first streamed layer's upload runs while the resident layers compute. `n = 0` is the
+//!   streamed mode, `n = layers` runs the same tick loop with nothing streamed.
+//!
+//! # Uploads, pinned memory and streams, by backend
+//!
+//! Every upload (a block's parameters, a ring, a sink slice) goes through
+//! `Backend::staging` first (`staged`): the host copy is duplicated into a staging buffer
+//! that the upload then consumes. The long-lived host copies stay in ordinary memory: Burn's
+//! uploads take their data by value, and a copy of a pinned buffer is an ordinary one, so
+//! pinning them once would not make later uploads pinned (and 72 GB of page-locked memory
+//! would exhaust the pool). What staging does, by backend, in Burn 0.21:
+//!
+//! - **cubecl (`Cuda`, and `Fusion<Cuda>`, which forwards to it)**: the bytes are copied into
+//!   a page-locked (pinned) buffer from the device's pinned-memory pool (cubecl-cuda's
+//!   `reserve_cpu(.., pinned = true)`; when the pool cannot grow, ordinary memory), so the
+//!   upload is an asynchronous DMA copy of any size (without staging, cubecl copies tensors
+//!   above 100 MB, such as a 259 MB ring, synchronously from pageable memory). cubecl gives each
+//!   host thread its own stream (`StreamId::current()` is per thread), so the prefetch thread's
+//!   uploads run on another CUDA stream than the compute; cubecl orders the two where a tensor
+//!   crosses. The cost: one host memcpy into the staging buffer per upload, on the prefetch
+//!   thread. Not measured on a GPU yet.
+//! - **NdArray**: no-op; an "upload" is a copy in RAM.
+//! - **LibTorch (`tch`)**: `staging` is Burn's default no-op, and `from_data` builds a CPU
+//!   tensor from pageable memory and calls `.to(device)` on the current stream, which every
+//!   thread shares: the prefetch thread prepares the copy but does not overlap it with the
+//!   compute. A pinned, non-blocking path would need tch calls Burn 0.21 does not make.
 //!
 //! # The tick order (TPP) and why it computes what the sequential loop computes
 //!
@@ -65,6 +93,7 @@
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::prelude::*;
+use burn::tensor::TensorCreationOptions;
 
 use crate::block::S2vBlock;
 use crate::causal::sink_rope_offset;
@@ -72,12 +101,58 @@ use crate::causal_loop::{
     begin_block, block_audio, finish_block, layer_forward, BlockAudio, BlockPass, CausalSettings,
     ClipInput, KvPair,
 };
+use crate::config::S2vConfig;
 use crate::error::WanError;
 use crate::model::WanS2v;
 use crate::nn::seq_linear;
 
 mod host_carry;
-pub use host_carry::{HostDitCarry, HostKv, HostKvLayer};
+pub use host_carry::{HostDitCarry, HostKv, HostKvLayer, KvLayer};
+
+/// Where the DiT's blocks and their carry live while a clip renders. Every mode computes the
+/// same clip bit for bit on one backend; the carry converts between them at any clip boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum MemoryMode {
+    /// Every block and the whole carry on the device; the sequential loop
+    /// ([`crate::causal_loop::run_clip`]).
+    #[default]
+    Resident,
+    /// The first `resident_blocks` blocks and their rings and sink slices on the device, the
+    /// rest streamed from host memory, in the tick order ([`run_clip_streamed`]).
+    Hybrid { resident_blocks: usize },
+    /// Every block's weights and carry in host memory, uploaded layer by layer per tick.
+    Streamed,
+}
+
+impl MemoryMode {
+    /// Blocks kept on the device in a model of `layers` blocks.
+    pub fn resident_blocks(self, layers: usize) -> usize {
+        match self {
+            MemoryMode::Resident => layers,
+            MemoryMode::Hybrid { resident_blocks } => resident_blocks.min(layers),
+            MemoryMode::Streamed => 0,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            MemoryMode::Resident => "resident",
+            MemoryMode::Hybrid { .. } => "hybrid",
+            MemoryMode::Streamed => "streamed",
+        }
+    }
+}
+
+impl std::fmt::Display for MemoryMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MemoryMode::Hybrid { resident_blocks } => {
+                write!(f, "hybrid ({resident_blocks} blocks resident)")
+            }
+            other => f.write_str(other.name()),
+        }
+    }
+}
 
 fn err(message: impl Into<String>) -> WanError {
     WanError::Carry {
@@ -86,116 +161,273 @@ fn err(message: impl Into<String>) -> WanError {
 }
 
 /// The sizes a block skeleton is built from.
-#[derive(Debug, Clone, Copy)]
-struct BlockShape {
-    dim: usize,
-    ffn_dim: usize,
-    heads: usize,
-    eps: f64,
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BlockShape {
+    pub dim: usize,
+    pub ffn_dim: usize,
+    pub heads: usize,
+    pub eps: f64,
 }
 
-/// The DiT split for layer streaming: resident parts on the device, block weights on
-/// the host.
-#[derive(Debug)]
-pub struct StreamedModel<B: Backend> {
-    /// The model with `blocks` empty: everything that stays on the device.
-    pub resident: WanS2v<B>,
-    /// Per layer, the block's parameters in visiting order.
-    layers: Vec<Vec<TensorData>>,
-    shape: BlockShape,
-    device: B::Device,
-}
-
-/// Collects a module's float parameters as host data, in visiting order.
-struct Download(Vec<TensorData>);
-
-impl<B: Backend> ModuleVisitor<B> for Download {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        self.0.push(param.val().into_data());
+impl BlockShape {
+    pub fn of(cfg: &S2vConfig) -> Self {
+        Self {
+            dim: cfg.dim,
+            ffn_dim: cfg.ffn_dim,
+            heads: cfg.num_heads,
+            eps: cfg.eps,
+        }
     }
 }
 
-/// Fills a module skeleton's float parameters from host data, in visiting order.
+/// One parameter of a block in host memory.
+#[derive(Debug, Clone)]
+enum HostParam {
+    Float(TensorData),
+    Int(TensorData),
+    /// The float weight of an fp8 layer (nothing stored; the layer's codes are).
+    Dropped,
+}
+
+/// One block's parameters in host memory, in the module's visiting order: float tensors in
+/// the float dtype, or for an fp8 block the E4M3 codes (one byte each) and their 256-entry
+/// table in place of each linear weight.
+#[derive(Debug, Clone)]
+pub struct HostBlock {
+    params: Vec<HostParam>,
+    fp8: bool,
+}
+
+impl HostBlock {
+    /// Moves a block's parameters to host memory (read back from the device).
+    pub fn from_block<B: Backend>(block: S2vBlock<B>) -> Self {
+        let mut d = Download(Vec::new());
+        block.visit(&mut d);
+        let fp8 = d.0.iter().any(|p| matches!(p, HostParam::Dropped));
+        Self { params: d.0, fp8 }
+    }
+
+    /// Bytes held (and uploaded per layer visit).
+    pub fn bytes(&self) -> u64 {
+        self.params
+            .iter()
+            .map(|p| match p {
+                HostParam::Float(d) | HostParam::Int(d) => d.bytes.len() as u64,
+                HostParam::Dropped => 0,
+            })
+            .sum()
+    }
+
+    pub fn is_fp8(&self) -> bool {
+        self.fp8
+    }
+}
+
+/// A copy of `data` for an upload to `device`, in a staging buffer where the backend has
+/// them (pinned memory on cubecl: see the module docs).
+pub(crate) fn staged<B: Backend>(data: &TensorData, device: &B::Device) -> TensorData {
+    let mut copy = data.clone();
+    B::staging(std::iter::once(&mut copy), device);
+    copy
+}
+
+/// Collects a module's parameters as host data, in visiting order.
+struct Download(Vec<HostParam>);
+
+impl<B: Backend> ModuleVisitor<B> for Download {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        // Every loaded parameter is initialised; an uninitialised one is the dropped float
+        // weight of an fp8 layer (reading it would be a bug).
+        self.0.push(if param.is_initialized() {
+            HostParam::Float(param.val().into_data())
+        } else {
+            HostParam::Dropped
+        });
+    }
+
+    fn visit_int<const D: usize>(&mut self, param: &Param<Tensor<B, D, Int>>) {
+        self.0.push(HostParam::Int(param.val().into_data()));
+    }
+}
+
+/// Fills a module skeleton's parameters from host data, in visiting order.
 struct Upload<'a, B: Backend> {
-    data: std::slice::Iter<'a, TensorData>,
+    data: std::slice::Iter<'a, HostParam>,
     device: &'a B::Device,
     bytes: u64,
 }
 
 impl<B: Backend> ModuleMapper<B> for Upload<'_, B> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        let data = self
+        match self
             .data
             .next()
-            .expect("host weights were taken from a block of the same structure");
-        self.bytes += data.bytes.len() as u64;
-        Param::initialized(param.id, Tensor::from_data(data.clone(), self.device))
+            .expect("host weights were taken from a block of the same structure")
+        {
+            HostParam::Float(data) => {
+                self.bytes += data.bytes.len() as u64;
+                Param::initialized(
+                    param.id,
+                    Tensor::from_data(staged::<B>(data, self.device), self.device),
+                )
+            }
+            HostParam::Dropped => param,
+            HostParam::Int(_) => unreachable!("a float parameter's slot holds float data"),
+        }
     }
+
+    fn map_int<const D: usize>(
+        &mut self,
+        param: Param<Tensor<B, D, Int>>,
+    ) -> Param<Tensor<B, D, Int>> {
+        match self
+            .data
+            .next()
+            .expect("host weights were taken from a block of the same structure")
+        {
+            HostParam::Int(data) => {
+                self.bytes += data.bytes.len() as u64;
+                let options =
+                    TensorCreationOptions::new(self.device.clone()).with_dtype(data.dtype);
+                Param::initialized(
+                    param.id,
+                    Tensor::from_data(staged::<B>(data, self.device), options),
+                )
+            }
+            _ => unreachable!("an integer parameter's slot holds integer data"),
+        }
+    }
+}
+
+/// The DiT split for layer streaming: the resident parts and the first
+/// [`StreamedModel::resident_blocks`] blocks on the device, the other blocks' weights on the
+/// host.
+#[derive(Debug)]
+pub struct StreamedModel<B: Backend> {
+    /// The model with only its resident blocks (none when streaming everything): everything
+    /// that stays on the device.
+    pub resident: WanS2v<B>,
+    /// Blocks `resident_blocks()..`, in host memory.
+    layers: Vec<HostBlock>,
+    shape: BlockShape,
+    device: B::Device,
 }
 
 impl<B: Backend> StreamedModel<B> {
     /// Moves the blocks of a loaded model to host memory (block by block, so device
     /// memory is given back as it goes) and keeps the rest resident.
-    pub fn from_model(mut model: WanS2v<B>) -> Self {
+    pub fn from_model(model: WanS2v<B>) -> Self {
+        Self::from_model_hybrid(model, 0)
+    }
+
+    /// Keeps the first `resident_blocks` blocks of a loaded model on the device and moves
+    /// the others to host memory.
+    pub fn from_model_hybrid(mut model: WanS2v<B>, resident_blocks: usize) -> Self {
         let device = model.patch_embedding.weight.val().device();
-        let blocks = std::mem::take(&mut model.blocks);
         let shape = BlockShape {
             dim: model.dim,
-            ffn_dim: blocks
+            ffn_dim: model
+                .blocks
                 .first()
-                .map_or(0, |b| seq_linear(&b.ffn, 0).weight.val().dims()[0]),
+                .map_or(0, |b| seq_linear(&b.ffn, 0).shape()[0]),
             heads: model.num_heads,
-            eps: blocks.first().map_or(1e-6, |b| b.eps),
+            eps: model.blocks.first().map_or(1e-6, |b| b.eps),
         };
-        let layers = blocks
-            .into_iter()
-            .map(|block| {
-                let mut d = Download(Vec::new());
-                block.visit(&mut d);
-                d.0
-            })
-            .collect();
+        let keep = resident_blocks.min(model.blocks.len());
+        let moved = model.blocks.split_off(keep);
+        let layers = moved.into_iter().map(HostBlock::from_block).collect();
+        Self::from_parts(model, layers, shape, &device)
+    }
+
+    /// A split model from its parts: `resident` holds the resident parts and the first blocks,
+    /// `host` the weights of the blocks after them (as [`HostBlock::from_block`] made them),
+    /// uploaded to `device`.
+    pub fn from_parts(
+        resident: WanS2v<B>,
+        host: Vec<HostBlock>,
+        shape: BlockShape,
+        device: &B::Device,
+    ) -> Self {
         Self {
-            resident: model,
-            layers,
+            resident,
+            layers: host,
             shape,
-            device,
+            device: device.clone(),
         }
     }
 
     /// Puts the blocks back on the device: the resident model again.
     pub fn into_model(self) -> WanS2v<B> {
         let mut model = self.resident;
-        model.blocks = self
-            .layers
-            .iter()
-            .map(|w| upload_block(self.shape, w, &self.device).0)
-            .collect();
+        for w in &self.layers {
+            model
+                .blocks
+                .push(upload_block(self.shape, w, &self.device).0);
+        }
         model
     }
 
-    pub fn layers(&self) -> usize {
-        self.layers.len()
+    /// Keeps the first `n` blocks on the device and the rest on the host, moving blocks
+    /// either way as needed (for a mode change inside one process).
+    pub fn set_resident_blocks(&mut self, n: usize) {
+        let n = n.min(self.layers());
+        while self.resident.blocks.len() > n {
+            let block = self
+                .resident
+                .blocks
+                .pop()
+                .expect("more resident blocks than wanted, so at least one");
+            self.layers.insert(0, HostBlock::from_block(block));
+        }
+        while self.resident.blocks.len() < n {
+            let host = self.layers.remove(0);
+            self.resident
+                .blocks
+                .push(upload_block(self.shape, &host, &self.device).0);
+        }
     }
 
-    /// Host bytes of one layer's weights.
+    /// Blocks in all, resident and streamed.
+    pub fn layers(&self) -> usize {
+        self.resident.blocks.len() + self.layers.len()
+    }
+
+    /// Blocks kept on the device (the first ones).
+    pub fn resident_blocks(&self) -> usize {
+        self.resident.blocks.len()
+    }
+
+    /// Host bytes of layer `layer`'s weights (0 for a resident block).
     pub fn layer_weight_bytes(&self, layer: usize) -> u64 {
-        self.layers
-            .get(layer)
-            .map_or(0, |w| w.iter().map(|d| d.bytes.len() as u64).sum())
+        layer
+            .checked_sub(self.resident_blocks())
+            .and_then(|i| self.layers.get(i))
+            .map_or(0, HostBlock::bytes)
+    }
+
+    /// Host bytes of all streamed blocks' weights.
+    pub fn host_weight_bytes(&self) -> u64 {
+        self.layers.iter().map(HostBlock::bytes).sum()
+    }
+
+    pub fn device(&self) -> &B::Device {
+        &self.device
     }
 }
 
 /// A block on `device` from its host parameters; returns it and the bytes copied.
 fn upload_block<B: Backend>(
     shape: BlockShape,
-    weights: &[TensorData],
+    weights: &HostBlock,
     device: &B::Device,
 ) -> (S2vBlock<B>, u64) {
     // Parameters of a fresh block are lazy: building it allocates nothing.
-    let skeleton = S2vBlock::new(shape.dim, shape.ffn_dim, shape.heads, shape.eps, device);
+    let mut skeleton = S2vBlock::new(shape.dim, shape.ffn_dim, shape.heads, shape.eps, device);
+    if weights.fp8 {
+        skeleton.fp8_skeleton();
+    }
     let mut up = Upload {
-        data: weights.iter(),
+        data: weights.params.iter(),
         device,
         bytes: 0,
     };
@@ -239,14 +471,15 @@ struct DeviceLayer<B: Backend> {
     traffic: Traffic,
 }
 
+/// Uploads host layer `i` (model layer `resident_blocks() + i`).
 fn upload_layer<B: Backend>(
     model: &StreamedModel<B>,
-    layer: usize,
+    i: usize,
     kv: &HostKvLayer,
     need: &Need,
 ) -> DeviceLayer<B> {
     let device = &model.device;
-    let (block, weight_bytes) = upload_block(model.shape, &model.layers[layer], device);
+    let (block, weight_bytes) = upload_block(model.shape, &model.layers[i], device);
     let mut traffic = Traffic {
         layer_uploads: 1,
         weight_bytes_up: weight_bytes,
@@ -275,30 +508,46 @@ fn upload_layer<B: Backend>(
     }
 }
 
-/// Runs `compute(layer, device_layer, host_state)` for every layer in order, with the
-/// upload of layer `l + 1` on a background thread while layer `l` computes. `compute`
-/// returns the bytes it read back to the host. Returns the traffic.
-fn stream_layers<B: Backend>(
+/// Runs one pass over all layers: `resident(state)` for the resident layers while the
+/// first streamed layer uploads on a background thread, then
+/// `compute(state, layer, device_layer, host_state)` for every streamed layer in order (model
+/// layer index), with the upload of the next one on a background thread meanwhile.
+/// `compute` returns the bytes it read back to the host. Returns the traffic.
+fn stream_layers<B: Backend, S>(
     model: &StreamedModel<B>,
     kv: &mut [HostKvLayer],
     need: &Need,
-    mut compute: impl FnMut(usize, &mut DeviceLayer<B>, &mut HostKvLayer) -> u64,
+    state: &mut S,
+    resident: impl FnOnce(&mut S),
+    mut compute: impl FnMut(&mut S, usize, &mut DeviceLayer<B>, &mut HostKvLayer) -> u64,
 ) -> Traffic {
+    let offset = model.resident_blocks();
     let mut traffic = Traffic::default();
-    let mut current = kv.first().map(|first| upload_layer(model, 0, first, need));
-    let mut layer = 0;
+    let first = std::thread::scope(|s| {
+        let upload = kv
+            .first()
+            .map(|first| s.spawn(move || upload_layer(model, 0, first, need)));
+        resident(state);
+        upload.map(|h| h.join())
+    });
+    let mut current = match first {
+        Some(Ok(d)) => Some(d),
+        Some(Err(panic)) => std::panic::resume_unwind(panic),
+        None => None,
+    };
+    let mut i = 0;
     while let Some(mut dev) = current.take() {
         traffic.layer_uploads += dev.traffic.layer_uploads;
         traffic.weight_bytes_up += dev.traffic.weight_bytes_up;
         traffic.ring_bytes_up += dev.traffic.ring_bytes_up;
         traffic.sink_bytes_up += dev.traffic.sink_bytes_up;
-        let (done, rest) = kv.split_at_mut(layer + 1);
-        let host = &mut done[layer];
+        let (done, rest) = kv.split_at_mut(i + 1);
+        let host = &mut done[i];
         let next = std::thread::scope(|s| {
             let prefetch = rest
                 .first()
-                .map(|next_kv| s.spawn(move || upload_layer(model, layer + 1, next_kv, need)));
-            traffic.ring_bytes_down += compute(layer, &mut dev, host);
+                .map(|next_kv| s.spawn(move || upload_layer(model, i + 1, next_kv, need)));
+            traffic.ring_bytes_down += compute(state, offset + i, &mut dev, host);
             drop(dev);
             prefetch.map(|h| h.join())
         });
@@ -307,7 +556,7 @@ fn stream_layers<B: Backend>(
             Some(Err(panic)) => std::panic::resume_unwind(panic),
             None => None,
         };
-        layer += 1;
+        i += 1;
     }
     traffic
 }
@@ -381,17 +630,29 @@ pub fn run_clip_streamed<B: Backend>(
     let steps = settings.schedule.steps();
     let blocks = settings.blocks_per_clip;
     let fpb = settings.frames_per_block;
-    if carry.layers.len() != model.layers() {
+    if carry.total_layers() != model.layers() {
         return Err(err(format!(
             "carry has {} layers, the model {}",
-            carry.layers.len(),
+            carry.total_layers(),
             model.layers()
         )));
     }
-    if let Some(l) = carry.layers.iter().find(|l| l.rings.len() != steps) {
+    if carry.resident.len() != model.resident_blocks() {
         return Err(err(format!(
-            "carry has {} rings per layer, the schedule {steps} steps",
-            l.rings.len()
+            "carry keeps {} layers on the device, the model {} blocks (HostDitCarry::set_resident_layers moves them)",
+            carry.resident.len(),
+            model.resident_blocks()
+        )));
+    }
+    if let Some(rings) = carry
+        .layers
+        .iter()
+        .map(|l| l.rings.len())
+        .chain(carry.resident.iter().map(|l| l.rings.len()))
+        .find(|&n| n != steps)
+    {
+        return Err(err(format!(
+            "carry has {rings} rings per layer, the schedule {steps} steps"
         )));
     }
     let [h, w] = carry.grid_hw;
@@ -451,40 +712,72 @@ pub fn run_clip_streamed<B: Backend>(
             need.rings[s] = true;
         }
         let mut failure = None;
-        let t = stream_layers(model, &mut carry.layers, &need, |layer, dev, host| {
-            let mut down = 0;
-            let Some(sink) = dev.sink.as_ref() else {
-                return 0;
-            };
-            for (&(b, s), (x, pass)) in pairs.iter().zip(running.iter_mut()) {
-                let Some(ring) = dev.rings[s].as_mut() else {
-                    continue;
-                };
-                let y = std::mem::replace(x, Tensor::zeros([1, 1, 1], &sink.k.device()));
-                *x = layer_forward(
-                    resident,
-                    &dev.block,
-                    layer,
-                    ring,
-                    sink,
-                    pass,
-                    y,
-                    input.context.clone(),
-                    states[b].audio.as_ref(),
-                );
-                let host_ring = &mut host.rings[s];
-                let (at, len) = (pass.write_at, pass.len);
-                let written = write_rows(&mut host_ring.k, &ring.k, at, len)
-                    .and_then(|a| Ok(a + write_rows(&mut host_ring.v, &ring.v, at, len)?));
-                match written {
-                    Ok(n) => down += n,
-                    Err(e) => {
-                        failure.get_or_insert(e);
+        let context = &input.context;
+        let states_ref = &states;
+        let mut tick_state = (&mut running, &mut carry.resident, &mut failure);
+        let t = stream_layers(
+            model,
+            &mut carry.layers,
+            &need,
+            &mut tick_state,
+            |(running, resident_kv, _)| {
+                for (layer, (block, kv)) in resident
+                    .blocks
+                    .iter()
+                    .zip(resident_kv.iter_mut())
+                    .enumerate()
+                {
+                    for (&(b, s), (x, pass)) in pairs.iter().zip(running.iter_mut()) {
+                        let y = std::mem::replace(x, Tensor::zeros([1, 1, 1], &kv.sink.k.device()));
+                        *x = layer_forward(
+                            resident,
+                            block,
+                            layer,
+                            &mut kv.rings[s],
+                            &kv.sink,
+                            pass,
+                            y,
+                            context.clone(),
+                            states_ref[b].audio.as_ref(),
+                        );
                     }
                 }
-            }
-            down
-        });
+            },
+            |(running, _, failure), layer, dev, host| {
+                let mut down = 0;
+                let Some(sink) = dev.sink.as_ref() else {
+                    return 0;
+                };
+                for (&(b, s), (x, pass)) in pairs.iter().zip(running.iter_mut()) {
+                    let Some(ring) = dev.rings[s].as_mut() else {
+                        continue;
+                    };
+                    let y = std::mem::replace(x, Tensor::zeros([1, 1, 1], &sink.k.device()));
+                    *x = layer_forward(
+                        resident,
+                        &dev.block,
+                        layer,
+                        ring,
+                        sink,
+                        pass,
+                        y,
+                        context.clone(),
+                        states_ref[b].audio.as_ref(),
+                    );
+                    let host_ring = &mut host.rings[s];
+                    let (at, len) = (pass.write_at, pass.len);
+                    let written = write_rows(&mut host_ring.k, &ring.k, at, len)
+                        .and_then(|a| Ok(a + write_rows(&mut host_ring.v, &ring.v, at, len)?));
+                    match written {
+                        Ok(n) => down += n,
+                        Err(e) => {
+                            failure.get_or_insert(e);
+                        }
+                    }
+                }
+                down
+            },
+        );
         if let Some(e) = failure {
             return Err(e);
         }

@@ -568,6 +568,24 @@ const REMAP: [(&str, &str); 3] = [
     (r"\.parametrizations\.weight\.original1$", ".weight_v"),
 ];
 
+/// The model key a released wav2vec2 file's `key` loads into ([`REMAP`]: the
+/// `Wav2Vec2ForCTC` prefix dropped, newer weight-norm names mapped to `weight_g`/`weight_v`),
+/// or `None` for the CTC head the engine leaves out.
+pub(crate) fn model_key(key: &str) -> Option<String> {
+    if key.starts_with("lm_head.") {
+        return None;
+    }
+    let key = key.strip_prefix("wav2vec2.").unwrap_or(key);
+    let key = if let Some(stem) = key.strip_suffix(".parametrizations.weight.original0") {
+        format!("{stem}.weight_g")
+    } else if let Some(stem) = key.strip_suffix(".parametrizations.weight.original1") {
+        format!("{stem}.weight_v")
+    } else {
+        key.to_string()
+    };
+    Some(key)
+}
+
 /// Loads `model`'s parameters from one weights file (`.safetensors`, or a torch pickle
 /// otherwise). Tensors of the CTC head (`lm_head.*`) are skipped; any other tensor the
 /// model lacks, a missing one or a wrong shape fails naming the file and the key.

@@ -293,7 +293,7 @@ fn truncated_or_damaged_carries_fail_cleanly() {
     // A carry of the bare causal loop (no decode cache, no identity) is not a job carry.
     let bare = wan::causal_loop::DitCarry {
         vae_decode: None,
-        ..carry.inner.clone()
+        ..carry.inner.clone().into_carry(&dev)
     };
     let msg = PipelineCarry::<B>::from_bytes(&bare.to_bytes().expect("saves"), id, &dev)
         .expect_err("bare carry")

@@ -8,8 +8,10 @@ mod common;
 use burn::prelude::*;
 use common::{bits, noise, same_carry_bytes, B};
 use wan::causal_loop::{run_clip, CausalSettings, ClipInput, DitCarry};
-use wan::memory::{clip_traffic, Geometry};
+use wan::memory::{clip_traffic, plan_in, Geometry, JobShape, MemoryMode, ModelSizes, Precision};
+use wan::pipeline::LiveAvatarConfig;
 use wan::streamed::{run_clip_streamed, HostDitCarry, StreamedModel};
+use wan::wav2vec2::Wav2Vec2Config;
 use wan::{S2vConfig, WanS2v};
 
 fn model() -> WanS2v<B> {
@@ -172,4 +174,73 @@ fn the_streamed_clip_depends_on_every_ring_and_refuses_a_foreign_carry() {
     .expect_err("a carry of 12-frame clips runs 15-frame clips")
     .to_string();
     assert!(msg.contains("192 tokens"), "{msg}");
+}
+
+/// The streamed tests' DiT (the parity fixtures' tiny config, 3 latent frames per block) as a
+/// release config for the accounting.
+fn tiny_sizes() -> ModelSizes {
+    let cfg = LiveAvatarConfig {
+        s2v: S2vConfig::tiny(),
+        frames_per_block: 3,
+        ..LiveAvatarConfig::tiny()
+    };
+    ModelSizes::of(&cfg, &Wav2Vec2Config::tiny())
+}
+
+#[test]
+fn hybrid_fp8_clips_equal_resident_fp8_and_move_what_the_accounting_says() {
+    let s = CausalSettings::live_avatar(11);
+    let mut q = model();
+    q.to_fp8();
+    let (r, mo, ctx) = start_args(&q);
+    let c0 = DitCarry::start(&q, &s, r, mo, ctx);
+    let (l1, c1) = run_clip(&q, &s, c0.clone(), clip_input(&q, 0));
+    let (l2, c2) = run_clip(&q, &s, c1, clip_input(&q, 1));
+
+    let mut q2 = model();
+    q2.to_fp8();
+    let sm = StreamedModel::from_model_hybrid(q2, 2);
+    assert_eq!((sm.resident_blocks(), sm.layers()), (2, 4));
+    let h0 = HostDitCarry::from_carry_split(c0, 2);
+    let one = run_clip_streamed(&sm, &s, h0, clip_input(&sm.resident, 0)).expect("clip 0");
+    assert!(bits(one.latents) == bits(l1), "hybrid fp8 clip 0 differs");
+    let two = run_clip_streamed(&sm, &s, one.carry, clip_input(&sm.resident, 1)).expect("clip 1");
+    assert!(bits(two.latents) == bits(l2), "hybrid fp8 clip 1 differs");
+    let host_kv = two.carry.host_bytes();
+    assert!(same_carry(&two.carry.into_carry(&Default::default()), &c2));
+
+    // What crossed, and what the host holds, are the plan's figures (f32 here: 4 bytes).
+    let sizes = tiny_sizes();
+    let job = JobShape {
+        width: 64,
+        height: 64,
+        infer_frames: 48,
+        sample_steps: 4,
+        audio_seconds: 1.0,
+    };
+    let p = plan_in(
+        &sizes,
+        &job,
+        MemoryMode::Hybrid { resident_blocks: 2 },
+        Precision::Fp8,
+        4,
+    )
+    .expect("plan");
+    let t = two.traffic;
+    assert_eq!(t.weight_bytes_up, p.traffic.weight_bytes_up);
+    assert_eq!(t.ring_bytes_up, p.traffic.ring_bytes_up);
+    assert_eq!(t.sink_bytes_up, p.traffic.sink_bytes_up);
+    assert_eq!(t.ring_bytes_down, p.traffic.ring_bytes_down);
+    assert_eq!(t.layer_uploads, 7 * 2);
+    assert_eq!(
+        sm.layer_weight_bytes(3),
+        sizes.dit.block_bytes(Precision::Fp8, 4),
+        "an fp8 block's host copy: codes, tables and the float parameters"
+    );
+    let planned_host: u64 = p.host[..3].iter().map(|i| i.bytes).sum();
+    assert_eq!(sm.host_weight_bytes() + host_kv, planned_host);
+    // fp8 blocks hold about a quarter of their f32 bytes here (a half of bf16's).
+    let float = StreamedModel::from_model(model());
+    let ratio = sm.layer_weight_bytes(3) as f64 / float.layer_weight_bytes(3) as f64;
+    assert!((0.25..0.45).contains(&ratio), "{ratio}");
 }

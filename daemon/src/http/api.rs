@@ -31,6 +31,7 @@ pub fn routes() -> Router<Arc<Shared>> {
         .route("/api/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/api/v1/jobs/{id}/priority", post(priority_job))
         .route("/api/v1/gpus", get(gpus))
+        .route("/api/v1/history", get(history))
         .route("/api/v1/gpus/{uuid}/drain", post(drain))
         .route("/api/v1/gpus/{uuid}/undrain", post(undrain))
         .route("/api/v1/events", get(events))
@@ -257,25 +258,38 @@ async fn priority_job(
 }
 
 /// The cards as the daemon last described them, with live memory where discovery gives it.
+/// A CPU slot has no memory or utilisation of its own (its memory is a nominal figure for
+/// placement): it carries the host's instead, under `host`.
 pub fn card_list(shared: &Shared) -> ApiResult<Value> {
     let paths = PoolPaths::new(&shared.config.state_dir);
     let snapshot = PoolSnapshot::load(&paths.snapshot)
         .map_err(|err| ApiError::internal(format!("{err:#}")))?;
     let live = gpu_pool::discover(&shared.config.gpu_pool).unwrap_or_default();
+    let host = shared.history.latest_host();
     let cards: Vec<Value> = snapshot
         .as_ref()
         .map(|snapshot| snapshot.cards.as_slice())
         .unwrap_or_default()
         .iter()
         .map(|card| {
-            let now = live.iter().find(|info| info.uuid == card.uuid);
+            let cpu = card.kind == gpu_pool::GpuKind::Cpu;
+            let now = live.iter().find(|info| info.uuid == card.uuid && !cpu);
+            let host = host.filter(|_| cpu).map(|host| {
+                json!({
+                    "memory_total_bytes": host.memory_total,
+                    "memory_used_bytes": host.memory_used,
+                    "cpu_busy_ratio": host.cpu_busy,
+                })
+            });
             json!({
                 "uuid": card.uuid,
                 "index": card.index,
                 "name": card.name,
+                "kind": card.kind,
                 "memory_total_bytes": card.memory_total_bytes,
                 "memory_used_bytes": now.map(|info| info.memory_total_bytes.saturating_sub(info.memory_free_bytes)),
                 "utilization_ratio": now.and_then(|info| info.utilization_percent).map(|p| f64::from(p) / 100.0),
+                "host": host,
                 "healthy": card.healthy,
                 "health_note": card.health_note,
                 "drained": card.drained,
@@ -292,6 +306,11 @@ pub fn card_list(shared: &Shared) -> ApiResult<Value> {
 
 async fn gpus(State(shared): State<Arc<Shared>>) -> ApiResult<Json<Value>> {
     blocking(move || card_list(&shared).map(Json)).await
+}
+
+/// What the dashboard plots: the cards' last hour and the farm's last day.
+async fn history(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    Json(shared.history.to_json())
 }
 
 async fn drain(

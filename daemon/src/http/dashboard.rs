@@ -1,17 +1,18 @@
 //! The dashboard: server-rendered HTML, one small script for live updates, cancelling and
-//! priority changes.
+//! priority changes, and charts drawn as SVG on the server (`charts`).
 //!
-//! `/` lists the cards and the jobs; `/live` is the part of it that changes, which the script
-//! fetches again on every server-sent event (and every 5 s). `/jobs/{id}` is one job with its
-//! events, attempts, notices and, once done, its video (`/jobs/{id}/video`, served only from
-//! the configured output roots).
+//! `/` lists the cards and the jobs, then plots the cards' last hour and the farm's last day
+//! (from `history`); `/live` is the part that changes, which the script fetches again on every
+//! server-sent event (and every 5 s), `/plots` the plots (every 30 s). `/jobs/{id}` is one job
+//! with its events, attempts and notices, seconds per clip and a thumbnail per clip (`/parts`,
+//! fetched again every 5 s while it runs), the live preview while it runs and the video once
+//! done (both served by `playback`).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::extract::{Extension, Path, State};
-use axum::http::{header, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::Html;
 use axum::routing::get;
 use axum::Router;
 use jobs::state::{now_ms, Phase};
@@ -19,6 +20,8 @@ use serde_json::Value;
 
 use super::api::{blocking, card_list, job_detail, reader, select_jobs};
 use super::auth::Access;
+use super::charts::{bar_chart, line_chart, Series, Unit};
+use super::history::{CARD_SAMPLE_SECS, FARM_BUCKET_SECS, HOST_SERIES};
 use super::shared::{ApiError, Shared};
 
 /// Finished jobs shown on the front page (all unfinished ones are).
@@ -28,9 +31,9 @@ pub fn routes() -> Router<Arc<Shared>> {
     Router::new()
         .route("/", get(front))
         .route("/live", get(live))
+        .route("/plots", get(plots))
         .route("/jobs/{id}", get(job_page))
-        .route("/jobs/{id}/video", get(video))
-        .route("/jobs/{id}/thumbnail.jpg", get(thumbnail))
+        .route("/jobs/{id}/parts", get(job_parts))
 }
 
 /// Text for HTML content and attribute values.
@@ -67,7 +70,14 @@ img.thumb{width:64px;height:64px;object-fit:cover;border-radius:3px;background:#
 button{font:inherit;padding:.15rem .6rem}
 #msg{color:#b00020}
 @media (max-width:700px){.wide{display:none} td,th{padding:.3rem .25rem}}
-video{max-width:100%}
+video{max-width:100%;max-height:60vh;background:#000}
+.plots{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:.6rem}
+svg.chart{width:100%;height:auto;background:#fff;border:1px solid #e4e4e4;border-radius:4px;font-size:11px}
+svg.chart .title{font-weight:600;fill:#1b1b1b} svg.chart .axis{fill:#666} svg.chart .grid{stroke:#eee}
+svg.chart .mean{stroke:#b00020;stroke-dasharray:3 2}
+.strip{display:flex;gap:4px;overflow-x:auto;padding:.3rem 0}
+.strip img{height:64px;min-width:32px;border-radius:3px;background:#ddd;flex:none}
+.jobcharts{max-width:640px}
 "#;
 
 const SCRIPT: &str = r#"
@@ -83,6 +93,19 @@ function refreshSoon(){ if(!soon) soon=setTimeout(()=>{soon=null;refresh();},300
 if(live){
   try{const es=new EventSource('/api/v1/events'); es.addEventListener('job',refreshSoon);}catch(e){}
   setInterval(refresh,5000);
+}
+async function reload(el,url){
+  try{const r=await fetch(url,{cache:'no-store'}); if(r.ok) el.innerHTML=await r.text();}catch(e){}
+}
+const plots=document.getElementById('plots');
+if(plots) setInterval(()=>reload(plots,'/plots'),30000);
+const parts=document.getElementById('jobparts');
+if(parts&&parts.dataset.live==='1') setInterval(()=>reload(parts,parts.dataset.src),5000);
+const lv=document.getElementById('livevideo');
+if(lv){
+  if(!lv.canPlayType('application/vnd.apple.mpegurl')) document.getElementById('livenote').hidden=false;
+  // A playlist with no clip yet, or a network hiccup: try again in a moment.
+  lv.addEventListener('error',()=>setTimeout(()=>{lv.src=lv.dataset.src+'?t='+Date.now();lv.play().catch(()=>{});},3000));
 }
 const tok=document.getElementById('token');
 if(tok){tok.value=localStorage.getItem('reelspool-token')||'';
@@ -125,8 +148,128 @@ fn page(title: &str, body: &str) -> Html<String> {
 }
 
 async fn front(State(shared): State<Arc<Shared>>) -> Result<Html<String>, ApiError> {
-    let live = blocking(move || live_html(&shared)).await?;
-    Ok(page("reelspool", &format!("<main id=live>{live}</main>")))
+    let (live, plots) = blocking(move || Ok((live_html(&shared)?, plots_html(&shared)))).await?;
+    Ok(page(
+        "reelspool",
+        &format!("<main id=live>{live}</main><section id=plots>{plots}</section>"),
+    ))
+}
+
+async fn plots(State(shared): State<Arc<Shared>>) -> Html<String> {
+    Html(plots_html(&shared))
+}
+
+/// The cards' last hour and the farm's last day, from the history.
+fn plots_html(shared: &Shared) -> String {
+    let now = now_ms() / 1000;
+    let ago = |t: u64| t as f64 - now as f64;
+    let (cards, farm) = shared.history.snapshot();
+    let mut out = String::from("<h2>Cards, last hour</h2><div class=plots>");
+    if cards.is_empty() {
+        out.push_str("<p>no samples yet</p>");
+    }
+    for (uuid, series) in &cards {
+        let host = series.kind == HOST_SERIES;
+        let busy: Vec<(f64, f64)> = series
+            .points
+            .iter()
+            .filter_map(|p| Some((ago(p.t), f64::from(p.util?))))
+            .collect();
+        let memory: Vec<(f64, f64)> = series
+            .points
+            .iter()
+            .filter_map(|p| {
+                let used = p.used?;
+                (p.total > 0).then(|| (ago(p.t), used as f64 / p.total as f64))
+            })
+            .collect();
+        let mut lines = Vec::new();
+        if !busy.is_empty() {
+            lines.push(Series {
+                name: if host { "CPU" } else { "utilisation" },
+                color: "#3a7bd5",
+                points: busy,
+            });
+        }
+        lines.push(Series {
+            name: if host { "RAM" } else { "memory" },
+            color: "#d5803a",
+            points: memory,
+        });
+        let title = match series.points.back() {
+            Some(last) => format!(
+                "{} · {} of {}",
+                series.name,
+                Unit::Bytes.label(last.used.unwrap_or(0) as f64),
+                Unit::Bytes.label(last.total as f64)
+            ),
+            None => series.name.clone(),
+        };
+        out.push_str(&line_chart(
+            &format!("card-{uuid}"),
+            &title,
+            &lines,
+            -3600.0,
+            0.0,
+            3.0 * CARD_SAMPLE_SECS as f64,
+            1.0,
+            Unit::Ratio,
+            ["-60 min", "-30 min", "now"],
+        ));
+    }
+    out.push_str("</div><h2>Farm, last day</h2><div class=plots>");
+    let day = |id: &str, title: &str, series: &[Series<'_>]| {
+        line_chart(
+            id,
+            title,
+            series,
+            -86_400.0,
+            0.0,
+            2.0 * FARM_BUCKET_SECS as f64 + 1.0,
+            1.0,
+            Unit::Plain,
+            ["-24 h", "-12 h", "now"],
+        )
+    };
+    let points = |value: &dyn Fn(&super::history::FarmPoint) -> f64| -> Vec<(f64, f64)> {
+        farm.iter().map(|p| (ago(p.t), value(p))).collect()
+    };
+    out.push_str(&day(
+        "farm-clips",
+        "clips per minute",
+        &[Series {
+            name: "clips/min",
+            color: "#1f6f3f",
+            points: points(&|p| f64::from(p.clips)),
+        }],
+    ));
+    out.push_str(&day(
+        "farm-frames",
+        "frames per second",
+        &[Series {
+            name: "frames/s",
+            color: "#3a7bd5",
+            points: points(&|p| p.frames as f64 / FARM_BUCKET_SECS as f64),
+        }],
+    ));
+    out.push_str(&day(
+        "farm-queue",
+        "jobs queued and running",
+        &[
+            Series {
+                name: "queued",
+                color: "#d5803a",
+                points: points(&|p| f64::from(p.queued)),
+            },
+            Series {
+                name: "running",
+                color: "#1f6f3f",
+                points: points(&|p| f64::from(p.running)),
+            },
+        ],
+    ));
+    out.push_str("</div>");
+    out
 }
 
 async fn live(State(shared): State<Arc<Shared>>) -> Result<Html<String>, ApiError> {
@@ -150,14 +293,35 @@ fn live_html(shared: &Shared) -> Result<String, ApiError> {
         let total = card["memory_total_bytes"].as_u64().unwrap_or(0);
         let used = card["memory_used_bytes"].as_u64();
         let gib = |bytes: u64| bytes as f64 / (1u64 << 30) as f64;
-        let memory = match used {
-            Some(used) => format!(
-                "{}{:.1} / {:.1} GiB",
-                bar(used, Some(total)),
-                gib(used),
-                gib(total)
-            ),
-            None => format!("{:.1} GiB", gib(total)),
+        let host = &card["host"];
+        let memory = if card["kind"] == "cpu" {
+            // A CPU slot's memory is a placement figure; the host's RAM and CPU mean something.
+            match (
+                host["memory_used_bytes"].as_u64(),
+                host["memory_total_bytes"].as_u64(),
+            ) {
+                (Some(used), Some(total)) => format!(
+                    "{}<small class=host>host RAM {:.1} / {:.1} GiB{}</small>",
+                    bar(used, Some(total)),
+                    gib(used),
+                    gib(total),
+                    host["cpu_busy_ratio"]
+                        .as_f64()
+                        .map(|busy| format!(" · CPU {:.0}%", busy * 100.0))
+                        .unwrap_or_default()
+                ),
+                _ => "<small class=host>CPU slot (host RAM)</small>".to_string(),
+            }
+        } else {
+            match used {
+                Some(used) => format!(
+                    "{}{:.1} / {:.1} GiB",
+                    bar(used, Some(total)),
+                    gib(used),
+                    gib(total)
+                ),
+                None => format!("{:.1} GiB", gib(total)),
+            }
         };
         let state = if card["drained"].as_bool() == Some(true) {
             "drained"
@@ -193,10 +357,10 @@ fn live_html(shared: &Shared) -> Result<String, ApiError> {
     for entry in &jobs {
         let id = entry.id.to_string();
         let phase = entry.phase.as_str();
-        let thumb = if entry.phase == Phase::Running {
-            format!("<img class=thumb alt=\"\" src=\"/jobs/{}/thumbnail.jpg?clip={}\" onerror=\"this.style.visibility='hidden'\">", esc(&id), entry.clips_done)
-        } else {
-            String::new()
+        let thumb = match entry.phase {
+            Phase::Running => format!("<img class=thumb alt=\"\" src=\"/jobs/{}/thumbnail.jpg?clip={}\" onerror=\"this.style.visibility='hidden'\">", esc(&id), entry.clips_done),
+            Phase::Done => format!("<img class=\"thumb poster\" alt=\"\" loading=lazy src=\"/jobs/{}/poster.jpg\" onerror=\"this.style.visibility='hidden'\">", esc(&id)),
+            _ => String::new(),
         };
         let progress = match entry.clips_total {
             Some(total) => format!(
@@ -238,32 +402,95 @@ fn live_html(shared: &Shared) -> Result<String, ApiError> {
     Ok(out)
 }
 
+/// The job's details as the caller may see them (the control socket's rules).
+async fn visible_detail(
+    shared: Arc<Shared>,
+    access: &Access,
+    id: String,
+) -> Result<Value, ApiError> {
+    let uid = reader(access);
+    blocking(move || job_detail(&shared, uid, &id)).await
+}
+
 async fn job_page(
     State(shared): State<Arc<Shared>>,
     Extension(access): Extension<Access>,
     Path(id): Path<String>,
 ) -> Result<Html<String>, ApiError> {
-    let uid = reader(&access);
-    let detail = blocking(move || job_detail(&shared, uid, &id)).await?;
+    let detail = visible_detail(shared, &access, id).await?;
     Ok(page(
         detail["job"]["name"].as_str().unwrap_or("job"),
         &job_html(&detail),
     ))
 }
 
-fn job_html(detail: &Value) -> String {
-    let job = &detail["job"];
-    let id = job["id"].as_str().unwrap_or("");
-    let phase = job["phase"].as_str().unwrap_or("");
-    let text = |value: &Value| match value {
+async fn job_parts(
+    State(shared): State<Arc<Shared>>,
+    Extension(access): Extension<Access>,
+    Path(id): Path<String>,
+) -> Result<Html<String>, ApiError> {
+    Ok(Html(job_parts_html(
+        &visible_detail(shared, &access, id).await?,
+    )))
+}
+
+/// HTML text of a JSON value: `-` for null, strings without their quotes.
+fn text(value: &Value) -> String {
+    match value {
         Value::Null => "-".to_string(),
         Value::String(s) => esc(s),
         other => esc(&other.to_string()),
-    };
+    }
+}
+
+/// Seconds per clip from the job's `clip_done` events (the latest one per clip), one slot per
+/// clip of the job.
+fn clip_seconds(detail: &Value) -> Vec<Option<f64>> {
+    let mut secs: Vec<Option<f64>> = Vec::new();
+    for event in detail["events"].as_array().into_iter().flatten() {
+        if event["event"] != "clip_done" {
+            continue;
+        }
+        let (Some(index), Some(value)) = (event["index"].as_u64(), event["secs"].as_f64()) else {
+            continue;
+        };
+        let Ok(index) = usize::try_from(index) else {
+            continue;
+        };
+        if secs.len() <= index {
+            secs.resize(index + 1, None);
+        }
+        secs[index] = Some(value);
+    }
+    let total = detail["job"]["clips_total"]
+        .as_u64()
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(0);
+    if secs.len() < total {
+        secs.resize(total, None);
+    }
+    secs
+}
+
+/// A job's state, id, phase and finished clips, from its details.
+fn job_basics(detail: &Value) -> (&Value, &str, &str, u64) {
+    let job = &detail["job"];
+    (
+        job,
+        job["id"].as_str().unwrap_or(""),
+        job["phase"].as_str().unwrap_or(""),
+        job["clips_done"].as_u64().unwrap_or(0),
+    )
+}
+
+/// The part of a job's page that changes while it runs: the table, the latest frame, the
+/// seconds per clip and a thumbnail per finished clip.
+fn job_parts_html(detail: &Value) -> String {
+    let (job, id, phase, done) = job_basics(detail);
     let mut out = String::new();
     let _ = write!(
         out,
-        "<h2>{name}</h2><table id=job>\
+        "<table id=job>\
          <tr><th>id</th><td>{idq}</td></tr>\
          <tr><th>state</th><td class=\"state {phase}\">{phase}</td></tr>\
          <tr><th>card</th><td>{gpu}</td></tr>\
@@ -272,14 +499,9 @@ fn job_html(detail: &Value) -> String {
          <tr><th>priority</th><td>{priority}</td></tr>\
          <tr><th>output</th><td>{output}</td></tr>\
          <tr><th>error</th><td>{error}</td></tr></table>",
-        name = text(&job["name"]),
         idq = esc(id),
         gpu = text(&job["gpu"]),
-        bar = bar(
-            job["clips_done"].as_u64().unwrap_or(0),
-            job["clips_total"].as_u64()
-        ),
-        done = job["clips_done"].as_u64().unwrap_or(0),
+        bar = bar(done, job["clips_total"].as_u64()),
         total = text(&job["clips_total"]),
         attempts = text(&job["attempts"]),
         priority = text(&job["priority"]),
@@ -289,12 +511,49 @@ fn job_html(detail: &Value) -> String {
     if phase == "running" {
         let _ = write!(
             out,
-            "<p><img alt=\"the latest frame\" src=\"/jobs/{}/thumbnail.jpg?clip={}\" \
+            "<p><img alt=\"the latest frame\" src=\"/jobs/{}/thumbnail.jpg?clip={done}\" \
              onerror=\"this.style.visibility='hidden'\"></p>",
             esc(id),
-            job["clips_done"].as_u64().unwrap_or(0)
         );
     }
+    let secs = clip_seconds(detail);
+    if secs.iter().any(Option::is_some) {
+        out.push_str("<div class=jobcharts>");
+        out.push_str(&bar_chart(
+            "clip-seconds",
+            "seconds per clip",
+            &secs,
+            "#3a7bd5",
+            Unit::Seconds,
+        ));
+        out.push_str("</div>");
+    }
+    if done > 0 {
+        out.push_str("<h2>Clips</h2><div class=strip id=strip>");
+        for k in 0..done {
+            let _ = write!(
+                out,
+                "<img loading=lazy alt=\"clip {k}\" title=\"clip {k}\" src=\"/jobs/{}/clips/{k}.jpg\" \
+                 onerror=\"this.style.visibility='hidden'\">",
+                esc(id)
+            );
+        }
+        out.push_str("</div>");
+    }
+    out
+}
+
+fn job_html(detail: &Value) -> String {
+    let (job, id, phase, done) = job_basics(detail);
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "<h2>{name}</h2><div id=jobparts data-live=\"{live}\" data-src=\"/jobs/{idq}/parts\">{parts}</div>",
+        name = text(&job["name"]),
+        live = u8::from(phase == "running" || phase == "queued"),
+        idq = esc(id),
+        parts = job_parts_html(detail),
+    );
     if phase == "running" || phase == "queued" {
         let _ = write!(
             out,
@@ -306,10 +565,24 @@ fn job_html(detail: &Value) -> String {
             job["priority"].as_i64().unwrap_or(0)
         );
     }
+    // The clips so far, as they are finished: while it runs, and what a failed or cancelled
+    // job got to.
+    if phase == "running" || (matches!(phase, "failed" | "cancelled") && done > 0) {
+        let _ = write!(
+            out,
+            "<h2>Live preview</h2><video id=livevideo controls muted autoplay playsinline \
+             data-src=\"/jobs/{0}/live.m3u8\" src=\"/jobs/{0}/live.m3u8\"></video>\
+             <p id=livenote hidden>This browser does not play HLS itself (Chromium, Chrome, Edge \
+             and Safari do); open <a href=\"/jobs/{0}/live.m3u8\">the playlist</a> in a player \
+             such as mpv or VLC.</p>",
+            esc(id)
+        );
+    }
     if phase == "done" {
         let _ = write!(
             out,
-            "<h2>Video</h2><video controls preload=metadata src=\"/jobs/{}/video\"></video>",
+            "<h2>Video</h2><video id=video controls preload=metadata poster=\"/jobs/{0}/poster.jpg\" \
+             src=\"/jobs/{0}/video\"></video>",
             esc(id)
         );
     }
@@ -353,98 +626,6 @@ fn job_html(detail: &Value) -> String {
     out
 }
 
-/// The finished video, only when it lies under one of the configured output roots.
-async fn video(
-    State(shared): State<Arc<Shared>>,
-    Extension(access): Extension<Access>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    let uid = reader(&access);
-    let bytes = blocking(move || {
-        let detail = job_detail(&shared, uid, &id)?;
-        let Some(output) = detail["job"]["output"].as_str() else {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "the job has no video (yet)",
-            ));
-        };
-        if detail["job"]["phase"].as_str() != Some("done") {
-            return Err(ApiError::new(StatusCode::NOT_FOUND, "the job is not done"));
-        }
-        let path = std::fs::canonicalize(output).map_err(|err| {
-            ApiError::new(StatusCode::NOT_FOUND, format!("the video is gone: {err}"))
-        })?;
-        let allowed = shared
-            .config
-            .allowed_roots
-            .outputs
-            .iter()
-            .filter_map(|root| std::fs::canonicalize(root).ok())
-            .any(|root| path.starts_with(root));
-        if !allowed {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "the video is outside the configured output roots",
-            ));
-        }
-        std::fs::read(&path).map_err(|err| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("cannot read the video: {err}"),
-            )
-        })
-    })
-    .await?;
-    Ok(([(header::CONTENT_TYPE, "video/mp4")], bytes).into_response())
-}
-
-/// The newest clip thumbnail the worker wrote (`work/clips/<k>.jpg`, highest k).
-async fn thumbnail(
-    State(shared): State<Arc<Shared>>,
-    Extension(access): Extension<Access>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    let uid = reader(&access);
-    let bytes = blocking(move || {
-        let detail = job_detail(&shared, uid, &id)?;
-        let id = detail["job"]["id"].as_str().unwrap_or_default();
-        let clips = jobs::state::JobDir::new(shared.layout.jobs.join(id))
-            .work_dir()
-            .join("clips");
-        let newest = std::fs::read_dir(&clips)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|item| {
-                let name = item.file_name().into_string().ok()?;
-                let index: u32 = name.strip_suffix(".jpg")?.parse().ok()?;
-                Some((index, item.path()))
-            })
-            .max_by_key(|(index, _)| *index);
-        let Some((_, path)) = newest else {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "no clip of this job has a thumbnail yet",
-            ));
-        };
-        std::fs::read(&path).map_err(|err| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("cannot read the thumbnail: {err}"),
-            )
-        })
-    })
-    .await?;
-    Ok((
-        [
-            (header::CONTENT_TYPE, "image/jpeg"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        bytes,
-    )
-        .into_response())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -452,6 +633,23 @@ mod tests {
     #[test]
     fn markup_in_names_is_escaped() {
         assert_eq!(esc("<b a=\"x\">&'"), "&lt;b a=&quot;x&quot;&gt;&amp;&#39;");
+    }
+
+    #[test]
+    fn seconds_per_clip_take_the_latest_attempt_and_leave_gaps() {
+        let detail = serde_json::json!({
+            "job": { "clips_total": 4 },
+            "events": [
+                { "event": "clip_done", "index": 0, "secs": 2.0, "frames": 8 },
+                { "event": "retry" },
+                { "event": "clip_done", "index": 2, "secs": 3.0, "frames": 8 },
+                { "event": "clip_done", "index": 0, "secs": 1.5, "frames": 8 },
+            ],
+        });
+        assert_eq!(
+            clip_seconds(&detail),
+            vec![Some(1.5), None, Some(3.0), None]
+        );
     }
 
     #[test]

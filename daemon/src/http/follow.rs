@@ -1,8 +1,9 @@
 //! Once a second: the queue index gives the jobs by state; every job whose `events.jsonl`
 //! grew (a finished one for an hour after its end, for the notices) has its new events read,
 //! and each becomes counters and a server-sent event; new intake rejections are counted; the
-//! DCGM job-mapping files follow `gpus.json`. The cost per tick is one index read and one
-//! `stat` per job still watched.
+//! DCGM job-mapping files follow `gpus.json`; finished clips and the queue's length go into the
+//! dashboard's history, and every 10 s a sample of the cards (or, for CPU slots, of the host).
+//! The cost per tick is one index read and one `stat` per job still watched.
 //!
 //! Counters start at 0 when the daemon starts (what Prometheus expects of a restart): events
 //! already on disk then are skipped, and only what happens afterwards is counted.
@@ -18,6 +19,7 @@ use serde_json::json;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
+use super::history::{read_host, CARD_SAMPLE_SECS};
 use super::metrics::{
     rejection_kind, retry_reason, CardLabels, ChannelLabel, DeliveryLabels, KindLabel, ModelLabels,
     OutcomeLabel, SourceLabel, StateLabel, UuidLabel,
@@ -57,7 +59,15 @@ struct Follower {
     rejected: HashSet<OsString>,
     dcgm: BTreeMap<u32, String>,
     first: bool,
+    /// When the cards were last sampled for the history, and the history last saved (Unix s).
+    sampled_at_s: u64,
+    saved_at_s: u64,
+    /// The previous `/proc/stat` reading, for the host's CPU busy fraction.
+    cpu_times: Option<(u64, u64)>,
 }
+
+/// How often the history is written to disk.
+const SAVE_EVERY_SECS: u64 = 60;
 
 pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let mut follower = Follower {
@@ -88,6 +98,14 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
             let _ = std::fs::remove_file(dir.join(index.to_string()));
         }
     }
+    save_history(&shared);
+}
+
+fn save_history(shared: &Shared) {
+    let path = super::history::history_path(&shared.config.state_dir);
+    if let Err(err) = shared.history.save(&path) {
+        warn!(file = %path.display(), error = %err, "cannot save the dashboard's history");
+    }
 }
 
 impl Follower {
@@ -99,6 +117,23 @@ impl Follower {
         self.count_rejections(shared);
         if let (Some(dir), Some(snapshot)) = (&shared.config.dcgm_job_mapping_dir, &snapshot) {
             self.map_dcgm(dir, snapshot);
+        }
+        let now_s = jobs::state::now_ms() / 1000;
+        if now_s >= self.sampled_at_s + CARD_SAMPLE_SECS {
+            self.sampled_at_s = now_s;
+            let devices = gpu_pool::discover(&shared.config.gpu_pool).unwrap_or_default();
+            let host = devices
+                .iter()
+                .any(|device| device.kind == gpu_pool::GpuKind::Cpu)
+                .then(|| read_host(&mut self.cpu_times))
+                .flatten();
+            shared.history.sample_cards(now_s, &devices, host);
+        }
+        if now_s >= self.saved_at_s + SAVE_EVERY_SECS {
+            if !self.first {
+                save_history(shared);
+            }
+            self.saved_at_s = now_s;
         }
         self.first = false;
     }
@@ -125,6 +160,21 @@ impl Follower {
                 })
                 .set(counts.get(&phase).copied().unwrap_or(0));
         }
+        let oldest_queued = entries
+            .iter()
+            .filter(|entry| entry.phase == Phase::Queued)
+            .map(|entry| entry.submitted_at_ms)
+            .min();
+        shared
+            .metrics
+            .queue_oldest
+            .set(oldest_queued.map_or(0.0, |ms| ms as f64 / 1000.0));
+        let count = |phase| u32::try_from(counts.get(&phase).copied().unwrap_or(0)).unwrap_or(0);
+        shared.history.record_jobs(
+            jobs::state::now_ms() / 1000,
+            count(Phase::Queued),
+            count(Phase::Running),
+        );
         let card_index = |uuid: &str| -> String {
             snapshot
                 .and_then(|s| s.cards.iter().find(|card| card.uuid == uuid))
@@ -296,12 +346,18 @@ fn handle_event(
                     uuid: uuid.clone(),
                 })
                 .inc();
-            if let Some(frames) = event.fields.get("frames").and_then(|v| v.as_u64()) {
+            let frames = event.fields.get("frames").and_then(|v| v.as_u64());
+            if let Some(frames) = frames {
                 metrics
                     .frames
                     .get_or_create(&UuidLabel { uuid })
                     .inc_by(frames);
             }
+            shared.history.record_clip(
+                event.ts_ms,
+                frames.unwrap_or(0),
+                jobs::state::now_ms() / 1000,
+            );
             if let Some(secs) = field_f64("secs") {
                 metrics.clip_duration.observe(secs);
             }
@@ -374,6 +430,11 @@ pub fn refresh_scrape_gauges(shared: &Shared) {
             gpu: card.index.to_string(),
             uuid: card.uuid.clone(),
         };
+        // Every card's counters exist from the start, at 0.
+        let _ = metrics.clips.get_or_create(&card_labels);
+        let _ = metrics.frames.get_or_create(&UuidLabel {
+            uuid: card.uuid.clone(),
+        });
         if let Some(percent) = card.utilization_percent {
             metrics
                 .gpu_utilization
@@ -391,8 +452,21 @@ pub fn refresh_scrape_gauges(shared: &Shared) {
             .get_or_create(&card_labels)
             .set(i64::from(assigned));
     }
-    let mut pending: BTreeMap<&'static str, i64> =
-        [("email", 0), ("webhook", 0)].into_iter().collect();
+    metrics.gpu_drained.clear();
+    for card in snapshot.iter().flat_map(|snapshot| &snapshot.cards) {
+        metrics
+            .gpu_drained
+            .get_or_create(&CardLabels {
+                gpu: card.index.to_string(),
+                uuid: card.uuid.clone(),
+            })
+            .set(i64::from(card.drained));
+    }
+    // Per channel: how many wait, and when the oldest of them was queued (ms).
+    let mut pending: BTreeMap<&'static str, (i64, Option<u64>)> = super::metrics::CHANNELS
+        .into_iter()
+        .map(|channel| (channel, (0, None)))
+        .collect();
     if let Ok(outbox) = notices::Outbox::open(shared.config.state_dir.join("outbox")) {
         if let Ok(deliveries) = outbox.pending() {
             for delivery in deliveries {
@@ -400,16 +474,22 @@ pub fn refresh_scrape_gauges(shared: &Shared) {
                     notices::Destination::Email { .. } => "email",
                     notices::Destination::Webhook(_) => "webhook",
                 };
-                *pending.entry(channel).or_default() += 1;
+                let (count, oldest) = pending.entry(channel).or_default();
+                *count += 1;
+                *oldest = Some(
+                    oldest.map_or(delivery.created_at_ms, |ms| ms.min(delivery.created_at_ms)),
+                );
             }
         }
     }
-    for (channel, count) in pending {
+    for (channel, (count, oldest)) in pending {
+        let label = ChannelLabel {
+            channel: channel.to_string(),
+        };
+        metrics.outbox.get_or_create(&label).set(count);
         metrics
-            .outbox
-            .get_or_create(&ChannelLabel {
-                channel: channel.to_string(),
-            })
-            .set(count);
+            .outbox_oldest
+            .get_or_create(&label)
+            .set(oldest.map_or(0.0, |ms| ms as f64 / 1000.0));
     }
 }

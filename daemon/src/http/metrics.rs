@@ -73,6 +73,16 @@ pub struct BuildLabels {
 }
 
 type RatioGauge = Gauge<f64, AtomicU64>;
+
+/// How a job can end (`outcome` of `reelspool_jobs_finished_total` and the job durations).
+const OUTCOMES: [&str; 3] = ["done", "failed", "cancelled"];
+/// The `reason` values of [`retry_reason`].
+const RETRY_REASONS: [&str; 3] = ["oom", "timeout", "crash"];
+/// Notice channels, and what a delivery attempt can come to.
+pub const CHANNELS: [&str; 2] = ["email", "webhook"];
+const DELIVERY_OUTCOMES: [&str; 3] = ["delivered", "failed", "retrying"];
+/// The `kind` values of [`rejection_kind`].
+const REJECTION_KINDS: [&str; 4] = ["parse", "validate", "permission", "file_name"];
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Job durations: a minute to a day.
@@ -99,7 +109,10 @@ pub struct Metrics {
     pub gpu_memory_used: Family<ModelLabels, Gauge>,
     pub gpu_utilization: Family<CardLabels, RatioGauge>,
     pub gpu_assigned: Family<CardLabels, Gauge>,
+    pub gpu_drained: Family<CardLabels, Gauge>,
+    pub queue_oldest: RatioGauge,
     pub outbox: Family<ChannelLabel, Gauge>,
+    pub outbox_oldest: Family<ChannelLabel, RatioGauge>,
     pub deliveries: Family<DeliveryLabels, Counter>,
     pub rejections: Family<KindLabel, Counter>,
     pub last_finished: RatioGauge,
@@ -138,7 +151,10 @@ impl Metrics {
             gpu_memory_used: Family::default(),
             gpu_utilization: Family::default(),
             gpu_assigned: Family::default(),
+            gpu_drained: Family::default(),
+            queue_oldest: RatioGauge::default(),
             outbox: Family::default(),
+            outbox_oldest: Family::default(),
             deliveries: Family::default(),
             rejections: Family::default(),
             last_finished: RatioGauge::default(),
@@ -159,7 +175,10 @@ impl Metrics {
             gpu_memory_used,
             gpu_utilization,
             gpu_assigned,
+            gpu_drained,
+            queue_oldest,
             outbox,
+            outbox_oldest,
             deliveries,
             rejections,
             last_finished,
@@ -236,9 +255,24 @@ impl Metrics {
             gpu_assigned.clone(),
         );
         registry.register(
+            "reelspool_gpu_drained",
+            "1 while the card is drained (by an operator, or after repeated failures): it gets no new jobs",
+            gpu_drained.clone(),
+        );
+        registry.register(
+            "reelspool_queue_oldest_timestamp_seconds",
+            "When the job queued longest was submitted (Unix time); 0 when no job is queued",
+            queue_oldest.clone(),
+        );
+        registry.register(
             "reelspool_notice_outbox_pending",
             "Notices waiting in the durable outbox, by channel",
             outbox.clone(),
+        );
+        registry.register(
+            "reelspool_notice_outbox_oldest_timestamp_seconds",
+            "When the oldest notice still waiting in the outbox was queued (Unix time), by channel; 0 when none waits",
+            outbox_oldest.clone(),
         );
         registry.register(
             "reelspool_notice_deliveries",
@@ -255,6 +289,33 @@ impl Metrics {
             "When the last job ended (Unix time); 0 until one does",
             last_finished.clone(),
         );
+        // Every label value known in advance exists from the start, at 0: `increase()` then
+        // sees the first job that fails, and the series are there for dashboards and alerts.
+        for outcome in OUTCOMES {
+            let outcome = OutcomeLabel {
+                outcome: outcome.to_string(),
+            };
+            let _ = finished.get_or_create(&outcome);
+            let _ = job_duration.get_or_create(&outcome);
+        }
+        for reason in RETRY_REASONS {
+            let _ = retries.get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            });
+        }
+        for channel in CHANNELS {
+            for outcome in DELIVERY_OUTCOMES {
+                let _ = deliveries.get_or_create(&DeliveryLabels {
+                    channel: channel.to_string(),
+                    outcome: outcome.to_string(),
+                });
+            }
+        }
+        for kind in REJECTION_KINDS {
+            let _ = rejections.get_or_create(&KindLabel {
+                kind: kind.to_string(),
+            });
+        }
         Metrics {
             registry,
             ..metrics
@@ -332,6 +393,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("# TYPE reelspool_job_queue_wait_seconds histogram"));
+        assert!(
+            text.contains("reelspool_jobs_finished_total{outcome=\"failed\"} 0"),
+            "every outcome exists before it happens: {text}"
+        );
         assert!(text.contains("reelspool_build_info{version=\""));
     }
 

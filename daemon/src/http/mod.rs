@@ -12,13 +12,24 @@
 //! Everything shown is read from the files the daemon keeps already (the queue index, job
 //! states and events, `gpus.json`, the outbox): the server never touches the scheduler. A
 //! follower task (see `follow`) reads new job events once a second and turns them into counters,
-//! server-sent events and the DCGM job-mapping files.
+//! server-sent events, the DCGM job-mapping files and the history the dashboard plots
+//! (`history`, drawn as SVG by `charts`).
+//!
+//! What there is to watch of a job (`playback`): the finished video with range requests, and the
+//! live preview of a running one, an HLS playlist of its finished clips remuxed into the job's
+//! `preview/` folder (`preview`), reached without following symlinks (`safe_fs`).
 
 mod api;
 mod auth;
+mod charts;
 mod dashboard;
 mod follow;
+mod history;
 pub mod metrics;
+mod playback;
+mod preview;
+mod ranges;
+mod safe_fs;
 mod shared;
 
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
@@ -154,6 +165,7 @@ pub fn start(
     }
     let (events, _) = broadcast::channel(1024);
     let token = prepared.as_ref().and_then(|p| p.token.clone());
+    let config_state_dir = config.state_dir.clone();
     let shared = Arc::new(Shared {
         control: ControlContext {
             jobs_dir: layout.jobs.clone(),
@@ -167,6 +179,11 @@ pub fn start(
         metrics: metrics::Metrics::new(),
         events,
         stopping: shutdown.clone(),
+        history: history::History::load(
+            &history::history_path(&config_state_dir),
+            jobs::state::now_ms() / 1000,
+        ),
+        preview_lock: std::sync::Mutex::new(()),
     });
     let mut tasks = vec![tokio::spawn(follow::run(
         Arc::clone(&shared),
@@ -262,6 +279,7 @@ fn bind_socket(path: &Path, group: &str) -> Result<UnixListener, HttpError> {
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .merge(dashboard::routes())
+        .merge(playback::routes())
         .merge(api::routes())
         .with_state(shared)
 }

@@ -1,6 +1,6 @@
 //! What every handler shares: the state it reads and the error it answers with.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -8,6 +8,7 @@ use axum::Json;
 use serde_json::json;
 use tokio::sync::{broadcast, watch};
 
+use super::history::History;
 use super::metrics::Metrics;
 use crate::config::DaemonConfig;
 use crate::control::ControlContext;
@@ -24,6 +25,10 @@ pub struct Shared {
     pub events: broadcast::Sender<String>,
     /// Turns true when the daemon stops; open event streams end then.
     pub stopping: watch::Receiver<bool>,
+    /// What the dashboard plots (see `history`).
+    pub history: History,
+    /// Held while preview files are made, so two requests never make the same one.
+    pub preview_lock: Mutex<()>,
 }
 
 /// A refusal or failure, sent as `{"error": message}`.

@@ -110,7 +110,7 @@ fn decode_first_picture(path: &Path) -> Result<frame::Video, RenderError> {
 /// Transparent pictures are laid over white, as image viewers show them: dropping the alpha
 /// channel instead would reveal whatever colour the transparent pixels happen to hold
 /// (often black), and the model would animate a portrait against it.
-fn to_rgb(picture: &frame::Video) -> Result<RgbImage, ffmpeg::Error> {
+pub(super) fn to_rgb(picture: &frame::Video) -> Result<RgbImage, ffmpeg::Error> {
     let (w, h) = (picture.width(), picture.height());
     let has_alpha = picture.format().descriptor().is_some_and(|d| {
         // SAFETY: descriptors are static tables inside libavutil.

@@ -24,6 +24,7 @@ mod digest;
 mod encode;
 mod image;
 mod orientation;
+mod preview;
 mod scale;
 #[cfg(test)]
 mod test_support;
@@ -38,6 +39,7 @@ pub use audio::{load_audio, probe_audio_duration, AudioTrack, AUDIO_SAMPLE_RATE_
 pub use digest::decode_video_frame_digests;
 pub use encode::{ClipEncoder, EncodeSettings, SegmentInfo, VideoCodec, DEFAULT_PRESET};
 pub use image::load_reference_image;
+pub use preview::{frame_jpeg, remux_to_mpegts, TsSegment, REORDER_ALLOWANCE_FRAMES};
 pub use thumbnail::{thumbnail_size, write_thumbnail, THUMBNAIL_MAX_SIDE};
 
 use ffmpeg_next as ffmpeg;

@@ -16,6 +16,7 @@ use crate::causal_loop::DitCarry;
 use crate::error::WanError;
 use crate::model::REF_FRAME_POSITION;
 use crate::rope::RopeGroup;
+use crate::streamed::HostDitCarry;
 use crate::vae::decode_cache_shapes;
 
 /// Length of [`CarryStamp::model`]: a SHA-256 in hex.
@@ -70,11 +71,13 @@ impl CarryStamp {
     }
 }
 
-/// The state between two clips of a job: the DiT's [`DitCarry`] with the VAE decoder's
-/// streaming cache in `inner.vae_decode`.
+/// The state between two clips of a job: the DiT's carry with the VAE decoder's streaming
+/// cache in `inner.vae_decode`. Its layers (rings and sink slices) are on the device or in
+/// host memory as the memory mode of the clip that made it wants them
+/// ([`HostDitCarry::set_resident_layers`] moves them); the file is the same either way.
 #[derive(Debug, Clone)]
 pub struct PipelineCarry<B: Backend> {
-    pub inner: DitCarry<B>,
+    pub inner: HostDitCarry<B>,
 }
 
 impl<B: Backend> PipelineCarry<B> {
@@ -119,6 +122,18 @@ impl<B: Backend> PipelineCarry<B> {
         expected: &CarryStamp,
         device: &B::Device,
     ) -> Result<Self, WanError> {
+        Self::from_bytes_split(bytes, expected, device, usize::MAX)
+    }
+
+    /// [`PipelineCarry::from_bytes`] with the rings and sink of the first `resident_layers`
+    /// layers on `device` and the others in host memory (0 for a streamed job, whose carry
+    /// need not fit on the device).
+    pub fn from_bytes_split(
+        bytes: &[u8],
+        expected: &CarryStamp,
+        device: &B::Device,
+        resident_layers: usize,
+    ) -> Result<Self, WanError> {
         let meta = DitCarry::<B>::read_metadata(bytes)?;
         for (field, want) in expected.entries() {
             let key = format!("id.{field}");
@@ -143,7 +158,7 @@ impl<B: Backend> PipelineCarry<B> {
                 });
             }
         }
-        let (inner, _) = DitCarry::from_bytes_with_meta(bytes, device)?;
+        let (inner, _) = HostDitCarry::from_bytes_split(bytes, device, resident_layers)?;
         if inner.vae_decode.is_none() {
             return Err(WanError::Carry {
                 message: "the carry has no VAE decode cache: not a Live Avatar job carry".into(),

@@ -237,6 +237,30 @@ impl LiveAvatarConfig {
         };
         let r = Self::release();
         let d = &r.s2v;
+        // The released config.json (a diffusers-style dump of the constructor arguments)
+        // leaves out `patch_size`, `qk_norm`, `cross_attn_norm`, `text_dim` and
+        // `window_size`; they take the code's defaults. When given, the flags this port
+        // does not implement otherwise must have those values.
+        for flag in ["qk_norm", "cross_attn_norm"] {
+            match top.get(flag) {
+                None | Some(Value::Bool(true)) => {}
+                Some(_) => {
+                    return Err(top.bad(flag, "true (the only setting this engine implements)"))
+                }
+            }
+        }
+        match top.get("window_size") {
+            None => {}
+            Some(v)
+                if v.as_array()
+                    .is_some_and(|a| a.len() == 2 && a.iter().all(|x| x.as_i64() == Some(-1))) => {}
+            Some(_) => {
+                return Err(top.bad(
+                    "window_size",
+                    "[-1, -1] (global attention, the only setting this engine implements)",
+                ))
+            }
+        }
         let patch = top.usizes("patch_size", &d.patch_size)?;
         let patch_size: [usize; 3] = patch
             .try_into()

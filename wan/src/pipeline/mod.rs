@@ -3,15 +3,24 @@
 //! clip, with an exact resume from any clip boundary.
 //!
 //! ```text
-//! LiveAvatar::load(dir)             once per process: DiT (+ LoRA merged), VAE, umT5, wav2vec2
+//! LiveAvatar::load_with(dir, opts)  once per process: DiT (+ LoRA merged, fp8 if asked) placed
+//!                                   by memory mode, VAE; umT5 and wav2vec2 are not kept
 //! check_settings(&params)           size, frames, steps, fps: errors say what to change
-//! prepare(&params, rgb, audio, ids) once per job: ref latent, motion latents, text, audio features
+//! prepare(&params, rgb, audio, ids) once per job: ref latent, motion latents, text, audio
+//!                                   features (umT5 and wav2vec2 loaded for it, then dropped)
 //! start(&ctx) -> carry              clip 0 state: sink prefilled, empty rings, fresh decode cache
-//! render_clip(&ctx, carry)          -> (frames, next carry)
+//! render_clip(&ctx, carry)          -> (frames, next carry), in the model's memory mode
 //! carry.to_bytes / write_to         PipelineCarry::from_bytes(bytes, id, device) refuses another job's
 //! carry_bytes(&config, &params, dt) the carry file's exact size, before the job starts
-//! memory_estimate(..)               device bytes of a job by part
 //! ```
+//!
+//! Memory modes ([`MemoryMode`]): `Resident` runs the sequential loop with every block and the
+//! carry on the device; `Hybrid { resident_blocks }` and `Streamed` run the tick loop of
+//! [`crate::streamed`] with the other blocks' weights and carry in host memory. All three give
+//! the same frames bit for bit on one backend, and the carry ([`PipelineCarry`]) moves its layers
+//! to wherever the model's mode wants them at the start of each clip, so a job can change mode
+//! at any resume (or inside one process, [`LiveAvatar::set_memory_mode`]). The memory each
+//! mode needs is computed by [`crate::memory`].
 //!
 //! Frames per clip: the causal VAE turns the first latent frame of the stream into one
 //! video frame and every later latent frame into four, so clip 0 returns
@@ -23,11 +32,11 @@
 
 mod carry;
 mod config;
-mod memory;
 
+pub use crate::fp8::Precision;
+pub use crate::streamed::MemoryMode;
 pub use carry::{carry_bytes, sink_rope_groups, CarryStamp, PipelineCarry, MODEL_ID_LEN};
 pub use config::{LiveAvatarConfig, WAN21_MEAN, WAN21_STD};
-pub use memory::{memory_estimate, parameter_count, MemoryEstimate};
 
 use std::path::{Path, PathBuf};
 
@@ -37,15 +46,17 @@ use sha2::{Digest, Sha256};
 use crate::audio::MOTION_FRAMES;
 use crate::causal_loop::{run_clip, ClipInput, DitCarry};
 use crate::error::WanError;
-use crate::loader::{load_pth, load_s2v, load_safetensors, s2v_shards};
-use crate::lora::merge_lora_file;
+use crate::loader::{load_pth, load_safetensors, S2vSource, S2V_INDEX};
+use crate::lora::{lora_targets, LoraFile};
 use crate::release::{
-    CONFIG_FILE, LORA_FILE, S2V_DIR, T5_PTH, T5_SAFETENSORS, VAE_PTH, VAE_SAFETENSORS, W2V_DIR,
+    find_lora, CONFIG_FILE, S2V_DIR, T5_PTH, T5_SAFETENSORS, VAE_PTH, VAE_SAFETENSORS, W2V_DIR,
 };
+use crate::streamed::{run_clip_streamed, BlockShape, HostBlock, HostDitCarry, StreamedModel};
 use crate::t5::T5Encoder;
 use crate::vae::{DecodeCache, WanVae};
 use crate::wav2vec2::{
-    audio_per_video_frame, load_wav2vec2_dir, Wav2Vec2Model, W2V_BIN, W2V_SAFETENSORS,
+    audio_per_video_frame, load_wav2vec2_dir, Wav2Vec2Config, Wav2Vec2Model, W2V_BIN,
+    W2V_SAFETENSORS,
 };
 use crate::WanS2v;
 
@@ -122,16 +133,56 @@ impl JobParams {
     }
 }
 
-/// The loaded model family of one Live Avatar directory.
+/// How [`LiveAvatar::load_with`] places and stores the DiT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LoadOptions {
+    /// Where the blocks and their carry live while clips render (default: resident).
+    pub mode: MemoryMode,
+    /// How the DiT's linear weights are stored (default: the backend's float dtype).
+    pub precision: Precision,
+}
+
+/// The DiT as the memory mode keeps it.
+enum Dit<B: Backend> {
+    /// Every block on the device.
+    Resident(WanS2v<B>),
+    /// The first blocks on the device, the others' weights in host memory.
+    Split(StreamedModel<B>),
+}
+
+/// The models on the device between clips, as [`LiveAvatar::device_modules`] lists them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceModule {
+    /// The DiT's parts outside its blocks (embeddings, head, audio encoder and injectors,
+    /// frame packer).
+    DitResidentParts,
+    /// This many of the DiT's blocks (all of them in the resident mode).
+    DitBlocks(usize),
+    /// The Wan 2.1 VAE (its decoder runs per clip).
+    Vae,
+}
+
+/// The loaded model family of one Live Avatar directory. Holds the DiT (with the Live
+/// Avatar LoRA merged in) and the VAE; the once-per-job encoders (umT5-XXL, wav2vec2) are
+/// loaded by [`LiveAvatar::prepare`] for its own run and dropped before it returns, so they
+/// are never on the device while clips render.
 pub struct LiveAvatar<B: Backend> {
     pub config: LiveAvatarConfig,
-    /// The S2V DiT with the Live Avatar LoRA merged in.
-    pub dit: WanS2v<B>,
+    dit: Dit<B>,
     pub vae: WanVae<B>,
-    pub t5: T5Encoder<B>,
-    pub wav2vec2: Wav2Vec2Model<B>,
+    /// wav2vec2's config (its weights are loaded per [`LiveAvatar::prepare`]).
+    pub wav2vec2_config: Wav2Vec2Config,
+    t5_file: PathBuf,
+    w2v_dir: PathBuf,
+    precision: Precision,
     model_id: String,
     device: B::Device,
+}
+
+/// The once-per-job encoders, loaded for one [`LiveAvatar::prepare`].
+pub struct Encoders<B: Backend> {
+    pub t5: T5Encoder<B>,
+    pub wav2vec2: Wav2Vec2Model<B>,
 }
 
 /// What [`LiveAvatar::prepare`] computes once per job.
@@ -234,7 +285,7 @@ fn load_component<B: Backend, M: burn_store::ModuleSnapshot<B>>(
 }
 
 /// Smallest number of samples wav2vec2's conv stack makes a frame of.
-fn min_audio_samples<B: Backend>(w2v: &Wav2Vec2Model<B>) -> usize {
+fn min_audio_samples(w2v: &Wav2Vec2Config) -> usize {
     (1..=1_000_000)
         .find(|&n| w2v.output_frames(n) > 0)
         .unwrap_or(usize::MAX)
@@ -287,34 +338,36 @@ fn to_rgb<B: Backend>(video: Tensor<B, 5>) -> Result<Vec<Vec<u8>>, WanError> {
 }
 
 impl<B: Backend> LiveAvatar<B> {
-    /// Loads a model directory in the release layout (see `wan/README.md`): the DiT from
-    /// `Wan2.2-S2V-14B/` with the LoRA of `LiveAvatar/liveavatar.safetensors` merged, the
-    /// VAE and umT5 (`.safetensors` when present, else the released `.pth`), wav2vec2.
+    /// Loads a model directory in the release layout (see `wan/README.md`) with the DiT
+    /// resident in the float dtype ([`LoadOptions::default`]).
     pub fn load(dir: &Path, device: &B::Device) -> Result<Self, WanError> {
+        Self::load_with(dir, device, LoadOptions::default())
+    }
+
+    /// Loads a model directory in the release layout: the DiT from `Wan2.2-S2V-14B/` block by
+    /// block, each block with the Live Avatar LoRA ([`find_lora`]) merged, stored as fp8 when
+    /// asked, and kept on the device or moved to host memory as `options.mode` places it (so
+    /// the device never holds more than one block beyond what the mode keeps); the VAE. umT5
+    /// and wav2vec2 are checked (files present, wav2vec2's config fits the DiT) but loaded
+    /// only by [`LiveAvatar::prepare`]. Every header is checked before any weight is read;
+    /// a LoRA that does not adapt exactly Live Avatar's layers is refused.
+    pub fn load_with(
+        dir: &Path,
+        device: &B::Device,
+        options: LoadOptions,
+    ) -> Result<Self, WanError> {
         let config = LiveAvatarConfig::from_dir(dir)?;
         let s2v_dir = dir.join(S2V_DIR);
-        let lora = dir.join(LORA_FILE);
-        if !lora.exists() {
-            return Err(WanError::Io {
-                path: lora,
-                source: std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "the Live Avatar LoRA is not in the model directory",
-                ),
-            });
-        }
+        let lora_path = find_lora(dir)?;
         let vae_file = either(&s2v_dir, VAE_SAFETENSORS, VAE_PTH);
         let t5_file = either(&s2v_dir, T5_SAFETENSORS, T5_PTH);
         let w2v_dir = s2v_dir.join(W2V_DIR);
 
-        let (dit, _) = load_s2v(WanS2v::new(&config.s2v, device), &s2v_dir)?;
-        let (dit, merged) = merge_lora_file(dit, &lora, config.lora_alpha)?;
-        tracing::debug!(merged, "LoRA merged");
-        let vae = load_component(WanVae::new(&config.vae, device), &vae_file, device)?;
-        let t5 = load_component(T5Encoder::new(&config.t5, device), &t5_file, device)?;
-        let (wav2vec2, _) = load_wav2vec2_dir(&w2v_dir, device)?;
-        let states = wav2vec2.encoder.layers.len() + 1;
-        let width = wav2vec2.feature_projection.projection.weight.dims()[0];
+        let source = S2vSource::open(&s2v_dir)?;
+        source.check(&WanS2v::<B>::new(&config.s2v, device))?;
+        let w2v_config = Wav2Vec2Config::from_json_file(&w2v_dir.join("config.json"))?;
+        let states = w2v_config.num_hidden_layers + 1;
+        let width = w2v_config.hidden_size;
         if states != config.s2v.audio_layers || width != config.s2v.audio_dim {
             return Err(WanError::BadConfig {
                 path: w2v_dir.join("config.json"),
@@ -324,25 +377,148 @@ impl<B: Backend> LiveAvatar<B> {
                 ),
             });
         }
+        let w2v_weights = either(&w2v_dir, W2V_SAFETENSORS, W2V_BIN);
+        for file in [&t5_file, &w2v_weights] {
+            if !file.exists() {
+                return Err(WanError::Io {
+                    path: file.clone(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "model file not found",
+                    ),
+                });
+            }
+        }
+        let lora = LoraFile::open(&lora_path)?;
+        lora.require_targets(&lora_targets(&config.s2v))?;
+
+        let fp8 = options.precision == Precision::Fp8;
+        let layers = config.s2v.num_layers;
+        let keep = options.mode.resident_blocks(layers);
+        let mut kept = Vec::with_capacity(keep);
+        let mut host = Vec::with_capacity(layers - keep);
+        let (mut dit, _) =
+            source.load_each(WanS2v::new(&config.s2v, device), |layer, mut block| {
+                lora.merge_block(layer, &mut block, config.lora_alpha)?;
+                if fp8 {
+                    block.to_fp8();
+                }
+                if layer < keep {
+                    kept.push(block);
+                } else {
+                    host.push(HostBlock::from_block(block));
+                }
+                Ok(())
+            })?;
+        lora.merge_resident(&mut dit, config.lora_alpha)?;
+        if fp8 {
+            dit.to_fp8();
+        }
+        dit.blocks = kept;
+        let dit = match options.mode {
+            MemoryMode::Resident => Dit::Resident(dit),
+            _ => Dit::Split(StreamedModel::from_parts(
+                dit,
+                host,
+                BlockShape::of(&config.s2v),
+                device,
+            )),
+        };
+        tracing::debug!(mode = %options.mode, precision = %options.precision, "DiT loaded");
+        let vae = load_component(WanVae::new(&config.vae, device), &vae_file, device)?;
 
         let mut files = vec![s2v_dir.join(CONFIG_FILE)];
-        if s2v_dir.join(crate::loader::S2V_INDEX).exists() {
-            files.push(s2v_dir.join(crate::loader::S2V_INDEX));
+        if s2v_dir.join(S2V_INDEX).exists() {
+            files.push(s2v_dir.join(S2V_INDEX));
         }
-        files.extend(s2v_shards(&s2v_dir)?);
-        files.extend([lora, vae_file, t5_file, w2v_dir.join("config.json")]);
-        let w2v_weights = either(&w2v_dir, W2V_SAFETENSORS, W2V_BIN);
+        files.extend(source.shards().iter().cloned());
+        files.extend([
+            lora_path,
+            vae_file,
+            t5_file.clone(),
+            w2v_dir.join("config.json"),
+        ]);
         files.push(w2v_weights);
         let model_id = model_digest(&files, dir)?;
         Ok(Self {
             config,
             dit,
             vae,
-            t5,
-            wav2vec2,
+            wav2vec2_config: w2v_config,
+            t5_file,
+            w2v_dir,
+            precision: options.precision,
             model_id,
             device: device.clone(),
         })
+    }
+
+    /// Where the DiT's blocks are.
+    pub fn memory_mode(&self) -> MemoryMode {
+        match &self.dit {
+            Dit::Resident(_) => MemoryMode::Resident,
+            Dit::Split(m) if m.resident_blocks() == 0 => MemoryMode::Streamed,
+            Dit::Split(m) => MemoryMode::Hybrid {
+                resident_blocks: m.resident_blocks(),
+            },
+        }
+    }
+
+    /// How the DiT's linear weights are stored.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Moves the DiT's blocks to match `mode` (between device and host memory, block by
+    /// block). Carries follow at the next clip ([`LiveAvatar::render_clip`] moves their layers).
+    pub fn set_memory_mode(&mut self, mode: MemoryMode) {
+        let layers = self.config.s2v.num_layers;
+        let dit = std::mem::replace(
+            &mut self.dit,
+            Dit::Resident(WanS2v::new(&self.config.s2v, &self.device)),
+        );
+        self.dit = match (dit, mode) {
+            (Dit::Resident(m), MemoryMode::Resident) => Dit::Resident(m),
+            (Dit::Split(sm), MemoryMode::Resident) => Dit::Resident(sm.into_model()),
+            (Dit::Resident(m), other) => Dit::Split(StreamedModel::from_model_hybrid(
+                m,
+                other.resident_blocks(layers),
+            )),
+            (Dit::Split(mut sm), other) => {
+                sm.set_resident_blocks(other.resident_blocks(layers));
+                Dit::Split(sm)
+            }
+        };
+    }
+
+    /// The DiT's parts on the device: in the resident mode the whole model; otherwise the
+    /// parts outside `blocks` and the resident blocks.
+    pub fn dit(&self) -> &WanS2v<B> {
+        match &self.dit {
+            Dit::Resident(m) => m,
+            Dit::Split(sm) => &sm.resident,
+        }
+    }
+
+    /// What stays on the device between clips: the DiT's resident parts and blocks and the
+    /// VAE. umT5 and wav2vec2 never appear: [`LiveAvatar::prepare`] loads and drops them.
+    pub fn device_modules(&self) -> Vec<DeviceModule> {
+        vec![
+            DeviceModule::DitResidentParts,
+            DeviceModule::DitBlocks(self.dit().blocks.len()),
+            DeviceModule::Vae,
+        ]
+    }
+
+    /// Loads the once-per-job encoders (umT5 and wav2vec2) onto the device.
+    pub fn load_encoders(&self) -> Result<Encoders<B>, WanError> {
+        let t5 = load_component(
+            T5Encoder::new(&self.config.t5, &self.device),
+            &self.t5_file,
+            &self.device,
+        )?;
+        let (wav2vec2, _) = load_wav2vec2_dir(&self.w2v_dir, &self.device)?;
+        Ok(Encoders { t5, wav2vec2 })
     }
 
     /// Digest of the model directory (config and weight files), 64 hex digits.
@@ -389,14 +565,16 @@ impl<B: Backend> LiveAvatar<B> {
                 audio_16k_mono[i]
             )));
         }
-        if self.wav2vec2.output_frames(audio_16k_mono.len()) == 0 {
+        if self.wav2vec2_config.output_frames(audio_16k_mono.len()) == 0 {
             return Err(input_err(format!(
                 "the audio has {} samples; wav2vec2 needs at least {} (16 kHz)",
                 audio_16k_mono.len(),
-                min_audio_samples(&self.wav2vec2)
+                min_audio_samples(&self.wav2vec2_config)
             )));
         }
         let ids = self.prompt_ids(prompt_ids)?;
+        // The encoders live for this call only: dropped before the job's clips render.
+        let encoders = self.load_encoders()?;
 
         let pixels: Vec<f32> = reference_rgb
             .iter()
@@ -414,10 +592,10 @@ impl<B: Backend> LiveAvatar<B> {
             .vae
             .encode(image.repeat_dim(2, MOTION_FRAMES), mean, std);
 
-        let context = self.embed_prompt(ids);
+        let context = self.embed_prompt(&encoders.t5, ids);
 
         let Some((flat, batches)) = audio_per_video_frame(
-            &self.wav2vec2,
+            &encoders.wav2vec2,
             audio_16k_mono,
             f64::from(s.fps),
             s.infer_frames,
@@ -426,9 +604,10 @@ impl<B: Backend> LiveAvatar<B> {
             return Err(input_err(format!(
                 "the audio has {} samples; wav2vec2 needs at least {} (16 kHz)",
                 audio_16k_mono.len(),
-                min_audio_samples(&self.wav2vec2)
+                min_audio_samples(&self.wav2vec2_config)
             )));
         };
+        drop(encoders);
         let (layers, dim) = (self.config.s2v.audio_layers, self.config.s2v.audio_dim);
         let frames = flat.len() / (layers * dim);
         let audio = Tensor::<B, 3>::from_data(TensorData::new(flat, [frames, layers, dim]), device)
@@ -464,15 +643,15 @@ impl<B: Backend> LiveAvatar<B> {
     }
 
     /// Checked token ids to the DiT's embedded text `[1, text_len, dim]`.
-    fn embed_prompt(&self, ids: &[u32]) -> Tensor<B, 3> {
+    fn embed_prompt(&self, t5: &T5Encoder<B>, ids: &[u32]) -> Tensor<B, 3> {
         let cfg = &self.config;
         let text = if ids.is_empty() {
             Tensor::zeros([1, cfg.s2v.text_len, cfg.s2v.text_dim], &self.device)
         } else {
             let ids: Vec<i64> = ids.iter().map(|&v| i64::from(v)).collect();
-            self.t5.forward(&ids, &vec![true; ids.len()])
+            t5.forward(&ids, &vec![true; ids.len()])
         };
-        self.dit.embed_text(text)
+        self.dit().embed_text(text)
     }
 
     /// The state before clip 0: the sink prefilled from the reference and motion
@@ -480,13 +659,18 @@ impl<B: Backend> LiveAvatar<B> {
     pub fn start(&self, ctx: &JobContext<B>) -> Result<PipelineCarry<B>, WanError> {
         self.check_settings(&ctx.params)?;
         let settings = self.config.causal_settings(&ctx.params);
-        let mut inner = DitCarry::start(
-            &self.dit,
-            &settings,
+        let (r, m, c) = (
             ctx.ref_latent.clone(),
             ctx.motion.clone(),
             ctx.context.clone(),
         );
+        let mut inner = match &self.dit {
+            Dit::Resident(model) => HostDitCarry::from_carry_split(
+                DitCarry::start(model, &settings, r, m, c),
+                usize::MAX,
+            ),
+            Dit::Split(sm) => HostDitCarry::start(sm, &settings, r, m, c),
+        };
         inner.vae_decode = Some(DecodeCache::default());
         Ok(PipelineCarry { inner })
     }
@@ -508,13 +692,13 @@ impl<B: Backend> LiveAvatar<B> {
         let ring = f * (lh / 2) * (lw / 2);
         if carry.inner.grid_hw != [lh / 2, lw / 2]
             || carry.inner.ring_tokens() != ring
-            || carry.inner.rings.len() != s.sample_steps
+            || carry.inner.steps() != s.sample_steps
         {
             return Err(input_err(format!(
                 "the carry was made for another geometry (grid {:?}, {} ring tokens, {} steps) than this job's ({:?}, {ring}, {})",
                 carry.inner.grid_hw,
                 carry.inner.ring_tokens(),
-                carry.inner.rings.len(),
+                carry.inner.steps(),
                 [lh / 2, lw / 2],
                 s.sample_steps
             )));
@@ -534,7 +718,25 @@ impl<B: Backend> LiveAvatar<B> {
             context: ctx.context.clone(),
             audio: Some(audio),
         };
-        let (latents, mut next) = run_clip(&self.dit, &settings, carry.inner, input);
+        let (latents, mut next) = match &self.dit {
+            Dit::Resident(model) => {
+                // Host layers (a carry saved by a streamed run) come onto the device here.
+                let (latents, next) =
+                    run_clip(model, &settings, carry.inner.into_carry(device), input);
+                (latents, HostDitCarry::from_carry_split(next, usize::MAX))
+            }
+            Dit::Split(sm) => {
+                let mut inner = carry.inner;
+                inner.set_resident_layers(sm.resident_blocks(), device);
+                let clip = run_clip_streamed(sm, &settings, inner, input)?;
+                tracing::debug!(
+                    bytes_up = clip.traffic.bytes_up(),
+                    bytes_down = clip.traffic.ring_bytes_down,
+                    "streamed clip"
+                );
+                (clip.latents, clip.carry)
+            }
+        };
         let mut cache = next.vae_decode.take().unwrap_or_default();
         let video = self.vae.decode_stream(
             latents,
@@ -552,6 +754,20 @@ impl<B: Backend> LiveAvatar<B> {
             },
             PipelineCarry { inner: next },
         ))
+    }
+
+    /// A carry saved by [`PipelineCarry::to_bytes`], with its layers placed where this model's
+    /// memory mode keeps them (host memory for streamed layers: a streamed job's carry never
+    /// has to fit on the device). The checks are [`PipelineCarry::from_bytes`]'s.
+    pub fn carry_from_bytes(
+        &self,
+        bytes: &[u8],
+        id: &CarryStamp,
+    ) -> Result<PipelineCarry<B>, WanError> {
+        let resident = self
+            .memory_mode()
+            .resident_blocks(self.config.s2v.num_layers);
+        PipelineCarry::from_bytes_split(bytes, id, &self.device, resident)
     }
 
     /// Audio features of clip `clip` `[1, layers, dim, infer_frames]`, zero rows past the
