@@ -15,6 +15,8 @@ pub mod causal_loop;
 pub mod config;
 pub mod error;
 pub mod keys;
+#[cfg(feature = "tch")]
+pub mod libtorch;
 pub mod loader;
 pub mod lora;
 pub mod memory;

@@ -9,6 +9,32 @@ use safetensors::SafeTensors;
 
 pub type B = NdArray<f32>;
 
+/// Runs generic test functions `fn name<B: Backend>()` once per backend the build has, as
+/// `ndarray::name` (the reference CPU backend) and, with the `tch` feature, `libtorch::name`
+/// (LibTorch<f32> on the CPU device), so the model code is checked on two backends.
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        mod ndarray {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name::<burn::backend::NdArray<f32>>()
+                }
+            )*
+        }
+        #[cfg(feature = "tch")]
+        mod libtorch {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name::<wan::libtorch::LibTorch<f32>>()
+                }
+            )*
+        }
+    };
+}
+pub(crate) use backend_tests;
+
 pub fn fixture_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests")
