@@ -650,15 +650,21 @@ impl TchOps {
     }
 
     pub fn swap_dims(tensor: TchTensor, dim1: usize, dim2: usize) -> TchTensor {
+        // reelspool: the transpose is a view of the input's memory, so it keeps the input's
+        // storage reference (published 0.21.0: `TchTensor::new`, which let a later in-place
+        // op write through the view into the input).
+        let storage = tensor.storage.clone();
         let tensor = tensor.tensor.transpose(dim1 as i64, dim2 as i64);
-        TchTensor::new(tensor)
+        TchTensor::from_existing(tensor, storage)
     }
 
     pub fn permute(tensor: TchTensor, axes: &[usize]) -> TchTensor {
+        // reelspool: a view, as in `swap_dims`.
+        let storage = tensor.storage.clone();
         let tensor = tensor
             .tensor
             .permute(axes.iter().map(|x| *x as i64).collect::<Vec<_>>());
-        TchTensor::new(tensor)
+        TchTensor::from_existing(tensor, storage)
     }
 
     pub fn flip(tensor: TchTensor, axes: &[usize]) -> TchTensor {
