@@ -31,7 +31,7 @@ fn values(seed: u64, n: usize) -> Vec<f32> {
 /// `hidden[b][h][i][j]`: key j hidden from query i, a fixed pattern in which every query
 /// keeps at least one key and hides at least one.
 fn hidden(b: usize, h: usize, i: usize, j: usize) -> bool {
-    j != (i + b + h) % LK && (i * 3 + j * 5 + b + 2 * h) % 3 == 0 || j > i + 3
+    j != (i + b + h) % LK && (i * 3 + j * 5 + b + 2 * h).is_multiple_of(3) || j > i + 3
 }
 
 /// Attention on the host in f64, `[b, lq, h, d]` layout in and `[b, lq, h*d]` out, hidden keys
