@@ -63,13 +63,17 @@ pub type ReleaseBackend = burn_cuda::Cuda<burn::tensor::bf16, i32>;
 pub type ReleaseBackend = wan::libtorch::LibTorch<burn::tensor::bf16>;
 
 /// The device a release renders on: the backend's default (burn-cuda: the first visible
-/// card; ndarray: the CPU), and under `tch` CUDA device 0 when CUDA is usable (a worker sees
-/// only its leased card) or else the CPU.
+/// card; ndarray: the CPU).
+#[cfg(not(feature = "tch"))]
 pub fn release_device() -> burn::tensor::Device<ReleaseBackend> {
-    #[cfg(feature = "tch")]
-    return wan::libtorch::worker_device();
-    #[cfg(not(feature = "tch"))]
     Default::default()
+}
+
+/// The device a release renders on: CUDA device 0 when CUDA is usable (a worker sees only its
+/// leased card), else the CPU.
+#[cfg(feature = "tch")]
+pub fn release_device() -> burn::tensor::Device<ReleaseBackend> {
+    wan::libtorch::worker_device()
 }
 
 /// Process-wide backend settings a worker makes once, first thing, before any tensor exists.
