@@ -216,6 +216,56 @@ fn a_release_job_killed_at_every_kind_of_point_resumes_to_identical_frames() {
     }
 }
 
+/// The LibTorch build (`--features tch`: releases on `LibTorch<bf16>`, here on the CPU device
+/// with PyTorch's deterministic mode on): a job killed mid-render, at a clip boundary and
+/// mid-encode, resumes in new worker processes to frames identical to an uninterrupted run.
+#[cfg(feature = "tch")]
+#[test]
+fn on_libtorch_a_release_job_killed_mid_render_resumes_to_identical_frames() {
+    const FOUR_CLIPS: &str = "  num_clip: 4\n  checkpoint_every: 1\n";
+    let kills: [Kill; 2] = [("after_denoise@1", 1), ("mid_encode@2", 2)];
+    let reference = reference_digests(|farm| {
+        let release = setup(farm);
+        native_job(farm, "reference", &release, FOUR_CLIPS)
+    });
+    assert_eq!(reference.len(), 13 + 3 * 16);
+
+    let farm = Farm::new(POOL);
+    let release = setup(&farm);
+    let points: Vec<&str> = kills.iter().map(|(point, _)| *point).collect();
+    let points = points.join(",");
+    let _daemon = farm.start_daemon_with_env(&[("REELSPOOL_TEST_CRASH_AT", points.as_str())]);
+    farm.drop_job(
+        "killed.yaml",
+        &native_job(&farm, "killed", &release, FOUR_CLIPS),
+    );
+    let state = wait_finished(&farm, "killed.yaml");
+    assert_eq!(state["phase"], "done", "{state}\n{}", farm.daemon_logs());
+    let evs = events(&farm, &state);
+    let sigkills = evs
+        .iter()
+        .filter(|e| e["event"] == "worker_exit")
+        .filter(|e| e["end"].as_str().is_some_and(|s| s.contains("SIGKILL")))
+        .count();
+    assert_eq!(sigkills, kills.len(), "every point fired once: {evs:?}");
+    let mut expected = vec![0];
+    expected.extend(kills.iter().map(|(_, resume_at)| *resume_at));
+    assert_eq!(start_points(&evs), expected, "{evs:?}");
+    let differs: Vec<_> = evs
+        .iter()
+        .filter(|e| e["event"] == "segment_differs")
+        .collect();
+    assert!(differs.is_empty(), "{differs:?}");
+    assert_eq!(frame_digests(&output_of(&state)), reference);
+
+    // Every attempt's worker rendered on LibTorch.
+    let id = state["id"].as_str().expect("job id");
+    let logs = farm.cli(&["logs", id]);
+    let text = String::from_utf8_lossy(&logs.stdout);
+    let on_libtorch = text.matches("releases run on LibTorch").count();
+    assert_eq!(on_libtorch, kills.len() + 1, "{text}");
+}
+
 /// One flipped byte in the newest carry of a release job stopped with the daemon: its
 /// checksum fails, the job resumes after the previous checkpoint, says so, and its frames
 /// are those of an uninterrupted run.

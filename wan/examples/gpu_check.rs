@@ -6,6 +6,9 @@
 //! gpu-check block  bf16|f16|f32 L...   one causal streaming forward (704*384, 3 latent frames,
 //!                                      12672 ring + 2640 sink keys) of the 14B widths with L
 //!                                      blocks, random weights; per-block time = difference
+//! gpu-check block-file DIR OUT [PAD]   the block check of `tch-check` (issue 24) on burn-cuda
+//!                                      bf16: the same block files, queries padded to a
+//!                                      multiple of PAD (1: none), output written to OUT
 //! gpu-check resume full|from DIR       resume determinism: `full` renders clips 0..4 of a small
 //!                                      random model (weights written to DIR as bf16 safetensors,
 //!                                      loaded back like a checkpoint), saves the carry after clip
@@ -16,6 +19,9 @@
 //!
 //! Kernel and autotune caches follow cubecl's own configuration (`cubecl.toml` in the working
 //! directory), so the calling script decides whether two processes share tuning results.
+
+#[path = "common/bench.rs"]
+mod bench;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -51,6 +57,18 @@ fn main() {
                 _ => block::<Fp>("f32", &layers),
             }
         }
+        ("block-file", dir) => bench::run_block::<Bf>(
+            Path::new(dir),
+            Path::new(arg(3)),
+            if cfg!(feature = "cuda-ptx-wmma") {
+                "burn-cuda bf16 ptx-wmma"
+            } else {
+                "burn-cuda bf16"
+            },
+            10,
+            arg(4).parse().unwrap_or(1),
+            &Default::default(),
+        ),
         ("resume", phase) => resume::<Bf>(phase, Path::new(arg(3))),
         _ => Err(format!("usage: see the doc comment of {}", file!())),
     };

@@ -1,5 +1,10 @@
 //! `WanSelfAttention` / `WanCrossAttention`: q/k/v/o projections with RMS norm over
 //! the full width on q and k (`qk_norm`), plain softmax attention without mask.
+//!
+//! Every attention of the crate goes through [`sdpa`] (no mask) or [`sdpa_masked`], both with
+//! `scale: None` (the default `1/sqrt(head_dim)`): an explicit scale, an additive bias or a
+//! softcap sends burn-cubecl (and burn-tch, for a bias) to the fallback that materialises the
+//! score matrix, so only the unmasked call reaches the flash / SDPA kernels.
 
 use burn::module::Module;
 use burn::prelude::*;
@@ -55,6 +60,43 @@ impl<B: Backend> WanAttention<B> {
         let v = self.heads(self.v.forward(context));
         self.o.forward(sdpa(q, k, v))
     }
+}
+
+/// Scaled dot-product attention with keys hidden per query: `mask` `[batch or 1, heads or 1,
+/// q_tokens, k_tokens]` is `true` where the key is hidden from the query (Burn's convention).
+/// Inputs and output as [`sdpa`]. A query row with every key hidden gives zeros.
+///
+/// The same on every backend: the mask becomes an additive bias (`-inf` where hidden) instead
+/// of going to the backend's boolean-mask path, because backends disagree on what `true` means
+/// there. burn-tch 0.21 hands Burn's mask to PyTorch's SDPA unchanged, and PyTorch's `true`
+/// means "attend", so a boolean mask on LibTorch attends exactly to the hidden keys. With a
+/// bias, burn-cubecl and burn-tch both take Burn's reference attention (scores materialised),
+/// which adds the bias as given: correct everywhere, at the fallback's speed. (The Live Avatar
+/// inference path needs no mask; this is for the code that does.)
+pub fn sdpa_masked<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    mask: Tensor<B, 4, Bool>,
+) -> Tensor<B, 3> {
+    let [b, lq, h, d] = q.dims();
+    let lk = k.dims()[1];
+    let mask = mask.expand([b, h, lq, lk]);
+    let bias =
+        Tensor::<B, 4>::zeros([b, h, lq, lk], &q.device()).mask_fill(mask, f32::NEG_INFINITY);
+    let out = attention(
+        q.swap_dims(1, 2),
+        k.swap_dims(1, 2),
+        v.swap_dims(1, 2),
+        None,
+        Some(bias),
+        AttentionModuleOptions {
+            scale: None,
+            softcap: None,
+            is_causal: false,
+        },
+    );
+    out.swap_dims(1, 2).reshape([b, lq, h * d])
 }
 
 /// Scaled dot-product attention on `[batch, tokens, heads, head_dim]` inputs, scale

@@ -17,6 +17,8 @@ pub mod config;
 pub mod error;
 pub mod fp8;
 pub mod keys;
+#[cfg(feature = "tch")]
+pub mod libtorch;
 pub mod loader;
 pub mod lora;
 pub mod memory;

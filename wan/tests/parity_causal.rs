@@ -6,7 +6,7 @@
 mod common;
 
 use burn::prelude::*;
-use common::{assert_close, fixture_path, rel_l2, Fixture, B};
+use common::{assert_close, fixture_path, rel_l2, Fixture};
 use wan::causal::sink_rope_offset;
 use wan::causal_loop::{forward_block, run_clip, CausalSettings, ClipInput, DitCarry};
 use wan::loader::load_s2v_file;
@@ -15,22 +15,22 @@ use wan::{S2vConfig, WanS2v};
 const ATOL: f32 = 1e-5;
 const RTOL: f32 = 1e-4;
 
-fn model() -> WanS2v<B> {
+fn model<B: Backend>() -> WanS2v<B> {
     let m = WanS2v::<B>::new(&S2vConfig::tiny(), &Default::default());
     load_s2v_file(m, &fixture_path("s2v_tiny_weights.safetensors"))
         .expect("tiny reference weights load")
         .0
 }
 
-struct Setup {
-    fx: Fixture,
+struct Setup<B: Backend> {
+    fx: Fixture<B>,
     m: WanS2v<B>,
     s: CausalSettings,
     context: Tensor<B, 3>,
 }
 
-fn setup() -> Setup {
-    let fx = Fixture::open("causal_tiny_io.safetensors");
+fn setup<B: Backend>() -> Setup<B> {
+    let fx = Fixture::<B>::read("causal_tiny_io.safetensors");
     let m = model();
     let (_, seed) = fx.raw("in.job_seed");
     let s = CausalSettings::live_avatar(seed[0] as u64);
@@ -38,7 +38,7 @@ fn setup() -> Setup {
     Setup { fx, m, s, context }
 }
 
-impl Setup {
+impl<B: Backend> Setup<B> {
     fn start(&self) -> DitCarry<B> {
         DitCarry::start(
             &self.m,
@@ -59,9 +59,8 @@ impl Setup {
     }
 }
 
-#[test]
-fn sink_prefill_matches() {
-    let st = setup();
+fn sink_prefill_matches<B: Backend>() {
+    let st = setup::<B>();
     let carry = st.start();
     assert_eq!(carry.sink.len(), 4);
     for (l, p) in carry.sink.iter().enumerate() {
@@ -82,9 +81,8 @@ fn sink_prefill_matches() {
     }
 }
 
-#[test]
-fn block_forwards_against_filled_caches_match() {
-    let st = setup();
+fn block_forwards_against_filled_caches_match<B: Backend>() {
+    let st = setup::<B>();
     let c0 = st.start();
     // Clip 0, blocks 0 and 1 at step 0: the first sees only itself and the sink, the
     // second also block 0's step-0 keys in ring 0 (written by the first call).
@@ -144,9 +142,8 @@ fn block_forwards_against_filled_caches_match() {
     }
 }
 
-#[test]
-fn two_clips_in_a_row_match() {
-    let st = setup();
+fn two_clips_in_a_row_match<B: Backend>() {
+    let st = setup::<B>();
     let c0 = st.start();
     let (clip0, c1) = run_clip(&st.m, &st.s, c0.clone(), st.input(0));
     for (l, p) in c1.rings[0].iter().enumerate() {
@@ -164,12 +161,11 @@ fn two_clips_in_a_row_match() {
     }
 }
 
-#[test]
-fn the_fp16_rope_table_is_what_the_reference_uses() {
+fn the_fp16_rope_table_is_what_the_reference_uses<B: Backend>() {
     // At these small positions fp16 rounding of the tables moves clip 0 by only a few
     // 1e-6 (relative L2), inside the tolerance; but the fp16 run is much closer to the
     // reference than the f32 one, which shows the reference rounds its tables.
-    let st = setup();
+    let st = setup::<B>();
     let expected = || st.fx.tensor::<4>("clip0.latents").unsqueeze::<5>();
     let error = |fp16: bool| {
         let s = CausalSettings {
@@ -189,3 +185,10 @@ fn the_fp16_rope_table_is_what_the_reference_uses() {
     eprintln!("clip 0 relative L2: fp16 tables {r16:e}, f32 tables {r32:e}");
     assert!(r32 > 10.0 * r16, "fp16 {r16:e} vs f32 {r32:e}");
 }
+
+common::backend_tests!(
+    sink_prefill_matches,
+    block_forwards_against_filled_caches_match,
+    two_clips_in_a_row_match,
+    the_fp16_rope_table_is_what_the_reference_uses,
+);

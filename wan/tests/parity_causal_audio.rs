@@ -7,7 +7,7 @@
 mod common;
 
 use burn::prelude::*;
-use common::{assert_close, fixture_path, rel_l2, Fixture, B};
+use common::{assert_close, fixture_path, rel_l2, Fixture};
 use wan::causal::sink_rope_offset;
 use wan::causal_loop::{
     block_audio, forward_block, run_clip, BlockAudio, CausalSettings, ClipInput, DitCarry,
@@ -18,17 +18,17 @@ use wan::{S2vConfig, WanS2v};
 const ATOL: f32 = 1e-5;
 const RTOL: f32 = 1e-4;
 
-struct Setup {
-    inputs: Fixture,
-    audio: Fixture,
+struct Setup<B: Backend> {
+    inputs: Fixture<B>,
+    audio: Fixture<B>,
     m: WanS2v<B>,
     s: CausalSettings,
     context: Tensor<B, 3>,
 }
 
-fn setup() -> Setup {
-    let inputs = Fixture::open("causal_tiny_io.safetensors");
-    let audio = Fixture::open("causal_audio_tiny_io.safetensors");
+fn setup<B: Backend>() -> Setup<B> {
+    let inputs = Fixture::<B>::read("causal_tiny_io.safetensors");
+    let audio = Fixture::<B>::read("causal_audio_tiny_io.safetensors");
     let m = WanS2v::<B>::new(&S2vConfig::tiny(), &Default::default());
     let m = load_s2v_file(m, &fixture_path("s2v_tiny_weights.safetensors"))
         .expect("tiny reference weights load")
@@ -45,7 +45,7 @@ fn setup() -> Setup {
     }
 }
 
-impl Setup {
+impl<B: Backend> Setup<B> {
     fn start(&self) -> DitCarry<B> {
         DitCarry::start(
             &self.m,
@@ -84,9 +84,8 @@ impl Setup {
     }
 }
 
-#[test]
-fn block_forwards_with_audio_match() {
-    let st = setup();
+fn block_forwards_with_audio_match<B: Backend>() {
+    let st = setup::<B>();
     let mut carry = st.start();
     // Clip 0, blocks 0 and 1 at step 0 (block 1 reads block 0's keys from ring 0, and
     // encodes video frames 12..24 of the clip's audio, not 0..12).
@@ -130,9 +129,8 @@ fn block_forwards_with_audio_match() {
     }
 }
 
-#[test]
-fn two_clips_with_audio_match() {
-    let st = setup();
+fn two_clips_with_audio_match<B: Backend>() {
+    let st = setup::<B>();
     let c0 = st.start();
     let (clip0, c1) = run_clip(&st.m, &st.s, c0.clone(), st.input_with_audio(0));
     let (clip1, _) = run_clip(&st.m, &st.s, c1, st.input_with_audio(1));
@@ -151,3 +149,5 @@ fn two_clips_with_audio_match() {
     let e: Tensor<B, 4> = st.inputs.tensor("clip0.latents");
     assert!(rel_l2(silent, e.unsqueeze()) <= 1e-4);
 }
+
+common::backend_tests!(block_forwards_with_audio_match, two_clips_with_audio_match,);

@@ -5,7 +5,7 @@
 mod common;
 
 use burn::prelude::*;
-use common::{assert_close, fixture_path, rel_l2, Fixture, B};
+use common::{assert_close, fixture_path, rel_l2, Fixture};
 use wan::block::Segment;
 use wan::loader::load_s2v_file;
 use wan::model::{TrunkInput, REF_FRAME_POSITION};
@@ -16,7 +16,7 @@ use wan::{S2vConfig, WanS2v};
 const ATOL: f32 = 1e-5;
 const RTOL: f32 = 1e-4;
 
-fn model() -> WanS2v<B> {
+fn model<B: Backend>() -> WanS2v<B> {
     let m = WanS2v::<B>::new(&S2vConfig::tiny(), &Default::default());
     let (m, report) = load_s2v_file(m, &fixture_path("s2v_tiny_weights.safetensors"))
         .expect("tiny reference weights load");
@@ -42,7 +42,7 @@ fn rope() -> RopeTable {
 }
 
 /// Block modulation segments from the reference's `e0` `[1, 6, 2, dim]`.
-fn block_segments(fx: &Fixture) -> Vec<Segment<B>> {
+fn block_segments<B: Backend>(fx: &Fixture<B>) -> Vec<Segment<B>> {
     let e0: Tensor<B, 4> = fx.tensor("block0.e0");
     let (_, seg) = fx.raw("block0.noisy_tokens");
     let noisy = seg[0] as usize;
@@ -59,29 +59,26 @@ fn block_segments(fx: &Fixture) -> Vec<Segment<B>> {
     ]
 }
 
-#[test]
-fn time_embedding_and_projection_match() {
-    let fx = Fixture::open("s2v_tiny_io.safetensors");
-    let m = model();
+fn time_embedding_and_projection_match<B: Backend>() {
+    let fx = Fixture::<B>::read("s2v_tiny_io.safetensors");
+    let m = model::<B>();
     let (_, t) = fx.raw("in.t");
     let (e, e0) = m.embed_time(&[f64::from(t[0]), 0.0], &Default::default());
     assert_close(e, fx.tensor("time.e"), ATOL, RTOL, "time_embedding");
     assert_close(e0, fx.tensor("time.e0"), ATOL, RTOL, "time_projection");
 }
 
-#[test]
-fn text_embedding_pads_and_matches() {
-    let fx = Fixture::open("s2v_tiny_io.safetensors");
-    let m = model();
+fn text_embedding_pads_and_matches<B: Backend>() {
+    let fx = Fixture::<B>::read("s2v_tiny_io.safetensors");
+    let m = model::<B>();
     let context: Tensor<B, 2> = fx.tensor("in.context");
     let out = m.embed_text(context.unsqueeze::<3>());
     assert_close(out, fx.tensor("text.out"), ATOL, RTOL, "text_embedding");
 }
 
-#[test]
-fn self_attention_with_3_axis_rope_matches() {
-    let fx = Fixture::open("s2v_tiny_io.safetensors");
-    let m = model();
+fn self_attention_with_3_axis_rope_matches<B: Backend>() {
+    let fx = Fixture::<B>::read("s2v_tiny_io.safetensors");
+    let m = model::<B>();
     let rope = rope().to_device::<B>(&Default::default());
     let out = m.blocks[0]
         .self_attn
@@ -95,10 +92,9 @@ fn self_attention_with_3_axis_rope_matches() {
     );
 }
 
-#[test]
-fn block_with_zero_timestep_split_matches() {
-    let fx = Fixture::open("s2v_tiny_io.safetensors");
-    let m = model();
+fn block_with_zero_timestep_split_matches<B: Backend>() {
+    let fx = Fixture::<B>::read("s2v_tiny_io.safetensors");
+    let m = model::<B>();
     let rope = rope().to_device::<B>(&Default::default());
     let out = m.blocks[0].forward(
         fx.tensor("block0.in"),
@@ -109,10 +105,9 @@ fn block_with_zero_timestep_split_matches() {
     assert_close(out, fx.tensor("block0.out"), ATOL, RTOL, "blocks.0");
 }
 
-#[test]
-fn head_matches() {
-    let fx = Fixture::open("s2v_tiny_io.safetensors");
-    let m = model();
+fn head_matches<B: Backend>() {
+    let fx = Fixture::<B>::read("s2v_tiny_io.safetensors");
+    let m = model::<B>();
     let x: Tensor<B, 3> = fx.tensor("head.in");
     let e: Tensor<B, 2> = fx.tensor("head.e");
     let seg = [Segment {
@@ -123,10 +118,9 @@ fn head_matches() {
     assert_close(out, fx.tensor("head.out"), ATOL, RTOL, "head");
 }
 
-#[test]
-fn whole_trunk_forward_matches_within_1e_4_relative() {
-    let fx = Fixture::open("s2v_tiny_io.safetensors");
-    let m = model();
+fn whole_trunk_forward_matches_within_1e_4_relative<B: Backend>() {
+    let fx = Fixture::<B>::read("s2v_tiny_io.safetensors");
+    let m = model::<B>();
     let (_, t) = fx.raw("in.t");
     let input = TrunkInput {
         noisy: fx.tensor::<4>("in.noisy").unsqueeze::<5>(),
@@ -145,10 +139,9 @@ fn whole_trunk_forward_matches_within_1e_4_relative() {
     assert_close(out, expected, 1e-4, 1e-4, "trunk velocity");
 }
 
-#[test]
-fn audio_encoder_matches_on_a_clip() {
-    let fx = Fixture::open("s2v_tiny_audio_io.safetensors");
-    let m = model();
+fn audio_encoder_matches_on_a_clip<B: Backend>() {
+    let fx = Fixture::<B>::read("s2v_tiny_audio_io.safetensors");
+    let m = model::<B>();
     let (global, local) = m.casual_audio_encoder.encode_clip(fx.tensor("in.audio"));
     assert_close(
         global,
@@ -166,10 +159,9 @@ fn audio_encoder_matches_on_a_clip() {
     );
 }
 
-#[test]
-fn audio_adain_and_cross_attention_match() {
-    let fx = Fixture::open("s2v_tiny_audio_io.safetensors");
-    let m = model();
+fn audio_adain_and_cross_attention_match<B: Backend>() {
+    let fx = Fixture::<B>::read("s2v_tiny_audio_io.safetensors");
+    let m = model::<B>();
     let out = m.audio_injector.injector_adain_layers[0]
         .forward(fx.tensor("adain0.in"), fx.tensor("adain0.temb"));
     assert_close(
@@ -184,11 +176,10 @@ fn audio_adain_and_cross_attention_match() {
     assert_close(out, fx.tensor("injector0.out"), ATOL, RTOL, "injector.0");
 }
 
-#[test]
-fn whole_forward_with_audio_injection_matches_within_1e_4_relative() {
-    let io = Fixture::open("s2v_tiny_io.safetensors");
-    let fx = Fixture::open("s2v_tiny_audio_io.safetensors");
-    let m = model();
+fn whole_forward_with_audio_injection_matches_within_1e_4_relative<B: Backend>() {
+    let io = Fixture::<B>::read("s2v_tiny_io.safetensors");
+    let fx = Fixture::<B>::read("s2v_tiny_audio_io.safetensors");
+    let m = model::<B>();
     let (_, t) = io.raw("in.t");
     let input = TrunkInput {
         noisy: io.tensor::<4>("in.noisy").unsqueeze::<5>(),
@@ -212,10 +203,9 @@ fn whole_forward_with_audio_injection_matches_within_1e_4_relative() {
     assert_close(out, expected, 1e-4, 1e-4, "velocity with audio");
 }
 
-#[test]
-fn frame_packer_matches() {
-    let fx = Fixture::open("s2v_tiny_full_io.safetensors");
-    let m = model();
+fn frame_packer_matches<B: Backend>() {
+    let fx = Fixture::<B>::read("s2v_tiny_full_io.safetensors");
+    let m = model::<B>();
     let (tokens, _) = m
         .frame_packer
         .forward(fx.tensor::<4>("in.motion").unsqueeze::<5>());
@@ -228,12 +218,11 @@ fn frame_packer_matches() {
     );
 }
 
-#[test]
-fn whole_forward_with_audio_and_motion_matches_within_1e_4_relative() {
-    let io = Fixture::open("s2v_tiny_io.safetensors");
-    let audio = Fixture::open("s2v_tiny_audio_io.safetensors");
-    let fx = Fixture::open("s2v_tiny_full_io.safetensors");
-    let m = model();
+fn whole_forward_with_audio_and_motion_matches_within_1e_4_relative<B: Backend>() {
+    let io = Fixture::<B>::read("s2v_tiny_io.safetensors");
+    let audio = Fixture::<B>::read("s2v_tiny_audio_io.safetensors");
+    let fx = Fixture::<B>::read("s2v_tiny_full_io.safetensors");
+    let m = model::<B>();
     let (_, t) = io.raw("in.t");
     let input = TrunkInput {
         noisy: io.tensor::<4>("in.noisy").unsqueeze::<5>(),
@@ -257,10 +246,9 @@ fn whole_forward_with_audio_and_motion_matches_within_1e_4_relative() {
     assert_close(out, expected, 1e-4, 1e-4, "velocity with audio and motion");
 }
 
-#[test]
-fn per_frame_segments_with_equal_timesteps_equal_the_two_way_split() {
-    let fx = Fixture::open("s2v_tiny_io.safetensors");
-    let m = model();
+fn per_frame_segments_with_equal_timesteps_equal_the_two_way_split<B: Backend>() {
+    let fx = Fixture::<B>::read("s2v_tiny_io.safetensors");
+    let m = model::<B>();
     let rope = rope().to_device::<B>(&Default::default());
     let two_way = block_segments(&fx);
     // The same modulation given frame by frame (3 frames of 16 tokens), then the
@@ -273,3 +261,18 @@ fn per_frame_segments_with_equal_timesteps_equal_the_two_way_split() {
     let a = m.blocks[0].forward(x.clone(), &per_frame, &rope, context.clone());
     assert_close(a, fx.tensor("block0.out"), ATOL, RTOL, "blocks.0 per-frame");
 }
+
+common::backend_tests!(
+    time_embedding_and_projection_match,
+    text_embedding_pads_and_matches,
+    self_attention_with_3_axis_rope_matches,
+    block_with_zero_timestep_split_matches,
+    head_matches,
+    whole_trunk_forward_matches_within_1e_4_relative,
+    audio_encoder_matches_on_a_clip,
+    audio_adain_and_cross_attention_match,
+    whole_forward_with_audio_injection_matches_within_1e_4_relative,
+    frame_packer_matches,
+    whole_forward_with_audio_and_motion_matches_within_1e_4_relative,
+    per_frame_segments_with_equal_timesteps_equal_the_two_way_split,
+);

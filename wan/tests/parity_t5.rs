@@ -2,12 +2,12 @@
 
 mod common;
 
-use common::{assert_close, fixture_path, Fixture, B};
+use burn::prelude::*;
+use common::{assert_close, fixture_path, Fixture};
 use wan::loader::load_safetensors;
 use wan::t5::{T5Config, T5Encoder};
 
-#[test]
-fn tiny_t5_encoder_with_padding_mask_matches() {
+fn tiny_t5_encoder_with_padding_mask_matches<B: Backend>() {
     let cfg = T5Config {
         vocab: 64,
         dim: 32,
@@ -27,7 +27,7 @@ fn tiny_t5_encoder_with_padding_mask_matches() {
         &device,
     )
     .expect("tiny T5 weights load");
-    let fx = Fixture::open("t5_tiny_io.safetensors");
+    let fx = Fixture::<B>::read("t5_tiny_io.safetensors");
     let ids: Vec<i64> = fx.raw("ids").1.iter().map(|&v| v as i64).collect();
     let valid: Vec<bool> = fx.raw("mask").1.iter().map(|&v| v > 0.5).collect();
     assert!(valid.iter().any(|v| !v), "the fixture has padding to mask");
@@ -35,8 +35,7 @@ fn tiny_t5_encoder_with_padding_mask_matches() {
     assert_close(out, fx.tensor("out"), 1e-5, 1e-4, "T5 encoder");
 }
 
-#[test]
-fn t5_pth_checkpoint_loads_and_matches() {
+fn t5_pth_checkpoint_loads_and_matches<B: Backend>() {
     let cfg = T5Config {
         vocab: 64,
         dim: 32,
@@ -53,7 +52,7 @@ fn t5_pth_checkpoint_loads_and_matches() {
         &device,
     )
     .expect("a torch pickle in the release's format loads");
-    let fx = Fixture::open("t5_tiny_io.safetensors");
+    let fx = Fixture::<B>::read("t5_tiny_io.safetensors");
     let ids: Vec<i64> = fx.raw("ids").1.iter().map(|&v| v as i64).collect();
     let valid: Vec<bool> = fx.raw("mask").1.iter().map(|&v| v > 0.5).collect();
     assert_close(
@@ -64,3 +63,8 @@ fn t5_pth_checkpoint_loads_and_matches() {
         "T5 from .pth",
     );
 }
+
+common::backend_tests!(
+    tiny_t5_encoder_with_padding_mask_matches,
+    t5_pth_checkpoint_loads_and_matches,
+);

@@ -3,6 +3,7 @@
 
 mod common;
 
+use burn::prelude::*;
 use common::{assert_close, fixture_path, Fixture, B};
 use wan::loader::load_safetensors;
 use wan::vae::{NormOrConv, VaeConfig, VaeLayer, WanVae};
@@ -10,7 +11,7 @@ use wan::vae::{NormOrConv, VaeConfig, VaeLayer, WanVae};
 const ATOL: f32 = 1e-5;
 const RTOL: f32 = 1e-4;
 
-fn tiny_vae() -> WanVae<B> {
+fn tiny_vae<B: Backend>() -> WanVae<B> {
     let cfg = VaeConfig {
         dim: 8,
         z_dim: 4,
@@ -31,10 +32,9 @@ fn tiny_vae() -> WanVae<B> {
     vae
 }
 
-#[test]
-fn residual_block_with_shortcut_matches() {
-    let fx = Fixture::open("vae_tiny_blocks_io.safetensors");
-    let vae = tiny_vae();
+fn residual_block_with_shortcut_matches<B: Backend>() {
+    let fx = Fixture::<B>::read("vae_tiny_blocks_io.safetensors");
+    let vae = tiny_vae::<B>();
     let VaeLayer::Residual(block) = &vae.encoder.downsamples[3] else {
         panic!("encoder.downsamples.3 is a residual block");
     };
@@ -49,10 +49,9 @@ fn residual_block_with_shortcut_matches() {
     );
 }
 
-#[test]
-fn attention_block_matches() {
-    let fx = Fixture::open("vae_tiny_blocks_io.safetensors");
-    let vae = tiny_vae();
+fn attention_block_matches<B: Backend>() {
+    let fx = Fixture::<B>::read("vae_tiny_blocks_io.safetensors");
+    let vae = tiny_vae::<B>();
     let VaeLayer::Attention(block) = &vae.encoder.middle[1] else {
         panic!("encoder.middle.1 is the attention block");
     };
@@ -66,10 +65,9 @@ fn attention_block_matches() {
     );
 }
 
-#[test]
-fn channel_rms_norm_matches() {
-    let fx = Fixture::open("vae_tiny_blocks_io.safetensors");
-    let vae = tiny_vae();
+fn channel_rms_norm_matches<B: Backend>() {
+    let fx = Fixture::<B>::read("vae_tiny_blocks_io.safetensors");
+    let vae = tiny_vae::<B>();
     let Some(NormOrConv::Norm(norm)) = &vae.encoder.head[0] else {
         panic!("encoder.head.0 is an RMS norm");
     };
@@ -77,10 +75,9 @@ fn channel_rms_norm_matches() {
     assert_close(out, fx.tensor("norm.out"), ATOL, RTOL, "encoder.head.0");
 }
 
-#[test]
-fn chunked_decode_with_feature_cache_matches_within_1e_4_relative() {
-    let fx = Fixture::open("vae_tiny_decode_io.safetensors");
-    let vae = tiny_vae();
+fn chunked_decode_with_feature_cache_matches_within_1e_4_relative<B: Backend>() {
+    let fx = Fixture::<B>::read("vae_tiny_decode_io.safetensors");
+    let vae = tiny_vae::<B>();
     let (_, mean) = fx.raw("mean");
     let (_, std) = fx.raw("std");
     let video = vae.decode(fx.tensor("z"), &mean, &std);
@@ -92,10 +89,9 @@ fn chunked_decode_with_feature_cache_matches_within_1e_4_relative() {
     assert_close(video, expected, 1e-4, 1e-4, "VAE decode");
 }
 
-#[test]
-fn chunked_encode_with_feature_cache_matches_within_1e_4_relative() {
-    let fx = Fixture::open("vae_tiny_encode_io.safetensors");
-    let vae = tiny_vae();
+fn chunked_encode_with_feature_cache_matches_within_1e_4_relative<B: Backend>() {
+    let fx = Fixture::<B>::read("vae_tiny_encode_io.safetensors");
+    let vae = tiny_vae::<B>();
     let (_, mean) = fx.raw("mean");
     let (_, std) = fx.raw("std");
     let latents = vae.encode(fx.tensor("video"), &mean, &std);
@@ -124,7 +120,7 @@ fn pth_checkpoint_loads_like_the_release_and_decodes_the_same() {
     )
     .expect("a torch pickle in the release's format loads");
     assert!(report.tensors > 100);
-    let fx = Fixture::open("vae_tiny_decode_io.safetensors");
+    let fx = Fixture::<B>::read("vae_tiny_decode_io.safetensors");
     let (_, mean) = fx.raw("mean");
     let (_, std) = fx.raw("std");
     let video = vae.decode(fx.tensor("z"), &mean, &std);
@@ -153,3 +149,11 @@ fn pth_of_another_model_is_refused_naming_a_key() {
         "{msg}"
     );
 }
+
+common::backend_tests!(
+    residual_block_with_shortcut_matches,
+    attention_block_matches,
+    channel_rms_norm_matches,
+    chunked_decode_with_feature_cache_matches_within_1e_4_relative,
+    chunked_encode_with_feature_cache_matches_within_1e_4_relative,
+);

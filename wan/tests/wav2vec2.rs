@@ -25,7 +25,7 @@ fn tiny_dir() -> std::path::PathBuf {
     fixture_path("w2v_tiny")
 }
 
-fn load_tiny() -> Wav2Vec2Model<B> {
+fn load_tiny<B: Backend>() -> Wav2Vec2Model<B> {
     let (model, report) =
         load_wav2vec2_dir::<B>(&tiny_dir(), &Default::default()).expect("tiny folder loads");
     // 2 layers × 16 + 7 conv layers × 4 + 4 projection + 3 pos conv + 2 final norm + 1.
@@ -38,14 +38,13 @@ fn config_json_of_the_folder_gives_the_tiny_config() {
     let cfg = Wav2Vec2Config::from_json_file(&tiny_dir().join("config.json")).expect("config");
     assert_eq!(cfg, Wav2Vec2Config::tiny());
     // 16 kHz to 50 Hz: one second gives 49 frames, as transformers gave the fixture.
-    let fx = Fixture::open(IO);
+    let fx = Fixture::<B>::read(IO);
     assert_eq!(cfg.output_frames(16000), fx.raw("features").0[2]);
     assert_eq!(cfg.output_frames(399), 0);
 }
 
-#[test]
-fn waveform_normalisation_matches_the_feature_extractor() {
-    let fx = Fixture::open(IO);
+fn waveform_normalisation_matches_the_feature_extractor<B: Backend>() {
+    let fx = Fixture::<B>::read(IO);
     let samples = fx.raw("samples").1;
     let ours = normalize_waveform(&samples);
     let n = ours.len();
@@ -59,10 +58,9 @@ fn waveform_normalisation_matches_the_feature_extractor() {
     );
 }
 
-#[test]
-fn single_layers_match_transformers() {
-    let fx = Fixture::open(IO);
-    let m = load_tiny();
+fn single_layers_match_transformers<B: Backend>() {
+    let fx = Fixture::<B>::read(IO);
+    let m = load_tiny::<B>();
     let input: Tensor<B, 2> = fx.tensor::<1>("input_values").unsqueeze::<2>();
 
     let conv0 = m.feature_extractor.conv_layers[0].forward(input.clone().unsqueeze_dim(1));
@@ -95,10 +93,9 @@ fn single_layers_match_transformers() {
     assert_close(out, fx.tensor("layer0.out"), 1e-5, 1e-4, "encoder layer 0");
 }
 
-#[test]
-fn all_hidden_states_match_transformers() {
-    let fx = Fixture::open(IO);
-    let m = load_tiny();
+fn all_hidden_states_match_transformers<B: Backend>() {
+    let fx = Fixture::<B>::read(IO);
+    let m = load_tiny::<B>();
     let states = m.hidden_states(fx.tensor::<1>("input_values").unsqueeze::<2>());
     assert_eq!(states.len(), 3, "num_hidden_layers + 1 states");
     // The final state is the encoder's layer norm of the last layer's output
@@ -113,10 +110,9 @@ fn all_hidden_states_match_transformers() {
     assert_close(all, fx.tensor("hidden_states"), 1e-4, 1e-3, "hidden states");
 }
 
-#[test]
-fn raw_samples_to_per_video_frame_features_match_wan22() {
-    let fx = Fixture::open(IO);
-    let m = load_tiny();
+fn raw_samples_to_per_video_frame_features_match_wan22<B: Backend>() {
+    let fx = Fixture::<B>::read(IO);
+    let m = load_tiny::<B>();
     let samples = fx.raw("samples").1;
     let (bucket, batches) =
         audio_per_video_frame(&m, &samples, 25.0, 16, &Default::default()).expect("long enough");
@@ -149,7 +145,7 @@ fn raw_samples_to_per_video_frame_features_match_wan22() {
 
 #[test]
 fn older_pickle_with_weight_g_and_weight_v_loads_the_same_weights() {
-    let fx = Fixture::open(IO);
+    let fx = Fixture::<B>::read(IO);
     let model = Wav2Vec2Model::<B>::new(&Wav2Vec2Config::tiny(), &Default::default());
     let (old, report) = load_wav2vec2_file(
         model,
@@ -345,3 +341,10 @@ impl<Bk: Backend> ModuleVisitor<Bk> for CountInitialised {
         }
     }
 }
+
+common::backend_tests!(
+    waveform_normalisation_matches_the_feature_extractor,
+    single_layers_match_transformers,
+    all_hidden_states_match_transformers,
+    raw_samples_to_per_video_frame_features_match_wan22,
+);

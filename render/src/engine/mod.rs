@@ -7,8 +7,9 @@
 //! [`ClipLatents`] and decodes at the end, which is what makes the original grow ~0.15 GB/clip.
 //!
 //! The native engine is the Burn one. Its backend is [`EngineBackend`]: the CPU `ndarray`
-//! backend by default, `burn-cuda` under the crate feature `cuda`. It runs the built-in tiny
-//! model (`tiny`), or for a Live Avatar release directory the `wan` pipeline ([`live`]), whose
+//! backend by default, `burn-cuda` under the crate feature `cuda` (a Live Avatar release runs
+//! on [`ReleaseBackend`]: bf16 on a GPU, LibTorch under the crate feature `tch`). It runs the
+//! built-in tiny model (`tiny`), or for a Live Avatar release directory the `wan` pipeline ([`live`]), whose
 //! carry stays on the device and whose decode is part of `render_clip`: the [`EngineCarry`] the
 //! worker holds is then a token, and the engine copies its state out only when the worker
 //! checkpoints ([`Engine::carry_to_bytes`]). Command engines
@@ -54,11 +55,55 @@ pub type EngineBackend = burn_cuda::Cuda<f32, i32>;
 /// the release's DiT and umT5 weights, of the `liveavatar-14b-native` memory profile and of
 /// the only GPU runs of these modules so far (`wan/examples/gpu_check.rs`); the f32 VAE
 /// and wav2vec2 weights are rounded to bf16 as they load, so no module mixes dtypes.
-#[cfg(not(feature = "cuda"))]
+/// Under `tch` (which wins over `cuda` here) it is LibTorch in bf16, on the leased card or,
+/// without CUDA, on the CPU ([`release_device`]).
+#[cfg(not(any(feature = "cuda", feature = "tch")))]
 pub type ReleaseBackend = EngineBackend;
 /// The backend a Live Avatar release runs on (see the CPU build's documentation).
-#[cfg(feature = "cuda")]
+#[cfg(all(feature = "cuda", not(feature = "tch")))]
 pub type ReleaseBackend = burn_cuda::Cuda<burn::tensor::bf16, i32>;
+/// The backend a Live Avatar release runs on (see the CPU build's documentation).
+#[cfg(feature = "tch")]
+pub type ReleaseBackend = wan::libtorch::LibTorch<burn::tensor::bf16>;
+
+/// The device a release renders on: the backend's default (burn-cuda: the first visible
+/// card; ndarray: the CPU).
+#[cfg(not(feature = "tch"))]
+pub fn release_device() -> burn::tensor::Device<ReleaseBackend> {
+    Default::default()
+}
+
+/// The device a release renders on: CUDA device 0 when CUDA is usable (a worker sees only its
+/// leased card), else the CPU.
+#[cfg(feature = "tch")]
+pub fn release_device() -> burn::tensor::Device<ReleaseBackend> {
+    wan::libtorch::worker_device()
+}
+
+/// Process-wide backend settings a worker makes once, first thing, before any tensor exists.
+/// Under `tch`: `CUBLAS_WORKSPACE_CONFIG=:4096:8` (unless the environment already sets it)
+/// before CUDA starts, and PyTorch's deterministic mode, so a job resumed in a new worker
+/// renders the frames an uninterrupted one would (same card model, same torch build). The
+/// other backends have nothing to set (burn-cuda has no deterministic mode).
+pub fn prepare_worker_process() {
+    #[cfg(feature = "tch")]
+    {
+        let (key, value) = wan::libtorch::CUBLAS_WORKSPACE_CONFIG;
+        if std::env::var_os(key).is_none() {
+            // The worker calls this before it starts any thread of its own.
+            std::env::set_var(key, value);
+        }
+        match wan::libtorch::set_deterministic() {
+            Ok(()) => tracing::info!(
+                device = ?release_device(),
+                "releases run on LibTorch (bf16), deterministic algorithms on"
+            ),
+            Err(err) => {
+                tracing::warn!(error = %err, "LibTorch deterministic mode is off: a resumed job may differ from an uninterrupted one")
+            }
+        }
+    }
+}
 
 /// Index of a clip within a job, from 0. Clip *k* covers output frames `[k*F, (k+1)*F)` where
 /// `F` is [`Engine::frames_per_clip`].
@@ -278,18 +323,17 @@ impl ModelCache {
             Some(model) => (model, false),
             None => {
                 self.loaded = None;
-                let device = Default::default();
                 let model = if let Some(dir) = release {
                     Loaded::Live(std::sync::Arc::new(live::LiveModel::load(
                         &settings.model,
                         dir,
-                        &device,
+                        &release_device(),
                     )?))
                 } else {
                     Loaded::Tiny(std::sync::Arc::new(tiny::TinyModel::load(
                         &settings.model,
                         model_cache_dir,
-                        &device,
+                        &Default::default(),
                     )?))
                 };
                 self.loaded = Some(model.clone());

@@ -49,6 +49,7 @@ impl Flags {
 
 /// Runs the worker for `job_dir`; returns the process exit status (see [`protocol`]).
 pub fn run(job_dir: &Path, model_cache_dir: &Path) -> i32 {
+    engine::prepare_worker_process();
     let reporter = Reporter::stdout();
     let flags = Flags::install();
     run_job(
@@ -70,6 +71,7 @@ pub fn run(job_dir: &Path, model_cache_dir: &Path) -> i32 {
 /// Each job's stderr lines are framed by [`protocol::LOG_JOB_BEGIN`] and
 /// [`protocol::LOG_JOB_END`], so the daemon copies them into that job's log only.
 pub fn serve(first_job: &Path, model_cache_dir: &Path, idle_exit: Duration) -> i32 {
+    engine::prepare_worker_process();
     let reporter = Reporter::stdout();
     let flags = Flags::install();
     let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<PathBuf>();

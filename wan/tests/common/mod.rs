@@ -9,6 +9,34 @@ use safetensors::SafeTensors;
 
 pub type B = NdArray<f32>;
 
+/// Runs generic test functions `fn name<B: Backend>()` once per backend the build has, as
+/// `ndarray::name` (the reference CPU backend) and, with the `tch` feature, `libtorch::name`
+/// (LibTorch<f32> on the CPU device), so the model code is checked on two backends.
+#[allow(unused_macros)]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        mod ndarray {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name::<burn::backend::NdArray<f32>>()
+                }
+            )*
+        }
+        #[cfg(feature = "tch")]
+        mod libtorch {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name::<wan::libtorch::LibTorch<f32>>()
+                }
+            )*
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use backend_tests;
+
 pub fn fixture_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests")
@@ -16,20 +44,31 @@ pub fn fixture_path(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// The tensors of one fixture file, read into memory.
-pub struct Fixture {
+/// The tensors of one fixture file, read into memory; `tensor` makes them on backend `T`'s
+/// default device.
+pub struct Fixture<T: Backend = B> {
     bytes: Vec<u8>,
     name: String,
+    backend: std::marker::PhantomData<T>,
 }
 
-impl Fixture {
+impl Fixture<B> {
+    /// The fixture on the reference backend ([`B`]).
     pub fn open(name: &str) -> Self {
+        Fixture::read(name)
+    }
+}
+
+impl<T: Backend> Fixture<T> {
+    /// The fixture on backend `T` (`Fixture::<T>::read`; [`Fixture::open`] for NdArray).
+    pub fn read(name: &str) -> Self {
         let path = fixture_path(name);
         let bytes = std::fs::read(&path)
             .unwrap_or_else(|e| panic!("fixture {} must be readable: {e}", path.display()));
         Self {
             bytes,
             name: name.to_string(),
+            backend: std::marker::PhantomData,
         }
     }
 
@@ -49,7 +88,7 @@ impl Fixture {
         (view.shape().to_vec(), values)
     }
 
-    pub fn tensor<const D: usize>(&self, key: &str) -> Tensor<B, D> {
+    pub fn tensor<const D: usize>(&self, key: &str) -> Tensor<T, D> {
         let (shape, values) = self.raw(key);
         assert_eq!(shape.len(), D, "`{key}` has rank {}", shape.len());
         Tensor::from_data(TensorData::new(values, shape), &Default::default())
@@ -57,9 +96,9 @@ impl Fixture {
 }
 
 /// Largest |a - e| and whether every element is within `atol + rtol * |e|`.
-pub fn assert_close<const D: usize>(
-    actual: Tensor<B, D>,
-    expected: Tensor<B, D>,
+pub fn assert_close<T: Backend, const D: usize>(
+    actual: Tensor<T, D>,
+    expected: Tensor<T, D>,
     atol: f32,
     rtol: f32,
     what: &str,
@@ -92,7 +131,7 @@ pub fn assert_close<const D: usize>(
 }
 
 /// Relative L2 distance `‖a − e‖ / ‖e‖`.
-pub fn rel_l2<const D: usize>(actual: Tensor<B, D>, expected: Tensor<B, D>) -> f64 {
+pub fn rel_l2<T: Backend, const D: usize>(actual: Tensor<T, D>, expected: Tensor<T, D>) -> f64 {
     let a: Vec<f32> = actual.into_data().to_vec().expect("f32 data");
     let e: Vec<f32> = expected.into_data().to_vec().expect("f32 data");
     let num: f64 = a
@@ -106,7 +145,12 @@ pub fn rel_l2<const D: usize>(actual: Tensor<B, D>, expected: Tensor<B, D>) -> f
 
 /// The tiny S2V DiT with the reference's fixture weights.
 pub fn tiny_model() -> wan::WanS2v<B> {
-    let m = wan::WanS2v::<B>::new(&wan::S2vConfig::tiny(), &Default::default());
+    tiny_model_on::<B>()
+}
+
+/// [`tiny_model`] on backend `T`.
+pub fn tiny_model_on<T: Backend>() -> wan::WanS2v<T> {
+    let m = wan::WanS2v::<T>::new(&wan::S2vConfig::tiny(), &Default::default());
     wan::loader::load_s2v_file(m, &fixture_path("s2v_tiny_weights.safetensors"))
         .expect("tiny reference weights load")
         .0
@@ -115,6 +159,11 @@ pub fn tiny_model() -> wan::WanS2v<B> {
 /// Deterministic pseudo-random values in [-1, 1) (64-bit LCG), independent of any
 /// backend RNG.
 pub fn noise<const D: usize>(seed: u64, shape: [usize; D]) -> Tensor<B, D> {
+    noise_on::<B, D>(seed, shape)
+}
+
+/// [`noise`] on backend `T`.
+pub fn noise_on<T: Backend, const D: usize>(seed: u64, shape: [usize; D]) -> Tensor<T, D> {
     let n: usize = shape.iter().product();
     let mut s = seed
         .wrapping_mul(6364136223846793005)
@@ -131,7 +180,7 @@ pub fn noise<const D: usize>(seed: u64, shape: [usize; D]) -> Tensor<B, D> {
 }
 
 /// The bits of every value of a 5-D f32 tensor, in order: equal only if bit-identical.
-pub fn bits(t: Tensor<B, 5>) -> Vec<u32> {
+pub fn bits<T: Backend>(t: Tensor<T, 5>) -> Vec<u32> {
     t.into_data()
         .to_vec::<f32>()
         .expect("f32 tensor")
