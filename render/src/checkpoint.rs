@@ -437,7 +437,7 @@ impl CheckpointStore {
             .filter(|cp| cp.last_clip < clip.0 && cp.job_fingerprint == fingerprint);
         let carry_name = Self::carry_name(clip.0);
         let carry_path = self.work_dir.join(&carry_name);
-        crate::worker::crash_point::reached("before_carry", clip.0);
+        crate::crash_point::reached("before_carry", clip.0);
         let (carry_size, carry_sha256) = match source {
             CarrySource::Bytes(bytes) => {
                 write_atomic(&carry_path, bytes)
@@ -457,7 +457,7 @@ impl CheckpointStore {
             })
             .map_err(RenderError::io("write carry", &carry_path))?,
         };
-        crate::worker::crash_point::reached("after_carry", clip.0);
+        crate::crash_point::reached("after_carry", clip.0);
 
         let checkpoint = Checkpoint {
             format_version: FORMAT_VERSION,
@@ -482,7 +482,7 @@ impl CheckpointStore {
             let previous = self.work_dir.join(PREVIOUS_CHECKPOINT_FILE);
             std::fs::rename(&current, &previous)
                 .map_err(RenderError::io("keep previous checkpoint", &previous))?;
-            crate::worker::crash_point::reached("mid_checkpoint", clip.0);
+            crate::crash_point::reached("mid_checkpoint", clip.0);
         }
         write_atomic(&current, &json).map_err(RenderError::io("write checkpoint", &current))?;
         // Only the carries of the two checkpoints on disk are still reachable.

@@ -15,8 +15,8 @@ use super::architecture::{
     generate, weight_specs, HostTensor, TinyConfig, ARCHITECTURE, BUILTIN_WEIGHTS_SEED,
 };
 use super::carry::f32s_from_le_bytes;
-use crate::checkpoint::write_atomic;
 use crate::RenderError;
+use atomic_write::write_atomic;
 use jobs::spec::ModelRef;
 
 /// The model string that selects the generated tiny model.

@@ -33,7 +33,7 @@ pub mod cadence;
 mod checkpoints;
 mod clip_loop;
 mod command;
-pub mod crash_point;
+pub use crate::crash_point;
 mod job;
 mod native;
 mod plan;
