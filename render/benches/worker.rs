@@ -16,6 +16,13 @@
 //!   checkpoint.json, each fsynced), at 256*256 / 16 frames / 2 steps.
 //! - `resume`: a worker is stopped with SIGTERM halfway through a job; the time from starting
 //!   the next worker to its first new clip, against the same for a fresh start.
+//! - `overlap`: the share of a clip's wall time the worker spends outside the engine, at
+//!   704*384 × 48 frames, 25 fps, a checkpoint after every clip, with a command engine that
+//!   sleeps [`DIT_SECS`] per clip (the DiT time of a 48-frame clip at PyTorch speed on one
+//!   H100, ENGINE.md) and then writes its frames. The engine logs its own time per clip; the
+//!   worker's share is 1 − engine time / wall time, over the whole job (from `started` to
+//!   the last `clip_done`) and per clip once the job runs steadily (`clip_done` to
+//!   `clip_done`, clips 2 and on).
 
 use std::error::Error;
 use std::io::{BufRead, BufReader};
@@ -24,11 +31,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use jobs::spec::{
-    Codec, EngineSpec, Inputs, NotifySpec, NumClip, OutputSpec, RenderSettings, RetryPolicy, Size,
+    CheckpointEvery, Codec, EngineKind, EngineSpec, Inputs, NotifySpec, NumClip, OutputSpec,
+    RenderSettings, RetryPolicy, Size,
 };
 use jobs::state::JobDir;
 use jobs::JobSpec;
 use render::checkpoint::CheckpointStore;
+use render::engine::external::{EngineDeclaration, ResolvedEngine, RESOLVED_ENGINE_FILE};
 use render::engine::{self, ClipIndex, Conditioning, EngineCarry, EngineSettings};
 use render::media::{self, ClipEncoder, EncodeSettings, VideoCodec};
 use render::protocol::WorkerMessage;
@@ -41,6 +50,43 @@ const BENCH_SIZE: (u32, u32) = (256, 256);
 const BENCH_FRAMES: u32 = 16;
 const BENCH_STEPS: u32 = 2;
 const FPS: u32 = 16;
+/// The DiT time of one 704*384 × 48 clip the `overlap` section's engine sleeps for.
+const DIT_SECS: f64 = 3.8;
+
+/// The `overlap` section's engine: sleeps, then writes the reference image brightened a
+/// little more each frame (`bytes.translate` keeps Python's own cost to milliseconds), and
+/// appends `<clip> <seconds>` to the file `ENGINE_TIMES` names.
+const SLEEPING_ENGINE: &str = r#"
+import json, os, sys, time
+sleep = float(os.environ["DIT_SECS"])
+times = open(os.environ["ENGINE_TIMES"], "a")
+def send(message):
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+send({"type": "hello", "protocol": 1, "engine": "sleeper", "capabilities": []})
+tables = [bytes((b + k) % 256 for b in range(256)) for k in range(96)]
+for line in sys.stdin:
+    request = json.loads(line)
+    kind = request["type"]
+    if kind == "shutdown":
+        break
+    if kind == "load":
+        with open(request["inputs"]["reference_rgb"], "rb") as f:
+            reference = f.read()
+        send({"type": "ok"})
+    elif kind == "render_clip":
+        started = time.monotonic()
+        time.sleep(sleep)
+        index = request["index"]
+        with open(request["frames_path"], "wb") as f:
+            for i in range(request["frames"]):
+                f.write(reference.translate(tables[(index * 7 + i) % 96]))
+        with open(os.path.join(request["carry_out"], "count.txt"), "w") as f:
+            f.write(str(index))
+        times.write("%d %.6f\n" % (index, time.monotonic() - started))
+        times.flush()
+        send({"type": "ok", "frames": request["frames"]})
+"#;
 
 fn main() -> Result<()> {
     // `cargo bench` passes `--bench`; everything else is ours.
@@ -78,6 +124,9 @@ fn main() -> Result<()> {
     }
     if wants("resume") {
         bench.resume_latency(numbers.first().copied().unwrap_or(40))?;
+    }
+    if wants("overlap") {
+        bench.worker_overhead(numbers.first().copied().unwrap_or(12))?;
     }
     Ok(())
 }
@@ -348,6 +397,121 @@ impl Bench {
             again.as_secs_f64() * 1e3,
             resumed.clips_done
         );
+        Ok(())
+    }
+}
+
+impl Bench {
+    /// A command-engine job of `clips` clips at 704*384 × 48 frames, 25 fps, a checkpoint
+    /// after every clip, whose engine sleeps [`DIT_SECS`] per clip.
+    fn sleeping_job(&self, name: &str, clips: u32) -> Result<(PathBuf, PathBuf)> {
+        let dir = self.job(name, clips, true)?;
+        let job = JobDir::new(&dir);
+        let mut spec = job.load_spec()?;
+        spec.render.size = Size {
+            width: 704,
+            height: 384,
+        };
+        spec.render.infer_frames = 48;
+        spec.render.fps = 25;
+        spec.render.checkpoint_every = CheckpointEvery::Every(1);
+        spec.engine = EngineSpec::new(
+            EngineKind::Command,
+            Some("sleeper".to_string()),
+            String::new(),
+            None,
+        );
+        job.save_spec(&spec)?;
+        let script = self.root.join("sleeping_engine.py");
+        std::fs::write(&script, SLEEPING_ENGINE)?;
+        let times = self.root.join(format!("{name}-engine-times.txt"));
+        let declaration = EngineDeclaration {
+            command: vec!["python3".to_string(), script.display().to_string()],
+            env: [
+                ("DIT_SECS".to_string(), DIT_SECS.to_string()),
+                ("ENGINE_TIMES".to_string(), times.display().to_string()),
+            ]
+            .into_iter()
+            .collect(),
+            profile: None,
+            working_dir: None,
+            heartbeat_timeout_secs: 60,
+        };
+        let resolved = ResolvedEngine {
+            name: "sleeper".to_string(),
+            declaration,
+        };
+        std::fs::write(
+            dir.join(RESOLVED_ENGINE_FILE),
+            serde_json::to_vec_pretty(&resolved)?,
+        )?;
+        Ok((dir, times))
+    }
+
+    fn worker_overhead(&self, clips: u32) -> Result<()> {
+        println!(
+            "\n## worker time outside the engine, 704*384 x 48 frames, {clips} clips, engine {DIT_SECS} s per clip, checkpoint every clip"
+        );
+        let (dir, times) = self.sleeping_job("overlap", clips)?;
+        let mut child = self.spawn_worker(&dir)?;
+        let pid = child.id() as libc::pid_t;
+        let stdout = child.stdout.take().ok_or("worker stdout is piped")?;
+        let mut started = None;
+        let mut done_at = Vec::new();
+        let mut engine_calls = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            match WorkerMessage::from_line(&line?) {
+                Some(WorkerMessage::Started { .. }) => started = Some(Instant::now()),
+                Some(WorkerMessage::ClipDone { engine_secs, .. }) => {
+                    done_at.push(Instant::now());
+                    engine_calls.extend(engine_secs);
+                }
+                Some(WorkerMessage::Error { message, .. }) => return Err(message.into()),
+                _ => {}
+            }
+        }
+        let (exit_code, _) = wait_with_peak_rss(pid)?;
+        std::mem::forget(child);
+        if exit_code != Some(0) || done_at.len() != clips as usize {
+            return Err(format!(
+                "the worker exited with {exit_code:?} after {} of {clips} clips",
+                done_at.len()
+            )
+            .into());
+        }
+        let engine: Vec<f64> = std::fs::read_to_string(&times)?
+            .lines()
+            .filter_map(|line| line.split_whitespace().nth(1)?.parse().ok())
+            .collect();
+        let started = started.ok_or("no `started` line")?;
+        let last = *done_at.last().ok_or("no clip")?;
+        let wall = last.duration_since(started).as_secs_f64();
+        let engine_total: f64 = engine.iter().sum();
+        let steady_wall = last.duration_since(done_at[1]).as_secs_f64();
+        let steady_engine: f64 = engine.iter().skip(2).sum();
+        println!(
+            "| span | wall | in the engine (its own clock) | outside the engine |\n|---|---|---|---|"
+        );
+        println!(
+            "| whole job ({clips} clips) | {wall:.2} s | {engine_total:.2} s | {:.2} % |",
+            100.0 * (1.0 - engine_total / wall)
+        );
+        println!(
+            "| clips 2..{} (steady) | {steady_wall:.2} s | {steady_engine:.2} s | {:.2} % |",
+            clips - 1,
+            100.0 * (1.0 - steady_engine / steady_wall)
+        );
+        // The worker's own view (`clip_done`'s `engine_secs`, from workers that report it):
+        // the engine call includes the command protocol's round trip and reading the
+        // frames file, which a native engine does not have.
+        if engine_calls.len() == clips as usize {
+            let steady_calls: f64 = engine_calls.iter().skip(2).sum();
+            println!(
+                "| clips 2..{} (steady), engine calls as the worker times them | {steady_wall:.2} s | {steady_calls:.2} s | {:.2} % |",
+                clips - 1,
+                100.0 * (1.0 - steady_calls / steady_wall)
+            );
+        }
         Ok(())
     }
 }

@@ -56,7 +56,18 @@ pub enum WorkerMessage {
     },
     /// Clip `index`'s segment is durable. Its carry is checkpointed with it, or with a later
     /// clip under `render.checkpoint_every` > 1 (a crash before then renders it again).
-    ClipDone { index: u32, frames: u32, secs: f64 },
+    ///
+    /// `secs` is the wall time the clip took on the worker's main thread (render, hand-off
+    /// to the encoder, waiting for the clip before it, a checkpoint's serialisation);
+    /// `engine_secs` the part of it inside the engine (denoise and decode), so the rest is
+    /// what the worker itself costs.
+    ClipDone {
+        index: u32,
+        frames: u32,
+        secs: f64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        engine_secs: Option<f64>,
+    },
     /// Something about the job's checkpoints that the daemon records as an event of its own
     /// ([`CheckpointNote::event_name`]).
     Checkpoint {
@@ -176,6 +187,7 @@ mod tests {
             index: 3,
             frames: 32,
             secs: 1.5,
+            engine_secs: Some(1.25),
         }
         .to_line();
         let value: serde_json::Value = serde_json::from_str(&line).expect("valid JSON");

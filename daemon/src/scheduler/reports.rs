@@ -112,6 +112,7 @@ impl Scheduler {
                 index,
                 frames,
                 secs,
+                ..
             } => {
                 state.clips_done = index + 1;
                 if let Some(running) = self.running.get_mut(id) {

@@ -174,6 +174,10 @@ pub struct WriteOrder {
     pub clip: ClipIndex,
     pub carry_bytes: Vec<u8>,
     pub segments: Vec<SegmentRecord>,
+    /// The record of the checkpointed clip's own segment when it was still being encoded as
+    /// the carry was handed over: the writer waits for it before writing anything, so a
+    /// checkpoint never names a segment that is not durable.
+    pub last_segment: Option<Receiver<SegmentRecord>>,
     /// Time the main thread spent serialising the carry, counted as checkpoint I/O.
     pub serialise_secs: f64,
 }
@@ -205,16 +209,30 @@ impl CarryWriter {
         let thread = std::thread::Builder::new()
             .name("carry-writer".to_string())
             .spawn(move || {
-                for order in orders_rx {
-                    let started = Instant::now();
+                for mut order in orders_rx {
                     let bytes = order.carry_bytes.len() as u64;
-                    let result = store.save_prepared(
-                        order.clip,
-                        &order.carry_bytes,
-                        &fingerprint,
-                        carry_settings.as_ref(),
-                        order.segments,
-                    );
+                    let segment = match order.last_segment.take() {
+                        Some(record) => record.recv().map(Some),
+                        None => Ok(None),
+                    };
+                    let started = Instant::now();
+                    let result = match segment {
+                        Ok(segment) => {
+                            order.segments.extend(segment);
+                            store.save_prepared(
+                                order.clip,
+                                &order.carry_bytes,
+                                &fingerprint,
+                                carry_settings.as_ref(),
+                                order.segments,
+                            )
+                        }
+                        // The encode failed; the clip loop reports why.
+                        Err(_) => Err(RenderError::OutOfOrder {
+                            clip: order.clip,
+                            detail: "its segment was not encoded".to_string(),
+                        }),
+                    };
                     drop(order.carry_bytes);
                     let outcome = WriteOutcome {
                         clip: order.clip,

@@ -2,6 +2,7 @@
 //! the carry to the background writer or streaming it into its file, and what the writes
 //! achieved, a full disk included.
 
+use std::sync::mpsc::Receiver;
 use std::time::Instant;
 
 use tracing::{info, warn};
@@ -134,13 +135,31 @@ impl Checkpoints {
     }
 
     /// Serialises the renderer's carry (which continues into `index + 1`) and hands it to
-    /// the writer, or streams it into its file when it is too big to copy.
+    /// the writer, or streams it into its file when it is too big to copy. `segments` holds
+    /// the records of clips `0..=index`, or of `0..index` with clip `index`'s to come from
+    /// `last_segment` (the encoder thread) once its segment is durable.
     pub(super) fn checkpoint(
         &mut self,
         index: u32,
         renderer: &mut dyn Renderer,
         segments: &[SegmentRecord],
+        last_segment: Option<Receiver<SegmentRecord>>,
     ) -> Result<(), Failure> {
+        let upto = if last_segment.is_some() {
+            index as usize
+        } else {
+            index as usize + 1
+        };
+        let Some(segments) = segments.get(..upto) else {
+            return Err(Failure::new(
+                FailureKind::Io,
+                format!(
+                    "checkpoint of clip {index}: {} segment records for {upto} clips",
+                    segments.len()
+                ),
+            ));
+        };
+        let mut segments = segments.to_vec();
         if self.direct.is_some() {
             // One write at a time: the one in flight (none, unless the mode changed) first.
             if let Some(outcome) = self.writer.wait() {
@@ -148,6 +167,15 @@ impl Checkpoints {
             }
         }
         if let Some(direct) = &self.direct {
+            // Streamed on this thread: the segment must be durable first.
+            if let Some(record) = last_segment {
+                segments.push(record.recv().map_err(|_| {
+                    Failure::new(
+                        FailureKind::Io,
+                        format!("checkpoint of clip {index}: its segment was not encoded"),
+                    )
+                })?);
+            }
             let started = Instant::now();
             let expected = self.cadence.carry_bytes();
             let mut write = |file: &mut std::fs::File| renderer.write_carry(file);
@@ -159,7 +187,7 @@ impl Checkpoints {
                 },
                 &direct.fingerprint,
                 direct.settings.as_ref(),
-                segments[..=index as usize].to_vec(),
+                segments,
             );
             self.since = index + 1;
             return self.settle(WriteOutcome {
@@ -175,7 +203,8 @@ impl Checkpoints {
         let order = WriteOrder {
             clip: ClipIndex(index),
             carry_bytes,
-            segments: segments[..=index as usize].to_vec(),
+            segments,
+            last_segment,
             serialise_secs: started.elapsed().as_secs_f64(),
         };
         self.since = index + 1;
@@ -241,7 +270,7 @@ impl Checkpoints {
             self.settle(outcome)?;
         }
         if index > self.durable_next {
-            self.checkpoint(index - 1, renderer, segments)?;
+            self.checkpoint(index - 1, renderer, segments, None)?;
             if let Some(outcome) = self.writer.wait() {
                 self.settle(outcome)?;
             }

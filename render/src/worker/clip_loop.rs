@@ -1,24 +1,28 @@
 //! The clip loop: one for every kind of engine, which sits behind [`Renderer`].
 //!
 //! Order of work for clip *k* (DESIGN.md §5): render (denoise; decode too with online decode,
-//! or a command engine's frames) → encode `work/clips/k.mkv` (atomic) → if *k* is a
-//! checkpoint clip (every `render.checkpoint_every` clips, and the last), the carry is
-//! serialised into host memory and handed to the background writer
-//! ([`super::cadence::CarryWriter`]), which writes `work/carry-k.safetensors` and
-//! `work/checkpoint.json` while the next clips render → `clip_done`. A stop (SIGTERM, a `stop`
-//! command) between clips checkpoints the carry first, so nothing rendered is lost.
+//! or a command engine's frames) → wait for clip *k − 1*'s segment → hand clip *k*'s frames
+//! to the encoder thread ([`super::encoder`]), which encodes `work/clips/k.mkv` (atomic)
+//! while clip *k + 1* renders, and sends `clip_done` the moment the segment is durable (its
+//! `secs`: the main thread's time for the clip up to the hand-over) → if *k* is a checkpoint
+//! clip (every `render.checkpoint_every` clips, and the last), the carry is serialised into
+//! host memory and handed to the background writer ([`super::cadence::CarryWriter`]), which
+//! waits for clip *k*'s segment, then writes `work/carry-k.safetensors` and
+//! `work/checkpoint.json`. So the worker is at most one clip behind the engine, segments and
+//! checkpoints become durable in clip order, and a checkpoint never names a segment that is
+//! not durable. A stop (SIGTERM, a `stop` command) between clips waits for the segment in
+//! flight and checkpoints the carry first, so nothing rendered is lost.
 //!
 //! A resumed attempt starts at the clip after the newest durable carry; segments already on
 //! disk for the clips it renders again are kept when they come out byte-identical
 //! ([`super::segments::write_segment_again`]).
 //!
-//! The loop is written so that work on a finished clip (encoding its segment, serialising its
-//! carry) is one step after `render_clip` returns and before the next `render_clip` starts:
-//! moving that step onto another thread, overlapping the next clip's denoise, changes this
-//! function only.
+//! The test kill points ([`crash_point`]) settle the encoder and the writer first when they
+//! are armed, so each leaves the one state on disk it names, as in a loop without overlap.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::time::Instant;
 
 use jobs::spec::{CheckpointEvery, NumClip};
@@ -26,11 +30,12 @@ use tracing::{info, warn};
 
 use super::checkpoints::Checkpoints;
 use super::crash_point;
+use super::encoder::{EncodeOrder, SegmentEncoder};
 use super::plan::ClipPlan;
 use super::renderer::{ClipOutput, Renderer};
 use super::report::{Failure, Reporter};
-use super::segments::{latents_path, segment_path, write_segment, write_segment_again};
-use crate::checkpoint::{CarryFile, CarrySettings, CheckpointStore, ResumePoint};
+use super::segments::{latents_path, segment_path, write_segment};
+use crate::checkpoint::{CarryFile, CarrySettings, CheckpointStore, ResumePoint, SegmentRecord};
 use crate::engine::{ClipIndex, ClipLatents};
 use crate::media;
 use crate::protocol::{CheckpointNote, FailureKind, WorkerMessage};
@@ -81,7 +86,7 @@ pub(super) fn render_clips(
         None => job.plan,
     };
     let online_decode = job.online_decode || renderer.decodes_online();
-    let mut segments = if next_clip > 0 {
+    let segments = if next_clip > 0 {
         store
             .current_segments()
             .map_err(Failure::of(FailureKind::Io))?
@@ -111,7 +116,7 @@ pub(super) fn render_clips(
     } else {
         reload_latents(&job.work, next_clip)?
     };
-    let mut checkpoints = Checkpoints::new(
+    let checkpoints = Checkpoints::new(
         &store,
         &job.fingerprint,
         job.carry_settings.as_ref(),
@@ -120,21 +125,33 @@ pub(super) fn render_clips(
         next_clip,
         reporter.clone(),
     );
+    let mut done = Finishing {
+        encoder: SegmentEncoder::spawn(
+            store.clone(),
+            job.work.clone(),
+            job.encode.clone(),
+            reporter.clone(),
+        ),
+        checkpoints,
+        segments,
+        unreported: None,
+        reporter: reporter.clone(),
+    };
     if next_clip < plan.clips {
         renderer.begin()?;
     }
     for index in next_clip..plan.clips {
         if stop.load(Ordering::Relaxed) {
-            let next_clip = checkpoints.stop_at(index, renderer, &segments)?;
+            done.settle()?;
+            let next_clip = done.checkpoints.stop_at(index, renderer, &done.segments)?;
             renderer.finish();
             return Ok(Ended::Stopped { next_clip });
         }
-        if let Some(outcome) = checkpoints.writer.poll() {
-            checkpoints.settle(outcome)?;
+        if let Some(outcome) = done.checkpoints.writer.poll() {
+            done.checkpoints.settle(outcome)?;
         }
         let started = Instant::now();
         let output = renderer.render_clip(index)?;
-        checkpoints.kill_point("after_denoise", index);
         let frames = match output {
             ClipOutput::Frames(frames) => Some(frames),
             ClipOutput::Latents(latents) if online_decode => Some(renderer.decode(&latents)?),
@@ -144,47 +161,88 @@ pub(super) fn render_clips(
                 None
             }
         };
-        let durable = match frames {
-            Some(frames) => {
-                let segment = segment_path(&job.work, index);
-                encode_segment(
-                    index,
-                    &segment,
-                    &frames,
-                    &job.encode,
-                    &plan,
-                    &mut checkpoints,
-                    reporter,
-                )?;
-                segment
-            }
-            None => latents_path(&job.work, index),
-        };
-        segments.truncate(index as usize);
-        segments.push(
-            store
-                .segment_record(ClipIndex(index), &durable)
-                .map_err(Failure::of(FailureKind::Io))?,
-        );
-        let secs = started.elapsed().as_secs_f64();
-        checkpoints.cadence.clip_rendered(secs);
+        let engine_secs = started.elapsed().as_secs_f64();
+        done.kill_point("after_denoise", index)?;
+        // The clip before this one was encoded while this one rendered: it is durable, and
+        // reported, before this one's frames go to the encoder.
+        done.settle()?;
         let last = index + 1 == plan.clips;
-        if checkpoints.due(index, last) {
-            checkpoints.checkpoint(index, renderer, &segments)?;
+        let due = done.checkpoints.due(index, last);
+        let last_segment = match frames {
+            Some(frames) => {
+                // `mid_encode` fires inside the encoder: settle the writer first, as
+                // `kill_point` does for the other points, and wait for the encode below, so
+                // the kill lands with nothing else in flight.
+                let mid_encode = crash_point::is_armed("mid_encode", index);
+                if mid_encode {
+                    if let Some(outcome) = done.checkpoints.writer.wait() {
+                        done.checkpoints.settle(outcome)?;
+                    }
+                }
+                let (record_to, record) = if due {
+                    let (to, from) = mpsc::channel();
+                    (Some(to), Some(from))
+                } else {
+                    (None, None)
+                };
+                // A kill point after the encode ends the worker before the clip's report.
+                let killed_after = ["after_segment", "after_checkpoint"]
+                    .iter()
+                    .any(|point| crash_point::is_armed(point, index));
+                let report = (!killed_after).then(|| WorkerMessage::ClipDone {
+                    index,
+                    frames: plan.frames_in_clip(index),
+                    secs: started.elapsed().as_secs_f64(),
+                    engine_secs: Some(engine_secs),
+                });
+                done.encoder.submit(EncodeOrder {
+                    index,
+                    frames,
+                    keep: plan.frames_in_clip(index),
+                    record_to,
+                    report,
+                })?;
+                if mid_encode {
+                    done.collect()?;
+                }
+                done.kill_point("after_segment", index)?;
+                record
+            }
+            None => {
+                let record = store
+                    .segment_record(ClipIndex(index), &latents_path(&job.work, index))
+                    .map_err(Failure::of(FailureKind::Io))?;
+                done.push(record);
+                // Reported below, once the checkpoint is handed over, as the latents are
+                // durable already.
+                done.unreported = Some(WorkerMessage::ClipDone {
+                    index,
+                    frames: plan.frames_in_clip(index),
+                    secs: 0.0,
+                    engine_secs: Some(engine_secs),
+                });
+                None
+            }
+        };
+        if due {
+            done.checkpoints
+                .checkpoint(index, renderer, &done.segments, last_segment)?;
         }
-        checkpoints.kill_point("after_checkpoint", index);
-        reporter.send(&WorkerMessage::ClipDone {
-            index,
-            frames: plan.frames_in_clip(index),
-            secs,
-        });
+        done.kill_point("after_checkpoint", index)?;
+        let secs = started.elapsed().as_secs_f64();
+        done.checkpoints.cadence.clip_rendered(secs);
+        if let Some(WorkerMessage::ClipDone { secs: reported, .. }) = &mut done.unreported {
+            *reported = secs;
+        }
+        done.report();
     }
-    // The last clip's checkpoint: assembling needs no carry, but a crash from here on should
-    // not render anything again.
-    if let Some(outcome) = checkpoints.writer.wait() {
-        checkpoints.settle(outcome)?;
+    // The last clip's segment and checkpoint: assembling needs no carry, but a crash from
+    // here on should not render anything again.
+    done.settle()?;
+    if let Some(outcome) = done.checkpoints.writer.wait() {
+        done.checkpoints.settle(outcome)?;
     }
-    drop(checkpoints);
+    drop(done);
     for (index, latents) in kept_latents {
         // Decoding a long job's latents can take far longer than the daemon waits after
         // SIGTERM; stop between clips, and the next start decodes them all again.
@@ -206,6 +264,59 @@ pub(super) fn render_clips(
     }
     renderer.finish();
     Ok(Ended::Rendered(plan))
+}
+
+/// What happens to a clip after the engine is done with it: the encoder thread, the
+/// checkpoints, the records of the durable segments and the report not yet sent.
+struct Finishing {
+    encoder: SegmentEncoder,
+    checkpoints: Checkpoints,
+    /// Records of clips `0..` whose segments (or latents) are durable, in order.
+    segments: Vec<SegmentRecord>,
+    /// The `clip_done` of a clip kept as latents (online decode off), sent at the end of
+    /// its turn; an encoded clip's goes out from the encoder thread.
+    unreported: Option<WorkerMessage>,
+    reporter: Reporter,
+}
+
+impl Finishing {
+    /// Takes in a durable clip's record; a clip rendered again replaces what it had.
+    fn push(&mut self, record: SegmentRecord) {
+        self.segments.truncate(record.clip as usize);
+        self.segments.push(record);
+    }
+
+    /// Waits for the clip being encoded, if any, and takes in its record.
+    fn collect(&mut self) -> Result<(), Failure> {
+        if let Some(encoded) = self.encoder.wait() {
+            let record = encoded.result?;
+            debug_assert_eq!(record.clip, encoded.index, "records follow clips");
+            self.push(record);
+        }
+        Ok(())
+    }
+
+    /// Sends the `clip_done` of a clip kept as latents.
+    fn report(&mut self) {
+        if let Some(message) = self.unreported.take() {
+            self.reporter.send(&message);
+        }
+    }
+
+    /// The clip being encoded is durable (and reported, by the encoder thread).
+    fn settle(&mut self) -> Result<(), Failure> {
+        self.collect()
+    }
+
+    /// A test kill point on the main thread: the encoder and the writer finish first, so
+    /// the state on disk at the kill is the one the point names (see [`crash_point`]).
+    fn kill_point(&mut self, point: &str, clip: u32) -> Result<(), Failure> {
+        if crash_point::is_armed(point, clip) {
+            self.collect()?;
+        }
+        self.checkpoints.kill_point(point, clip);
+        Ok(())
+    }
 }
 
 /// Where an attempt starts.
@@ -260,33 +371,6 @@ fn resume(
         )),
         fell_back: None,
     })
-}
-
-/// Encodes clip `index`'s frames into its segment; a segment already there was written
-/// before a crash that lost its carry, so the clip is being rendered again and must come out
-/// the same.
-fn encode_segment(
-    index: u32,
-    segment: &Path,
-    frames: &[Vec<u8>],
-    encode: &media::EncodeSettings,
-    plan: &ClipPlan,
-    checkpoints: &mut Checkpoints,
-    reporter: &Reporter,
-) -> Result<(), Failure> {
-    // `mid_encode` fires inside the encoder: settle the writer first, as `kill_point` does
-    // for the other points.
-    if crash_point::is_armed("mid_encode", index) {
-        let _ = checkpoints.writer.wait();
-    }
-    let keep = plan.frames_in_clip(index);
-    if segment.exists() {
-        write_segment_again(index, segment, encode, frames, keep, reporter)?;
-    } else {
-        write_segment(index, segment, encode, frames, keep)?;
-    }
-    checkpoints.kill_point("after_segment", index);
-    Ok(())
 }
 
 /// Without online decode (the original's behaviour) latents pile up in memory and are decoded

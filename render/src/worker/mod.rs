@@ -33,6 +33,7 @@ pub mod cadence;
 mod checkpoints;
 mod clip_loop;
 mod command;
+mod encoder;
 pub use crate::crash_point;
 mod job;
 mod native;
