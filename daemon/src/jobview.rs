@@ -245,6 +245,16 @@ pub(crate) fn print_job_details(job: &JobState, events: &[JobEvent]) {
     if let Some(bytes) = job.vram_estimate_bytes {
         println!("vram est.: {:.1} GB", bytes as f64 / 1e9);
     }
+    if let Some(memory) = job
+        .details
+        .get(crate::intake::MEMORY_PLAN_KEY)
+        .and_then(|value| {
+            serde_json::from_value::<crate::placement::release_plan::PlannedMemory>(value.clone())
+                .ok()
+        })
+    {
+        println!("memory:    {}", memory.summary());
+    }
     if let Some(output) = &job.output {
         println!("output:    {}", escape_text(&output.display().to_string()));
     }
