@@ -755,6 +755,9 @@ fn accept_one(
 /// job needs room for two (the newest checkpoint is kept until the next one is whole) where
 /// its checkpoints go. Refused at intake rather than failing hours later. The words start like
 /// the operating system's ENOSPC message, so the rejection reads as a full disk.
+/// Set only by tests: the bytes intake's checkpoint space check takes as free.
+pub const TEST_FREE_BYTES_ENV: &str = "REELSPOOL_TEST_ASSUME_FREE_BYTES";
+
 fn check_checkpoint_space(
     spec: &JobSpec,
     jobs_dir: &Path,
@@ -768,7 +771,12 @@ fn check_checkpoint_space(
     let needed = carry
         .saturating_mul(2)
         .saturating_add(render::checkpoint::CHECKPOINT_SLACK_BYTES);
-    let Some(free) = crate::space::free_bytes(jobs_dir) else {
+    // A test hook: the free space intake assumes, so the tests of a 14B-shaped release (whose
+    // checkpoints no test machine has room for, and which never runs) can submit its jobs.
+    let assumed = std::env::var(TEST_FREE_BYTES_ENV)
+        .ok()
+        .and_then(|text| text.parse::<u64>().ok());
+    let Some(free) = assumed.or_else(|| crate::space::free_bytes(jobs_dir)) else {
         return Ok(());
     };
     if free >= needed {
