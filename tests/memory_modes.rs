@@ -274,3 +274,111 @@ fn streamed_frames_equal_resident_ones_and_an_oom_resumes_streamed_to_the_same_f
         reference
     );
 }
+
+/// Rewrites the JSON header of the safetensors file at `path` through `edit`, keeping the data.
+fn edit_header(path: &Path, edit: impl Fn(&mut serde_json::Map<String, Value>)) {
+    let bytes = std::fs::read(path).expect("read shard");
+    let len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let mut header: serde_json::Map<String, Value> =
+        serde_json::from_slice(&bytes[8..8 + len]).expect("header JSON");
+    edit(&mut header);
+    let mut text = serde_json::to_vec(&header).expect("encode header");
+    while text.len() % 8 != 0 {
+        text.push(b' ');
+    }
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&bytes[8 + len..]);
+    std::fs::write(path, out).expect("write shard");
+}
+
+/// `reelspool model check` on the tiny release: clean, it prints a plan and exits 0; a renamed
+/// tensor, a mis-shaped one, a truncated shard and a partial LoRA each make it exit 1 naming
+/// the file and the key.
+#[test]
+fn model_check_names_file_and_key_of_each_broken_release() {
+    let farm = Farm::new(POOL);
+    let shard = "Wan2.2-S2V-14B/diffusion_pytorch_model-00001-of-00002.safetensors";
+    let check = |dir: &Path| {
+        let out = farm.cli(&["model", "check", &dir.display().to_string()]);
+        (out.status.code(), stdout(&out))
+    };
+    let fresh = |name: &str| {
+        let dir = farm.root.path().join(name);
+        wan::release::write_tiny_release(&dir, 5).expect("tiny release");
+        dir.canonicalize().expect("canonical")
+    };
+    let clean = fresh("clean");
+    let (code, text) = check(&clean);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("a job could run"), "{text}");
+    assert!(text.contains("384*256×48: resident bf16"), "{text}");
+
+    let keys_of = |path: &Path| -> Vec<String> {
+        let bytes = std::fs::read(path).expect("read");
+        let len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+        let header: serde_json::Map<String, Value> =
+            serde_json::from_slice(&bytes[8..8 + len]).expect("header");
+        header
+            .keys()
+            .filter(|k| *k != "__metadata__")
+            .cloned()
+            .collect()
+    };
+
+    let renamed_dir = fresh("renamed");
+    let path = renamed_dir.join(shard);
+    let renamed = keys_of(&path)
+        .into_iter()
+        .find(|k| k.ends_with("norm_q.weight"))
+        .expect("a norm in shard 1");
+    let new_name = renamed.replace("norm_q", "q_norm");
+    edit_header(&path, |h| {
+        let value = h.remove(&renamed).expect("present");
+        h.insert(new_name.clone(), value);
+    });
+    let (code, text) = check(&renamed_dir);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains(&new_name) && text.contains(&renamed),
+        "{text}"
+    );
+    assert!(text.contains(&path.display().to_string()), "{text}");
+
+    let shaped_dir = fresh("misshaped");
+    let path = shaped_dir.join(shard);
+    let misshaped = keys_of(&path)
+        .into_iter()
+        .find(|k| k.starts_with("blocks.") && k.ends_with(".q.weight"))
+        .expect("a q projection in shard 1");
+    edit_header(&path, |h| {
+        h[&misshaped]["shape"] = serde_json::json!([32, 128]);
+    });
+    let (code, text) = check(&shaped_dir);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains(&misshaped) && text.contains(&path.display().to_string()),
+        "{text}"
+    );
+
+    let cut_dir = fresh("truncated");
+    let path = cut_dir.join(shard);
+    let bytes = std::fs::read(&path).expect("read");
+    std::fs::write(&path, &bytes[..bytes.len() - 1000]).expect("truncate");
+    let (code, text) = check(&cut_dir);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains(&path.display().to_string()), "{text}");
+
+    let lora_dir = fresh("partial-lora");
+    let path = lora_dir.join(wan::release::LORA_FILE);
+    let dropped = "base_model.model.blocks.2.cross_attn.v.lora_B.weight";
+    edit_header(&path, |h| {
+        h.retain(|k, _| !k.contains("blocks.2.cross_attn.v."))
+    });
+    let (code, text) = check(&lora_dir);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains(dropped) && text.contains(&path.display().to_string()),
+        "{text}"
+    );
+}
