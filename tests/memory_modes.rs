@@ -61,6 +61,12 @@ fn plan_of(state: &Value) -> &Value {
     &state["details"]["memory_plan"]
 }
 
+/// What the job's workers wrote, every attempt (`reelspool logs ID`).
+fn worker_logs(farm: &Farm, state: &Value) -> String {
+    let id = state["id"].as_str().expect("job id");
+    stdout(&farm.cli(&["logs", id]))
+}
+
 fn stdout(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
@@ -104,7 +110,7 @@ fn a_14b_job_on_24gb_cards_streams_blocks_and_status_shows_the_plan_while_held()
         "{details}"
     );
     assert!(
-        details.contains("GB on the GPU") && details.contains("GB of host memory"),
+        details.contains("GiB on the GPU") && details.contains("GiB of host memory"),
         "{details}"
     );
     let listed: Value =
@@ -268,6 +274,21 @@ fn streamed_frames_equal_resident_ones_and_an_oom_resumes_streamed_to_the_same_f
         .expect("a retry event");
     assert_eq!(retry["fallback"], "streamed", "{retry}");
     assert_eq!(start_points(&evs), [0, 1], "{evs:?}");
+    let logs = worker_logs(&farm, &state);
+    let loads: Vec<&str> = logs
+        .lines()
+        .filter(|line| line.contains("Live Avatar release loading"))
+        .map(|line| {
+            if line.contains("mode=streamed") {
+                "streamed"
+            } else if line.contains("mode=resident") {
+                "resident"
+            } else {
+                "other"
+            }
+        })
+        .collect();
+    assert_eq!(loads, ["resident", "streamed"], "{logs}");
     assert_eq!(plan_of(&state)["mode"], "streamed", "{state}");
     assert_eq!(
         frame_digests(Path::new(state["output"].as_str().expect("output"))),
@@ -283,7 +304,7 @@ fn edit_header(path: &Path, edit: impl Fn(&mut serde_json::Map<String, Value>)) 
         serde_json::from_slice(&bytes[8..8 + len]).expect("header JSON");
     edit(&mut header);
     let mut text = serde_json::to_vec(&header).expect("encode header");
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(b' ');
     }
     let mut out = (text.len() as u64).to_le_bytes().to_vec();

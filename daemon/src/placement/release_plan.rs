@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use wan::memory::{Budget, JobShape, MemoryMode, MemoryPlan, ModeChoice, ModelSizes};
 use wan::memory::{PrecisionChoice, Refusal};
 
+const GIB: f64 = (1u64 << 30) as f64;
+
 /// Device memory kept out of every plan for the CUDA context and the driver (1 GiB, as the
 /// `memory-plan` example assumes).
 pub const CONTEXT_RESERVE_BYTES: u64 = 1 << 30;
@@ -68,11 +70,11 @@ impl PlannedMemory {
     /// One line for `status`.
     pub fn summary(&self) -> String {
         format!(
-            "{} {}, {:.1} GB on the GPU, {:.1} GB of host memory",
+            "{} {}, {:.1} GiB on the GPU, {:.1} GiB of host memory",
             self.mode_label(),
             self.precision,
-            self.device_bytes as f64 / 1e9,
-            self.host_bytes as f64 / 1e9
+            self.device_bytes as f64 / GIB,
+            self.host_bytes as f64 / GIB
         )
     }
 
