@@ -206,3 +206,62 @@ pub fn check_release(dir: &Path) -> Result<(), String> {
         Err(report.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(dir: &Path, mode: MemoryModeSetting) -> ReleaseShape {
+        ReleaseShape {
+            dir: dir.to_path_buf(),
+            sample_steps: 1,
+            audio_seconds: 2.0,
+            memory_mode: mode,
+            precision: PrecisionSetting::Auto,
+        }
+    }
+
+    #[test]
+    fn auto_plans_resident_with_a_streamed_fallback_and_a_pinned_mode_has_none() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        wan::release::write_tiny_release(dir.path(), 7).expect("tiny release");
+        let auto = plan(
+            &shape(dir.path(), MemoryModeSetting::Auto),
+            64,
+            64,
+            16,
+            1 << 40,
+            None,
+        )
+        .expect("fits a big card");
+        assert_eq!(auto.primary.mode_env(), "resident");
+        let fallback = auto.fallback.expect("a streamed fallback");
+        assert_eq!(fallback.mode_env(), "streamed");
+        assert_eq!(fallback.resident_blocks, 0);
+        for planned in [&auto.primary, &fallback] {
+            assert_eq!(
+                render::engine::live::parse_memory_mode(&planned.mode_env()).map(|m| m.name()),
+                Some(planned.mode.as_str())
+            );
+        }
+        let pinned = plan(
+            &shape(dir.path(), MemoryModeSetting::Streamed),
+            64,
+            64,
+            16,
+            1 << 40,
+            None,
+        )
+        .expect("fits");
+        assert_eq!(pinned.primary.mode, "streamed");
+        assert!(pinned.fallback.is_none());
+        let hybrid = PlannedMemory {
+            mode: "hybrid".into(),
+            resident_blocks: 5,
+            blocks: 40,
+            ..pinned.primary
+        };
+        assert_eq!(hybrid.mode_env(), "hybrid:5");
+        assert_eq!(hybrid.mode_label(), "hybrid (5/40 blocks resident)");
+    }
+}
