@@ -255,10 +255,11 @@ fn job_too_big_for_every_card_is_refused_with_estimate_largest_card_and_suggesti
     assert!(pool.runs().is_empty());
 }
 
-/// A Live Avatar release on the native engine is planned with its own profile, fitted to the
-/// engine's accounting (`liveavatar-14b-native`: 46 + 3.364 × (704·384·48 / 1e6) + 1 margin =
-/// 90.7 GiB, no offload mode), not with the PyTorch original's (79.0 GiB, which would fit the
-/// 80 GB card).
+/// A Live Avatar release on the native engine that names `engine.profile:
+/// liveavatar-14b-native` is planned with that profile, fitted to the engine's accounting
+/// (46 + 3.364 × (704·384·48 / 1e6) + 1 margin = 90.7 GiB, no offload mode), not with the
+/// PyTorch original's (79.0 GiB, which would fit the 80 GB card). Without a profile, a release
+/// job is planned by `wan::memory` itself (tests/memory_modes.rs).
 #[test]
 fn a_native_release_job_is_planned_with_the_native_engines_profile() {
     let pool = Pool::new(POOL, "");
@@ -272,7 +273,7 @@ fn a_native_release_job_is_planned_with_the_native_engines_profile() {
             "  size: 704*384
   infer_frames: 48
 ",
-            None,
+            Some("liveavatar-14b-native"),
         )
         .replace(
             "model: builtin:tiny",

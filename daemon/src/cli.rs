@@ -119,6 +119,71 @@ pub fn check_config(config_flag: Option<&Path>) -> Result<ExitCode> {
     }
 }
 
+/// The shapes `model check` plans: the release's usual small and large job.
+const CHECK_SHAPES: [(u32, u32, u32); 2] = [(384, 256, 48), (704, 384, 48)];
+
+/// `reelspool model check DIR`: the release check, then the memory plan of each usual job
+/// shape on each card size of this machine's pool (the config's, or the default CPU pool).
+pub fn model_check(config_flag: Option<&Path>, dir: &Path) -> Result<ExitCode> {
+    use crate::placement::release_plan::{self, NoPlan};
+    let report = wan::check::check_release(dir);
+    println!("{report}");
+    let pool = optional_config(config_flag)?
+        .map(|config| config.gpu_pool)
+        .unwrap_or_default();
+    let devices = gpu_pool::discover(&pool)?;
+    let host = pool.host_memory_bytes();
+    let mut sizes: Vec<(u64, String)> = devices
+        .iter()
+        .map(|device| (device.memory_total_bytes, device.name.clone()))
+        .collect();
+    sizes.sort();
+    sizes.dedup_by_key(|(bytes, _)| *bytes);
+    println!(
+        "memory plans (host memory {}; {:.0} GiB of each card kept for the CUDA context):",
+        host.map_or_else(
+            || "not counted".to_string(),
+            |bytes| format!("{:.1} GiB", bytes as f64 / gpu_pool::GIB as f64)
+        ),
+        release_plan::CONTEXT_RESERVE_BYTES as f64 / gpu_pool::GIB as f64
+    );
+    let mut runnable = false;
+    for (card_bytes, name) in &sizes {
+        for (width, height, frames) in CHECK_SHAPES {
+            let shape = jobs::index::ReleaseShape {
+                dir: dir.to_path_buf(),
+                sample_steps: 4,
+                audio_seconds: 60.0,
+                memory_mode: jobs::spec::MemoryModeSetting::Auto,
+                precision: jobs::spec::PrecisionSetting::Auto,
+            };
+            let line = match release_plan::plan(&shape, width, height, frames, *card_bytes, host) {
+                Ok(plans) => {
+                    runnable = true;
+                    plans.primary.summary()
+                }
+                Err(NoPlan::DoesNotFit(refusal)) => format!("does not fit: {refusal}"),
+                Err(NoPlan::Unreadable(why)) => format!("cannot plan: {why}"),
+            };
+            println!(
+                "  {name} ({:.1} GiB), {width}*{height}×{frames}: {line}",
+                *card_bytes as f64 / gpu_pool::GIB as f64
+            );
+        }
+    }
+    if report.is_ok() && runnable {
+        println!("a job could run on this release");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        if !report.is_ok() {
+            println!("the release cannot be loaded: fix or re-download the files named above");
+        } else {
+            println!("no usual job shape fits any card of this machine");
+        }
+        Ok(ExitCode::from(1))
+    }
+}
+
 pub fn status(
     config_flag: Option<&Path>,
     id: Option<&str>,

@@ -245,6 +245,9 @@ pub(crate) fn print_job_details(job: &JobState, events: &[JobEvent]) {
     if let Some(bytes) = job.vram_estimate_bytes {
         println!("vram est.: {:.1} GB", bytes as f64 / 1e9);
     }
+    if let Some(line) = job.details.get("memory_plan").and_then(memory_line) {
+        println!("memory:    {line}");
+    }
     if let Some(output) = &job.output {
         println!("output:    {}", escape_text(&output.display().to_string()));
     }
@@ -271,6 +274,32 @@ pub(crate) fn print_job_details(job: &JobState, events: &[JobEvent]) {
             escape_text(&fields.to_string())
         );
     }
+}
+
+/// A release job's memory plan (`details.memory_plan`, written by intake and placement) in
+/// one line: `hybrid (5/40 blocks resident) bf16, 23.5 GiB on the GPU, 59.3 GiB of host memory`.
+fn memory_line(plan: &serde_json::Value) -> Option<String> {
+    let gib = |key: &str| {
+        plan[key]
+            .as_u64()
+            .map(|bytes| bytes as f64 / (1u64 << 30) as f64)
+    };
+    let mode = plan["mode"].as_str()?;
+    let mode = if mode == "hybrid" {
+        format!(
+            "hybrid ({}/{} blocks resident)",
+            plan["resident_blocks"].as_u64()?,
+            plan["blocks"].as_u64()?
+        )
+    } else {
+        mode.to_string()
+    };
+    Some(format!(
+        "{mode} {}, {:.1} GiB on the GPU, {:.1} GiB of host memory",
+        plan["precision"].as_str()?,
+        gib("device_bytes")?,
+        gib("host_bytes")?
+    ))
 }
 
 /// Where the latest attempt started, when it resumed: the clip after the newest checkpoint,

@@ -158,6 +158,11 @@ enum Command {
     },
     /// Check the configuration file the same way job files are checked.
     CheckConfig,
+    /// Check a Live Avatar release directory (headers only) and print its memory plans.
+    Model {
+        #[command(subcommand)]
+        action: ModelAction,
+    },
     /// Render examples/hello.yaml end to end on the CPU with the built-in model.
     Demo {
         /// Keep the demo's spool and state here instead of a temporary directory.
@@ -176,6 +181,17 @@ enum Command {
         /// With --serve: exit after this long without a job.
         #[arg(long, value_name = "SECS", default_value_t = 600)]
         idle_exit_secs: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelAction {
+    /// Report every missing, extra, mis-shaped or wrongly typed tensor of a release (file and
+    /// key), then the memory plan on this machine's cards; exit 0 only when a job could run.
+    Check {
+        /// The release directory.
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
     },
 }
 
@@ -209,6 +225,9 @@ fn main() -> ExitCode {
         Command::Logs { id, follow } => logs::run(config_flag, &id, follow),
         Command::Gpus { json, action } => gpus::run(config_flag, action, json),
         Command::CheckConfig => cli::check_config(config_flag),
+        Command::Model {
+            action: ModelAction::Check { dir },
+        } => cli::model_check(config_flag, &dir),
         Command::Demo { dir } => demo::run(dir.as_deref()),
         Command::Worker {
             job_dir,

@@ -11,15 +11,17 @@ mod admission;
 pub mod cards;
 mod health;
 pub mod pool_files;
+pub mod release_plan;
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use gpu_pool::{
-    CardState, EstimateRequest, GpuInfo, GpuKind, GpuLease, LeaseTable, OffloadChoice, OomFallback,
-    ProfileSet, QueuedJob, RunOutcome, SchedulerPolicy,
+    CardState, Demand, EstimateRequest, GpuInfo, GpuKind, GpuLease, LeaseTable, OffloadChoice,
+    OomFallback, ProfileSet, QueuedJob, RunOutcome, SchedulerPolicy,
 };
 use jobs::index::QueuePlan;
 use jobs::state::JobId;
@@ -32,6 +34,7 @@ use admission::{clip_count, estimate_request, offload_choice, read_profiles};
 pub use admission::{profile_name, PoolAdmission};
 use health::{CardVerdict, PoolWatch};
 use pool_files::{DrainedCards, PoolPaths};
+use release_plan::{PlannedMemory, ReleasePlans};
 
 /// Start this job on this card.
 #[derive(Debug, Clone)]
@@ -45,6 +48,8 @@ pub struct PlacementDecision {
     pub env: Vec<(String, String)>,
     /// The card's model name ("NVIDIA H200", "cpu"): what compiled kernels are kept by.
     pub gpu_model: String,
+    /// For a release job: the memory plan it runs with (already in `env` for the worker).
+    pub memory: Option<PlannedMemory>,
 }
 
 /// How a run ended, as far as its card and its lease are concerned.
@@ -131,6 +136,12 @@ pub struct Placement {
     snapshot_written_at: Option<Instant>,
     /// The model each card's worker holds, running or idle (see `warm`).
     worker_models: HashMap<String, String>,
+    /// The host memory jobs share (`gpu_pool.host_memory_gb` or the machine's).
+    host_memory: Option<u64>,
+    /// Memory plans of queued and running release jobs, by job id.
+    release_plans: HashMap<String, ReleasePlans>,
+    /// Release directories that passed intake's release check (see `PoolAdmission`).
+    checked_releases: Arc<Mutex<HashSet<PathBuf>>>,
 }
 
 impl Placement {
@@ -171,6 +182,14 @@ impl Placement {
             ..SchedulerPolicy::default()
         };
         let mut scheduler = gpu_pool::Scheduler::new(cards, policy)?;
+        let host_memory = config.gpu_pool.host_memory_bytes();
+        scheduler.set_host_memory(host_memory);
+        if let Some(bytes) = host_memory {
+            info!(
+                host_memory_gib = bytes as f64 / gpu_pool::GIB as f64,
+                "host memory shared by jobs"
+            );
+        }
         let drained = DrainedCards::load(&paths.drained)?;
         for (uuid, record) in &drained.cards {
             match scheduler.drain(uuid) {
@@ -204,6 +223,9 @@ impl Placement {
             snapshot_dirty: true,
             snapshot_written_at: None,
             worker_models: HashMap::new(),
+            host_memory,
+            release_plans: HashMap::new(),
+            checked_releases: Arc::new(Mutex::new(HashSet::new())),
         };
         placement.write_snapshot();
         Ok(placement)
@@ -216,6 +238,8 @@ impl Placement {
         PoolAdmission {
             profiles: Arc::clone(&self.profiles),
             largest_card_bytes: self.scheduler.largest_card_bytes(),
+            host_memory: self.host_memory,
+            checked_releases: Arc::clone(&self.checked_releases),
         }
     }
 
@@ -227,13 +251,21 @@ impl Placement {
     /// `job.yaml` again (and, for `num_clip: auto`, probe the audio again).
     pub fn plan_of(spec: &JobSpec) -> QueuePlan {
         let req = estimate_request(spec);
+        let clips = clip_count(spec);
         QueuePlan {
             profile: profile_name(spec),
             width: req.width,
             height: req.height,
             frames: req.frames,
             offload: spec.render.offload,
-            clips: clip_count(spec),
+            clips,
+            // An explicit `engine.profile` wins over the engine's own accounting.
+            release: spec
+                .engine
+                .profile
+                .is_none()
+                .then(|| release_plan::shape_of(spec, clips))
+                .flatten(),
         }
     }
 
@@ -258,6 +290,10 @@ impl Placement {
             };
             QueuedJob::from_profile(&key, priority, self.next_seq, profile, &req, plan.clips)
         };
+        if let Some(plans) = self.release_plans_of(id, plan) {
+            release_demands(&mut job, &plans);
+            self.release_plans.insert(key.clone(), plans);
+        }
         job.preferred_card = self.leases.card_of(&key).map(str::to_string);
         job.model = model;
         match self.scheduler.enqueue(job, self.now()) {
@@ -277,6 +313,43 @@ impl Placement {
                 );
             }
             Err(err) => warn!(job = %id, error = %err, "cannot queue job"),
+        }
+    }
+
+    /// The memory plans of a release job on the pool's largest card, or `None` (with a
+    /// warning) when the release cannot be planned; the job is then placed by its profile.
+    fn release_plans_of(&self, id: &JobId, plan: &QueuePlan) -> Option<ReleasePlans> {
+        let shape = plan.release.as_ref()?;
+        match release_plan::plan(
+            shape,
+            plan.width,
+            plan.height,
+            plan.frames,
+            self.scheduler.largest_card_bytes(),
+            self.host_memory,
+        ) {
+            Ok(plans) => {
+                info!(job = %id, plan = %plans.primary.summary(), "release job planned");
+                Some(plans)
+            }
+            Err(release_plan::NoPlan::Unreadable(why)) => {
+                warn!(job = %id, error = %why, "cannot plan the release job's memory; placing it by its profile");
+                None
+            }
+            Err(release_plan::NoPlan::DoesNotFit(refusal)) => {
+                warn!(job = %id, error = %refusal, "the release job fits no card of the pool now; placing it by its profile");
+                None
+            }
+        }
+    }
+
+    /// The memory plan a queued or running release job runs (or will run) with.
+    pub fn planned_memory(&self, id: &JobId, offload_used: bool) -> Option<PlannedMemory> {
+        let plans = self.release_plans.get(&id.to_string())?;
+        if offload_used {
+            plans.fallback.clone()
+        } else {
+            Some(plans.primary.clone())
         }
     }
 
@@ -308,7 +381,8 @@ impl Placement {
                     peak_vram_bytes: None,
                 },
             );
-            let (label, env, gpu_model) = match self.devices.get(&placement.card_uuid) {
+            let memory = self.planned_memory(&id, placement.offload_used);
+            let (label, mut env, gpu_model) = match self.devices.get(&placement.card_uuid) {
                 Some(device) => (
                     format!("{}#{}", device.name, device.index),
                     GpuLease::for_device(device).worker_env(),
@@ -316,6 +390,9 @@ impl Placement {
                 ),
                 None => (placement.card_uuid.clone(), Vec::new(), String::new()),
             };
+            if let Some(memory) = &memory {
+                env.extend(memory.worker_env());
+            }
             decisions.push(PlacementDecision {
                 job_id: id,
                 card_label: label,
@@ -323,6 +400,7 @@ impl Placement {
                 offload: placement.offload_used,
                 env,
                 gpu_model,
+                memory,
             });
         }
         if !decisions.is_empty() {
@@ -379,6 +457,7 @@ impl Placement {
             self.record_observation(&key, run.offload_used, peak);
         }
         self.plans.remove(&key);
+        self.release_plans.remove(&key);
         if end != RunEnd::DaemonStopping {
             self.leases.remove(&key);
         }
@@ -418,6 +497,7 @@ impl Placement {
         };
         if !requeued {
             self.plans.remove(&key);
+            self.release_plans.remove(&key);
         }
         self.leases.remove(&key);
         self.persist_leases();
@@ -482,6 +562,7 @@ impl Placement {
         self.scheduler.cancel(&key);
         self.queued.remove(id);
         self.plans.remove(&key);
+        self.release_plans.remove(&key);
         if self.leases.remove(&key).is_some() {
             self.persist_leases();
         }
@@ -499,6 +580,28 @@ impl Placement {
             warn!(path = %self.paths.leases.display(), error = %err, "cannot save the lease table");
         }
     }
+}
+
+/// A release job's needs from its plans: the primary plan as the plain mode, the streamed
+/// fallback (when there is one) as the offload mode an out-of-memory retry moves to.
+fn release_demands(job: &mut QueuedJob, plans: &ReleasePlans) {
+    let est = job.no_offload.est;
+    job.no_offload = Demand {
+        vram_bytes: plans.primary.device_bytes,
+        est,
+        host_bytes: plans.primary.host_bytes,
+    };
+    job.with_offload = plans.fallback.as_ref().map(|fallback| Demand {
+        vram_bytes: fallback.device_bytes,
+        // Streaming moves every block over PCIe each tick: counted as twice as slow.
+        est: est.saturating_mul(2),
+        host_bytes: fallback.host_bytes,
+    });
+    job.offload = if job.with_offload.is_some() {
+        OffloadChoice::Auto
+    } else {
+        OffloadChoice::Off
+    };
 }
 
 #[cfg(test)]

@@ -79,6 +79,10 @@ pub struct PoolConfig {
     /// until an operator undrains it: a card that keeps failing is more likely broken than
     /// every job sent to it.
     pub failure_drain_threshold: u32,
+    /// `host_memory_gb:`, the host's memory that jobs holding weights in host RAM share
+    /// (GiB). Left out, NVML and CPU pools read the machine's `MemTotal`; a simulated pool
+    /// then does not count host memory.
+    pub host_memory_gb: Option<f64>,
 }
 
 /// Default for `external_use_threshold_mb`: a desktop session or a monitoring agent uses a few
@@ -93,11 +97,24 @@ impl Default for PoolConfig {
         PoolConfig {
             source: PoolSource::Cpu { slots: 1 },
             failure_drain_threshold: DEFAULT_FAILURE_DRAIN_THRESHOLD,
+            host_memory_gb: None,
         }
     }
 }
 
 impl PoolConfig {
+    /// The host memory jobs share, in bytes: `host_memory_gb` when given, else the machine's
+    /// `MemTotal` for NVML and CPU pools; `None` for a simulated pool that declares none.
+    pub fn host_memory_bytes(&self) -> Option<u64> {
+        if let Some(gib) = self.host_memory_gb {
+            return Some((gib * crate::GIB as f64) as u64);
+        }
+        match self.source {
+            PoolSource::Simulated { .. } => None,
+            PoolSource::Cpu { .. } | PoolSource::Nvml { .. } => machine_memory_bytes(),
+        }
+    }
+
     /// Bytes other processes may hold on an NVML card before it counts as in external use;
     /// `None` for pools that have no other processes to see.
     pub fn external_use_threshold_bytes(&self) -> Option<u64> {
@@ -129,6 +146,8 @@ struct RawPoolConfig {
     external_use_threshold_mb: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     failure_drain_threshold: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    host_memory_gb: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -212,11 +231,27 @@ impl TryFrom<RawPoolConfig> for PoolConfig {
                     .unwrap_or(DEFAULT_EXTERNAL_USE_THRESHOLD_MB),
             },
         };
+        if let Some(gib) = raw.host_memory_gb {
+            if !(gib.is_finite() && gib > 0.0) {
+                return Err(format!(
+                    "`host_memory_gb` must be a positive number of GiB, not {gib}"
+                ));
+            }
+        }
         Ok(PoolConfig {
             source,
             failure_drain_threshold,
+            host_memory_gb: raw.host_memory_gb,
         })
     }
+}
+
+/// `MemTotal` of `/proc/meminfo`, if it can be read.
+pub fn machine_memory_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|line| line.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib.saturating_mul(1024))
 }
 
 fn check_simulated(gpus: &[SimulatedGpu]) -> Result<(), String> {
@@ -247,6 +282,7 @@ impl From<PoolConfig> for RawPoolConfig {
     fn from(config: PoolConfig) -> Self {
         let mut raw = RawPoolConfig {
             failure_drain_threshold: Some(config.failure_drain_threshold),
+            host_memory_gb: config.host_memory_gb,
             ..RawPoolConfig::default()
         };
         match config.source {
@@ -339,6 +375,22 @@ mod tests {
     fn zero_slots_are_refused() {
         let err = parse("slots: 0").expect_err("zero slots");
         assert!(err.contains("at least 1"), "{err}");
+    }
+
+    #[test]
+    fn host_memory_is_declared_or_read_from_the_machine() {
+        let config = parse(
+            "kind: simulated\nhost_memory_gb: 128\ngpus: [{ name: RTX 4090, memory_gb: 24 }]\n",
+        )
+        .expect("valid simulated pool");
+        assert_eq!(config.host_memory_bytes(), Some(128 * crate::GIB));
+        let undeclared =
+            parse("kind: simulated\ngpus: [{ name: RTX 4090, memory_gb: 24 }]\n").expect("valid");
+        assert_eq!(undeclared.host_memory_bytes(), None);
+        let cpu = parse("kind: cpu\n").expect("valid");
+        assert!(cpu.host_memory_bytes().is_some_and(|bytes| bytes > 0));
+        let err = parse("kind: cpu\nhost_memory_gb: -1\n").expect_err("negative");
+        assert!(err.contains("host_memory_gb"), "{err}");
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! before serde sees the file. A test keeps the lists and the structs in step.
 
 use crate::spec::{
-    CheckpointEvery, Codec, EngineKind, NoticeEvent, NumClip, Offload, Size, WebhookFormat,
+    CheckpointEvery, Codec, EngineKind, MemoryModeSetting, NoticeEvent, NumClip, Offload,
+    PrecisionSetting, Size, WebhookFormat,
 };
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -50,6 +51,8 @@ pub(crate) struct RenderFile {
     pub offload: Option<Offload>,
     pub fps: Option<u32>,
     pub checkpoint_every: Option<CheckpointEvery>,
+    pub memory_mode: Option<MemoryModeSetting>,
+    pub precision: Option<PrecisionSetting>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Deserialize)]
@@ -125,6 +128,8 @@ impl JobFile {
                 offload: o.offload.or(u.offload),
                 fps: o.fps.or(u.fps),
                 checkpoint_every: o.checkpoint_every.or(u.checkpoint_every),
+                memory_mode: o.memory_mode.or(u.memory_mode),
+                precision: o.precision.or(u.precision),
             }),
             engine: merge(self.engine, under.engine, |o, u| EngineFile {
                 kind: o.kind.or(u.kind),
@@ -194,6 +199,8 @@ const RENDER_KEYS: &[Key] = &[
     leaf("offload"),
     leaf("fps"),
     leaf("checkpoint_every"),
+    leaf("memory_mode"),
+    leaf("precision"),
 ];
 const ENGINE_KEYS: &[Key] = &[leaf("kind"), leaf("name"), leaf("model"), leaf("profile")];
 const OUTPUT_KEYS: &[Key] = &[leaf("path"), leaf("codec"), leaf("crf"), leaf("overwrite")];
@@ -268,7 +275,7 @@ mod tests {
             "size" => "64*64",
             "num_clip" => "auto",
             "online_decode" | "overwrite" => "true",
-            "offload" => "auto",
+            "offload" | "memory_mode" | "precision" => "auto",
             "kind" => "native",
             "codec" => "hevc",
             "email" => "[a@b.c]",

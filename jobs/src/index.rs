@@ -45,6 +45,22 @@ pub struct QueuePlan {
     pub offload: Offload,
     /// Clips the job renders (probed once for `num_clip: auto`).
     pub clips: u32,
+    /// For a Live Avatar release on the native engine: what placement needs to compute the
+    /// job's memory plan itself (no profile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<ReleaseShape>,
+}
+
+/// A release job's inputs to its memory plan, beside the size and frames of [`QueuePlan`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseShape {
+    /// The release directory.
+    pub dir: std::path::PathBuf,
+    pub sample_steps: u32,
+    /// Seconds of speech `prepare` encodes (clips × frames / fps when not probed).
+    pub audio_seconds: f64,
+    pub memory_mode: crate::spec::MemoryModeSetting,
+    pub precision: crate::spec::PrecisionSetting,
 }
 
 /// A job's own copy of its [`QueuePlan`], beside its `state.json`, so that rebuilding the queue

@@ -273,6 +273,8 @@ fn resolve(doc: JobFile, default_name: &str, job: &Source) -> Result<JobSpec, Ve
             offload: render.offload.unwrap_or(d.offload),
             fps: render.fps.unwrap_or(default_fps),
             checkpoint_every: render.checkpoint_every.unwrap_or(d.checkpoint_every),
+            memory_mode: render.memory_mode.unwrap_or(d.memory_mode),
+            precision: render.precision.unwrap_or(d.precision),
         },
         engine,
         output: OutputSpec {

@@ -14,7 +14,9 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 pub use model::{ModelRef, BUILTIN_PREFIX};
-pub use scalars::{CheckpointEvery, NumClip, Offload, Size, SizeParseError};
+pub use scalars::{
+    CheckpointEvery, MemoryModeSetting, NumClip, Offload, PrecisionSetting, Size, SizeParseError,
+};
 
 /// One render job, fully resolved.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,6 +68,13 @@ pub struct RenderSettings {
     /// Absent in job directories written before it existed, which checkpoint every clip.
     #[serde(default)]
     pub checkpoint_every: CheckpointEvery,
+    /// Where a release job keeps its DiT blocks; never changes the pixels, so it is left out
+    /// of the render fingerprint and a resume may run in another mode.
+    #[serde(default)]
+    pub memory_mode: MemoryModeSetting,
+    /// The DiT's weight precision for a release job.
+    #[serde(default)]
+    pub precision: PrecisionSetting,
 }
 
 impl Default for RenderSettings {
@@ -81,6 +90,8 @@ impl Default for RenderSettings {
             offload: Offload::Auto,
             fps: 16,
             checkpoint_every: CheckpointEvery::default(),
+            memory_mode: MemoryModeSetting::Auto,
+            precision: PrecisionSetting::Auto,
         }
     }
 }
@@ -324,6 +335,10 @@ impl JobSpec {
         };
         put("render.offload", offload);
         put("render.fps", &render.fps.to_le_bytes());
+        // fp8 weights change the pixels; left out when `auto`, so older fingerprints hold.
+        if render.precision != PrecisionSetting::Auto {
+            put("render.precision", render.precision.as_str().as_bytes());
+        }
         let kind: &[u8] = match self.engine.kind {
             EngineKind::Native => b"native",
             EngineKind::Command => b"command",

@@ -40,6 +40,8 @@ pub(crate) fn field_hint(key: &str) -> Option<&'static str> {
         "render.seed" => "any whole number from 0 to 18446744073709551615",
         "render.online_decode" => "write true (memory stays flat) or false",
         "render.offload" => "write auto, true (fits smaller cards, about 4x slower) or false",
+        "render.memory_mode" => "write auto (placement picks the fastest mode that fits), resident, hybrid or streamed (least GPU memory, more host memory)",
+        "render.precision" => "write auto (bf16 where it fits, else fp8), bf16 or fp8 (half the weight memory)",
         "render.checkpoint_every" => "write auto (checkpoint I/O kept to 2 % of render time) or a number of clips from 1 (the default) to 10000",
         "render.fps" => "left out, it is 25 for a Live Avatar release and 16 for the tiny model; 25 and 30 suit broadcast and web delivery",
         "engine.kind" => "write native (the built-in engine) or command (an engine the operator declared in the daemon config)",

@@ -87,6 +87,29 @@ pub(crate) fn is_armed(point: &str, clip: u32) -> bool {
     })
 }
 
+/// Whether `point@clip` is armed and has not fired yet for this job; if so, marks it fired.
+/// For points the caller acts out itself instead of a SIGKILL: `oom_<mode>@<clip>` makes a
+/// release job running in `<mode>` (resident, hybrid, streamed) report an out-of-memory
+/// failure as clip `<clip>` starts, as a card too small for the mode would.
+pub(crate) fn fires(point: &str, clip: u32) -> bool {
+    if !is_armed(point, clip) {
+        return false;
+    }
+    let guard = ARMED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let Some(armed) = guard.as_ref() else {
+        return false;
+    };
+    let marker = armed.work_dir.join(format!("crash-point-{point}@{clip}"));
+    if let Err(err) = std::fs::write(&marker, b"") {
+        tracing::warn!(error = %err, "cannot record crash point; not acting it");
+        return false;
+    }
+    tracing::warn!(point, clip, "test crash point reached");
+    true
+}
+
 /// SIGKILLs this process if `point@clip` is armed and has not fired yet for this job.
 pub(crate) fn reached(point: &str, clip: u32) {
     let guard = ARMED

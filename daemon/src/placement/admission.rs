@@ -1,12 +1,14 @@
 //! From a job file to the numbers placement works with, and the check intake makes with them.
 
-use std::sync::{Arc, RwLock};
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
 
 use gpu_pool::{EstimateRequest, OffloadChoice, ProfileSet, QueuedJob};
 use jobs::spec::{ModelRef, NumClip, Offload};
 use jobs::JobSpec;
 
-use crate::intake::Admission;
+use crate::intake::{Admission, Admitted};
 
 /// The profile used for models that name none and are not built in.
 const DEFAULT_PROFILE: &str = "liveavatar-14b";
@@ -80,9 +82,79 @@ pub(super) fn read_profiles(
 pub struct PoolAdmission {
     pub(super) profiles: Arc<RwLock<ProfileSet>>,
     pub(super) largest_card_bytes: u64,
+    pub(super) host_memory: Option<u64>,
+    /// Release directories that passed the release check: each is checked once.
+    pub(super) checked_releases: Arc<Mutex<HashSet<PathBuf>>>,
 }
 
 impl Admission for PoolAdmission {
+    fn admit_with_plan(&self, spec: &JobSpec) -> Result<Admitted, String> {
+        let plan = crate::placement::Placement::plan_of(spec);
+        if let Some(shape) = &plan.release {
+            match super::release_plan::plan(
+                shape,
+                plan.width,
+                plan.height,
+                plan.frames,
+                self.largest_card_bytes,
+                self.host_memory,
+            ) {
+                Ok(plans) => {
+                    return Ok(Admitted {
+                        vram_bytes: Some(plans.primary.device_bytes),
+                        memory: Some(plans.primary),
+                    })
+                }
+                Err(super::release_plan::NoPlan::DoesNotFit(refusal)) => {
+                    return Err(format!(
+                        "this job fits no GPU of the pool in any memory mode (largest GPU {:.1} GiB less {:.1} GiB for the CUDA context, host memory {}): {refusal}",
+                        self.largest_card_bytes as f64 / gpu_pool::GIB as f64,
+                        super::release_plan::CONTEXT_RESERVE_BYTES as f64 / gpu_pool::GIB as f64,
+                        self.host_memory.map_or_else(
+                            || "not counted".to_string(),
+                            |bytes| format!("{:.1} GiB", bytes as f64 / gpu_pool::GIB as f64)
+                        ),
+                    ))
+                }
+                // Unreadable configs and settings the release cannot render are named by
+                // the settings and release checks that follow.
+                Err(super::release_plan::NoPlan::Unreadable(_)) => {}
+            }
+        }
+        self.admit(spec).map(|vram_bytes| Admitted {
+            vram_bytes,
+            memory: None,
+        })
+    }
+
+    fn check_model(&self, spec: &JobSpec) -> Result<(), String> {
+        let ModelRef::Release { dir } = &spec.engine.model_ref else {
+            return Ok(());
+        };
+        let checked = |cache: &Mutex<HashSet<PathBuf>>| {
+            cache
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .contains(dir)
+        };
+        if checked(&self.checked_releases) {
+            return Ok(());
+        }
+        super::release_plan::check_release(dir).map_err(|report| {
+            format!(
+                "engine.model `{}` is a Live Avatar release that cannot be loaded:\n{report}\n  = help: `reelspool model check {}` shows the same report; fix or re-download the files it names",
+                spec.engine.model,
+                dir.display()
+            )
+        })?;
+        // Only a passing release is remembered: a fixed one is checked again at the next job.
+        self.checked_releases
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(dir.clone());
+        Ok(())
+    }
+
     fn admit(&self, spec: &JobSpec) -> Result<Option<u64>, String> {
         let name = profile_name(spec);
         let profiles = read_profiles(&self.profiles);

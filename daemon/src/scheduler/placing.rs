@@ -64,6 +64,13 @@ impl Scheduler {
         state.error = None;
         state.retry_at_ms = None;
         state.details.remove("waiting_for_space");
+        if let Some(memory) = &decision.memory {
+            if let Ok(value) = serde_json::to_value(memory) {
+                state
+                    .details
+                    .insert(crate::intake::MEMORY_PLAN_KEY.into(), value);
+            }
+        }
         let durable_at_start = durable_clips(&dir);
         self.save(&dir, &state);
         let _ = dir.append_event(&event(
@@ -75,6 +82,13 @@ impl Scheduler {
                 ("stalled_before", state.stalled_attempts.into()),
                 ("durable_clips", durable_at_start.into()),
                 ("offload", decision.offload.into()),
+                (
+                    "memory_mode",
+                    decision
+                        .memory
+                        .as_ref()
+                        .map_or(serde_json::Value::Null, |m| m.mode_label().into()),
+                ),
             ],
         ));
         let program = self
@@ -141,7 +155,14 @@ impl Scheduler {
             }
             ExecutorConfig::Slurm(slurm) => {
                 // Slurm places every job in a batch job of its own: no warm worker there.
-                card = self.start_on_slurm(slurm.clone(), launch, decision.offload, stop_rx);
+                let host_bytes = decision.memory.as_ref().map(|memory| memory.host_bytes);
+                card = self.start_on_slurm(
+                    slurm.clone(),
+                    launch,
+                    decision.offload,
+                    host_bytes,
+                    stop_rx,
+                );
             }
         }
         info!(job = %id, gpu = %card, "job running");
@@ -168,11 +189,16 @@ impl Scheduler {
         slurm: SlurmConfig,
         launch: WorkerLaunch,
         offload: bool,
+        host_bytes: Option<u64>,
         stop: watch::Receiver<StopRequest>,
     ) -> String {
         let id = launch.job_id.clone();
         let dir = self.job_dir(&id);
-        let needs = executor::needs_of(&self.config, &dir, offload);
+        let mut needs = executor::needs_of(&self.config, &dir, offload);
+        // A release job's plan counts its host memory (streamed weights): Slurm's `--mem`.
+        if let Some(bytes) = host_bytes {
+            needs.host_bytes = needs.host_bytes.max(bytes);
+        }
         let started = match tokio::runtime::Handle::try_current() {
             // The scheduler's work runs in `block_in_place`, where blocking on a future is
             // allowed; sbatch answers in milliseconds.

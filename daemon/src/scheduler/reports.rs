@@ -311,6 +311,11 @@ impl Scheduler {
                 message,
             } => {
                 let requeued = self.placement.record_oom(id);
+                // A release job moves to its next mode down; other jobs turn offload on.
+                let fallback = self
+                    .placement
+                    .planned_memory(id, true)
+                    .map_or_else(|| "offload".to_string(), |memory| memory.mode_label());
                 if requeued && stalled < max_attempts && !self.stopping {
                     // Back in line at its old place, to run with offload this time.
                     if let Ok(mut state) = dir.load_state() {
@@ -323,7 +328,7 @@ impl Scheduler {
                         "retry",
                         [
                             ("reason", format!("out of memory: {message}").into()),
-                            ("fallback", "offload".into()),
+                            ("fallback", fallback.into()),
                         ],
                     ));
                 } else {

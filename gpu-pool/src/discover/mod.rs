@@ -176,6 +176,7 @@ mod tests {
         let config = PoolConfig {
             source: PoolSource::Cpu { slots: 2 },
             failure_drain_threshold: 3,
+            host_memory_gb: None,
         };
         let devices = discover(&config).expect("cpu discovery cannot fail");
         let uuids: Vec<&str> = devices.iter().map(|d| d.uuid.as_str()).collect();

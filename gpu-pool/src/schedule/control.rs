@@ -48,6 +48,7 @@ impl Scheduler {
             tier_bytes,
             free: BTreeSet::new(),
             running: HashMap::new(),
+            host_memory_bytes: None,
         };
         for (index, state) in cards.into_iter().enumerate() {
             if let Some(job) = &state.leased_by {
@@ -72,6 +73,28 @@ impl Scheduler {
             });
         }
         Ok(scheduler)
+    }
+
+    /// Makes the host's memory a placement resource: jobs whose `host_bytes` together exceed
+    /// `bytes` do not run side by side. `None` (the default) leaves host memory uncounted.
+    pub fn set_host_memory(&mut self, bytes: Option<u64>) {
+        self.host_memory_bytes = bytes;
+    }
+
+    /// Host memory the running jobs hold, by the demand of the mode each runs in.
+    pub fn host_bytes_in_use(&self) -> u64 {
+        self.running
+            .values()
+            .filter_map(|run| {
+                let job = run.job.as_ref()?;
+                let demand = if run.offload_used {
+                    job.with_offload.unwrap_or(job.no_offload)
+                } else {
+                    job.no_offload
+                };
+                Some(demand.host_bytes)
+            })
+            .sum()
     }
 
     /// The biggest card of the pool, drained and unhealthy ones included (they may come back).

@@ -44,6 +44,9 @@ pub struct Demand {
     pub vram_bytes: u64,
     /// Expected running time of the whole job in this mode.
     pub est: Duration,
+    /// Host memory the job holds in this mode (weights streamed from host RAM); 0 when the
+    /// profile does not count it. Jobs running side by side share the host's memory.
+    pub host_bytes: u64,
 }
 
 /// A job waiting for a card.
@@ -86,6 +89,7 @@ impl QueuedJob {
         let demand = |e: &crate::profile::Estimate| Demand {
             vram_bytes: e.vram_bytes,
             est: Duration::from_secs_f64(frames_total * e.secs_per_frame),
+            host_bytes: 0,
         };
         QueuedJob {
             id: id.to_string(),
@@ -303,6 +307,8 @@ pub struct Scheduler {
     free: BTreeSet<(u64, usize)>,
     queue: JobQueue,
     running: HashMap<String, Running>,
+    /// The host's memory that jobs' `host_bytes` share; `None`: not a placement resource.
+    host_memory_bytes: Option<u64>,
 }
 
 mod control;

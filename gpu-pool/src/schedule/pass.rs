@@ -73,6 +73,9 @@ impl Scheduler {
             }
         }
         let (mut looked_at, mut claimed) = (0, 0);
+        let mut host_left = self
+            .host_memory_bytes
+            .map(|total| total.saturating_sub(self.host_bytes_in_use()));
         while let Some(Reverse((_, slot, tier))) = heads.pop() {
             let Some(&(largest_free, _)) = free.last() else {
                 break;
@@ -96,7 +99,7 @@ impl Scheduler {
             if looked_at > self.policy.backfill_depth {
                 break;
             }
-            match self.choose_for(entry, &free, now, &mut projection, &picks) {
+            match self.choose_for(entry, &free, now, &mut projection, &picks, host_left) {
                 Choice::Start { card, offload } => {
                     free.remove(&(self.cards[card].state.memory_total_bytes, card));
                     let demand = if offload {
@@ -104,6 +107,9 @@ impl Scheduler {
                     } else {
                         Some(entry.job.no_offload)
                     };
+                    if let (Some(left), Some(demand)) = (host_left.as_mut(), demand) {
+                        *left = left.saturating_sub(demand.host_bytes);
+                    }
                     let until = now.saturating_add(demand.map_or(Duration::ZERO, |d| d.est));
                     if let Some(projection) = projection.as_mut() {
                         projection.set(self.position_of[card], until);
@@ -186,13 +192,16 @@ impl Scheduler {
         now: Duration,
         projection: &mut Option<Projection>,
         picks: &[Pick],
+        host_left: Option<u64>,
     ) -> Choice {
         let job = &entry.job;
         let preferred = job
             .preferred_card
             .as_deref()
             .and_then(|uuid| self.by_uuid.get(uuid).copied());
-        let plain = job.plain_mode();
+        // A mode whose host memory the running jobs leave no room for waits for one to end.
+        let host_fits = |demand: &Demand| host_left.is_none_or(|left| demand.host_bytes <= left);
+        let plain = job.plain_mode().filter(host_fits);
         if let Some(card) =
             plain.and_then(|d| self.best_free(free, d.vram_bytes, preferred, job.model.as_deref()))
         {
@@ -201,7 +210,7 @@ impl Scheduler {
                 offload: false,
             };
         }
-        let Some(offload) = job.offload_mode() else {
+        let Some(offload) = job.offload_mode().filter(host_fits) else {
             return Choice::NoFit;
         };
         let Some(card) = self.best_free(free, offload.vram_bytes, preferred, job.model.as_deref())

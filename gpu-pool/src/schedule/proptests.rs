@@ -32,10 +32,12 @@ impl Plan {
             no_offload: Demand {
                 vram_bytes: self.plain_gib * GIB,
                 est: Duration::from_secs(self.plain_secs),
+                host_bytes: 0,
             },
             with_offload: self.offload.map(|(gib, secs)| Demand {
                 vram_bytes: gib * GIB,
                 est: Duration::from_secs(secs),
+                host_bytes: 0,
             }),
             may_reduce_frames: false,
             preferred_card: None,

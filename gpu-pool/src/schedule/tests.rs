@@ -34,6 +34,7 @@ fn plain(id: &str, priority: i32, seq: u64, gib: u64, est_secs: u64) -> QueuedJo
         no_offload: Demand {
             vram_bytes: gib * GIB,
             est: secs(est_secs),
+            host_bytes: 0,
         },
         with_offload: None,
         may_reduce_frames: false,
@@ -49,6 +50,7 @@ fn big_model(id: &str, seq: u64, plain_secs: u64, offload: OffloadChoice) -> Que
         with_offload: Some(Demand {
             vram_bytes: 20 * GIB,
             est: secs(4 * plain_secs),
+            host_bytes: 0,
         }),
         ..plain(id, 0, seq, 70, plain_secs)
     }
@@ -492,4 +494,42 @@ fn a_job_behind_big_card_jobs_offloads_instead_of_waiting_for_their_card() {
     s.enqueue(big_model("j", 3, 50, OffloadChoice::Auto), secs(0))
         .expect("fits");
     assert_eq!(placed(&s.next_placements(secs(0))), [("j", "small", true)]);
+}
+
+/// A job needing 20 GiB of GPU memory and `host_gib` of host memory.
+fn streaming(id: &str, seq: u64, host_gib: u64) -> QueuedJob {
+    let mut job = plain(id, 0, seq, 20, 60);
+    job.no_offload.host_bytes = host_gib * GIB;
+    job
+}
+
+#[test]
+fn jobs_whose_host_memory_together_exceeds_the_hosts_do_not_run_side_by_side() {
+    let mut s = scheduler(&[("a", 24), ("b", 24), ("c", 24)]);
+    s.set_host_memory(Some(128 * GIB));
+    s.enqueue(streaming("first", 1, 72), secs(0)).expect("fits");
+    s.enqueue(streaming("second", 2, 72), secs(0))
+        .expect("fits");
+    s.enqueue(streaming("small", 3, 40), secs(0)).expect("fits");
+    // 72 + 72 > 128: the second waits although two cards are free; the third fits beside.
+    assert_eq!(
+        placed(&s.next_placements(secs(0))),
+        [("first", "a", false), ("small", "b", false)]
+    );
+    assert_eq!(s.host_bytes_in_use(), 112 * GIB);
+    assert!(s.next_placements(secs(1)).is_empty());
+    s.release("first", RunOutcome::Finished).expect("running");
+    assert_eq!(
+        placed(&s.next_placements(secs(2))),
+        [("second", "a", false)]
+    );
+}
+
+#[test]
+fn without_a_host_size_host_memory_is_not_counted() {
+    let mut s = scheduler(&[("a", 24), ("b", 24)]);
+    s.enqueue(streaming("first", 1, 72), secs(0)).expect("fits");
+    s.enqueue(streaming("second", 2, 72), secs(0))
+        .expect("fits");
+    assert_eq!(s.next_placements(secs(0)).len(), 2);
 }

@@ -33,6 +33,7 @@ fn plan(clips: u32) -> QueuePlan {
         frames: 4,
         offload: Offload::Auto,
         clips,
+        release: None,
     }
 }
 

@@ -1,6 +1,7 @@
 use super::*;
 use crate::spec::{
-    CheckpointEvery, Codec, EngineKind, NoticeEvent, NumClip, Offload, Size, WebhookFormat,
+    CheckpointEvery, Codec, EngineKind, MemoryModeSetting, NoticeEvent, NumClip, Offload,
+    PrecisionSetting, Size, WebhookFormat,
 };
 use crate::validate::MAX_PROMPT_CHARS;
 use proptest::prelude::*;
@@ -274,6 +275,34 @@ fn reads_checkpoint_every_and_points_at_a_bad_one() {
     let d = rejected(&fx, &text).remove(0);
     assert_eq!((d.line, d.column), (8, 21));
     assert!(d.message.contains("between 1 and 10000"), "{}", d.message);
+}
+
+#[test]
+fn reads_memory_mode_and_precision_and_points_at_bad_ones() {
+    let fx = fixture();
+    let spec = parse(&fx, &base(&fx)).unwrap_or_else(|e| panic!("defaults must pass:\n{e}"));
+    assert_eq!(spec.render.memory_mode, MemoryModeSetting::Auto);
+    assert_eq!(spec.render.precision, PrecisionSetting::Auto);
+    let text = format!(
+        "{}render:\n  memory_mode: streamed\n  precision: fp8\n",
+        base(&fx)
+    );
+    let spec = parse(&fx, &text).unwrap_or_else(|e| panic!("streamed fp8 must pass:\n{e}"));
+    assert_eq!(spec.render.memory_mode, MemoryModeSetting::Streamed);
+    assert_eq!(spec.render.precision, PrecisionSetting::Fp8);
+    let text = format!("{}render:\n  memory_mode: offloaded\n", base(&fx));
+    let d = rejected(&fx, &text).remove(0);
+    assert_eq!((d.line, d.column), (8, 16), "{d:?}");
+    let hint = d.hint.as_deref().unwrap_or_default();
+    assert!(
+        hint.contains("hybrid") && hint.contains("streamed"),
+        "{hint}"
+    );
+    let text = format!("{}render:\n  precision: fp16\n", base(&fx));
+    let d = rejected(&fx, &text).remove(0);
+    assert_eq!((d.line, d.column), (8, 14), "{d:?}");
+    let hint = d.hint.as_deref().unwrap_or_default();
+    assert!(hint.contains("bf16") && hint.contains("fp8"), "{hint}");
 }
 
 #[test]

@@ -261,6 +261,55 @@ impl<'de> Deserialize<'de> for Offload {
     }
 }
 
+/// Where a native release job keeps its DiT blocks (`render.memory_mode`). Every mode makes
+/// the same frames; `Auto` lets placement pick the fastest mode that fits the card it gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemoryModeSetting {
+    #[default]
+    Auto,
+    /// Every block on the card: fastest, needs the most device memory.
+    Resident,
+    /// As many blocks on the card as fit, the rest streamed from host memory.
+    Hybrid,
+    /// Every block in host memory, uploaded layer by layer: least device memory.
+    Streamed,
+}
+
+impl MemoryModeSetting {
+    /// The job file's word for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemoryModeSetting::Auto => "auto",
+            MemoryModeSetting::Resident => "resident",
+            MemoryModeSetting::Hybrid => "hybrid",
+            MemoryModeSetting::Streamed => "streamed",
+        }
+    }
+}
+
+/// The precision of a native release job's DiT weights (`render.precision`). `Auto` is bf16
+/// where it fits, else fp8.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrecisionSetting {
+    #[default]
+    Auto,
+    Bf16,
+    Fp8,
+}
+
+impl PrecisionSetting {
+    /// The job file's word for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrecisionSetting::Auto => "auto",
+            PrecisionSetting::Bf16 => "bf16",
+            PrecisionSetting::Fp8 => "fp8",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -149,6 +149,8 @@ fn render() -> impl Strategy<Value = RenderSettings> {
                     offload,
                     fps,
                     checkpoint_every,
+                    memory_mode: Default::default(),
+                    precision: Default::default(),
                 }
             },
         )

@@ -12,7 +12,10 @@ use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
 use jobs::spec::ModelRef;
-use wan::pipeline::{JobContext, JobParams, LiveAvatar, LiveAvatarConfig, PipelineCarry};
+use wan::pipeline::{
+    JobContext, JobParams, LiveAvatar, LiveAvatarConfig, LoadOptions, MemoryMode, PipelineCarry,
+    Precision,
+};
 use wan::tokenizer::UmT5Tokenizer;
 use wan::WanError;
 
@@ -81,26 +84,73 @@ pub(crate) fn carry_bytes(dir: &Path, settings: &EngineSettings) -> Result<u64, 
     })
 }
 
+/// The environment variable the daemon sets to the mode a release job runs in (`resident`,
+/// `hybrid:<blocks>`, `streamed`); absent, the release loads resident.
+pub const MEMORY_MODE_ENV: &str = "REELSPOOL_MEMORY_MODE";
+/// The environment variable the daemon sets to the DiT's weight precision (`bf16`, `fp8`);
+/// absent, bf16.
+pub const PRECISION_ENV: &str = "REELSPOOL_PRECISION";
+
+/// Reads a memory mode as the daemon writes it.
+pub fn parse_memory_mode(text: &str) -> Option<MemoryMode> {
+    match text {
+        "resident" => Some(MemoryMode::Resident),
+        "streamed" => Some(MemoryMode::Streamed),
+        other => {
+            let blocks = other.strip_prefix("hybrid:")?.parse().ok()?;
+            Some(MemoryMode::Hybrid {
+                resident_blocks: blocks,
+            })
+        }
+    }
+}
+
+/// The load options the daemon asked for in this worker's environment.
+pub(crate) fn load_options_from_env() -> Result<LoadOptions, RenderError> {
+    let mut options = LoadOptions::default();
+    if let Ok(text) = std::env::var(MEMORY_MODE_ENV) {
+        options.mode = parse_memory_mode(&text).ok_or_else(|| RenderError::UnsupportedSettings {
+            detail: format!(
+                "{MEMORY_MODE_ENV}=`{text}` is not a memory mode (resident, hybrid:<blocks> or streamed)"
+            ),
+        })?;
+    }
+    if let Ok(text) = std::env::var(PRECISION_ENV) {
+        options.precision = match text.as_str() {
+            "bf16" => Precision::Bf16,
+            "fp8" => Precision::Fp8,
+            _ => {
+                return Err(RenderError::UnsupportedSettings {
+                    detail: format!("{PRECISION_ENV}=`{text}` is not a precision (bf16 or fp8)"),
+                })
+            }
+        };
+    }
+    Ok(options)
+}
+
 /// A loaded release with its tokenizer: what a warm worker keeps between jobs.
 pub(crate) struct LiveModel<B: Backend> {
     model: ModelRef,
     live: LiveAvatar<B>,
     tokenizer: UmT5Tokenizer,
-    device: B::Device,
+    options: LoadOptions,
 }
 
 impl<B: Backend> LiveModel<B> {
-    /// Loads `model`, the release at `dir`.
+    /// Loads `model`, the release at `dir`, in the mode and precision of `options`.
     pub(crate) fn load(
         model: &ModelRef,
         dir: &Path,
         device: &B::Device,
+        options: LoadOptions,
     ) -> Result<Self, RenderError> {
         let format = |err: WanError| RenderError::ModelFormat {
             path: dir.to_path_buf(),
             detail: err.to_string(),
         };
-        let live = LiveAvatar::load(dir, device).map_err(format)?;
+        let live = LiveAvatar::load_with(dir, device, options).map_err(format)?;
+        tracing::info!(mode = %options.mode, precision = %options.precision, "Live Avatar release loading");
         let tokenizer =
             UmT5Tokenizer::from_dir(release_layout::tokenizer_dir(dir)).map_err(format)?;
         tracing::debug!(model = %model, id = live.model_id(), "Live Avatar release loaded");
@@ -108,12 +158,17 @@ impl<B: Backend> LiveModel<B> {
             model: model.clone(),
             live,
             tokenizer,
-            device: device.clone(),
+            options,
         })
     }
 
     pub(crate) fn model(&self) -> &ModelRef {
         &self.model
+    }
+
+    /// The mode and precision the release was loaded in.
+    pub(crate) fn options(&self) -> LoadOptions {
+        self.options
     }
 }
 
@@ -327,7 +382,11 @@ impl<B: Backend> Engine for LiveEngine<B> {
     }
 
     fn carry_from_bytes(&mut self, bytes: &[u8]) -> Result<EngineCarry, RenderError> {
-        let live = PipelineCarry::from_bytes(bytes, self.ctx.carry_stamp(), &self.model.device)
+        // Split as this worker's mode keeps the blocks: a job may resume in another mode.
+        let live = self
+            .model
+            .live
+            .carry_from_bytes(bytes, self.ctx.carry_stamp())
             .map_err(|err| match err {
                 WanError::CarryMismatch { .. } => RenderError::CarryMismatch {
                     detail: err.to_string(),
@@ -384,8 +443,13 @@ mod tests {
             dir: dir.path().to_path_buf(),
         };
         let model = Arc::new(
-            LiveModel::<ReleaseBackend>::load(&model_path, dir.path(), &Default::default())
-                .expect("load"),
+            LiveModel::<ReleaseBackend>::load(
+                &model_path,
+                dir.path(),
+                &Default::default(),
+                LoadOptions::default(),
+            )
+            .expect("load"),
         );
         let settings = |seed| EngineSettings {
             width: 64,

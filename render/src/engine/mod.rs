@@ -314,10 +314,19 @@ impl ModelCache {
         if release.is_none() {
             validate_settings(settings)?;
         }
+        let options = match release {
+            Some(_) => Some(live::load_options_from_env()?),
+            None => None,
+        };
+        // A release kept in another mode or precision than this job runs in is loaded again.
         let kept = self
             .loaded
             .as_ref()
             .filter(|model| *model.model() == settings.model)
+            .filter(|model| match (model, options) {
+                (Loaded::Live(live), Some(options)) => live.options() == options,
+                _ => true,
+            })
             .cloned();
         let (model, loaded_now) = match kept {
             Some(model) => (model, false),
@@ -328,6 +337,7 @@ impl ModelCache {
                         &settings.model,
                         dir,
                         &release_device(),
+                        options.unwrap_or_default(),
                     )?))
                 } else {
                     Loaded::Tiny(std::sync::Arc::new(tiny::TinyModel::load(

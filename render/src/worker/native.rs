@@ -116,6 +116,14 @@ impl Renderer for NativeRenderer {
     }
 
     fn render_clip(&mut self, index: u32) -> Result<ClipOutput, Failure> {
+        let mode = std::env::var(engine::live::MEMORY_MODE_ENV).unwrap_or_default();
+        let mode = mode.split(':').next().unwrap_or_default();
+        if !mode.is_empty() && super::crash_point::fires(&format!("oom_{mode}"), index) {
+            return Err(Failure::new(
+                FailureKind::OutOfMemory,
+                format!("out of memory in {mode} mode (simulated by the test hook)"),
+            ));
+        }
         let (engine, carry) = self.engine_and_carry()?;
         let (latents, next) = engine
             .render_clip(ClipIndex(index), carry)
