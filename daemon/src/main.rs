@@ -15,7 +15,7 @@
 //! 4. service: `scheduler`, `intake`, `backlog`, `reload`, `notify_glue`, `systemd`,
 //!    `cancels`, `priorities`, `executor`, `placement`, `supervisor`, `warm`, `death`,
 //!    `engines`
-//! 5. job views: `jobview`
+//! 5. job views: `jobview`, `batches`
 //! 6. ground: `config`, `spool`, `owner`, `space`, `events`, `worker_log`, `logging`, `layers`
 //!
 //! - **Commands** are what `main` runs. Each reads the config and the state directory, never
@@ -41,6 +41,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod backlog;
+mod batches;
 mod cancels;
 mod cli;
 mod config;

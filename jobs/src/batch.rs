@@ -41,6 +41,9 @@ pub struct BatchSpec {
     pub rows: Vec<JobSpec>,
     /// The CSV file the rows came from (resolved), when they were not inline.
     pub csv: Option<PathBuf>,
+    /// `batch.notify_each: true`: every job also sends its own notices; by default the batch
+    /// sends one notice when its last job ends, and its jobs send only `started`/`progress`.
+    pub notify_each: bool,
 }
 
 /// Whether `text` is a batch file: it has a top-level `batch:` key. Decided on the text so a
@@ -131,7 +134,7 @@ pub fn parse_batch(
         return Err(JobsError::Invalid(problems));
     }
 
-    let (rows, csv) = read_rows(&original, &roots)?;
+    let (rows, csv, notify_each) = read_rows(&original, &roots)?;
     let mut specs = Vec::with_capacity(rows.len());
     let mut outputs: HashMap<PathBuf, usize> = HashMap::new();
     for row in &rows {
@@ -159,6 +162,7 @@ pub fn parse_batch(
         name: base,
         rows: specs,
         csv,
+        notify_each,
     })
 }
 
@@ -245,13 +249,14 @@ fn batch_problem(src: &Source, key: &[&str], message: &str, hint: &str) -> JobsE
 fn read_rows(
     src: &Source,
     roots: &CanonicalRoots,
-) -> Result<(Vec<Row>, Option<PathBuf>), JobsError> {
+) -> Result<(Vec<Row>, Option<PathBuf>, bool), JobsError> {
     let value: serde_yaml::Value = serde_yaml::from_str(src.text).map_err(|err| {
         JobsError::Invalid(vec![crate::diag::from_yaml_error(
             src.name, src.text, &err, None,
         )])
     })?;
-    let hint = "write `batch:` with `items:` (a list of rows) or `csv: /path/rows.csv`";
+    let hint = "write `batch:` with `items:` (a list of rows) or `csv: /path/rows.csv`, and \
+                optionally `notify_each: true`";
     let Some(batch) = value.get("batch").and_then(|b| b.as_mapping()) else {
         return Err(batch_problem(
             src,
@@ -262,8 +267,20 @@ fn read_rows(
     };
     let mut items = None;
     let mut csv_path = None;
+    let mut notify_each = false;
     for (key, value) in batch {
         match key.as_str() {
+            Some("notify_each") => match value.as_bool() {
+                Some(flag) => notify_each = flag,
+                None => {
+                    return Err(batch_problem(
+                        src,
+                        &["batch", "notify_each"],
+                        "`batch.notify_each` must be true or false",
+                        "write `notify_each: true` to have every job send its own notices",
+                    ))
+                }
+            },
             Some("items") => items = Some(value),
             Some("csv") => csv_path = Some(value),
             other => {
@@ -324,7 +341,7 @@ fn read_rows(
             "split it into several batch files",
         ));
     }
-    Ok(rows)
+    Ok((rows.0, rows.1, notify_each))
 }
 
 fn rows_from_items(src: &Source, items: &serde_yaml::Value) -> Result<Vec<Row>, JobsError> {
