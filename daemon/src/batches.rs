@@ -81,6 +81,7 @@ pub fn find(state_dir: &Path, id: &str) -> anyhow::Result<BatchRecord> {
 }
 
 /// Every batch, newest last.
+#[allow(dead_code)] // read by the HTTP front end and tests
 pub fn list(state_dir: &Path) -> Vec<BatchRecord> {
     let Ok(entries) = std::fs::read_dir(records_dir(state_dir)) else {
         return Vec::new();
@@ -106,13 +107,13 @@ pub fn members_to_publish(state_dir: &Path, id: &str) -> Vec<JobId> {
 }
 
 /// A batch and its jobs' states, added up.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BatchView {
     #[serde(flatten)]
     pub record: BatchRecord,
     /// `queued`, `running`, or, once every job has ended, `done` (all done), `failed` (any
     /// failed) or `cancelled`.
-    pub phase: &'static str,
+    pub phase: String,
     pub total: usize,
     pub queued: usize,
     pub running: usize,
@@ -170,7 +171,7 @@ impl BatchView {
             .filter(|_| members.len() == total);
         BatchView {
             record,
-            phase,
+            phase: phase.to_string(),
             total,
             queued,
             running,
@@ -209,7 +210,7 @@ impl BatchView {
             "batch {} {} ({}): {} ({clips})",
             self.record.id,
             jobs::escape_text(&self.record.name),
-            self.phase,
+            jobs::escape_text(&self.phase),
             parts.join(", ")
         )
     }

@@ -167,6 +167,72 @@ pub fn status(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `reelspool status --batch ID`: the batch's progress line, then its jobs.
+pub fn status_batch(config_flag: Option<&Path>, batch: &str, json: bool) -> Result<ExitCode> {
+    let config = required_config(config_flag)?;
+    let value = if crate::control::must_ask_daemon(&config.state_dir) {
+        crate::control::ask(
+            &config.spool_dir,
+            &crate::control::Request::Batch {
+                batch: batch.to_string(),
+            },
+        )?
+    } else {
+        let record = crate::batches::find(&config.state_dir, batch)?;
+        serde_json::to_value(crate::batches::BatchView::read(
+            &config.state_dir.join("jobs"),
+            record,
+        ))?
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let view: crate::batches::BatchView = serde_json::from_value(value)?;
+    println!("{}", view.line());
+    print_table(&view.members);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `reelspool cancel --batch ID`: every unfinished job of the batch, through the one cancel
+/// path; waits (up to `wait_secs`) until they have all ended.
+pub fn cancel_batch(config_flag: Option<&Path>, batch: &str, wait_secs: u64) -> Result<ExitCode> {
+    let config = required_config(config_flag)?;
+    if crate::control::must_ask_daemon(&config.state_dir) {
+        let value = crate::control::ask(
+            &config.spool_dir,
+            &crate::control::Request::CancelBatch {
+                batch: batch.to_string(),
+            },
+        )?;
+        println!(
+            "batch {}: cancel requested for {} job(s)",
+            escape_text(batch),
+            value["cancel_requested"]
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let record = crate::batches::find(&config.state_dir, batch)?;
+    let jobs_dir = config.state_dir.join("jobs");
+    for id in &record.jobs {
+        let dir = JobDir::new(jobs_dir.join(id.as_str()));
+        let Ok(job) = dir.load_state() else { continue };
+        cancels::cancel(&config.state_dir, &config.executor, &dir, &job)?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(wait_secs);
+    loop {
+        let view = crate::batches::BatchView::read(&jobs_dir, record.clone());
+        if view.ended() || Instant::now() >= deadline {
+            println!("{}", view.line());
+            if !view.ended() {
+                println!("cancel requested; the daemon has not confirmed it for every job yet");
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 pub fn cancel(config_flag: Option<&Path>, wanted: &str, wait_secs: u64) -> Result<ExitCode> {
     let config = required_config(config_flag)?;
     if crate::control::must_ask_daemon(&config.state_dir) {

@@ -69,6 +69,15 @@ pub enum Request {
         job: String,
         priority: i64,
     },
+    /// A batch and its jobs (the asker's own in full, others by name and state).
+    Batch {
+        batch: String,
+    },
+    /// Cancels every unfinished job of a batch that the asker may cancel.
+    #[serde(rename = "cancel_batch")]
+    CancelBatch {
+        batch: String,
+    },
 }
 
 /// What the server needs.
@@ -274,7 +283,71 @@ fn respond(context: &ControlContext, person: &Person, request: Request) -> Resul
                 "requested_priority": wanted,
             }))
         }
+        Request::Batch { batch } => {
+            let record = crate::batches::find(&context.state_dir, &batch)?;
+            let view = crate::batches::BatchView::read(jobs_dir, record);
+            batch_value(context, person, view)
+        }
+        Request::CancelBatch { batch } => {
+            let (record, requested) = cancel_batch(context, person, &batch)?;
+            Ok(json!({ "batch": record.id, "cancel_requested": requested }))
+        }
     }
+}
+
+/// A batch as `person` may see it: its counts, and each job in full or by name and state.
+fn batch_value(
+    context: &ControlContext,
+    person: &Person,
+    view: crate::batches::BatchView,
+) -> Result<Value> {
+    let members: Vec<Value> = view
+        .members
+        .iter()
+        .map(|job| {
+            if context.policy.may_act_on(person, job.owner.as_ref()) {
+                serde_json::to_value(job)
+            } else {
+                Ok(name_and_state(job))
+            }
+        })
+        .collect::<Result<_, _>>()?;
+    let mut value = serde_json::to_value(&view)?;
+    value["members"] = Value::Array(members);
+    Ok(value)
+}
+
+/// Cancels the jobs of batch `wanted` that `person` may cancel, through the one cancel path;
+/// returns the batch and how many cancels were filed. Refused when `person` may cancel none.
+pub fn cancel_batch(
+    context: &ControlContext,
+    person: &Person,
+    wanted: &str,
+) -> Result<(crate::batches::BatchRecord, usize)> {
+    let record = crate::batches::find(&context.state_dir, wanted)?;
+    let mut requested = 0;
+    let mut refused = 0;
+    for id in &record.jobs {
+        let dir = JobDir::new(context.jobs_dir.join(id.as_str()));
+        let Ok(job) = dir.load_state() else { continue };
+        if !context.policy.may_act_on(person, job.owner.as_ref()) {
+            refused += 1;
+            continue;
+        }
+        let done = cancels::cancel(&context.state_dir, &context.executor, &dir, &job)?;
+        if done != Cancel::AlreadyEnded(job.phase) {
+            requested += 1;
+        }
+    }
+    if refused > 0 && refused == record.jobs.len() {
+        bail!(
+            "refused: {person} may not cancel batch {}: its jobs belong to someone else; \
+             only their owner, root and the service user may",
+            record.id
+        );
+    }
+    info!(batch = %record.id, by = %person, requested, "batch cancel requested");
+    Ok((record, requested))
 }
 
 /// What everyone may see of someone else's job: id, name, state, priority, age and owner,
