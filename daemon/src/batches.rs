@@ -89,7 +89,11 @@ pub fn list(state_dir: &Path) -> Vec<BatchRecord> {
     let mut all: Vec<BatchRecord> = entries
         .flatten()
         .filter_map(|entry| {
-            let name = entry.file_name().to_str()?.strip_suffix(".json")?.to_string();
+            let name = entry
+                .file_name()
+                .to_str()?
+                .strip_suffix(".json")?
+                .to_string();
             load(state_dir, &name).ok().flatten()
         })
         .collect();
@@ -265,7 +269,11 @@ mod tests {
         );
         assert!(ended.ended());
         assert_eq!(ended.phase, "failed");
-        assert!(ended.line().contains("1/2 done, 1 failed"), "{}", ended.line());
+        assert!(
+            ended.line().contains("1/2 done, 1 failed"),
+            "{}",
+            ended.line()
+        );
     }
 
     #[test]

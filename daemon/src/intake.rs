@@ -739,9 +739,18 @@ fn accept_one(
     let (spec, engine, vram_estimate) = check_spec(context, outputs, spec, &owner, shown_path)?;
     let id_text = id.to_string();
     let staging = context.layout.staging_dir(&id_text);
-    stage_job(&staging, id, name, &bytes, &spec, vram_estimate, owner, None)
-        .and_then(|()| crate::engines::write_resolved(&staging, engine.as_ref()))
-        .map_err(|err| format!("error: cannot file job {}: {err}", shown_path.display()))?;
+    stage_job(
+        &staging,
+        id,
+        name,
+        &bytes,
+        &spec,
+        vram_estimate,
+        owner,
+        None,
+    )
+    .and_then(|()| crate::engines::write_resolved(&staging, engine.as_ref()))
+    .map_err(|err| format!("error: cannot file job {}: {err}", shown_path.display()))?;
     outputs.add(&spec, id);
     Ok(Staged {
         ids: vec![id.clone()],
@@ -831,7 +840,14 @@ fn check_spec(
     spec: JobSpec,
     owner: &jobs::access::Person,
     shown_path: &Path,
-) -> Result<(JobSpec, Option<render::engine::external::ResolvedEngine>, Option<u64>), String> {
+) -> Result<
+    (
+        JobSpec,
+        Option<render::engine::external::ResolvedEngine>,
+        Option<u64>,
+    ),
+    String,
+> {
     crate::owner::check_paths(owner, &spec, shown_path)?;
     let (spec, engine) = crate::engines::resolve(
         &context

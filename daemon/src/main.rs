@@ -220,9 +220,9 @@ fn main() -> ExitCode {
             wait_secs,
             ..
         } => cli::cancel_batch(config_flag, &batch, wait_secs),
-        Command::Cancel {
-            id, wait_secs, ..
-        } => cli::cancel(config_flag, id.as_deref().unwrap_or_default(), wait_secs),
+        Command::Cancel { id, wait_secs, .. } => {
+            cli::cancel(config_flag, id.as_deref().unwrap_or_default(), wait_secs)
+        }
         Command::Priority {
             id,
             priority,

@@ -216,11 +216,10 @@ async fn cancel_job(
 
 /// Every batch with its counts (not its jobs), newest first.
 pub fn batch_list(shared: &Shared) -> Vec<crate::batches::BatchView> {
-    let mut views: Vec<crate::batches::BatchView> =
-        crate::batches::list(&shared.layout.state_dir)
-            .into_iter()
-            .map(|record| crate::batches::BatchView::read(&shared.layout.jobs, record))
-            .collect();
+    let mut views: Vec<crate::batches::BatchView> = crate::batches::list(&shared.layout.state_dir)
+        .into_iter()
+        .map(|record| crate::batches::BatchView::read(&shared.layout.jobs, record))
+        .collect();
     views.reverse();
     views
 }

@@ -13,11 +13,11 @@ use tracing::{debug, info, warn};
 use super::Scheduler;
 use crate::events::event;
 use crate::notify_glue;
-use notices::NoticeKind;
 use crate::placement::Placement;
 use crate::space::SpaceWait;
 use crate::supervisor::WorkerEnd;
 use crate::warm;
+use notices::NoticeKind;
 
 impl Scheduler {
     /// Puts a job in line with its plan, as intake, a retry or the end of a wait hand it over;
