@@ -134,8 +134,15 @@ pub(super) fn render_clips(
         }
         let started = Instant::now();
         let output = renderer.render_clip(index)?;
+        if matches!(output, ClipOutput::Abandoned) {
+            let next_clip = checkpoints.stop_at(index, renderer, &segments)?;
+            renderer.finish();
+            info!(clip = index, next_clip, "stopped inside a clip");
+            return Ok(Ended::Stopped { next_clip });
+        }
         checkpoints.kill_point("after_denoise", index);
         let frames = match output {
+            ClipOutput::Abandoned => unreachable!("an abandoned clip returned above"),
             ClipOutput::Frames(frames) => Some(frames),
             ClipOutput::Latents(latents) if online_decode => Some(renderer.decode(&latents)?),
             ClipOutput::Latents(latents) => {
