@@ -169,3 +169,59 @@ fn a_batch_with_one_bad_row_is_refused_whole_and_a_good_one_cancels_as_one() {
     );
     assert!(batch_jobs(&farm).iter().all(|j| j["phase"] == "cancelled"));
 }
+
+/// `validate` and `submit` ask the running daemon about what only it knows (its engines, cards
+/// and queue); without one they pass what they could check and say what they could not.
+#[test]
+fn validate_and_submit_ask_the_running_daemon_about_its_engines() {
+    let farm = Farm::new(POOL);
+    let unknown = farm.root.path().join("unknown-engine.yaml");
+    let text = farm.job_yaml("unknown-engine", "").replace(
+        "output:",
+        "engine:\n  kind: command\n  name: no-such-engine\n  model: demo\noutput:",
+    );
+    std::fs::write(&unknown, text).expect("write the job file");
+    let path = unknown.to_str().expect("utf-8 path");
+
+    let alone = farm.cli(&["validate", path]);
+    let stderr = String::from_utf8_lossy(&alone.stderr);
+    assert!(alone.status.success(), "{alone:?}");
+    assert!(
+        stderr.contains("not checked against a running daemon"),
+        "{stderr}"
+    );
+
+    let _daemon = farm.start_daemon();
+    let checked = farm.cli(&["validate", path]);
+    let stderr = String::from_utf8_lossy(&checked.stderr);
+    assert_eq!(checked.status.code(), Some(1), "{checked:?}");
+    assert!(stderr.contains("no-such-engine"), "{stderr}");
+    let submit = farm.cli(&["submit", path]);
+    assert_eq!(submit.status.code(), Some(1), "{submit:?}");
+    assert!(
+        String::from_utf8_lossy(&submit.stderr).contains("not submitted"),
+        "{submit:?}"
+    );
+    let waiting = std::fs::read_dir(farm.incoming()).map_or(0, |dir| {
+        dir.flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .count()
+    });
+    assert_eq!(waiting, 0, "nothing was filed");
+
+    // A good batch passes the daemon's check, row by row.
+    let (m, o) = (farm.media.display(), farm.out.display());
+    let batch = farm.root.path().join("pair.yaml");
+    std::fs::write(
+        &batch,
+        format!("{TINY}batch:\n  items:\n    - {{ image: {m}/portrait.png, audio: {m}/hello.wav, prompt: a, output: {o}/p1.mp4 }}\n    - {{ image: {m}/portrait.png, audio: {m}/hello.wav, prompt: b, output: {o}/p2.mp4 }}\n"),
+    )
+    .expect("write the batch file");
+    let good = farm.cli(&["validate", batch.to_str().expect("utf-8 path")]);
+    let stdout = String::from_utf8_lossy(&good.stdout);
+    assert!(good.status.success(), "{good:?}");
+    assert!(
+        stdout.contains("batch `pair` of 2 jobs; checked by the running daemon"),
+        "{stdout}"
+    );
+}

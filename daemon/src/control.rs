@@ -69,6 +69,13 @@ pub enum Request {
         job: String,
         priority: i64,
     },
+    /// Checks a job (or batch) file as intake would, for the asker, without filing it: the
+    /// answer is `{"ok": summary}` or the rejection report as the error.
+    Check {
+        /// The file's name as the asker shows it.
+        file: String,
+        text: String,
+    },
     /// A batch and its jobs (the asker's own in full, others by name and state).
     Batch {
         batch: String,
@@ -87,6 +94,9 @@ pub struct ControlContext {
     pub policy: Policy,
     /// Where workers run (a cancel made without a daemon also cancels a job's Slurm job).
     pub executor: ExecutorConfig,
+    /// The running intake, for `check`: a job file checked against this farm (its engines,
+    /// profiles, cards and roots) without filing it. `None` where no intake runs.
+    pub intake: Option<Arc<crate::intake::IntakeContext>>,
 }
 
 /// Binds the socket (replacing one left by an earlier daemon: the caller holds the state lock)
@@ -282,6 +292,15 @@ fn respond(context: &ControlContext, person: &Person, request: Request) -> Resul
                 "priority": job.priority,
                 "requested_priority": wanted,
             }))
+        }
+        Request::Check { file, text } => {
+            let Some(intake) = &context.intake else {
+                bail!("this server does not check job files; ask the daemon's control socket");
+            };
+            match crate::intake::check_only(intake, person, &file, text.as_bytes()) {
+                Ok(summary) => Ok(json!({ "ok": summary })),
+                Err(report) => Ok(json!({ "refused": report })),
+            }
         }
         Request::Batch { batch } => {
             let record = crate::batches::find(&context.state_dir, &batch)?;
@@ -631,6 +650,7 @@ mod tests {
             state_dir: PathBuf::from("/nonexistent"),
             policy: Policy::new("reelspool-no-such-group-y"),
             executor: ExecutorConfig::Local,
+            intake: None,
         };
         let reply = answer(&context, 3_999_999_917, r#"{"op":"list"}"#);
         let error = reply["error"].as_str().expect("a refusal");
@@ -645,6 +665,7 @@ mod tests {
             state_dir: PathBuf::from("/nonexistent"),
             policy: Policy::new("root"),
             executor: ExecutorConfig::Local,
+            intake: None,
         };
         // SAFETY: geteuid cannot fail.
         let me = unsafe { libc::geteuid() };

@@ -832,6 +832,55 @@ fn accept_batch(
     })
 }
 
+/// Checks `bytes` (a job or batch file named `file`) as intake would for `owner`, against
+/// this farm's roots, engines, cards and queue, and files nothing: `reelspool validate` and
+/// `submit` ask this through the control socket. The summary names the job or the batch.
+pub fn check_only(
+    context: &IntakeContext,
+    owner: &jobs::access::Person,
+    file: &str,
+    bytes: &[u8],
+) -> Result<String, String> {
+    let shown_path = Path::new(file);
+    let default_name = shown_path
+        .file_stem()
+        .and_then(|stem| stem.to_str())
+        .unwrap_or(file)
+        .to_string();
+    let roots = context
+        .roots
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let parse_context = jobs::ParseContext {
+        templates_dir: Some(&context.templates_dir),
+        roots: &roots,
+    };
+    let mut outputs = context
+        .outputs
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let outputs = outputs.get_or_insert_with(|| ActiveOutputs::load(&context.layout));
+    if std::str::from_utf8(bytes).is_ok_and(jobs::is_batch) {
+        let batch = jobs::parse_batch_bytes(file, bytes, &default_name, &parse_context)
+            .map_err(|err| err.to_string())?;
+        for (index, spec) in batch.rows.iter().enumerate() {
+            let at = PathBuf::from(format!("{file}, row {}", index + 1));
+            check_spec(context, outputs, spec.clone(), owner, &at)?;
+        }
+        return Ok(format!(
+            "batch `{}` of {} jobs",
+            batch.name,
+            batch.rows.len()
+        ));
+    }
+    let spec = jobs::parse_job_bytes(file, bytes, &default_name, &parse_context)
+        .map_err(|err| err.to_string())?;
+    let name = spec.name.clone();
+    check_spec(context, outputs, spec, owner, shown_path)?;
+    Ok(format!("job `{name}`"))
+}
+
 /// The checks a resolved job passes before it is filed: the owner's rights, its engine, a card
 /// it fits, a free output path, its model, room for its checkpoints.
 fn check_spec(
