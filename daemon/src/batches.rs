@@ -81,7 +81,6 @@ pub fn find(state_dir: &Path, id: &str) -> anyhow::Result<BatchRecord> {
 }
 
 /// Every batch, newest last.
-#[allow(dead_code)] // read by the HTTP front end and tests
 pub fn list(state_dir: &Path) -> Vec<BatchRecord> {
     let Ok(entries) = std::fs::read_dir(records_dir(state_dir)) else {
         return Vec::new();
