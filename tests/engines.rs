@@ -536,3 +536,45 @@ fn an_engine_written_from_the_protocol_document_survives_worker_kills() {
     assert_eq!(starts.len(), 4, "three kills: {starts:?}");
     assert_eq!(resumed, reference);
 }
+
+/// A stop inside a long clip does not wait for the clip: the engine's `progress` shows in
+/// `status`, then `cancel` ends the job one stop grace (1 s here) after it reaches the worker,
+/// the engine's process group getting SIGTERM, though the engine would sleep ten minutes.
+#[test]
+fn a_cancel_interrupts_an_engine_sleeping_inside_its_clip_after_the_grace() {
+    let sleepy = repo().join("tests/engines/sleepy_engine.py");
+    let mut entry = engine_entry("sleepy", &sleepy, &[], 900);
+    entry.push_str("    stop_grace_secs: 1\n");
+    let farm = farm_with(&[entry]);
+    let _daemon = farm.start_daemon();
+    farm.drop_job("sleepy.yaml", &engine_job(&farm, "sleepy", "sleepy", 3, 1));
+    let state = wait_for("the engine's progress", RUN, || {
+        farm.job_by_source("sleepy.yaml")
+            .filter(|state| state["details"]["engine_progress"].is_object())
+    });
+    let id = state["id"].as_str().expect("job id").to_string();
+    let status = farm.cli(&["status", &id]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("engine:    clip 0, step 1 of 4: denoising"),
+        "{text}"
+    );
+    let asked = std::time::Instant::now();
+    let cancel = farm.cli(&["cancel", &id, "--wait-secs", "60"]);
+    let took = asked.elapsed();
+    assert!(cancel.status.success(), "{cancel:?}");
+    let state = farm.job_by_source("sleepy.yaml").expect("the job");
+    assert_eq!(
+        state["phase"],
+        "cancelled",
+        "{state}\n{}",
+        farm.daemon_logs()
+    );
+    // 1 s of grace, then SIGTERM; the margin is for a loaded machine, far below the sleep.
+    assert!(took < Duration::from_secs(15), "cancelled after {took:?}");
+    wait_for("the engine to be gone", Duration::from_secs(10), || {
+        engine_processes_under(farm.root.path())
+            .is_empty()
+            .then_some(())
+    });
+}

@@ -34,8 +34,9 @@ fn required_config(flag: Option<&Path>) -> Result<DaemonConfig> {
     Ok(DaemonConfig::load(&path)?)
 }
 
-/// Parses job files the way the daemon will; without a config, path roots are not enforced.
-fn check_job_file(config: Option<&DaemonConfig>, file: &Path) -> Result<jobs::JobSpec, String> {
+/// Parses a job (or batch) file the way the daemon will; without a config, path roots are
+/// not enforced. `Ok` names the job, or the batch and its size.
+fn check_job_file(config: Option<&DaemonConfig>, file: &Path) -> Result<String, String> {
     let (templates_dir, roots) = match config {
         Some(config) => (config.templates_dir(), config.roots()),
         None => (
@@ -50,7 +51,68 @@ fn check_job_file(config: Option<&DaemonConfig>, file: &Path) -> Result<jobs::Jo
         templates_dir: Some(&templates_dir),
         roots: &roots,
     };
-    jobs::load_job_file(file, &context).map_err(|err| err.to_string())
+    let text = std::fs::read(file).unwrap_or_default();
+    if std::str::from_utf8(&text).is_ok_and(jobs::is_batch) {
+        let default_name = file
+            .file_stem()
+            .map(|stem| stem.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        return jobs::parse_batch_bytes(
+            &file.display().to_string(),
+            &text,
+            &default_name,
+            &context,
+        )
+        .map(|batch| format!("batch `{}` of {} jobs", batch.name, batch.rows.len()))
+        .map_err(|err| err.to_string());
+    }
+    jobs::load_job_file(file, &context)
+        .map(|spec| format!("job `{}`", spec.name))
+        .map_err(|err| err.to_string())
+}
+
+/// What the running daemon said of a file.
+enum FarmCheck {
+    /// It would file it (the summary names the job or batch).
+    Passed,
+    /// It would refuse it: the report, as intake would write it.
+    Refused(String),
+    /// No daemon answered; the reason.
+    Unchecked(String),
+}
+
+/// Asks the daemon behind `spool_dir`'s control socket to check `file` against its farm: the
+/// engines, memory profiles, cards and roots it runs with now.
+fn check_with_daemon(spool_dir: Option<&Path>, file: &Path) -> FarmCheck {
+    let Some(spool_dir) = spool_dir else {
+        return FarmCheck::Unchecked(format!(
+            "no config at {} names the spool",
+            config::DEFAULT_CONFIG_PATH
+        ));
+    };
+    let text = match std::fs::read_to_string(file) {
+        Ok(text) => text,
+        Err(err) => return FarmCheck::Unchecked(format!("cannot read {}: {err}", file.display())),
+    };
+    let request = crate::control::Request::Check {
+        file: file.display().to_string(),
+        text,
+    };
+    match crate::control::ask(spool_dir, &request) {
+        Ok(answer) => match answer.get("refused").and_then(|r| r.as_str()) {
+            Some(report) => FarmCheck::Refused(report.to_string()),
+            None => FarmCheck::Passed,
+        },
+        Err(err) => FarmCheck::Unchecked(format!("{err:#}")),
+    }
+}
+
+/// The note printed when no daemon could check the engines, cards and profiles.
+fn unchecked_note(why: &str) {
+    eprintln!(
+        "note: not checked against a running daemon ({}): engine names, memory profiles, whether the job fits a card, and the output paths of queued jobs; the daemon checks them when the job is filed",
+        escape_text(why)
+    );
 }
 
 pub fn validate(config_flag: Option<&Path>, files: &[PathBuf]) -> Result<ExitCode> {
@@ -61,19 +123,33 @@ pub fn validate(config_flag: Option<&Path>, files: &[PathBuf]) -> Result<ExitCod
             config::DEFAULT_CONFIG_PATH
         );
     }
+    let spool_dir = config.as_ref().map(|config| config.spool_dir.clone());
     let mut invalid = 0;
+    let mut unchecked = None;
     for file in files {
-        match check_job_file(config.as_ref(), file) {
-            Ok(spec) => println!(
-                "ok: {} (job `{}`)",
-                escape_text(&file.display().to_string()),
-                spec.name
-            ),
-            Err(report) => {
-                invalid += 1;
-                eprintln!("{}", jobs::escape_lines(report.trim_end()));
-            }
-        }
+        let report = match check_job_file(config.as_ref(), file) {
+            Ok(what) => match check_with_daemon(spool_dir.as_deref(), file) {
+                FarmCheck::Passed => {
+                    println!(
+                        "ok: {} ({what}; checked by the running daemon)",
+                        escape_text(&file.display().to_string())
+                    );
+                    continue;
+                }
+                FarmCheck::Unchecked(why) => {
+                    println!("ok: {} ({what})", escape_text(&file.display().to_string()));
+                    unchecked = Some(why);
+                    continue;
+                }
+                FarmCheck::Refused(report) => report,
+            },
+            Err(report) => report,
+        };
+        invalid += 1;
+        eprintln!("{}", jobs::escape_lines(report.trim_end()));
+    }
+    if let Some(why) = unchecked {
+        unchecked_note(&why);
     }
     if invalid > 0 {
         eprintln!("{invalid} of {} job file(s) invalid", files.len());
@@ -96,6 +172,15 @@ pub fn submit(config_flag: Option<&Path>, file: &Path, spool: Option<&Path>) -> 
             config::DEFAULT_CONFIG_PATH
         ),
     };
+    match check_with_daemon(Some(&spool_dir), file) {
+        FarmCheck::Passed => {}
+        FarmCheck::Refused(report) => {
+            eprintln!("{}", jobs::escape_lines(report.trim_end()));
+            eprintln!("not submitted: the running daemon would refuse it");
+            return Ok(ExitCode::from(1));
+        }
+        FarmCheck::Unchecked(why) => unchecked_note(&why),
+    }
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let written = spool::deliver_to_spool(&spool_dir, file, &bytes)?;
     println!("{}", escape_text(&written.display().to_string()));
@@ -230,6 +315,72 @@ pub fn status(
         print_table(&all);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `reelspool status --batch ID`: the batch's progress line, then its jobs.
+pub fn status_batch(config_flag: Option<&Path>, batch: &str, json: bool) -> Result<ExitCode> {
+    let config = required_config(config_flag)?;
+    let value = if crate::control::must_ask_daemon(&config.state_dir) {
+        crate::control::ask(
+            &config.spool_dir,
+            &crate::control::Request::Batch {
+                batch: batch.to_string(),
+            },
+        )?
+    } else {
+        let record = crate::batches::find(&config.state_dir, batch)?;
+        serde_json::to_value(crate::batches::BatchView::read(
+            &config.state_dir.join("jobs"),
+            record,
+        ))?
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let view: crate::batches::BatchView = serde_json::from_value(value)?;
+    println!("{}", view.line());
+    print_table(&view.members);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `reelspool cancel --batch ID`: every unfinished job of the batch, through the one cancel
+/// path; waits (up to `wait_secs`) until they have all ended.
+pub fn cancel_batch(config_flag: Option<&Path>, batch: &str, wait_secs: u64) -> Result<ExitCode> {
+    let config = required_config(config_flag)?;
+    if crate::control::must_ask_daemon(&config.state_dir) {
+        let value = crate::control::ask(
+            &config.spool_dir,
+            &crate::control::Request::CancelBatch {
+                batch: batch.to_string(),
+            },
+        )?;
+        println!(
+            "batch {}: cancel requested for {} job(s)",
+            escape_text(batch),
+            value["cancel_requested"]
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let record = crate::batches::find(&config.state_dir, batch)?;
+    let jobs_dir = config.state_dir.join("jobs");
+    for id in &record.jobs {
+        let dir = JobDir::new(jobs_dir.join(id.as_str()));
+        let Ok(job) = dir.load_state() else { continue };
+        cancels::cancel(&config.state_dir, &config.executor, &dir, &job)?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(wait_secs);
+    loop {
+        let view = crate::batches::BatchView::read(&jobs_dir, record.clone());
+        if view.ended() || Instant::now() >= deadline {
+            println!("{}", view.line());
+            if !view.ended() {
+                println!("cancel requested; the daemon has not confirmed it for every job yet");
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 pub fn cancel(config_flag: Option<&Path>, wanted: &str, wait_secs: u64) -> Result<ExitCode> {

@@ -69,6 +69,22 @@ pub enum Request {
         job: String,
         priority: i64,
     },
+    /// Checks a job (or batch) file as intake would, for the asker, without filing it: the
+    /// answer is `{"ok": summary}` or the rejection report as the error.
+    Check {
+        /// The file's name as the asker shows it.
+        file: String,
+        text: String,
+    },
+    /// A batch and its jobs (the asker's own in full, others by name and state).
+    Batch {
+        batch: String,
+    },
+    /// Cancels every unfinished job of a batch that the asker may cancel.
+    #[serde(rename = "cancel_batch")]
+    CancelBatch {
+        batch: String,
+    },
 }
 
 /// What the server needs.
@@ -78,6 +94,9 @@ pub struct ControlContext {
     pub policy: Policy,
     /// Where workers run (a cancel made without a daemon also cancels a job's Slurm job).
     pub executor: ExecutorConfig,
+    /// The running intake, for `check`: a job file checked against this farm (its engines,
+    /// profiles, cards and roots) without filing it. `None` where no intake runs.
+    pub intake: Option<Arc<crate::intake::IntakeContext>>,
 }
 
 /// Binds the socket (replacing one left by an earlier daemon: the caller holds the state lock)
@@ -274,7 +293,80 @@ fn respond(context: &ControlContext, person: &Person, request: Request) -> Resul
                 "requested_priority": wanted,
             }))
         }
+        Request::Check { file, text } => {
+            let Some(intake) = &context.intake else {
+                bail!("this server does not check job files; ask the daemon's control socket");
+            };
+            match crate::intake::check_only(intake, person, &file, text.as_bytes()) {
+                Ok(summary) => Ok(json!({ "ok": summary })),
+                Err(report) => Ok(json!({ "refused": report })),
+            }
+        }
+        Request::Batch { batch } => {
+            let record = crate::batches::find(&context.state_dir, &batch)?;
+            let view = crate::batches::BatchView::read(jobs_dir, record);
+            batch_value(context, person, view)
+        }
+        Request::CancelBatch { batch } => {
+            let (record, requested) = cancel_batch(context, person, &batch)?;
+            Ok(json!({ "batch": record.id, "cancel_requested": requested }))
+        }
     }
+}
+
+/// A batch as `person` may see it: its counts, and each job in full or by name and state.
+fn batch_value(
+    context: &ControlContext,
+    person: &Person,
+    view: crate::batches::BatchView,
+) -> Result<Value> {
+    let members: Vec<Value> = view
+        .members
+        .iter()
+        .map(|job| {
+            if context.policy.may_act_on(person, job.owner.as_ref()) {
+                serde_json::to_value(job)
+            } else {
+                Ok(name_and_state(job))
+            }
+        })
+        .collect::<Result<_, _>>()?;
+    let mut value = serde_json::to_value(&view)?;
+    value["members"] = Value::Array(members);
+    Ok(value)
+}
+
+/// Cancels the jobs of batch `wanted` that `person` may cancel, through the one cancel path;
+/// returns the batch and how many cancels were filed. Refused when `person` may cancel none.
+pub fn cancel_batch(
+    context: &ControlContext,
+    person: &Person,
+    wanted: &str,
+) -> Result<(crate::batches::BatchRecord, usize)> {
+    let record = crate::batches::find(&context.state_dir, wanted)?;
+    let mut requested = 0;
+    let mut refused = 0;
+    for id in &record.jobs {
+        let dir = JobDir::new(context.jobs_dir.join(id.as_str()));
+        let Ok(job) = dir.load_state() else { continue };
+        if !context.policy.may_act_on(person, job.owner.as_ref()) {
+            refused += 1;
+            continue;
+        }
+        let done = cancels::cancel(&context.state_dir, &context.executor, &dir, &job)?;
+        if done != Cancel::AlreadyEnded(job.phase) {
+            requested += 1;
+        }
+    }
+    if refused > 0 && refused == record.jobs.len() {
+        bail!(
+            "refused: {person} may not cancel batch {}: its jobs belong to someone else; \
+             only their owner, root and the service user may",
+            record.id
+        );
+    }
+    info!(batch = %record.id, by = %person, requested, "batch cancel requested");
+    Ok((record, requested))
 }
 
 /// What everyone may see of someone else's job: id, name, state, priority, age and owner,
@@ -558,6 +650,7 @@ mod tests {
             state_dir: PathBuf::from("/nonexistent"),
             policy: Policy::new("reelspool-no-such-group-y"),
             executor: ExecutorConfig::Local,
+            intake: None,
         };
         let reply = answer(&context, 3_999_999_917, r#"{"op":"list"}"#);
         let error = reply["error"].as_str().expect("a refusal");
@@ -572,6 +665,7 @@ mod tests {
             state_dir: PathBuf::from("/nonexistent"),
             policy: Policy::new("root"),
             executor: ExecutorConfig::Local,
+            intake: None,
         };
         // SAFETY: geteuid cannot fail.
         let me = unsafe { libc::geteuid() };

@@ -231,6 +231,7 @@ async fn serve(
                 state_dir: config.state_dir.clone(),
                 policy: crate::owner::Policy::new(&config.submit_group),
                 executor: config.executor.clone(),
+                intake: Some(Arc::clone(&context)),
             }),
             shutdown_rx.clone(),
         ))),

@@ -88,6 +88,7 @@ mod tests {
                 profile: Some("builtin-tiny".into()),
                 working_dir: None,
                 heartbeat_timeout_secs: 30,
+                stop_grace_secs: render::engine::external::DEFAULT_STOP_GRACE_SECS,
             },
         )])
     }

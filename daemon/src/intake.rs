@@ -435,7 +435,7 @@ pub fn process_batch(context: &IntakeContext, names: Vec<String>) -> BatchOutcom
 pub fn process_claims(context: &IntakeContext, claims: Vec<(JobId, String)>) -> BatchOutcome {
     let layout = &context.layout;
     let mut outcome = BatchOutcome::default();
-    let mut staged: Vec<(JobId, String, PathBuf)> = Vec::new();
+    let mut staged: Vec<(Staged, String, PathBuf)> = Vec::new();
     if claims.is_empty() {
         return outcome;
     }
@@ -448,7 +448,7 @@ pub fn process_claims(context: &IntakeContext, claims: Vec<(JobId, String)>) -> 
         let claim = layout.claim_path(&id.to_string(), &name);
         let shown_path = layout.incoming.join(&name);
         match accept_one(context, outputs, &id, &name, &claim, &shown_path) {
-            Ok(()) => staged.push((id, name, claim)),
+            Ok(filed) => staged.push((filed, name, claim)),
             Err(report) => {
                 reject(layout, &id, &name, &claim, &report);
                 outcome.rejected.push(name);
@@ -465,17 +465,42 @@ pub fn process_claims(context: &IntakeContext, claims: Vec<(JobId, String)>) -> 
         }
     }
     let mut published_claims = Vec::with_capacity(staged.len());
-    for (id, name, claim) in staged {
-        let id_text = id.to_string();
-        let staging = layout.staging_dir(&id_text);
-        let final_dir = layout.job_dir(&id_text);
-        if let Err(err) = std::fs::rename(&staging, &final_dir) {
-            warn!(job = %id_text, error = %err, "cannot publish job directory; it will be retried at restart");
-            continue;
+    for (filed, name, claim) in staged {
+        if let Some(mut record) = filed.batch {
+            // The commit point of a batch: from here on its jobs are filed, even across a
+            // crash (see `recover`).
+            record.jobs = filed.ids.clone();
+            if let Err(err) = crate::batches::save(&layout.state_dir, &record) {
+                warn!(batch = %record.id, error = %err, "cannot write the batch record; refusing the batch");
+                for id in &filed.ids {
+                    let _ = std::fs::remove_dir_all(layout.staging_dir(id.as_str()));
+                }
+                let report = format!(
+                    "error: cannot file batch {}: cannot write its record: {err}",
+                    layout.incoming.join(&name).display()
+                );
+                reject(layout, &record.id, &name, &claim, &report);
+                outcome.rejected.push(name);
+                continue;
+            }
+            info!(batch = %record.id, jobs = record.jobs.len(), file = %jobs::escape_text(&name), "batch filed");
         }
-        info!(job = %id_text, file = %jobs::escape_text(&name), "job queued");
-        outcome.accepted.push(id);
-        published_claims.push(claim);
+        let mut published = true;
+        for id in filed.ids {
+            let id_text = id.to_string();
+            let staging = layout.staging_dir(&id_text);
+            let final_dir = layout.job_dir(&id_text);
+            if let Err(err) = std::fs::rename(&staging, &final_dir) {
+                warn!(job = %id_text, error = %err, "cannot publish job directory; it will be retried at restart");
+                published = false;
+                continue;
+            }
+            info!(job = %id_text, file = %jobs::escape_text(&name), "job queued");
+            outcome.accepted.push(id);
+        }
+        if published {
+            published_claims.push(claim);
+        }
     }
     if let Err(err) = jobs::state::fsync_dir(&layout.jobs) {
         warn!(error = %err, "cannot sync the jobs directory");
@@ -684,7 +709,14 @@ impl ActiveOutputs {
     }
 }
 
-/// Validates one claimed file and assembles its job directory under a staging name.
+/// What one claim became: the jobs staged for it (one, or one per row of a batch file) and,
+/// for a batch, its record, written before the jobs are published.
+struct Staged {
+    ids: Vec<JobId>,
+    batch: Option<crate::batches::BatchRecord>,
+}
+
+/// Validates one claimed file and assembles its job directories under staging names.
 fn accept_one(
     context: &IntakeContext,
     outputs: &mut ActiveOutputs,
@@ -692,7 +724,7 @@ fn accept_one(
     name: &str,
     claim: &Path,
     shown_path: &Path,
-) -> Result<(), String> {
+) -> Result<Staged, String> {
     let bytes = read_claim(claim, shown_path)?;
     // An outsider's file is refused whatever it holds.
     let owner = crate::owner::owner_of(&context.owners, claim, shown_path)?;
@@ -704,11 +736,25 @@ fn accept_one(
     let roots = context
         .roots
         .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
     let parse_context = jobs::ParseContext {
         templates_dir: Some(&context.templates_dir),
         roots: &roots,
     };
+    if std::str::from_utf8(&bytes).is_ok_and(jobs::is_batch) {
+        return accept_batch(
+            context,
+            outputs,
+            id,
+            name,
+            &bytes,
+            &default_name,
+            &parse_context,
+            owner,
+            shown_path,
+        );
+    }
     let spec = jobs::parse_job_bytes(
         &shown_path.display().to_string(),
         &bytes,
@@ -716,7 +762,168 @@ fn accept_one(
         &parse_context,
     )
     .map_err(|err| err.to_string())?;
-    crate::owner::check_paths(&owner, &spec, shown_path)?;
+    let (spec, engine, admitted) = check_spec(context, outputs, spec, &owner, shown_path)?;
+    let id_text = id.to_string();
+    let staging = context.layout.staging_dir(&id_text);
+    stage_job(
+        &staging,
+        id,
+        name,
+        &bytes,
+        &spec,
+        &admitted,
+        owner,
+        None,
+    )
+    .and_then(|()| crate::engines::write_resolved(&staging, engine.as_ref()))
+    .map_err(|err| format!("error: cannot file job {}: {err}", shown_path.display()))?;
+    outputs.add(&spec, id);
+    Ok(Staged {
+        ids: vec![id.clone()],
+        batch: None,
+    })
+}
+
+/// A batch file: every row checked and staged as a job of its own, or none. The claim's id
+/// becomes the batch's id.
+#[allow(clippy::too_many_arguments)]
+fn accept_batch(
+    context: &IntakeContext,
+    outputs: &mut ActiveOutputs,
+    id: &JobId,
+    name: &str,
+    bytes: &[u8],
+    default_name: &str,
+    parse_context: &jobs::ParseContext,
+    owner: jobs::access::Person,
+    shown_path: &Path,
+) -> Result<Staged, String> {
+    let batch = jobs::parse_batch_bytes(
+        &shown_path.display().to_string(),
+        bytes,
+        default_name,
+        parse_context,
+    )
+    .map_err(|err| err.to_string())?;
+    if let Some(csv) = &batch.csv {
+        jobs::access::check_read(&owner, csv)
+            .map_err(|err| format!("error: {}: batch.csv: {err}", shown_path.display()))?;
+    }
+    let rows = batch.rows.len();
+    let mut staged: Vec<JobId> = Vec::with_capacity(rows);
+    let mut filed = || -> Result<(), String> {
+        for (index, spec) in batch.rows.iter().enumerate() {
+            let row_id = JobId::generate();
+            let at = PathBuf::from(format!("{}, row {}", shown_path.display(), index + 1));
+            let (spec, engine, admitted) =
+                check_spec(context, outputs, spec.clone(), &owner, &at)?;
+            let staging = context.layout.staging_dir(row_id.as_str());
+            staged.push(row_id.clone());
+            stage_job(
+                &staging,
+                &row_id,
+                name,
+                bytes,
+                &spec,
+                &admitted,
+                owner.clone(),
+                Some(id),
+            )
+            .and_then(|()| crate::engines::write_resolved(&staging, engine.as_ref()))
+            .map_err(|err| format!("error: cannot file job {}: {err}", at.display()))?;
+            outputs.add(&spec, &row_id);
+        }
+        Ok(())
+    };
+    if let Err(report) = filed() {
+        for row_id in &staged {
+            let _ = std::fs::remove_dir_all(context.layout.staging_dir(row_id.as_str()));
+        }
+        return Err(format!(
+            "{report}\n  = note: the batch was refused whole: none of its {rows} rows was filed"
+        ));
+    }
+    Ok(Staged {
+        ids: staged,
+        batch: Some(crate::batches::BatchRecord {
+            id: id.clone(),
+            name: batch.name,
+            source_file: name.to_string(),
+            submitted_at_ms: now_ms(),
+            jobs: Vec::new(),
+            csv: batch.csv,
+            notify_each: batch.notify_each,
+            ended_at_ms: None,
+        }),
+    })
+}
+
+/// Checks `bytes` (a job or batch file named `file`) as intake would for `owner`, against
+/// this farm's roots, engines, cards and queue, and files nothing: `reelspool validate` and
+/// `submit` ask this through the control socket. The summary names the job or the batch.
+pub fn check_only(
+    context: &IntakeContext,
+    owner: &jobs::access::Person,
+    file: &str,
+    bytes: &[u8],
+) -> Result<String, String> {
+    let shown_path = Path::new(file);
+    let default_name = shown_path
+        .file_stem()
+        .and_then(|stem| stem.to_str())
+        .unwrap_or(file)
+        .to_string();
+    let roots = context
+        .roots
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let parse_context = jobs::ParseContext {
+        templates_dir: Some(&context.templates_dir),
+        roots: &roots,
+    };
+    let mut outputs = context
+        .outputs
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let outputs = outputs.get_or_insert_with(|| ActiveOutputs::load(&context.layout));
+    if std::str::from_utf8(bytes).is_ok_and(jobs::is_batch) {
+        let batch = jobs::parse_batch_bytes(file, bytes, &default_name, &parse_context)
+            .map_err(|err| err.to_string())?;
+        for (index, spec) in batch.rows.iter().enumerate() {
+            let at = PathBuf::from(format!("{file}, row {}", index + 1));
+            check_spec(context, outputs, spec.clone(), owner, &at)?;
+        }
+        return Ok(format!(
+            "batch `{}` of {} jobs",
+            batch.name,
+            batch.rows.len()
+        ));
+    }
+    let spec = jobs::parse_job_bytes(file, bytes, &default_name, &parse_context)
+        .map_err(|err| err.to_string())?;
+    let name = spec.name.clone();
+    check_spec(context, outputs, spec, owner, shown_path)?;
+    Ok(format!("job `{name}`"))
+}
+
+/// The checks a resolved job passes before it is filed: the owner's rights, its engine, a card
+/// it fits, a free output path, its model, room for its checkpoints.
+fn check_spec(
+    context: &IntakeContext,
+    outputs: &mut ActiveOutputs,
+    spec: JobSpec,
+    owner: &jobs::access::Person,
+    shown_path: &Path,
+) -> Result<
+    (
+        JobSpec,
+        Option<render::engine::external::ResolvedEngine>,
+        Admitted,
+    ),
+    String,
+> {
+    crate::owner::check_paths(owner, &spec, shown_path)?;
     let (spec, engine) = crate::engines::resolve(
         &context
             .engines
@@ -742,13 +949,7 @@ fn accept_one(
         .check_model(&spec)
         .map_err(|problem| format!("error: {}: {problem}", shown_path.display()))?;
     check_checkpoint_space(&spec, &context.layout.jobs, shown_path)?;
-    let id_text = id.to_string();
-    let staging = context.layout.staging_dir(&id_text);
-    stage_job(&staging, id, name, &bytes, &spec, &admitted, owner)
-        .and_then(|()| crate::engines::write_resolved(&staging, engine.as_ref()))
-        .map_err(|err| format!("error: cannot file job {}: {err}", shown_path.display()))?;
-    outputs.add(&spec, id);
-    Ok(())
+    Ok((spec, engine, admitted))
 }
 
 /// A native job's carry has a size known before it starts (`render::worker::carry_bytes`); the
@@ -793,6 +994,7 @@ fn check_checkpoint_space(
     ))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn stage_job(
     staging: &Path,
     id: &JobId,
@@ -801,6 +1003,7 @@ fn stage_job(
     spec: &JobSpec,
     admitted: &Admitted,
     owner: jobs::access::Person,
+    batch: Option<&JobId>,
 ) -> std::io::Result<()> {
     if staging.exists() {
         std::fs::remove_dir_all(staging)?;
@@ -821,6 +1024,7 @@ fn stage_job(
         );
     }
     state.owner = Some(owner);
+    state.batch = batch.cloned();
     let state_json = serde_json::to_vec_pretty(&state).map_err(std::io::Error::other)?;
     std::fs::write(staging.join("state.json"), state_json)?;
     let mut fields = serde_json::Map::new();
@@ -914,6 +1118,28 @@ fn reject_unreadable_name(layout: &Layout, name: &std::ffi::OsStr) {
 /// dropped (their job exists) or processed again under the id they already carry.
 pub fn recover(context: &IntakeContext) -> std::io::Result<BatchOutcome> {
     let layout = &context.layout;
+    // A batch whose record was written is filed: publish the jobs a crash left staged.
+    for entry in std::fs::read_dir(&layout.processing)? {
+        let file_name = entry?.file_name().to_string_lossy().into_owned();
+        let Some((id_text, _)) = spool::parse_claim_name(&file_name) else {
+            continue;
+        };
+        for member in crate::batches::members_to_publish(&layout.state_dir, id_text) {
+            let staging = layout.staging_dir(member.as_str());
+            if staging.is_dir() && !layout.job_dir(member.as_str()).exists() {
+                std::fs::rename(&staging, layout.job_dir(member.as_str()))?;
+                info!(job = %member, batch = id_text, "job of a filed batch published after a crash");
+            }
+        }
+        if crate::batches::load(&layout.state_dir, id_text)
+            .ok()
+            .flatten()
+            .is_some()
+        {
+            jobs::state::fsync_dir(&layout.jobs)?;
+            std::fs::remove_file(layout.processing.join(&file_name))?;
+        }
+    }
     for entry in std::fs::read_dir(&layout.jobs)? {
         let entry = entry?;
         if entry.file_name().to_string_lossy().starts_with(".tmp-") {

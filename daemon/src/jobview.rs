@@ -214,6 +214,23 @@ pub(crate) fn print_table(all: &[JobState]) {
 /// Everything printed here may hold user text (file names, paths, messages quoting them), so
 /// it goes through [`escape_text`]; event fields are JSON, whose escaping misses DEL, C1 and
 /// bidi controls, so the JSON text is escaped as well.
+/// A command engine's latest `progress`: `clip 3, step 2 of 8: denoising`.
+pub(crate) fn engine_progress_line(progress: &serde_json::Value) -> String {
+    let mut line = match progress["clip"].as_u64() {
+        Some(clip) => format!("clip {clip}"),
+        None => "clip ?".to_string(),
+    };
+    match (progress["step"].as_u64(), progress["total"].as_u64()) {
+        (Some(step), Some(total)) => line.push_str(&format!(", step {step} of {total}")),
+        (Some(step), None) => line.push_str(&format!(", step {step}")),
+        _ => {}
+    }
+    if let Some(message) = progress["message"].as_str() {
+        line.push_str(&format!(": {}", escape_text(message)));
+    }
+    line
+}
+
 pub(crate) fn print_job_details(job: &JobState, events: &[JobEvent]) {
     println!("id:        {}", job.id);
     println!("name:      {}", escape_text(&job.name));
@@ -228,6 +245,16 @@ pub(crate) fn print_job_details(job: &JobState, events: &[JobEvent]) {
         escape_text(job.gpu.as_deref().unwrap_or("-"))
     );
     println!("clips:     {}", clip_progress(job));
+    if let Some(batch) = &job.batch {
+        println!("batch:     {batch} (`reelspool status --batch {batch}`)");
+    }
+    if let Some(progress) = job
+        .details
+        .get("engine_progress")
+        .filter(|_| job.phase == Phase::Running)
+    {
+        println!("engine:    {}", engine_progress_line(progress));
+    }
     if let Some(line) = resumed_from(events) {
         println!("resumed:   {}", escape_text(&line));
     }

@@ -15,7 +15,7 @@
 //! 4. service: `scheduler`, `intake`, `backlog`, `reload`, `notify_glue`, `systemd`,
 //!    `cancels`, `priorities`, `executor`, `placement`, `supervisor`, `warm`, `death`,
 //!    `engines`
-//! 5. job views: `jobview`
+//! 5. job views: `jobview`, `batches`
 //! 6. ground: `config`, `spool`, `owner`, `space`, `events`, `worker_log`, `logging`, `layers`
 //!
 //! - **Commands** are what `main` runs. Each reads the config and the state directory, never
@@ -41,6 +41,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod backlog;
+mod batches;
 mod cancels;
 mod cli;
 mod config;
@@ -109,7 +110,11 @@ enum Command {
     /// Show jobs: a table of all, or the details and recent events of one.
     Status {
         /// Job id (or a unique prefix of it).
+        #[arg(conflicts_with = "batch")]
         id: Option<String>,
+        /// Show one batch (the jobs filed from one batch file): its progress and its jobs.
+        #[arg(long, value_name = "BATCH_ID")]
+        batch: Option<String>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -121,10 +126,14 @@ enum Command {
         #[arg(long, value_name = "N")]
         limit: Option<usize>,
     },
-    /// Cancel a queued or running job.
+    /// Cancel a queued or running job, or every unfinished job of a batch.
     Cancel {
         /// Job id (or a unique prefix of it).
-        id: String,
+        #[arg(required_unless_present = "batch", conflicts_with = "batch")]
+        id: Option<String>,
+        /// Cancel the batch with this id instead.
+        #[arg(long, value_name = "BATCH_ID")]
+        batch: Option<String>,
         /// How long to wait for the daemon to confirm, in seconds.
         #[arg(long, default_value_t = 30, value_name = "SECS")]
         wait_secs: u64,
@@ -203,10 +212,16 @@ fn main() -> ExitCode {
         Command::Validate { files } => cli::validate(config_flag, &files),
         Command::Submit { file, spool } => cli::submit(config_flag, &file, spool.as_deref()),
         Command::Status {
+            batch: Some(batch),
+            json,
+            ..
+        } => cli::status_batch(config_flag, &batch, json),
+        Command::Status {
             id,
             json,
             states,
             limit,
+            batch: None,
         } => cli::status(
             config_flag,
             id.as_deref(),
@@ -216,7 +231,14 @@ fn main() -> ExitCode {
                 limit,
             },
         ),
-        Command::Cancel { id, wait_secs } => cli::cancel(config_flag, &id, wait_secs),
+        Command::Cancel {
+            batch: Some(batch),
+            wait_secs,
+            ..
+        } => cli::cancel_batch(config_flag, &batch, wait_secs),
+        Command::Cancel { id, wait_secs, .. } => {
+            cli::cancel(config_flag, id.as_deref().unwrap_or_default(), wait_secs)
+        }
         Command::Priority {
             id,
             priority,

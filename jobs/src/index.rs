@@ -178,6 +178,7 @@ impl IndexEntry {
             stalled_attempts: 0,
             retry_at_ms: self.retry_at_ms,
             owner: self.owner.clone(),
+            batch: None,
         }
     }
 }

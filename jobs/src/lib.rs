@@ -35,6 +35,7 @@
 //! - [`diag`]: diagnostics; [`state`]: on-disk state.
 
 pub mod access;
+pub mod batch;
 pub mod diag;
 mod error;
 mod file;
@@ -51,6 +52,7 @@ mod text;
 mod validate;
 mod walk;
 
+pub use batch::{is_batch, parse_batch, parse_batch_bytes, BatchSpec};
 pub use error::{JobFileError, JobsError, StateError};
 pub use parse::{load_job_file, parse_job, parse_job_bytes, ParseContext};
 pub use paths::Roots;

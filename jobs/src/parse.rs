@@ -79,12 +79,23 @@ pub fn parse_job(
         text,
     };
     check_text(source_name, text).map_err(|d| JobsError::Invalid(vec![d]))?;
-    let mut doc = read_document(&job, JOB_KEYS, "job file").map_err(JobsError::Invalid)?;
     let roots = CanonicalRoots::new(ctx.roots);
-    let mut problems = check_document(&mut doc, &job, &roots);
+    let merged = merged_document(&job, ctx, &roots).map_err(JobsError::Invalid)?;
+    resolve(merged, default_name, &job).map_err(JobsError::Invalid)
+}
+
+/// Stages 2 to 4 for a job file and its template, merged: the job as written, checked, with
+/// nothing resolved yet.
+pub(crate) fn merged_document(
+    job: &Source,
+    ctx: &ParseContext,
+    roots: &CanonicalRoots,
+) -> Result<JobFile, Vec<Diagnostic>> {
+    let mut doc = read_document(job, JOB_KEYS, "job file")?;
+    let mut problems = check_document(&mut doc, job, roots);
     let mut template = None;
     if let Some(name) = doc.template.clone() {
-        match read_template(&name, ctx.templates_dir, &job) {
+        match read_template(&name, ctx.templates_dir, job) {
             Ok(found) => {
                 let src = Source {
                     name: &found.shown,
@@ -95,7 +106,7 @@ pub fn parse_job(
                     .and_then(|()| read_document(&src, TEMPLATE_KEYS, "template"))
                 {
                     Ok(mut template_doc) => {
-                        problems.extend(check_document(&mut template_doc, &src, &roots));
+                        problems.extend(check_document(&mut template_doc, &src, roots));
                         template = Some(template_doc);
                     }
                     Err(template_problems) => problems.extend(template_problems),
@@ -105,17 +116,16 @@ pub fn parse_job(
         }
     }
     if !problems.is_empty() {
-        return Err(JobsError::Invalid(problems));
+        return Err(problems);
     }
-    let merged = match template {
+    Ok(match template {
         Some(under) => doc.overlay(under),
         None => doc,
-    };
-    resolve(merged, default_name, &job).map_err(JobsError::Invalid)
+    })
 }
 
 /// Stages 2 and 3 for one file.
-fn read_document(
+pub(crate) fn read_document(
     src: &Source,
     keys: &'static [Key],
     what: &str,
@@ -143,7 +153,11 @@ fn type_error(src: &Source, err: &serde_yaml::Error) -> Diagnostic {
 }
 
 /// Stage 5: required keys, the default name, defaults for everything else.
-fn resolve(doc: JobFile, default_name: &str, job: &Source) -> Result<JobSpec, Vec<Diagnostic>> {
+pub(crate) fn resolve(
+    doc: JobFile,
+    default_name: &str,
+    job: &Source,
+) -> Result<JobSpec, Vec<Diagnostic>> {
     let mut problems = Vec::new();
     let name = match doc.name {
         Some(name) => name,

@@ -115,6 +115,9 @@ pub struct JobState {
     /// and writes only what they may. Absent in state written before owners were recorded.
     #[serde(default)]
     pub owner: Option<crate::access::Person>,
+    /// The batch the job was filed with (one job per row of a batch file), by the batch's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<JobId>,
     /// Forward-compatible extras (per-clip timings, the video's duration, ...).
     #[serde(default)]
     pub details: Map<String, Value>,
@@ -143,6 +146,7 @@ impl JobState {
             eta_secs: None,
             vram_estimate_bytes: None,
             owner: None,
+            batch: None,
             details: Map::new(),
         }
     }

@@ -28,6 +28,9 @@ pub enum FailureKind {
     Io,
 }
 
+/// The shortest time between two [`WorkerMessage::EngineProgress`] of one worker.
+pub const ENGINE_PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// One message from the worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -77,6 +80,17 @@ pub enum WorkerMessage {
     },
     /// Still alive, inside a long clip.
     Heartbeat,
+    /// A command engine's latest `progress` line inside clip `clip` (the worker passes on
+    /// at most one every [`ENGINE_PROGRESS_EVERY`]).
+    EngineProgress {
+        clip: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        step: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        total: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+    },
     /// The final video is in place, at `output`.
     Finished {
         output: String,

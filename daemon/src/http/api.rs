@@ -30,6 +30,9 @@ pub fn routes() -> Router<Arc<Shared>> {
         .route("/api/v1/jobs/{id}", get(one_job))
         .route("/api/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/api/v1/jobs/{id}/priority", post(priority_job))
+        .route("/api/v1/batches", get(list_batches))
+        .route("/api/v1/batches/{id}", get(one_batch))
+        .route("/api/v1/batches/{id}/cancel", post(cancel_batch))
         .route("/api/v1/gpus", get(gpus))
         .route("/api/v1/history", get(history))
         .route("/api/v1/gpus/{uuid}/drain", post(drain))
@@ -207,6 +210,69 @@ async fn cancel_job(
             "phase": answer.get("phase"),
             "cancel_requested": true,
         })))
+    })
+    .await
+}
+
+/// Every batch with its counts (not its jobs), newest first.
+pub fn batch_list(shared: &Shared) -> Vec<crate::batches::BatchView> {
+    let mut views: Vec<crate::batches::BatchView> = crate::batches::list(&shared.layout.state_dir)
+        .into_iter()
+        .map(|record| crate::batches::BatchView::read(&shared.layout.jobs, record))
+        .collect();
+    views.reverse();
+    views
+}
+
+async fn list_batches(State(shared): State<Arc<Shared>>) -> ApiResult<Json<Value>> {
+    blocking(move || {
+        let batches: Vec<Value> = batch_list(&shared)
+            .into_iter()
+            .map(|mut view| {
+                view.members.clear();
+                let mut value = serde_json::to_value(&view).unwrap_or_default();
+                if let Some(map) = value.as_object_mut() {
+                    map.remove("members");
+                }
+                value
+            })
+            .collect();
+        Ok(Json(json!({ "batches": batches })))
+    })
+    .await
+}
+
+async fn one_batch(
+    State(shared): State<Arc<Shared>>,
+    Extension(access): Extension<Access>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let uid = reader(&access);
+    blocking(move || {
+        let request = json!({ "op": "batch", "batch": id }).to_string();
+        let answer = crate::control::answer(&shared.control, uid, &request);
+        if let Some(error) = answer.get("error").and_then(Value::as_str) {
+            return Err(ApiError::from_control(error.to_string()));
+        }
+        Ok(Json(answer))
+    })
+    .await
+}
+
+async fn cancel_batch(
+    State(shared): State<Arc<Shared>>,
+    Extension(access): Extension<Access>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let uid = access.actor()?;
+    blocking(move || {
+        let request = json!({ "op": "cancel_batch", "batch": id }).to_string();
+        let answer = crate::control::answer(&shared.control, uid, &request);
+        if let Some(error) = answer.get("error").and_then(Value::as_str) {
+            return Err(ApiError::from_control(error.to_string()));
+        }
+        tracing::info!(batch = %id, uid, "batch cancel requested over HTTP");
+        Ok(Json(answer))
     })
     .await
 }

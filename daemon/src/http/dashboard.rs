@@ -121,6 +121,17 @@ async function cancelJob(id){
   msg.dataset.status=String(r.status);
   refresh();
 }
+async function cancelBatch(id){
+  const msg=document.getElementById('msg');
+  const headers={};
+  const t=tok?tok.value.trim():'';
+  if(t)headers['Authorization']='Bearer '+t;
+  const r=await fetch('/api/v1/batches/'+encodeURIComponent(id)+'/cancel',{method:'POST',headers});
+  let body={};try{body=await r.json();}catch(e){}
+  msg.textContent=r.ok?('cancel requested for batch '+id):('cancel refused: '+(body.error||r.status));
+  msg.dataset.status=String(r.status);
+  refresh();
+}
 async function setPriority(id){
   const msg=document.getElementById('msg');
   const n=Number(document.getElementById('prio').value);
@@ -343,6 +354,7 @@ fn live_html(shared: &Shared) -> Result<String, ApiError> {
         );
     }
     out.push_str("</table>");
+    batches_html(shared, &mut out);
     let (_, mut jobs) = select_jobs(shared, &[Phase::Running, Phase::Queued], 0, usize::MAX)?;
     let (_, finished) = select_jobs(
         shared,
@@ -400,6 +412,59 @@ fn live_html(shared: &Shared) -> Result<String, ApiError> {
     }
     out.push_str("</table>");
     Ok(out)
+}
+
+/// The batches: every unfinished one and the latest finished ones, each with its progress.
+fn batches_html(shared: &Shared, out: &mut String) {
+    let views = super::api::batch_list(shared);
+    if views.is_empty() {
+        return;
+    }
+    out.push_str("<h2>Batches</h2><table id=batches><tr><th>batch</th><th>state</th><th>jobs</th><th>clips</th><th></th></tr>");
+    let mut finished = 0;
+    for view in &views {
+        if view.ended() {
+            finished += 1;
+            if finished > RECENT_FINISHED {
+                continue;
+            }
+        }
+        let id = view.record.id.to_string();
+        let ended = view.done + view.failed + view.cancelled;
+        let mut counts = format!("{} of {} done", view.done, view.total);
+        for (n, what) in [
+            (view.failed, "failed"),
+            (view.cancelled, "cancelled"),
+            (view.running, "running"),
+            (view.queued, "queued"),
+        ] {
+            if n > 0 {
+                let _ = write!(counts, ", {n} {what}");
+            }
+        }
+        let clips = match view.clips_total {
+            Some(total) => format!("{} / {total}", view.clips_done),
+            None => view.clips_done.to_string(),
+        };
+        let cancel = if view.ended() {
+            String::new()
+        } else {
+            format!(
+                "<button class=cancel onclick=\"cancelBatch('{0}')\">cancel batch</button>",
+                esc(&id)
+            )
+        };
+        let _ = write!(
+            out,
+            "<tr class=batch data-batch=\"{idq}\" data-phase=\"{phase}\"><td><a href=\"/api/v1/batches/{idq}\">{name}</a><br><small>{idq}</small></td>\
+             <td class=\"state {phase}\">{phase}</td><td>{bar}<small class=batchjobs>{counts}</small></td><td>{clips}</td><td>{cancel}</td></tr>",
+            idq = esc(&id),
+            name = esc(&view.record.name),
+            phase = esc(&view.phase),
+            bar = bar(ended as u64, Some(view.total as u64)),
+        );
+    }
+    out.push_str("</table>");
 }
 
 /// The job's details as the caller may see them (the control socket's rules).
@@ -485,6 +550,26 @@ fn job_basics(detail: &Value) -> (&Value, &str, &str, u64) {
 
 /// The part of a job's page that changes while it runs: the table, the latest frame, the
 /// seconds per clip and a thumbnail per finished clip.
+/// A command engine's latest `progress` line: "step 3 of 8 · denoising" (or `-`).
+pub fn engine_progress(progress: &Value) -> String {
+    if progress.is_null() {
+        return "-".into();
+    }
+    let mut parts = Vec::new();
+    if let Some(clip) = progress["clip"].as_u64() {
+        parts.push(format!("clip {clip}"));
+    }
+    match (progress["step"].as_u64(), progress["total"].as_u64()) {
+        (Some(step), Some(total)) => parts.push(format!("step {step} of {total}")),
+        (Some(step), None) => parts.push(format!("step {step}")),
+        _ => {}
+    }
+    if let Some(message) = progress["message"].as_str() {
+        parts.push(esc(message));
+    }
+    parts.join(" · ")
+}
+
 fn job_parts_html(detail: &Value) -> String {
     let (job, id, phase, done) = job_basics(detail);
     let mut out = String::new();
@@ -497,6 +582,8 @@ fn job_parts_html(detail: &Value) -> String {
          <tr><th>progress</th><td>{bar}clip {done} of {total}</td></tr>\
          <tr><th>attempts</th><td>{attempts}</td></tr>\
          <tr><th>priority</th><td>{priority}</td></tr>\
+         <tr><th>batch</th><td>{batch}</td></tr>\
+         <tr><th>engine</th><td id=engineprogress>{engine}</td></tr>\
          <tr><th>output</th><td>{output}</td></tr>\
          <tr><th>error</th><td>{error}</td></tr></table>",
         idq = esc(id),
@@ -505,6 +592,8 @@ fn job_parts_html(detail: &Value) -> String {
         total = text(&job["clips_total"]),
         attempts = text(&job["attempts"]),
         priority = text(&job["priority"]),
+        batch = text(&job["batch"]),
+        engine = engine_progress(&job["details"]["engine_progress"]),
         output = text(&job["output"]),
         error = text(&job["error"]),
     );

@@ -172,6 +172,7 @@ pub fn start(
             state_dir: config.state_dir.clone(),
             policy: crate::owner::Policy::new(&config.submit_group),
             executor: config.executor.clone(),
+            intake: None,
         },
         config,
         layout,

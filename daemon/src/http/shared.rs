@@ -54,7 +54,7 @@ impl ApiError {
     pub fn from_control(message: String) -> ApiError {
         let status = if message.starts_with("refused") {
             StatusCode::FORBIDDEN
-        } else if message.starts_with("no job") {
+        } else if message.starts_with("no job") || message.starts_with("no batch") {
             StatusCode::NOT_FOUND
         } else if message.contains("matches") || message.contains("cannot change") {
             StatusCode::CONFLICT

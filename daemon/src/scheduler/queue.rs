@@ -17,6 +17,7 @@ use crate::placement::Placement;
 use crate::space::SpaceWait;
 use crate::supervisor::WorkerEnd;
 use crate::warm;
+use notices::NoticeKind;
 
 impl Scheduler {
     /// Puts a job in line with its plan, as intake, a retry or the end of a wait hand it over;
@@ -214,12 +215,24 @@ impl Scheduler {
         if let Some(error) = &error {
             fields.push(("error", error.clone().into()));
         }
+        // A batch's jobs announce their end only with `batch.notify_each`; the batch itself
+        // announces once, when its last job ends.
+        let batch = state.batch.as_ref().and_then(|batch| {
+            crate::batches::load(&self.config.state_dir, batch.as_str())
+                .ok()
+                .flatten()
+        });
         // The outbox is written before the state: a job never shows as finished without its
         // notices being durable.
         if let Some(kind) = notify_glue::terminal_kind(phase) {
-            self.notices.announce(&dir, &state, spec, kind);
+            if batch.as_ref().is_none_or(|record| record.notify_each) {
+                self.notices.announce(&dir, &state, spec, kind);
+            }
         }
         self.save(&dir, &state);
+        if let Some(record) = batch {
+            self.batch_may_end(record, &dir, spec);
+        }
         let name = match phase {
             Phase::Done => "done",
             Phase::Failed => "failed",
@@ -228,5 +241,56 @@ impl Scheduler {
         };
         let _ = dir.append_event(&event(name, fields));
         info!(job = %id, state = name, "job finished");
+    }
+
+    /// Sends a batch's one notice and records its end once its last job has ended. `dir` is
+    /// the job that just ended (the notice's events are written there) and `spec` its job,
+    /// whose `notify:` every job of the batch shares.
+    fn batch_may_end(
+        &mut self,
+        mut record: crate::batches::BatchRecord,
+        dir: &JobDir,
+        spec: Option<&JobSpec>,
+    ) {
+        if record.ended_at_ms.is_some() {
+            return;
+        }
+        let view = crate::batches::BatchView::read(&self.layout.jobs, record.clone());
+        if !view.ended() {
+            return;
+        }
+        let (phase, kind) = match view.phase.as_str() {
+            "done" => (Phase::Done, NoticeKind::Done),
+            "failed" => (Phase::Failed, NoticeKind::Failed),
+            _ => (Phase::Cancelled, NoticeKind::Cancelled),
+        };
+        if let Some(spec) = spec {
+            let mut summary = JobState::queued(
+                record.id.clone(),
+                spec,
+                &record.source_file,
+                record.submitted_at_ms,
+            );
+            summary.name = record.name.clone();
+            summary.phase = phase;
+            summary.finished_at_ms = Some(now_ms());
+            summary.clips_done = u32::try_from(view.clips_done).unwrap_or(u32::MAX);
+            summary.clips_total = view
+                .clips_total
+                .map(|total| u32::try_from(total).unwrap_or(u32::MAX));
+            summary.output = None;
+            if view.failed + view.cancelled > 0 {
+                summary.error = Some(format!(
+                    "batch of {} jobs: {} done, {} failed, {} cancelled",
+                    view.total, view.done, view.failed, view.cancelled
+                ));
+            }
+            self.notices.announce(dir, &summary, Some(spec), kind);
+        }
+        record.ended_at_ms = Some(now_ms());
+        if let Err(err) = crate::batches::save(&self.config.state_dir, &record) {
+            warn!(batch = %record.id, error = %err, "cannot record the end of a batch");
+        }
+        info!(batch = %record.id, phase = %view.phase, jobs = view.total, "batch ended");
     }
 }

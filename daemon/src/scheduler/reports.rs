@@ -185,6 +185,25 @@ impl Scheduler {
                 ));
                 return;
             }
+            WorkerMessage::EngineProgress {
+                clip,
+                step,
+                total,
+                message,
+            } => {
+                // Only the latest line is kept, in the state (no event: engines may report
+                // every step, and the worker already thins them out).
+                state.details.insert(
+                    "engine_progress".into(),
+                    serde_json::json!({
+                        "clip": clip,
+                        "step": step,
+                        "total": total,
+                        "message": message,
+                        "at_ms": jobs::state::now_ms(),
+                    }),
+                );
+            }
             WorkerMessage::Interrupted { .. }
             | WorkerMessage::Heartbeat
             | WorkerMessage::Error { .. }

@@ -152,7 +152,17 @@ pub(super) fn render_clips(
         }
         let started = Instant::now();
         let output = renderer.render_clip(index)?;
+        if matches!(output, ClipOutput::Abandoned) {
+            done.settle()?;
+            let next_clip = done
+                .checkpoints
+                .stop_at(index, renderer, &done.segments)?;
+            renderer.finish();
+            info!(clip = index, next_clip, "stopped inside a clip");
+            return Ok(Ended::Stopped { next_clip });
+        }
         let frames = match output {
+            ClipOutput::Abandoned => unreachable!("an abandoned clip returned above"),
             ClipOutput::Frames(frames) => Some(frames),
             ClipOutput::Latents(latents) if online_decode => Some(renderer.decode(&latents)?),
             ClipOutput::Latents(latents) => {

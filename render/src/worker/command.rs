@@ -13,20 +13,22 @@
 //! before each clip), `frames.rgb` (the clip's frames).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
 
 use jobs::spec::JobSpec;
 use jobs::state::JobDir;
 use tracing::info;
 
 use super::renderer::{ClipOutput, Renderer};
-use super::report::Failure;
+use super::report::{Failure, Reporter};
 use crate::engine::external::carry_dir::reset_dir;
 use crate::engine::external::protocol::{
     ErrorKind, LoadDevice, LoadInputs, LoadSettings, Request, PROTOCOL_VERSION,
 };
 use crate::engine::external::{CommandCarry, CommandEngine, ResolvedEngine};
 use crate::engine::{ClipIndex, ClipLatents};
-use crate::protocol::FailureKind;
+use crate::protocol::{FailureKind, WorkerMessage, ENGINE_PROGRESS_EVERY};
 use crate::RenderError;
 
 /// Where a job's engine files live.
@@ -76,7 +78,7 @@ fn io_failure(what: &str, path: &Path, err: impl std::fmt::Display) -> Failure {
 }
 
 /// One job's command engine: its declaration, its files, and its process once started.
-pub(super) struct CommandRenderer {
+pub(super) struct CommandRenderer<'a> {
     resolved: ResolvedEngine,
     paths: EnginePaths,
     spec: JobSpec,
@@ -86,9 +88,13 @@ pub(super) struct CommandRenderer {
     /// The clip the carry in `carry-in/` continues into.
     next_clip: u32,
     engine: Option<CommandEngine>,
+    /// The job's stop flag: a stop inside a clip interrupts the engine after its grace.
+    stop: &'a AtomicBool,
+    /// Where the engine's `progress` lines go on to the daemon.
+    reporter: Reporter,
 }
 
-impl CommandRenderer {
+impl<'a> CommandRenderer<'a> {
     /// Reads the engine declaration intake stored with the job and writes the prepared
     /// inputs where the engine reads them; starts no process yet ([`Renderer::begin`]).
     pub(super) fn prepare(
@@ -97,7 +103,9 @@ impl CommandRenderer {
         clips: u32,
         reference_rgb: &[u8],
         audio_16k_mono: &[f32],
-    ) -> Result<CommandRenderer, Failure> {
+        stop: &'a AtomicBool,
+        reporter: Reporter,
+    ) -> Result<CommandRenderer<'a>, Failure> {
         let resolved = ResolvedEngine::load(dir.root()).map_err(|err| {
             Failure::new(
                 FailureKind::Engine,
@@ -129,6 +137,8 @@ impl CommandRenderer {
             audio_samples: audio_16k_mono.len() as u64,
             next_clip: 0,
             engine: None,
+            stop,
+            reporter,
         })
     }
 
@@ -170,7 +180,7 @@ impl CommandRenderer {
     }
 }
 
-impl Renderer for CommandRenderer {
+impl Renderer for CommandRenderer<'_> {
     fn model_loaded(&self) -> Option<bool> {
         None
     }
@@ -255,8 +265,31 @@ impl Renderer for CommandRenderer {
             carry_out: self.paths.carry_out(),
             frames_path: frames_path.clone(),
         };
+        let (stop, reporter) = (self.stop, self.reporter.clone());
         let engine = self.engine()?;
-        let claimed = engine.render_clip(&request).map_err(engine_failure)?;
+        let mut last_sent: Option<Instant> = None;
+        let mut pass_on = |step: Option<u64>, total: Option<u64>, message: Option<String>| {
+            // Engines may send progress per step: the daemon hears at most one every so often.
+            if last_sent.is_some_and(|at| at.elapsed() < ENGINE_PROGRESS_EVERY) {
+                return;
+            }
+            last_sent = Some(Instant::now());
+            reporter.send(&WorkerMessage::EngineProgress {
+                clip: index,
+                step,
+                total,
+                message,
+            });
+        };
+        let Some(claimed) = engine
+            .render_clip_watched(&request, stop, &mut pass_on)
+            .map_err(engine_failure)?
+        else {
+            // Stopped inside the clip: the engine is gone, the clip is rendered again later.
+            self.engine = None;
+            return Ok(ClipOutput::Abandoned);
+        };
+        let engine = self.engine()?;
         let name = engine.name().to_string();
         let (width, height, asked) = (
             self.spec.render.size.width,

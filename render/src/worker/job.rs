@@ -108,6 +108,8 @@ pub(super) fn render_job(
             plan.clips,
             &reference_rgb,
             &audio.samples_16k_mono,
+            stop,
+            reporter.clone(),
         )?;
         clip_loop::render_clips(&job, &mut renderer, reporter, stop)?
     };

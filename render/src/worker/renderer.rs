@@ -22,6 +22,9 @@ pub(super) enum ClipOutput {
     /// Latents still to decode with [`Renderer::decode`]: at once with online decode, else
     /// at the end of the job.
     Latents(ClipLatents),
+    /// The job was stopped inside the clip and the engine gave up on it (a command engine
+    /// past its stop grace): nothing of the clip exists, and the job stops before it.
+    Abandoned,
 }
 
 /// One job's engine, as the clip loop drives it.

@@ -102,9 +102,9 @@ pub fn serve(first_job: &Path, model_cache_dir: &Path, idle_exit: Duration) -> i
                 None => return protocol::EXIT_OK,
             },
         };
-        flags
-            .stop
-            .store(flags.terminate.load(Ordering::Relaxed), Ordering::Relaxed);
+        if flags.terminate.load(Ordering::Relaxed) {
+            flags.stop.store(true, Ordering::Relaxed);
+        }
         eprintln!("{}{}", protocol::LOG_JOB_BEGIN, job_dir.display());
         let code = run_job(
             &job_dir,
@@ -114,6 +114,12 @@ pub fn serve(first_job: &Path, model_cache_dir: &Path, idle_exit: Duration) -> i
             &mut models,
         );
         eprintln!("{}", protocol::LOG_JOB_END);
+        // A stop is for the job it was sent during. It is cleared when that job ends, not
+        // when the next one starts: a `stop` read while the first job was still being set up
+        // would otherwise be lost, and the job cancelled right after its start would run on.
+        flags
+            .stop
+            .store(flags.terminate.load(Ordering::Relaxed), Ordering::Relaxed);
         reporter.send(&WorkerMessage::JobEnded {
             code,
             model: models.model().map(ToString::to_string),

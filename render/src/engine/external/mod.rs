@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
@@ -29,10 +30,14 @@ use protocol::{Reply, Request, PROTOCOL_VERSION};
 
 /// The resolved engine declaration in a job directory.
 pub const RESOLVED_ENGINE_FILE: &str = "engine.json";
+/// Default for [`EngineDeclaration::stop_grace_secs`].
+pub const DEFAULT_STOP_GRACE_SECS: u64 = 10;
 /// Default for [`EngineDeclaration::heartbeat_timeout_secs`].
 pub const DEFAULT_HEARTBEAT_TIMEOUT_SECS: u64 = 120;
 /// How long an engine may take to exit after `shutdown` before it gets SIGTERM, then SIGKILL.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How often a clip's wait looks at the stop flag.
+const POLL: Duration = Duration::from_millis(100);
 /// Longest line an engine may send.
 const MAX_LINE_BYTES: usize = 1 << 20;
 
@@ -58,6 +63,14 @@ pub struct EngineDeclaration {
     /// The engine must send some line (a heartbeat, progress, a reply) at least this often.
     #[serde(default = "default_heartbeat_timeout_secs")]
     pub heartbeat_timeout_secs: u64,
+    /// When a job is stopped (cancel, daemon stop) inside a clip: how long the engine may take
+    /// to finish the clip before its process group gets SIGTERM, and after that SIGKILL.
+    #[serde(default = "default_stop_grace_secs")]
+    pub stop_grace_secs: u64,
+}
+
+fn default_stop_grace_secs() -> u64 {
+    DEFAULT_STOP_GRACE_SECS
 }
 
 impl EngineDeclaration {
@@ -108,6 +121,7 @@ pub struct CommandEngine {
     stdin: Option<ChildStdin>,
     lines: Receiver<Line>,
     timeout: Duration,
+    stop_grace: Duration,
     /// The engine's `hello`.
     pub capabilities: Vec<String>,
 }
@@ -139,12 +153,16 @@ impl CommandEngine {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        // SAFETY: runs in the child between fork and exec and only calls prctl, which is
-        // async-signal-safe. The engine stays in the worker's process group (so a signal to
-        // the group reaches both) and gets SIGKILL when the worker dies, however it dies.
+        // SAFETY: runs in the child between fork and exec and only calls setpgid and prctl,
+        // which are async-signal-safe. The engine leads a process group of its own, so a stop
+        // inside a clip can signal it and whatever it started ([`CommandEngine::interrupt`]),
+        // and it gets SIGKILL when the worker dies, however it dies.
         unsafe {
             use std::os::unix::process::CommandExt;
             command.pre_exec(|| {
+                if libc::setpgid(0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -169,6 +187,7 @@ impl CommandEngine {
             stdin,
             lines,
             timeout: Duration::from_secs(declaration.heartbeat_timeout_secs.max(1)),
+            stop_grace: Duration::from_secs(declaration.stop_grace_secs),
             capabilities: Vec::new(),
         };
         match engine.next_reply("hello")? {
@@ -228,6 +247,99 @@ impl CommandEngine {
             }),
             other => Err(self.unexpected(&during, &other)),
         }
+    }
+
+    /// [`CommandEngine::render_clip`] that can be stopped: each `progress` line goes to
+    /// `progress`, and once `stop` is set the engine has its stop grace to answer; after that
+    /// its process group gets SIGTERM, and SIGKILL one more grace later. `Ok(None)`: stopped,
+    /// the clip is abandoned and the engine is gone.
+    pub fn render_clip_watched(
+        &mut self,
+        request: &Request,
+        stop: &AtomicBool,
+        progress: &mut dyn FnMut(Option<u64>, Option<u64>, Option<String>),
+    ) -> Result<Option<u32>, RenderError> {
+        let Request::RenderClip { index, .. } = request else {
+            panic!(
+                "render_clip_watched called with a {} request",
+                request.name()
+            );
+        };
+        let during = format!("render_clip {index}");
+        self.send(request)?;
+        let mut stop_seen: Option<Instant> = None;
+        let mut last_line = Instant::now();
+        loop {
+            if stop_seen.is_none() && stop.load(Ordering::Relaxed) {
+                tracing::info!(engine = %self.name, grace = ?self.stop_grace, "stop inside a clip; waiting for the engine");
+                stop_seen = Some(Instant::now());
+            }
+            if let Some(seen) = stop_seen {
+                if seen.elapsed() >= self.stop_grace {
+                    self.interrupt();
+                    return Ok(None);
+                }
+            }
+            let line = match self.lines.recv_timeout(POLL) {
+                Err(RecvTimeoutError::Timeout) if last_line.elapsed() < self.timeout => continue,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.kill();
+                    return Err(RenderError::Silent {
+                        engine: self.name.clone(),
+                        during,
+                        secs: self.timeout.as_secs(),
+                    });
+                }
+                other => other,
+            };
+            last_line = Instant::now();
+            let reply = self.reply_from(line, &during)?;
+            match reply {
+                Reply::Heartbeat => {}
+                Reply::Progress {
+                    step,
+                    total,
+                    message,
+                } => progress(step, total, message),
+                Reply::Error { kind, message } => {
+                    return Err(RenderError::Reported {
+                        engine: self.name.clone(),
+                        during,
+                        kind,
+                        message,
+                    })
+                }
+                Reply::Ok { frames: Some(n) } => return Ok(Some(n)),
+                Reply::Ok { frames: None } => {
+                    return Err(RenderError::Malformed {
+                        engine: self.name.clone(),
+                        during,
+                        line: "{\"type\":\"ok\"}".into(),
+                        detail: "the reply to render_clip must say how many frames it wrote".into(),
+                    })
+                }
+                other => return Err(self.unexpected(&during, &other)),
+            }
+        }
+    }
+
+    /// Ends the engine's process group: SIGTERM, then SIGKILL after the stop grace.
+    fn interrupt(&mut self) {
+        let group = self.child.id() as i32;
+        tracing::warn!(engine = %self.name, grace = ?self.stop_grace, "engine still inside its clip after the stop grace; sending SIGTERM to its process group");
+        // SAFETY: killpg() on the group our unreaped child leads (setpgid in `start`).
+        unsafe {
+            libc::killpg(group, libc::SIGTERM);
+        }
+        if self.wait_for_exit(self.stop_grace).is_none() {
+            tracing::warn!(engine = %self.name, "engine ignored SIGTERM; sending SIGKILL to its process group");
+            // SAFETY: as above; the group id stays ours until the child is reaped.
+            unsafe {
+                libc::killpg(group, libc::SIGKILL);
+            }
+            let _ = self.child.wait();
+        }
+        self.stdin = None;
     }
 
     /// Asks the engine to exit, then makes sure it does (SIGTERM, then SIGKILL).
@@ -310,7 +422,17 @@ impl CommandEngine {
     }
 
     fn next_reply(&mut self, during: &str) -> Result<Reply, RenderError> {
-        match self.lines.recv_timeout(self.timeout) {
+        let line = self.lines.recv_timeout(self.timeout);
+        self.reply_from(line, during)
+    }
+
+    /// What a received line (or the lack of one) means.
+    fn reply_from(
+        &mut self,
+        line: Result<Line, RecvTimeoutError>,
+        during: &str,
+    ) -> Result<Reply, RenderError> {
+        match line {
             Ok(Line::Text(line)) => Reply::from_line(&line).map_err(|detail| {
                 self.kill();
                 RenderError::Malformed {

@@ -14,6 +14,7 @@ fn engine(script: &str, timeout_secs: u64) -> ResolvedEngine {
             profile: None,
             working_dir: None,
             heartbeat_timeout_secs: timeout_secs,
+            stop_grace_secs: 1,
         },
     }
 }
@@ -100,10 +101,46 @@ fn a_missing_program_is_a_spawn_error() {
             profile: None,
             working_dir: None,
             heartbeat_timeout_secs: 5,
+            stop_grace_secs: 1,
         },
     };
     let err = CommandEngine::start(&resolved, Path::new("/tmp"), &[])
         .err()
         .expect("must fail");
     assert!(matches!(err, RenderError::Spawn { .. }), "{err}");
+}
+
+/// An engine that sleeps inside its clip is interrupted one stop grace (1 s here) after the
+/// stop, SIGTERM to its process group ending the shell and its `sleep` alike, and its
+/// progress reached the caller first.
+#[test]
+fn a_stop_inside_a_long_clip_ends_the_engine_after_its_grace() {
+    let script = format!(
+        "echo '{HELLO}'; read line; echo '{{\"type\":\"progress\",\"step\":1,\"total\":4,\"message\":\"denoising\"}}'; sleep 600; echo '{{\"type\":\"ok\",\"frames\":4}}'"
+    );
+    let mut engine = start(&script, 60).expect("engine starts");
+    let stop = AtomicBool::new(false);
+    let mut seen = Vec::new();
+    let started = Instant::now();
+    let answer = engine
+        .render_clip_watched(&clip_request(), &stop, &mut |step, total, message| {
+            seen.push((step, total, message));
+            // The stop comes once the engine is inside its clip.
+            stop.store(true, Ordering::Relaxed);
+        })
+        .expect("a stop is not an error");
+    let took = started.elapsed();
+    assert_eq!(answer, None);
+    assert_eq!(
+        seen,
+        vec![(Some(1), Some(4), Some("denoising".to_string()))]
+    );
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(5),
+        "interrupted after {took:?}"
+    );
+    assert!(
+        matches!(engine.child.try_wait(), Ok(Some(_))),
+        "the engine is gone"
+    );
 }
