@@ -162,6 +162,7 @@ impl IndexEntry {
             stalled_attempts: 0,
             retry_at_ms: self.retry_at_ms,
             owner: self.owner.clone(),
+            roots: None,
         }
     }
 }

@@ -115,6 +115,11 @@ pub struct JobState {
     /// and writes only what they may. Absent in state written before owners were recorded.
     #[serde(default)]
     pub owner: Option<crate::access::Person>,
+    /// The allowed root each of the job's paths lay under at intake; the worker reaches the
+    /// files from there without following symlinks ([`crate::reach`]). Absent in state
+    /// written before roots were kept: the paths are then walked from `/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roots: Option<crate::reach::JobRoots>,
     /// Forward-compatible extras (per-clip timings, the video's duration, ...).
     #[serde(default)]
     pub details: Map<String, Value>,
@@ -143,6 +148,7 @@ impl JobState {
             eta_secs: None,
             vram_estimate_bytes: None,
             owner: None,
+            roots: None,
             details: Map::new(),
         }
     }
