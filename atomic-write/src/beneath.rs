@@ -63,13 +63,13 @@ fn components(root: &Path, rel: &Path) -> Result<Vec<CString>, Changed> {
     let mut names = Vec::new();
     for component in rel.components() {
         match component {
-            Component::Normal(name) => names.push(CString::new(name.as_bytes()).map_err(|_| {
-                Changed {
+            Component::Normal(name) => {
+                names.push(CString::new(name.as_bytes()).map_err(|_| Changed {
                     at: root.join(rel),
                     what: "holds a NUL byte".to_string(),
                     source: None,
-                }
-            })?),
+                })?)
+            }
             Component::CurDir => {}
             _ => {
                 return Err(Changed {
@@ -136,9 +136,8 @@ fn describe(dir: libc::c_int, name: &CString, err: &io::Error, want_dir: bool) -
         libc::S_IFLNK => {
             let mut buf = vec![0u8; 4096];
             // SAFETY: `buf` is writable for its length; `name` is NUL-terminated.
-            let len = unsafe {
-                libc::readlinkat(dir, name.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
-            };
+            let len =
+                unsafe { libc::readlinkat(dir, name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
             let target = if len >= 0 {
                 buf.truncate(len as usize);
                 format!(" to `{}`", Path::new(OsStr::from_bytes(&buf)).display())
@@ -289,4 +288,3 @@ pub fn openat2_missing() -> bool {
 pub fn force_fallback_walk() {
     NO_OPENAT2.store(true, Ordering::Relaxed);
 }
-

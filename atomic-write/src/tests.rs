@@ -178,11 +178,17 @@ fn a_walk_beneath_a_root_refuses_a_symlink_on_the_way_and_names_it() {
         let err = open_dir_beneath(&root, Path::new("a/b"), true, |_| Ok(()))
             .expect_err("the link is refused");
         let text = err.to_string();
-        assert!(text.contains(&root.join("a").display().to_string()), "{text}");
+        assert!(
+            text.contains(&root.join("a").display().to_string()),
+            "{text}"
+        );
         assert!(text.contains("symbolic link"), "{text}");
         assert!(text.contains(&outside.display().to_string()), "{text}");
     }
-    assert!(names(&outside.join("b")).is_empty(), "nothing written outside");
+    assert!(
+        names(&outside.join("b")).is_empty(),
+        "nothing written outside"
+    );
     // `..` is refused before anything is opened; a missing folder is made by a create walk.
     assert!(open_dir_beneath(&root, Path::new("../outside"), false, |_| Ok(())).is_err());
     let made = open_dir_beneath(&root, Path::new("a-moved/new/deeper"), true, |_| Ok(()))

@@ -12,11 +12,11 @@
 
 use std::ffi::CString;
 use std::fmt;
+use std::fs::File;
 use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};

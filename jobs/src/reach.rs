@@ -55,7 +55,11 @@ fn changed(key: &str, path: &Path, err: std::io::Error) -> JobsError {
 }
 
 /// `path` relative to `root` (`/` when the job kept no root).
-fn relative<'p>(key: &str, root: Option<&Path>, path: &'p Path) -> Result<(PathBuf, &'p Path), JobsError> {
+fn relative<'p>(
+    key: &str,
+    root: Option<&Path>,
+    path: &'p Path,
+) -> Result<(PathBuf, &'p Path), JobsError> {
     let root = root.unwrap_or(Path::new("/")).to_path_buf();
     let rel = path.strip_prefix(&root).map_err(|_| {
         changed(
@@ -85,8 +89,7 @@ pub fn open_input(
     let mut denied = None;
     let dir = atomic_write::open_dir_beneath(&root, folders, false, |step| {
         if let Some(owner) = owner {
-            if let Err(err) = access::require_fd(owner, step.fd.as_fd(), step.path, Right::Search)
-            {
+            if let Err(err) = access::require_fd(owner, step.fd.as_fd(), step.path, Right::Search) {
                 denied = Some(err);
                 return Err(std::io::Error::other("access denied"));
             }
@@ -167,7 +170,10 @@ mod tests {
         std::fs::write(elsewhere.join("in.wav"), b"secret").expect("secret");
         let input = root.join("sub/in.wav");
         let output = root.join("sub/deeper/out.mp4");
-        assert_eq!(root_of(&input, std::slice::from_ref(&root)), Some(root.clone()));
+        assert_eq!(
+            root_of(&input, std::slice::from_ref(&root)),
+            Some(root.clone())
+        );
         open_input("inputs.audio", None, Some(&root), &input).expect("input opens");
         let (dir, name) = open_output_dir(None, Some(&root), &output).expect("output dir");
         assert_eq!(name, "out.mp4");
@@ -187,6 +193,9 @@ mod tests {
         assert!(!elsewhere.join("deeper").exists(), "nothing made outside");
         let err = open_input("inputs.image", None, Some(&root), Path::new("/etc/passwd"))
             .expect_err("outside the root");
-        assert!(err.to_string().contains("not under its allowed root"), "{err}");
+        assert!(
+            err.to_string().contains("not under its allowed root"),
+            "{err}"
+        );
     }
 }

@@ -93,7 +93,9 @@ fn check_png_chunks(path: &Path) -> Result<(), RenderError> {
                 "the PNG is truncated: it ends at byte {size} before its IEND chunk; upload the whole file again"
             )));
         }
-        let length = u64::from(u32::from_be_bytes([header[0], header[1], header[2], header[3]]));
+        let length = u64::from(u32::from_be_bytes([
+            header[0], header[1], header[2], header[3],
+        ]));
         let kind = String::from_utf8_lossy(&header[4..8]).into_owned();
         let end = at + 8 + length + 4;
         if end > size {

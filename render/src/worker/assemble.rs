@@ -40,12 +40,14 @@ pub(super) fn assemble(
     let owner = reach.owner.as_ref();
     // The service writes the video; its owner must be able to read it (mode 0640 and an ACL
     // entry for them; see README "Several users"), set before the file takes its name.
-    let finish = |file: &std::fs::File| match owner {
+    let finish = |file: &std::fs::File| {
+        match owner {
         Some(owner) => jobs::access::leave_readable_by_fd(file, owner).or_else(|err| {
             warn!(path = %jobs::escape_text(&spec.output.path.display().to_string()), error = %err, "cannot make the video readable by its owner");
             Ok(())
         }),
         None => Ok(()),
+    }
     };
     let (output, placed) = media::assemble_output_into(
         &segments,

@@ -162,7 +162,12 @@ fn pause(point: &str, clip: u32) {
         tracing::warn!(error = %err, "cannot record pause point; not pausing");
         return;
     }
-    tracing::warn!(point, clip, "test pause point reached: waiting for {}", resume.display());
+    tracing::warn!(
+        point,
+        clip,
+        "test pause point reached: waiting for {}",
+        resume.display()
+    );
     let deadline = std::time::Instant::now() + PAUSE_LIMIT;
     while !resume.exists() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));

@@ -83,22 +83,24 @@ impl Reach {
                 .map_err(refused)
         };
         Ok(Inputs {
-            image: open("inputs.image", self.roots.image.as_ref(), &spec.inputs.image)?,
-            audio: open("inputs.audio", self.roots.audio.as_ref(), &spec.inputs.audio)?,
+            image: open(
+                "inputs.image",
+                self.roots.image.as_ref(),
+                &spec.inputs.image,
+            )?,
+            audio: open(
+                "inputs.audio",
+                self.roots.audio.as_ref(),
+                &spec.inputs.audio,
+            )?,
         })
     }
 
-    /// Walks to the audio again (before the video is put together, long after the inputs
-    /// were opened): a folder on its path swapped for a link meanwhile fails the job.
-    pub fn recheck_audio(&self, spec: &JobSpec) -> Result<(), Failure> {
-        jobs::reach::open_input(
-            "inputs.audio",
-            self.owner.as_ref(),
-            self.roots.audio.as_deref(),
-            &spec.inputs.audio,
-        )
-        .map(drop)
-        .map_err(refused)
+    /// Walks to the inputs again (before the video is put together, long after they were
+    /// opened): a folder or file on their paths swapped for a link meanwhile fails the job.
+    pub fn recheck_inputs(&self, spec: &JobSpec) -> Result<(), Failure> {
+        drop(self.open_inputs(spec)?);
+        Ok(())
     }
 
     /// Opens the folder of `output.path` from its root, making missing folders.

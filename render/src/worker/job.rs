@@ -48,9 +48,7 @@ pub(super) fn render_job(
     let state = dir.load_state().ok();
     let reach = Reach {
         owner: state.as_ref().and_then(|state| state.owner.clone()),
-        roots: state
-            .and_then(|state| state.roots)
-            .unwrap_or_default(),
+        roots: state.and_then(|state| state.roots).unwrap_or_default(),
     };
     let inputs = reach.open_inputs(&spec)?;
     // The output folder too, before any work: one that now leads elsewhere fails at once.
@@ -117,7 +115,7 @@ pub(super) fn render_job(
             next_clip: plan.clips,
         });
     }
-    reach.recheck_audio(&spec)?;
+    reach.recheck_inputs(&spec)?;
     assemble(dir, &spec, &work, &plan, &reach, &inputs.audio)
 }
 
