@@ -721,18 +721,14 @@ fn accept_one(
     check_checkpoint_space(&spec, &context.layout.jobs, shown_path)?;
     let id_text = id.to_string();
     let staging = context.layout.staging_dir(&id_text);
-    stage_job(
-        &staging,
-        id,
-        name,
-        &bytes,
-        &spec,
+    let accepted = Accepted {
         vram_estimate,
         owner,
-        job_roots,
-    )
-    .and_then(|()| crate::engines::write_resolved(&staging, engine.as_ref()))
-    .map_err(|err| format!("error: cannot file job {}: {err}", shown_path.display()))?;
+        roots: job_roots,
+    };
+    stage_job(&staging, id, name, &bytes, &spec, accepted)
+        .and_then(|()| crate::engines::write_resolved(&staging, engine.as_ref()))
+        .map_err(|err| format!("error: cannot file job {}: {err}", shown_path.display()))?;
     outputs.add(&spec, id);
     Ok(())
 }
@@ -814,15 +810,21 @@ fn check_checkpoint_space(
     ))
 }
 
+/// What intake learnt about a job beyond its spec, kept in its first `state.json`.
+struct Accepted {
+    vram_estimate: Option<u64>,
+    owner: jobs::access::Person,
+    /// The allowed root of each path, where the worker's walks start (`jobs::reach`).
+    roots: jobs::reach::JobRoots,
+}
+
 fn stage_job(
     staging: &Path,
     id: &JobId,
     name: &str,
     source: &[u8],
     spec: &JobSpec,
-    vram_estimate: Option<u64>,
-    owner: jobs::access::Person,
-    roots: jobs::reach::JobRoots,
+    accepted: Accepted,
 ) -> std::io::Result<()> {
     if staging.exists() {
         std::fs::remove_dir_all(staging)?;
@@ -835,9 +837,9 @@ fn stage_job(
     let submitted_at_ms = now_ms();
     let mut state = JobState::queued(id.clone(), spec, name, submitted_at_ms);
     state.output = Some(spec.output.path.clone());
-    state.vram_estimate_bytes = vram_estimate;
-    state.owner = Some(owner);
-    state.roots = Some(roots);
+    state.vram_estimate_bytes = accepted.vram_estimate;
+    state.owner = Some(accepted.owner);
+    state.roots = Some(accepted.roots);
     let state_json = serde_json::to_vec_pretty(&state).map_err(std::io::Error::other)?;
     std::fs::write(staging.join("state.json"), state_json)?;
     let mut fields = serde_json::Map::new();
