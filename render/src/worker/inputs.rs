@@ -23,9 +23,28 @@ pub(super) struct Reach {
 }
 
 fn refused(err: jobs::JobsError) -> Failure {
-    // Retrying cannot help: the files must be put back as they were (or the job submitted
-    // again), so the job fails with the reason.
-    Failure::new(FailureKind::Input, err.to_string())
+    // A full or failing disk (making a missing output folder) may pass: the job waits or is
+    // retried as for any I/O failure.
+    let transient = match &err {
+        jobs::JobsError::PathChanged { changed, .. }
+        | jobs::JobsError::Io {
+            source: changed, ..
+        } => {
+            matches!(
+                changed.raw_os_error(),
+                Some(libc::ENOSPC | libc::EDQUOT | libc::EIO)
+            )
+        }
+        _ => false,
+    };
+    // Otherwise retrying cannot help: the files must be put back as they were (or the job
+    // submitted again), so the job fails with the reason.
+    let kind = if transient {
+        FailureKind::Io
+    } else {
+        FailureKind::Input
+    };
+    Failure::new(kind, err.to_string())
 }
 
 /// An input file open for reading.
