@@ -432,7 +432,8 @@ fn unusable_checkpoints_restart_the_job_from_the_first_clip() {
     assert_eq!(frame_digests(output_of(&state)), reference);
 }
 
-/// A file that is not media fails the job at once, with the file named, and is not retried.
+/// A file that is not media is refused at intake (issue 25: not after the job waited in the
+/// queue), with the file named and what to do; no job, no output.
 fn fails_on_bad_input(file_name: &str, needle: &str) {
     let farm = Farm::new(POOL);
     std::fs::write(farm.media.join(file_name), b"this is not a media file\n").expect("write");
@@ -442,13 +443,13 @@ fn fails_on_bad_input(file_name: &str, needle: &str) {
         &format!("{}/{file_name}", farm.media.display()),
     );
     farm.drop_job("bad.yaml", &text);
-    let state = wait_finished(&farm, "bad.yaml");
-    assert_eq!(state["phase"], "failed", "{state}");
-    assert_eq!(
-        state["attempts"], 1,
-        "an unreadable input is not retried: {state}"
+    let error = wait_for("bad.yaml to be refused", Duration::from_secs(60), || {
+        farm.rejection("bad.yaml")
+    });
+    assert!(
+        farm.job_by_source("bad.yaml").is_none(),
+        "an unreadable input never becomes a job"
     );
-    let error = state["error"].as_str().unwrap_or_default();
     assert!(
         error.contains(file_name),
         "error must name the file: {error}"

@@ -524,3 +524,256 @@ fn the_worker_checks_the_inputs_again_before_opening_them() {
         "nothing may be rendered"
     );
 }
+
+/// Runs a shell line as `user` and insists it worked.
+fn sh_as(user: &str, line: &str) {
+    let out = as_user(user, Path::new("/bin/sh"), &["-c", line]);
+    assert!(out.status.success(), "`{line}` as {user}: {}", text(&out));
+}
+
+/// The names in `dir`, sorted (what a test put there, and nothing else).
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("list")
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// One swap of issue 25: a job whose `path` gets the folder or file `swapped` renamed away
+/// and replaced by a symlink to `target` (outside every root, or another member's private
+/// folder).
+struct Swap {
+    job: &'static str,
+    swapped: PathBuf,
+    target: PathBuf,
+}
+
+impl Swap {
+    /// Done by the job's owner, as a member would.
+    fn apply(&self, user: &str) {
+        let away = self.swapped.with_extension("away");
+        sh_as(
+            user,
+            &format!(
+                "mv '{}' '{}' && ln -s '{}' '{}'",
+                self.swapped.display(),
+                away.display(),
+                self.target.display(),
+                self.swapped.display()
+            ),
+        );
+    }
+}
+
+#[test]
+fn files_swapped_for_symlinks_after_intake_fail_the_job_and_nothing_leaks() {
+    let Some(people) = People::create() else {
+        return;
+    };
+    let farm = shared_farm(
+        &people,
+        "gpu_pool: { kind: cpu, slots: 1, failure_drain_threshold: 1000 }\n",
+    );
+    let config = std::fs::read_to_string(&farm.config).expect("config");
+    std::fs::write(&farm.config, format!("{config}hold_queue: true\n")).expect("held config");
+    // Outside every root, open to all; and Bob's private folders, in each root.
+    let outside = farm.root.path().join("outside");
+    std::fs::create_dir(&outside).expect("outside");
+    chmod(&outside, 0o777);
+    std::fs::copy(farm.media.join("hello.wav"), outside.join("hello.wav")).expect("copy");
+    let bob_media = farm.media.join("bob-private");
+    let bob_out = farm.out.join("bob-private");
+    for dir in [&bob_media, &bob_out] {
+        std::fs::create_dir_all(dir.join("sub")).expect("bob's folder");
+        chown(dir, &format!("{}:{}", people.bob, people.bob));
+        chmod(dir, 0o700);
+    }
+    std::fs::copy(
+        farm.media.join("portrait.png"),
+        bob_media.join("portrait.png"),
+    )
+    .expect("copy");
+    chown(&bob_media.join("portrait.png"), &people.bob);
+    chmod(&bob_media.join("portrait.png"), 0o600);
+    let before = |dir: &Path| listing(dir);
+    let (outside_before, bob_media_before, bob_out_before) =
+        (before(&outside), before(&bob_media), before(&bob_out));
+    // Alice's folders, one per job: `media/alice/<job>/` and `out/<job>/sub/`.
+    let alice_media = farm.media.join("alice");
+    std::fs::create_dir(&alice_media).expect("alice media");
+    chown(&alice_media, &people.alice);
+    let jobs = [
+        "out-dir-early",
+        "out-parent-early",
+        "in-file-early",
+        "in-parent-early",
+        "out-dir-late",
+        "out-parent-late",
+        "in-file-late",
+        "in-parent-late",
+    ];
+    for job in jobs {
+        let media = alice_media.join(job);
+        std::fs::create_dir(&media).expect("media folder");
+        for file in ["portrait.png", "hello.wav"] {
+            std::fs::copy(farm.media.join(file), media.join(file)).expect("copy");
+        }
+        std::fs::create_dir_all(farm.out.join(job).join("sub")).expect("out folder");
+        run_ok(
+            "chown",
+            &[
+                "-R",
+                &people.alice,
+                &media.display().to_string(),
+                &farm.out.join(job).display().to_string(),
+            ],
+        );
+    }
+    let swap = |job: &'static str| -> Swap {
+        let (media, out) = (alice_media.join(job), farm.out.join(job));
+        let kind = job.rsplit_once('-').map_or(job, |(kind, _)| kind);
+        let (swapped, target) = match kind {
+            "out-dir" => (out.join("sub"), outside.clone()),
+            "out-parent" => (out.clone(), bob_out.clone()),
+            "in-file" => (media.join("portrait.png"), bob_media.join("portrait.png")),
+            _ => (media.clone(), outside.clone()),
+        };
+        Swap {
+            job,
+            swapped,
+            target,
+        }
+    };
+    let job_text = |job: &str| {
+        farm.job_yaml(job, "  num_clip: 1\n")
+            .replace(
+                &format!("{}/", farm.media.display()),
+                &format!("{}/", alice_media.join(job).display()),
+            )
+            .replace(
+                &format!("{}/{job}.mp4", farm.out.display()),
+                &format!("{}/sub/video.mp4", farm.out.join(job).display()),
+            )
+    };
+    // Workers stop after clip 0's segment until the test lets them go on.
+    let daemon = farm.start_daemon_with_env(&[("REELSPOOL_TEST_PAUSE_AT", "after_segment@0")]);
+    let socket = farm.spool.join("control.sock");
+    wait_for("the control socket", Duration::from_secs(30), || {
+        socket.exists().then_some(())
+    });
+
+    // A truncated image is refused at intake, with the reason.
+    let cut = alice_media.join("cut.png");
+    let png = std::fs::read(farm.media.join("portrait.png")).expect("png");
+    std::fs::write(&cut, &png[..png.len() / 2]).expect("cut png");
+    chown(&cut, &people.alice);
+    let cut_text = farm.job_yaml("cut", "").replace(
+        &format!("{}/portrait.png", farm.media.display()),
+        &cut.display().to_string(),
+    );
+    drop_as(&farm, &people.alice, "cut", &cut_text);
+    let refusal = wait_rejection(&farm, "cut.yaml");
+    assert!(refusal.contains(&cut.display().to_string()), "{refusal}");
+    assert!(refusal.contains("truncated"), "{refusal}");
+
+    let ends = |file: &str| {
+        wait_for(&format!("{file} to end"), Duration::from_secs(120), || {
+            farm.job_by_source(file).filter(|job| {
+                matches!(job["phase"].as_str(), Some("done" | "failed" | "cancelled"))
+            })
+        })
+    };
+    let check_failed = |swap: &Swap, job: &serde_json::Value| {
+        assert_eq!(
+            job["phase"],
+            "failed",
+            "{}: {job}\n{}",
+            swap.job,
+            farm.daemon_logs()
+        );
+        let error = job["error"].as_str().expect("a failed job says why");
+        assert!(
+            error.contains(&swap.swapped.display().to_string()),
+            "{}: the path that changed is named: {error}",
+            swap.job
+        );
+        assert!(error.contains("symbolic link"), "{}: {error}", swap.job);
+    };
+
+    // Between intake and start: the queue is held while the files change.
+    for job in &jobs[..4] {
+        drop_as(&farm, &people.alice, job, &job_text(job));
+        assert_eq!(wait_job(&farm, &format!("{job}.yaml"))["phase"], "queued");
+        swap(job).apply(&people.alice);
+    }
+    std::fs::write(&farm.config, format!("{config}hold_queue: false\n")).expect("open config");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(daemon.pid(), libc::SIGHUP) };
+    for job in &jobs[..4] {
+        let state = ends(&format!("{job}.yaml"));
+        check_failed(&swap(job), &state);
+        assert!(
+            !farm
+                .jobs_dir()
+                .join(state["id"].as_str().expect("id"))
+                .join("work/paused-after_segment@0")
+                .exists(),
+            "{job} must fail before rendering"
+        );
+    }
+
+    // During the render: each job is held after its first clip while its files change.
+    for job in &jobs[4..] {
+        drop_as(&farm, &people.alice, job, &job_text(job));
+        let state = wait_job(&farm, &format!("{job}.yaml"));
+        let work = farm
+            .jobs_dir()
+            .join(state["id"].as_str().expect("id"))
+            .join("work");
+        wait_for(
+            &format!("{job} to pause mid-render"),
+            Duration::from_secs(120),
+            || work.join("paused-after_segment@0").exists().then_some(()),
+        );
+        let swap = swap(job);
+        swap.apply(&people.alice);
+        std::fs::write(work.join("resume-after_segment@0"), b"").expect("resume");
+        check_failed(&swap, &ends(&format!("{job}.yaml")));
+    }
+
+    // Nothing was read into a video or written outside, or into Bob's folders.
+    assert_eq!(listing(&outside), outside_before, "nothing written outside");
+    assert_eq!(listing(&bob_media), bob_media_before);
+    assert_eq!(listing(&bob_out), bob_out_before);
+    assert!(
+        listing(&bob_out.join("sub")).is_empty(),
+        "nothing in bob's folder"
+    );
+    for job in jobs {
+        for dir in [
+            farm.out.join(job),
+            farm.out.join(job).join("sub.away"),
+            farm.out.join(format!("{job}.away")).join("sub"),
+        ] {
+            if let Ok(names) = std::fs::read_dir(&dir) {
+                for name in names.flatten() {
+                    assert!(
+                        !name.file_name().to_string_lossy().ends_with(".mp4"),
+                        "{job}: no video anywhere: {}",
+                        name.path().display()
+                    );
+                }
+            }
+        }
+    }
+    let mut daemon = daemon;
+    assert!(daemon.is_running(), "the daemon is alive");
+}

@@ -24,7 +24,9 @@
 //!
 //! # Layers
 //! [`Dir`] (a directory descriptor and the primitives on it) → [`Replace`] (one atomic
-//! replacement and its options) → the path functions.
+//! replacement and its options) → the path functions. [`beneath`] (a directory or file
+//! reached from a trusted root without following symlinks) sits beside the path functions and
+//! uses only [`Dir`].
 
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::fs::{File, Metadata};
@@ -34,6 +36,9 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+
+pub mod beneath;
+pub use beneath::{open_dir_beneath, open_file_in, Changed};
 
 /// Suffix of every temporary file this crate creates.
 pub const TEMP_SUFFIX: &str = ".tmp";
@@ -212,6 +217,26 @@ impl Dir {
             }
             Err(err) => Err(err),
         }
+    }
+
+    /// Creates the file `name`, which must not exist (`O_CREAT | O_EXCL | O_NOFOLLOW`: not
+    /// even as a symlink), open for reading and writing, with permission bits `mode`.
+    pub fn create_new(&self, name: impl AsRef<OsStr>, mode: u32) -> io::Result<File> {
+        self.open_at(
+            &entry_name(name.as_ref())?,
+            libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            mode as libc::mode_t,
+        )
+    }
+
+    /// The metadata of the entry `name` itself (a symlink is not followed).
+    pub fn entry_metadata(&self, name: impl AsRef<OsStr>) -> io::Result<Metadata> {
+        self.open_at(
+            &entry_name(name.as_ref())?,
+            libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            0,
+        )?
+        .metadata()
     }
 
     /// Removes the file `name`.

@@ -156,3 +156,62 @@ fn temp_names_are_told_from_files() {
     assert!(!is_temp_name("state.json"));
     assert!(!is_temp_name("job.yaml.tmp"));
 }
+
+#[test]
+fn a_walk_beneath_a_root_refuses_a_symlink_on_the_way_and_names_it() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let root = tmp.path().join("root");
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir_all(root.join("a/b")).expect("dirs");
+    std::fs::create_dir(&outside).expect("outside");
+    let dir = open_dir_beneath(&root, Path::new("a/b"), false, |_| Ok(())).expect("walk");
+    assert_eq!(dir.path(), root.join("a/b"));
+    dir.write("x", b"1").expect("write through the descriptor");
+    // `a` is swapped for a link to a folder outside the root.
+    std::fs::rename(root.join("a"), root.join("a-moved")).expect("move away");
+    std::os::unix::fs::symlink(&outside, root.join("a")).expect("link");
+    std::fs::create_dir(outside.join("b")).expect("b outside");
+    for fallback in [false, true] {
+        if fallback {
+            beneath::force_fallback_walk();
+        }
+        let err = open_dir_beneath(&root, Path::new("a/b"), true, |_| Ok(()))
+            .expect_err("the link is refused");
+        let text = err.to_string();
+        assert!(
+            text.contains(&root.join("a").display().to_string()),
+            "{text}"
+        );
+        assert!(text.contains("symbolic link"), "{text}");
+        assert!(text.contains(&outside.display().to_string()), "{text}");
+    }
+    assert!(
+        names(&outside.join("b")).is_empty(),
+        "nothing written outside"
+    );
+    // `..` is refused before anything is opened; a missing folder is made by a create walk.
+    assert!(open_dir_beneath(&root, Path::new("../outside"), false, |_| Ok(())).is_err());
+    let made = open_dir_beneath(&root, Path::new("a-moved/new/deeper"), true, |_| Ok(()))
+        .expect("create walk");
+    made.write("y", b"2").expect("write");
+    assert_eq!(names(&root.join("a-moved/new/deeper")), vec!["y"]);
+}
+
+#[test]
+fn a_file_opened_beneath_a_root_must_be_a_regular_file_reached_without_links() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    std::fs::write(tmp.path().join("real.wav"), b"riff").expect("file");
+    std::os::unix::fs::symlink(tmp.path().join("real.wav"), tmp.path().join("link.wav"))
+        .expect("link");
+    let dir = open_dir_beneath(tmp.path(), Path::new(""), false, |_| Ok(())).expect("root");
+    let mut text = String::new();
+    open_file_in(&dir, OsStr::new("real.wav"))
+        .expect("regular file")
+        .read_to_string(&mut text)
+        .expect("read");
+    assert_eq!(text, "riff");
+    let err = open_file_in(&dir, OsStr::new("link.wav")).expect_err("a link is refused");
+    assert!(err.to_string().contains("symbolic link"), "{err}");
+    let err = open_file_in(&dir, OsStr::new("missing.wav")).expect_err("missing");
+    assert!(err.to_string().contains("does not exist"), "{err}");
+}

@@ -762,7 +762,8 @@ fn accept_one(
         &parse_context,
     )
     .map_err(|err| err.to_string())?;
-    let (spec, engine, admitted) = check_spec(context, outputs, spec, &owner, shown_path)?;
+    let (spec, engine, admitted, job_roots) =
+        check_spec(context, outputs, spec, &owner, shown_path)?;
     let id_text = id.to_string();
     let staging = context.layout.staging_dir(&id_text);
     stage_job(
@@ -774,6 +775,7 @@ fn accept_one(
         &admitted,
         owner,
         None,
+        job_roots,
     )
     .and_then(|()| crate::engines::write_resolved(&staging, engine.as_ref()))
     .map_err(|err| format!("error: cannot file job {}: {err}", shown_path.display()))?;
@@ -815,7 +817,7 @@ fn accept_batch(
         for (index, spec) in batch.rows.iter().enumerate() {
             let row_id = JobId::generate();
             let at = PathBuf::from(format!("{}, row {}", shown_path.display(), index + 1));
-            let (spec, engine, admitted) =
+            let (spec, engine, admitted, job_roots) =
                 check_spec(context, outputs, spec.clone(), &owner, &at)?;
             let staging = context.layout.staging_dir(row_id.as_str());
             staged.push(row_id.clone());
@@ -828,6 +830,7 @@ fn accept_batch(
                 &admitted,
                 owner.clone(),
                 Some(id),
+                job_roots,
             )
             .and_then(|()| crate::engines::write_resolved(&staging, engine.as_ref()))
             .map_err(|err| format!("error: cannot file job {}: {err}", at.display()))?;
@@ -920,10 +923,23 @@ fn check_spec(
         JobSpec,
         Option<render::engine::external::ResolvedEngine>,
         Admitted,
+        jobs::reach::JobRoots,
     ),
     String,
 > {
     crate::owner::check_paths(owner, &spec, shown_path)?;
+    let job_roots = {
+        let roots = context
+            .roots
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        jobs::reach::JobRoots {
+            image: jobs::reach::root_of(&spec.inputs.image, &roots.inputs),
+            audio: jobs::reach::root_of(&spec.inputs.audio, &roots.inputs),
+            output: jobs::reach::root_of(&spec.output.path, &roots.outputs),
+        }
+    };
+    check_media(owner, &spec, &job_roots, shown_path)?;
     let (spec, engine) = crate::engines::resolve(
         &context
             .engines
@@ -949,7 +965,50 @@ fn check_spec(
         .check_model(&spec)
         .map_err(|problem| format!("error: {}: {problem}", shown_path.display()))?;
     check_checkpoint_space(&spec, &context.layout.jobs, shown_path)?;
-    Ok((spec, engine, admitted))
+    Ok((spec, engine, admitted, job_roots))
+}
+
+/// Opens the image and the audio the way the worker will (from their allowed roots, without
+/// following links, the owner's rights checked on the descriptors) and looks inside: the
+/// image must decode (a truncated PNG is refused here, with where it ends) and the audio must
+/// have a duration. A bad file is refused now, not after the job waited in the queue.
+fn check_media(
+    owner: &jobs::access::Person,
+    spec: &JobSpec,
+    roots: &jobs::reach::JobRoots,
+    shown_path: &Path,
+) -> Result<(), String> {
+    let open = |key: &str, root: Option<&std::path::PathBuf>, path: &Path| {
+        jobs::reach::open_input(key, Some(owner), root.map(|root| root.as_path()), path)
+            .map_err(|err| format!("error: {}: {err}", shown_path.display()))
+    };
+    let fd_path = |file: &std::fs::File| {
+        use std::os::fd::AsRawFd;
+        std::path::PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
+    };
+    let named = |message: String, file: &std::fs::File, path: &Path| {
+        message.replace(
+            &fd_path(file).display().to_string(),
+            &path.display().to_string(),
+        )
+    };
+    let image = open("inputs.image", roots.image.as_ref(), &spec.inputs.image)?;
+    render::media::check_image(&fd_path(&image)).map_err(|err| {
+        format!(
+            "error: {}: inputs.image: {}\n  = help: the image must be a whole picture file (PNG, JPEG, WebP, ...)",
+            shown_path.display(),
+            named(err.to_string(), &image, &spec.inputs.image)
+        )
+    })?;
+    let audio = open("inputs.audio", roots.audio.as_ref(), &spec.inputs.audio)?;
+    render::media::probe_audio_duration(&fd_path(&audio)).map_err(|err| {
+        format!(
+            "error: {}: inputs.audio: {}\n  = help: the audio must be a whole sound file (WAV, MP3, AAC, ...)",
+            shown_path.display(),
+            named(err.to_string(), &audio, &spec.inputs.audio)
+        )
+    })?;
+    Ok(())
 }
 
 /// A native job's carry has a size known before it starts (`render::worker::carry_bytes`); the
@@ -1004,6 +1063,7 @@ fn stage_job(
     admitted: &Admitted,
     owner: jobs::access::Person,
     batch: Option<&JobId>,
+    roots: jobs::reach::JobRoots,
 ) -> std::io::Result<()> {
     if staging.exists() {
         std::fs::remove_dir_all(staging)?;
@@ -1025,6 +1085,7 @@ fn stage_job(
     }
     state.owner = Some(owner);
     state.batch = batch.cloned();
+    state.roots = Some(roots);
     let state_json = serde_json::to_vec_pretty(&state).map_err(std::io::Error::other)?;
     std::fs::write(staging.join("state.json"), state_json)?;
     let mut fields = serde_json::Map::new();

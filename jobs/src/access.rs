@@ -12,9 +12,11 @@
 
 use std::ffi::CString;
 use std::fmt;
+use std::fs::File;
 use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -134,7 +136,7 @@ pub fn check_write(person: &Person, path: &Path) -> Result<(), JobsError> {
 }
 
 /// Search permission on every directory above `real` (an absolute, resolved path).
-fn check_dirs_above(person: &Person, real: &Path) -> Result<(), JobsError> {
+pub(crate) fn check_dirs_above(person: &Person, real: &Path) -> Result<(), JobsError> {
     let mut dirs: Vec<&Path> = real.ancestors().skip(1).collect();
     dirs.reverse();
     for dir in dirs {
@@ -165,6 +167,46 @@ fn require(person: &Person, path: &Path, right: Right) -> Result<(), JobsError> 
             path: path.to_path_buf(),
         })
     }
+}
+
+/// [`require`] on an open file or folder: its owner, group, mode and ACL as the descriptor
+/// shows them, so a name swapped meanwhile cannot change the answer. `path` names it in the
+/// refusal.
+pub fn require_fd(
+    person: &Person,
+    fd: BorrowedFd<'_>,
+    path: &Path,
+    right: Right,
+) -> Result<(), JobsError> {
+    if person.is_root() {
+        return Ok(());
+    }
+    let meta = File::from(fd.try_clone_to_owned().map_err(|err| io_error(path, err))?)
+        .metadata()
+        .map_err(|err| io_error(path, err))?;
+    let acl = read_acl(&fd_path(fd)).map_err(|err| io_error(path, err))?;
+    if allows(
+        person,
+        meta.uid(),
+        meta.gid(),
+        meta.mode(),
+        acl.as_deref(),
+        right,
+    ) {
+        Ok(())
+    } else {
+        Err(JobsError::AccessDenied {
+            who: person.to_string(),
+            right,
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+/// `/proc/self/fd/N`: a name for exactly the file behind `fd` (also for `O_PATH` descriptors,
+/// which the `f*xattr` calls do not take).
+fn fd_path(fd: BorrowedFd<'_>) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
 /// The POSIX access check (acl(5), "ACCESS CHECK ALGORITHM") for a non-root person.
@@ -346,12 +388,22 @@ pub fn read_acl(path: &Path) -> io::Result<Option<Vec<AclEntry>>> {
 /// keeps no ACLs the mode becomes 0640: then the file's group (the directory's own group
 /// when the directory is setgid) may read it too.
 pub fn leave_readable_by(path: &Path, owner: &Person) -> io::Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    leave_readable_by_fd(&file, owner)
+}
+
+/// [`leave_readable_by`] through an open file: the mode and the ACL are set on exactly that
+/// file (`fchmod`, `fsetxattr`), whatever its name leads to meanwhile.
+pub fn leave_readable_by_fd(file: &File, owner: &Person) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path)?;
+    let meta = file.metadata()?;
     if owner.is_root() || owner.uid == meta.uid() {
         return Ok(());
     }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o640))?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o640))?;
     let entries = [
         AclEntry {
             tag: AclTag::UserObj,
@@ -380,12 +432,12 @@ pub fn leave_readable_by(path: &Path, owner: &Person) -> io::Result<()> {
         },
     ];
     let bytes = encode_acl(&entries);
-    let c_path = c_path(path)?;
     let name = CString::new(ACL_XATTR).map_err(io::Error::other)?;
-    // SAFETY: both names are NUL-terminated and `bytes` is readable for its length.
+    // SAFETY: the name is NUL-terminated, `bytes` is readable for its length and the
+    // descriptor is open.
     let rc = unsafe {
-        libc::setxattr(
-            c_path.as_ptr(),
+        libc::fsetxattr(
+            file.as_fd().as_raw_fd(),
             name.as_ptr(),
             bytes.as_ptr().cast(),
             bytes.len(),

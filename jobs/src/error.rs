@@ -26,6 +26,15 @@ pub enum JobsError {
         path: PathBuf,
     },
 
+    /// A path a job names no longer leads where intake checked it would (see
+    /// [`crate::reach`]): a folder on the way became a symlink, or the file is gone.
+    #[error("{key} {}: {changed}\n  = help: a job's files are reached from its allowed root without following symbolic links; put the real folder back and submit the job again", path.display())]
+    PathChanged {
+        key: String,
+        path: PathBuf,
+        changed: io::Error,
+    },
+
     #[error("cannot {action} {}: {source}", path.display())]
     Io {
         /// What was being done, as a verb phrase: "write", "read", "list", "create".

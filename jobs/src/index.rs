@@ -179,6 +179,7 @@ impl IndexEntry {
             retry_at_ms: self.retry_at_ms,
             owner: self.owner.clone(),
             batch: None,
+            roots: None,
         }
     }
 }

@@ -33,6 +33,8 @@
 //! - `parse` → `text` → `walk` → `file` → `validate` (+ `paths`, `rules`) → `template`: the
 //!   stages a file goes through, in order.
 //! - [`diag`]: diagnostics; [`state`]: on-disk state.
+//! - [`access`] (may the owner use a path) → [`reach`] (a job's files opened from their
+//!   allowed root without following symlinks, the owner's rights checked on what was opened).
 
 pub mod access;
 pub mod batch;
@@ -43,6 +45,7 @@ pub mod index;
 mod locate;
 mod parse;
 mod paths;
+pub mod reach;
 mod rules;
 mod source;
 pub mod spec;

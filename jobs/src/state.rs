@@ -118,6 +118,11 @@ pub struct JobState {
     /// The batch the job was filed with (one job per row of a batch file), by the batch's id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<JobId>,
+    /// The allowed root each of the job's paths lay under at intake; the worker reaches the
+    /// files from there without following symlinks ([`crate::reach`]). Absent in state
+    /// written before roots were kept: the paths are then walked from `/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roots: Option<crate::reach::JobRoots>,
     /// Forward-compatible extras (per-clip timings, the video's duration, ...).
     #[serde(default)]
     pub details: Map<String, Value>,
@@ -147,6 +152,7 @@ impl JobState {
             vram_estimate_bytes: None,
             owner: None,
             batch: None,
+            roots: None,
             details: Map::new(),
         }
     }

@@ -25,6 +25,12 @@
 //! `after_carry` (carry durable, checkpoint not yet), `mid_checkpoint` (previous checkpoint
 //! moved aside, new one not written). They fire only at clips that are checkpointed
 //! (`render.checkpoint_every`).
+//!
+//! The same points can hold the worker instead ([`PAUSE_AT_ENV`]): with
+//! `REELSPOOL_TEST_PAUSE_AT=after_segment@0` the worker writes `work/paused-after_segment@0`
+//! when it gets there and waits until a test creates `work/resume-after_segment@0`; this gives
+//! the tests that change files under a running job an exact moment mid-render. A pause fires
+//! once per job (the resume file stays).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
@@ -32,9 +38,16 @@ use std::sync::{Mutex, OnceLock};
 /// The environment variable that arms the hook; see the module docs.
 pub const CRASH_AT_ENV: &str = "REELSPOOL_TEST_CRASH_AT";
 
+/// The environment variable that makes the worker wait at points; see the module docs.
+pub const PAUSE_AT_ENV: &str = "REELSPOOL_TEST_PAUSE_AT";
+
+/// How long a paused worker waits for its resume file before it goes on by itself.
+const PAUSE_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// The armed points and where to record that one fired.
 struct Armed {
     points: Vec<(String, u32)>,
+    pauses: Vec<(String, u32)>,
     work_dir: PathBuf,
 }
 
@@ -45,6 +58,9 @@ static ARMED: Mutex<Option<Armed>> = Mutex::new(None);
 /// job's work dir.
 pub(crate) fn arm(work_dir: &Path) {
     static WARNED: OnceLock<()> = OnceLock::new();
+    let pauses = std::env::var(PAUSE_AT_ENV)
+        .map(|spec| parse(&spec))
+        .unwrap_or_default();
     let armed = std::env::var(CRASH_AT_ENV).ok().and_then(|spec| {
         let points = parse(&spec);
         if points.is_empty() {
@@ -56,6 +72,14 @@ pub(crate) fn arm(work_dir: &Path) {
         tracing::warn!(value = %spec, "test crash points armed");
         Some(Armed {
             points,
+            pauses: pauses.clone(),
+            work_dir: work_dir.to_path_buf(),
+        })
+    });
+    let armed = armed.or_else(|| {
+        (!pauses.is_empty()).then(|| Armed {
+            points: Vec::new(),
+            pauses,
             work_dir: work_dir.to_path_buf(),
         })
     });
@@ -110,8 +134,10 @@ pub(crate) fn fires(point: &str, clip: u32) -> bool {
     true
 }
 
-/// SIGKILLs this process if `point@clip` is armed and has not fired yet for this job.
+/// Waits for the resume file if `point@clip` is a pause point, then SIGKILLs this process if
+/// `point@clip` is armed and has not fired yet for this job.
 pub(crate) fn reached(point: &str, clip: u32) {
+    pause(point, clip);
     let guard = ARMED
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -135,6 +161,39 @@ pub(crate) fn reached(point: &str, clip: u32) {
     // SAFETY: kill() on our own pid; SIGKILL cannot be caught, so this does not return.
     unsafe {
         libc::kill(libc::getpid(), libc::SIGKILL);
+    }
+}
+
+/// Holds the worker at `point@clip` until the test's resume file appears (see the module docs).
+fn pause(point: &str, clip: u32) {
+    let work_dir = {
+        let guard = ARMED
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match guard.as_ref() {
+            Some(armed) if armed.pauses.iter().any(|(p, c)| p == point && *c == clip) => {
+                armed.work_dir.clone()
+            }
+            _ => return,
+        }
+    };
+    let resume = work_dir.join(format!("resume-{point}@{clip}"));
+    if resume.exists() {
+        return;
+    }
+    if let Err(err) = std::fs::write(work_dir.join(format!("paused-{point}@{clip}")), b"") {
+        tracing::warn!(error = %err, "cannot record pause point; not pausing");
+        return;
+    }
+    tracing::warn!(
+        point,
+        clip,
+        "test pause point reached: waiting for {}",
+        resume.display()
+    );
+    let deadline = std::time::Instant::now() + PAUSE_LIMIT;
+    while !resume.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 

@@ -59,6 +59,52 @@ pub fn assemble_output_keeping(
     output: &Path,
     keep: Option<&KeepExisting>,
 ) -> Result<(OutputInfo, PathBuf), RenderError> {
+    let partial = PartialFile::beside(output)?;
+    write_mp4(segments, audio, plan, output, partial, keep, &|_| Ok(()))
+}
+
+/// Where [`assemble_output_into`] puts the video: a folder already open (reached safely from
+/// an allowed root), the file's name in it, and how messages name it.
+pub struct OutputTarget<'a> {
+    pub dir: atomic_write::Dir,
+    pub name: &'a std::ffi::OsStr,
+    pub shown: &'a Path,
+    pub keep: Option<&'a KeepExisting>,
+    /// Run on the finished file before it takes its name (its mode and ACL, set through the
+    /// descriptor).
+    pub finish: &'a dyn Fn(&std::fs::File) -> std::io::Result<()>,
+}
+
+/// [`assemble_output_keeping`] into an open folder: the partial file is created there with
+/// `O_EXCL`, FFmpeg writes it through `/proc/self/fd/N`, `finish` runs on it, and it is renamed
+/// within the folder's descriptor. Nothing is looked up by the output's path.
+pub fn assemble_output_into(
+    segments: &[PathBuf],
+    audio: &Path,
+    plan: &AssemblePlan,
+    target: OutputTarget<'_>,
+) -> Result<(OutputInfo, PathBuf), RenderError> {
+    let partial = PartialFile::create_in(target.dir, target.name, target.shown)?;
+    write_mp4(
+        segments,
+        audio,
+        plan,
+        target.shown,
+        partial,
+        target.keep,
+        target.finish,
+    )
+}
+
+fn write_mp4(
+    segments: &[PathBuf],
+    audio: &Path,
+    plan: &AssemblePlan,
+    output: &Path,
+    partial: PartialFile,
+    keep: Option<&KeepExisting>,
+    finish: &dyn Fn(&std::fs::File) -> std::io::Result<()>,
+) -> Result<(OutputInfo, PathBuf), RenderError> {
     ensure_init()?;
     let plan_error = |reason: String| RenderError::Plan {
         path: output.to_path_buf(),
@@ -103,8 +149,7 @@ pub fn assemble_output_keeping(
         path: output.to_path_buf(),
         reason: e.to_string(),
     };
-    let partial = PartialFile::beside(output)?;
-    let mut mp4 = ffmpeg::format::output_as(&ffmpeg_url(partial.partial_path())?, "mp4")
+    let mut mp4 = ffmpeg::format::output_as(&ffmpeg_url(&partial.partial_path())?, "mp4")
         .map_err(write_error)?;
     let frame_time_base = Rational::new(1, plan.fps as i32);
     {
@@ -147,6 +192,9 @@ pub fn assemble_output_keeping(
     mp4.write_trailer().map_err(write_error)?;
     drop(aac);
     drop(mp4);
+    if let Some(file) = partial.file() {
+        finish(file).map_err(RenderError::io("set the rights of", output))?;
+    }
     let (bytes, placed) = match keep {
         Some(keep) => partial.commit_keeping(keep)?,
         None => (partial.commit()?, output.to_path_buf()),

@@ -7,6 +7,9 @@
 //! writes by path, so the file is synced after it closes, not through the write itself). The partial name is fixed rather than random: a
 //! worker killed mid-write leaves one stale file that the retry simply overwrites.
 
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -50,70 +53,124 @@ fn read_identities(record: &Path) -> Vec<Identity> {
 }
 
 /// A file being written under its temporary name; removed again unless committed.
+///
+/// Every step after the folder is open works on its descriptor ([`Dir`]): the partial file is
+/// created, synced, renamed and removed relative to it, so a folder swapped on the way
+/// afterwards changes nothing.
 pub(crate) struct PartialFile {
+    dir: Dir,
+    partial_name: OsString,
+    target_name: OsString,
+    /// For messages, and the name FFmpeg writes by when the file was not created here.
     partial: PathBuf,
     target: PathBuf,
+    /// The partial file, when it was created through the descriptor ([`PartialFile::create_in`]);
+    /// FFmpeg then writes it as `/proc/self/fd/N`.
+    file: Option<File>,
     committed: bool,
 }
 
+fn partial_name_of(name: &OsStr) -> OsString {
+    let mut partial_name = OsString::from(".");
+    partial_name.push(name);
+    partial_name.push(".partial");
+    partial_name
+}
+
 impl PartialFile {
-    /// Plans a write of `target`; nothing is created yet (FFmpeg opens the partial file).
+    /// Plans a write of `target`; nothing is created yet (FFmpeg opens the partial file). For
+    /// the service's own folders (the job's work folder).
     pub(crate) fn beside(target: &Path) -> Result<PartialFile, RenderError> {
         let name = target.file_name().ok_or_else(|| RenderError::Write {
             path: target.to_path_buf(),
             reason: "the path names no file".to_string(),
         })?;
-        let mut partial_name = std::ffi::OsString::from(".");
-        partial_name.push(name);
-        partial_name.push(".partial");
+        let (dir, _) = atomic_write::open_parent(target)
+            .map_err(RenderError::io("open the directory of", target))?;
+        let partial_name = partial_name_of(name);
         Ok(PartialFile {
-            partial: target.with_file_name(partial_name),
+            dir,
+            partial: target.with_file_name(&partial_name),
+            partial_name,
+            target_name: name.to_os_string(),
             target: target.to_path_buf(),
+            file: None,
             committed: false,
         })
     }
 
-    /// Where the data goes until [`PartialFile::commit`].
-    pub(crate) fn partial_path(&self) -> &Path {
-        &self.partial
+    /// Creates the partial file of `name` in the open folder `dir` (`O_EXCL`, no symlink
+    /// followed, mode 0600 until [`PartialFile::file`] gets its final rights). `target` is how
+    /// messages name the file. A partial file an earlier attempt left is removed first.
+    pub(crate) fn create_in(
+        dir: Dir,
+        name: &OsStr,
+        target: &Path,
+    ) -> Result<PartialFile, RenderError> {
+        let partial_name = partial_name_of(name);
+        let partial = target.with_file_name(&partial_name);
+        match dir.remove_file(&partial_name) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(RenderError::io("remove the stale", &partial)(err)),
+        }
+        let file = dir
+            .create_new(&partial_name, 0o600)
+            .map_err(RenderError::io("create", &partial))?;
+        Ok(PartialFile {
+            dir,
+            partial,
+            partial_name,
+            target_name: name.to_os_string(),
+            target: target.to_path_buf(),
+            file: Some(file),
+            committed: false,
+        })
+    }
+
+    /// Where the data goes until [`PartialFile::commit`]: the partial file's path, or
+    /// `/proc/self/fd/N` for one created through a descriptor.
+    pub(crate) fn partial_path(&self) -> PathBuf {
+        match &self.file {
+            Some(file) => PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())),
+            None => self.partial.clone(),
+        }
+    }
+
+    /// The open partial file, where it was created through a descriptor.
+    pub(crate) fn file(&self) -> Option<&File> {
+        self.file.as_ref()
     }
 
     /// Makes the written file durable and moves it into place; returns its size in bytes.
     ///
     /// The caller must have closed every handle FFmpeg held on the partial file.
     pub(crate) fn commit(mut self) -> Result<u64, RenderError> {
-        let (dir, name) = self.target_dir()?;
-        let meta = dir
-            .publish(self.partial_name(), name)
+        let meta = self
+            .dir
+            .publish(&self.partial_name, &self.target_name)
             .map_err(RenderError::io("move into place", &self.target))?;
         self.committed = true;
         Ok(meta.len())
     }
 
-    /// The target's directory, open, and the target's name in it.
-    fn target_dir(&self) -> Result<(Dir, &std::ffi::OsStr), RenderError> {
-        atomic_write::open_parent(&self.target)
-            .map_err(RenderError::io("open the directory of", &self.target))
-    }
-
-    fn partial_name(&self) -> &std::ffi::OsStr {
-        self.partial
-            .file_name()
-            .expect("invariant: a partial path is made from a file name by `beside`")
+    /// The path a name in the target's folder has, for messages and the caller.
+    fn in_dir(&self, name: &OsStr) -> PathBuf {
+        self.target.with_file_name(name)
     }
 }
 
 impl PartialFile {
     /// [`PartialFile::commit`] that never replaces a file it did not put there itself: the
-    /// target if it is free (or holds this job's own earlier video), else `keep.fallback`.
-    /// Returns the size and the path the file now has.
+    /// target if it is free (or holds this job's own earlier video), else `keep.fallback`
+    /// (a name in the same folder). Returns the size and the path the file now has.
     pub(crate) fn commit_keeping(
         mut self,
         keep: &KeepExisting,
     ) -> Result<(u64, PathBuf), RenderError> {
-        let (dir, _) = self.target_dir()?;
-        let meta = dir
-            .sync_file(self.partial_name())
+        let meta = self
+            .dir
+            .sync_file(&self.partial_name)
             .map_err(RenderError::io("fsync", &self.partial))?;
         let bytes = meta.len();
         // Remember this file before it moves, so a retry recognises it whatever happens next.
@@ -127,24 +184,39 @@ impl PartialFile {
         atomic_write::write_atomic(&keep.record, text.as_bytes())
             .map_err(RenderError::io("record", &keep.record))?;
         ours.retain(|known| *known != identity(&meta));
+        let fallback_name = keep
+            .fallback
+            .file_name()
+            .ok_or_else(|| RenderError::Write {
+                path: keep.fallback.clone(),
+                reason: "the path names no file".to_string(),
+            })?
+            .to_os_string();
         let mut placed = None;
-        for candidate in [&self.target, &keep.fallback] {
-            match atomic_write::rename_no_replace(&self.partial, candidate) {
+        for candidate in [self.target_name.clone(), fallback_name] {
+            let path = self.in_dir(&candidate);
+            match self
+                .dir
+                .rename_no_replace(&self.partial_name, &self.dir, &candidate)
+            {
                 Ok(()) => {
-                    placed = Some(candidate.clone());
+                    placed = Some(path);
                     break;
                 }
                 Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let own = std::fs::symlink_metadata(candidate)
+                    let own = self
+                        .dir
+                        .entry_metadata(&candidate)
                         .is_ok_and(|there| ours.contains(&identity(&there)));
                     if own {
-                        std::fs::rename(&self.partial, candidate)
-                            .map_err(RenderError::io("rename into", candidate))?;
-                        placed = Some(candidate.clone());
+                        self.dir
+                            .rename(&self.partial_name, &self.dir, &candidate)
+                            .map_err(RenderError::io("rename into", &path))?;
+                        placed = Some(path);
                         break;
                     }
                 }
-                Err(err) => return Err(RenderError::io("rename into", candidate)(err)),
+                Err(err) => return Err(RenderError::io("rename into", &path)(err)),
             }
         }
         let Some(placed) = placed else {
@@ -162,7 +234,8 @@ impl PartialFile {
             });
         };
         self.committed = true;
-        atomic_write::sync_dir(placed.parent().unwrap_or(Path::new(".")))
+        self.dir
+            .sync()
             .map_err(RenderError::io("fsync directory", &placed))?;
         Ok((bytes, placed))
     }
@@ -173,7 +246,7 @@ impl Drop for PartialFile {
         if !self.committed {
             // Best effort: an error path is already being reported, and a leftover partial
             // file is harmless because the next attempt overwrites it.
-            let _ = std::fs::remove_file(&self.partial);
+            let _ = self.dir.remove_file(&self.partial_name);
         }
     }
 }

@@ -221,7 +221,7 @@ impl ClipEncoder {
         };
         let partial = PartialFile::beside(path)?;
         let mut output =
-            ffmpeg::format::output_as(&ffmpeg_url(partial.partial_path())?, "matroska")
+            ffmpeg::format::output_as(&ffmpeg_url(&partial.partial_path())?, "matroska")
                 .map_err(|e| fail(e.to_string()))?;
 
         let name = settings.codec.encoder_name();

@@ -59,6 +59,60 @@ pub fn load_reference_image(path: &Path, width: u32, height: u32) -> Result<Vec<
         .map_err(|e| fail(format!("cannot scale it to {width}x{height}: {e}")))
 }
 
+/// What intake checks of a reference image before the job may wait in the queue: a PNG must
+/// hold every chunk its headers announce up to `IEND` (a truncated upload is refused with the
+/// byte where it ends), and the first picture must decode. Returns its width and height.
+pub fn check_image(path: &Path) -> Result<(u32, u32), RenderError> {
+    ensure_init()?;
+    check_png_chunks(path)?;
+    let picture = decode_first_picture(path)?;
+    Ok((picture.width(), picture.height()))
+}
+
+const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n'];
+
+/// Walks a PNG's chunks (length, type, data, CRC) to `IEND` without reading their data; a file
+/// that is not a PNG passes (FFmpeg judges it).
+fn check_png_chunks(path: &Path) -> Result<(), RenderError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let fail = |reason: String| RenderError::ImageDecode {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
+    let size = file.metadata().map_err(|e| fail(e.to_string()))?.len();
+    let mut signature = [0u8; 8];
+    if file.read_exact(&mut signature).is_err() || signature != PNG_SIGNATURE {
+        return Ok(());
+    }
+    let mut at = 8u64;
+    loop {
+        let mut header = [0u8; 8];
+        if file.read_exact(&mut header).is_err() {
+            return Err(fail(format!(
+                "the PNG is truncated: it ends at byte {size} before its IEND chunk; upload the whole file again"
+            )));
+        }
+        let length = u64::from(u32::from_be_bytes([
+            header[0], header[1], header[2], header[3],
+        ]));
+        let kind = String::from_utf8_lossy(&header[4..8]).into_owned();
+        let end = at + 8 + length + 4;
+        if end > size {
+            return Err(fail(format!(
+                "the PNG is truncated: its `{kind}` chunk at byte {at} needs {} bytes but the file ends at byte {size}; upload the whole file again",
+                end - at
+            )));
+        }
+        if kind == "IEND" {
+            return Ok(());
+        }
+        at = end;
+        file.seek(SeekFrom::Start(at))
+            .map_err(|e| fail(e.to_string()))?;
+    }
+}
+
 /// Decodes the first picture of the first video stream (an image file is a one-frame video
 /// to FFmpeg).
 fn decode_first_picture(path: &Path) -> Result<frame::Video, RenderError> {

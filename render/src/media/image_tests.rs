@@ -320,3 +320,19 @@ fn centre_crop_keeps_the_target_aspect_ratio() {
     assert_eq!(centre_crop(704, 384, 704, 384), (0, 0, 704, 384));
     assert_eq!(centre_crop(1920, 1080, 704, 384), (0, 16, 1920, 1047));
 }
+
+#[test]
+fn a_truncated_png_is_refused_with_where_it_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let whole = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/portrait.png");
+    let bytes = std::fs::read(&whole).unwrap();
+    assert!(check_image(&whole).is_ok(), "the whole file passes");
+    // Cut inside the image data, and cut just before IEND: both refused.
+    for keep in [bytes.len() / 2, bytes.len() - 12] {
+        let cut = dir.path().join(format!("cut-{keep}.png"));
+        std::fs::write(&cut, &bytes[..keep]).unwrap();
+        let err = check_image(&cut).unwrap_err().to_string();
+        assert!(err.contains("truncated"), "{err}");
+        assert!(err.contains(&format!("{keep}")), "{err}");
+    }
+}

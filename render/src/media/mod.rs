@@ -33,12 +33,15 @@ mod thumbnail;
 use std::path::Path;
 use std::sync::OnceLock;
 
-pub use assemble::{assemble_output, assemble_output_keeping, AssemblePlan, OutputInfo};
+pub use assemble::{
+    assemble_output, assemble_output_into, assemble_output_keeping, AssemblePlan, OutputInfo,
+    OutputTarget,
+};
 pub use atomic::KeepExisting;
 pub use audio::{load_audio, probe_audio_duration, AudioTrack, AUDIO_SAMPLE_RATE_HZ};
 pub use digest::decode_video_frame_digests;
 pub use encode::{ClipEncoder, EncodeSettings, SegmentInfo, VideoCodec, DEFAULT_PRESET};
-pub use image::load_reference_image;
+pub use image::{check_image, load_reference_image};
 pub use preview::{frame_jpeg, remux_to_mpegts, TsSegment, REORDER_ALLOWANCE_FRAMES};
 pub use thumbnail::{thumbnail_size, write_thumbnail, THUMBNAIL_MAX_SIDE};
 

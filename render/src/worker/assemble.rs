@@ -8,30 +8,27 @@ use jobs::state::JobDir;
 use tracing::warn;
 
 use super::crash_point;
+use super::inputs::{Input, Reach};
 use super::plan::ClipPlan;
 use super::report::Failure;
 use super::segments::segment_path;
 use crate::media;
 use crate::protocol::{FailureKind, WorkerMessage};
 
-/// Concatenates the segments, muxes the audio in and moves the video into place.
+/// Concatenates the segments, muxes the audio in and moves the video into place: into the
+/// output folder reached from its allowed root without following links, created there with
+/// `O_EXCL`, given its owner's rights through the descriptor and renamed within the folder.
 pub(super) fn assemble(
     dir: &JobDir,
     spec: &JobSpec,
     work: &Path,
     plan: &ClipPlan,
-    owner: Option<&jobs::access::Person>,
+    reach: &Reach,
+    audio: &Input,
 ) -> Result<WorkerMessage, Failure> {
     crash_point::reached("before_assemble", plan.clips);
     let segments: Vec<PathBuf> = (0..plan.clips).map(|k| segment_path(work, k)).collect();
-    if let Some(parent) = spec.output.path.parent() {
-        std::fs::create_dir_all(parent).map_err(|err| {
-            Failure::new(
-                FailureKind::Io,
-                format!("cannot create {}: {err}", parent.display()),
-            )
-        })?;
-    }
+    let (out_dir, name) = reach.open_output_dir(spec)?;
     let assembly = media::AssemblePlan {
         total_frames: plan.total_frames,
         fps: spec.render.fps,
@@ -40,14 +37,31 @@ pub(super) fn assemble(
         fallback: fallback_output(&spec.output.path, dir.root()),
         record: work.join("placed-outputs"),
     });
-    let (output, placed) = media::assemble_output_keeping(
+    let owner = reach.owner.as_ref();
+    // The service writes the video; its owner must be able to read it (mode 0640 and an ACL
+    // entry for them; see README "Several users"), set before the file takes its name.
+    let finish = |file: &std::fs::File| {
+        match owner {
+        Some(owner) => jobs::access::leave_readable_by_fd(file, owner).or_else(|err| {
+            warn!(path = %jobs::escape_text(&spec.output.path.display().to_string()), error = %err, "cannot make the video readable by its owner");
+            Ok(())
+        }),
+        None => Ok(()),
+    }
+    };
+    let (output, placed) = media::assemble_output_into(
         &segments,
-        &spec.inputs.audio,
+        &audio.fd_path(),
         &assembly,
-        &spec.output.path,
-        keep.as_ref(),
+        media::OutputTarget {
+            dir: out_dir,
+            name: &name,
+            shown: &spec.output.path,
+            keep: keep.as_ref(),
+            finish: &finish,
+        },
     )
-    .map_err(|err| Failure::new(FailureKind::Io, err.to_string()))?;
+    .map_err(|err| Failure::new(FailureKind::Io, audio.name_in(err.to_string())))?;
     let kept_existing = (placed != spec.output.path).then(|| {
         warn!(
             wanted = %jobs::escape_text(&spec.output.path.display().to_string()),
@@ -56,13 +70,6 @@ pub(super) fn assemble(
         );
         spec.output.path.display().to_string()
     });
-    if let Some(owner) = owner {
-        // The service wrote the video; its owner must be able to read it (mode 0640 and an
-        // ACL entry for them; see README "Several users").
-        if let Err(err) = jobs::access::leave_readable_by(&placed, owner) {
-            warn!(path = %jobs::escape_text(&placed.display().to_string()), error = %err, "cannot make the video readable by its owner");
-        }
-    }
     Ok(WorkerMessage::Finished {
         output: placed.display().to_string(),
         duration_secs: output.duration.as_secs_f64(),

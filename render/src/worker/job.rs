@@ -11,6 +11,7 @@ use jobs::state::JobDir;
 use super::assemble::assemble;
 use super::clip_loop::{self, ClipJob, Ended};
 use super::command::CommandRenderer;
+use super::inputs::Reach;
 use super::native::NativeRenderer;
 use super::plan::ClipPlan;
 use super::report::{Failure, Reporter};
@@ -41,32 +42,26 @@ pub(super) fn render_job(
         })?;
     }
 
-    // The job acts with its owner's rights: check again, the files may have changed since
-    // intake.
-    let owner = dir.load_state().ok().and_then(|state| state.owner);
-    if let Some(owner) = &owner {
-        for path in [&spec.inputs.image, &spec.inputs.audio] {
-            jobs::access::check_read(owner, path)
-                .map_err(|err| Failure::new(FailureKind::Input, err.to_string()))?;
-        }
-    }
+    // The job acts with its owner's rights: its files are opened again from their allowed
+    // roots, without following links, and their rights checked on what was opened; the
+    // files may have changed since intake.
+    let state = dir.load_state().ok();
+    let reach = Reach {
+        owner: state.as_ref().and_then(|state| state.owner.clone()),
+        roots: state.and_then(|state| state.roots).unwrap_or_default(),
+    };
+    let inputs = reach.open_inputs(&spec)?;
+    // The output folder too, before any work: one that now leads elsewhere fails at once.
+    drop(reach.open_output_dir(&spec)?);
 
     // Inputs first: a bad file must fail before the model is loaded.
-    let read = |path: &Path| {
-        std::fs::read(path).map_err(|err| {
-            Failure::new(
-                FailureKind::Input,
-                format!("cannot read {}: {err}", path.display()),
-            )
-        })
-    };
-    let image_bytes = read(&spec.inputs.image)?;
-    let audio_bytes = read(&spec.inputs.audio)?;
+    let image_bytes = inputs.image.bytes()?;
+    let audio_bytes = inputs.audio.bytes()?;
     let (width, height) = (spec.render.size.width, spec.render.size.height);
-    let reference_rgb = media::load_reference_image(&spec.inputs.image, width, height)
-        .map_err(|err| Failure::new(FailureKind::Input, err.to_string()))?;
-    let audio = media::load_audio(&spec.inputs.audio)
-        .map_err(|err| Failure::new(FailureKind::Input, err.to_string()))?;
+    let reference_rgb = media::load_reference_image(&inputs.image.fd_path(), width, height)
+        .map_err(|err| Failure::new(FailureKind::Input, inputs.image.name_in(err.to_string())))?;
+    let audio = media::load_audio(&inputs.audio.fd_path())
+        .map_err(|err| Failure::new(FailureKind::Input, inputs.audio.name_in(err.to_string())))?;
     let plan = ClipPlan::new(
         spec.render.num_clip,
         spec.render.infer_frames,
@@ -122,7 +117,8 @@ pub(super) fn render_job(
             next_clip: plan.clips,
         });
     }
-    assemble(dir, &spec, &work, &plan, owner.as_ref())
+    reach.recheck_inputs(&spec)?;
+    assemble(dir, &spec, &work, &plan, &reach, &inputs.audio)
 }
 
 fn engine_settings(spec: &JobSpec) -> EngineSettings {

@@ -21,6 +21,8 @@
 //!   job lock, heartbeats.
 //! - `job`: one job: the resolved job and its inputs, the renderer for its engine, the clip
 //!   loop, then `assemble` (the video put together and moved into place).
+//! - `inputs`: the job's files reached from their allowed roots without following symlinks,
+//!   the owner's rights checked on the descriptors (`jobs::reach`).
 //! - `clip_loop`: the one clip loop, for every kind of engine.
 //! - `native` and `command`: the two kinds of engine behind the loop's seam, `renderer`.
 //! - `checkpoints` (which clips are checkpointed, and how each write ended), `segments`
@@ -35,6 +37,7 @@ mod clip_loop;
 mod command;
 mod encoder;
 pub use crate::crash_point;
+mod inputs;
 mod job;
 mod native;
 mod plan;
