@@ -436,6 +436,7 @@ impl Bench {
             profile: None,
             working_dir: None,
             heartbeat_timeout_secs: 60,
+            stop_grace_secs: 10,
         };
         let resolved = ResolvedEngine {
             name: "sleeper".to_string(),
