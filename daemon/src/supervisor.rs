@@ -48,9 +48,21 @@ pub enum StopRequest {
 #[derive(Debug, Clone, PartialEq)]
 pub enum WorkerEnd {
     Finished,
-    Interrupted { next_clip: Option<u32> },
-    Failed { kind: FailureKind, message: String },
-    Crashed { status: String },
+    Interrupted {
+        next_clip: Option<u32>,
+    },
+    Failed {
+        kind: FailureKind,
+        message: String,
+    },
+    Crashed {
+        status: String,
+    },
+    /// Killed by someone else than the daemon (a SIGKILL or SIGTERM it did not send, with no
+    /// sign of an OOM kill): the job did not cause it, so it is retried as an eviction.
+    Evicted {
+        status: String,
+    },
     HeartbeatLost,
 }
 
@@ -194,6 +206,8 @@ pub async fn supervise(
     let stderr_tail = worker.job_tail(TAIL_WAIT).await;
     let killer = if killed_after_stop {
         Killer::DaemonAfterStop(launch.stop_timeout)
+    } else if stop_sent_at.is_some() {
+        Killer::DaemonStop
     } else {
         Killer::Unknown(worker.oom_watch.take())
     };
@@ -296,6 +310,8 @@ fn signal_pid(pid: u32, signal: i32) {
 enum Killer {
     /// The supervisor, because the worker outlived its stop timeout.
     DaemonAfterStop(Duration),
+    /// The supervisor asked the worker to stop (SIGTERM), so a death by SIGTERM is its own.
+    DaemonStop,
     /// Not the daemon; the kernel may say whether its OOM killer did.
     Unknown(Option<crate::death::OomWatch>),
 }
@@ -336,22 +352,33 @@ fn classify_end(
         (Some(code), _) => WorkerEnd::Crashed {
             status: format!("exit status {code}"),
         },
-        (None, _) => WorkerEnd::Crashed {
-            status: match (status.signal(), killer) {
-                (Some(signal), Killer::DaemonAfterStop(timeout)) => format!(
+        (None, _) => match (status.signal(), killer) {
+            (Some(signal), Killer::DaemonAfterStop(timeout)) => WorkerEnd::Crashed {
+                status: format!(
                     "killed by {} from the daemon: it did not stop within {timeout:?}",
                     crate::death::signal_name(signal)
                 ),
-                (Some(libc::SIGKILL), Killer::Unknown(watch)) => {
-                    match watch.and_then(|watch| watch.evidence()) {
-                        Some(evidence) => format!("killed by SIGKILL (9): {evidence}"),
-                        None => "killed by SIGKILL (9), not sent by the daemon; \
+            },
+            (Some(libc::SIGKILL), Killer::Unknown(watch)) => {
+                match watch.and_then(|watch| watch.evidence()) {
+                    Some(evidence) => WorkerEnd::Crashed {
+                        status: format!("killed by SIGKILL (9): {evidence}"),
+                    },
+                    None => WorkerEnd::Evicted {
+                        status: "killed by SIGKILL (9), not sent by the daemon; \
                                  the kernel reports no OOM kill of it"
                             .to_string(),
-                    }
+                    },
                 }
-                (Some(signal), _) => format!("killed by {}", crate::death::signal_name(signal)),
-                (None, _) => "ended without a status".to_string(),
+            }
+            (Some(libc::SIGTERM), Killer::Unknown(_)) => WorkerEnd::Evicted {
+                status: "killed by SIGTERM (15), not sent by the daemon".to_string(),
+            },
+            (Some(signal), _) => WorkerEnd::Crashed {
+                status: format!("killed by {}", crate::death::signal_name(signal)),
+            },
+            (None, _) => WorkerEnd::Crashed {
+                status: "ended without a status".to_string(),
             },
         },
     }
@@ -397,6 +424,33 @@ mod tests {
         ] {
             assert!(!worker_stays_fit(&unfit), "{unfit:?}");
         }
+    }
+
+    #[test]
+    fn a_kill_the_daemon_did_not_send_is_an_eviction_and_a_crash_signal_is_not() {
+        use std::os::unix::process::ExitStatusExt;
+        let killed = |signal: i32| Ok(std::process::ExitStatus::from_raw(signal));
+        for signal in [libc::SIGKILL, libc::SIGTERM] {
+            let end = classify_end(killed(signal), None, false, Killer::Unknown(None));
+            assert!(matches!(end, WorkerEnd::Evicted { .. }), "{end:?}");
+        }
+        for signal in [libc::SIGSEGV, libc::SIGABRT, libc::SIGBUS] {
+            let end = classify_end(killed(signal), None, false, Killer::Unknown(None));
+            assert!(matches!(end, WorkerEnd::Crashed { .. }), "{end:?}");
+        }
+        // The daemon's own SIGTERM, or its SIGKILL after the stop timeout, is no eviction.
+        let end = classify_end(killed(libc::SIGTERM), None, false, Killer::DaemonStop);
+        assert!(matches!(end, WorkerEnd::Crashed { .. }), "{end:?}");
+        let end = classify_end(
+            killed(libc::SIGKILL),
+            None,
+            false,
+            Killer::DaemonAfterStop(Duration::from_secs(1)),
+        );
+        assert!(matches!(end, WorkerEnd::Crashed { .. }), "{end:?}");
+        // A hang is the worker's own failure.
+        let end = classify_end(killed(libc::SIGKILL), None, true, Killer::Unknown(None));
+        assert_eq!(end, WorkerEnd::HeartbeatLost);
     }
 
     #[test]

@@ -300,8 +300,14 @@ fn resolve(doc: JobFile, default_name: &str, job: &Source) -> Result<JobSpec, Ve
         retry: RetryPolicy {
             max_attempts: doc
                 .retry
+                .as_ref()
                 .and_then(|r| r.max_attempts)
                 .unwrap_or(RetryPolicy::default().max_attempts),
+            max_evictions: doc
+                .retry
+                .as_ref()
+                .and_then(|r| r.max_evictions)
+                .unwrap_or(RetryPolicy::default().max_evictions),
         },
     })
 }

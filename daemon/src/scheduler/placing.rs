@@ -65,6 +65,8 @@ impl Scheduler {
         state.retry_at_ms = None;
         state.details.remove("waiting_for_space");
         let durable_at_start = durable_clips(&dir);
+        // Kept with the job: a daemon restarted during the attempt credits its progress.
+        state.durable_at_attempt_start = Some(durable_at_start);
         self.save(&dir, &state);
         let _ = dir.append_event(&event(
             "running",
@@ -73,6 +75,7 @@ impl Scheduler {
                 ("gpu_uuid", decision.card_uuid.clone().into()),
                 ("attempt", state.attempts.into()),
                 ("stalled_before", state.stalled_attempts.into()),
+                ("evictions_before", state.stalled_evictions.into()),
                 ("durable_clips", durable_at_start.into()),
                 ("offload", decision.offload.into()),
             ],

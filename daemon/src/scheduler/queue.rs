@@ -46,6 +46,14 @@ impl Scheduler {
             self.index_record(&state);
             return;
         }
+        let mut state = state;
+        if state.phase == Phase::Running
+            && state.durable_at_attempt_start.is_some()
+            && !self.running.contains_key(&id)
+            && !self.end_attempt_by_restart(&id, &dir, &mut state, &spec)
+        {
+            return;
+        }
         if let Some(at) = state.retry_at_ms.filter(|at| *at > now_ms()) {
             // Still in its backoff after a stalled attempt (a job read after start-up).
             self.backing_off.insert(id, at);
@@ -64,7 +72,6 @@ impl Scheduler {
         if let Some(index) = &mut self.index {
             index.set_plan(&id, plan.clone());
         }
-        let mut state = state;
         if state.phase != Phase::Queued {
             state.phase = Phase::Queued;
             state.gpu = None;
@@ -76,6 +83,70 @@ impl Scheduler {
         }
         self.placement
             .enqueue(&id, state.priority, &plan, Some(warm::model_key(&spec)));
+    }
+
+    /// Settles an attempt that a daemon restart ended (its end was never handled): an
+    /// eviction, with its progress credited. Returns whether the job goes in line now; it
+    /// does not when it waits out a backoff or has been evicted too often.
+    fn end_attempt_by_restart(
+        &mut self,
+        id: &JobId,
+        dir: &JobDir,
+        state: &mut JobState,
+        spec: &JobSpec,
+    ) -> bool {
+        let durable = super::reports::durable_clips(dir);
+        let progressed = state
+            .durable_at_attempt_start
+            .is_some_and(|before| durable > before);
+        if progressed {
+            state.stalled_attempts = 0;
+            state.stalled_evictions = 0;
+        } else {
+            state.stalled_evictions = state.stalled_evictions.saturating_add(1);
+        }
+        state.durable_at_attempt_start = None;
+        let max_evictions = spec.retry.max_evictions;
+        let _ = dir.append_event(&event(
+            "evicted",
+            [
+                (
+                    "reason",
+                    "the daemon restarted while the attempt ran".into(),
+                ),
+                ("progressed", progressed.into()),
+                ("durable_clips", durable.into()),
+                ("stalled_evictions", state.stalled_evictions.into()),
+                ("max_evictions", max_evictions.into()),
+            ],
+        ));
+        if state.stalled_evictions >= max_evictions {
+            self.save(dir, state);
+            let message = format!(
+                "the daemon restarted while the attempt ran ({} evictions in a row made no \
+                 new clip durable; retry.max_evictions is {max_evictions})",
+                state.stalled_evictions
+            );
+            self.finish(id, Phase::Failed, Some(message), Some(spec));
+            return false;
+        }
+        let backoff = super::reports::retry_backoff(
+            state
+                .stalled_attempts
+                .saturating_add(state.stalled_evictions),
+        );
+        if backoff.is_zero() {
+            self.save(dir, state);
+            return true;
+        }
+        let at = now_ms().saturating_add(u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX));
+        state.phase = Phase::Queued;
+        state.gpu = None;
+        state.eta_secs = None;
+        state.retry_at_ms = Some(at);
+        self.save(dir, state);
+        self.backing_off.insert(id.clone(), at);
+        false
     }
 
     pub(super) fn save(&mut self, dir: &JobDir, state: &JobState) {

@@ -225,12 +225,21 @@ impl Scheduler {
             .as_ref()
             .map(|spec| spec.retry.max_attempts)
             .unwrap_or(1);
+        let max_evictions = spec
+            .as_ref()
+            .map(|spec| spec.retry.max_evictions)
+            .unwrap_or(1);
         // Did this attempt make a new clip durable? Read off the checkpoints, so a clip
         // checkpointed just before a kill counts even if the worker could not report it.
         let durable_after = durable_clips(dir);
         let durable_before = running
             .as_ref()
             .map_or(durable_after, |job| job.durable_at_start);
+        // A death the job did not cause: a kill from outside, or a stop nobody here asked for.
+        let evicted = matches!(
+            end,
+            WorkerEnd::Evicted { .. } | WorkerEnd::Interrupted { .. }
+        );
         let progressed = durable_after > durable_before;
         let attempt = running.as_ref().map_or(0, |job| job.attempt);
         let out_of_space = !cancel_requested
@@ -243,17 +252,24 @@ impl Scheduler {
             && !cancel_requested
             && !self.stopping
             && !out_of_space;
-        let mut stalled = 0;
+        let (mut stalled, mut stalled_evictions) = (0, 0);
         if let Ok(mut state) = dir.load_state() {
-            if decides_retry {
-                state.stalled_attempts = if progressed {
-                    0
-                } else {
-                    state.stalled_attempts.saturating_add(1)
-                };
-                self.save(dir, &state);
+            // Progress is credited however the attempt ended: progress starts both counts
+            // again. Without it, an eviction counts against `retry.max_evictions`, any other
+            // end that decides a retry against `retry.max_attempts`.
+            if progressed {
+                state.stalled_attempts = 0;
+                state.stalled_evictions = 0;
+            } else if decides_retry && evicted {
+                state.stalled_evictions = state.stalled_evictions.saturating_add(1);
+            } else if decides_retry {
+                state.stalled_attempts = state.stalled_attempts.saturating_add(1);
             }
+            // The attempt's end is handled: a restart from here on ends no attempt.
+            state.durable_at_attempt_start = None;
+            self.save(dir, &state);
             stalled = state.stalled_attempts;
+            stalled_evictions = state.stalled_evictions;
         }
         let mut fields = vec![
             ("end", format!("{end:?}").into()),
@@ -262,6 +278,8 @@ impl Scheduler {
             ("progressed", progressed.into()),
             ("durable_clips", durable_after.into()),
             ("stalled_attempts", stalled.into()),
+            ("evicted", evicted.into()),
+            ("stalled_evictions", stalled_evictions.into()),
         ];
         if let Some(peak) = peak_vram_bytes {
             fields.push(("peak_vram_bytes", peak.into()));
@@ -341,14 +359,25 @@ impl Scheduler {
                 let message = match &other {
                     WorkerEnd::Failed { message, .. } => message.clone(),
                     WorkerEnd::Crashed { status } => format!("worker crashed: {status}"),
+                    WorkerEnd::Evicted { status } => format!("worker evicted: {status}"),
                     WorkerEnd::HeartbeatLost => "worker stopped responding".to_string(),
                     WorkerEnd::Interrupted { .. } => {
                         "worker stopped before the job was done".to_string()
                     }
                     WorkerEnd::Finished => unreachable!("handled above"),
                 };
-                if stalled < max_attempts && !self.stopping {
-                    let backoff = retry_backoff(stalled);
+                let (count, bound, what, key) = if evicted {
+                    (
+                        stalled_evictions,
+                        max_evictions,
+                        "evictions",
+                        "max_evictions",
+                    )
+                } else {
+                    (stalled, max_attempts, "attempts", "max_attempts")
+                };
+                if count < bound && !self.stopping {
+                    let backoff = retry_backoff(stalled.saturating_add(stalled_evictions));
                     // The wait is in state.json before the event announces it: whoever reads
                     // the event (or a daemon restarted right after it) finds it durable.
                     self.requeue_after(id, backoff);
@@ -360,6 +389,9 @@ impl Scheduler {
                             ("progressed", progressed.into()),
                             ("stalled_attempts", stalled.into()),
                             ("max_attempts", max_attempts.into()),
+                            ("evicted", evicted.into()),
+                            ("stalled_evictions", stalled_evictions.into()),
+                            ("max_evictions", max_evictions.into()),
                             ("backoff_secs", backoff.as_secs_f64().into()),
                         ],
                     ));
@@ -367,8 +399,8 @@ impl Scheduler {
                     let _ = dir.append_event(&event("interrupted", [("reason", message.into())]));
                 } else {
                     let message = format!(
-                        "{message} ({stalled} attempts in a row made no new clip durable; \
-                         retry.max_attempts is {max_attempts})"
+                        "{message} ({count} {what} in a row made no new clip durable; \
+                         retry.{key} is {bound})"
                     );
                     self.finish(id, Phase::Failed, Some(message), spec.as_ref());
                 }
