@@ -216,6 +216,146 @@ pub async fn supervise(
     send(WorkerReport::Ended { end, stderr_tail });
 }
 
+/// The pid of a live worker that holds the job's lock (`work/worker.lock`), if one does: a
+/// worker started by an earlier daemon that is still rendering the job.
+pub fn live_worker(job_dir: &Path) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    let path = job_dir.join("work").join(protocol::LOCK_FILE);
+    let file = std::fs::File::open(&path).ok()?;
+    // SAFETY: flock only reads the descriptor, which `file` keeps open.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+    if rc == 0 {
+        // Nobody holds it: no worker renders the job. (Closing the file lets go of ours.)
+        return None;
+    }
+    let pid: u32 = std::fs::read_to_string(&path).ok()?.trim().parse().ok()?;
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    (pid > 1 && unsafe { libc::kill(pid as i32, 0) } == 0).then_some(pid)
+}
+
+/// How often an adopted worker's messages and lock are looked at.
+const ADOPTED_POLL: Duration = Duration::from_millis(250);
+
+/// Follows a worker that an earlier daemon started and that outlived it: its messages come
+/// from the job's copy of them ([`protocol::MESSAGES_FILE`]), its heartbeat is that file
+/// growing, and its end is its lock let go (it is not this daemon's child, so there is no exit
+/// status to wait for: the end is read from its last message). Stops are signals to its pid.
+/// `clips_done` is what the job's state already counts: clip reports up to there were handled
+/// by the earlier daemon and are not reported again.
+pub async fn supervise_adopted(
+    launch: WorkerLaunch,
+    pid: u32,
+    clips_done: u32,
+    reports: mpsc::UnboundedSender<(JobId, WorkerReport)>,
+    mut stop: watch::Receiver<StopRequest>,
+) {
+    let job = launch.job_id.clone();
+    let send = |report: WorkerReport| {
+        let _ = reports.send((job.clone(), report));
+    };
+    let path = launch.job_dir.join("work").join(protocol::MESSAGES_FILE);
+    let mut read_upto = 0usize;
+    let mut last_message: Option<WorkerMessage> = None;
+    let mut last_sign = tokio::time::Instant::now();
+    let mut stop_sent_at: Option<tokio::time::Instant> = None;
+    let mut killed = false;
+    let mut heartbeat_lost = false;
+    info!(job = %job, pid, "re-adopted a worker that outlived the last daemon");
+    loop {
+        // New whole lines of the job's messages.
+        if let Ok(bytes) = tokio::fs::read(&path).await {
+            if bytes.len() < read_upto {
+                read_upto = 0;
+            }
+            let fresh = &bytes[read_upto..];
+            if let Some(end) = fresh.iter().rposition(|b| *b == b'\n') {
+                for line in String::from_utf8_lossy(&fresh[..end]).lines() {
+                    let Some(message) = WorkerMessage::from_line(line) else {
+                        continue;
+                    };
+                    last_sign = tokio::time::Instant::now();
+                    let report = match &message {
+                        WorkerMessage::ClipDone { index, .. } => *index >= clips_done,
+                        WorkerMessage::Finished { .. }
+                        | WorkerMessage::Interrupted { .. }
+                        | WorkerMessage::Error { .. } => true,
+                        // Reported when the attempt began, to the daemon that started it.
+                        _ => false,
+                    };
+                    if !matches!(
+                        message,
+                        WorkerMessage::Heartbeat | WorkerMessage::JobEnded { .. }
+                    ) {
+                        last_message = Some(message.clone());
+                    }
+                    if report {
+                        send(WorkerReport::Message(message));
+                    }
+                }
+                read_upto += end + 1;
+            }
+        }
+        if live_worker(&launch.job_dir) != Some(pid) {
+            break;
+        }
+        let now = tokio::time::Instant::now();
+        match stop_sent_at {
+            Some(sent) if !killed && now >= sent + launch.stop_timeout => {
+                warn!(job = %job, pid, "adopted worker did not stop within {:?}; killing it", launch.stop_timeout);
+                signal_pid(pid, libc::SIGKILL);
+                killed = true;
+            }
+            None if !heartbeat_lost && now >= last_sign + launch.heartbeat_timeout => {
+                warn!(job = %job, pid, "adopted worker silent for {:?}; killing it", launch.heartbeat_timeout);
+                signal_pid(pid, libc::SIGKILL);
+                heartbeat_lost = true;
+            }
+            _ => {}
+        }
+        tokio::select! {
+            changed = stop.changed(), if stop_sent_at.is_none() => {
+                let request = if changed.is_err() { StopRequest::Shutdown } else { *stop.borrow() };
+                if request != StopRequest::None {
+                    info!(job = %job, pid, "asking the adopted worker to checkpoint and stop");
+                    signal_pid(pid, libc::SIGTERM);
+                    stop_sent_at = Some(tokio::time::Instant::now());
+                }
+            }
+            _ = tokio::time::sleep(ADOPTED_POLL) => {}
+        }
+    }
+    let end = if heartbeat_lost {
+        WorkerEnd::HeartbeatLost
+    } else {
+        match last_message {
+            Some(WorkerMessage::Finished { .. }) => WorkerEnd::Finished,
+            Some(WorkerMessage::Interrupted { next_clip }) => WorkerEnd::Interrupted {
+                next_clip: Some(next_clip),
+            },
+            Some(WorkerMessage::Error { kind, message }) => WorkerEnd::Failed { kind, message },
+            _ if killed => WorkerEnd::Crashed {
+                status: format!(
+                    "killed by SIGKILL (9) from the daemon: it did not stop within {:?}",
+                    launch.stop_timeout
+                ),
+            },
+            // Not our child: how it died is not known. It did not say it failed, so it is
+            // not held against the job.
+            _ => WorkerEnd::Evicted {
+                status: format!(
+                    "the re-adopted worker (pid {pid}) ended without a last message; its exit \
+                     status went to the daemon that started it"
+                ),
+            },
+        }
+    };
+    info!(job = %job, end = ?end, pid, "adopted worker ended");
+    send(WorkerReport::Ended {
+        end,
+        stderr_tail: Vec::new(),
+    });
+}
+
 /// Whether a worker whose job ended this way may serve the next job. A job that finished, was
 /// stopped, or failed on its own input leaves the worker as it was; after an engine error, an
 /// out-of-memory (a CUDA context may not recover from one), an I/O failure (a full disk: the
@@ -252,20 +392,14 @@ fn spawn_worker(launch: &WorkerLaunch) -> Result<WarmWorker, String> {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // A process group of its own, and no parent-death signal: a worker outlives a daemon
+        // that crashes or is killed, renders on, and the next daemon re-adopts it (see
+        // `supervise_adopted`). Its pipes to the dead daemon then only fail its writes (Rust
+        // ignores SIGPIPE); its messages also go to the job folder.
+        .process_group(0)
         .kill_on_drop(true);
     for (key, value) in &launch.env {
         command.env(key, value);
-    }
-    // SAFETY: the closure runs in the child between fork and exec and only calls prctl, which
-    // is async-signal-safe. If the daemon dies (even by SIGKILL) the worker gets SIGTERM, so it
-    // checkpoints and exits instead of rendering on as an orphan next to a restarted daemon.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
     }
     let mut child = command
         .spawn()

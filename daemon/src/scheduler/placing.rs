@@ -51,6 +51,10 @@ impl Scheduler {
             self.index_record(&state);
             return;
         }
+        if let Some(pid) = self.adopting.remove(&id) {
+            self.adopt_worker(decision, state, pid);
+            return;
+        }
         if dir.cancel_request().exists() {
             self.placement.release(&id, RunEnd::NotTheCard);
             self.cancel_unstarted(&id);
@@ -153,6 +157,74 @@ impl Scheduler {
             RunningJob {
                 stop: stop_tx,
                 card,
+                card_uuid: decision.card_uuid,
+                clip_secs: Vec::new(),
+                clips_total: state.clips_total,
+                spec,
+                durable_at_start,
+                attempt: state.attempts,
+                model: Some(key.model),
+            },
+        );
+    }
+
+    /// Follows a worker that outlived the last daemon, on the slot placement gave its job back:
+    /// the attempt goes on (no new attempt is counted) and a cancel or stop reaches it as
+    /// signals. A worker gone meanwhile ends the attempt as a restart does.
+    fn adopt_worker(
+        &mut self,
+        decision: PlacementDecision,
+        mut state: jobs::state::JobState,
+        pid: u32,
+    ) {
+        let id = decision.job_id.clone();
+        let dir = self.job_dir(&id);
+        let durable_at_start = state
+            .durable_at_attempt_start
+            .unwrap_or_else(|| durable_clips(&dir));
+        state.gpu = Some(decision.card_label.clone());
+        state.durable_at_attempt_start = Some(durable_at_start);
+        self.save(&dir, &state);
+        let _ = dir.append_event(&event(
+            "adopted",
+            [
+                ("worker_pid", pid.into()),
+                ("gpu", decision.card_label.clone().into()),
+                ("attempt", state.attempts.into()),
+                ("durable_clips", durable_clips(&dir).into()),
+            ],
+        ));
+        let spec = dir.load_spec().ok();
+        let key = WorkerKey {
+            card_uuid: decision.card_uuid.clone(),
+            env: decision.env.clone(),
+            model: spec.as_ref().map(warm::model_key).unwrap_or_default(),
+        };
+        let launch = WorkerLaunch {
+            job_id: id.clone(),
+            job_dir: dir.root().to_path_buf(),
+            program: PathBuf::new(),
+            env: Vec::new(),
+            model_cache_dir: self.config.model_cache_dir(),
+            heartbeat_timeout: Duration::from_secs(self.config.worker.heartbeat_timeout_secs),
+            stop_timeout: Duration::from_secs(self.config.worker.stop_timeout_secs),
+            key: key.clone(),
+            idle_unload: Duration::ZERO,
+        };
+        let (stop_tx, stop_rx) = watch::channel(StopRequest::None);
+        self.supervisors.spawn(supervisor::supervise_adopted(
+            launch,
+            pid,
+            state.clips_done,
+            self.reports_tx.clone(),
+            stop_rx,
+        ));
+        info!(job = %id, gpu = %decision.card_label, pid, "job running on its re-adopted worker");
+        self.running.insert(
+            id,
+            RunningJob {
+                stop: stop_tx,
+                card: decision.card_label,
                 card_uuid: decision.card_uuid,
                 clip_secs: Vec::new(),
                 clips_total: state.clips_total,

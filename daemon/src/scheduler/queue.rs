@@ -47,12 +47,35 @@ impl Scheduler {
             return;
         }
         let mut state = state;
-        if state.phase == Phase::Running
-            && state.durable_at_attempt_start.is_some()
-            && !self.running.contains_key(&id)
-            && !self.end_attempt_by_restart(&id, &dir, &mut state, &spec)
-        {
-            return;
+        if state.phase == Phase::Running && !self.running.contains_key(&id) {
+            // Running when the last daemon ended: its worker may render on (re-adopted when
+            // placement gives the job its slot back, first of all queued jobs), or the attempt
+            // ended with that daemon.
+            if let Some(pid) = crate::supervisor::live_worker(dir.root()) {
+                let plan = self
+                    .index
+                    .as_ref()
+                    .and_then(|index| index.plan(&id).cloned())
+                    .or_else(|| jobs::index::read_plan(&dir))
+                    .unwrap_or_else(|| Placement::plan_of(&spec));
+                info!(job = %id, pid, "its worker outlived the last daemon; re-adopting it");
+                self.adopting.insert(id.clone(), pid);
+                self.placement
+                    .enqueue(&id, i32::MAX, &plan, Some(warm::model_key(&spec)));
+                return;
+            }
+            let _ = dir.append_event(&event(
+                "requeued",
+                [(
+                    "reason",
+                    "daemon restarted while the job was running".into(),
+                )],
+            ));
+            if state.durable_at_attempt_start.is_some()
+                && !self.end_attempt_by_restart(&id, &dir, &mut state, &spec)
+            {
+                return;
+            }
         }
         if let Some(at) = state.retry_at_ms.filter(|at| *at > now_ms()) {
             // Still in its backoff after a stalled attempt (a job read after start-up).
