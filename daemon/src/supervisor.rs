@@ -70,6 +70,12 @@ pub enum WorkerEnd {
 #[derive(Debug, Clone)]
 pub enum WorkerReport {
     Message(WorkerMessage),
+    /// Under Slurm: the batch job that runs this attempt, submitted or adopted (`sbatch` runs
+    /// in the job's own task, not in the scheduler's loop).
+    SlurmJob {
+        slurm_job_id: String,
+        adopted: bool,
+    },
     Ended {
         end: WorkerEnd,
         stderr_tail: Vec<String>,

@@ -248,34 +248,56 @@ impl Scheduler {
         let id = launch.job_id.clone();
         let dir = self.job_dir(&id);
         let needs = executor::needs_of(&self.config, &dir, offload);
-        let started = match tokio::runtime::Handle::try_current() {
-            // The scheduler's work runs in `block_in_place`, where blocking on a future is
-            // allowed; sbatch answers in milliseconds.
-            Ok(runtime) => {
-                runtime.block_on(executor::slurm::adopt_or_submit(&slurm, &launch, &needs))
-            }
-            Err(_) => Err(executor::slurm::SlurmError::NoRuntime),
-        };
-        let (record, adopted) = match started {
-            Ok(started) => started,
-            Err(err) => {
-                warn!(job = %id, error = %err, "cannot submit the job to Slurm");
-                let _ = self.reports_tx.send((
-                    id,
-                    WorkerReport::Ended {
-                        end: executor::slurm::submit_failure(&err),
-                        stderr_tail: Vec::new(),
-                    },
-                ));
-                return "slurm".to_string();
-            }
-        };
-        let label = format!("slurm:{}", record.slurm_job_id);
+        let reports = self.reports_tx.clone();
+        // sbatch (and scontrol, to adopt) run in the job's own task: a slow controller must
+        // not hold up the scheduler's loop. The job's state learns its Slurm job through a
+        // report (see `slurm_job_started`).
+        self.supervisors.spawn(async move {
+            let (record, adopted) =
+                match executor::slurm::adopt_or_submit(&slurm, &launch, &needs).await {
+                    Ok(started) => started,
+                    Err(err) => {
+                        warn!(job = %id, error = %err, "cannot submit the job to Slurm");
+                        let _ = reports.send((
+                            id,
+                            WorkerReport::Ended {
+                                end: executor::slurm::submit_failure(&err),
+                                stderr_tail: Vec::new(),
+                            },
+                        ));
+                        return;
+                    }
+                };
+            let _ = reports.send((
+                id,
+                WorkerReport::SlurmJob {
+                    slurm_job_id: record.slurm_job_id.clone(),
+                    adopted,
+                },
+            ));
+            executor::slurm::follow(std::sync::Arc::new(slurm), launch, record, reports, stop)
+                .await;
+        });
+        "slurm".to_string()
+    }
+
+    /// Records the Slurm job that runs a job's attempt: where its state says it runs.
+    pub(super) fn slurm_job_started(
+        &mut self,
+        id: &jobs::state::JobId,
+        slurm_job_id: String,
+        adopted: bool,
+    ) {
+        let dir = self.job_dir(id);
+        let label = format!("slurm:{slurm_job_id}");
+        if let Some(running) = self.running.get_mut(id) {
+            running.card = label.clone();
+        }
         if let Ok(mut state) = dir.load_state() {
-            state.gpu = Some(label.clone());
+            state.gpu = Some(label);
             state
                 .details
-                .insert("slurm_job_id".into(), record.slurm_job_id.clone().into());
+                .insert("slurm_job_id".into(), slurm_job_id.clone().into());
             self.save(&dir, &state);
         }
         let _ = dir.append_event(&event(
@@ -284,16 +306,8 @@ impl Scheduler {
             } else {
                 "slurm_submitted"
             },
-            [("slurm_job_id", record.slurm_job_id.clone().into())],
+            [("slurm_job_id", slurm_job_id.into())],
         ));
-        self.supervisors.spawn(executor::slurm::follow(
-            std::sync::Arc::new(slurm),
-            launch,
-            record,
-            self.reports_tx.clone(),
-            stop,
-        ));
-        label
     }
 
     /// Lets go of workers idle for `worker.idle_unload_secs`, and tells placement which model

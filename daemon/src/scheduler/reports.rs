@@ -54,6 +54,10 @@ impl Scheduler {
         let dir = self.job_dir(&id);
         match report {
             WorkerReport::Message(message) => self.handle_message(&id, &dir, message),
+            WorkerReport::SlurmJob {
+                slurm_job_id,
+                adopted,
+            } => self.slurm_job_started(&id, slurm_job_id, adopted),
             WorkerReport::Ended { end, stderr_tail } => {
                 self.handle_end(&id, &dir, end, stderr_tail)
             }
