@@ -281,7 +281,7 @@ impl Default for RetryPolicy {
     fn default() -> RetryPolicy {
         RetryPolicy {
             max_attempts: 3,
-            max_evictions: 20,
+            max_evictions: 50,
         }
     }
 }

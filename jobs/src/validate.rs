@@ -55,7 +55,7 @@ pub(crate) fn field_hint(key: &str) -> Option<&'static str> {
             "attempts in a row that make no new clip durable, the first included; 3 is the default"
         }
         "retry.max_evictions" => {
-            "evictions in a row (the worker killed by someone else, or a daemon restart) that make no new clip durable; 20 is the default"
+            "evictions in a row (the worker killed by someone else, or a daemon restart) that make no new clip durable; 50 is the default"
         }
         _ if key.starts_with("notify.email") => "write plain addresses such as ops@example.com",
         _ if key.starts_with("notify.webhook") => {

@@ -18,6 +18,18 @@ use crate::space::SpaceWait;
 use crate::supervisor::WorkerEnd;
 use crate::warm;
 
+/// When a job may run again after `backoff` (ms since the epoch): the backoff plus up to a
+/// second of jitter, so the retries of jobs that something outside kills at a steady pace do
+/// not fall into step with it (every retry landing just before the next kill).
+fn retry_at(backoff: Duration) -> u64 {
+    let jitter_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |now| u64::from(now.subsec_nanos() / 7 % 1000));
+    now_ms()
+        .saturating_add(u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX))
+        .saturating_add(jitter_ms)
+}
+
 impl Scheduler {
     /// Puts a job in line with its plan, as intake, a retry or the end of a wait hand it over;
     /// a job still in its backoff waits it out first, and one that has ended only fixes the
@@ -47,10 +59,14 @@ impl Scheduler {
             return;
         }
         let mut state = state;
-        if state.phase == Phase::Running && !self.running.contains_key(&id) {
-            // Running when the last daemon ended: its worker may render on (re-adopted when
-            // placement gives the job its slot back, first of all queued jobs), or the attempt
-            // ended with that daemon.
+        // An attempt whose end nobody handled (`durable_at_attempt_start` is cleared when one
+        // is): the job was running when the last daemon ended. Its worker may render on
+        // (re-adopted when placement gives the job its slot back, first of all queued jobs),
+        // or the attempt ended with that daemon.
+        if state.phase == Phase::Running
+            && state.durable_at_attempt_start.is_some()
+            && !self.running.contains_key(&id)
+        {
             if let Some(pid) = crate::supervisor::live_worker(dir.root()) {
                 let plan = self
                     .index
@@ -71,9 +87,7 @@ impl Scheduler {
                     "daemon restarted while the job was running".into(),
                 )],
             ));
-            if state.durable_at_attempt_start.is_some()
-                && !self.end_attempt_by_restart(&id, &dir, &mut state, &spec)
-            {
+            if !self.end_attempt_by_restart(&id, &dir, &mut state, &spec) {
                 return;
             }
         }
@@ -153,16 +167,13 @@ impl Scheduler {
             self.finish(id, Phase::Failed, Some(message), Some(spec));
             return false;
         }
-        let backoff = super::reports::retry_backoff(
-            state
-                .stalled_attempts
-                .saturating_add(state.stalled_evictions),
-        );
+        let backoff =
+            super::reports::next_backoff(state.stalled_attempts, state.stalled_evictions);
         if backoff.is_zero() {
             self.save(dir, state);
             return true;
         }
-        let at = now_ms().saturating_add(u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX));
+        let at = retry_at(backoff);
         state.phase = Phase::Queued;
         state.gpu = None;
         state.eta_secs = None;
@@ -203,7 +214,7 @@ impl Scheduler {
         let Ok(mut state) = dir.load_state() else {
             return;
         };
-        let at = now_ms().saturating_add(u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX));
+        let at = retry_at(backoff);
         state.phase = Phase::Queued;
         state.gpu = None;
         state.eta_secs = None;

@@ -35,6 +35,17 @@ pub fn retry_backoff(stalled: u32) -> Duration {
         .min(RETRY_BACKOFF_MAX)
 }
 
+/// The longest wait after evictions: they say nothing about the job, so the wait only spaces
+/// out attempts on a farm where something keeps killing workers.
+const EVICTION_BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// The wait before a job's next attempt after `stalled` attempts and `evictions` evictions in a
+/// row without progress: the attempts' backoff, or the evictions' (the same doubling, up to
+/// [`EVICTION_BACKOFF_MAX`]), whichever is longer.
+pub fn next_backoff(stalled: u32, evictions: u32) -> Duration {
+    retry_backoff(stalled).max(retry_backoff(evictions).min(EVICTION_BACKOFF_MAX))
+}
+
 /// How many clips of the job are durable: one more than the last clip named by either of its
 /// checkpoints (the worker falls back to the previous one when the latest is damaged).
 pub(super) fn durable_clips(dir: &JobDir) -> u32 {
@@ -381,7 +392,7 @@ impl Scheduler {
                     (stalled, max_attempts, "attempts", "max_attempts")
                 };
                 if count < bound && !self.stopping {
-                    let backoff = retry_backoff(stalled.saturating_add(stalled_evictions));
+                    let backoff = next_backoff(stalled, stalled_evictions);
                     // The wait is in state.json before the event announces it: whoever reads
                     // the event (or a daemon restarted right after it) finds it durable.
                     self.requeue_after(id, backoff);
@@ -471,6 +482,11 @@ mod tests {
         let secs: Vec<u64> = (0..9).map(|n| retry_backoff(n).as_secs()).collect();
         assert_eq!(secs, [0, 2, 4, 8, 16, 32, 60, 60, 60]);
         assert_eq!(retry_backoff(u32::MAX), RETRY_BACKOFF_MAX);
+        // Evictions back off the same way, but never longer than 10 s.
+        let evicted: Vec<u64> = (0..7).map(|n| next_backoff(0, n).as_secs()).collect();
+        assert_eq!(evicted, [0, 2, 4, 8, 10, 10, 10]);
+        assert_eq!(next_backoff(5, 2).as_secs(), 32);
+        assert_eq!(next_backoff(1, 6).as_secs(), 10);
     }
 
     #[test]

@@ -180,7 +180,7 @@ fn fills_documented_defaults() {
     assert_eq!(spec.notify.on, vec![NoticeEvent::Done, NoticeEvent::Failed]);
     assert!(spec.notify.email.is_empty() && spec.notify.webhook.is_empty());
     assert_eq!(spec.retry.max_attempts, 3);
-    assert_eq!(spec.retry.max_evictions, 20);
+    assert_eq!(spec.retry.max_evictions, 50);
 }
 
 #[test]
