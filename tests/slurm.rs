@@ -354,8 +354,16 @@ fn a_stopped_worker_on_slurm_is_found_by_its_heartbeat_and_the_job_requeued() {
             .is_some_and(|r| r.contains("stopped responding")),
         "{retry}"
     );
-    assert_eq!(count(&evs, "slurm_submitted"), 2, "submitted again: {evs:?}");
-    assert_ne!(state["details"]["slurm_job_id"], slurm_id.as_str(), "{state}");
+    assert_eq!(
+        count(&evs, "slurm_submitted"),
+        2,
+        "submitted again: {evs:?}"
+    );
+    assert_ne!(
+        state["details"]["slurm_job_id"],
+        slurm_id.as_str(),
+        "{state}"
+    );
     assert!(start_points(&evs).len() >= 2, "{evs:?}");
 }
 

@@ -95,6 +95,8 @@ pub struct Scheduler {
     /// Jobs found running at start-up whose worker outlived the last daemon: the pid to
     /// re-adopt once placement gives the job its slot back (see `placing`).
     adopting: HashMap<JobId, u32>,
+    /// True while `start_up` queues the jobs the last daemon left.
+    starting_up: bool,
 }
 
 impl Scheduler {
@@ -124,6 +126,7 @@ impl Scheduler {
             unread: Vec::new(),
             warm: WarmPool::default(),
             adopting: HashMap::new(),
+            starting_up: true,
         };
         let backlog = backlog::load(&scheduler.config.state_dir, &scheduler.layout.jobs)?;
         scheduler.index = backlog.index;
@@ -146,6 +149,7 @@ impl Scheduler {
                 _ => scheduler.enqueue(entry.id),
             }
         }
+        scheduler.starting_up = false;
         if resumed > 0 {
             info!(
                 count = resumed,

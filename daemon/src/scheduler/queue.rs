@@ -63,11 +63,22 @@ impl Scheduler {
         // is): the job was running when the last daemon ended. Its worker may render on
         // (re-adopted when placement gives the job its slot back, first of all queued jobs),
         // or the attempt ended with that daemon.
+        // (Under Slurm the batch job goes on by itself and is adopted through `slurm.json`
+        // when the job is placed again.)
+        // A job whose end was handled while the daemon stopped but stayed `running` (a worker
+        // killed after the stop timeout) is re-queued at the start too, not counted again.
+        let local = matches!(self.config.executor, crate::config::ExecutorConfig::Local);
+        let unhandled = state.durable_at_attempt_start.is_some();
         if state.phase == Phase::Running
-            && state.durable_at_attempt_start.is_some()
             && !self.running.contains_key(&id)
+            && (unhandled || self.starting_up)
         {
-            if let Some(pid) = crate::supervisor::live_worker(dir.root()) {
+            let live = if local && unhandled {
+                crate::supervisor::live_worker(dir.root())
+            } else {
+                None
+            };
+            if let Some(pid) = live {
                 let plan = self
                     .index
                     .as_ref()
@@ -87,7 +98,7 @@ impl Scheduler {
                     "daemon restarted while the job was running".into(),
                 )],
             ));
-            if !self.end_attempt_by_restart(&id, &dir, &mut state, &spec) {
+            if local && unhandled && !self.end_attempt_by_restart(&id, &dir, &mut state, &spec) {
                 return;
             }
         }
@@ -167,8 +178,7 @@ impl Scheduler {
             self.finish(id, Phase::Failed, Some(message), Some(spec));
             return false;
         }
-        let backoff =
-            super::reports::next_backoff(state.stalled_attempts, state.stalled_evictions);
+        let backoff = super::reports::next_backoff(state.stalled_attempts, state.stalled_evictions);
         if backoff.is_zero() {
             self.save(dir, state);
             return true;
