@@ -325,11 +325,12 @@ fn daemon_sigterm_leaves_the_job_queued_and_the_next_start_resumes_it() {
     assert_eq!(frame_digests(output_of(&state)), reference);
 }
 
-/// SIGKILL of the daemon mid-job: its worker gets SIGTERM from the kernel (parent death),
-/// checkpoints and exits; the next daemon finds the job `running`, re-queues it at start and
-/// resumes it.
+/// SIGKILL of the daemon mid-job: its worker is in no process relationship that ends it with
+/// the daemon, so it renders on (a new clip becomes durable with no daemon at all); the next
+/// daemon re-adopts that same process, and the job ends in its first attempt, never resumed
+/// (no clip rendered twice, none lost), with the frames of an uninterrupted run.
 #[test]
-fn daemon_sigkill_mid_job_resumes_at_the_next_start() {
+fn daemon_sigkill_mid_job_leaves_the_worker_rendering_and_the_next_start_adopts_it() {
     let reference = reference_digests(|farm| slow_job(farm, "x"));
     let farm = Farm::new(POOL);
     let mut daemon = farm.start_daemon();
@@ -337,21 +338,38 @@ fn daemon_sigkill_mid_job_resumes_at_the_next_start() {
     wait_event(&farm, "crash.yaml", "clip 3 done", |e| {
         e["event"] == "clip_done" && e["index"].as_u64() >= Some(3)
     });
+    let state = farm.job_by_source("crash.yaml").expect("job");
+    let dir = job_dir(&farm, &state);
+    let pid = wait_for("the job's worker", RUN, || {
+        worker_pids(&dir).first().copied()
+    });
     daemon.kill9();
     let state = farm.job_by_source("crash.yaml").expect("job");
     assert_eq!(state["phase"], "running", "{state}");
-    let dir = job_dir(&farm, &state);
-    wait_for("the orphaned worker to checkpoint and exit", RUN, || {
-        worker_pids(&dir).is_empty().then_some(())
+    // The worker goes on alone: a later clip becomes durable while no daemon runs.
+    let last_clip = |dir: &Path| -> Option<u64> {
+        let bytes = std::fs::read(dir.join("work/checkpoint.json")).ok()?;
+        serde_json::from_slice::<serde_json::Value>(&bytes).ok()?["last_clip"].as_u64()
+    };
+    let before = last_clip(&dir).unwrap_or(0);
+    wait_for("a clip made durable with the daemon down", RUN, || {
+        (last_clip(&dir)? > before).then_some(())
     });
+    assert_eq!(worker_pids(&dir), vec![pid], "the same worker renders on");
 
     let _daemon = farm.start_daemon();
     let state = wait_finished(&farm, "crash.yaml");
     assert_eq!(state["phase"], "done", "{state}");
+    assert_eq!(state["attempts"], 1, "no attempt counted: {state}");
     let evs = events(&farm, &state);
-    assert!(evs.iter().any(|e| e["event"] == "requeued"), "{evs:?}");
-    let starts = start_points(&evs);
-    assert!(starts.len() == 2 && starts[1] >= 4, "{starts:?}");
+    let adopted: Vec<_> = evs.iter().filter(|e| e["event"] == "adopted").collect();
+    assert_eq!(adopted.len(), 1, "{evs:?}");
+    assert_eq!(adopted[0]["worker_pid"], pid, "{evs:?}");
+    assert!(!evs.iter().any(|e| e["event"] == "requeued"), "{evs:?}");
+    assert_eq!(start_points(&evs), vec![0], "never resumed: {evs:?}");
+    let exits: Vec<_> = evs.iter().filter(|e| e["event"] == "worker_exit").collect();
+    assert_eq!(exits.len(), 1, "{exits:?}");
+    assert_eq!(exits[0]["end"], "Finished", "{exits:?}");
     assert_eq!(frame_digests(output_of(&state)), reference);
 }
 

@@ -305,6 +305,68 @@ fn reelspool_cancel_scancels_the_slurm_job() {
     );
 }
 
+/// A hung worker under Slurm (stopped with SIGSTOP, so it writes no heartbeat to its output
+/// in the job folder) is found within `worker.heartbeat_timeout_secs`, not at `--time` (ten
+/// minutes at least): its Slurm job is cancelled, the attempt ends as a lost heartbeat and the
+/// job is submitted again, then finishes.
+#[test]
+fn a_stopped_worker_on_slurm_is_found_by_its_heartbeat_and_the_job_requeued() {
+    const HEARTBEAT_SECS: u64 = 15;
+    let Some((conf, _lock)) = shared_cluster() else {
+        return;
+    };
+    let farm = Farm::new(&format!(
+        "executor:\n  kind: slurm\n  partition: ci\n  gres: \"gpu:1\"\n  poll_secs: 1\n  \
+         probe_timeout_secs: 60\n  gpu_types:\n    - {{ name: fake, memory_gb: 80 }}\n\
+         worker: {{ heartbeat_timeout_secs: {HEARTBEAT_SECS} }}\n"
+    ));
+    let _daemon = start(&farm, &conf);
+    farm.drop_job("hung.yaml", &long_job(&farm, "hung"));
+    let (state, slurm_id) = wait_rendering(&farm, "hung.yaml", 2);
+    let dir = job_dir(&farm, &state);
+    let pid = wait_for("the job's worker on the node", RUN, || {
+        worker_pids(&dir).first().copied()
+    });
+    // SAFETY: kill() on the worker's pid, read from /proc.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let stopped_at = std::time::Instant::now();
+    let lost = wait_event(&farm, "hung.yaml", "the lost heartbeat", |e| {
+        e["event"] == "worker_exit" && e["end"] == "HeartbeatLost"
+    });
+    let found_after = stopped_at.elapsed();
+    eprintln!("hung worker found after {found_after:?}");
+    // The heartbeat timeout, plus Slurm's poll and the time scancel takes to end the job on a
+    // loaded machine; the job's --time is at least 10 minutes.
+    assert!(
+        found_after < Duration::from_secs(HEARTBEAT_SECS + 60),
+        "found only after {found_after:?}: {lost}"
+    );
+    let state = wait_finished(&farm, "hung.yaml");
+    assert_eq!(state["phase"], "done", "{state}\n{}", farm.daemon_logs());
+    let evs = events(&farm, &state);
+    let retry = evs
+        .iter()
+        .find(|e| e["event"] == "retry")
+        .unwrap_or_else(|| panic!("no retry: {evs:?}"));
+    assert!(
+        retry["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("stopped responding")),
+        "{retry}"
+    );
+    assert_eq!(
+        count(&evs, "slurm_submitted"),
+        2,
+        "submitted again: {evs:?}"
+    );
+    assert_ne!(
+        state["details"]["slurm_job_id"],
+        slurm_id.as_str(),
+        "{state}"
+    );
+    assert!(start_points(&evs).len() >= 2, "{evs:?}");
+}
+
 #[test]
 fn a_daemon_killed_while_its_slurm_job_runs_adopts_it_after_a_restart() {
     let Some((farm, conf, _lock)) = slurm_farm() else {

@@ -74,7 +74,10 @@ pub fn run_end(end: &WorkerEnd, daemon_stopping: bool) -> RunEnd {
         _ if daemon_stopping => RunEnd::DaemonStopping,
         WorkerEnd::Crashed { .. } | WorkerEnd::HeartbeatLost => RunEnd::CardFailure,
         // An out-of-memory exit never gets here: `record_oom` frees its card.
-        WorkerEnd::Failed { .. } | WorkerEnd::Interrupted { .. } => RunEnd::NotTheCard,
+        // Nor is a kill by someone else (an eviction).
+        WorkerEnd::Failed { .. } | WorkerEnd::Interrupted { .. } | WorkerEnd::Evicted { .. } => {
+            RunEnd::NotTheCard
+        }
     }
 }
 

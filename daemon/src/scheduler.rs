@@ -30,7 +30,6 @@ use tracing::{info, warn};
 
 use crate::backlog;
 use crate::config::DaemonConfig;
-use crate::events::event;
 use crate::executor;
 use crate::intake::Admission;
 use crate::notify_glue::Notices;
@@ -93,6 +92,11 @@ pub struct Scheduler {
     unread: Vec<JobId>,
     /// Idle warm workers (see `warm`).
     warm: WarmPool,
+    /// Jobs found running at start-up whose worker outlived the last daemon: the pid to
+    /// re-adopt once placement gives the job its slot back (see `placing`).
+    adopting: HashMap<JobId, u32>,
+    /// True while `start_up` queues the jobs the last daemon left.
+    starting_up: bool,
 }
 
 impl Scheduler {
@@ -121,6 +125,8 @@ impl Scheduler {
             index: None,
             unread: Vec::new(),
             warm: WarmPool::default(),
+            adopting: HashMap::new(),
+            starting_up: true,
         };
         let backlog = backlog::load(&scheduler.config.state_dir, &scheduler.layout.jobs)?;
         scheduler.index = backlog.index;
@@ -129,14 +135,6 @@ impl Scheduler {
         for entry in backlog.unfinished {
             if entry.phase == Phase::Running {
                 resumed += 1;
-                let dir = scheduler.job_dir(&entry.id);
-                let _ = dir.append_event(&event(
-                    "requeued",
-                    [(
-                        "reason",
-                        "daemon restarted while the job was running".into(),
-                    )],
-                ));
             }
             match (entry.retry_at_ms, &entry.plan, entry.phase) {
                 // Still waiting out the backoff after a stalled attempt.
@@ -151,6 +149,7 @@ impl Scheduler {
                 _ => scheduler.enqueue(entry.id),
             }
         }
+        scheduler.starting_up = false;
         if resumed > 0 {
             info!(
                 count = resumed,

@@ -48,9 +48,21 @@ pub enum StopRequest {
 #[derive(Debug, Clone, PartialEq)]
 pub enum WorkerEnd {
     Finished,
-    Interrupted { next_clip: Option<u32> },
-    Failed { kind: FailureKind, message: String },
-    Crashed { status: String },
+    Interrupted {
+        next_clip: Option<u32>,
+    },
+    Failed {
+        kind: FailureKind,
+        message: String,
+    },
+    Crashed {
+        status: String,
+    },
+    /// Killed by someone else than the daemon (a SIGKILL or SIGTERM it did not send, with no
+    /// sign of an OOM kill): the job did not cause it, so it is retried as an eviction.
+    Evicted {
+        status: String,
+    },
     HeartbeatLost,
 }
 
@@ -58,6 +70,12 @@ pub enum WorkerEnd {
 #[derive(Debug, Clone)]
 pub enum WorkerReport {
     Message(WorkerMessage),
+    /// Under Slurm: the batch job that runs this attempt, submitted or adopted (`sbatch` runs
+    /// in the job's own task, not in the scheduler's loop).
+    SlurmJob {
+        slurm_job_id: String,
+        adopted: bool,
+    },
     Ended {
         end: WorkerEnd,
         stderr_tail: Vec<String>,
@@ -194,12 +212,154 @@ pub async fn supervise(
     let stderr_tail = worker.job_tail(TAIL_WAIT).await;
     let killer = if killed_after_stop {
         Killer::DaemonAfterStop(launch.stop_timeout)
+    } else if stop_sent_at.is_some() {
+        Killer::DaemonStop
     } else {
         Killer::Unknown(worker.oom_watch.take())
     };
     let end = classify_end(status, last_message, heartbeat_lost, killer);
     info!(job = %job, end = ?end, "worker ended");
     send(WorkerReport::Ended { end, stderr_tail });
+}
+
+/// The pid of a live worker that holds the job's lock (`work/worker.lock`), if one does: a
+/// worker started by an earlier daemon that is still rendering the job.
+pub fn live_worker(job_dir: &Path) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    let path = job_dir.join("work").join(protocol::LOCK_FILE);
+    let file = std::fs::File::open(&path).ok()?;
+    // SAFETY: flock only reads the descriptor, which `file` keeps open.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+    if rc == 0 {
+        // Nobody holds it: no worker renders the job. (Closing the file lets go of ours.)
+        return None;
+    }
+    let pid: u32 = std::fs::read_to_string(&path).ok()?.trim().parse().ok()?;
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    (pid > 1 && unsafe { libc::kill(pid as i32, 0) } == 0).then_some(pid)
+}
+
+/// How often an adopted worker's messages and lock are looked at.
+const ADOPTED_POLL: Duration = Duration::from_millis(250);
+
+/// Follows a worker that an earlier daemon started and that outlived it: its messages come
+/// from the job's copy of them ([`protocol::MESSAGES_FILE`]), its heartbeat is that file
+/// growing, and its end is its lock let go (it is not this daemon's child, so there is no exit
+/// status to wait for: the end is read from its last message). Stops are signals to its pid.
+/// `clips_done` is what the job's state already counts: clip reports up to there were handled
+/// by the earlier daemon and are not reported again.
+pub async fn supervise_adopted(
+    launch: WorkerLaunch,
+    pid: u32,
+    clips_done: u32,
+    reports: mpsc::UnboundedSender<(JobId, WorkerReport)>,
+    mut stop: watch::Receiver<StopRequest>,
+) {
+    let job = launch.job_id.clone();
+    let send = |report: WorkerReport| {
+        let _ = reports.send((job.clone(), report));
+    };
+    let path = launch.job_dir.join("work").join(protocol::MESSAGES_FILE);
+    let mut read_upto = 0usize;
+    let mut last_message: Option<WorkerMessage> = None;
+    let mut last_sign = tokio::time::Instant::now();
+    let mut stop_sent_at: Option<tokio::time::Instant> = None;
+    let mut killed = false;
+    let mut heartbeat_lost = false;
+    info!(job = %job, pid, "re-adopted a worker that outlived the last daemon");
+    loop {
+        // New whole lines of the job's messages.
+        if let Ok(bytes) = tokio::fs::read(&path).await {
+            if bytes.len() < read_upto {
+                read_upto = 0;
+            }
+            let fresh = &bytes[read_upto..];
+            if let Some(end) = fresh.iter().rposition(|b| *b == b'\n') {
+                for line in String::from_utf8_lossy(&fresh[..end]).lines() {
+                    let Some(message) = WorkerMessage::from_line(line) else {
+                        continue;
+                    };
+                    last_sign = tokio::time::Instant::now();
+                    let report = match &message {
+                        WorkerMessage::ClipDone { index, .. } => *index >= clips_done,
+                        WorkerMessage::Finished { .. }
+                        | WorkerMessage::Interrupted { .. }
+                        | WorkerMessage::Error { .. } => true,
+                        // Reported when the attempt began, to the daemon that started it.
+                        _ => false,
+                    };
+                    if !matches!(
+                        message,
+                        WorkerMessage::Heartbeat | WorkerMessage::JobEnded { .. }
+                    ) {
+                        last_message = Some(message.clone());
+                    }
+                    if report {
+                        send(WorkerReport::Message(message));
+                    }
+                }
+                read_upto += end + 1;
+            }
+        }
+        if live_worker(&launch.job_dir) != Some(pid) {
+            break;
+        }
+        let now = tokio::time::Instant::now();
+        match stop_sent_at {
+            Some(sent) if !killed && now >= sent + launch.stop_timeout => {
+                warn!(job = %job, pid, "adopted worker did not stop within {:?}; killing it", launch.stop_timeout);
+                signal_pid(pid, libc::SIGKILL);
+                killed = true;
+            }
+            None if !heartbeat_lost && now >= last_sign + launch.heartbeat_timeout => {
+                warn!(job = %job, pid, "adopted worker silent for {:?}; killing it", launch.heartbeat_timeout);
+                signal_pid(pid, libc::SIGKILL);
+                heartbeat_lost = true;
+            }
+            _ => {}
+        }
+        tokio::select! {
+            changed = stop.changed(), if stop_sent_at.is_none() => {
+                let request = if changed.is_err() { StopRequest::Shutdown } else { *stop.borrow() };
+                if request != StopRequest::None {
+                    info!(job = %job, pid, "asking the adopted worker to checkpoint and stop");
+                    signal_pid(pid, libc::SIGTERM);
+                    stop_sent_at = Some(tokio::time::Instant::now());
+                }
+            }
+            _ = tokio::time::sleep(ADOPTED_POLL) => {}
+        }
+    }
+    let end = if heartbeat_lost {
+        WorkerEnd::HeartbeatLost
+    } else {
+        match last_message {
+            Some(WorkerMessage::Finished { .. }) => WorkerEnd::Finished,
+            Some(WorkerMessage::Interrupted { next_clip }) => WorkerEnd::Interrupted {
+                next_clip: Some(next_clip),
+            },
+            Some(WorkerMessage::Error { kind, message }) => WorkerEnd::Failed { kind, message },
+            _ if killed => WorkerEnd::Crashed {
+                status: format!(
+                    "killed by SIGKILL (9) from the daemon: it did not stop within {:?}",
+                    launch.stop_timeout
+                ),
+            },
+            // Not our child: how it died is not known. It did not say it failed, so it is
+            // not held against the job.
+            _ => WorkerEnd::Evicted {
+                status: format!(
+                    "the re-adopted worker (pid {pid}) ended without a last message; its exit \
+                     status went to the daemon that started it"
+                ),
+            },
+        }
+    };
+    info!(job = %job, end = ?end, pid, "adopted worker ended");
+    send(WorkerReport::Ended {
+        end,
+        stderr_tail: Vec::new(),
+    });
 }
 
 /// Whether a worker whose job ended this way may serve the next job. A job that finished, was
@@ -238,20 +398,14 @@ fn spawn_worker(launch: &WorkerLaunch) -> Result<WarmWorker, String> {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // A process group of its own, and no parent-death signal: a worker outlives a daemon
+        // that crashes or is killed, renders on, and the next daemon re-adopts it (see
+        // `supervise_adopted`). Its pipes to the dead daemon then only fail its writes (Rust
+        // ignores SIGPIPE); its messages also go to the job folder.
+        .process_group(0)
         .kill_on_drop(true);
     for (key, value) in &launch.env {
         command.env(key, value);
-    }
-    // SAFETY: the closure runs in the child between fork and exec and only calls prctl, which
-    // is async-signal-safe. If the daemon dies (even by SIGKILL) the worker gets SIGTERM, so it
-    // checkpoints and exits instead of rendering on as an orphan next to a restarted daemon.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
     }
     let mut child = command
         .spawn()
@@ -296,6 +450,8 @@ fn signal_pid(pid: u32, signal: i32) {
 enum Killer {
     /// The supervisor, because the worker outlived its stop timeout.
     DaemonAfterStop(Duration),
+    /// The supervisor asked the worker to stop (SIGTERM), so a death by SIGTERM is its own.
+    DaemonStop,
     /// Not the daemon; the kernel may say whether its OOM killer did.
     Unknown(Option<crate::death::OomWatch>),
 }
@@ -336,22 +492,33 @@ fn classify_end(
         (Some(code), _) => WorkerEnd::Crashed {
             status: format!("exit status {code}"),
         },
-        (None, _) => WorkerEnd::Crashed {
-            status: match (status.signal(), killer) {
-                (Some(signal), Killer::DaemonAfterStop(timeout)) => format!(
+        (None, _) => match (status.signal(), killer) {
+            (Some(signal), Killer::DaemonAfterStop(timeout)) => WorkerEnd::Crashed {
+                status: format!(
                     "killed by {} from the daemon: it did not stop within {timeout:?}",
                     crate::death::signal_name(signal)
                 ),
-                (Some(libc::SIGKILL), Killer::Unknown(watch)) => {
-                    match watch.and_then(|watch| watch.evidence()) {
-                        Some(evidence) => format!("killed by SIGKILL (9): {evidence}"),
-                        None => "killed by SIGKILL (9), not sent by the daemon; \
+            },
+            (Some(libc::SIGKILL), Killer::Unknown(watch)) => {
+                match watch.and_then(|watch| watch.evidence()) {
+                    Some(evidence) => WorkerEnd::Crashed {
+                        status: format!("killed by SIGKILL (9): {evidence}"),
+                    },
+                    None => WorkerEnd::Evicted {
+                        status: "killed by SIGKILL (9), not sent by the daemon; \
                                  the kernel reports no OOM kill of it"
                             .to_string(),
-                    }
+                    },
                 }
-                (Some(signal), _) => format!("killed by {}", crate::death::signal_name(signal)),
-                (None, _) => "ended without a status".to_string(),
+            }
+            (Some(libc::SIGTERM), Killer::Unknown(_)) => WorkerEnd::Evicted {
+                status: "killed by SIGTERM (15), not sent by the daemon".to_string(),
+            },
+            (Some(signal), _) => WorkerEnd::Crashed {
+                status: format!("killed by {}", crate::death::signal_name(signal)),
+            },
+            (None, _) => WorkerEnd::Crashed {
+                status: "ended without a status".to_string(),
             },
         },
     }
@@ -397,6 +564,33 @@ mod tests {
         ] {
             assert!(!worker_stays_fit(&unfit), "{unfit:?}");
         }
+    }
+
+    #[test]
+    fn a_kill_the_daemon_did_not_send_is_an_eviction_and_a_crash_signal_is_not() {
+        use std::os::unix::process::ExitStatusExt;
+        let killed = |signal: i32| Ok(std::process::ExitStatus::from_raw(signal));
+        for signal in [libc::SIGKILL, libc::SIGTERM] {
+            let end = classify_end(killed(signal), None, false, Killer::Unknown(None));
+            assert!(matches!(end, WorkerEnd::Evicted { .. }), "{end:?}");
+        }
+        for signal in [libc::SIGSEGV, libc::SIGABRT, libc::SIGBUS] {
+            let end = classify_end(killed(signal), None, false, Killer::Unknown(None));
+            assert!(matches!(end, WorkerEnd::Crashed { .. }), "{end:?}");
+        }
+        // The daemon's own SIGTERM, or its SIGKILL after the stop timeout, is no eviction.
+        let end = classify_end(killed(libc::SIGTERM), None, false, Killer::DaemonStop);
+        assert!(matches!(end, WorkerEnd::Crashed { .. }), "{end:?}");
+        let end = classify_end(
+            killed(libc::SIGKILL),
+            None,
+            false,
+            Killer::DaemonAfterStop(Duration::from_secs(1)),
+        );
+        assert!(matches!(end, WorkerEnd::Crashed { .. }), "{end:?}");
+        // A hang is the worker's own failure.
+        let end = classify_end(killed(libc::SIGKILL), None, true, Killer::Unknown(None));
+        assert_eq!(end, WorkerEnd::HeartbeatLost);
     }
 
     #[test]

@@ -94,6 +94,7 @@ pub(crate) struct WebhookFile {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RetryFile {
     pub max_attempts: Option<u32>,
+    pub max_evictions: Option<u32>,
 }
 
 /// Merges two optional sections: both present → merged key by key, else whichever exists.
@@ -151,6 +152,7 @@ impl JobFile {
             }),
             retry: merge(self.retry, under.retry, |o, u| RetryFile {
                 max_attempts: o.max_attempts.or(u.max_attempts),
+                max_evictions: o.max_evictions.or(u.max_evictions),
             }),
         }
     }
@@ -215,7 +217,7 @@ const NOTIFY_KEYS: &[Key] = &[
     leaf("on"),
     leaf("progress_every"),
 ];
-const RETRY_KEYS: &[Key] = &[leaf("max_attempts")];
+const RETRY_KEYS: &[Key] = &[leaf("max_attempts"), leaf("max_evictions")];
 
 /// Every key a job file may have.
 pub(crate) const JOB_KEYS: &[Key] = &[

@@ -176,6 +176,8 @@ impl IndexEntry {
             vram_estimate_bytes: None,
             details,
             stalled_attempts: 0,
+            stalled_evictions: 0,
+            durable_at_attempt_start: None,
             retry_at_ms: self.retry_at_ms,
             owner: self.owner.clone(),
             batch: None,

@@ -316,8 +316,14 @@ pub(crate) fn resolve(
         retry: RetryPolicy {
             max_attempts: doc
                 .retry
+                .as_ref()
                 .and_then(|r| r.max_attempts)
                 .unwrap_or(RetryPolicy::default().max_attempts),
+            max_evictions: doc
+                .retry
+                .as_ref()
+                .and_then(|r| r.max_evictions)
+                .unwrap_or(RetryPolicy::default().max_evictions),
         },
     })
 }

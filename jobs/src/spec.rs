@@ -276,11 +276,24 @@ pub struct RetryPolicy {
     /// Attempts in a row that end without making a new clip durable, the first one included;
     /// an attempt that checkpoints a new clip starts the count again.
     pub max_attempts: u32,
+    /// Evictions in a row that end without making a new clip durable: attempts ended by a
+    /// death the job did not cause (a SIGKILL or SIGTERM the daemon did not send, with no
+    /// sign of an OOM kill, or the daemon's own restart). They do not count against
+    /// `max_attempts`; an attempt that checkpoints a new clip starts this count again too.
+    #[serde(default = "default_max_evictions")]
+    pub max_evictions: u32,
+}
+
+fn default_max_evictions() -> u32 {
+    RetryPolicy::default().max_evictions
 }
 
 impl Default for RetryPolicy {
     fn default() -> RetryPolicy {
-        RetryPolicy { max_attempts: 3 }
+        RetryPolicy {
+            max_attempts: 3,
+            max_evictions: 50,
+        }
     }
 }
 

@@ -97,6 +97,15 @@ pub struct JobState {
     /// checkpointed a new clip resets it to 0, and `retry.max_attempts` bounds it.
     #[serde(default)]
     pub stalled_attempts: u32,
+    /// How many evictions in a row (attempts ended by a death the job did not cause: a kill
+    /// the daemon did not send with no sign of an OOM kill, or the daemon's own restart) made
+    /// no new clip durable; progress resets it, and `retry.max_evictions` bounds it.
+    #[serde(default)]
+    pub stalled_evictions: u32,
+    /// Durable clips when the current attempt started, kept so that a daemon restarted during
+    /// the attempt can still tell whether it made progress.
+    #[serde(default)]
+    pub durable_at_attempt_start: Option<u32>,
     /// A queued job waiting out its retry backoff starts no earlier than this (ms since the
     /// epoch); `None` when it may run at once.
     #[serde(default)]
@@ -145,6 +154,8 @@ impl JobState {
             clips_total: None,
             attempts: 0,
             stalled_attempts: 0,
+            stalled_evictions: 0,
+            durable_at_attempt_start: None,
             retry_at_ms: None,
             output: None,
             error: None,

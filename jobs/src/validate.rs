@@ -56,6 +56,9 @@ pub(crate) fn field_hint(key: &str) -> Option<&'static str> {
         "retry.max_attempts" => {
             "attempts in a row that make no new clip durable, the first included; 3 is the default"
         }
+        "retry.max_evictions" => {
+            "evictions in a row (the worker killed by someone else, or a daemon restart) that make no new clip durable; 50 is the default"
+        }
         _ if key.starts_with("notify.email") => "write plain addresses such as ops@example.com",
         _ if key.starts_with("notify.webhook") => {
             "each webhook needs `url: https://...`; optional: `secret_env: VAR`, `format: json|slack`"
@@ -196,6 +199,7 @@ pub(crate) fn check_document(
     }
     if let Some(retry) = &doc.retry {
         c.range(&["retry", "max_attempts"], retry.max_attempts, 1, 100);
+        c.range(&["retry", "max_evictions"], retry.max_evictions, 1, 1000);
     }
     c.out
 }

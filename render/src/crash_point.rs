@@ -20,6 +20,10 @@
 //! These run on the worker's main thread, which first waits for the checkpoint writer to finish
 //! what it was given, so each kill leaves one exact state on disk.
 //!
+//! With [`CRASH_SIGNAL_ENV`] set to `SIGABRT` the worker dies of that signal
+//! instead of SIGKILL (without a core file): a crash the job itself caused, which counts
+//! against `retry.max_attempts`, where a SIGKILL from outside is an eviction.
+//!
 //! The checkpoint writer's own points run on its background thread, while the main thread
 //! renders the next clips, so they land mid-render as a real crash would: `before_carry`,
 //! `after_carry` (carry durable, checkpoint not yet), `mid_checkpoint` (previous checkpoint
@@ -43,6 +47,17 @@ pub const PAUSE_AT_ENV: &str = "REELSPOOL_TEST_PAUSE_AT";
 
 /// How long a paused worker waits for its resume file before it goes on by itself.
 const PAUSE_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The environment variable that picks the signal of a crash point; see the module docs.
+pub const CRASH_SIGNAL_ENV: &str = "REELSPOOL_TEST_CRASH_SIGNAL";
+
+/// The signal a crash point sends its own process.
+fn crash_signal() -> i32 {
+    match std::env::var(CRASH_SIGNAL_ENV).as_deref() {
+        Ok("SIGABRT") => libc::SIGABRT,
+        _ => libc::SIGKILL,
+    }
+}
 
 /// The armed points and where to record that one fired.
 struct Armed {
@@ -157,10 +172,22 @@ pub(crate) fn reached(point: &str, clip: u32) {
         tracing::warn!(error = %err, "cannot record crash point; not crashing");
         return;
     }
-    tracing::warn!(point, clip, "test crash point reached: SIGKILL");
-    // SAFETY: kill() on our own pid; SIGKILL cannot be caught, so this does not return.
+    let signal = crash_signal();
+    tracing::warn!(point, clip, signal, "test crash point reached");
+    // SAFETY: setrlimit with a limit we own (no core file for a staged crash), then kill() on
+    // our own pid with SIGKILL, which cannot be caught, or abort(), which ends the process
+    // by SIGABRT even if a handler was installed; neither returns.
     unsafe {
-        libc::kill(libc::getpid(), libc::SIGKILL);
+        let no_core = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+        if signal == libc::SIGABRT {
+            // abort() restores the default action should anything have caught SIGABRT.
+            libc::abort();
+        }
+        libc::kill(libc::getpid(), signal);
     }
 }
 

@@ -173,6 +173,14 @@ impl WorkerCommand {
 /// The stderr line a serving worker writes before the lines of a job, so the daemon can copy
 /// each job's lines into that job's `worker.log` and nowhere else; followed by the job's
 /// directory.
+/// The job's copy of its worker's protocol lines, in `work/`: every message of the current
+/// attempt, heartbeats included, so a restarted daemon can re-adopt a worker that outlived its
+/// predecessor (its stdout went to the daemon that died) and still hear how the job goes.
+pub const MESSAGES_FILE: &str = "worker-messages.jsonl";
+/// The lock a worker holds on its job while it renders it (`work/`); it holds the worker's
+/// pid, so whoever finds it locked knows which process to watch and signal.
+pub const LOCK_FILE: &str = "worker.lock";
+
 pub const LOG_JOB_BEGIN: &str = "\u{1e}reelspool-job-begin ";
 /// The stderr line a serving worker writes after the lines of a job.
 pub const LOG_JOB_END: &str = "\u{1e}reelspool-job-end";

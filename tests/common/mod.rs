@@ -249,3 +249,37 @@ impl Drop for Daemon {
         let _ = self.child.wait();
     }
 }
+
+/// Workers outlive a killed daemon (the next one re-adopts them); a test's farm ends its own
+/// when it goes, so none renders on into a deleted folder.
+impl Drop for Farm {
+    fn drop(&mut self) {
+        let Ok(base) = self.root.path().canonicalize() else {
+            return;
+        };
+        let prefix = base.as_os_str().as_encoded_bytes().to_vec();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| name.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            if args
+                .windows(2)
+                .any(|w| w[0] == b"worker" && w[1].starts_with(&prefix))
+            {
+                // SAFETY: kill() on a worker of this farm, read from /proc.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}

@@ -69,8 +69,6 @@ pub enum SlurmError {
     NoGpuType { need_gib: f64, largest_gib: f64 },
     #[error("{0}")]
     Probe(String),
-    #[error("the Slurm executor runs only inside the daemon's async runtime")]
-    NoRuntime,
 }
 
 /// `slurm.json`: the Slurm job of the current attempt.
@@ -548,8 +546,17 @@ pub async fn follow(
     let mut slurm_tick = tokio::time::interval(Duration::from_secs(config.poll_secs.max(1)));
     output_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     slurm_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let pass_on = |record: &mut SlurmRecord, last: &mut Option<WorkerMessage>| {
+    // The heartbeat: the worker writes a line at least every few seconds while it renders
+    // (its heartbeat thread), so a running Slurm job whose output stays silent for
+    // `worker.heartbeat_timeout_secs` is hung (stopped, deadlocked, its node frozen): it is
+    // cancelled and retried long before its `--time` runs out.
+    let mut last_sign = tokio::time::Instant::now();
+    let mut running_since: Option<tokio::time::Instant> = None;
+    let mut heartbeat_lost = false;
+    // Whether any new line came.
+    let pass_on = |record: &mut SlurmRecord, last: &mut Option<WorkerMessage>| -> bool {
         let (lines, next) = read_lines(&output, record.output_offset);
+        let heard = !lines.is_empty();
         for line in lines {
             if let Some(message) = WorkerMessage::from_line(&line) {
                 *last = Some(message.clone());
@@ -562,11 +569,14 @@ pub async fn follow(
                 warn!(job = %job, error = %err, "cannot keep the Slurm output offset");
             }
         }
+        heard
     };
     let end = loop {
         tokio::select! {
             _ = output_tick.tick() => {
-                pass_on(&mut record, &mut last_message);
+                if pass_on(&mut record, &mut last_message) {
+                    last_sign = tokio::time::Instant::now();
+                }
                 continue;
             }
             changed = stop.changed(), if !cancel_sent => {
@@ -633,7 +643,30 @@ pub async fn follow(
         restarts_seen = Some(known.restarts);
         if known.is_final() {
             pass_on(&mut record, &mut last_message);
-            break classify(&slurm_id, &known, last_message.clone(), cancel_sent, &dir);
+            let end = classify(&slurm_id, &known, last_message.clone(), cancel_sent, &dir);
+            break if heartbeat_lost && end != WorkerEnd::Finished {
+                WorkerEnd::HeartbeatLost
+            } else {
+                end
+            };
+        }
+        if known.state != "RUNNING" {
+            // Waiting in Slurm's queue (again, after a requeue): nothing to hear yet.
+            running_since = None;
+            continue;
+        }
+        let now = tokio::time::Instant::now();
+        let since = *running_since.get_or_insert(now);
+        let silent_since = last_sign.max(since);
+        if !heartbeat_lost && now.duration_since(silent_since) >= launch.heartbeat_timeout {
+            warn!(job = %job, slurm_job = %slurm_id, "worker silent for {:?}; cancelling its Slurm job", launch.heartbeat_timeout);
+            heartbeat_lost = true;
+            if slurm_command("scancel", std::slice::from_ref(&slurm_id))
+                .await
+                .is_ok()
+            {
+                cancel_sent = true;
+            }
         }
     };
     record.ended = true;

@@ -51,6 +51,10 @@ impl Scheduler {
             self.index_record(&state);
             return;
         }
+        if let Some(pid) = self.adopting.remove(&id) {
+            self.adopt_worker(decision, state, pid);
+            return;
+        }
         if dir.cancel_request().exists() {
             self.placement.release(&id, RunEnd::NotTheCard);
             self.cancel_unstarted(&id);
@@ -72,6 +76,8 @@ impl Scheduler {
             }
         }
         let durable_at_start = durable_clips(&dir);
+        // Kept with the job: a daemon restarted during the attempt credits its progress.
+        state.durable_at_attempt_start = Some(durable_at_start);
         self.save(&dir, &state);
         let _ = dir.append_event(&event(
             "running",
@@ -80,6 +86,7 @@ impl Scheduler {
                 ("gpu_uuid", decision.card_uuid.clone().into()),
                 ("attempt", state.attempts.into()),
                 ("stalled_before", state.stalled_attempts.into()),
+                ("evictions_before", state.stalled_evictions.into()),
                 ("durable_clips", durable_at_start.into()),
                 ("offload", decision.offload.into()),
                 (
@@ -182,6 +189,74 @@ impl Scheduler {
         );
     }
 
+    /// Follows a worker that outlived the last daemon, on the slot placement gave its job back:
+    /// the attempt goes on (no new attempt is counted) and a cancel or stop reaches it as
+    /// signals. A worker gone meanwhile ends the attempt as a restart does.
+    fn adopt_worker(
+        &mut self,
+        decision: PlacementDecision,
+        mut state: jobs::state::JobState,
+        pid: u32,
+    ) {
+        let id = decision.job_id.clone();
+        let dir = self.job_dir(&id);
+        let durable_at_start = state
+            .durable_at_attempt_start
+            .unwrap_or_else(|| durable_clips(&dir));
+        state.gpu = Some(decision.card_label.clone());
+        state.durable_at_attempt_start = Some(durable_at_start);
+        self.save(&dir, &state);
+        let _ = dir.append_event(&event(
+            "adopted",
+            [
+                ("worker_pid", pid.into()),
+                ("gpu", decision.card_label.clone().into()),
+                ("attempt", state.attempts.into()),
+                ("durable_clips", durable_clips(&dir).into()),
+            ],
+        ));
+        let spec = dir.load_spec().ok();
+        let key = WorkerKey {
+            card_uuid: decision.card_uuid.clone(),
+            env: decision.env.clone(),
+            model: spec.as_ref().map(warm::model_key).unwrap_or_default(),
+        };
+        let launch = WorkerLaunch {
+            job_id: id.clone(),
+            job_dir: dir.root().to_path_buf(),
+            program: PathBuf::new(),
+            env: Vec::new(),
+            model_cache_dir: self.config.model_cache_dir(),
+            heartbeat_timeout: Duration::from_secs(self.config.worker.heartbeat_timeout_secs),
+            stop_timeout: Duration::from_secs(self.config.worker.stop_timeout_secs),
+            key: key.clone(),
+            idle_unload: Duration::ZERO,
+        };
+        let (stop_tx, stop_rx) = watch::channel(StopRequest::None);
+        self.supervisors.spawn(supervisor::supervise_adopted(
+            launch,
+            pid,
+            state.clips_done,
+            self.reports_tx.clone(),
+            stop_rx,
+        ));
+        info!(job = %id, gpu = %decision.card_label, pid, "job running on its re-adopted worker");
+        self.running.insert(
+            id,
+            RunningJob {
+                stop: stop_tx,
+                card: decision.card_label,
+                card_uuid: decision.card_uuid,
+                clip_secs: Vec::new(),
+                clips_total: state.clips_total,
+                spec,
+                durable_at_start,
+                attempt: state.attempts,
+                model: Some(key.model),
+            },
+        );
+    }
+
     /// Submits the job to Slurm (or adopts its Slurm job after a restart) and follows it;
     /// the label the job's state shows for where it runs (`slurm:<id>`).
     fn start_on_slurm(
@@ -199,34 +274,56 @@ impl Scheduler {
         if let Some(bytes) = host_bytes {
             needs.host_bytes = needs.host_bytes.max(bytes);
         }
-        let started = match tokio::runtime::Handle::try_current() {
-            // The scheduler's work runs in `block_in_place`, where blocking on a future is
-            // allowed; sbatch answers in milliseconds.
-            Ok(runtime) => {
-                runtime.block_on(executor::slurm::adopt_or_submit(&slurm, &launch, &needs))
-            }
-            Err(_) => Err(executor::slurm::SlurmError::NoRuntime),
-        };
-        let (record, adopted) = match started {
-            Ok(started) => started,
-            Err(err) => {
-                warn!(job = %id, error = %err, "cannot submit the job to Slurm");
-                let _ = self.reports_tx.send((
-                    id,
-                    WorkerReport::Ended {
-                        end: executor::slurm::submit_failure(&err),
-                        stderr_tail: Vec::new(),
-                    },
-                ));
-                return "slurm".to_string();
-            }
-        };
-        let label = format!("slurm:{}", record.slurm_job_id);
+        let reports = self.reports_tx.clone();
+        // sbatch (and scontrol, to adopt) run in the job's own task: a slow controller must
+        // not hold up the scheduler's loop. The job's state learns its Slurm job through a
+        // report (see `slurm_job_started`).
+        self.supervisors.spawn(async move {
+            let (record, adopted) =
+                match executor::slurm::adopt_or_submit(&slurm, &launch, &needs).await {
+                    Ok(started) => started,
+                    Err(err) => {
+                        warn!(job = %id, error = %err, "cannot submit the job to Slurm");
+                        let _ = reports.send((
+                            id,
+                            WorkerReport::Ended {
+                                end: executor::slurm::submit_failure(&err),
+                                stderr_tail: Vec::new(),
+                            },
+                        ));
+                        return;
+                    }
+                };
+            let _ = reports.send((
+                id,
+                WorkerReport::SlurmJob {
+                    slurm_job_id: record.slurm_job_id.clone(),
+                    adopted,
+                },
+            ));
+            executor::slurm::follow(std::sync::Arc::new(slurm), launch, record, reports, stop)
+                .await;
+        });
+        "slurm".to_string()
+    }
+
+    /// Records the Slurm job that runs a job's attempt: where its state says it runs.
+    pub(super) fn slurm_job_started(
+        &mut self,
+        id: &jobs::state::JobId,
+        slurm_job_id: String,
+        adopted: bool,
+    ) {
+        let dir = self.job_dir(id);
+        let label = format!("slurm:{slurm_job_id}");
+        if let Some(running) = self.running.get_mut(id) {
+            running.card = label.clone();
+        }
         if let Ok(mut state) = dir.load_state() {
-            state.gpu = Some(label.clone());
+            state.gpu = Some(label);
             state
                 .details
-                .insert("slurm_job_id".into(), record.slurm_job_id.clone().into());
+                .insert("slurm_job_id".into(), slurm_job_id.clone().into());
             self.save(&dir, &state);
         }
         let _ = dir.append_event(&event(
@@ -235,16 +332,8 @@ impl Scheduler {
             } else {
                 "slurm_submitted"
             },
-            [("slurm_job_id", record.slurm_job_id.clone().into())],
+            [("slurm_job_id", slurm_job_id.into())],
         ));
-        self.supervisors.spawn(executor::slurm::follow(
-            std::sync::Arc::new(slurm),
-            launch,
-            record,
-            self.reports_tx.clone(),
-            stop,
-        ));
-        label
     }
 
     /// Lets go of workers idle for `worker.idle_unload_secs`, and tells placement which model

@@ -19,6 +19,18 @@ use crate::supervisor::WorkerEnd;
 use crate::warm;
 use notices::NoticeKind;
 
+/// When a job may run again after `backoff` (ms since the epoch): the backoff plus up to a
+/// second of jitter, so the retries of jobs that something outside kills at a steady pace do
+/// not fall into step with it (every retry landing just before the next kill).
+fn retry_at(backoff: Duration) -> u64 {
+    let jitter_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |now| u64::from(now.subsec_nanos() / 7 % 1000));
+    now_ms()
+        .saturating_add(u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX))
+        .saturating_add(jitter_ms)
+}
+
 impl Scheduler {
     /// Puts a job in line with its plan, as intake, a retry or the end of a wait hand it over;
     /// a job still in its backoff waits it out first, and one that has ended only fixes the
@@ -47,6 +59,50 @@ impl Scheduler {
             self.index_record(&state);
             return;
         }
+        let mut state = state;
+        // An attempt whose end nobody handled (`durable_at_attempt_start` is cleared when one
+        // is): the job was running when the last daemon ended. Its worker may render on
+        // (re-adopted when placement gives the job its slot back, first of all queued jobs),
+        // or the attempt ended with that daemon.
+        // (Under Slurm the batch job goes on by itself and is adopted through `slurm.json`
+        // when the job is placed again.)
+        // A job whose end was handled while the daemon stopped but stayed `running` (a worker
+        // killed after the stop timeout) is re-queued at the start too, not counted again.
+        let local = matches!(self.config.executor, crate::config::ExecutorConfig::Local);
+        let unhandled = state.durable_at_attempt_start.is_some();
+        if state.phase == Phase::Running
+            && !self.running.contains_key(&id)
+            && (unhandled || self.starting_up)
+        {
+            let live = if local && unhandled {
+                crate::supervisor::live_worker(dir.root())
+            } else {
+                None
+            };
+            if let Some(pid) = live {
+                let plan = self
+                    .index
+                    .as_ref()
+                    .and_then(|index| index.plan(&id).cloned())
+                    .or_else(|| jobs::index::read_plan(&dir))
+                    .unwrap_or_else(|| Placement::plan_of(&spec));
+                info!(job = %id, pid, "its worker outlived the last daemon; re-adopting it");
+                self.adopting.insert(id.clone(), pid);
+                self.placement
+                    .enqueue(&id, i32::MAX, &plan, Some(warm::model_key(&spec)));
+                return;
+            }
+            let _ = dir.append_event(&event(
+                "requeued",
+                [(
+                    "reason",
+                    "daemon restarted while the job was running".into(),
+                )],
+            ));
+            if local && unhandled && !self.end_attempt_by_restart(&id, &dir, &mut state, &spec) {
+                return;
+            }
+        }
         if let Some(at) = state.retry_at_ms.filter(|at| *at > now_ms()) {
             // Still in its backoff after a stalled attempt (a job read after start-up).
             self.backing_off.insert(id, at);
@@ -65,7 +121,6 @@ impl Scheduler {
         if let Some(index) = &mut self.index {
             index.set_plan(&id, plan.clone());
         }
-        let mut state = state;
         if state.phase != Phase::Queued {
             state.phase = Phase::Queued;
             state.gpu = None;
@@ -77,6 +132,66 @@ impl Scheduler {
         }
         self.placement
             .enqueue(&id, state.priority, &plan, Some(warm::model_key(&spec)));
+    }
+
+    /// Settles an attempt that a daemon restart ended (its end was never handled): an
+    /// eviction, with its progress credited. Returns whether the job goes in line now; it
+    /// does not when it waits out a backoff or has been evicted too often.
+    fn end_attempt_by_restart(
+        &mut self,
+        id: &JobId,
+        dir: &JobDir,
+        state: &mut JobState,
+        spec: &JobSpec,
+    ) -> bool {
+        let durable = super::reports::durable_clips(dir);
+        let progressed = state
+            .durable_at_attempt_start
+            .is_some_and(|before| durable > before);
+        if progressed {
+            state.stalled_attempts = 0;
+            state.stalled_evictions = 0;
+        } else {
+            state.stalled_evictions = state.stalled_evictions.saturating_add(1);
+        }
+        state.durable_at_attempt_start = None;
+        let max_evictions = spec.retry.max_evictions;
+        let _ = dir.append_event(&event(
+            "evicted",
+            [
+                (
+                    "reason",
+                    "the daemon restarted while the attempt ran".into(),
+                ),
+                ("progressed", progressed.into()),
+                ("durable_clips", durable.into()),
+                ("stalled_evictions", state.stalled_evictions.into()),
+                ("max_evictions", max_evictions.into()),
+            ],
+        ));
+        if state.stalled_evictions >= max_evictions {
+            self.save(dir, state);
+            let message = format!(
+                "the daemon restarted while the attempt ran ({} evictions in a row made no \
+                 new clip durable; retry.max_evictions is {max_evictions})",
+                state.stalled_evictions
+            );
+            self.finish(id, Phase::Failed, Some(message), Some(spec));
+            return false;
+        }
+        let backoff = super::reports::next_backoff(state.stalled_attempts, state.stalled_evictions);
+        if backoff.is_zero() {
+            self.save(dir, state);
+            return true;
+        }
+        let at = retry_at(backoff);
+        state.phase = Phase::Queued;
+        state.gpu = None;
+        state.eta_secs = None;
+        state.retry_at_ms = Some(at);
+        self.save(dir, state);
+        self.backing_off.insert(id.clone(), at);
+        false
     }
 
     pub(super) fn save(&mut self, dir: &JobDir, state: &JobState) {
@@ -110,7 +225,7 @@ impl Scheduler {
         let Ok(mut state) = dir.load_state() else {
             return;
         };
-        let at = now_ms().saturating_add(u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX));
+        let at = retry_at(backoff);
         state.phase = Phase::Queued;
         state.gpu = None;
         state.eta_secs = None;

@@ -35,6 +35,17 @@ pub fn retry_backoff(stalled: u32) -> Duration {
         .min(RETRY_BACKOFF_MAX)
 }
 
+/// The longest wait after evictions: they say nothing about the job, so the wait only spaces
+/// out attempts on a farm where something keeps killing workers.
+const EVICTION_BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// The wait before a job's next attempt after `stalled` attempts and `evictions` evictions in a
+/// row without progress: the attempts' backoff, or the evictions' (the same doubling, up to
+/// [`EVICTION_BACKOFF_MAX`]), whichever is longer.
+pub fn next_backoff(stalled: u32, evictions: u32) -> Duration {
+    retry_backoff(stalled).max(retry_backoff(evictions).min(EVICTION_BACKOFF_MAX))
+}
+
 /// How many clips of the job are durable: one more than the last clip named by either of its
 /// checkpoints (the worker falls back to the previous one when the latest is damaged).
 pub(super) fn durable_clips(dir: &JobDir) -> u32 {
@@ -54,6 +65,10 @@ impl Scheduler {
         let dir = self.job_dir(&id);
         match report {
             WorkerReport::Message(message) => self.handle_message(&id, &dir, message),
+            WorkerReport::SlurmJob {
+                slurm_job_id,
+                adopted,
+            } => self.slurm_job_started(&id, slurm_job_id, adopted),
             WorkerReport::Ended { end, stderr_tail } => {
                 self.handle_end(&id, &dir, end, stderr_tail)
             }
@@ -245,12 +260,21 @@ impl Scheduler {
             .as_ref()
             .map(|spec| spec.retry.max_attempts)
             .unwrap_or(1);
+        let max_evictions = spec
+            .as_ref()
+            .map(|spec| spec.retry.max_evictions)
+            .unwrap_or(1);
         // Did this attempt make a new clip durable? Read off the checkpoints, so a clip
         // checkpointed just before a kill counts even if the worker could not report it.
         let durable_after = durable_clips(dir);
         let durable_before = running
             .as_ref()
             .map_or(durable_after, |job| job.durable_at_start);
+        // A death the job did not cause: a kill from outside, or a stop nobody here asked for.
+        let evicted = matches!(
+            end,
+            WorkerEnd::Evicted { .. } | WorkerEnd::Interrupted { .. }
+        );
         let progressed = durable_after > durable_before;
         let attempt = running.as_ref().map_or(0, |job| job.attempt);
         let out_of_space = !cancel_requested
@@ -263,17 +287,24 @@ impl Scheduler {
             && !cancel_requested
             && !self.stopping
             && !out_of_space;
-        let mut stalled = 0;
+        let (mut stalled, mut stalled_evictions) = (0, 0);
         if let Ok(mut state) = dir.load_state() {
-            if decides_retry {
-                state.stalled_attempts = if progressed {
-                    0
-                } else {
-                    state.stalled_attempts.saturating_add(1)
-                };
-                self.save(dir, &state);
+            // Progress is credited however the attempt ended: progress starts both counts
+            // again. Without it, an eviction counts against `retry.max_evictions`, any other
+            // end that decides a retry against `retry.max_attempts`.
+            if progressed {
+                state.stalled_attempts = 0;
+                state.stalled_evictions = 0;
+            } else if decides_retry && evicted {
+                state.stalled_evictions = state.stalled_evictions.saturating_add(1);
+            } else if decides_retry {
+                state.stalled_attempts = state.stalled_attempts.saturating_add(1);
             }
+            // The attempt's end is handled: a restart from here on ends no attempt.
+            state.durable_at_attempt_start = None;
+            self.save(dir, &state);
             stalled = state.stalled_attempts;
+            stalled_evictions = state.stalled_evictions;
         }
         let mut fields = vec![
             ("end", format!("{end:?}").into()),
@@ -282,6 +313,8 @@ impl Scheduler {
             ("progressed", progressed.into()),
             ("durable_clips", durable_after.into()),
             ("stalled_attempts", stalled.into()),
+            ("evicted", evicted.into()),
+            ("stalled_evictions", stalled_evictions.into()),
         ];
         if let Some(peak) = peak_vram_bytes {
             fields.push(("peak_vram_bytes", peak.into()));
@@ -366,14 +399,25 @@ impl Scheduler {
                 let message = match &other {
                     WorkerEnd::Failed { message, .. } => message.clone(),
                     WorkerEnd::Crashed { status } => format!("worker crashed: {status}"),
+                    WorkerEnd::Evicted { status } => format!("worker evicted: {status}"),
                     WorkerEnd::HeartbeatLost => "worker stopped responding".to_string(),
                     WorkerEnd::Interrupted { .. } => {
                         "worker stopped before the job was done".to_string()
                     }
                     WorkerEnd::Finished => unreachable!("handled above"),
                 };
-                if stalled < max_attempts && !self.stopping {
-                    let backoff = retry_backoff(stalled);
+                let (count, bound, what, key) = if evicted {
+                    (
+                        stalled_evictions,
+                        max_evictions,
+                        "evictions",
+                        "max_evictions",
+                    )
+                } else {
+                    (stalled, max_attempts, "attempts", "max_attempts")
+                };
+                if count < bound && !self.stopping {
+                    let backoff = next_backoff(stalled, stalled_evictions);
                     // The wait is in state.json before the event announces it: whoever reads
                     // the event (or a daemon restarted right after it) finds it durable.
                     self.requeue_after(id, backoff);
@@ -385,6 +429,9 @@ impl Scheduler {
                             ("progressed", progressed.into()),
                             ("stalled_attempts", stalled.into()),
                             ("max_attempts", max_attempts.into()),
+                            ("evicted", evicted.into()),
+                            ("stalled_evictions", stalled_evictions.into()),
+                            ("max_evictions", max_evictions.into()),
                             ("backoff_secs", backoff.as_secs_f64().into()),
                         ],
                     ));
@@ -392,8 +439,8 @@ impl Scheduler {
                     let _ = dir.append_event(&event("interrupted", [("reason", message.into())]));
                 } else {
                     let message = format!(
-                        "{message} ({stalled} attempts in a row made no new clip durable; \
-                         retry.max_attempts is {max_attempts})"
+                        "{message} ({count} {what} in a row made no new clip durable; \
+                         retry.{key} is {bound})"
                     );
                     self.finish(id, Phase::Failed, Some(message), spec.as_ref());
                 }
@@ -460,6 +507,11 @@ mod tests {
         let secs: Vec<u64> = (0..9).map(|n| retry_backoff(n).as_secs()).collect();
         assert_eq!(secs, [0, 2, 4, 8, 16, 32, 60, 60, 60]);
         assert_eq!(retry_backoff(u32::MAX), RETRY_BACKOFF_MAX);
+        // Evictions back off the same way, but never longer than 10 s.
+        let evicted: Vec<u64> = (0..7).map(|n| next_backoff(0, n).as_secs()).collect();
+        assert_eq!(evicted, [0, 2, 4, 8, 10, 10, 10]);
+        assert_eq!(next_backoff(5, 2).as_secs(), 32);
+        assert_eq!(next_backoff(1, 6).as_secs(), 10);
     }
 
     #[test]

@@ -127,7 +127,7 @@ notify:
   email: [ops@example.com]
   webhook: [{{ url: "https://hooks.example.com/render", secret_env: HOOK_SECRET }}]
   on: [done, failed]
-retry: {{ max_attempts: 3 }}
+retry: {{ max_attempts: 3, max_evictions: 40 }}
 "#,
         image = fx.image.display(),
         audio = fx.audio.display(),
@@ -154,6 +154,7 @@ retry: {{ max_attempts: 3 }}
     assert_eq!(spec.notify.webhook[0].format, WebhookFormat::Json);
     assert_eq!(spec.notify.on, vec![NoticeEvent::Done, NoticeEvent::Failed]);
     assert_eq!(spec.retry.max_attempts, 3);
+    assert_eq!(spec.retry.max_evictions, 40);
 }
 
 #[test]
@@ -180,6 +181,7 @@ fn fills_documented_defaults() {
     assert_eq!(spec.notify.on, vec![NoticeEvent::Done, NoticeEvent::Failed]);
     assert!(spec.notify.email.is_empty() && spec.notify.webhook.is_empty());
     assert_eq!(spec.retry.max_attempts, 3);
+    assert_eq!(spec.retry.max_evictions, 50);
 }
 
 #[test]
@@ -336,6 +338,7 @@ fn rejects_each_out_of_range_value_at_its_line() {
         ("render: {guide_scale: .nan}".to_string(), "guide_scale"),
         ("render: {size: 32*32}".to_string(), "size"),
         ("retry: {max_attempts: 0}".to_string(), "max_attempts"),
+        ("retry: {max_evictions: 0}".to_string(), "max_evictions"),
         ("notify: {progress_every: 0}".to_string(), "progress_every"),
         ("name: .hidden".to_string(), "name"),
         ("engine: {model: models/wan}".to_string(), "model"),

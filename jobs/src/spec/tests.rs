@@ -245,7 +245,10 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
                         overwrite,
                     },
                     notify,
-                    retry: RetryPolicy { max_attempts },
+                    retry: RetryPolicy {
+                        max_attempts,
+                        max_evictions: max_attempts.wrapping_add(17),
+                    },
                 }
             },
         )

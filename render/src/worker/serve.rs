@@ -105,7 +105,8 @@ pub fn serve(first_job: &Path, model_cache_dir: &Path, idle_exit: Duration) -> i
         if flags.terminate.load(Ordering::Relaxed) {
             flags.stop.store(true, Ordering::Relaxed);
         }
-        eprintln!("{}{}", protocol::LOG_JOB_BEGIN, job_dir.display());
+        // Not eprintln!: a stderr whose reader died with the daemon must not end the worker.
+        log_line(&format!("{}{}", protocol::LOG_JOB_BEGIN, job_dir.display()));
         let code = run_job(
             &job_dir,
             model_cache_dir,
@@ -113,7 +114,7 @@ pub fn serve(first_job: &Path, model_cache_dir: &Path, idle_exit: Duration) -> i
             &flags.stop,
             &mut models,
         );
-        eprintln!("{}", protocol::LOG_JOB_END);
+        log_line(protocol::LOG_JOB_END);
         // A stop is for the job it was sent during. It is cleared when that job ends, not
         // when the next one starts: a `stop` read while the first job was still being set up
         // would otherwise be lost, and the job cancelled right after its start would run on.
@@ -128,6 +129,12 @@ pub fn serve(first_job: &Path, model_cache_dir: &Path, idle_exit: Duration) -> i
             return protocol::EXIT_OK;
         }
     }
+}
+
+/// Writes one line to stderr, ignoring a reader that is gone.
+fn log_line(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 /// Waits for the next job; `None` when the worker is to exit: stdin closed, SIGTERM, or no job
@@ -180,11 +187,21 @@ fn run_job(
             return protocol::EXIT_BUSY;
         }
     };
+    reporter.open_job_file(&dir.work_dir());
     let heartbeat_stop = Arc::new(AtomicBool::new(false));
     let heartbeat = spawn_heartbeat(reporter.clone(), Arc::clone(&heartbeat_stop));
     let result = job::render_job(&dir, model_cache_dir, reporter, stop, models);
     heartbeat_stop.store(true, Ordering::Relaxed);
     let _ = heartbeat.join();
+    // The job's last message goes to its file before the lock is let go: whoever sees the
+    // lock free finds how the job ended there.
+    let code = report_end(reporter, result);
+    reporter.close_job_file();
+    code
+}
+
+/// Sends the job's last message; returns the exit status a worker of this one job ends with.
+fn report_end(reporter: &Reporter, result: Result<WorkerMessage, super::report::Failure>) -> i32 {
     match result {
         Ok(message) => {
             reporter.send(&message);
@@ -220,8 +237,8 @@ fn lock_job(dir: &JobDir, stop: &AtomicBool) -> Result<std::fs::File, String> {
     let work = dir.work_dir();
     std::fs::create_dir_all(&work)
         .map_err(|err| format!("cannot create {}: {err}", work.display()))?;
-    let path = work.join("worker.lock");
-    let file = std::fs::OpenOptions::new()
+    let path = work.join(protocol::LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
@@ -232,6 +249,12 @@ fn lock_job(dir: &JobDir, stop: &AtomicBool) -> Result<std::fs::File, String> {
         // SAFETY: flock only reads the descriptor, which `file` keeps open.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc == 0 {
+            // The holder's pid, for a restarted daemon that re-adopts this worker.
+            use std::io::{Seek, Write};
+            let _ = file.set_len(0);
+            let _ = file.seek(std::io::SeekFrom::Start(0));
+            let _ = write!(file, "{}", std::process::id());
+            let _ = file.sync_data();
             return Ok(file);
         }
         if Instant::now() >= deadline || stop.load(Ordering::Relaxed) {
