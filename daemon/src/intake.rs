@@ -767,15 +767,7 @@ fn accept_one(
     let id_text = id.to_string();
     let staging = context.layout.staging_dir(&id_text);
     stage_job(
-        &staging,
-        id,
-        name,
-        &bytes,
-        &spec,
-        &admitted,
-        owner,
-        None,
-        job_roots,
+        &staging, id, name, &bytes, &spec, &admitted, owner, None, job_roots,
     )
     .and_then(|()| crate::engines::write_resolved(&staging, engine.as_ref()))
     .map_err(|err| format!("error: cannot file job {}: {err}", shown_path.display()))?;

@@ -154,9 +154,7 @@ pub(super) fn render_clips(
         let output = renderer.render_clip(index)?;
         if matches!(output, ClipOutput::Abandoned) {
             done.settle()?;
-            let next_clip = done
-                .checkpoints
-                .stop_at(index, renderer, &done.segments)?;
+            let next_clip = done.checkpoints.stop_at(index, renderer, &done.segments)?;
             renderer.finish();
             info!(clip = index, next_clip, "stopped inside a clip");
             return Ok(Ended::Stopped { next_clip });
