@@ -728,16 +728,7 @@ fn accept_one(
     let bytes = read_claim(claim, shown_path)?;
     // An outsider's file is refused whatever it holds.
     let owner = crate::owner::owner_of(&context.owners, claim, shown_path)?;
-    let default_name = Path::new(name)
-        .file_stem()
-        .and_then(|stem| stem.to_str())
-        .unwrap_or(name)
-        .to_string();
-    let roots = context
-        .roots
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
+    let (default_name, roots) = parse_inputs(context, name);
     let parse_context = jobs::ParseContext {
         templates_dir: Some(&context.templates_dir),
         roots: &roots,
@@ -776,6 +767,22 @@ fn accept_one(
         ids: vec![id.clone()],
         batch: None,
     })
+}
+
+/// What parsing a job file named `name` needs beside its bytes: the job name its file name
+/// gives, and the allowed roots as they are now.
+fn parse_inputs(context: &IntakeContext, name: &str) -> (String, jobs::Roots) {
+    let default_name = Path::new(name)
+        .file_stem()
+        .and_then(|stem| stem.to_str())
+        .unwrap_or(name)
+        .to_string();
+    let roots = context
+        .roots
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    (default_name, roots)
 }
 
 /// A batch file: every row checked and staged as a job of its own, or none. The claim's id
@@ -863,16 +870,7 @@ pub fn check_only(
     bytes: &[u8],
 ) -> Result<String, String> {
     let shown_path = Path::new(file);
-    let default_name = shown_path
-        .file_stem()
-        .and_then(|stem| stem.to_str())
-        .unwrap_or(file)
-        .to_string();
-    let roots = context
-        .roots
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
+    let (default_name, roots) = parse_inputs(context, file);
     let parse_context = jobs::ParseContext {
         templates_dir: Some(&context.templates_dir),
         roots: &roots,

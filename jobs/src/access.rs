@@ -151,14 +151,18 @@ fn require(person: &Person, path: &Path, right: Right) -> Result<(), JobsError> 
     }
     let meta = std::fs::metadata(path).map_err(|err| io_error(path, err))?;
     let acl = read_acl(path).map_err(|err| io_error(path, err))?;
-    if allows(
-        person,
-        meta.uid(),
-        meta.gid(),
-        meta.mode(),
-        acl.as_deref(),
-        right,
-    ) {
+    decide(person, &meta, acl.as_deref(), right, path)
+}
+
+/// Whether `meta` and `acl` give `person` `right`, as a refusal naming `path` when not.
+fn decide(
+    person: &Person,
+    meta: &std::fs::Metadata,
+    acl: Option<&[AclEntry]>,
+    right: Right,
+    path: &Path,
+) -> Result<(), JobsError> {
+    if allows(person, meta.uid(), meta.gid(), meta.mode(), acl, right) {
         Ok(())
     } else {
         Err(JobsError::AccessDenied {
@@ -185,22 +189,7 @@ pub fn require_fd(
         .metadata()
         .map_err(|err| io_error(path, err))?;
     let acl = read_acl(&fd_path(fd)).map_err(|err| io_error(path, err))?;
-    if allows(
-        person,
-        meta.uid(),
-        meta.gid(),
-        meta.mode(),
-        acl.as_deref(),
-        right,
-    ) {
-        Ok(())
-    } else {
-        Err(JobsError::AccessDenied {
-            who: person.to_string(),
-            right,
-            path: path.to_path_buf(),
-        })
-    }
+    decide(person, &meta, acl.as_deref(), right, path)
 }
 
 /// `/proc/self/fd/N`: a name for exactly the file behind `fd` (also for `O_PATH` descriptors,

@@ -157,12 +157,19 @@ async fn list_jobs(
 }
 
 /// One job with its events and notices, as `uid` may see it (control-socket rules).
+/// The control socket's answer to `request` from `uid`, as the socket's own rules give it; its
+/// `error` becomes the API's.
+fn ask_control(shared: &Shared, uid: u32, request: &str) -> ApiResult<Value> {
+    let answer = crate::control::answer(&shared.control, uid, request);
+    match answer.get("error").and_then(Value::as_str) {
+        Some(error) => Err(ApiError::from_control(error.to_string())),
+        None => Ok(answer),
+    }
+}
+
 pub fn job_detail(shared: &Shared, uid: u32, id: &str) -> ApiResult<Value> {
     let request = json!({ "op": "status", "job": id }).to_string();
-    let mut answer = crate::control::answer(&shared.control, uid, &request);
-    if let Some(error) = answer.get("error").and_then(Value::as_str) {
-        return Err(ApiError::from_control(error.to_string()));
-    }
+    let mut answer = ask_control(shared, uid, &request)?;
     // The job's own worker progress, for the page: clip k of n and when it started.
     if let Some(job) = answer.get_mut("job") {
         let age = job
@@ -200,10 +207,7 @@ async fn cancel_job(
     let uid = access.actor()?;
     blocking(move || {
         let request = json!({ "op": "cancel", "job": id }).to_string();
-        let answer = crate::control::answer(&shared.control, uid, &request);
-        if let Some(error) = answer.get("error").and_then(Value::as_str) {
-            return Err(ApiError::from_control(error.to_string()));
-        }
+        let answer = ask_control(shared.as_ref(), uid, &request)?;
         tracing::info!(job = %id, uid, "cancel requested over HTTP");
         Ok(Json(json!({
             "id": answer.get("id"),
@@ -250,10 +254,7 @@ async fn one_batch(
     let uid = reader(&access);
     blocking(move || {
         let request = json!({ "op": "batch", "batch": id }).to_string();
-        let answer = crate::control::answer(&shared.control, uid, &request);
-        if let Some(error) = answer.get("error").and_then(Value::as_str) {
-            return Err(ApiError::from_control(error.to_string()));
-        }
+        let answer = ask_control(shared.as_ref(), uid, &request)?;
         Ok(Json(answer))
     })
     .await
@@ -267,10 +268,7 @@ async fn cancel_batch(
     let uid = access.actor()?;
     blocking(move || {
         let request = json!({ "op": "cancel_batch", "batch": id }).to_string();
-        let answer = crate::control::answer(&shared.control, uid, &request);
-        if let Some(error) = answer.get("error").and_then(Value::as_str) {
-            return Err(ApiError::from_control(error.to_string()));
-        }
+        let answer = ask_control(shared.as_ref(), uid, &request)?;
         tracing::info!(batch = %id, uid, "batch cancel requested over HTTP");
         Ok(Json(answer))
     })
@@ -308,10 +306,7 @@ async fn priority_job(
     let priority = priority_body(&body)?;
     blocking(move || {
         let request = json!({ "op": "priority", "job": id, "priority": priority }).to_string();
-        let answer = crate::control::answer(&shared.control, uid, &request);
-        if let Some(error) = answer.get("error").and_then(Value::as_str) {
-            return Err(ApiError::from_control(error.to_string()));
-        }
+        let answer = ask_control(shared.as_ref(), uid, &request)?;
         tracing::info!(job = %id, uid, priority, "priority change requested over HTTP");
         Ok(Json(json!({
             "id": answer.get("id"),
