@@ -9,7 +9,7 @@
 
 use std::ffi::CString;
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -106,39 +106,18 @@ impl Dir {
         Ok(file)
     }
 
-    /// Writes `bytes` as `name`: a new file under a temporary name beside it (never an
-    /// existing one, never through a symlink), then renamed over `name`.
+    /// Writes `bytes` as `name` through the `atomic-write` crate, relative to this
+    /// directory's descriptor: a new file made with `O_EXCL` under a temporary name beside it
+    /// (never an existing one, never through a symlink), fsynced, renamed over `name` (which
+    /// replaces `name` itself, never what it may point to), the directory fsynced.
     pub fn write_atomic(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
-        let target = plain_name(name)?;
-        let temp_name = format!(".{name}.{}.partial", std::process::id());
-        let temp = plain_name(&temp_name)?;
-        // A leftover from a crashed write of ours: the name is ours, whatever it points to.
-        // SAFETY: plain syscalls relative to a descriptor we own.
-        unsafe { libc::unlinkat(self.fd.as_raw_fd(), temp.as_ptr(), 0) };
-        let mut file = File::from(self.open_at(
-            &temp_name,
-            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
-            0o600,
-        )?);
-        let written = file.write_all(bytes).and_then(|()| file.sync_data());
-        drop(file);
-        let renamed = written.and_then(|()| {
-            // SAFETY: as above; renameat replaces `name` itself, never what it may point to.
-            check(unsafe {
-                libc::renameat(
-                    self.fd.as_raw_fd(),
-                    temp.as_ptr(),
-                    self.fd.as_raw_fd(),
-                    target.as_ptr(),
-                )
-            })
-            .map(|_| ())
-        });
-        if renamed.is_err() {
-            // SAFETY: as above.
-            unsafe { libc::unlinkat(self.fd.as_raw_fd(), temp.as_ptr(), 0) };
-        }
-        renamed
+        plain_name(name)?;
+        let fd = self.fd.try_clone()?;
+        let path = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        atomic_write::Dir::from_fd(fd, path)
+            .replace(std::ffi::OsStr::new(name))
+            .mode(0o600)
+            .write(bytes)
     }
 
     /// The names in this directory (`.` and `..` left out), in no particular order.
