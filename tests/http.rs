@@ -160,7 +160,19 @@ fn metrics_and_api_follow_a_job_from_queue_to_done() {
     let _daemon = farm.start_daemon();
     wait_http(&base);
 
-    let before = scrape(&base);
+    // The card gauges appear once the scheduler has written the pool's state, which can come
+    // just after the web server answers.
+    let before = wait_for(
+        "the idle farm's card gauges",
+        Duration::from_secs(30),
+        || {
+            let samples = scrape(&base);
+            samples
+                .iter()
+                .any(|s| s.name == "reelspool_gpu_memory_total_bytes")
+                .then_some(samples)
+        },
+    );
     for name in [
         "reelspool_build_info",
         "reelspool_jobs",
