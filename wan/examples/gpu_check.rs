@@ -23,18 +23,15 @@
 #[path = "common/bench.rs"]
 mod bench;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use burn::prelude::*;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{bf16, f16, TensorData};
+use burn::tensor::{bf16, f16};
 use burn_cuda::Cuda;
-use safetensors::tensor::{Dtype, TensorView};
-use wan::causal_loop::{forward_block, run_clip, CausalSettings, ClipInput, DitCarry, KvPair};
-use wan::keys::list_params;
-use wan::loader::load_s2v_file;
+use wan::causal_loop::{forward_block, DitCarry, KvPair};
 use wan::rope::RopeGroup;
 use wan::{S2vConfig, WanS2v};
 
@@ -69,40 +66,19 @@ fn main() {
             arg(4).parse().unwrap_or(1),
             &Default::default(),
         ),
-        ("resume", phase) => resume::<Bf>(phase, Path::new(arg(3))),
+        ("resume", phase) => bench::resume::<Bf>(
+            phase,
+            Path::new(arg(3)),
+            "full",
+            std::env::var_os("GPU_CHECK_SYNC").is_some(),
+            &Default::default(),
+        ),
         _ => Err(format!("usage: see the doc comment of {}", file!())),
     };
     if let Err(e) = result {
         println!("{{\"error\":{:?}}}", e);
         std::process::exit(1);
     }
-}
-
-fn sync<B: Backend>(device: &B::Device) {
-    B::sync(device).expect("device sync");
-}
-
-/// Milliseconds of the first call (compile + autotune + run), then the median of 10 timed
-/// calls after 2 warm-ups, each followed by a device sync.
-fn time<B: Backend, T>(device: &B::Device, mut f: impl FnMut() -> T) -> (f64, f64) {
-    let t0 = Instant::now();
-    drop(f());
-    sync::<B>(device);
-    let cold = t0.elapsed().as_secs_f64() * 1e3;
-    for _ in 0..2 {
-        drop(f());
-        sync::<B>(device);
-    }
-    let mut v: Vec<f64> = (0..10)
-        .map(|_| {
-            let t = Instant::now();
-            drop(f());
-            sync::<B>(device);
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    v.sort_by(|a, b| a.total_cmp(b));
-    (cold, v[5])
 }
 
 fn opts() -> AttentionModuleOptions {
@@ -118,7 +94,7 @@ fn ops<B: Backend>(dt: &str) -> Result<(), String> {
     let normal = burn::tensor::Distribution::Normal(0.0, 1.0);
     let a = Tensor::<B, 2>::random([3168, 5120], normal, &device);
     let b = Tensor::<B, 2>::random([5120, 13824], normal, &device);
-    let (cold, ms) = time::<B, _>(&device, || a.clone().matmul(b.clone()));
+    let (cold, ms) = bench::time::<B, _>(&device, 10, || a.clone().matmul(b.clone()));
     let tflops = 2.0 * 3168.0 * 5120.0 * 13824.0 / (ms * 1e-3) / 1e12;
     println!("{{\"check\":\"matmul 3168x5120x13824\",\"dtype\":\"{dt}\",\"cold_ms\":{cold:.1},\"ms\":{ms:.3},\"tflops\":{tflops:.0}}}");
 
@@ -128,7 +104,7 @@ fn ops<B: Backend>(dt: &str) -> Result<(), String> {
     let q = Tensor::<B, 4>::random([1, 40, lq, 128], normal, &device);
     let k = Tensor::<B, 4>::random([1, 40, lk, 128], normal, &device);
     let v = Tensor::<B, 4>::random([1, 40, lk, 128], normal, &device);
-    let (cold, ms) = time::<B, _>(&device, || {
+    let (cold, ms) = bench::time::<B, _>(&device, 10, || {
         attention(q.clone(), k.clone(), v.clone(), None, None, opts())
     });
     println!("{{\"check\":\"attention q3168 k15312 BHLD contiguous\",\"dtype\":\"{dt}\",\"cold_ms\":{cold:.1},\"ms\":{ms:.3},\"tflops\":{:.0}}}", flops / (ms * 1e-3) / 1e12);
@@ -136,7 +112,7 @@ fn ops<B: Backend>(dt: &str) -> Result<(), String> {
     let qs = Tensor::<B, 4>::random([1, lq, 40, 128], normal, &device);
     let ks = Tensor::<B, 4>::random([1, lk, 40, 128], normal, &device);
     let vs = Tensor::<B, 4>::random([1, lk, 40, 128], normal, &device);
-    let (cold, ms) = time::<B, _>(&device, || {
+    let (cold, ms) = bench::time::<B, _>(&device, 10, || {
         attention(
             qs.clone().swap_dims(1, 2),
             ks.clone().swap_dims(1, 2),
@@ -149,7 +125,7 @@ fn ops<B: Backend>(dt: &str) -> Result<(), String> {
     println!("{{\"check\":\"attention q3168 k15312 BLHD swapped view (wan sdpa)\",\"dtype\":\"{dt}\",\"cold_ms\":{cold:.1},\"ms\":{ms:.3},\"tflops\":{:.0}}}", flops / (ms * 1e-3) / 1e12);
     // Scores materialised: matmul, softmax, matmul.
     let scale = 1.0 / (128f64).sqrt();
-    let (cold, ms) = time::<B, _>(&device, || {
+    let (cold, ms) = bench::time::<B, _>(&device, 10, || {
         let s = q.clone().matmul(k.clone().swap_dims(2, 3)) * scale;
         burn::tensor::activation::softmax(s, 3).matmul(v.clone())
     });
@@ -196,13 +172,13 @@ fn block<B: Backend>(dt: &str, layer_counts: &[usize]) -> Result<(), String> {
             grid_hw: [rows, cols],
             vae_decode: None,
         };
-        sync::<B>(&device);
+        bench::sync::<B>(&device);
         let setup = t0.elapsed().as_secs_f64();
         let noisy = Tensor::<B, 5>::random([1, 16, 3, lh, lw], normal, &device);
         let cond = Tensor::<B, 5>::zeros([1, 16, 3, lh, lw], &device);
         let t = [857.69; 3];
         // Frame 24: the ring (12 frames) is full, as in every clip after the first.
-        let (cold, ms) = time::<B, _>(&device, || {
+        let (cold, ms) = bench::time::<B, _>(&device, 10, || {
             forward_block(
                 &model,
                 &mut carry,
@@ -221,297 +197,4 @@ fn block<B: Backend>(dt: &str, layer_counts: &[usize]) -> Result<(), String> {
         println!("{{\"check\":\"causal forward 704*384 3 frames\",\"dtype\":\"{dt}\",\"layers\":{layers},\"keys\":{keys},\"setup_s\":{setup:.1},\"cold_ms\":{cold:.1},\"ms\":{ms:.3}}}");
     }
     Ok(())
-}
-
-// ---- resume determinism ----
-
-/// A small model with the real head width (128) so attention takes the real kernels' paths.
-fn resume_config() -> S2vConfig {
-    let mut c = S2vConfig::tiny();
-    c.dim = 512;
-    c.num_heads = 4;
-    c.ffn_dim = 1024;
-    c.num_layers = 2;
-    c.text_dim = 64;
-    c.text_len = 32;
-    c.freq_dim = 256;
-    c.audio_inject_layers = vec![0];
-    c
-}
-
-/// Deterministic normals from (seed, index) (splitmix64 + Box-Muller), host side.
-fn normals(seed: u64, n: usize, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
-    let mut next = || {
-        s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = s;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-    };
-    (0..n)
-        .map(|_| {
-            let (u1, u2) = (next().max(1e-300), next());
-            ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32 * scale
-        })
-        .collect()
-}
-
-fn host<B: Backend, const D: usize>(
-    seed: u64,
-    shape: [usize; D],
-    scale: f32,
-    device: &B::Device,
-) -> Tensor<B, D> {
-    let n = shape.iter().product();
-    Tensor::from_data(TensorData::new(normals(seed, n, scale), shape), device)
-}
-
-fn write_weights(cfg: &S2vConfig, file: &Path) -> Result<(), String> {
-    let model = WanS2v::<Fp>::new(cfg, &Default::default());
-    let entries = list_params::<Fp, _>(&model);
-    let data: Vec<(String, Vec<usize>, Vec<u8>)> = entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            let n: usize = e.shape.iter().product();
-            let fan_in = e.shape.get(1).copied().unwrap_or(1).max(1) as f32;
-            let vals = normals(1000 + i as u64, n, 1.0 / fan_in.sqrt());
-            let bytes = vals
-                .iter()
-                .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
-                .collect();
-            (e.key.clone(), e.shape.clone(), bytes)
-        })
-        .collect();
-    let views: Vec<(String, TensorView)> = data
-        .iter()
-        .map(|(k, s, b)| {
-            (
-                k.clone(),
-                TensorView::new(Dtype::BF16, s.clone(), b).expect("view"),
-            )
-        })
-        .collect();
-    let bytes = safetensors::serialize(views, None).map_err(|e| e.to_string())?;
-    std::fs::write(file, bytes).map_err(|e| e.to_string())
-}
-
-fn load_model<B: Backend>(
-    cfg: &S2vConfig,
-    file: &Path,
-    device: &B::Device,
-) -> Result<WanS2v<B>, String> {
-    load_s2v_file(WanS2v::<B>::new(cfg, device), file)
-        .map(|(m, _)| m)
-        .map_err(|e| e.to_string())
-}
-
-struct Job<B: Backend> {
-    settings: CausalSettings,
-    context: Tensor<B, 3>,
-    lat: [usize; 2],
-}
-
-impl<B: Backend> Job<B> {
-    fn new(cfg: &S2vConfig, device: &B::Device) -> Self {
-        let settings = CausalSettings::live_avatar(7);
-        let context = host::<B, 3>(3, [1, cfg.text_len, cfg.dim], 0.5, device);
-        Self {
-            settings,
-            context,
-            lat: [16, 16],
-        }
-    }
-
-    fn input(&self, clip: u64, device: &B::Device) -> ClipInput<B> {
-        let f = self.settings.frames_per_clip();
-        let [h, w] = self.lat;
-        ClipInput {
-            noise: host::<B, 5>(100 + clip, [1, 16, f, h, w], 1.0, device),
-            cond: Tensor::zeros([1, 16, f, h, w], device),
-            context: self.context.clone(),
-            audio: None,
-        }
-    }
-
-    fn start(&self, model: &WanS2v<B>, device: &B::Device) -> DitCarry<B> {
-        let [h, w] = self.lat;
-        let r = host::<B, 5>(1, [1, 16, 1, h, w], 1.0, device);
-        let m = host::<B, 5>(2, [1, 16, 19, h, w], 1.0, device);
-        DitCarry::start(model, &self.settings, r, m, self.context.clone())
-    }
-}
-
-fn latents_bytes<B: Backend>(t: Tensor<B, 5>) -> Result<Vec<u8>, String> {
-    let v: Vec<f32> = t
-        .into_data()
-        .convert::<f32>()
-        .into_vec()
-        .map_err(|e| format!("{e:?}"))?;
-    Ok(v.iter().flat_map(|x| x.to_le_bytes()).collect())
-}
-
-fn compare(label: &str, a: &[u8], b: &[u8]) {
-    let f = |x: &[u8]| -> Vec<f32> {
-        x.chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect()
-    };
-    let (a, b) = (f(a), f(b));
-    let max = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max);
-    let differing = a
-        .iter()
-        .zip(&b)
-        .filter(|(x, y)| x.to_bits() != y.to_bits())
-        .count();
-    println!("{{\"check\":\"resume\",\"case\":{label:?},\"identical\":{},\"values\":{},\"differing\":{differing},\"max_abs_diff\":{max:e}}}", differing == 0 && a.len() == b.len(), a.len());
-}
-
-/// Renders clips `from..4` from `carry`, syncing at clip boundaries when `sync_each`.
-fn render_from<B: Backend>(
-    job: &Job<B>,
-    model: &WanS2v<B>,
-    mut carry: DitCarry<B>,
-    from: u64,
-    sync_each: bool,
-    device: &B::Device,
-    mut keep: impl FnMut(u64, Vec<u8>, &DitCarry<B>) -> Result<(), String>,
-) -> Result<(), String> {
-    for clip in from..4 {
-        let (lat, next) = run_clip(model, &job.settings, carry, job.input(clip, device));
-        carry = next;
-        if sync_each {
-            sync::<B>(device);
-        }
-        keep(clip, latents_bytes(lat)?, &carry)?;
-    }
-    Ok(())
-}
-
-fn resume<B: Backend>(phase: &str, dir: &Path) -> Result<(), String> {
-    let device = B::Device::default();
-    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-    let cfg = resume_config();
-    let weights = dir.join("model.safetensors");
-    let sync_each = std::env::var_os("GPU_CHECK_SYNC").is_some();
-    let path = |name: String| -> PathBuf { dir.join(name) };
-    let read = |name: String| std::fs::read(path(name)).map_err(|e| e.to_string());
-    match phase {
-        "full" => {
-            write_weights(&cfg, &weights)?;
-            let t0 = Instant::now();
-            let model = load_model::<B>(&cfg, &weights, &device)?;
-            let job = Job::new(&cfg, &device);
-            let carry = job.start(&model, &device);
-            render_from(
-                &job,
-                &model,
-                carry,
-                0,
-                sync_each,
-                &device,
-                |clip, lat, carry| {
-                    std::fs::write(path(format!("full-{clip}.bin")), lat)
-                        .map_err(|e| e.to_string())?;
-                    if clip == 1 {
-                        let bytes = carry.to_bytes().map_err(|e| e.to_string())?;
-                        std::fs::write(path("carry-1.bin".into()), bytes)
-                            .map_err(|e| e.to_string())?;
-                    }
-                    Ok(())
-                },
-            )?;
-            println!(
-                "{{\"check\":\"resume full run\",\"seconds\":{:.1}}}",
-                t0.elapsed().as_secs_f64()
-            );
-            let carry_bytes = read("carry-1.bin".into())?;
-            // Clips `from..4` of `model` from `carry`, each compared with the first run's.
-            let pass =
-                |name: &str, model: &WanS2v<B>, carry: DitCarry<B>, from: u64, keep: bool| {
-                    render_from(
-                        &job,
-                        model,
-                        carry,
-                        from,
-                        sync_each,
-                        &device,
-                        |clip, lat, _| {
-                            let first = read(format!("full-{clip}.bin"))?;
-                            compare(&format!("{name}, clip {clip}"), &first, &lat);
-                            if keep {
-                                std::fs::write(path(format!("inproc-{clip}.bin")), &lat)
-                                    .map_err(|e| e.to_string())?;
-                            }
-                            Ok(())
-                        },
-                    )
-                };
-            let from_bytes =
-                || DitCarry::<B>::from_bytes(&carry_bytes, &device).map_err(|e| e.to_string());
-            pass(
-                "same model, carry from bytes",
-                &model,
-                from_bytes()?,
-                2,
-                true,
-            )?;
-            let fresh = load_model::<B>(&cfg, &weights, &device)?;
-            pass(
-                "fresh model, carry from bytes",
-                &fresh,
-                from_bytes()?,
-                2,
-                false,
-            )?;
-            // The uninterrupted run again in the same process: is the loop itself repeatable?
-            pass(
-                "uninterrupted again",
-                &model,
-                job.start(&model, &device),
-                0,
-                false,
-            )?;
-            Ok(())
-        }
-        "from" => {
-            let t0 = Instant::now();
-            let model = load_model::<B>(&cfg, &weights, &device)?;
-            let job = Job::new(&cfg, &device);
-            let carry = DitCarry::<B>::from_bytes(&read("carry-1.bin".into())?, &device)
-                .map_err(|e| e.to_string())?;
-            render_from(
-                &job,
-                &model,
-                carry,
-                2,
-                sync_each,
-                &device,
-                |clip, lat, _| {
-                    compare(
-                        &format!("new process vs uninterrupted, clip {clip}"),
-                        &read(format!("full-{clip}.bin"))?,
-                        &lat,
-                    );
-                    compare(
-                        &format!("new process vs in-process resume, clip {clip}"),
-                        &read(format!("inproc-{clip}.bin"))?,
-                        &lat,
-                    );
-                    Ok(())
-                },
-            )?;
-            println!(
-                "{{\"check\":\"resume new process\",\"seconds\":{:.1}}}",
-                t0.elapsed().as_secs_f64()
-            );
-            Ok(())
-        }
-        other => Err(format!("unknown resume phase `{other}`: full or from")),
-    }
 }

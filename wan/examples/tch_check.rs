@@ -65,7 +65,7 @@ fn main() {
             let latent = if arg(2) == "full" { [48, 88] } else { [8, 8] };
             bench::run_clips::<Bf>(&cfg, [num(4, latent[0]), num(5, latent[1])], &device)
         }),
-        "resume" => bench::resume::<Bf>(arg(2), Path::new(arg(3)), arg(4), &device),
+        "resume" => bench::resume::<Bf>(arg(2), Path::new(arg(3)), arg(4), true, &device),
         _ => Err(format!("usage: see the doc comment of {}", file!())),
     };
     if let Err(e) = result {

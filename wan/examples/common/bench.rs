@@ -636,19 +636,23 @@ fn compare(label: &str, a: &[u8], b: &[u8]) {
     println!("{{\"check\":\"resume\",\"case\":{label:?},\"identical\":{},\"values\":{},\"differing\":{differing},\"max_abs_diff\":{max:e}}}", differing == 0 && a.len() == b.len(), a.len());
 }
 
-/// Renders clips `from..4` from `carry`, handing each clip's latents to `keep`.
+/// Renders clips `from..4` from `carry`, handing each clip's latents to `keep`; with
+/// `sync_each`, the device is synchronised at every clip boundary.
 fn render_from<B: Backend>(
     job: &Job<B>,
     model: &WanS2v<B>,
     mut carry: DitCarry<B>,
     from: u64,
+    sync_each: bool,
     device: &B::Device,
     mut keep: impl FnMut(u64, Vec<u8>, &DitCarry<B>) -> Result<(), String>,
 ) -> Result<(), String> {
     for clip in from..4 {
         let (lat, next) = run_clip(model, &job.settings, carry, job.input(clip, device));
         carry = next;
-        sync::<B>(device);
+        if sync_each {
+            sync::<B>(device);
+        }
         keep(clip, latents_bytes(lat)?, &carry)?;
     }
     Ok(())
@@ -657,11 +661,13 @@ fn render_from<B: Backend>(
 /// `full`: renders clips 0..4 of a small random model (weights written to `dir` as bf16
 /// safetensors and loaded back like a checkpoint), saves the carry after clip 1 and every
 /// clip's latents, and resumes in-process with a fresh model and with the same one. `from`:
-/// a new process resuming from `dir`'s carry, compared bit for bit with both.
+/// a new process resuming from `dir`'s carry, compared bit for bit with both. `sync_each`
+/// synchronises the device at every clip boundary.
 pub fn resume<B: Backend>(
     phase: &str,
     dir: &Path,
     size: &str,
+    sync_each: bool,
     device: &B::Device,
 ) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
@@ -676,14 +682,24 @@ pub fn resume<B: Backend>(
             let model = load_model::<B>(&cfg, &weights, device)?;
             let job = Job::new(&cfg, device);
             let carry = job.start(&model, device);
-            render_from(&job, &model, carry, 0, device, |clip, lat, carry| {
-                std::fs::write(path(format!("full-{clip}.bin")), lat).map_err(|e| e.to_string())?;
-                if clip == 1 {
-                    let bytes = carry.to_bytes().map_err(|e| e.to_string())?;
-                    std::fs::write(path("carry-1.bin".into()), bytes).map_err(|e| e.to_string())?;
-                }
-                Ok(())
-            })?;
+            render_from(
+                &job,
+                &model,
+                carry,
+                0,
+                sync_each,
+                device,
+                |clip, lat, carry| {
+                    std::fs::write(path(format!("full-{clip}.bin")), lat)
+                        .map_err(|e| e.to_string())?;
+                    if clip == 1 {
+                        let bytes = carry.to_bytes().map_err(|e| e.to_string())?;
+                        std::fs::write(path("carry-1.bin".into()), bytes)
+                            .map_err(|e| e.to_string())?;
+                    }
+                    Ok(())
+                },
+            )?;
             println!(
                 "{{\"check\":\"resume full run\",\"device\":{:?},\"seconds\":{:.1}}}",
                 B::name(device),
@@ -692,15 +708,23 @@ pub fn resume<B: Backend>(
             let carry_bytes = read("carry-1.bin".into())?;
             let pass =
                 |name: &str, model: &WanS2v<B>, carry: DitCarry<B>, from: u64, keep: bool| {
-                    render_from(&job, model, carry, from, device, |clip, lat, _| {
-                        let first = read(format!("full-{clip}.bin"))?;
-                        compare(&format!("{name}, clip {clip}"), &first, &lat);
-                        if keep {
-                            std::fs::write(path(format!("inproc-{clip}.bin")), &lat)
-                                .map_err(|e| e.to_string())?;
-                        }
-                        Ok(())
-                    })
+                    render_from(
+                        &job,
+                        model,
+                        carry,
+                        from,
+                        sync_each,
+                        device,
+                        |clip, lat, _| {
+                            let first = read(format!("full-{clip}.bin"))?;
+                            compare(&format!("{name}, clip {clip}"), &first, &lat);
+                            if keep {
+                                std::fs::write(path(format!("inproc-{clip}.bin")), &lat)
+                                    .map_err(|e| e.to_string())?;
+                            }
+                            Ok(())
+                        },
+                    )
                 };
             let from_bytes =
                 || DitCarry::<B>::from_bytes(&carry_bytes, device).map_err(|e| e.to_string());
@@ -733,7 +757,7 @@ pub fn resume<B: Backend>(
             let job = Job::new(&cfg, device);
             let carry = DitCarry::<B>::from_bytes(&read("carry-1.bin".into())?, device)
                 .map_err(|e| e.to_string())?;
-            render_from(&job, &model, carry, 2, device, |clip, lat, _| {
+            render_from(&job, &model, carry, 2, sync_each, device, |clip, lat, _| {
                 compare(
                     &format!("new process vs uninterrupted, clip {clip}"),
                     &read(format!("full-{clip}.bin"))?,
