@@ -205,8 +205,9 @@ pub fn write_sharded(dir: &Path, tensors: &Named) -> Result<(), WanError> {
     std::fs::write(&path, index.to_string()).map_err(io_err(&path))
 }
 
-/// The tiny wav2vec2's `config.json` (transformers' field names).
-fn w2v_config_json(cfg: &Wav2Vec2Config) -> serde_json::Value {
+/// A wav2vec2 `config.json` with transformers' field names: the fields the engine reads, and
+/// the ones transformers writes beside them.
+pub(crate) fn w2v_config_json(cfg: &Wav2Vec2Config) -> serde_json::Value {
     serde_json::json!({
         "architectures": ["Wav2Vec2ForCTC"],
         "model_type": "wav2vec2",

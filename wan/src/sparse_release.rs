@@ -145,30 +145,12 @@ pub fn release_config_json() -> serde_json::Value {
     })
 }
 
-/// wav2vec2-large-xlsr-53-english's `config.json` (the fields transformers writes that the
-/// engine reads, with the release's values).
+/// wav2vec2-large-xlsr-53-english's `config.json`: the engine's fields with the release's
+/// values, and the CTC head's vocabulary the release has.
 fn w2v_config_json(cfg: &Wav2Vec2Config) -> serde_json::Value {
-    serde_json::json!({
-        "architectures": ["Wav2Vec2ForCTC"],
-        "model_type": "wav2vec2",
-        "conv_bias": true,
-        "conv_dim": cfg.conv_dim,
-        "conv_kernel": cfg.conv_kernel,
-        "conv_stride": cfg.conv_stride,
-        "do_stable_layer_norm": true,
-        "feat_extract_activation": "gelu",
-        "feat_extract_norm": "layer",
-        "hidden_act": "gelu",
-        "hidden_size": cfg.hidden_size,
-        "intermediate_size": cfg.intermediate_size,
-        "layer_norm_eps": cfg.layer_norm_eps,
-        "mask_time_prob": 0.05,
-        "num_attention_heads": cfg.num_attention_heads,
-        "num_conv_pos_embedding_groups": cfg.num_conv_pos_embedding_groups,
-        "num_conv_pos_embeddings": cfg.num_conv_pos_embeddings,
-        "num_hidden_layers": cfg.num_hidden_layers,
-        "vocab_size": CTC_VOCAB,
-    })
+    let mut json = crate::release::w2v_config_json(cfg);
+    json["vocab_size"] = CTC_VOCAB.into();
+    json
 }
 
 /// Writes the sparse 14B release into `dir` (created if missing; see the module docs).
