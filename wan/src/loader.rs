@@ -115,6 +115,25 @@ pub fn load_s2v_file<B: Backend>(
     load_safetensors(model, dir, vec![file.to_path_buf()], &device)
 }
 
+/// The store of one shard of a checkpoint: keys matched as PyTorch writes them (no enum
+/// variant names), partial (a shard holds some of the model), read without validation. A
+/// shard the index names but the directory lacks is an error naming it.
+fn open_shard(shard: &Path) -> Result<SafetensorsStore, WanError> {
+    if !shard.exists() {
+        return Err(WanError::Io {
+            path: shard.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "shard named in the index is not in the model directory",
+            ),
+        });
+    }
+    Ok(SafetensorsStore::from_file(shard)
+        .allow_partial(true)
+        .validate(false)
+        .skip_enum_variants(true))
+}
+
 /// Loads every parameter of `model` from the safetensors `shards` (each tensor in exactly
 /// one shard, no tensor the model lacks). Module paths are matched to keys with Burn's
 /// enum variant names left out, as PyTorch keys have none.
@@ -131,19 +150,7 @@ pub fn load_safetensors<B: Backend, M: ModuleSnapshot<B>>(
     let mut model = model;
     let mut found_in: BTreeMap<String, PathBuf> = BTreeMap::new();
     for shard in &shards {
-        if !shard.exists() {
-            return Err(WanError::Io {
-                path: shard.clone(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "shard named in the index is not in the model directory",
-                ),
-            });
-        }
-        let store = SafetensorsStore::from_file(shard)
-            .allow_partial(true)
-            .validate(false)
-            .skip_enum_variants(true);
+        let store = open_shard(shard)?;
         let result = apply_store(&mut model, store, None, &[], shard, &expected, device)?;
         for key in result.applied {
             if let Some(first) = found_in.insert(key.clone(), shard.clone()) {

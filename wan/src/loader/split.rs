@@ -41,19 +41,7 @@ impl S2vSource {
         let mut tensors: BTreeMap<String, Entry> = BTreeMap::new();
         let mut stores = Vec::with_capacity(shards.len());
         for (i, shard) in shards.iter().enumerate() {
-            if !shard.exists() {
-                return Err(WanError::Io {
-                    path: shard.clone(),
-                    source: std::io::Error::new(
-                        std::io::ErrorKind::NotFound,
-                        "shard named in the index is not in the model directory",
-                    ),
-                });
-            }
-            let mut store = SafetensorsStore::from_file(shard)
-                .allow_partial(true)
-                .validate(false)
-                .skip_enum_variants(true);
+            let mut store = super::open_shard(shard)?;
             let snapshots = store.get_all_snapshots().map_err(|e| WanError::Store {
                 path: shard.clone(),
                 message: e.to_string(),
