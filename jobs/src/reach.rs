@@ -14,7 +14,7 @@
 //! Paths in a job are resolved at intake (no symlink, no `..`), so a job recorded before roots
 //! were kept is walked from `/`: any symlink on its path is then a change as well.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -71,6 +71,24 @@ fn relative<'p>(
     Ok((root, rel))
 }
 
+/// `path` as its allowed root, the folders between them and the file's name, once `owner`
+/// may search every folder down to the root.
+fn split_beneath<'p>(
+    key: &str,
+    owner: Option<&Person>,
+    root: Option<&Path>,
+    path: &'p Path,
+) -> Result<(PathBuf, &'p Path, &'p OsStr), JobsError> {
+    let (root, rel) = relative(key, root, path)?;
+    let (Some(folders), Some(name)) = (rel.parent(), rel.file_name()) else {
+        return Err(changed(key, path, std::io::Error::other("names no file")));
+    };
+    if let Some(owner) = owner {
+        access::check_dirs_above(owner, &root)?;
+    }
+    Ok((root, folders, name))
+}
+
 /// Opens the input file `path` (the job key `key` names it) from `root` for reading, after
 /// checking that `owner` may search every folder on the way and read the file itself.
 pub fn open_input(
@@ -79,13 +97,7 @@ pub fn open_input(
     root: Option<&Path>,
     path: &Path,
 ) -> Result<File, JobsError> {
-    let (root, rel) = relative(key, root, path)?;
-    let (Some(folders), Some(name)) = (rel.parent(), rel.file_name()) else {
-        return Err(changed(key, path, std::io::Error::other("names no file")));
-    };
-    if let Some(owner) = owner {
-        access::check_dirs_above(owner, &root)?;
-    }
+    let (root, folders, name) = split_beneath(key, owner, root, path)?;
     let mut denied = None;
     let dir = atomic_write::open_dir_beneath(&root, folders, false, |step| {
         if let Some(owner) = owner {
@@ -116,13 +128,7 @@ pub fn open_output_dir(
     path: &Path,
 ) -> Result<(Dir, OsString), JobsError> {
     let key = "output.path";
-    let (root, rel) = relative(key, root, path)?;
-    let (Some(folders), Some(name)) = (rel.parent(), rel.file_name()) else {
-        return Err(changed(key, path, std::io::Error::other("names no file")));
-    };
-    if let Some(owner) = owner {
-        access::check_dirs_above(owner, &root)?;
-    }
+    let (root, folders, name) = split_beneath(key, owner, root, path)?;
     let mut denied = None;
     // The last folder that existed, until its write right has been checked.
     let mut unchecked: Option<(OwnedFd, PathBuf)> = None;
