@@ -134,16 +134,13 @@ pub(super) fn render_clips(
         ),
         checkpoints,
         segments,
-        unreported: None,
-        reporter: reporter.clone(),
     };
     if next_clip < plan.clips {
         renderer.begin()?;
     }
     for index in next_clip..plan.clips {
         if stop.load(Ordering::Relaxed) {
-            done.settle()?;
-            let next_clip = done.checkpoints.stop_at(index, renderer, &done.segments)?;
+            let next_clip = done.stop_before(index, renderer)?;
             renderer.finish();
             return Ok(Ended::Stopped { next_clip });
         }
@@ -153,8 +150,7 @@ pub(super) fn render_clips(
         let started = Instant::now();
         let output = renderer.render_clip(index)?;
         if matches!(output, ClipOutput::Abandoned) {
-            done.settle()?;
-            let next_clip = done.checkpoints.stop_at(index, renderer, &done.segments)?;
+            let next_clip = done.stop_before(index, renderer)?;
             renderer.finish();
             info!(clip = index, next_clip, "stopped inside a clip");
             return Ok(Ended::Stopped { next_clip });
@@ -176,6 +172,9 @@ pub(super) fn render_clips(
         done.settle()?;
         let last = index + 1 == plan.clips;
         let due = done.checkpoints.due(index, last);
+        // A clip kept as latents is durable already: it is reported below, once its
+        // checkpoint is handed over; an encoded clip's `clip_done` leaves from the encoder.
+        let kept_as_latents = frames.is_none();
         let last_segment = match frames {
             Some(frames) => {
                 // `mid_encode` fires inside the encoder: settle the writer first, as
@@ -211,7 +210,7 @@ pub(super) fn render_clips(
                     report,
                 })?;
                 if mid_encode {
-                    done.collect()?;
+                    done.settle()?;
                 }
                 done.kill_point("after_segment", index)?;
                 record
@@ -221,14 +220,6 @@ pub(super) fn render_clips(
                     .segment_record(ClipIndex(index), &latents_path(&job.work, index))
                     .map_err(Failure::of(FailureKind::Io))?;
                 done.push(record);
-                // Reported below, once the checkpoint is handed over, as the latents are
-                // durable already.
-                done.unreported = Some(WorkerMessage::ClipDone {
-                    index,
-                    frames: plan.frames_in_clip(index),
-                    secs: 0.0,
-                    engine_secs: Some(engine_secs),
-                });
                 None
             }
         };
@@ -239,10 +230,14 @@ pub(super) fn render_clips(
         done.kill_point("after_checkpoint", index)?;
         let secs = started.elapsed().as_secs_f64();
         done.checkpoints.cadence.clip_rendered(secs);
-        if let Some(WorkerMessage::ClipDone { secs: reported, .. }) = &mut done.unreported {
-            *reported = secs;
+        if kept_as_latents {
+            reporter.send(&WorkerMessage::ClipDone {
+                index,
+                frames: plan.frames_in_clip(index),
+                secs,
+                engine_secs: Some(engine_secs),
+            });
         }
-        done.report();
     }
     // The last clip's segment and checkpoint: assembling needs no carry, but a crash from
     // here on should not render anything again.
@@ -275,16 +270,12 @@ pub(super) fn render_clips(
 }
 
 /// What happens to a clip after the engine is done with it: the encoder thread, the
-/// checkpoints, the records of the durable segments and the report not yet sent.
+/// checkpoints and the records of the durable segments.
 struct Finishing {
     encoder: SegmentEncoder,
     checkpoints: Checkpoints,
     /// Records of clips `0..` whose segments (or latents) are durable, in order.
     segments: Vec<SegmentRecord>,
-    /// The `clip_done` of a clip kept as latents (online decode off), sent at the end of
-    /// its turn; an encoded clip's goes out from the encoder thread.
-    unreported: Option<WorkerMessage>,
-    reporter: Reporter,
 }
 
 impl Finishing {
@@ -294,8 +285,9 @@ impl Finishing {
         self.segments.push(record);
     }
 
-    /// Waits for the clip being encoded, if any, and takes in its record.
-    fn collect(&mut self) -> Result<(), Failure> {
+    /// Waits for the clip being encoded, if any: then it is durable (and reported, by the
+    /// encoder thread), and its record is taken in.
+    fn settle(&mut self) -> Result<(), Failure> {
         if let Some(encoded) = self.encoder.wait() {
             let record = encoded.result?;
             debug_assert_eq!(record.clip, encoded.index, "records follow clips");
@@ -304,23 +296,18 @@ impl Finishing {
         Ok(())
     }
 
-    /// Sends the `clip_done` of a clip kept as latents.
-    fn report(&mut self) {
-        if let Some(message) = self.unreported.take() {
-            self.reporter.send(&message);
-        }
-    }
-
-    /// The clip being encoded is durable (and reported, by the encoder thread).
-    fn settle(&mut self) -> Result<(), Failure> {
-        self.collect()
+    /// A stop before clip `index` (between clips, or inside it): the clip being encoded
+    /// becomes durable, then the carry is checkpointed; returns the clip a resume starts at.
+    fn stop_before(&mut self, index: u32, renderer: &mut dyn Renderer) -> Result<u32, Failure> {
+        self.settle()?;
+        self.checkpoints.stop_at(index, renderer, &self.segments)
     }
 
     /// A test kill point on the main thread: the encoder and the writer finish first, so
     /// the state on disk at the kill is the one the point names (see [`crash_point`]).
     fn kill_point(&mut self, point: &str, clip: u32) -> Result<(), Failure> {
         if crash_point::is_armed(point, clip) {
-            self.collect()?;
+            self.settle()?;
         }
         self.checkpoints.kill_point(point, clip);
         Ok(())
